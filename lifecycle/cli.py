@@ -268,6 +268,40 @@ def load_shop(world: Path | None) -> None:
         )
 
 
+# -------------------------------------------------------------------------- extract
+
+
+@main.command()
+@click.option(
+    "--source",
+    "sources_",
+    type=click.Choice(["crm", "web", "orders", "marketing", "all"]),
+    multiple=True,
+    default=("all",),
+    show_default=True,
+    help="Source to extract (repeatable).",
+)
+@click.option("--date", "day", callback=_date, required=True, help="Logical date (YYYY-MM-DD).")
+@click.option("--full", is_flag=True, help="Reload everything up to the date, not just the day.")
+def extract(sources_: tuple[str, ...], day: dt.date, full: bool) -> None:
+    """Extract sources for one logical date into raw (idempotent: a rerun replaces the day)."""
+    from lifecycle.extract import SOURCES
+    from lifecycle.extract import extract as run_extract
+    from lifecycle.load import LoadError
+
+    names = list(SOURCES) if "all" in sources_ else list(dict.fromkeys(sources_))
+    failed = False
+    for name in names:
+        try:
+            for result in run_extract(name, day, get_settings(), full=full):
+                click.echo(result.describe())
+        except LoadError as exc:
+            failed = True
+            click.secho(f"error: {exc}", fg="red", err=True)
+    if failed:
+        sys.exit(1)
+
+
 # ----------------------------------------------------------------------------- demo
 
 

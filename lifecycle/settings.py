@@ -30,6 +30,15 @@ class Settings:
     crm_api_url: str | None
     crm_token: str | None = field(repr=False)
     world_dir: Path
+    crm_csv: Path
+    web_events: str
+    orders_source: str  # "db" (the shop database) or "csv"
+    orders_csv_dir: Path
+    spend_csv: Path
+    max_reject_share: float = 0.05
+    web_lookback_days: int = 7
+    http_retries: int = 8
+    http_backoff_s: float = 0.5
 
     @property
     def state_dir(self) -> Path:
@@ -52,13 +61,27 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         load_dotenv(Path.cwd() / ".env", override=False)
         env = dict(os.environ)
     home = _path(env.get("LIFECYCLE_HOME") or ".lifecycle")
+    world = _path(env.get("LIFECYCLE_WORLD_DIR") or str(home / "world"))
+    shop_db_url = env.get("LIFECYCLE_SHOP_DB_URL") or None
+    orders_source = env.get("LIFECYCLE_ORDERS_SOURCE") or ("db" if shop_db_url else "csv")
+    if orders_source not in ("db", "csv"):
+        raise ValueError(f"LIFECYCLE_ORDERS_SOURCE must be db or csv, not {orders_source!r}")
     return Settings(
         home=home,
         warehouse_url=env.get("LIFECYCLE_WAREHOUSE_URL") or None,
-        shop_db_url=env.get("LIFECYCLE_SHOP_DB_URL") or None,
+        shop_db_url=shop_db_url,
         crm_api_url=env.get("LIFECYCLE_CRM_API_URL") or None,
         crm_token=env.get("LIFECYCLE_CRM_TOKEN") or None,
-        world_dir=_path(env.get("LIFECYCLE_WORLD_DIR") or str(home / "world")),
+        world_dir=world,
+        crm_csv=_path(env.get("LIFECYCLE_CRM_CSV") or str(world / "crm" / "contacts.csv")),
+        web_events=env.get("LIFECYCLE_WEB_EVENTS") or str(world / "web" / "events"),
+        orders_source=orders_source,
+        orders_csv_dir=_path(env.get("LIFECYCLE_ORDERS_CSV_DIR") or str(world / "orders")),
+        spend_csv=_path(env.get("LIFECYCLE_SPEND_CSV") or str(world / "marketing" / "spend.csv")),
+        max_reject_share=float(env.get("LIFECYCLE_MAX_REJECT_SHARE") or 0.05),
+        web_lookback_days=int(env.get("LIFECYCLE_WEB_LOOKBACK_DAYS") or 7),
+        http_retries=int(env.get("LIFECYCLE_HTTP_RETRIES") or 8),
+        http_backoff_s=float(env.get("LIFECYCLE_HTTP_BACKOFF_S") or 0.5),
     )
 
 

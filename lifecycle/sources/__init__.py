@@ -1,1 +1,1 @@
-"""Source systems: the sample world's stand-ins for the CRM API and the shop database, and connectors."""
+"""The sample world's source systems: a CRM REST API and the shop's orders database."""

@@ -1,0 +1,76 @@
+"""Web events: day-partitioned JSON-lines files, local or any fsspec URL.
+
+Files live in ``<root>/dt=YYYY-MM-DD/`` partitions (the day the events happened).
+A batch for logical date D takes every file that has *arrived* by the end of D and
+that no other batch has taken: on-time files of D and late files that landed in
+earlier partitions. A file's arrival is the ``arrived-YYYYMMDD`` in its name when it
+has one, else its modification time. Each file is claimed by exactly one batch
+(``ops.load_files``), so late data is picked up once, and a rerun of D takes the same
+files again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import fsspec
+
+from lifecycle.extract.readers import read_jsonl
+from lifecycle.load import Chunk
+from lifecycle.raw import WEB_EVENTS
+
+PARTITION = re.compile(r"dt=(\d{4}-\d{2}-\d{2})")
+ARRIVED = re.compile(r"arrived-(\d{8})")
+SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")
+
+
+@dataclass(frozen=True)
+class EventFile:
+    """One events file and when it happened and arrived."""
+
+    url: str
+    partition: dt.date
+    arrived: dt.date
+
+
+def list_files(root: str, first: dt.date | None, last: dt.date) -> list[EventFile]:
+    """Return the event files in partitions `first`..`last` (all up to `last` if first is None)."""
+    fs, path = fsspec.core.url_to_fs(root)
+    if not fs.exists(path):
+        return []
+    found: list[EventFile] = []
+    for part in sorted(fs.ls(path, detail=False)):
+        m = PARTITION.search(part.rsplit("/", 1)[-1])
+        if not m:
+            continue
+        day = dt.date.fromisoformat(m.group(1))
+        if day > last or (first is not None and day < first):
+            continue
+        for info in sorted(fs.ls(part, detail=True), key=lambda i: i["name"]):
+            name = info["name"]
+            if info.get("type") != "file" or not name.endswith(SUFFIXES):
+                continue
+            found.append(EventFile(fs.unstrip_protocol(name), day, _arrival(name, info, day)))
+    return found
+
+
+def _arrival(name: str, info: dict, partition: dt.date) -> dt.date:
+    m = ARRIVED.search(name.rsplit("/", 1)[-1])
+    if m:
+        return dt.datetime.strptime(m.group(1), "%Y%m%d").date()
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
+    if isinstance(mtime, int | float):
+        return dt.datetime.fromtimestamp(mtime, dt.UTC).date()
+    if isinstance(mtime, dt.datetime):
+        return mtime.astimezone(dt.UTC).date()
+    return partition
+
+
+def file_chunks(files: list[EventFile]) -> Iterator[Chunk]:
+    """Yield the events of `files`, one chunk per file."""
+    for f in files:
+        with fsspec.open(f.url, "rb", compression="infer") as fh:
+            yield read_jsonl(fh, f.url, WEB_EVENTS.names)

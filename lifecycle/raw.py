@@ -1,0 +1,280 @@
+"""Contracts of the raw layer: what each source entity lands as, and the ops tables.
+
+One :class:`RawEntity` per ``raw.<source>__<entity>`` table names its fields, their
+types and the checks a value must pass to be loaded; a row that fails goes to
+``raw.quarantine`` with the reason instead. Business rules beyond "can this value be
+typed and is it plausible" (accepted values, row-count bounds) are the quality gate's
+job, not the loader's.
+
+Every raw table also carries the load metadata of DESIGN.md §4:
+``_batch_id`` (the batch that landed the row; one per source entity and logical date),
+``_loaded_at``, ``_source`` (file path, API cursor or query), ``_line`` (line or
+record number within that source) and ``_extra`` (source fields the contract does
+not know, kept as JSON: schema drift never breaks a load).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+FieldType = Literal["text", "timestamp", "date", "numeric", "integer", "boolean"]
+
+PG_TYPES: dict[str, str] = {
+    "text": "text",
+    "timestamp": "timestamptz",
+    "date": "date",
+    "numeric": "numeric(14, 2)",
+    "integer": "bigint",
+    "boolean": "boolean",
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One source field and the checks its values must pass."""
+
+    name: str
+    type: FieldType = "text"
+    required: bool = False  # the column must be present in the source
+    nullable: bool = True  # an empty value is allowed
+    non_negative: bool = False  # numbers only
+    not_future: bool = False  # timestamps/dates: not after the end of the load interval
+
+
+@dataclass(frozen=True)
+class RawEntity:
+    """The contract of one raw table."""
+
+    source: str
+    entity: str
+    fields: tuple[Field, ...]
+    key: tuple[str, ...]  # identifies a row version; repeats within a batch are duplicates
+    cursor: str  # the field that places a row in a load interval
+    duplicates: Literal["quarantine", "collapse"] = "quarantine"
+    description: str = ""
+    cursor_fallback: str | None = None  # used where the cursor field is empty or absent
+
+    @property
+    def table(self) -> str:
+        """Unqualified raw table name, ``<source>__<entity>``."""
+        return f"{self.source}__{self.entity}"
+
+    @property
+    def qualified(self) -> str:
+        """Schema-qualified raw table name."""
+        return f"raw.{self.table}"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Field names in contract order."""
+        return tuple(f.name for f in self.fields)
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """Names of the fields a source must provide."""
+        return tuple(f.name for f in self.fields if f.required)
+
+    def field(self, name: str) -> Field:
+        """Return the field called `name`."""
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+
+META_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("_extra", "jsonb"),
+    ("_source", "text not null"),
+    ("_line", "bigint"),
+    ("_batch_id", "text not null"),
+    ("_loaded_at", "timestamptz not null default now()"),
+)
+
+_T = Field  # brevity in the table below
+
+CRM_CONTACTS = RawEntity(
+    "crm",
+    "contacts",
+    (
+        _T("id", required=True, nullable=False),
+        _T("email"),
+        _T("first_name"),
+        _T("last_name"),
+        _T("phone"),
+        _T("country"),
+        _T("created_at", "timestamp", not_future=True),
+        _T("updated_at", "timestamp", required=True, nullable=False, not_future=True),
+        _T("acquisition_channel"),
+        _T("marketing_opt_in", "boolean"),
+        _T("lifecycle_stage"),
+        _T("referred_by"),
+    ),
+    key=("id", "updated_at"),
+    cursor="updated_at",
+    description="CRM contacts, one row per contact version (id, updated_at)",
+)
+
+WEB_EVENTS = RawEntity(
+    "web",
+    "events",
+    (
+        _T("event_id", required=True, nullable=False),
+        _T("anonymous_id"),
+        _T("user_id"),
+        _T("email"),
+        _T("event", required=True, nullable=False),
+        _T("timestamp", "timestamp", required=True, nullable=False, not_future=True),
+        _T("received_at", "timestamp"),
+        _T("session_id"),
+        _T("page_url"),
+        _T("utm_source"),
+        _T("utm_medium"),
+        _T("utm_campaign"),
+        _T("order_id"),
+        _T("product_id"),
+    ),
+    key=("event_id",),
+    cursor="timestamp",
+    # Trackers deliver at least once: a repeated event_id is the same event, not bad data.
+    duplicates="collapse",
+    description="web tracking events, one row per event_id and batch",
+)
+
+ORDERS = RawEntity(
+    "orders",
+    "orders",
+    (
+        _T("order_id", required=True, nullable=False),
+        _T("customer_id", required=True, nullable=False),
+        _T("email"),
+        _T("ordered_at", "timestamp", required=True, nullable=False, not_future=True),
+        _T("updated_at", "timestamp", not_future=True),
+        _T("status"),
+        _T("currency"),
+        _T("amount", "numeric", required=True, nullable=False, non_negative=True),
+        _T("quantity", "integer", non_negative=True),
+    ),
+    key=("order_id", "updated_at"),
+    # Orders change after creation (refunds): extract by updated_at; a minimal CSV
+    # without updated_at falls back to ordered_at (see lifecycle.extract.orders).
+    cursor="updated_at",
+    cursor_fallback="ordered_at",
+    description="orders, one row per order version (order_id, updated_at)",
+)
+
+ORDER_ITEMS = RawEntity(
+    "orders",
+    "order_items",
+    (
+        _T("order_item_id", required=True, nullable=False),
+        _T("order_id", required=True, nullable=False),
+        _T("product_id"),
+        _T("quantity", "integer", non_negative=True),
+        _T("unit_price", "numeric", non_negative=True),
+        _T("updated_at", "timestamp", required=True, nullable=False, not_future=True),
+    ),
+    key=("order_item_id", "updated_at"),
+    cursor="updated_at",
+    description="order lines, one row per item version (order_item_id, updated_at)",
+)
+
+MARKETING_SPEND = RawEntity(
+    "marketing",
+    "spend",
+    (
+        _T("date", "date", required=True, nullable=False, not_future=True),
+        _T("channel", required=True, nullable=False),
+        _T("spend", "numeric", required=True, nullable=False, non_negative=True),
+        _T("currency"),
+    ),
+    key=("date", "channel"),
+    cursor="date",
+    description="daily marketing spend, one row per date and acquisition channel",
+)
+
+ENTITIES: dict[str, RawEntity] = {
+    e.table: e for e in (CRM_CONTACTS, WEB_EVENTS, ORDERS, ORDER_ITEMS, MARKETING_SPEND)
+}
+
+QUARANTINE_DDL = """
+create table if not exists raw.quarantine (
+    _batch_id text not null,
+    source text not null,
+    entity text not null,
+    _source text not null,
+    _line bigint,
+    reason text not null,
+    payload text,
+    _loaded_at timestamptz not null default now()
+);
+create index if not exists quarantine_batch_idx on raw.quarantine (_batch_id);
+"""
+
+OPS_DDL = """
+create table if not exists ops.load_batches (
+    batch_id text primary key,
+    source text not null,
+    entity text not null,
+    logical_date date not null,
+    window_start timestamptz,
+    window_end timestamptz not null,
+    rows_loaded bigint not null,
+    rows_quarantined bigint not null,
+    committed_at timestamptz not null default now()
+);
+create table if not exists ops.load_files (
+    locator text primary key,
+    batch_id text not null,
+    source text not null,
+    entity text not null
+);
+create index if not exists load_files_batch_idx on ops.load_files (batch_id);
+create table if not exists ops.watermarks (
+    source text not null,
+    entity text not null,
+    value timestamptz not null,
+    batch_id text not null,
+    updated_at timestamptz not null default now(),
+    primary key (source, entity)
+);
+create table if not exists ops.load_runs (
+    run_id uuid primary key,
+    batch_id text not null,
+    source text not null,
+    entity text not null,
+    logical_date date not null,
+    window_start timestamptz,
+    window_end timestamptz,
+    status text not null check (status in ('running', 'success', 'failed', 'skipped')),
+    rows_read bigint,
+    rows_loaded bigint,
+    rows_quarantined bigint,
+    rows_duplicate bigint,
+    rows_out_of_window bigint,
+    extra_columns text[],
+    error text,
+    started_at timestamptz not null,
+    finished_at timestamptz,
+    duration_s double precision
+);
+create index if not exists load_runs_batch_idx on ops.load_runs (batch_id, started_at);
+"""
+
+
+def table_ddl(entity: RawEntity) -> str:
+    """Return the idempotent DDL of the raw table of `entity`."""
+    cols = [f'    "{f.name}" {PG_TYPES[f.type]}' for f in entity.fields]
+    cols += [f"    {name} {decl}" for name, decl in META_COLUMNS]
+    body = ",\n".join(cols)
+    return (
+        f"create table if not exists {entity.qualified} (\n{body}\n);\n"
+        f"create index if not exists {entity.table}_batch_idx "
+        f"on {entity.qualified} (_batch_id);\n"
+    )
+
+
+def raw_ddl() -> str:
+    """Return the DDL of every raw and ops table the loaders use (idempotent)."""
+    schemas = "create schema if not exists raw;\ncreate schema if not exists ops;\n"
+    return "\n".join([schemas, *(table_ddl(e) for e in ENTITIES.values()), QUARANTINE_DDL, OPS_DDL])
