@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,13 +26,37 @@ def make_settings(home: Path, **env: str) -> Settings:
     return load_settings({"LIFECYCLE_HOME": str(home), **env})
 
 
+def server_home() -> Iterator[Path]:
+    """Yield a state folder for an embedded server, removed afterwards.
+
+    Not under pytest's tmp_path: pytest resets its base folder to mode 0700 whenever
+    another pytest session starts, and the embedded server runs as another system user
+    (``pgserver``, when we are root) that must be able to traverse to its data.
+    """
+    home = Path(tempfile.mkdtemp(prefix="lifecycle-test-"))
+    home.chmod(0o755)
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def embedded_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def embedded_settings() -> Iterator[Settings]:
     """Settings whose embedded warehouse runs for the whole test session."""
-    settings = make_settings(tmp_path_factory.mktemp("home"))
-    wh.up(settings)
-    yield settings
-    wh.down(settings)
+    for home in server_home():
+        settings = make_settings(home)
+        wh.up(settings)
+        try:
+            yield settings
+        finally:
+            wh.down(settings)
+
+
+@pytest.fixture
+def pg_home() -> Iterator[Path]:
+    """A state folder of its own for a test that starts and stops an embedded server."""
+    yield from server_home()
 
 
 @pytest.fixture(scope="session")

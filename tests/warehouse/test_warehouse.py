@@ -29,7 +29,8 @@ def _schemas(url: str) -> set[str]:
     return {r[0] for r in rows}
 
 
-def test_embedded_starts_is_reused_by_another_process_and_stops(tmp_path: Path) -> None:
+def test_embedded_starts_is_reused_by_another_process_and_stops(pg_home: Path) -> None:
+    tmp_path = pg_home
     settings = make_settings(tmp_path / "home")
     assert wh.status(settings).running is False
 
@@ -150,10 +151,12 @@ def test_unreachable_external_url_fails_with_a_clear_message(tmp_path: Path) -> 
     assert "s3cret" not in str(err.value)
 
 
-def test_cli_status_url_and_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_status_url_and_down(
+    tmp_path: Path, pg_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lifecycle.settings import get_settings
 
-    monkeypatch.setenv("LIFECYCLE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LIFECYCLE_HOME", str(pg_home / "home"))
     monkeypatch.delenv("LIFECYCLE_WAREHOUSE_URL", raising=False)
     monkeypatch.chdir(tmp_path)  # no stray .env
     get_settings.cache_clear()
