@@ -83,11 +83,14 @@ class RawEntity:
         raise KeyError(name)
 
 
+#: Load metadata on every raw table. ``_source`` and ``_batch_id`` are the same for
+#: every row of a COPY, so the loader sets them once as transaction-local settings that
+#: these defaults read, instead of repeating them on every line it streams.
 META_COLUMNS: tuple[tuple[str, str], ...] = (
     ("_extra", "jsonb"),
-    ("_source", "text not null"),
+    ("_source", "text not null default current_setting('lifecycle.source', true)"),
     ("_line", "bigint"),
-    ("_batch_id", "text not null"),
+    ("_batch_id", "text not null default current_setting('lifecycle.batch_id', true)"),
     ("_loaded_at", "timestamptz not null default now()"),
 )
 

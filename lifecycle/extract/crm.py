@@ -7,11 +7,12 @@ import logging
 from collections.abc import Iterator
 from urllib.parse import urlencode
 
+import numpy as np
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
-from lifecycle.load import Chunk, Window, frame_from_records
+from lifecycle.parse import Chunk, Window
 
 log = logging.getLogger(__name__)
 
@@ -118,19 +119,27 @@ def _flatten(record: dict) -> dict:
 def api_chunks(
     base_url: str, token: str, window: Window, *, retries: int = 8, backoff_s: float = 0.5
 ) -> Iterator[Chunk]:
-    """Yield the contacts updated in `window` from the REST API as text chunks."""
-    import pandas as pd
+    """Yield the contacts updated in `window` from the REST API as text chunks.
 
-    frames = []
-    size = 0
-    for locator, records in iter_contact_pages(
+    A chunk's source is the query of the walk (its window, not a cursor: cursors are
+    opaque and short-lived); a row's line is its position in the walk.
+    """
+    records: list[dict] = []
+    walk = None
+    done = 0
+    for locator, page in iter_contact_pages(
         base_url, token, window, retries=retries, backoff_s=backoff_s
     ):
-        if records:
-            frames.append(frame_from_records(records, locator))
-            size += len(records)
-        if size >= RECORDS_PER_CHUNK:
-            yield Chunk(pd.concat(frames, ignore_index=True))
-            frames, size = [], 0
-    if frames:
-        yield Chunk(pd.concat(frames, ignore_index=True))
+        walk = walk or locator
+        records.extend(page)
+        if len(records) >= RECORDS_PER_CHUNK:
+            yield _chunk(records, walk, done)
+            done += len(records)
+            records = []
+    if records:
+        yield _chunk(records, walk or base_url, done)
+
+
+def _chunk(records: list[dict], walk: str, done: int) -> Chunk:
+    lines = np.arange(done + 1, done + 1 + len(records), dtype=np.int64)
+    return Chunk.from_records(records, walk, lines)

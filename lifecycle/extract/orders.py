@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 
 from lifecycle.extract.readers import read_csv_chunks
-from lifecycle.load import Chunk, Window
+from lifecycle.parse import Chunk, Window
 from lifecycle.raw import ORDER_ITEMS, ORDERS, RawEntity
 from lifecycle.sources.shop_db import SHOP_SCHEMA
 

@@ -1,10 +1,13 @@
 """Readers that turn CSV and JSON-lines bytes into text chunks for the loader.
 
 Parsing is pyarrow's (C++, fast); what pyarrow cannot take becomes a
-:class:`~lifecycle.load.Reject` with a readable reason instead of failing the file:
-lines that are not valid UTF-8, rows with the wrong number of fields or broken
-quoting, lines that are not JSON objects. Every value stays text here; typing and
-checks are the loader's (``lifecycle.load``), so one set of rules serves every source.
+:class:`~lifecycle.parse.Reject` with a readable reason instead of failing the file:
+lines that are not valid UTF-8, rows with the wrong number of fields or an unbalanced
+quote, lines that are not JSON objects. Every value stays text here; typing and checks
+are :mod:`lifecycle.parse`'s, so one set of rules serves every source.
+
+Records are one per line (no line breaks inside quoted values): that is what makes a
+stray quote cost one row instead of swallowing the rest of the file.
 """
 
 from __future__ import annotations
@@ -17,54 +20,57 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
-from lifecycle.load import Chunk, Reject, frame_from_records
+from lifecycle.parse import Chunk, Reject
 
 BLOCK_BYTES = 8 << 20
 
 
-def _odd_quote_lines(data: bytes, n_lines: int) -> np.ndarray:
-    """Return a mask of the lines of `data` with an odd number of double quotes."""
+def _line_spans(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Return the start and end offsets of the lines of `data` (a final newline ends none)."""
     arr = np.frombuffer(data, dtype=np.uint8)
     ends = np.flatnonzero(arr == 10)
-    if len(ends) < n_lines:
+    if len(arr) and (len(ends) == 0 or ends[-1] != len(arr) - 1):
         ends = np.append(ends, len(arr))
-    ends = ends[:n_lines]
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    quotes = np.concatenate(([0], np.cumsum(arr == 34, dtype=np.int64)))
-    return (quotes[ends] - quotes[starts]) % 2 == 1
+    starts = np.concatenate(([0], ends[:-1] + 1)) if len(ends) else np.empty(0, np.int64)
+    return starts, ends
 
 
 def _clean_lines(
     data: bytes, first_line: int, locator: str, csv_quotes: bool = False
-) -> tuple[bytes, list[int], list[Reject]]:
+) -> tuple[bytes, np.ndarray, list[Reject]]:
     """Return (the usable lines of `data`, their line numbers, rejects for the rest).
 
     A line is unusable when it is not valid UTF-8, or (`csv_quotes`) when it has an
-    unbalanced double quote: records are one per line, and a stray quote must not
-    swallow the lines after it. Fast path: the whole block is fine. Line numbers are
-    those of non-empty lines, as pyarrow counts rows.
+    unbalanced double quote. Line numbers are those of the non-blank lines kept, in
+    order, as the parsers count rows. Fast path (vectorized): the block is fine.
     """
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
+    starts, ends = _line_spans(data)
+    arr = np.frombuffer(data, dtype=np.uint8)
+    blank = (ends - starts) == 0
+    if len(arr):
+        cr_only = (ends - starts == 1) & (arr[np.minimum(starts, len(arr) - 1)] == 13)
+        blank |= cr_only
+    odd = np.zeros(len(starts), dtype=bool)
+    if csv_quotes and b'"' in data:
+        quotes = np.concatenate(([0], np.cumsum(arr == 34, dtype=np.int64)))
+        odd = (quotes[ends] - quotes[starts]) % 2 == 1
     try:
         data.decode("utf-8")
         utf8_ok = True
     except UnicodeDecodeError:
         utf8_ok = False
-    odd = _odd_quote_lines(data, len(lines)) if csv_quotes and b'"' in data else None
-    if utf8_ok and (odd is None or not odd.any()):
-        numbers = [first_line + i for i, line in enumerate(lines) if line.strip(b"\r")]
-        return data, numbers, []
+    numbers = first_line + np.arange(len(starts), dtype=np.int64)
+    if utf8_ok and not odd.any():
+        return data, numbers[~blank], []
     good: list[bytes] = []
-    numbers: list[int] = []
+    kept: list[int] = []
     rejects: list[Reject] = []
-    for i, line in enumerate(lines):
+    for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        line = data[s:e]
         reason = None
         try:
             line.decode("utf-8")
@@ -73,42 +79,17 @@ def _clean_lines(
                 f"broken encoding: byte 0x{line[exc.start]:02x} at position {exc.start} "
                 "is not valid UTF-8"
             )
-        if reason is None and odd is not None and odd[i]:
+        if reason is None and odd[i]:
             reason = "malformed row: unbalanced double quote"
         if reason:
             payload = line.decode("utf-8", errors="backslashreplace")
-            rejects.append(Reject(locator, first_line + i, reason, payload))
+            rejects.append(Reject(locator, int(numbers[i]), reason, payload))
             continue
         good.append(line)
-        if line.strip(b"\r"):
-            numbers.append(first_line + i)
-    return b"\n".join(good) + (b"\n" if good else b""), numbers, rejects
-
-
-def _to_text_frame(table: pa.Table) -> pd.DataFrame:
-    """Return an Arrow table as a frame of nullable strings (nested values as JSON)."""
-    cols = {}
-    for name, column in zip(table.column_names, table.columns, strict=True):
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            cols[name] = column.to_pandas().astype("string")
-        elif pa.types.is_null(column.type):
-            cols[name] = pd.Series(pd.NA, index=range(table.num_rows), dtype="string")
-        elif pa.types.is_nested(column.type):
-            cols[name] = pd.Series(
-                [
-                    None if v is None else json.dumps(v, ensure_ascii=False)
-                    for v in column.to_pylist()
-                ],
-                dtype="string",
-            )
-        elif pa.types.is_boolean(column.type):
-            cols[name] = pd.Series(
-                [None if v is None else ("true" if v else "false") for v in column.to_pylist()],
-                dtype="string",
-            )
-        else:
-            cols[name] = column.cast(pa.string()).to_pandas().astype("string")
-    return pd.DataFrame(cols, index=range(table.num_rows))
+        if not blank[i]:
+            kept.append(int(numbers[i]))
+    body = b"\n".join(good) + (b"\n" if good else b"")
+    return body, np.asarray(kept, dtype=np.int64), rejects
 
 
 def read_csv_chunks(
@@ -146,10 +127,10 @@ def _parse_csv_block(
     data: bytes, header: bytes, columns: list[str], first_line: int, locator: str
 ) -> Chunk:
     good, numbers, rejects = _clean_lines(data, first_line, locator, csv_quotes=True)
-    invalid: list[tuple[int, int, str, str]] = []
+    invalid: list[tuple[int, str, str]] = []
 
     def on_invalid(row) -> str:
-        invalid.append((row.number, row.text.count("\n") + 1, row.text, _why(row)))
+        invalid.append((row.number, row.text, _why(row)))
         return "skip"
 
     table = pacsv.read_csv(
@@ -162,25 +143,27 @@ def _parse_csv_block(
             strings_can_be_null=True,
         ),
     )
-    # pyarrow numbers non-empty rows from 1 (the header); map them to file lines.
-    rows = np.asarray(numbers, dtype=np.int64)
-    dropped = np.zeros(len(rows), dtype=bool)
-    for number, span, text, reason in invalid:
-        start = number - 2  # index among data rows
-        rejects.append(
-            Reject(locator, int(rows[start]) if start < len(rows) else None, reason, text)
-        )
-        dropped[start : start + span] = True
-    frame = _to_text_frame(table)
-    frame["_source"] = locator
-    frame["_line"] = rows[~dropped][: len(frame)]
-    return Chunk(frame, rejects)
+    if invalid:
+        # pyarrow numbers non-blank rows from 1 (the header): row n is numbers[n - 2].
+        dropped = np.zeros(len(numbers), dtype=bool)
+        for number, text, reason in invalid:
+            at = number - 2
+            line = int(numbers[at]) if 0 <= at < len(numbers) else None
+            rejects.append(Reject(locator, line, reason, text))
+            if 0 <= at < len(numbers):
+                dropped[at] = True
+        numbers = numbers[~dropped]
+    return Chunk(table, locator, numbers[: table.num_rows], rejects)
 
 
 def _why(row) -> str:
-    if row.actual_columns != row.expected_columns:
-        return f"malformed row: expected {row.expected_columns} fields, got {row.actual_columns}"
-    return "malformed row: broken quoting"
+    return f"malformed row: expected {row.expected_columns} fields, got {row.actual_columns}"
+
+
+def read_csv_file(path: Path) -> Iterator[Chunk]:
+    """Yield the rows of the CSV file at `path` as text chunks."""
+    with path.open("rb") as fh:
+        yield from read_csv_chunks(fh, str(path))
 
 
 def read_jsonl(stream: BinaryIO, locator: str, fields: tuple[str, ...]) -> Chunk:
@@ -195,50 +178,48 @@ def read_jsonl(stream: BinaryIO, locator: str, fields: tuple[str, ...]) -> Chunk
                 explicit_schema=schema, unexpected_field_behavior="infer"
             ),
         )
-        frame = _to_text_frame(table)
-        frame["_source"] = locator
-        frame["_line"] = np.asarray(numbers, dtype=np.int64)[: len(frame)]
-        return Chunk(frame, rejects)
+        if table.num_rows == len(numbers):
+            return Chunk(_as_text(table), locator, numbers, rejects)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass  # a bad line or a value of another type: sort it out line by line
     records: list[dict] = []
-    lines: list[int] = []
-    for number, line in zip(
-        numbers, (x for x in good.split(b"\n") if x.strip(b"\r")), strict=False
-    ):
+    kept: list[int] = []
+    lines = [x for x in good.split(b"\n") if x.strip(b"\r")]
+    for number, line in zip(numbers.tolist(), lines, strict=True):
+        payload = line.decode("utf-8", errors="backslashreplace")
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            rejects.append(
-                Reject(
-                    locator,
-                    number,
-                    f"malformed JSON: {exc.msg} at column {exc.colno}",
-                    line.decode("utf-8", errors="backslashreplace"),
-                )
-            )
+            reason = f"malformed JSON: {exc.msg} at column {exc.colno}"
+            rejects.append(Reject(locator, number, reason, payload))
             continue
         if not isinstance(value, dict):
-            rejects.append(
-                Reject(
-                    locator,
-                    number,
-                    f"malformed JSON: a {type(value).__name__}, not an object",
-                    line.decode("utf-8", errors="backslashreplace"),
-                )
-            )
+            reason = f"malformed JSON: a {type(value).__name__}, not an object"
+            rejects.append(Reject(locator, number, reason, payload))
             continue
         records.append(value)
-        lines.append(number)
-    frame = frame_from_records(records, locator)
-    for f in fields:
-        if f not in frame:
-            frame[f] = pd.Series(pd.NA, index=frame.index, dtype="string")
-    frame["_line"] = np.asarray(lines, dtype=np.int64)
-    return Chunk(frame, rejects)
+        kept.append(number)
+    chunk = Chunk.from_records(records, locator, np.asarray(kept, dtype=np.int64))
+    chunk.rejects = rejects
+    return chunk
 
 
-def read_csv_file(path: Path) -> Iterator[Chunk]:
-    """Yield the rows of the CSV file at `path` as text chunks."""
-    with path.open("rb") as fh:
-        yield from read_csv_chunks(fh, str(path))
+def _as_text(table: pa.Table) -> pa.Table:
+    """Return `table` with every column as strings (nested values as JSON)."""
+    cols = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if pa.types.is_string(column.type):
+            cols[name] = column
+        elif pa.types.is_null(column.type):
+            cols[name] = pa.nulls(table.num_rows, pa.string())
+        elif pa.types.is_nested(column.type) or pa.types.is_boolean(column.type):
+            cols[name] = pa.array(
+                [
+                    None if v is None else json.dumps(v, ensure_ascii=False)
+                    for v in column.to_pylist()
+                ],
+                type=pa.string(),
+            )
+        else:
+            cols[name] = column.cast(pa.string())
+    return pa.table(cols)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import fsspec
 
 from lifecycle.extract.readers import read_jsonl
-from lifecycle.load import Chunk
+from lifecycle.parse import Chunk
 from lifecycle.raw import WEB_EVENTS
 
 PARTITION = re.compile(r"dt=(\d{4}-\d{2}-\d{2})")

@@ -1,0 +1,476 @@
+"""Parse and check source records against a raw contract, vectorized with Arrow.
+
+Records arrive as text (:class:`Chunk`: an Arrow table of string columns, named as the
+source names them). For each contract field the text is trimmed, checked and typed
+with pyarrow compute kernels (C++, no Python per row); rows that fail go to the
+quarantine with every reason spelled out, built in Python for those rows only.
+
+What is loaded is the *checked text*, normalized where needed (``Z`` added to
+timestamps without an offset, booleans as ``true``/``false``, ``1.0`` as ``1`` in
+integer fields), not a re-serialization of typed values: PostgreSQL parses it on
+COPY exactly as it would the source, and the loader does not pay to print it again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lifecycle.raw import Field, RawEntity
+
+log = logging.getLogger(__name__)
+
+#: Largest absolute value a ``numeric(14, 2)`` column holds.
+NUMERIC_LIMIT = 1e12
+BIGINT_LIMIT = float(2**63)
+TRUE_WORDS = ["true", "t", "1", "yes", "y"]
+FALSE_WORDS = ["false", "f", "0", "no", "n"]
+
+ISO_DATE = r"^\d{4}-\d{2}-\d{2}$"
+ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|z|[+-]\d{2}(:?\d{2})?)?$"
+HAS_OFFSET = r"(Z|z|[+-]\d{2}(:?\d{2})?)$"
+NUMBER = r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$"
+INTEGER = r"^[-+]?\d+(\.0*)?$"
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A source record that could not even be split into fields."""
+
+    source: str
+    line: int | None
+    reason: str
+    payload: str
+
+
+@dataclass
+class Chunk:
+    """Source records as text: one string column per source field.
+
+    `source` names where they came from (file path, API query, database query) and
+    `lines` gives each row's line or record number there.
+    """
+
+    table: pa.Table
+    source: str
+    lines: np.ndarray
+    rejects: list[Reject] = field(default_factory=list)
+
+    @classmethod
+    def from_records(cls, records: list[dict], source: str, lines: np.ndarray) -> Chunk:
+        """Return a chunk of JSON-like records (values stringified, nested ones as JSON)."""
+        names: dict[str, None] = {}
+        for rec in records:
+            names.update(dict.fromkeys(rec))
+        cols = {n: [_as_text(rec.get(n)) for rec in records] for n in names}
+        table = pa.table({n: pa.array(v, type=pa.string()) for n, v in cols.items()})
+        return cls(table, source, np.asarray(lines, dtype=np.int64))
+
+
+def _as_text(v: object) -> str | None:
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, dict | list):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return str(v)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A load interval over the entity's cursor: ``(start, end]``; start None = everything."""
+
+    start: dt.datetime | None
+    end: dt.datetime
+
+    def describe(self) -> str:
+        """Return the interval as text."""
+        start = self.start.isoformat() if self.start else "-inf"
+        return f"({start}, {self.end.isoformat()}]"
+
+    def last_date(self) -> dt.date:
+        """Return the last date inside the window (a date stands for its whole day)."""
+        return (self.end - dt.timedelta(microseconds=1)).date()
+
+
+@dataclass
+class Checked:
+    """The outcome of checking one chunk."""
+
+    table: pa.Table  # loadable rows: contract fields as text, then _extra, _line
+    source: str
+    quarantine: list[tuple[str, int | None, str, str]]  # (source, line, reason, payload)
+    rows_read: int
+    rows_duplicate: int
+    rows_out_of_window: int
+
+
+# ------------------------------------------------------------------ typing kernels
+
+
+def _empty_to_null(arr: pa.Array) -> pa.Array:
+    return pc.if_else(pc.equal(pc.utf8_length(arr), 0), pa.scalar(None, pa.string()), arr)
+
+
+def _no_bytes(arr: pa.Array, byte: int) -> bool:
+    """True when no value of the string array `arr` contains `byte` (one vectorized scan)."""
+    data = arr.buffers()[2]
+    return data is None or not (np.frombuffer(data, dtype=np.uint8) == byte).any()
+
+
+def _cast_each(values: pa.Array, to: pa.DataType) -> pa.Array:
+    """Cast value by value (slow path, for chunks with a value Arrow rejects)."""
+    out = []
+    for v in values.to_pylist():
+        if v is None:
+            out.append(None)
+            continue
+        try:
+            out.append(pc.cast(pa.array([v]), to)[0].as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            out.append(None)
+    return pa.array(out, type=to)
+
+
+def _cast(values: pa.Array, to: pa.DataType) -> pa.Array:
+    try:
+        return pc.cast(values, to)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return _cast_each(values, to)
+
+
+def _shaped(text: pa.Array, pattern: str) -> pa.Array:
+    """Return `text` with the values that do not match `pattern` as null."""
+    ok = pc.fill_null(pc.match_substring_regex(text, pattern), False)
+    return pc.if_else(ok, text, pa.scalar(None, pa.string()))
+
+
+def type_column(f_type: str, raw: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """Return (text to load, typed values, mask of present-but-invalid) for one column.
+
+    `raw` is the source text with empty strings as null. Text fields load as they
+    came (cleaning is staging's job); typed fields are trimmed first. Fast paths cast
+    the whole column at once and fall back to per-value checks only when that fails.
+    """
+    present = pc.is_valid(raw)
+    if f_type == "text":
+        if _no_bytes(raw, 0):
+            return raw, raw, pa.repeat(False, len(raw))
+        bad = pc.fill_null(pc.match_substring(raw, "\x00"), False)
+        return raw, raw, bad
+    text = raw if _no_bytes(raw, 32) and _no_bytes(raw, 9) else pc.utf8_trim_whitespace(raw)
+    if f_type == "timestamp":
+        # The shape check keeps to forms PostgreSQL reads exactly as Arrow does.
+        load = _shaped(text, ISO_TIMESTAMP)
+        has_tz = pc.fill_null(pc.match_substring_regex(load, HAS_OFFSET), False)
+        if not pc.all(pc.or_(has_tz, pc.is_null(load))).as_py():
+            load = pc.if_else(has_tz, load, pc.binary_join_element_wise(load, "Z", ""))
+            load = pc.replace_substring_regex(load, "z$", "Z")
+        value = _cast(load, pa.timestamp("us", tz="UTC"))
+    elif f_type == "date":
+        load = _shaped(text, ISO_DATE)
+        value = _cast(load, pa.date32())
+    elif f_type == "numeric":
+        try:
+            value, load = pc.cast(text, pa.float64()), text
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            load = _shaped(text, NUMBER)
+            value = _cast(load, pa.float64())
+        in_range = pc.fill_null(pc.less(pc.abs(value), NUMERIC_LIMIT), False)
+        if not pc.all(pc.or_(in_range, pc.is_null(value))).as_py() or value.null_count:
+            value = pc.if_else(in_range, value, pa.scalar(None, pa.float64()))
+            load = pc.if_else(in_range, load, pa.scalar(None, pa.string()))
+    elif f_type == "integer":
+        try:
+            value, load = pc.cast(text, pa.int64()), text
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            load = pc.replace_substring_regex(_shaped(text, INTEGER), r"\.0*$", "")
+            value = _cast(load, pa.int64())
+    elif f_type == "boolean":
+        lowered = pc.utf8_lower(text)
+        is_true = pc.fill_null(pc.is_in(lowered, pa.array(TRUE_WORDS)), False)
+        is_false = pc.fill_null(pc.is_in(lowered, pa.array(FALSE_WORDS)), False)
+        value = pc.if_else(is_true, True, pc.if_else(is_false, False, pa.scalar(None, pa.bool_())))
+        load = pc.if_else(
+            is_true, "true", pc.if_else(is_false, "false", pa.scalar(None, pa.string()))
+        )
+    else:  # pragma: no cover - the contract's Literal type rules this out
+        raise ValueError(f_type)
+    bad = pc.and_(present, pc.is_null(value))
+    return load, value, bad
+
+
+_MUL = np.uint64(0x100000001B3)
+_INV_MUL = np.uint64(pow(0x100000001B3, -1, 2**64))
+
+
+def hash_strings(arr: pa.Array) -> np.ndarray:
+    """Return a 64-bit hash of every value of a null-free string array, vectorized.
+
+    A polynomial hash modulo 2**64 over the bytes of each value, from prefix sums over
+    the array's data buffer (``sum(b_k * M**k)`` of a value is a difference of prefix
+    sums divided by ``M**start``), mixed with the value's length. Collisions are as
+    unlikely as for any 64-bit hash on non-adversarial keys (~n**2 / 2**65).
+    """
+    arr = arr.cast(pa.string()) if not pa.types.is_string(arr.type) else arr
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + n + 1]
+    start, end = int(offsets[0]), int(offsets[-1])
+    data_buf = arr.buffers()[2]
+    data = (
+        np.frombuffer(data_buf, dtype=np.uint8)[start:end].astype(np.uint64)
+        if data_buf is not None
+        else np.zeros(0, dtype=np.uint64)
+    )
+    with np.errstate(over="ignore"):
+        powers = np.empty(len(data), dtype=np.uint64)
+        inverse = np.empty(len(data), dtype=np.uint64)
+        if len(data):
+            powers[0] = inverse[0] = 1
+            powers[1:] = _MUL
+            inverse[1:] = _INV_MUL
+            np.cumprod(powers, out=powers)
+            np.cumprod(inverse, out=inverse)
+        prefix = np.concatenate(([np.uint64(0)], np.cumsum((data + np.uint64(1)) * powers)))
+        rel = (offsets - start).astype(np.int64)
+        body = (prefix[rel[1:]] - prefix[rel[:-1]]) * np.append(inverse, np.uint64(1))[rel[:-1]]
+        lengths = (rel[1:] - rel[:-1]).astype(np.uint64)
+        return body ^ (lengths * np.uint64(0xC2B2AE3D27D4EB4F))
+
+
+def _scalar_for(f_type: str, moment: dt.datetime) -> pa.Scalar:
+    if f_type == "date":
+        return pa.scalar((moment - dt.timedelta(microseconds=1)).date(), pa.date32())
+    return pa.scalar(moment, pa.timestamp("us", tz="UTC"))
+
+
+class SeenHashes:
+    """A set of 64-bit hashes as sorted numpy arrays of doubling sizes (an LSM layout).
+
+    Membership is a binary search per level and inserts merge equal-sized levels, so a
+    batch of n keys costs O(n log n) in numpy, never Python objects per key, whether it
+    comes in a few big chunks or thousands of small files.
+    """
+
+    def __init__(self) -> None:
+        self.levels: list[np.ndarray] = []
+
+    def contains(self, values: np.ndarray) -> np.ndarray:
+        """Return the mask of `values` already in the set."""
+        found = np.zeros(len(values), dtype=bool)
+        for level in self.levels:
+            pos = np.searchsorted(level, values)
+            hit = pos < len(level)
+            found[hit] |= level[pos[hit]] == values[hit]
+        return found
+
+    def add(self, values: np.ndarray) -> None:
+        """Add sorted, unique `values` that are not in the set yet."""
+        if not len(values):
+            return
+        merged = values
+        while self.levels and len(self.levels[-1]) <= len(merged):
+            merged = np.union1d(self.levels.pop(), merged)
+        self.levels.append(merged)
+
+
+# ----------------------------------------------------------------------- checker
+
+
+class Checker:
+    """Checks the chunks of one batch against `entity`; remembers keys across chunks."""
+
+    def __init__(self, entity: RawEntity, window: Window, cursor: str | None) -> None:
+        self.entity = entity
+        self.window = window
+        self.cursor = cursor
+        self.seen = SeenHashes()
+        self.seen_headers: set[tuple[str, ...]] = set()
+        self.extra_columns: list[str] = []
+
+    def check_columns(self, names: list[str], where: str) -> None:
+        """Fail on a missing required column; note unknown ones (they go to _extra)."""
+        key = tuple(names)
+        if key in self.seen_headers:
+            return
+        self.seen_headers.add(key)
+        missing = [c for c in self.entity.required if c not in names]
+        if missing:
+            from lifecycle.load import LoadError
+
+            raise LoadError(
+                f"{where}: required column(s) missing for {self.entity.qualified}: "
+                f"{', '.join(missing)} (found: {', '.join(names) or 'none'})"
+            )
+        for c in names:
+            if c not in self.entity.names and c not in self.extra_columns:
+                self.extra_columns.append(c)
+                log.warning(
+                    "%s: new column %r is not in the contract of %s; kept in _extra",
+                    where,
+                    c,
+                    self.entity.qualified,
+                )
+
+    def check(self, chunk: Chunk) -> Checked:
+        """Return the loadable rows of `chunk` and its quarantine."""
+        table = chunk.table
+        n = table.num_rows
+        self.check_columns(table.column_names, chunk.source)
+        texts: dict[str, pa.Array] = {}
+        loads: dict[str, pa.Array] = {}
+        values: dict[str, pa.Array] = {}
+        failures: list[tuple[Field, str, pa.Array]] = []
+        for f in self.entity.fields:
+            if f.name in table.column_names:
+                raw = table.column(f.name).combine_chunks()
+                if not pa.types.is_string(raw.type):
+                    raw = pc.cast(raw, pa.string())
+                text = _empty_to_null(raw)
+            else:
+                text = pa.nulls(n, pa.string())
+            texts[f.name] = text
+            load, value, bad = type_column(f.type, text)
+            loads[f.name], values[f.name] = load, value
+            failures.append((f, "invalid", bad))
+            if not f.nullable:
+                failures.append((f, "empty", pc.is_null(text)))
+            if f.non_negative:
+                failures.append((f, "negative", pc.fill_null(pc.less(value, 0), False)))
+            if f.not_future:
+                bound = _scalar_for(f.type, self.window.end)
+                failures.append((f, "future", pc.fill_null(pc.greater(value, bound), False)))
+
+        outside = self._outside(values)
+        bad_any = np.zeros(n, dtype=bool)
+        for _, _, mask in failures:
+            bad_any |= mask.to_numpy(zero_copy_only=False)
+        # A row of another interval is that interval's business, defects included.
+        bad_any &= ~outside
+        reasons: dict[int, list[str]] = {}
+        if bad_any.any():
+            for f, kind, mask in failures:
+                hit = np.flatnonzero(mask.to_numpy(zero_copy_only=False) & bad_any)
+                for i in hit.tolist():
+                    reasons.setdefault(i, []).append(self._reason(f, kind, texts[f.name], i))
+
+        keep = ~bad_any & ~outside
+        rows_duplicate = 0
+        if keep.any():
+            dup = self._duplicates(texts, keep)
+            rows_duplicate = len(dup)
+            if rows_duplicate:
+                keep[dup] = False
+                if self.entity.duplicates == "quarantine":
+                    for i in dup.tolist():
+                        key = ", ".join(f"{k}={texts[k][i].as_py()}" for k in self.entity.key)
+                        reasons[i] = [f"duplicate of an earlier row of this batch ({key})"]
+
+        rejects = chunk.rejects
+        unplaced = 0
+        if self.cursor is not None and self.window.start is not None:
+            # Records that could not be split into fields cannot be placed in an interval
+            # either: the load from the beginning reports them, incremental loads of the
+            # same file do not (once, not daily).
+            rejects, unplaced = [], len(rejects)
+        quarantine = [
+            (chunk.source, int(chunk.lines[i]), "; ".join(reasons[i]), self._payload(table, i))
+            for i in sorted(reasons)
+        ] + [(r.source, r.line, r.reason, r.payload) for r in rejects]
+        return Checked(
+            self._loadable(table, loads, chunk.lines, keep),
+            chunk.source,
+            quarantine,
+            rows_read=n + len(chunk.rejects),
+            rows_duplicate=rows_duplicate,
+            rows_out_of_window=int(outside.sum()) + unplaced,
+        )
+
+    def _reason(self, f: Field, kind: str, text: pa.Array, i: int) -> str:
+        value = text[i].as_py()
+        if kind == "invalid":
+            return f"{f.name}: {value!r} is not a valid {f.type}"
+        if kind == "empty":
+            return f"{f.name} is empty"
+        if kind == "negative":
+            return f"{f.name} {value} is negative"
+        end = self.window.last_date() if f.type == "date" else self.window.end.isoformat()
+        return f"{f.name} {value} is in the future (after the end of the load interval, {end})"
+
+    def _outside(self, values: dict[str, pa.Array]) -> np.ndarray:
+        """Return the mask of rows whose cursor places them outside the batch's window.
+
+        Without a cursor every row belongs to the batch (files are assigned to batches
+        by their arrival instead). A row whose cursor cannot be read cannot be placed:
+        the load that starts at the beginning (window start None) reports it, and
+        incremental loads leave it alone so it is not reported once per day.
+        """
+        n = len(next(iter(values.values())))
+        if self.cursor is None:
+            return np.zeros(n, dtype=bool)
+        f_type = self.entity.field(self.cursor).type
+        cursor = values[self.cursor]
+        fallback = self.entity.cursor_fallback
+        if fallback and self.cursor == self.entity.cursor:
+            cursor = pc.coalesce(cursor, values[fallback])
+        outside = pc.fill_null(pc.greater(cursor, _scalar_for(f_type, self.window.end)), False)
+        if self.window.start is not None:
+            lower = _scalar_for(f_type, self.window.start)
+            outside = pc.or_(outside, pc.fill_null(pc.less_equal(cursor, lower), True))
+        return outside.to_numpy(zero_copy_only=False).copy()
+
+    def _duplicates(self, texts: dict[str, pa.Array], keep: np.ndarray) -> np.ndarray:
+        """Return the row indices (among `keep`) whose key was already seen in this batch."""
+        idx = np.flatnonzero(keep)
+        take = pa.array(idx)
+        hashes = np.zeros(len(idx), dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for k in self.entity.key:
+                column = pc.fill_null(texts[k].take(take), "")
+                hashes = hashes * np.uint64(0x9E3779B97F4A7C15) + hash_strings(column)
+        # First occurrence within the chunk, then against the earlier chunks.
+        unique, first = np.unique(hashes, return_index=True)
+        dup = np.ones(len(idx), dtype=bool)
+        dup[first] = False
+        earlier = self.seen.contains(unique)
+        if earlier.any():
+            dup[first[earlier]] = True
+        self.seen.add(unique[~earlier])
+        return idx[dup]
+
+    def _loadable(
+        self, table: pa.Table, loads: dict[str, pa.Array], lines: np.ndarray, keep: np.ndarray
+    ) -> pa.Table:
+        mask = pa.array(keep)
+        cols = {f.name: loads[f.name].filter(mask) for f in self.entity.fields}
+        extras = [c for c in table.column_names if c not in self.entity.names]
+        if extras:
+            sub = table.select(extras).filter(mask).to_pylist()
+            cols["_extra"] = pa.array(
+                [
+                    json.dumps(
+                        {k: v for k, v in r.items() if v not in (None, "")}, ensure_ascii=False
+                    )
+                    for r in sub
+                ],
+                type=pa.string(),
+            )
+        else:
+            cols["_extra"] = pa.nulls(int(keep.sum()), pa.string())
+        cols["_line"] = pa.array(lines[keep], type=pa.int64())
+        return pa.table(cols)
+
+    @staticmethod
+    def _payload(table: pa.Table, i: int) -> str:
+        return json.dumps(table.slice(i, 1).to_pylist()[0], ensure_ascii=False)
