@@ -83,7 +83,9 @@ def bench_copy(url: str, path: Path) -> tuple[int, float]:
         cur.execute("alter table public.bench_copy alter _source set default 'bench'")
         cur.execute("alter table public.bench_copy alter _batch_id set default 'bench'")
         with (
-            cur.copy(f"copy public.bench_copy ({header}) from stdin with (format csv, header)") as cp,
+            cur.copy(
+                f"copy public.bench_copy ({header}) from stdin with (format csv, header)"
+            ) as cp,
             path.open("rb") as fh,
         ):
             while block := fh.read(1 << 20):
@@ -139,7 +141,9 @@ def main() -> None:
             f"\nlifecycle / plain COPY = {rate['lifecycle'] / rate['plain COPY']:.0%}"
             f"   (target >= 80%)"
         )
-        print(f"lifecycle / to_sql     = {rate['lifecycle'] / rate['to_sql']:.1f}x  (target >= 10x)")
+        print(
+            f"lifecycle / to_sql     = {rate['lifecycle'] / rate['to_sql']:.1f}x  (target >= 10x)"
+        )
 
         print("\nevery source of the world, real loader (full load up to the last day):")
         env = {

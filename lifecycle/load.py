@@ -161,7 +161,10 @@ def _produce(chunks: Iterable[Chunk], checker: Checker, out: queue.Queue, state:
             state["rows_out_of_window"] += checked.rows_out_of_window
             state["quarantine"].extend(checked.quarantine)
             if checked.table.num_rows:
-                out.put((checked.source, checked.table.num_rows, _csv_bytes(checked.table)))
+                # A table that carries _source per row needs no per-chunk setting.
+                source = None if "_source" in checked.table.column_names else checked.source
+                names = tuple(checked.table.column_names)
+                out.put((source, names, checked.table.num_rows, _csv_bytes(checked.table)))
     except BaseException as exc:  # handed to the consumer, which re-raises it
         state["error"] = exc
     finally:
@@ -181,8 +184,6 @@ def _stream(
     every CSV line it is set once per chunk as a transaction-local setting that the
     column's default reads (see ``lifecycle.raw.META_COLUMNS``); so is ``_batch_id``.
     """
-    columns = ", ".join([f'"{f.name}"' for f in entity.fields] + ["_extra", "_line"])
-    statement = f"copy {entity.qualified} ({columns}) from stdin with (format csv)"
     out: queue.Queue = queue.Queue(maxsize=3)
     # psycopg feeds COPY in small pieces, taking the GIL back after each; with the
     # checker busy on the other thread, the default 5 ms switch interval makes every
@@ -196,21 +197,25 @@ def _stream(
     )
     worker.start()
     loaded = 0
-    current_source = None
+    current = None
     copy_cm = copy = None
     try:
         while True:
             item = out.get()
             if item is _DONE:
                 break
-            source, rows, data = item
-            if source != current_source:
+            source, names, rows, data = item
+            if (source, names) != current:
                 if copy_cm is not None:
                     copy_cm.__exit__(None, None, None)
-                cur.execute("select set_config('lifecycle.source', %s, true)", (source,))
-                copy_cm = cur.copy(statement)
+                if source is not None:
+                    cur.execute("select set_config('lifecycle.source', %s, true)", (source,))
+                columns = ", ".join(f'"{n}"' for n in names)
+                copy_cm = cur.copy(
+                    f"copy {entity.qualified} ({columns}) from stdin with (format csv)"
+                )
                 copy = copy_cm.__enter__()
-                current_source = source
+                current = (source, names)
             copy.write(data)
             loaded += rows
         if copy_cm is not None:

@@ -54,13 +54,33 @@ class Chunk:
     """Source records as text: one string column per source field.
 
     `source` names where they came from (file path, API query, database query) and
-    `lines` gives each row's line or record number there.
+    `lines` gives each row's line or record number there. A chunk that gathers several
+    small files names each row's file in `sources` (and `source` describes them all).
     """
 
     table: pa.Table
     source: str
     lines: np.ndarray
     rejects: list[Reject] = field(default_factory=list)
+    sources: pa.Array | None = None
+
+    def source_of(self, i: int) -> str:
+        """Return where row `i` came from."""
+        return self.source if self.sources is None else self.sources[i].as_py()
+
+    @classmethod
+    def concat(cls, chunks: list[Chunk], source: str) -> Chunk:
+        """Return one chunk of the rows of `chunks` (any columns), keeping each row's source."""
+        table = pa.concat_tables([c.table for c in chunks], promote_options="permissive")
+        sources = pa.concat_arrays(
+            [
+                c.sources if c.sources is not None else pa.repeat(c.source, c.table.num_rows)
+                for c in chunks
+            ]
+        ).cast(pa.string())
+        lines = np.concatenate([c.lines for c in chunks]) if chunks else np.empty(0, np.int64)
+        rejects = [r for c in chunks for r in c.rejects]
+        return cls(table, source, lines, rejects, sources)
 
     @classmethod
     def from_records(cls, records: list[dict], source: str, lines: np.ndarray) -> Chunk:
@@ -327,7 +347,8 @@ class Checker:
         """Return the loadable rows of `chunk` and its quarantine."""
         table = chunk.table
         n = table.num_rows
-        self.check_columns(table.column_names, chunk.source)
+        if n or table.num_columns:  # a file whose every line was rejected has no header
+            self.check_columns(table.column_names, chunk.source)
         texts: dict[str, pa.Array] = {}
         loads: dict[str, pa.Array] = {}
         values: dict[str, pa.Array] = {}
@@ -385,11 +406,16 @@ class Checker:
             # same file do not (once, not daily).
             rejects, unplaced = [], len(rejects)
         quarantine = [
-            (chunk.source, int(chunk.lines[i]), "; ".join(reasons[i]), self._payload(table, i))
+            (
+                chunk.source_of(i),
+                int(chunk.lines[i]),
+                "; ".join(reasons[i]),
+                self._payload(table, i),
+            )
             for i in sorted(reasons)
         ] + [(r.source, r.line, r.reason, r.payload) for r in rejects]
         return Checked(
-            self._loadable(table, loads, chunk.lines, keep),
+            self._loadable(table, loads, chunk, keep),
             chunk.source,
             quarantine,
             rows_read=n + len(chunk.rejects),
@@ -450,7 +476,7 @@ class Checker:
         return idx[dup]
 
     def _loadable(
-        self, table: pa.Table, loads: dict[str, pa.Array], lines: np.ndarray, keep: np.ndarray
+        self, table: pa.Table, loads: dict[str, pa.Array], chunk: Chunk, keep: np.ndarray
     ) -> pa.Table:
         mask = pa.array(keep)
         cols = {f.name: loads[f.name].filter(mask) for f in self.entity.fields}
@@ -468,7 +494,9 @@ class Checker:
             )
         else:
             cols["_extra"] = pa.nulls(int(keep.sum()), pa.string())
-        cols["_line"] = pa.array(lines[keep], type=pa.int64())
+        cols["_line"] = pa.array(chunk.lines[keep], type=pa.int64())
+        if chunk.sources is not None:
+            cols["_source"] = chunk.sources.filter(mask)
         return pa.table(cols)
 
     @staticmethod

@@ -69,8 +69,27 @@ def _arrival(name: str, info: dict, partition: dt.date) -> dt.date:
     return partition
 
 
+#: Files are small (one day of one part); checking and copying them in groups of about
+#: this many rows saves the fixed cost per chunk (measured: ~7 ms per file alone).
+ROWS_PER_CHUNK = 50_000
+
+
 def file_chunks(files: list[EventFile]) -> Iterator[Chunk]:
-    """Yield the events of `files`, one chunk per file."""
+    """Yield the events of `files`, several small files to a chunk, each row's file kept."""
+    group: list[Chunk] = []
+    rows = 0
     for f in files:
         with fsspec.open(f.url, "rb", compression="infer") as fh:
-            yield read_jsonl(fh, f.url, WEB_EVENTS.names)
+            group.append(read_jsonl(fh, f.url, WEB_EVENTS.names))
+        rows += group[-1].table.num_rows
+        if rows >= ROWS_PER_CHUNK:
+            yield _gathered(group)
+            group, rows = [], 0
+    if group:
+        yield _gathered(group)
+
+
+def _gathered(group: list[Chunk]) -> Chunk:
+    if len(group) == 1:
+        return group[0]
+    return Chunk.concat(group, f"{len(group)} files, {group[0].source} .. {group[-1].source}")

@@ -1,0 +1,144 @@
+"""Orders of the sample world: the buy-till-you-die process, order values, statuses and items.
+
+See README.md ("Purchases", "Order items") for the model. Amounts are integer cents throughout,
+so the items of an order sum to its amount exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lifecycle.sample.calendar import thin
+from lifecycle.sample.text import SECONDS_PER_DAY, permute
+
+if TYPE_CHECKING:
+    from lifecycle.sample.context import Context, Table
+
+MAX_ORDERS_PER_PERSON = 999  # order ids encode (person, sequence < 1000)
+COMPLETED, REFUNDED, CANCELLED = 0, 1, 2
+STATUSES = ("completed", "refunded", "cancelled")
+EUR_PER_USD = 0.92
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Products sorted by USD price, with popularity weights (Zipf over a random rank)."""
+
+    product_num: np.ndarray  # id number: product_id = "P" + number
+    price_usd: np.ndarray  # cents, ascending
+    price_eur: np.ndarray  # cents
+    log_price: np.ndarray  # log of USD price in dollars, ascending
+    pop_cum: np.ndarray  # cumulative popularity in price order, pop_cum[0] = 0, [-1] = 1
+
+    def pick(self, lo: np.ndarray, hi: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Return a popularity-weighted product index in ``[lo, hi)`` for uniforms ``u``."""
+        c = self.pop_cum[lo] + u * (self.pop_cum[hi] - self.pop_cum[lo])
+        return np.clip(np.searchsorted(self.pop_cum, c, side="right") - 1, lo, hi - 1)
+
+    def popular(self, u: np.ndarray) -> np.ndarray:
+        """Return popularity-weighted product indices over the whole catalog."""
+        size = self.price_usd.size
+        return self.pick(np.zeros(u.size, np.int64), np.full(u.size, size, np.int64), u)
+
+
+def build_catalog(rng: np.random.Generator, size: int) -> Catalog:
+    """Return a catalog of ``size`` products: log-normal prices, mostly ending in .99."""
+    dollars = np.clip(np.exp(rng.normal(np.log(28.0), 0.85, size)), 3.0, 600.0)
+    ending = rng.random(size)
+    cents = np.where(
+        ending < 0.80,
+        np.floor(dollars) * 100 + 99,
+        np.where(ending < 0.95, np.round(dollars) * 100, np.floor(dollars) * 100 + 50),
+    ).astype(np.int64)
+    cents = np.sort(cents)
+    eur = np.maximum(np.round(cents * EUR_PER_USD / 100) * 100 - 1, 99).astype(np.int64)
+    weights = 1.0 / (1.0 + rng.permutation(size)) ** 1.05
+    pop_cum = np.concatenate([[0.0], np.cumsum(weights) / weights.sum()])
+    pop_cum[-1] = 1.0
+    return Catalog(
+        product_num=10001 + rng.permutation(size),
+        price_usd=cents,
+        price_eur=eur,
+        log_price=np.log(cents / 100.0),
+        pop_cum=pop_cum,
+    )
+
+
+def make_orders(ctx: Context, rng: np.random.Generator, people: Table) -> tuple[Table, Table]:
+    """Return (orders, order_items) of a block of people, sorted by person then time."""
+    cfg, cal, cat = ctx.config, ctx.cal, ctx.catalog
+    buyer = np.flatnonzero(~people["is_prospect"] & (people["first_t"] < cal.end_ts))
+    first_t = people["first_t"][buyer]
+    stop = np.minimum(people["dropout_t"][buyer], cal.end_ts)
+    seg, t_rep = thin(rng, cal, first_t + 1, stop, people["lam"][buyer])
+    local = np.concatenate([buyer, buyer[seg]])
+    t = np.concatenate([first_t, t_rep])
+    order = np.lexsort((t, local))
+    local, t = local[order], t[order]
+    starts = np.searchsorted(local, local, side="left")
+    seq = np.arange(local.size) - starts
+    keep = seq < MAX_ORDERS_PER_PERSON
+    local, t, seq = local[keep], t[keep], seq[keep]
+    n_orders = local.size
+
+    # Gamma-Gamma order value (USD target), then items that approximate it from the catalog
+    target = rng.gamma(cfg.order_value_p, people["mean_value"][local] / cfg.order_value_p)
+    k = 1 + rng.binomial(3, np.clip(target / 300.0, 0.08, 0.6))
+    item_order = np.repeat(np.arange(n_orders), k)
+    item_no = np.arange(item_order.size) - np.repeat(np.cumsum(k) - k, k) + 1
+    share = rng.gamma(2.0, 1.0, item_order.size)
+    share /= np.bincount(item_order, weights=share, minlength=n_orders)[item_order]
+    qty = rng.choice(np.array([1, 2, 3]), size=item_order.size, p=(0.86, 0.10, 0.04))
+    log_target = np.log(np.maximum(target[item_order] * share / qty, 0.5)) + rng.normal(
+        0.0, 0.15, item_order.size
+    )
+    size = cat.price_usd.size
+    centre = np.clip(np.searchsorted(cat.log_price, log_target), 0, size - 1)
+    lo = np.minimum(np.searchsorted(cat.log_price, log_target - 0.2), centre)
+    hi = np.maximum(np.searchsorted(cat.log_price, log_target + 0.2, side="right"), centre + 1)
+    product = cat.pick(lo, hi, rng.random(item_order.size))
+    eur = people["eur"][local]
+    unit = np.where(eur[item_order], cat.price_eur[product], cat.price_usd[product])
+    amount = np.bincount(item_order, weights=unit * qty, minlength=n_orders).astype(np.int64)
+    quantity = np.bincount(item_order, weights=qty, minlength=n_orders).astype(np.int64)
+
+    # statuses: refunds happen days later (only visible if before `end`), cancels within hours
+    u = rng.random(n_orders)
+    refund_at = t + ((1 + rng.gamma(2.0, 4.0, n_orders)) * SECONDS_PER_DAY).astype(np.int64)
+    cancel_at = t + rng.integers(300, 6 * 3600, n_orders)
+    done_at = t + rng.integers(0, 300, n_orders)
+    refunded = (u < cfg.refund_rate) & (refund_at < cal.end_ts)
+    cancelled = (u >= cfg.refund_rate) & (u < cfg.refund_rate + cfg.cancel_rate)
+    status = np.where(refunded, REFUNDED, np.where(cancelled, CANCELLED, COMPLETED)).astype(np.int8)
+    updated = np.where(refunded, refund_at, np.where(cancelled, cancel_at, done_at))
+    updated = np.minimum(updated, cal.end_ts - 1)
+
+    person = people["idx"][local]
+    order_num = permute(person * 1000 + seq, 12, ctx.key_order)
+    orders = {
+        "person": person,
+        "local": local,
+        "seq": seq,
+        "t": t,
+        "updated": updated,
+        "status": status,
+        "eur": eur,
+        "amount": amount,
+        "quantity": quantity,
+        "order_num": order_num,
+        "n_items": k,
+    }
+    items = {
+        "person": person[item_order],
+        "order_row": item_order,
+        "order_num": order_num[item_order],
+        "item_no": item_no,
+        "product": product,
+        "qty": qty,
+        "unit": unit,
+        "updated": updated[item_order],
+    }
+    return orders, items
