@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lifecycle.raw import CRM_CONTACTS, MARKETING_SPEND, ORDER_ITEMS, ORDERS
 from lifecycle.sample import dirty
 from lifecycle.sample import text as tx
 from lifecycle.sample.block import Block, concat_blocks, make_block
@@ -35,33 +36,11 @@ from lifecycle.sample.web import (
 )
 from lifecycle.sample.world import WorldConfig, WorldSummary
 
-CONTACT_COLUMNS = (
-    "id",
-    "email",
-    "first_name",
-    "last_name",
-    "phone",
-    "country",
-    "created_at",
-    "updated_at",
-    "acquisition_channel",
-    "marketing_opt_in",
-    "lifecycle_stage",
-    "referred_by",
-)
-ORDER_COLUMNS = (
-    "order_id",
-    "customer_id",
-    "email",
-    "ordered_at",
-    "updated_at",
-    "status",
-    "currency",
-    "amount",
-    "quantity",
-)
-ITEM_COLUMNS = ("order_item_id", "order_id", "product_id", "quantity", "unit_price", "updated_at")
-SPEND_COLUMNS = ("date", "channel", "spend", "currency")
+# The source files carry exactly the fields of the raw contracts (one name for one thing).
+CONTACT_COLUMNS = CRM_CONTACTS.names
+ORDER_COLUMNS = ORDERS.names
+ITEM_COLUMNS = ORDER_ITEMS.names
+SPEND_COLUMNS = MARKETING_SPEND.names
 TRUTH_COLUMNS = (
     "person_id",
     "customer_id",

@@ -71,23 +71,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
+from lifecycle.raw import CRM_CONTACTS
+
 logger = logging.getLogger(__name__)
 
-#: Columns of the CRM contacts export, in the order of DESIGN.md §4.
-CONTACT_COLUMNS: tuple[str, ...] = (
-    "id",
-    "email",
-    "first_name",
-    "last_name",
-    "phone",
-    "country",
-    "created_at",
-    "updated_at",
-    "acquisition_channel",
-    "marketing_opt_in",
-    "lifecycle_stage",
-    "referred_by",
-)
+#: Columns of the CRM contacts export: the fields of the raw contract.
+CONTACT_COLUMNS: tuple[str, ...] = CRM_CONTACTS.names
 #: Columns served under ``properties`` (everything but the id).
 PROPERTY_COLUMNS: tuple[str, ...] = tuple(c for c in CONTACT_COLUMNS if c != "id")
 
