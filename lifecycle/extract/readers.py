@@ -26,7 +26,7 @@ import pyarrow.json as pajson
 
 from lifecycle.parse import Chunk, Reject
 
-BLOCK_BYTES = 8 << 20
+BLOCK_BYTES = 2 << 20
 
 
 def _line_spans(data: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -174,6 +174,8 @@ def read_jsonl(stream: BinaryIO, locator: str, fields: tuple[str, ...]) -> Chunk
     try:
         table = pajson.read_json(
             io.BytesIO(good),
+            # Files are small: a thread pool per file costs more than it saves.
+            read_options=pajson.ReadOptions(use_threads=False, block_size=max(len(good), 1 << 20)),
             parse_options=pajson.ParseOptions(
                 explicit_schema=schema, unexpected_field_behavior="infer"
             ),
