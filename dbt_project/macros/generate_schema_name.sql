@@ -1,0 +1,11 @@
+{#
+    Custom schema names are used as they are (`staging`, `intermediate`, `marts`,
+    DESIGN.md §9) instead of dbt's default `<target schema>_<custom schema>`.
+#}
+{% macro generate_schema_name(custom_schema_name, node) -%}
+    {%- if custom_schema_name is none -%}
+        {{ target.schema }}
+    {%- else -%}
+        {{ custom_schema_name | trim }}
+    {%- endif -%}
+{%- endmacro %}

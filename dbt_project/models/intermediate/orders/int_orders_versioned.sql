@@ -1,0 +1,87 @@
+-- Each order's history as versions with validity intervals [valid_from_at, valid_to_at),
+-- reconstructed from the versions' updated_at (valid time, not load time):
+--   * the first version holds from ordered_at; each later one from its updated_at;
+--   * an order first seen already refunded was completed from ordered_at until the
+--     refund: it gets an inferred `completed` version for that span;
+--   * only `completed` versions count as completed orders (refunded and cancelled never).
+with
+
+orders as (
+    select * from {{ ref('stg_orders__orders') }}
+),
+
+sequenced as (
+    select
+        *,
+        row_number() over (partition by order_id order by updated_at) as version_number,
+        lead(updated_at) over (partition by order_id order by updated_at) as next_updated_at
+    from orders
+),
+
+observed_versions as (
+    select
+        order_id,
+        customer_id,
+        email,
+        ordered_at,
+        version_number,
+        status,
+        currency,
+        amount,
+        false as is_inferred,
+        case
+            when version_number = 1 and status <> 'refunded' then ordered_at
+            else greatest(updated_at, ordered_at)
+        end as valid_from_at,
+        next_updated_at as valid_to_at
+    from sequenced
+),
+
+inferred_completions as (
+    select
+        order_id,
+        customer_id,
+        email,
+        ordered_at,
+        0 as version_number,
+        'completed' as status,
+        currency,
+        amount,
+        true as is_inferred,
+        ordered_at as valid_from_at,
+        updated_at as valid_to_at
+    from sequenced
+    where
+        version_number = 1
+        and status = 'refunded'
+        and updated_at > ordered_at
+),
+
+unioned as (
+    select * from observed_versions
+    union all
+    select * from inferred_completions
+),
+
+final as (
+    select
+        order_id,
+        customer_id,
+        email,
+        ordered_at,
+        {{ utc_date('ordered_at') }} as order_date,
+        version_number,
+        status,
+        status = 'completed' as is_completed,
+        is_inferred,
+        currency,
+        amount,
+        {{ to_usd('amount', 'currency') }} as amount_usd,
+        valid_from_at,
+        valid_to_at,
+        {{ utc_date('valid_from_at') }} as valid_from_date,
+        {{ utc_date('valid_to_at') }} as valid_to_date
+    from unioned
+)
+
+select * from final

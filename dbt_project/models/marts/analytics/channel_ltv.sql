@@ -1,0 +1,192 @@
+-- Customer lifetime value by acquisition channel with the planning formula
+--   LTV = average order value × orders per year × expected relationship years
+-- and LTV/CAC where marketing spend is known. One row per acquisition channel, plus
+-- 'all'. Definitions (window = the ltv_window_days days up to the as-of date):
+--   * average order value: revenue / completed orders of the channel's buyers, all time;
+--   * orders per year: completed orders in the window per buyer who ordered in it;
+--   * expected relationship years: 1 / annual churn rate, where the churn rate is the
+--     buyers who entered `churned` in the window over the buyers exposed to churn in it
+--     (in a buying stage the day before the window, or first buying in it), annualized
+--     to the days the window covers; capped at max_relationship_years, and the
+--     expected_relationship_years var when no churn has been observed yet;
+--   * CAC: marketing spend (USD) up to the as-of date / the channel's buyers.
+with
+
+customers as (
+    select * from {{ ref('customers') }}
+),
+
+orders as (
+    select * from {{ ref('int_orders_enriched') }}
+),
+
+history as (
+    select * from {{ ref('customer_stage_history') }}
+),
+
+spend as (
+    select * from {{ ref('stg_marketing__spend') }}
+),
+
+window_bounds as (
+    select
+        {{ as_of_date() }} - {{ var('ltv_window_days') }} as window_start_exclusive,
+        least(
+            {{ var('ltv_window_days') }},
+            {{ as_of_date() }} - min(first_order_date) + 1
+        ) as covered_days
+    from customers
+    where first_order_date is not null
+),
+
+buyers as (
+    select customer_key, acquisition_channel, first_order_date
+    from customers
+    where is_buyer
+    union all
+    select customer_key, 'all' as acquisition_channel, first_order_date
+    from customers
+    where is_buyer
+),
+
+buyer_orders as (
+    select
+        buyers.acquisition_channel,
+        count(*) as count_orders,
+        sum(orders.amount_usd) as revenue_usd,
+        count(*) filter (
+            where orders.order_date > window_bounds.window_start_exclusive
+        ) as count_orders_in_window,
+        count(distinct orders.customer_key) filter (
+            where orders.order_date > window_bounds.window_start_exclusive
+        ) as count_buyers_in_window
+    from buyers
+    inner join orders on orders.customer_key = buyers.customer_key
+    cross join window_bounds
+    where orders.is_completed
+    group by buyers.acquisition_channel
+),
+
+churn as (
+    select
+        buyers.acquisition_channel,
+        count(distinct buyers.customer_key) filter (
+            where
+                history.stage = 'churned'
+                and history.valid_from > window_bounds.window_start_exclusive
+        ) as count_churned_in_window,
+        count(distinct buyers.customer_key) filter (
+            where
+                (
+                    history.stage not in ('prospect', 'churned')
+                    and history.valid_from <= window_bounds.window_start_exclusive
+                    and (
+                        history.valid_to is null
+                        or history.valid_to > window_bounds.window_start_exclusive
+                    )
+                )
+                or buyers.first_order_date > window_bounds.window_start_exclusive
+        ) as count_exposed_to_churn
+    from buyers
+    inner join history on history.customer_key = buyers.customer_key
+    cross join window_bounds
+    group by buyers.acquisition_channel
+),
+
+channel_spend as (
+    select
+        acquisition_channel,
+        sum({{ to_usd('spend_amount', 'currency') }}) as spend_usd
+    from spend
+    where spend_date <= {{ as_of_date() }}
+    group by acquisition_channel
+    union all
+    select
+        'all' as acquisition_channel,
+        sum({{ to_usd('spend_amount', 'currency') }}) as spend_usd
+    from spend
+    where spend_date <= {{ as_of_date() }}
+    having count(*) > 0
+),
+
+channels as (
+    select acquisition_channel from buyers
+    union
+    select acquisition_channel from channel_spend
+),
+
+buyer_counts as (
+    select
+        acquisition_channel,
+        count(*) as count_buyers
+    from buyers
+    group by acquisition_channel
+),
+
+measured as (
+    select
+        channels.acquisition_channel,
+        coalesce(buyer_counts.count_buyers, 0) as count_buyers,
+        coalesce(buyer_orders.count_orders, 0) as count_orders,
+        coalesce(buyer_orders.revenue_usd, 0) as revenue_usd,
+        buyer_orders.revenue_usd / nullif(buyer_orders.count_orders, 0)
+            as average_order_value_usd,
+        buyer_orders.count_orders_in_window::numeric
+        / nullif(buyer_orders.count_buyers_in_window, 0) as orders_per_year,
+        coalesce(churn.count_churned_in_window, 0) as count_churned_in_window,
+        coalesce(churn.count_exposed_to_churn, 0) as count_exposed_to_churn,
+        churn.count_churned_in_window::numeric
+        / nullif(churn.count_exposed_to_churn, 0)
+        * 365.25 / nullif(window_bounds.covered_days, 0) as annual_churn_rate,
+        channel_spend.spend_usd
+    from channels
+    cross join window_bounds
+    left join buyer_counts on buyer_counts.acquisition_channel = channels.acquisition_channel
+    left join buyer_orders on buyer_orders.acquisition_channel = channels.acquisition_channel
+    left join churn on churn.acquisition_channel = channels.acquisition_channel
+    left join channel_spend on channel_spend.acquisition_channel = channels.acquisition_channel
+),
+
+planned as (
+    select
+        *,
+        case
+            when annual_churn_rate > 0
+                then least(1 / annual_churn_rate, {{ var('max_relationship_years') }})
+            else {{ var('expected_relationship_years') }}
+        end as expected_relationship_years,
+        case
+            when annual_churn_rate > 0 then 'observed_churn' else 'default'
+        end as relationship_years_source,
+        spend_usd / nullif(count_buyers, 0) as cac_usd
+    from measured
+),
+
+final as (
+    select
+        cast(acquisition_channel as text) as acquisition_channel,
+        cast(count_buyers as integer) as count_buyers,
+        cast(count_orders as integer) as count_orders,
+        cast(revenue_usd as numeric(14, 2)) as revenue_usd,
+        cast(average_order_value_usd as numeric(14, 2)) as average_order_value_usd,
+        cast(orders_per_year as numeric(10, 4)) as orders_per_year,
+        cast(count_churned_in_window as integer) as count_churned_in_window,
+        cast(count_exposed_to_churn as integer) as count_exposed_to_churn,
+        cast(annual_churn_rate as numeric(10, 4)) as annual_churn_rate,
+        cast(expected_relationship_years as numeric(10, 4)) as expected_relationship_years,
+        cast(relationship_years_source as text) as relationship_years_source,
+        cast(
+            average_order_value_usd * orders_per_year * expected_relationship_years
+            as numeric(14, 2)
+        ) as ltv_usd,
+        cast(spend_usd as numeric(14, 2)) as spend_usd,
+        cast(cac_usd as numeric(14, 2)) as cac_usd,
+        cast(
+            average_order_value_usd * orders_per_year * expected_relationship_years
+            / nullif(cac_usd, 0) as numeric(10, 4)
+        ) as ltv_to_cac_ratio,
+        cast({{ as_of_date() }} as date) as as_of_date
+    from planned
+)
+
+select * from final

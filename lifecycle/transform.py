@@ -1,0 +1,356 @@
+"""Transform: build the dbt project (raw → staging → intermediate → marts) for a logical date.
+
+One entry point for the CLI (``lifecycle transform --date D``) and the DAGs:
+:func:`transform` runs ``dbt build`` in-process with ``dbtRunner``. The connection comes
+from the warehouse URL (``LIFECYCLE_WAREHOUSE_URL`` or the embedded server): it is split
+into the ``LIFECYCLE_DBT_*`` variables that ``dbt_project/profiles.yml`` reads, so no
+secret is ever written to a file. The logical date goes to dbt as the var
+``as_of_date``; the models never read the wall clock, so a backfill of a past date gives
+the same marts as the original run. dbt's ``target/`` and ``logs/`` live under
+``LIFECYCLE_HOME/dbt``, never in the repository.
+
+Within one process the parsed manifest is kept and reused per warehouse database (dbt
+parses in ~4 s cold), and re-parsed when a file of the project changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lifecycle.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+#: The dbt project (``dbt_project/`` at the top of the repository).
+PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
+
+#: dbt threads by default: one per core, at most 4 (on a 2-core machine more threads only
+#: make the warehouse's queries compete; measured in bench/bench_dbt.py).
+DEFAULT_THREADS = max(1, min(4, os.cpu_count() or 2))
+
+#: Node statuses that fail a run.
+FAILED_STATUSES = frozenset({"error", "fail", "runtime error"})
+
+_lock = threading.RLock()
+_manifests: dict[tuple[str, ...], tuple[str, Any]] = {}
+
+
+class TransformError(RuntimeError):
+    """dbt could not build the warehouse; the message lists the failed nodes."""
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    """What dbt did with one node (model, seed, test, unit test)."""
+
+    unique_id: str
+    resource_type: str
+    status: str
+    execution_time_s: float
+    message: str | None
+    failures: int | None = None
+
+
+@dataclass
+class TransformResult:
+    """The outcome of one dbt invocation."""
+
+    logical_date: dt.date | None
+    command: list[str]
+    success: bool
+    elapsed_s: float  # the dbt command itself
+    nodes: list[NodeResult] = field(default_factory=list)
+    parse_s: float = 0.0  # parsing the project first (0 when a parsed manifest was reused)
+
+    @property
+    def failed(self) -> list[NodeResult]:
+        """Return the nodes that errored or whose tests failed."""
+        return [n for n in self.nodes if n.status in FAILED_STATUSES]
+
+    def counts(self) -> dict[str, int]:
+        """Return the number of nodes per status."""
+        out: dict[str, int] = {}
+        for n in self.nodes:
+            out[n.status] = out.get(n.status, 0) + 1
+        return dict(sorted(out.items()))
+
+    def describe(self) -> str:
+        """Return a one-line summary for logs and the CLI."""
+        day = f" {self.logical_date}" if self.logical_date else ""
+        counts = ", ".join(f"{v} {k}" for k, v in self.counts().items()) or "nothing to do"
+        state = "ok" if self.success else "FAILED"
+        parse = f" (+{self.parse_s:.1f}s parsing)" if self.parse_s else ""
+        return f"dbt {self.command[0]}{day} {state}: {counts} in {self.elapsed_s:.1f}s{parse}"
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def dbt_env(url: str, threads: int | None = None) -> dict[str, str]:
+    """Return the ``LIFECYCLE_DBT_*`` variables profiles.yml reads, derived from `url`.
+
+    The host may be a Unix-socket directory (the embedded server's); an absent host
+    means libpq's default socket directory.
+    """
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(url)
+    if not params.get("dbname"):
+        raise TransformError("the warehouse URL names no database")
+    env = {
+        "LIFECYCLE_DBT_HOST": str(params.get("host") or "/var/run/postgresql"),
+        "LIFECYCLE_DBT_PORT": str(params.get("port") or 5432),
+        "LIFECYCLE_DBT_USER": str(params.get("user") or os.environ.get("USER", "postgres")),
+        "LIFECYCLE_DBT_PASSWORD": str(params.get("password") or ""),
+        "LIFECYCLE_DBT_DBNAME": str(params["dbname"]),
+        "LIFECYCLE_DBT_SSLMODE": str(params.get("sslmode") or "prefer"),
+    }
+    env["LIFECYCLE_DBT_THREADS"] = str(threads or DEFAULT_THREADS)
+    return env
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore them."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def dbt_paths(settings: Settings) -> tuple[Path, Path]:
+    """Return (target path, log path) of dbt under LIFECYCLE_HOME."""
+    base = settings.home / "dbt"
+    return base / "target", base / "logs"
+
+
+def _project_signature() -> str:
+    """Return a cheap signature of the project's files (paths, sizes, mtimes)."""
+    parts = []
+    for path in sorted(PROJECT_DIR.rglob("*")):
+        if path.is_file() and not any(p in ("target", "logs") for p in path.parts):
+            st = path.stat()
+            parts.append(f"{path.relative_to(PROJECT_DIR)}:{st.st_size}:{st.st_mtime_ns}")
+    return "|".join(parts)
+
+
+# ------------------------------------------------------------------------ invocation
+
+
+def run_dbt(
+    args: Sequence[str],
+    settings: Settings | None = None,
+    *,
+    logical_date: dt.date | None = None,
+    url: str | None = None,
+    vars: dict[str, Any] | None = None,
+    threads: int | None = None,
+    quiet: bool = False,
+    raise_on_failure: bool = True,
+) -> TransformResult:
+    """Run one dbt command (e.g. ``["build"]``) in-process and return what it did.
+
+    `logical_date` becomes the var ``as_of_date``. Raises :class:`TransformError` listing
+    the failed nodes when the command fails (unless `raise_on_failure` is false).
+    """
+    from dbt.cli.main import dbtRunner
+
+    from lifecycle.warehouse import warehouse_url
+
+    settings = settings or get_settings()
+    url = url or warehouse_url(settings)
+    target_path, log_path = dbt_paths(settings)
+    all_vars = dict(vars or {})
+    if logical_date is not None:
+        all_vars["as_of_date"] = logical_date.isoformat()
+    common = [
+        "--project-dir",
+        str(PROJECT_DIR),
+        "--profiles-dir",
+        str(PROJECT_DIR),
+        "--target-path",
+        str(target_path),
+    ]
+    command = [
+        *args,
+        *common,
+        "--vars",
+        json.dumps(all_vars),
+    ]
+    flags = ["--log-path", str(log_path), "--no-use-colors"]
+    if quiet:
+        flags.append("--quiet")
+
+    env = dbt_env(url, threads)
+    with _lock, _environment(env):
+        started = time.perf_counter()
+        parse_s = 0.0
+        # the manifest names the database of every relation: one per warehouse
+        key = (
+            str(PROJECT_DIR),
+            str(target_path),
+            env["LIFECYCLE_DBT_HOST"],
+            env["LIFECYCLE_DBT_PORT"],
+            env["LIFECYCLE_DBT_DBNAME"],
+        )
+        signature = _project_signature()
+        cached = _manifests.get(key)
+        manifest = cached[1] if cached and cached[0] == signature else None
+        if manifest is None:
+            parsed = dbtRunner().invoke([*flags, "parse", *common, "--vars", json.dumps(all_vars)])
+            if not parsed.success or parsed.result is None:
+                raise TransformError(
+                    f"dbt could not parse {PROJECT_DIR}: {parsed.exception or 'see dbt logs'}"
+                )
+            manifest = parsed.result
+            _manifests[key] = (signature, manifest)
+            parse_s = time.perf_counter() - started
+        started = time.perf_counter()
+        res = dbtRunner(manifest=manifest).invoke([*flags, *command])
+        elapsed = time.perf_counter() - started
+
+    nodes = _node_results(res.result)
+    result = TransformResult(
+        logical_date=logical_date,
+        command=list(args),
+        success=bool(res.success),
+        elapsed_s=elapsed,
+        nodes=nodes,
+        parse_s=parse_s,
+    )
+    if res.exception is not None:
+        raise TransformError(f"dbt {' '.join(args)} crashed: {res.exception}") from (
+            res.exception if isinstance(res.exception, BaseException) else None
+        )
+    if not result.success and raise_on_failure:
+        raise TransformError(_failure_message(result))
+    return result
+
+
+def _node_results(result: Any) -> list[NodeResult]:
+    out: list[NodeResult] = []
+    for r in getattr(result, "results", None) or []:
+        node = getattr(r, "node", None)
+        status = getattr(r, "status", "")
+        out.append(
+            NodeResult(
+                unique_id=getattr(node, "unique_id", "?"),
+                resource_type=str(getattr(node, "resource_type", "?")),
+                status=str(getattr(status, "value", status)),
+                execution_time_s=float(getattr(r, "execution_time", 0.0) or 0.0),
+                message=getattr(r, "message", None),
+                failures=getattr(r, "failures", None),
+            )
+        )
+    return out
+
+
+def _failure_message(result: TransformResult) -> str:
+    lines = [result.describe()]
+    failed = result.failed
+    if not failed:
+        lines.append("  (no node failed: see the dbt log under LIFECYCLE_HOME/dbt/logs)")
+    for n in failed:
+        detail = [line.strip() for line in (n.message or "").splitlines() if line.strip()]
+        first = " / ".join(line for line in detail[:3] if not line.startswith(">"))
+        failures = f" ({n.failures} failing rows)" if n.failures else ""
+        lines.append(f"  {n.status}: {n.unique_id}{failures}: {first}")
+    skipped = [n for n in result.nodes if n.status == "skipped"]
+    if skipped:
+        lines.append(f"  {len(skipped)} node(s) skipped because of the failures above")
+    return "\n".join(lines)
+
+
+def transform(
+    logical_date: dt.date,
+    settings: Settings | None = None,
+    *,
+    full_refresh: bool = False,
+    select: Sequence[str] | None = None,
+    unit_tests: bool = False,
+    threads: int | None = None,
+    quiet: bool = False,
+) -> TransformResult:
+    """Build the warehouse as of `logical_date` (``dbt build``) and return what dbt did.
+
+    Incremental models take only what changed since the last run unless `full_refresh`;
+    both give the same marts. `select` narrows the build (dbt selection syntax). dbt unit
+    tests are for development and CI: they run only when `unit_tests` is true (or
+    ``dbt test --select test_type:unit``). Raises :class:`TransformError` listing the
+    failed nodes.
+    """
+    args = ["build"]
+    if full_refresh:
+        args.append("--full-refresh")
+    if select:
+        args += ["--select", *select]
+    if not unit_tests:
+        args += ["--exclude-resource-type", "unit_test"]
+    result = run_dbt(args, settings, logical_date=logical_date, threads=threads, quiet=quiet)
+    log.info("%s", result.describe())
+    return result
+
+
+# ------------------------------------------------------------------------------- CLI
+
+
+def _parse_date(_ctx: click.Context, _param: click.Parameter, value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from exc
+
+
+@click.command("transform")
+@click.option(
+    "--date",
+    "day",
+    required=True,
+    callback=_parse_date,
+    help="Logical date: the marts are built as of this day (YYYY-MM-DD).",
+)
+@click.option(
+    "--full-refresh", is_flag=True, help="Rebuild incremental models from scratch (same result)."
+)
+@click.option(
+    "--select",
+    "select",
+    multiple=True,
+    help="dbt selection (repeatable), e.g. --select +customers.",
+)
+@click.option("--unit-tests", is_flag=True, help="Also run the dbt unit tests.")
+def transform_command(
+    day: dt.date, full_refresh: bool, select: tuple[str, ...], unit_tests: bool
+) -> None:
+    """Build staging, intermediate and marts with dbt as of a logical date (dbt build)."""
+    try:
+        result = transform(
+            day,
+            get_settings(),
+            full_refresh=full_refresh,
+            select=list(select) or None,
+            unit_tests=unit_tests,
+        )
+    except TransformError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(result.describe())

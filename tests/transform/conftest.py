@@ -1,0 +1,89 @@
+"""Fixtures for the dbt project's tests: scratch warehouses, raw data landed by the real loader."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from lifecycle import warehouse as wh
+from lifecycle.extract import extract
+from lifecycle.settings import Settings
+from tests.conftest import make_settings
+
+SOURCES = ("crm", "web", "orders", "marketing")
+
+
+@pytest.fixture(scope="session")
+def dbt_home() -> Iterator[Path]:
+    """LIFECYCLE_HOME shared by the dbt tests: one dbt target/ (and parsed manifest) per session."""
+    home = Path(tempfile.mkdtemp(prefix="lifecycle-dbt-"))
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@contextmanager
+def scratch_database(embedded_settings: Settings) -> Iterator[str]:
+    """Yield the URL of a new database on the embedded server, dropped afterwards."""
+    server = wh.warehouse_url(embedded_settings, start=False)
+    admin = wh.with_database(server, "postgres")
+    name = f"t_dbt_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    try:
+        yield wh.with_database(server, name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+def settings_for(home: Path, url: str, world: Path) -> Settings:
+    """Settings that land `world`'s files in the warehouse at `url`."""
+    return make_settings(home, LIFECYCLE_WAREHOUSE_URL=url, LIFECYCLE_WORLD_DIR=str(world))
+
+
+def land(settings: Settings, day: dt.date, *, full: bool = False, sources=SOURCES) -> None:
+    """Extract every source for `day` into raw with the real loader."""
+    for source in sources:
+        extract(source, day, settings, full=full)
+
+
+def write(path: Path, text: str) -> Path:
+    """Write `text` to `path`, creating folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def rows(url: str, sql: str, params: tuple = ()) -> list[tuple]:
+    """Return the rows of a query."""
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def snapshot(url: str, relation: str, exclude: tuple[str, ...] = ()) -> list[tuple]:
+    """Every row of `relation` (schema.table) as text, in a stable order."""
+    schema, table = relation.split(".")
+    with psycopg.connect(url) as conn:
+        cols = [
+            r[0]
+            for r in conn.execute(
+                "select column_name from information_schema.columns "
+                "where table_schema = %s and table_name = %s order by ordinal_position",
+                (schema, table),
+            )
+            if r[0] not in exclude
+        ]
+        assert cols, f"{relation} has no columns (does it exist?)"
+        select = ", ".join(f'"{c}"::text' for c in cols)
+        order = ", ".join(str(i + 1) for i in range(len(cols)))
+        return conn.execute(f"select {select} from {relation} order by {order}").fetchall()
