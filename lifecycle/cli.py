@@ -311,10 +311,22 @@ def extract(sources_: tuple[str, ...], day: dt.date, full: bool) -> None:
 def demo(customers: int, seed: int) -> None:
     """Run the main job on the embedded warehouse and a generated sample world."""
     from lifecycle.demo import run_demo
+    from lifecycle.orchestration.runner import PipelineRunError
 
-    report = run_demo(get_settings(), customers=customers, seed=seed, echo=click.echo)
+    try:
+        report = run_demo(get_settings(), customers=customers, seed=seed, echo=click.echo)
+    except PipelineRunError as exc:
+        _fail(str(exc))
     click.echo(report)
 
+
+# Commands defined beside the code they run (importing them loads neither dbt nor Airflow).
+from lifecycle.orchestration.cli import airflow_group, pipeline  # noqa: E402
+from lifecycle.transform import transform_command  # noqa: E402
+
+main.add_command(transform_command)
+main.add_command(pipeline)
+main.add_command(airflow_group)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

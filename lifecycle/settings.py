@@ -39,6 +39,8 @@ class Settings:
     web_lookback_days: int = 7
     http_retries: int = 8
     http_backoff_s: float = 0.5
+    alert_webhook_url: str | None = field(default=None, repr=False)
+    airflow_parallelism: int | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -82,6 +84,12 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         web_lookback_days=int(env.get("LIFECYCLE_WEB_LOOKBACK_DAYS") or 7),
         http_retries=int(env.get("LIFECYCLE_HTTP_RETRIES") or 8),
         http_backoff_s=float(env.get("LIFECYCLE_HTTP_BACKOFF_S") or 0.5),
+        alert_webhook_url=env.get("LIFECYCLE_ALERT_WEBHOOK_URL") or None,
+        airflow_parallelism=(
+            int(env["LIFECYCLE_AIRFLOW_PARALLELISM"])
+            if env.get("LIFECYCLE_AIRFLOW_PARALLELISM")
+            else None
+        ),
     )
 
 

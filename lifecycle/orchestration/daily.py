@@ -1,0 +1,154 @@
+"""The tasks of ``lifecycle_daily``: thin TaskFlow wrappers around the pipeline's functions.
+
+Each task reads and writes the partition of its run's **logical date** (a UTC day ``D``;
+the daily timetable gives the run for ``D`` the data interval ``[D, D+1)``), so a rerun
+or a backfill of ``D`` reproduces what the original run of ``D`` did. Tasks return small
+summaries (row and node counts) through XCom; data stays in the warehouse.
+
+Adding a step to the DAG is one task function here plus one line in the ``chain(...)`` of
+``dags/lifecycle_daily.py``. Heavy modules (pyarrow, dbt, pandas, ...) are imported inside
+the tasks: importing this module costs only ``airflow.sdk`` and ``lifecycle.raw``.
+
+Error policy: a *data* problem (a batch over its reject threshold, a failing dbt test)
+fails the task at once (``AirflowFailException``) because a retry would give the same
+answer; anything else (a dropped connection, an API hiccup) goes through the task's
+retries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import Asset, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from lifecycle.raw import CRM_CONTACTS, MARKETING_SPEND, ORDER_ITEMS, ORDERS, WEB_EVENTS
+
+#: The raw tables each source lands in (must match ``lifecycle.extract.SOURCES``, which
+#: cannot be imported here: it pulls in the loader and pyarrow).
+RAW_TABLES: dict[str, tuple[str, ...]] = {
+    "crm": (CRM_CONTACTS.table,),
+    "web": (WEB_EVENTS.table,),
+    "orders": (ORDERS.table, ORDER_ITEMS.table),
+    "marketing": (MARKETING_SPEND.table,),
+}
+SOURCES: tuple[str, ...] = tuple(RAW_TABLES)
+
+EXTRACT_TIMEOUT = dt.timedelta(hours=1)
+TRANSFORM_TIMEOUT = dt.timedelta(hours=2)
+
+
+# ------------------------------------------------------------------------------ assets
+
+
+def raw_asset(table: str) -> Asset:
+    """Return the Airflow asset of the raw table `table` (e.g. ``orders__orders``)."""
+    return Asset(name=f"raw.{table}", uri=f"x-lifecycle://warehouse/raw/{table}", group="raw")
+
+
+def raw_assets(source: str) -> list[Asset]:
+    """Return the assets of the raw tables `source` lands in."""
+    return [raw_asset(table) for table in RAW_TABLES[source]]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def logical_day(context: Any) -> dt.date:
+    """Return the UTC day a run processes: its logical date (fails without one)."""
+    value = context.get("logical_date")
+    if value is None:
+        raise AirflowFailException(
+            f"{context['dag'].dag_id} processes one day per run and needs a logical date: "
+            "trigger it with one (the day to load), e.g. `lifecycle pipeline run --date D`"
+        )
+    return value.astimezone(dt.UTC).date()
+
+
+def _settings():
+    # Read per task, not cached per process: a worker (or the local runner) may run many
+    # tasks with different environments.
+    from lifecycle.settings import load_settings
+
+    return load_settings()
+
+
+def _annotate_assets(context: Any, extras: dict[str, dict[str, Any]]) -> None:
+    """Attach small facts (row counts, date) to the asset events this task emits."""
+    events = context["outlet_events"]
+    for asset in context["task"].outlets:
+        name = getattr(asset, "name", None)
+        if name in extras:
+            events[asset].extra = extras[name]
+
+
+# ------------------------------------------------------------------------------- tasks
+
+
+@task(multiple_outputs=False, execution_timeout=EXTRACT_TIMEOUT)
+def _extract_source(source: str) -> dict[str, int]:
+    """Land `source` for the run's logical date in raw; return rows loaded per raw table."""
+    from lifecycle.extract import extract
+    from lifecycle.load import LoadError
+
+    context = get_current_context()
+    day = logical_day(context)
+    full = bool(context["params"].get("full_reload", False))
+    try:
+        results = extract(source, day, _settings(), full=full)
+    except LoadError as exc:
+        raise AirflowFailException(f"{source} for {day}: {exc}") from exc
+    loaded: dict[str, int] = {}
+    extras: dict[str, dict[str, Any]] = {}
+    for result in results:  # the loader logs each batch's summary itself
+        table = f"raw.{result.source}__{result.entity}"
+        loaded[table] = result.rows_loaded
+        extras[table] = {
+            "logical_date": day.isoformat(),
+            "batch_id": result.batch_id,
+            "status": result.status,
+            "rows_loaded": result.rows_loaded,
+            "rows_quarantined": result.rows_quarantined,
+        }
+    _annotate_assets(context, extras)
+    return loaded
+
+
+def extract(source: str):
+    """Add the task ``extract_<source>`` to the DAG being defined; return its output."""
+    if source not in RAW_TABLES:
+        raise ValueError(f"unknown source {source!r}; one of: {', '.join(SOURCES)}")
+    return _extract_source.override(task_id=f"extract_{source}", outlets=raw_assets(source))(
+        source=source
+    )
+
+
+@task(task_id="transform", multiple_outputs=False, execution_timeout=TRANSFORM_TIMEOUT)
+def transform() -> dict[str, Any]:
+    """Build staging, intermediate and marts with dbt as of the logical date; return counts."""
+    try:
+        from lifecycle.transform import TransformError
+        from lifecycle.transform import transform as build
+    except ModuleNotFoundError as exc:
+        if exc.name != "lifecycle.transform":
+            raise
+        raise AirflowSkipException(
+            "dbt step skipped: lifecycle.transform is not in this checkout yet, so the "
+            "warehouse was not built past raw (the extract tasks ran)"
+        ) from exc
+
+    context = get_current_context()
+    day = logical_day(context)
+    params = context["params"]
+    select = list(params.get("dbt_select") or []) or None
+    try:
+        result = build(
+            day,
+            _settings(),
+            full_refresh=bool(params.get("dbt_full_refresh", False)),
+            select=select,
+        )
+    except TransformError as exc:
+        raise AirflowFailException(f"dbt build as of {day} failed:\n{exc}") from exc
+    return {"as_of_date": day.isoformat(), **result.counts(), "seconds": round(result.elapsed_s, 1)}

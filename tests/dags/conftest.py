@@ -1,0 +1,146 @@
+"""Fixtures for the DAG tests: a real local Airflow home, scratch warehouses, a sample world.
+
+Airflow reads ``AIRFLOW_HOME`` once, when it is first imported, so the session fixture
+:func:`airflow_cfg` points this process at a private Airflow home (SQLite metadata,
+migrated once per session) before anything imports Airflow. The DAG runs themselves go
+through :func:`lifecycle.orchestration.runner.run_dates` (``dag.test()``), in-process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from lifecycle import warehouse as wh
+from lifecycle.orchestration.config import OrchestrationSettings, load_orchestration_settings
+from lifecycle.settings import Settings, load_settings
+
+#: The small sample world of these tests and the three days the DAG runs for.
+WORLD_START, WORLD_END = dt.date(2024, 1, 1), dt.date(2024, 3, 31)
+DAYS = [dt.date(2024, 3, 29), dt.date(2024, 3, 30), dt.date(2024, 3, 31)]
+#: Schemas compared between runs (``ops`` holds run logs with wall-clock times).
+COMPARED_SCHEMAS = ("raw", "staging", "intermediate", "marts", "ml", "activation")
+
+
+def transform_available() -> bool:
+    """True when the dbt step (lifecycle.transform) is in this checkout."""
+    import importlib.util
+
+    return importlib.util.find_spec("lifecycle.transform") is not None
+
+
+@pytest.fixture(scope="session")
+def lifecycle_home() -> Iterator[Path]:
+    """LIFECYCLE_HOME of the DAG tests: holds the local Airflow home and dbt's target/."""
+    home = Path(tempfile.mkdtemp(prefix="lifecycle-dags-"))
+    home.chmod(0o755)
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def airflow_cfg(lifecycle_home: Path) -> Iterator[OrchestrationSettings]:
+    """The local Airflow of this session: activated in this process and migrated."""
+    import logging
+
+    from lifecycle.orchestration import home
+
+    handlers = list(logging.getLogger().handlers)
+    cfg = load_orchestration_settings(load_settings({"LIFECYCLE_HOME": str(lifecycle_home)}), {})
+    home.ensure_initialized(cfg)
+    yield cfg
+    # Airflow points the root logger at the stdout pytest captured, which pytest closes
+    # before exit hooks (the embedded server's) log: drop the handlers Airflow added.
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+
+
+@contextmanager
+def lifecycle_env(**values: str) -> Iterator[dict[str, str]]:
+    """Set exactly `values` as the LIFECYCLE_* environment (others removed) and cwd to a
+    folder without a ``.env``; restore both afterwards."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("LIFECYCLE_")}
+    cwd = os.getcwd()
+    scratch = tempfile.mkdtemp(prefix="lifecycle-cwd-")
+    for key in saved:
+        del os.environ[key]
+    os.environ.update(values)
+    os.chdir(scratch)
+    try:
+        yield values
+    finally:
+        os.chdir(cwd)
+        for key in [k for k in os.environ if k.startswith("LIFECYCLE_")]:
+            del os.environ[key]
+        os.environ.update(saved)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextmanager
+def scratch_database(embedded_settings: Settings, prefix: str = "t_dag") -> Iterator[str]:
+    """Yield the URL of a new database on the embedded server, dropped afterwards."""
+    import uuid
+
+    server = wh.warehouse_url(embedded_settings, start=False)
+    admin = wh.with_database(server, "postgres")
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    try:
+        yield wh.with_database(server, name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generated sample world (300 people, Q1 2024)."""
+    from lifecycle.sample.world import WorldConfig, generate_world
+
+    out = tmp_path_factory.mktemp("dag-world") / "world"
+    generate_world(WorldConfig(customers=300, start=WORLD_START, end=WORLD_END, seed=7), out)
+    return out
+
+
+def table_checksums(url: str, schemas: tuple[str, ...] = COMPARED_SCHEMAS) -> dict[str, tuple]:
+    """Return (row count, md5 of all rows) per table of `schemas`.
+
+    Load-time columns (``_loaded_at``, and dbt's ``max_loaded_at`` derived from it) are left
+    out: they say when a row was loaded, which by design differs between a backfill and the
+    original runs. Everything else must be equal.
+    """
+    out: dict[str, tuple] = {}
+    with psycopg.connect(url) as conn:
+        tables = conn.execute(
+            "select table_schema, table_name from information_schema.tables "
+            "where table_schema = any(%s) and table_type = 'BASE TABLE' order by 1, 2",
+            (list(schemas),),
+        ).fetchall()
+        for schema, table in tables:
+            cols = [
+                r[0]
+                for r in conn.execute(
+                    "select column_name from information_schema.columns where table_schema = %s "
+                    "and table_name = %s and column_name not like '%%loaded\\_at' "
+                    "order by ordinal_position",
+                    (schema, table),
+                )
+            ]
+            select = ", ".join(f'"{c}"' for c in cols)
+            out[f"{schema}.{table}"] = conn.execute(
+                f"select count(*), md5(coalesce(string_agg(t::text, E'\\n' order by t::text), '')) "
+                f'from (select {select} from "{schema}"."{table}") t'
+            ).fetchone()
+    return out
