@@ -11,7 +11,7 @@ export LIFECYCLE_HOME
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint format lock bench compose-config clean clean-state
+.PHONY: help install demo test lint format lock bench pipeline airflow-init compose-config clean clean-state
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,11 +27,18 @@ $(VENV)/.installed: requirements.lock pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed ## Create .venv with the pinned stack (requirements.lock) and the package
 
-demo: install ## Run the main job: embedded warehouse, sample world, sources (honours LIFECYCLE_HOME)
+demo: install ## Run the main job: the daily DAG through Airflow on a sample world (honours LIFECYCLE_HOME)
 	$(BIN)/lifecycle demo
 
 test: install ## Install what tests need and run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+pipeline: install ## Run lifecycle_daily through Airflow: DATE=YYYY-MM-DD, or START=.. END=..
+	@if [ -n "$(DATE)" ]; then $(BIN)/lifecycle pipeline run --date $(DATE); \
+	else $(BIN)/lifecycle pipeline backfill --start $(START) --end $(END); fi
+
+airflow-init: install ## Create/migrate the local Airflow home (under LIFECYCLE_HOME)
+	$(BIN)/lifecycle airflow init
 
 lint: install ## Lint and check formatting (ruff)
 	$(BIN)/ruff check lifecycle ml dags tests bench
@@ -48,6 +55,7 @@ lock: | $(BIN)/python ## Re-resolve requirements.lock from pyproject.toml
 bench: install ## Run the benchmarks (they print their figures)
 	$(BIN)/python bench/bench_generate.py
 	$(BIN)/python bench/bench_load.py
+	$(BIN)/python bench/bench_dbt.py
 
 compose-config: ## Validate docker-compose.yml (needs docker-compose or docker compose)
 	@if command -v docker-compose >/dev/null; then docker-compose -f docker-compose.yml --env-file .env.example config -q; \

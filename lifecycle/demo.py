@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import secrets
 from collections.abc import Callable
@@ -26,50 +25,56 @@ def run_demo(
     seed: int = 42,
     echo: Callable[[str], None] = print,
 ) -> str:
-    """Run the demo end to end and return a summary of where everything is."""
-    from lifecycle.extract import SOURCES, extract
+    """Run the demo end to end through Airflow and return a summary of where things are.
+
+    Raises :class:`lifecycle.orchestration.runner.PipelineRunError` when a run fails.
+    """
+    from lifecycle.orchestration.runner import run_dates
     from lifecycle.sample.world import WorldConfig, generate_world
     from lifecycle.sources.crm_server import load_contacts, make_server
     from lifecycle.sources.shop_db import load_shop_db
 
-    echo(f"[1/5] warehouse: starting ({'external' if settings.warehouse_url else 'embedded'})")
+    echo(f"[1/4] warehouse: starting ({'external' if settings.warehouse_url else 'embedded'})")
     url = wh.up(settings)
 
     world: Path = settings.world_dir
-    echo(f"[2/5] sample world: {customers} people, {DEMO_START}..{DEMO_END}, seed {seed}")
+    echo(f"[2/4] sample world: {customers} people, {DEMO_START}..{DEMO_END}, seed {seed}")
     summary = generate_world(
         WorldConfig(customers=customers, start=DEMO_START, end=DEMO_END, seed=seed), world
     )
 
-    echo("[3/5] shop database: loading orders and order items")
+    echo("[3/4] shop database: loading orders and order items")
     shop_url = wh.shop_db_url(settings)
     shop = load_shop_db(world, shop_url)
 
-    echo("[4/5] CRM API: serving the contacts on loopback")
     store = load_contacts(world / "crm" / "contacts.csv")
     token = settings.crm_token or secrets.token_urlsafe(24)
     days = [DEMO_END - dt.timedelta(days=n) for n in reversed(range(DEMO_DAYS))]
-    loads = []
     with make_server(store, token=token) as server:
-        run_settings = dataclasses.replace(
-            settings,
-            crm_api_url=server.url,
-            crm_token=token,
-            shop_db_url=shop_url,
-            orders_source="db",
+        echo(
+            f"[4/4] Airflow: lifecycle_daily for {', '.join(map(str, days))} "
+            f"(CRM API at {server.url}, orders from the shop database)"
         )
-        echo(f"[5/5] extract and load: {', '.join(map(str, days))}")
-        for day in days:
-            for source in SOURCES:
-                for result in extract(source, day, run_settings):
-                    echo(f"      {result.describe()}")
-                    loads.append(result)
+        env = {
+            "LIFECYCLE_HOME": str(settings.home),
+            "LIFECYCLE_WORLD_DIR": str(world),
+            "LIFECYCLE_CRM_API_URL": server.url,
+            "LIFECYCLE_CRM_TOKEN": token,
+            "LIFECYCLE_SHOP_DB_URL": shop_url,
+            "LIFECYCLE_ORDERS_SOURCE": "db",
+        }
+        if settings.warehouse_url:
+            env["LIFECYCLE_WAREHOUSE_URL"] = settings.warehouse_url
+        reports = run_dates(days, env=env, echo=echo)
 
-    loaded = {}
-    for r in loads:
-        loaded[f"raw.{r.source}__{r.entity}"] = loaded.get(f"raw.{r.source}__{r.entity}", 0) + (
-            r.rows_loaded
-        )
+    loaded: dict[str, int] = {}
+    for report in reports:
+        for task in report.tasks:
+            if task.task_id.startswith("extract_") and isinstance(task.result, dict):
+                for table, rows in task.result.items():
+                    if isinstance(rows, int):
+                        loaded[table] = loaded.get(table, 0) + rows
+    marts = _mart_counts(url)
     lines = [
         "",
         "Lifecycle demo finished.",
@@ -79,10 +84,26 @@ def run_demo(
         f"                {summary}",
         f"  shop database: {wh.redact(shop_url)} "
         f"({', '.join(f'shop.{r.table}: {r.rows_written} rows' for r in shop)})",
-        "  raw tables (rows loaded over the demo's days):",
+        "  rows loaded into raw over the demo's days:",
         *(f"      {table:<28} {rows:>8}" for table, rows in loaded.items()),
+        "  marts (rows):",
+        *(f"      marts.{table:<22} {rows:>8}" for table, rows in marts.items()),
+        f"  Airflow run logs: {settings.home / 'airflow' / 'logs' / 'local-runs'}",
         "  run log: select * from ops.load_runs order by started_at;",
         "  next: `lifecycle warehouse status`, "
-        '`psql "$(lifecycle warehouse url)"`, `lifecycle extract --date YYYY-MM-DD`',
+        '`psql "$(lifecycle warehouse url)"`, `lifecycle pipeline run --date YYYY-MM-DD`',
     ]
     return "\n".join(lines)
+
+
+def _mart_counts(url: str) -> dict[str, int]:
+    """Return the row count of every table in the marts schema."""
+    with wh.connect(url) as conn:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "select table_name from information_schema.tables "
+                "where table_schema = 'marts' and table_type = 'BASE TABLE' order by 1"
+            )
+        ]
+        return {t: conn.execute(f'select count(*) from marts."{t}"').fetchone()[0] for t in tables}
