@@ -7,7 +7,9 @@ else in the package reads ``os.environ`` for configuration.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -97,3 +99,21 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
 def get_settings() -> Settings:
     """Return the settings of this process (read once)."""
     return load_settings()
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str] | None) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore them."""
+    if not values:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

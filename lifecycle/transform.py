@@ -15,7 +15,6 @@ parses in ~4 s cold), and re-parsed when a file of the project changes.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -23,14 +22,14 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
 
-from lifecycle.settings import Settings, get_settings
+from lifecycle.settings import Settings, environment, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -122,21 +121,6 @@ def dbt_env(url: str, threads: int | None = None) -> dict[str, str]:
     return env
 
 
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration of the block, then restore them."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def dbt_paths(settings: Settings) -> tuple[Path, Path]:
     """Return (target path, log path) of dbt under LIFECYCLE_HOME."""
     base = settings.home / "dbt"
@@ -201,7 +185,7 @@ def run_dbt(
         flags.append("--quiet")
 
     env = dbt_env(url, threads)
-    with _lock, _environment(env):
+    with _lock, environment(env):
         started = time.perf_counter()
         parse_s = 0.0
         # the manifest names the database of every relation: one per warehouse

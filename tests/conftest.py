@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -68,11 +69,14 @@ def warehouse_url(embedded_settings: Settings) -> str:
 @pytest.fixture
 def fresh_db(embedded_settings: Settings) -> Iterator[str]:
     """URL of a new, empty database on the embedded server, dropped afterwards."""
-    yield from _scratch_database(wh.warehouse_url(embedded_settings, start=False))
+    with scratch_database(wh.warehouse_url(embedded_settings, start=False)) as url:
+        yield url
 
 
-def _scratch_database(server_url: str) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
+@contextmanager
+def scratch_database(server_url: str, prefix: str = "t") -> Iterator[str]:
+    """Yield the URL of a new database on the server of `server_url`, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = wh.with_database(server_url, "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'create database "{name}"')
@@ -97,4 +101,5 @@ def external_db() -> Iterator[str]:
     """URL of a new database on the external server (skipped where there is none)."""
     if not external_available():
         pytest.skip("no PostgreSQL server on 127.0.0.1:5432 (only the embedded path is tested)")
-    yield from _scratch_database(EXTERNAL_ADMIN_URL)
+    with scratch_database(EXTERNAL_ADMIN_URL) as url:
+        yield url

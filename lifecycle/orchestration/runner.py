@@ -14,11 +14,10 @@ output goes to ``$LIFECYCLE_HOME/airflow/logs/local-runs/<dag_id>/<date>.log``.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +28,7 @@ from lifecycle.orchestration.config import (
     load_orchestration_settings,
 )
 from lifecycle.orchestration.home import OrchestrationError
+from lifecycle.settings import environment
 
 Echo = Callable[[str], None]
 
@@ -123,24 +123,6 @@ def date_range(start: dt.date, end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(days=n) for n in range((end - start).days + 1)]
 
 
-@contextlib.contextmanager
-def _environment(values: Mapping[str, str] | None) -> Iterator[None]:
-    """Set environment variables for the block (the tasks read settings from it)."""
-    if not values:
-        yield
-        return
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def prepare(
     cfg: OrchestrationSettings | None = None, echo: Echo | None = None
 ) -> OrchestrationSettings:
@@ -215,7 +197,7 @@ def run_dates(
     if not dates:
         return []
     dates = sorted(set(dates))
-    with _environment(env):
+    with environment(env):
         # Settings (LIFECYCLE_HOME) may come from `env`: resolve them inside the block.
         cfg = cfg or load_orchestration_settings()
         prepare(cfg, echo=echo)

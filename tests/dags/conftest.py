@@ -22,6 +22,7 @@ import pytest
 from lifecycle import warehouse as wh
 from lifecycle.orchestration.config import OrchestrationSettings, load_orchestration_settings
 from lifecycle.settings import Settings, load_settings
+from tests.conftest import scratch_database as shared_scratch
 
 #: The small sample world of these tests and the three days the DAG runs for.
 WORLD_START, WORLD_END = dt.date(2024, 1, 1), dt.date(2024, 3, 31)
@@ -90,18 +91,8 @@ def lifecycle_env(**values: str) -> Iterator[dict[str, str]]:
 @contextmanager
 def scratch_database(embedded_settings: Settings, prefix: str = "t_dag") -> Iterator[str]:
     """Yield the URL of a new database on the embedded server, dropped afterwards."""
-    import uuid
-
-    server = wh.warehouse_url(embedded_settings, start=False)
-    admin = wh.with_database(server, "postgres")
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    try:
-        yield wh.with_database(server, name)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
+    with shared_scratch(wh.warehouse_url(embedded_settings, start=False), prefix) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +16,7 @@ from lifecycle import warehouse as wh
 from lifecycle.extract import extract
 from lifecycle.settings import Settings
 from tests.conftest import make_settings
+from tests.conftest import scratch_database as shared_scratch
 
 SOURCES = ("crm", "web", "orders", "marketing")
 
@@ -34,16 +34,8 @@ def dbt_home() -> Iterator[Path]:
 @contextmanager
 def scratch_database(embedded_settings: Settings) -> Iterator[str]:
     """Yield the URL of a new database on the embedded server, dropped afterwards."""
-    server = wh.warehouse_url(embedded_settings, start=False)
-    admin = wh.with_database(server, "postgres")
-    name = f"t_dbt_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    try:
-        yield wh.with_database(server, name)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
+    with shared_scratch(wh.warehouse_url(embedded_settings, start=False), "t_dbt") as url:
+        yield url
 
 
 def settings_for(home: Path, url: str, world: Path) -> Settings:
