@@ -112,7 +112,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--customers", type=int, default=100_000)
     ap.add_argument("--world", type=Path, help="reuse a generated world")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per method (best is kept)")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per method (best is kept)")
     ap.add_argument("--to-sql-rows", type=int, default=None, help="cap rows for to_sql")
     args = ap.parse_args()
 

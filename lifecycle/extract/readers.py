@@ -27,6 +27,7 @@ import pyarrow.json as pajson
 from lifecycle.parse import Chunk, Reject
 
 BLOCK_BYTES = 2 << 20
+FIRST_BLOCK_BYTES = 256 << 10
 
 
 def _line_spans(data: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -104,8 +105,12 @@ def read_csv_chunks(
     header = ",".join(f'"{c}"' for c in columns).encode() + b"\n"
     line = 2
     rest = b""
+    # A small first block gets COPY streaming sooner; the loader checks the next
+    # block while PostgreSQL parses this one.
+    size = min(block_bytes, FIRST_BLOCK_BYTES)
     while True:
-        block = stream.read(block_bytes)
+        block = stream.read(size)
+        size = block_bytes
         data = rest + block
         if block:
             cut = data.rfind(b"\n") + 1

@@ -407,3 +407,18 @@ def test_sources_without_data_are_skipped_and_logged(tmp_path: Path, fresh_db: s
     for source in ("crm", "web", "orders", "marketing"):
         assert {r.status for r in extract(source, D1, s)} == {"skipped"}
     assert _rows(fresh_db, "select count(*) from ops.load_runs where status = 'skipped'") == [(5,)]
+
+
+def test_values_with_commas_and_quotes_round_trip(tmp_path: Path, fresh_db: str) -> None:
+    # Chunks without such values are streamed unquoted; this one must be quoted.
+    _write(
+        tmp_path / "world/orders/orders.csv",
+        "order_id,customer_id,email,ordered_at,amount\n"
+        'O1,C1,"Lee, ""Ann"" <ann@x.com>",2024-01-01T10:00:00Z,1.00\n'
+        "O2,C2,plain@x.com,2024-01-01T11:00:00Z,2.00\n",
+    )
+    extract("orders", D1, _settings(tmp_path, fresh_db))
+    assert _rows(fresh_db, "select order_id, email from raw.orders__orders order by 1") == [
+        ("O1", 'Lee, "Ann" <ann@x.com>'),
+        ("O2", "plain@x.com"),
+    ]
