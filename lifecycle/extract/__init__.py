@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from pathlib import Path
 
 from lifecycle.load import (
     LoadResult,
@@ -98,7 +99,15 @@ def _extract_entity(
     raise AssertionError(entity)  # pragma: no cover
 
 
-def _csv(url, entity, day, window, path, share, cursor=None) -> LoadResult:
+def _csv(
+    url: str,
+    entity: RawEntity,
+    day: dt.date,
+    window: Window,
+    path: Path,
+    share: float,
+    cursor: str | None = None,
+) -> LoadResult:
     from lifecycle.extract.readers import read_csv_file
 
     return load_batch(

@@ -17,7 +17,7 @@ import psycopg
 
 from lifecycle.extract.readers import read_csv_chunks
 from lifecycle.parse import Chunk, Window
-from lifecycle.raw import ORDER_ITEMS, ORDERS, RawEntity
+from lifecycle.raw import ORDERS, RawEntity
 from lifecycle.sources.shop_db import SHOP_SCHEMA
 
 COPY_CHUNK_BYTES = 8 << 20
@@ -90,6 +90,3 @@ def csv_cursor(path: Path, entity: RawEntity) -> str:
     if entity is ORDERS and "updated_at" not in names:
         return "ordered_at"
     return entity.cursor
-
-
-ENTITIES = (ORDERS, ORDER_ITEMS)

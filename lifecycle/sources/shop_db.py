@@ -21,6 +21,8 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 
+from lifecycle.raw import ORDER_ITEMS, ORDERS
+
 SHOP_SCHEMA = "shop"
 
 DDL = f"""
@@ -48,28 +50,12 @@ create table if not exists {SHOP_SCHEMA}.order_items (
 create index if not exists order_items_updated_at_idx on {SHOP_SCHEMA}.order_items (updated_at);
 """
 
-#: Column name -> pandas parser kind, per table, in the CSV's column order.
+#: Column name -> type, per table, in the CSV's column order: the raw contracts' fields
+#: (the shop delivers what the contracts describe; one definition of the columns).
 TABLES: dict[str, dict[str, str]] = {
-    "orders": {
-        "order_id": "text",
-        "customer_id": "text",
-        "email": "text",
-        "ordered_at": "timestamp",
-        "updated_at": "timestamp",
-        "status": "text",
-        "currency": "text",
-        "amount": "number",
-        "quantity": "integer",
-    },
-    "order_items": {
-        "order_item_id": "text",
-        "order_id": "text",
-        "product_id": "text",
-        "quantity": "integer",
-        "unit_price": "number",
-        "updated_at": "timestamp",
-    },
+    e.entity: {f.name: f.type for f in e.fields} for e in (ORDERS, ORDER_ITEMS)
 }
+#: The shop database is stricter than the raw contracts: only these may be empty.
 NULLABLE = {"email", "quantity"}
 
 
