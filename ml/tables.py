@@ -1,0 +1,39 @@
+"""DDL of the ``ml`` tables other stages read: the contract of scoring, activation, report.
+
+``ml.scores_history`` is written by batch scoring (``lifecycle score --date D``; one date
+partition per score date, replaced on rerun) and read by activation and the report. Keep
+this file the single definition of its columns: change it here and in the docs together.
+"""
+
+from __future__ import annotations
+
+#: Risk bands of the churn probability, lowest first.
+RISK_BANDS: tuple[str, ...] = ("low", "medium", "high")
+
+SCORES_HISTORY_DDL = """
+create table if not exists ml.scores_history (
+    score_date date not null,              -- the logical date the scores are as of
+    customer_key text not null,            -- marts.customers.customer_key
+    churn_probability double precision not null
+        check (churn_probability >= 0 and churn_probability <= 1),
+    risk_band text not null check (risk_band in ('low', 'medium', 'high')),
+    top_reasons text not null,             -- human-readable, '; '-separated, strongest first
+    segment_id integer not null,           -- stable across retrains
+    segment_name text not null,
+    p_alive double precision not null check (p_alive >= 0 and p_alive <= 1),
+    expected_purchases_12m double precision not null check (expected_purchases_12m >= 0),
+    expected_order_value double precision not null check (expected_order_value >= 0),
+    clv_12m double precision not null check (clv_12m >= 0),
+    churn_model_version text not null,     -- registered model version of each champion used
+    segmentation_model_version text not null,
+    clv_model_version text not null,
+    run_id text not null,                  -- the scoring run (e.g. Airflow run id or uuid)
+    primary key (score_date, customer_key)
+)
+"""
+
+
+def ensure_ml_tables(conn) -> None:
+    """Create the ``ml`` tables of the contract if missing (idempotent); return nothing."""
+    conn.execute("create schema if not exists ml")
+    conn.execute(SCORES_HISTORY_DDL)
