@@ -43,6 +43,9 @@ class Settings:
     http_backoff_s: float = 0.5
     alert_webhook_url: str | None = field(default=None, repr=False)
     airflow_parallelism: int | None = None
+    audiences_file: Path | None = None  # activation: audience definitions (YAML)
+    export_dir: Path | None = None  # activation: root of the audience export folders
+    push_token: str | None = field(default=None, repr=False)  # bearer for audience pushes
 
     @property
     def state_dir(self) -> Path:
@@ -87,6 +90,12 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         http_retries=int(env.get("LIFECYCLE_HTTP_RETRIES") or 8),
         http_backoff_s=float(env.get("LIFECYCLE_HTTP_BACKOFF_S") or 0.5),
         alert_webhook_url=env.get("LIFECYCLE_ALERT_WEBHOOK_URL") or None,
+        audiences_file=_path(
+            env.get("LIFECYCLE_AUDIENCES_FILE")
+            or str(Path(__file__).resolve().parent.parent / "audiences.yml")
+        ),
+        export_dir=_path(env.get("LIFECYCLE_EXPORT_DIR") or str(home / "exports")),
+        push_token=env.get("LIFECYCLE_PUSH_TOKEN") or None,
         airflow_parallelism=(
             int(env["LIFECYCLE_AIRFLOW_PARALLELISM"])
             if env.get("LIFECYCLE_AIRFLOW_PARALLELISM")
