@@ -1,0 +1,726 @@
+"""Customer lifetime value: BG/NBD (alive, purchases) and Gamma-Gamma (order value) by MLE.
+
+The models are the standard ones of Fader, Hardie & Lee: "Counting your customers the easy
+way: an alternative to the Pareto/NBD model" (Marketing Science, 2005) for the BG/NBD
+purchase process, and "RFM and CLV: using iso-value curves for customer base analysis"
+(Journal of Marketing Research, 2005) for the Gamma-Gamma spend model. Both are fitted by
+maximum likelihood with ``scipy.optimize.minimize`` on log-parameters (L-BFGS-B, with a
+Nelder-Mead fallback), the log-likelihoods written with ``gammaln``/``betaln`` and
+log-sum-exp so that they stay finite for customers with hundreds of orders.
+
+They are hand-written on purpose: ``lifetimes`` is unmaintained and pins old pandas/numpy
+(it cannot be installed next to pandas 3), and ``pymc-marketing`` brings a whole Bayesian
+stack (PyMC, PyTensor, a C compiler at run time) for what is a four-parameter MLE here.
+
+Conventions (those of ``lifetimes``):
+
+* **Time unit.** Every public function takes and returns *days*. Internally the BG/NBD works
+  in weeks (``TIME_UNIT_DAYS = 7``) so that ``alpha`` stays in a well-conditioned range;
+  ``BetaGeoParams.alpha`` is therefore in weeks (``r``, ``a``, ``b`` have no unit).
+* **RFM summary as of a date D.** Orders dated on or before D count (``order_date <= D``:
+  the daily load of D makes D's orders visible, and churn labels look at ``(D, D + h]``).
+  Orders are aggregated per calendar day; ``frequency`` is the number of days with an order
+  after the first such day (repeat purchase days), ``recency`` the days from the first to the
+  last purchase day (0 for one-day customers), ``T`` the days from the first purchase day to D,
+  ``monetary_value`` the mean amount of the repeat purchase days (0 when there are none).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, special
+
+#: Days per internal time unit of the BG/NBD (weeks).
+TIME_UNIT_DAYS = 7.0
+#: Bounds of the log-parameters during optimisation: e^-15..e^15 covers every real fit; a
+#: parameter that ends on a bound means the data cannot identify it (degenerate input).
+_LOG_BOUND = 15.0
+#: Columns ``CLVModel.predict`` returns, in order.
+PREDICTION_COLUMNS = ("p_alive", "expected_purchases_12m", "expected_order_value", "clv_12m")
+
+ArrayLike = Any  # numpy arrays, pandas Series or scalars
+
+
+class CLVFitError(RuntimeError):
+    """A CLV model could not be fitted: which fit and why (data, convergence, parameters)."""
+
+
+@dataclass(frozen=True)
+class BetaGeoParams:
+    """BG/NBD parameters: purchase rate ~ Gamma(r, alpha), alpha in weeks; drop-out ~ Beta(a, b)."""
+
+    r: float
+    alpha: float
+    a: float
+    b: float
+
+
+@dataclass(frozen=True)
+class GammaGammaParams:
+    """Gamma-Gamma parameters: order value ~ Gamma(p, nu), nu ~ Gamma(q, v) (v in money)."""
+
+    p: float
+    q: float
+    v: float
+
+
+# --------------------------------------------------------------------------- RFM summary
+
+
+def rfm_summary(
+    orders: pd.DataFrame,
+    as_of: date,
+    *,
+    customer_col: str = "customer_key",
+    date_col: str = "order_date",
+    value_col: str = "amount",
+) -> pd.DataFrame:
+    """Return one row per customer with an order on or before `as_of`: frequency, recency, T
+    (days), monetary_value; indexed by `customer_col`, sorted."""
+    missing = [c for c in (customer_col, date_col, value_col) if c not in orders.columns]
+    if missing:
+        raise ValueError(
+            f"rfm_summary: orders lack column(s) {missing}; they have {list(orders.columns)}"
+        )
+    frame = orders[[customer_col, date_col, value_col]]
+    if frame[customer_col].isna().any():
+        raise ValueError(
+            f"rfm_summary: {int(frame[customer_col].isna().sum())} order(s) have no {customer_col}"
+        )
+    days = pd.to_datetime(frame[date_col], errors="coerce")
+    if getattr(days.dt, "tz", None) is not None:
+        days = days.dt.tz_convert("UTC").dt.tz_localize(None)
+    bad_dates = days.isna() & frame[date_col].notna() | frame[date_col].isna()
+    if bad_dates.any():
+        raise ValueError(
+            f"rfm_summary: {int(bad_dates.sum())} order(s) have a missing or unparseable "
+            f"{date_col}, e.g. {frame.loc[bad_dates, date_col].iloc[0]!r}"
+        )
+    amounts = pd.to_numeric(frame[value_col], errors="coerce").astype("float64")
+    bad_amounts = ~np.isfinite(amounts.to_numpy()) | (amounts.to_numpy() < 0)
+    if bad_amounts.any():
+        raise ValueError(
+            f"rfm_summary: {int(bad_amounts.sum())} order(s) have a missing, non-numeric or "
+            f"negative {value_col}, e.g. {frame.loc[bad_amounts, value_col].iloc[0]!r}; pass "
+            "completed orders with their (non-negative) amounts"
+        )
+    as_of_ts = pd.Timestamp(as_of)
+    day = days.dt.floor("D")
+    keep = (day <= as_of_ts).to_numpy()
+    daily = (
+        pd.DataFrame({"customer": frame[customer_col].to_numpy()[keep], "day": day[keep]})
+        .assign(amount=amounts.to_numpy()[keep])
+        .groupby(["customer", "day"], sort=True)["amount"]
+        .sum()
+        .reset_index()
+    )
+    if daily.empty:
+        out = pd.DataFrame(
+            {
+                "frequency": pd.Series(dtype="int64"),
+                "recency": pd.Series(dtype="float64"),
+                "T": pd.Series(dtype="float64"),
+                "monetary_value": pd.Series(dtype="float64"),
+            }
+        )
+        out.index.name = customer_col
+        return out
+    grouped = daily.groupby("customer", sort=True)
+    first = grouped["day"].min()
+    last = grouped["day"].max()
+    n_days = grouped["day"].size()
+    total = grouped["amount"].sum()
+    first_amount = grouped["amount"].first()  # rows are sorted by day within a customer
+    frequency = (n_days - 1).astype("int64")
+    repeat_total = total - first_amount
+    monetary = np.where(frequency > 0, repeat_total / frequency.clip(lower=1), 0.0)
+    out = pd.DataFrame(
+        {
+            "frequency": frequency,
+            "recency": (last - first).dt.days.astype("float64"),
+            "T": (as_of_ts - first).dt.days.astype("float64"),
+            "monetary_value": np.asarray(monetary, dtype="float64"),
+        }
+    )
+    out.index.name = customer_col
+    return out
+
+
+def _as_float(name: str, values: ArrayLike) -> np.ndarray:
+    """Return `values` as a 1-D float array, or raise ValueError naming the bad input."""
+    arr = np.atleast_1d(np.asarray(values, dtype="float64"))
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} has {int((~np.isfinite(arr)).sum())} missing/infinite value(s)")
+    return arr
+
+
+def _check_rft(frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> tuple[np.ndarray, ...]:
+    """Return frequency, recency (weeks), T (weeks) as arrays after checking their consistency."""
+    x = _as_float("frequency", frequency)
+    tx = _as_float("recency", recency)
+    t_obs = _as_float("T", T)
+    if not (len(x) == len(tx) == len(t_obs)):
+        raise ValueError(
+            f"frequency, recency and T differ in length ({len(x)}, {len(tx)}, {len(t_obs)})"
+        )
+    problems = []
+    if (x < 0).any() or (x != np.round(x)).any():
+        problems.append("frequency must be a non-negative whole number")
+    if (tx < 0).any():
+        problems.append("recency must be >= 0")
+    if (tx > t_obs + 1e-9).any():
+        problems.append(f"recency > T for {int((tx > t_obs + 1e-9).sum())} customer(s)")
+    if ((x == 0) & (tx != 0)).any():
+        problems.append("recency must be 0 where frequency is 0")
+    if problems:
+        raise ValueError("invalid RFM input: " + "; ".join(problems))
+    return x, tx / TIME_UNIT_DAYS, t_obs / TIME_UNIT_DAYS
+
+
+# --------------------------------------------------------------------------- BG/NBD
+
+
+def bgnbd_log_likelihood(
+    params: BetaGeoParams, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
+) -> np.ndarray:
+    """Return each customer's BG/NBD log-likelihood (recency and T in days, alpha in weeks)."""
+    x, tx, t_obs = _check_rft(frequency, recency, T)
+    return _bgnbd_ll(np.log([params.r, params.alpha, params.a, params.b]), x, tx, t_obs)
+
+
+def _bgnbd_ll(log_params: np.ndarray, x: np.ndarray, tx: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """Return per-customer BG/NBD log-likelihoods for log-parameters (times in weeks)."""
+    r, alpha, a, b = np.exp(log_params)
+    a1 = special.gammaln(r + x) - special.gammaln(r) + r * np.log(alpha)
+    beta_ab = special.betaln(a, b)
+    a2 = special.betaln(a, b + x) - beta_ab - (r + x) * np.log(alpha + T)
+    repeat = x > 0
+    a3 = np.full_like(x, -np.inf)
+    xr = x[repeat]
+    a3[repeat] = special.betaln(a + 1, b + xr - 1) - beta_ab - (r + xr) * np.log(alpha + tx[repeat])
+    return a1 + np.logaddexp(a2, a3)
+
+
+def _compress(*columns: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Return counts and the unique rows of the given columns (the likelihood only needs those)."""
+    stacked = np.column_stack(columns)
+    unique, counts = np.unique(stacked, axis=0, return_counts=True)
+    return counts.astype("float64"), [unique[:, i] for i in range(unique.shape[1])]
+
+
+def _minimize(
+    objective: Any, x0: np.ndarray, what: str, names: tuple[str, ...]
+) -> optimize.OptimizeResult:
+    """Return the optimum of `objective` over bounded log-parameters, or raise CLVFitError."""
+    bounds = [(-_LOG_BOUND, _LOG_BOUND)] * len(x0)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = optimize.minimize(objective, x0, method="L-BFGS-B", bounds=bounds)
+        if not (res.success and np.isfinite(res.fun)):
+            # L-BFGS-B can stop on a line-search failure near a flat optimum: polish with
+            # the derivative-free Nelder-Mead from where it stopped (or from x0 if it diverged).
+            start = res.x if np.all(np.isfinite(res.x)) and np.isfinite(res.fun) else x0
+            nm = optimize.minimize(
+                objective,
+                start,
+                method="Nelder-Mead",
+                bounds=bounds,
+                options={"maxiter": 4000, "xatol": 1e-7, "fatol": 1e-10},
+            )
+            if nm.success and np.isfinite(nm.fun):
+                res = nm
+            else:
+                raise CLVFitError(
+                    f"{what} fit did not converge (L-BFGS-B: {res.message}; "
+                    f"Nelder-Mead: {nm.message}); check the input for outliers or too little data"
+                )
+    if not np.all(np.isfinite(res.x)):
+        raise CLVFitError(f"{what} fit returned non-finite parameters {res.x}")
+    at_bound = [n for n, v in zip(names, res.x, strict=True) if abs(v) >= _LOG_BOUND - 1e-3]
+    if at_bound:
+        values = ", ".join(f"{n}={math.exp(v):.3g}" for n, v in zip(names, res.x, strict=True))
+        raise CLVFitError(
+            f"{what} fit is degenerate: parameter(s) {at_bound} ran to the edge of the "
+            f"search space ({values}); the data cannot identify them (too few repeat "
+            "purchases, or all customers alike)"
+        )
+    return res
+
+
+def fit_bgnbd(
+    frequency: ArrayLike,
+    recency: ArrayLike,
+    T: ArrayLike,
+    *,
+    penalizer: float = 0.0,
+    min_repeat_buyers: int = 10,
+) -> BetaGeoParams:
+    """Return the maximum-likelihood BG/NBD parameters for RFM data in days (alpha in weeks).
+
+    `penalizer` adds ``penalizer * sum(param**2)`` to the mean negative log-likelihood (as in
+    ``lifetimes``); raises CLVFitError on empty data, fewer than `min_repeat_buyers` repeat
+    buyers, non-convergence or a degenerate optimum.
+    """
+    x, tx, t_obs = _check_rft(frequency, recency, T)
+    if len(x) == 0:
+        raise CLVFitError("BG/NBD fit: no customers (empty RFM summary)")
+    n_repeat = int((x > 0).sum())
+    if n_repeat < min_repeat_buyers:
+        raise CLVFitError(
+            f"BG/NBD fit: only {n_repeat} of {len(x)} customers bought more than once "
+            f"(need at least {min_repeat_buyers}); the drop-out process cannot be estimated"
+        )
+    if (t_obs <= 0).all():
+        raise CLVFitError("BG/NBD fit: every customer has T = 0 (all first orders on as_of)")
+    if penalizer < 0:
+        raise ValueError(f"penalizer must be >= 0, got {penalizer}")
+    weights, (xu, txu, tu) = _compress(x, tx, t_obs)
+    total = weights.sum()
+
+    def objective(log_params: np.ndarray) -> float:
+        ll = _bgnbd_ll(log_params, xu, txu, tu)
+        value = -float(np.dot(weights, ll)) / total
+        if penalizer:
+            value += penalizer * float(np.sum(np.exp(log_params) ** 2))
+        return value if np.isfinite(value) else 1e300
+
+    # Start at r = a = b = 1 and alpha = mean T (a customer buying about once per period).
+    x0 = np.array([0.0, math.log(max(float(t_obs.mean()), 1e-3)), 0.0, 0.0])
+    res = _minimize(objective, x0, "BG/NBD", ("r", "alpha", "a", "b"))
+    r, alpha, a, b = (float(v) for v in np.exp(res.x))
+    return BetaGeoParams(r=r, alpha=alpha, a=a, b=b)
+
+
+def bgnbd_p_alive(
+    params: BetaGeoParams, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
+) -> np.ndarray:
+    """Return each customer's probability of still being alive at T (1 when frequency is 0)."""
+    x, tx, t_obs = _check_rft(frequency, recency, T)
+    return _p_alive(params, x, tx, t_obs)
+
+
+def _p_alive(params: BetaGeoParams, x: np.ndarray, tx: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """Return P(alive) for times in weeks: 1 / (1 + a/(b+x-1) * ((alpha+T)/(alpha+tx))^(r+x))."""
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    out = np.ones_like(x)
+    rep = x > 0
+    xr = x[rep]
+    log_odds_dead = (
+        math.log(a)
+        - np.log(b + xr - 1)
+        + (r + xr) * (np.log(alpha + T[rep]) - np.log(alpha + tx[rep]))
+    )
+    out[rep] = special.expit(-log_odds_dead)
+    return out
+
+
+def bgnbd_expected_purchases(
+    params: BetaGeoParams, t: float, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
+) -> np.ndarray:
+    """Return each customer's expected number of purchases in (T, T + t], t in days."""
+    if not (np.isfinite(t) and t >= 0):
+        raise ValueError(f"horizon t must be a finite number of days >= 0, got {t}")
+    x, tx, t_obs = _check_rft(frequency, recency, T)
+    return _expected_purchases(params, float(t) / TIME_UNIT_DAYS, x, tx, t_obs)
+
+
+def _expected_purchases(
+    params: BetaGeoParams, t: float, x: np.ndarray, tx: np.ndarray, T: np.ndarray
+) -> np.ndarray:
+    """Return conditional expected purchases in (T, T+t] for times in weeks (FHL 2005, eq. 10)."""
+    if t == 0 or len(x) == 0:
+        return np.zeros_like(x)
+    a = params.a
+    if abs(a - 1.0) < 1e-4:
+        # The closed form is 0/0 at a = 1; it is smooth in a, so average both sides.
+        lo = _expected_purchases_closed(params, 1.0 - 1e-4, t, x, tx, T)
+        hi = _expected_purchases_closed(params, 1.0 + 1e-4, t, x, tx, T)
+        out = 0.5 * (lo + hi)
+    else:
+        out = _expected_purchases_closed(params, a, t, x, tx, T)
+    bad = ~np.isfinite(out) | (out < 0)
+    if bad.any():
+        out[bad] = _expected_purchases_quadrature(params, t, x[bad], tx[bad], T[bad])
+    return out
+
+
+def _expected_purchases_closed(
+    params: BetaGeoParams, a: float, t: float, x: np.ndarray, tx: np.ndarray, T: np.ndarray
+) -> np.ndarray:
+    """Return the hypergeometric closed form of expected purchases (weeks), Euler-transformed.
+
+    ``((alpha+T)/(alpha+T+t))^(r+x) 2F1(r+x, b+x; a+b+x-1; z)`` is rewritten with Euler's
+    transformation as ``(1-z)^(a-1) 2F1(a+b-1-r, a-1; a+b+x-1; z)``, whose first two
+    arguments do not grow with x: it stays accurate for customers with many orders.
+    """
+    r, alpha, b = params.r, params.alpha, params.b
+    with np.errstate(all="ignore"):
+        z = t / (alpha + T + t)
+        log_one_minus_z = np.log(alpha + T) - np.log(alpha + T + t)
+        hyp = special.hyp2f1(a + b - 1 - r, a - 1, a + b + x - 1, z)
+        # 1 - (1-z)^(a-1) * hyp, with expm1 for accuracy when the product is close to 1.
+        bracket = np.where(
+            hyp > 0,
+            -np.expm1((a - 1) * log_one_minus_z + np.log(np.abs(hyp))),
+            1.0 - np.exp((a - 1) * log_one_minus_z) * hyp,
+        )
+        unconditional = (a + b + x - 1) / (a - 1) * bracket
+    return unconditional * _p_alive(params, x, tx, T)
+
+
+def _expected_purchases_quadrature(
+    params: BetaGeoParams, t: float, x: np.ndarray, tx: np.ndarray, T: np.ndarray
+) -> np.ndarray:
+    """Return expected purchases (weeks) by Gauss-Jacobi quadrature over the drop-out p.
+
+    Given alive at T, lambda | data ~ Gamma(r+x, alpha+T) and p | data ~ Beta(a, b+x), and an
+    alive customer's expected purchases in t are ``(1 - exp(-lambda p t)) / p``; averaging over
+    lambda gives ``(1 - ((alpha+T)/(alpha+T+p t))^(r+x)) / p``, a smooth function of p.
+    Used where the hypergeometric closed form is not finite.
+    """
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    out = np.empty_like(x)
+    for xv in np.unique(x):
+        idx = x == xv
+        # Jacobi weight (1-u)^al (1+u)^be on [-1,1] with p = (1+u)/2 ~ Beta(a, b+x).
+        nodes, w = special.roots_jacobi(64, b + xv - 1, a - 1)
+        p = (1 + nodes) / 2
+        w = w / w.sum()
+        base = alpha + T[idx][:, None]
+        g = -np.expm1((r + xv) * (np.log(base) - np.log(base + p[None, :] * t))) / p[None, :]
+        out[idx] = g @ w
+    return out * _p_alive(params, x, tx, T)
+
+
+# --------------------------------------------------------------------------- Gamma-Gamma
+
+
+def gamma_gamma_log_likelihood(
+    params: GammaGammaParams, frequency: ArrayLike, monetary_value: ArrayLike
+) -> np.ndarray:
+    """Return each repeat buyer's Gamma-Gamma log-likelihood of their mean order value."""
+    x = _as_float("frequency", frequency)
+    m = _as_float("monetary_value", monetary_value)
+    if ((x <= 0) | (m <= 0)).any():
+        raise ValueError("Gamma-Gamma likelihood needs frequency > 0 and monetary_value > 0")
+    return _gg_ll(np.log([params.p, params.q, params.v]), x, m)
+
+
+def _gg_ll(log_params: np.ndarray, x: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Return per-customer Gamma-Gamma log-likelihoods of mean spend m over x orders."""
+    p, q, v = np.exp(log_params)
+    px = p * x
+    return (
+        special.gammaln(px + q)
+        - special.gammaln(px)
+        - special.gammaln(q)
+        + q * np.log(v)
+        + (px - 1) * np.log(m)
+        + px * np.log(x)
+        - (px + q) * np.log(v + x * m)
+    )
+
+
+def fit_gamma_gamma(
+    frequency: ArrayLike,
+    monetary_value: ArrayLike,
+    *,
+    penalizer: float = 0.0,
+    min_repeat_buyers: int = 10,
+) -> GammaGammaParams:
+    """Return the maximum-likelihood Gamma-Gamma parameters, fitted on repeat buyers only.
+
+    Customers with frequency 0 (or a repeat spend of 0) carry no information about spend
+    variation and are left out; raises CLVFitError on too few repeat buyers, non-convergence,
+    a degenerate optimum, or q <= 1 (the mean order value would be infinite).
+    """
+    x = _as_float("frequency", frequency)
+    m = _as_float("monetary_value", monetary_value)
+    if len(x) != len(m):
+        raise ValueError(f"frequency and monetary_value differ in length ({len(x)}, {len(m)})")
+    if (m < 0).any():
+        raise ValueError(f"monetary_value has {int((m < 0).sum())} negative value(s)")
+    use = (x > 0) & (m > 0)
+    n_repeat = int(use.sum())
+    if n_repeat < min_repeat_buyers:
+        raise CLVFitError(
+            f"Gamma-Gamma fit: only {n_repeat} of {len(x)} customers are repeat buyers with a "
+            f"positive repeat spend (need at least {min_repeat_buyers}); one-order customers "
+            "say nothing about how order values vary"
+        )
+    weights, (xu, mu) = _compress(x[use], m[use])
+    total = weights.sum()
+    # Rescale money so the optimiser sees values near 1 (v scales with the currency unit).
+    scale = float(np.median(mu))
+    mu_scaled = mu / scale
+
+    def objective(log_params: np.ndarray) -> float:
+        value = -float(np.dot(weights, _gg_ll(log_params, xu, mu_scaled))) / total
+        if penalizer:
+            value += penalizer * float(np.sum(np.exp(log_params) ** 2))
+        return value if np.isfinite(value) else 1e300
+
+    res = _minimize(objective, np.zeros(3), "Gamma-Gamma", ("p", "q", "v"))
+    p, q, v = (float(val) for val in np.exp(res.x))
+    v *= scale
+    if q <= 1:
+        raise CLVFitError(
+            f"Gamma-Gamma fit gave q = {q:.3g} <= 1: spend is so heavy-tailed that the mean "
+            "order value is undefined; cap outlier order amounts or use a larger penalizer"
+        )
+    return GammaGammaParams(p=p, q=q, v=v)
+
+
+def gg_expected_order_value(
+    params: GammaGammaParams, frequency: ArrayLike, monetary_value: ArrayLike
+) -> np.ndarray:
+    """Return each customer's expected order value: the population mean p*v/(q-1) shrunk
+    towards their own repeat-order mean by their number of repeat orders."""
+    x = _as_float("frequency", frequency)
+    m = _as_float("monetary_value", monetary_value)
+    if len(x) != len(m):
+        raise ValueError(f"frequency and monetary_value differ in length ({len(x)}, {len(m)})")
+    if (x < 0).any() or (m < 0).any():
+        raise ValueError("frequency and monetary_value must be >= 0")
+    p, q, v = params.p, params.q, params.v
+    m = np.where(x > 0, m, 0.0)  # one-order customers: the population mean
+    return p * (v + x * m) / (p * x + q - 1)
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass
+class CLVModel:
+    """BG/NBD + Gamma-Gamma on an RFM summary (days); picklable, sklearn-style fit/predict."""
+
+    penalizer: float = 0.0
+    gg_penalizer: float = 0.0
+    horizon_days: int = 365
+    annual_discount_rate: float = 0.0
+    min_repeat_buyers: int = 10
+    bgnbd: BetaGeoParams | None = None
+    gamma_gamma: GammaGammaParams | None = None
+    n_customers: int = 0
+    n_repeat_buyers: int = 0
+    bgnbd_log_likelihood: float = float("nan")
+    gamma_gamma_log_likelihood: float = float("nan")
+
+    def fit(self, summary: pd.DataFrame) -> CLVModel:
+        """Return self after fitting BG/NBD on all customers and Gamma-Gamma on repeat buyers."""
+        _require_columns(summary, ("frequency", "recency", "T", "monetary_value"))
+        f, rec, t_obs, m = (summary[c] for c in ("frequency", "recency", "T", "monetary_value"))
+        self.bgnbd = fit_bgnbd(
+            f, rec, t_obs, penalizer=self.penalizer, min_repeat_buyers=self.min_repeat_buyers
+        )
+        self.gamma_gamma = fit_gamma_gamma(
+            f, m, penalizer=self.gg_penalizer, min_repeat_buyers=self.min_repeat_buyers
+        )
+        self.n_customers = len(summary)
+        use = (f.to_numpy() > 0) & (m.to_numpy() > 0)
+        self.n_repeat_buyers = int(use.sum())
+        self.bgnbd_log_likelihood = float(bgnbd_log_likelihood(self.bgnbd, f, rec, t_obs).sum())
+        self.gamma_gamma_log_likelihood = float(
+            gamma_gamma_log_likelihood(self.gamma_gamma, f[use], m[use]).sum()
+        )
+        return self
+
+    def _fitted(self) -> tuple[BetaGeoParams, GammaGammaParams]:
+        """Return both parameter sets, or raise if the model has not been fitted."""
+        if self.bgnbd is None or self.gamma_gamma is None:
+            raise RuntimeError("CLVModel is not fitted: call fit(summary) or from_dict() first")
+        return self.bgnbd, self.gamma_gamma
+
+    def predict(self, summary: pd.DataFrame, horizon_days: int | None = None) -> pd.DataFrame:
+        """Return p_alive, expected_purchases_12m, expected_order_value, clv_12m per row of
+        `summary` (same index); the purchase and CLV columns cover `horizon_days`."""
+        bg, gg = self._fitted()
+        horizon = self.horizon_days if horizon_days is None else horizon_days
+        if horizon < 0:
+            raise ValueError(f"horizon_days must be >= 0, got {horizon}")
+        _require_columns(summary, ("frequency", "recency", "T", "monetary_value"))
+        x, tx, t_obs = _check_rft(summary["frequency"], summary["recency"], summary["T"])
+        m = _as_float("monetary_value", summary["monetary_value"])
+        p_alive = _p_alive(bg, x, tx, t_obs)
+        purchases = _expected_purchases(bg, horizon / TIME_UNIT_DAYS, x, tx, t_obs)
+        value = gg_expected_order_value(gg, x, np.maximum(m, 0.0))
+        clv = self._discounted_purchases(bg, horizon, x, tx, t_obs, purchases) * value
+        out = pd.DataFrame(
+            {
+                "p_alive": np.clip(p_alive, 0.0, 1.0),
+                "expected_purchases_12m": np.maximum(purchases, 0.0),
+                "expected_order_value": value,
+                "clv_12m": np.maximum(clv, 0.0),
+            },
+            index=summary.index,
+        )
+        finite = np.isfinite(out.to_numpy()).all(axis=1)
+        if not finite.all():  # the formulas above are finite for valid input; never hide it
+            raise RuntimeError(
+                f"CLV prediction is not finite for {int((~finite).sum())} customer(s), e.g. "
+                f"{summary[~finite].head(3).to_dict('index')}; parameters {self.to_dict()}"
+            )
+        return out
+
+    def _discounted_purchases(
+        self,
+        bg: BetaGeoParams,
+        horizon: int,
+        x: np.ndarray,
+        tx: np.ndarray,
+        t_obs: np.ndarray,
+        undiscounted: np.ndarray,
+    ) -> np.ndarray:
+        """Return expected purchases in the horizon, each month's discounted at the annual rate."""
+        if self.annual_discount_rate == 0 or horizon == 0:
+            return undiscounted
+        months = max(1, round(horizon / (365.25 / 12)))
+        edges = np.linspace(0.0, horizon / TIME_UNIT_DAYS, months + 1)
+        monthly_rate = (1 + self.annual_discount_rate) ** (1 / 12) - 1
+        total = np.zeros_like(x)
+        previous = np.zeros_like(x)
+        for i, edge in enumerate(edges[1:], start=1):
+            cumulative = _expected_purchases(bg, float(edge), x, tx, t_obs)
+            total += (cumulative - previous) / (1 + monthly_rate) ** i
+            previous = cumulative
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings, fitted parameters and fit facts as a JSON-able dict."""
+        return {
+            "penalizer": self.penalizer,
+            "gg_penalizer": self.gg_penalizer,
+            "horizon_days": self.horizon_days,
+            "annual_discount_rate": self.annual_discount_rate,
+            "min_repeat_buyers": self.min_repeat_buyers,
+            "time_unit_days": TIME_UNIT_DAYS,
+            "bgnbd": asdict(self.bgnbd) if self.bgnbd else None,
+            "gamma_gamma": asdict(self.gamma_gamma) if self.gamma_gamma else None,
+            "n_customers": self.n_customers,
+            "n_repeat_buyers": self.n_repeat_buyers,
+            "bgnbd_log_likelihood": _json_float(self.bgnbd_log_likelihood),
+            "gamma_gamma_log_likelihood": _json_float(self.gamma_gamma_log_likelihood),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CLVModel:
+        """Return a model rebuilt from `to_dict()` output (fitted if it carries parameters)."""
+        unit = float(data.get("time_unit_days", TIME_UNIT_DAYS))
+        if unit != TIME_UNIT_DAYS:
+            raise ValueError(
+                f"CLV parameters are in units of {unit} days, expected {TIME_UNIT_DAYS}"
+            )
+        return cls(
+            penalizer=float(data.get("penalizer", 0.0)),
+            gg_penalizer=float(data.get("gg_penalizer", 0.0)),
+            horizon_days=int(data.get("horizon_days", 365)),
+            annual_discount_rate=float(data.get("annual_discount_rate", 0.0)),
+            min_repeat_buyers=int(data.get("min_repeat_buyers", 10)),
+            bgnbd=BetaGeoParams(**data["bgnbd"]) if data.get("bgnbd") else None,
+            gamma_gamma=GammaGammaParams(**data["gamma_gamma"])
+            if data.get("gamma_gamma")
+            else None,
+            n_customers=int(data.get("n_customers", 0)),
+            n_repeat_buyers=int(data.get("n_repeat_buyers", 0)),
+            bgnbd_log_likelihood=_float_or_nan(data.get("bgnbd_log_likelihood")),
+            gamma_gamma_log_likelihood=_float_or_nan(data.get("gamma_gamma_log_likelihood")),
+        )
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> CLVModel:
+        """Return an unfitted model configured from a ``models/clv.yaml`` spec."""
+        params = dict(spec.get("params", {}))
+        return cls(
+            penalizer=float(params.get("penalizer", 0.0)),
+            gg_penalizer=float(params.get("gg_penalizer", 0.0)),
+            horizon_days=int(params.get("horizon_days", 365)),
+            annual_discount_rate=float(params.get("annual_discount_rate", 0.0)),
+            min_repeat_buyers=int(params.get("min_repeat_buyers", 10)),
+        )
+
+
+def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
+    """Raise ValueError naming the columns `frame` lacks; return nothing."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"RFM summary lacks column(s) {missing} (build it with rfm_summary); "
+            f"it has {list(frame.columns)}"
+        )
+
+
+def _json_float(value: float) -> float | None:
+    """Return `value`, or None when it is not finite (JSON has no NaN)."""
+    return float(value) if math.isfinite(value) else None
+
+
+def _float_or_nan(value: Any) -> float:
+    """Return `value` as a float, NaN for None."""
+    return float("nan") if value is None else float(value)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def holdout_purchases(
+    orders: pd.DataFrame,
+    as_of: date,
+    horizon_days: int,
+    *,
+    customer_col: str = "customer_key",
+    date_col: str = "order_date",
+) -> pd.Series:
+    """Return each customer's number of purchase days in (as_of, as_of + horizon_days]
+    (customers without one are absent), the actuals to compare expected purchases with."""
+    missing = [c for c in (customer_col, date_col) if c not in orders.columns]
+    if missing:
+        raise ValueError(f"holdout_purchases: orders lack column(s) {missing}")
+    days = pd.to_datetime(orders[date_col], errors="coerce")
+    if getattr(days.dt, "tz", None) is not None:
+        days = days.dt.tz_convert("UTC").dt.tz_localize(None)
+    if days.isna().any():
+        raise ValueError(
+            f"holdout_purchases: {int(days.isna().sum())} order(s) have a missing or "
+            f"unparseable {date_col}"
+        )
+    day = days.dt.floor("D")
+    start = pd.Timestamp(as_of)
+    inside = ((day > start) & (day <= start + pd.Timedelta(days=horizon_days))).to_numpy()
+    counts = (
+        pd.DataFrame({customer_col: orders[customer_col].to_numpy()[inside], "day": day[inside]})
+        .drop_duplicates()
+        .groupby(customer_col, sort=True)
+        .size()
+        .astype("int64")
+    )
+    return counts.rename("actual_purchases")
+
+
+def evaluate_purchases(predicted: pd.Series, actual: pd.Series) -> dict[str, float]:
+    """Return MAE, RMSE, relative total error and Spearman correlation of predicted vs actual
+    purchases per customer (index = customer; actual missing counts as 0)."""
+    if len(predicted) == 0:
+        raise ValueError("evaluate_purchases: no customers to evaluate")
+    pred = predicted.astype("float64")
+    act = actual.reindex(pred.index).fillna(0).astype("float64")
+    err = pred - act
+    total_actual = float(act.sum())
+    return {
+        "n_customers": float(len(pred)),
+        "mae_purchases": float(err.abs().mean()),
+        "rmse_purchases": float(np.sqrt((err**2).mean())),
+        "total_predicted": float(pred.sum()),
+        "total_actual": total_actual,
+        "relative_total_error": float(err.sum() / total_actual) if total_actual else float("nan"),
+        "spearman": float(pred.rank().corr(act.rank())) if act.nunique() > 1 else float("nan"),
+    }
