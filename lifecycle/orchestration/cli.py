@@ -151,6 +151,36 @@ def airflow_env_command() -> None:
         click.echo(f"export {key}={shlex.quote(value)}")
 
 
+@airflow_group.command("serve")
+@click.option("--port", type=int, default=8080, show_default=True, help="API server / UI port.")
+def airflow_serve(port: int) -> None:
+    """Run the scheduler, DAG processor and API server on 127.0.0.1 until Ctrl-C."""
+    import time
+
+    from lifecycle.orchestration.config import load_orchestration_settings
+    from lifecycle.orchestration.home import OrchestrationError
+    from lifecycle.orchestration.server import API_USER, LocalAirflow, password_file
+
+    cfg = load_orchestration_settings()
+    airflow = LocalAirflow(cfg, port=port)
+    try:
+        airflow.start()
+    except OrchestrationError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+    click.echo(f"Airflow UI and REST API: {airflow.url} (user {API_USER!r}, password in")
+    click.echo(f"  {password_file(cfg)}); service logs: {airflow.log_dir}")
+    click.echo("DAGs start paused: unpause lifecycle_daily in the UI to let it run. Ctrl-C stops.")
+    try:
+        while all(p.poll() is None for p in airflow.processes.values()):
+            time.sleep(1)
+        click.secho(f"a service stopped; see {airflow.log_dir}", fg="red", err=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        airflow.stop()
+
+
 @click.group()
 def _standalone() -> None:
     """Lifecycle orchestration commands."""
