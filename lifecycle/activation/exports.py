@@ -1,0 +1,440 @@
+"""Audience exports: CSV files per layout (full list, adds, removes), a manifest, the export log.
+
+One folder per audience and logical date, ``<export root>/<date>/<audience>/``, written to a
+hidden temporary folder first and renamed into place, so a failed export never leaves a
+half-written folder. File content depends on the warehouse only (rows sorted, numbers
+formatted, no timestamps), so rerunning a date gives byte-identical files.
+
+The send list is the audience's members on the date who are not in the control group,
+have marketing consent and an email; the control group (same conditions, flagged) goes to
+its own, clearly named file and is never in a send file. The delta (adds, removes) is
+against the send list of the last successful export of the audience before the date.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from lifecycle.activation.audiences import Audience
+
+CONTROL_FILE = "control_group_DO_NOT_SEND.csv"
+MANIFEST = "manifest.json"
+LISTS = ("full", "adds", "removes")
+
+#: HubSpot's lifecycle stage property (internal values) for each of our stages.
+HUBSPOT_STAGE = {
+    "prospect": "lead",
+    "new": "customer",
+    "active": "customer",
+    "loyal": "evangelist",
+    "at_risk": "customer",
+    "churned": "other",
+    "reactivated": "customer",
+}
+
+#: Fields of a member row read from the warehouse (also the generic layout's first columns).
+MEMBER_FIELDS = (
+    "customer_key",
+    "email",
+    "first_name",
+    "last_name",
+    "country_code",
+    "stage",
+    "recommended_action",
+    "churn_probability",
+    "risk_band",
+    "segment_id",
+    "segment_name",
+    "clv_12m",
+    "top_reasons",
+    "score_date",
+)
+
+
+def email_sha256(email: str) -> str:
+    """Return the SHA-256 hex digest of the trimmed, lower-cased email (ad-platform matching)."""
+    return hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
+
+
+def _text(value: Any, digits: int | None = None) -> str:
+    if value is None:
+        return ""
+    if digits is not None:
+        return f"{float(value):.{digits}f}"
+    return str(value)
+
+
+def _generic(row: dict, audience: str, day: dt.date) -> list[str]:
+    return [
+        row["customer_key"],
+        row["email"],
+        _text(row["first_name"]),
+        _text(row["last_name"]),
+        _text(row["country_code"]),
+        _text(row["stage"]),
+        _text(row["recommended_action"]),
+        _text(row["churn_probability"], 4),
+        _text(row["risk_band"]),
+        _text(row["segment_id"]),
+        _text(row["segment_name"]),
+        _text(row["clv_12m"], 2),
+        _text(row["top_reasons"]),
+        _text(row["score_date"]),
+        audience,
+        day.isoformat(),
+    ]
+
+
+#: layout -> (header, row formatter(row, audience, day) -> values)
+LAYOUTS: dict[str, tuple[list[str], Callable[[dict, str, dt.date], list[str]]]] = {
+    "generic": ([*MEMBER_FIELDS, "audience", "as_of_date"], _generic),
+    "mailchimp": (
+        ["Email Address", "First Name", "Last Name", "Tags"],
+        lambda r, a, d: [
+            r["email"],
+            _text(r["first_name"]),
+            _text(r["last_name"]),
+            f"{a},stage_{r['stage']}" if r["stage"] else a,
+        ],
+    ),
+    "hubspot": (
+        [
+            "Email",
+            "First Name",
+            "Last Name",
+            "Lifecycle Stage",
+            "Lifecycle Audience",
+            "Churn Risk",
+            "Recommended Action",
+        ],
+        lambda r, a, d: [
+            r["email"],
+            _text(r["first_name"]),
+            _text(r["last_name"]),
+            HUBSPOT_STAGE.get(r["stage"] or "", ""),
+            a,
+            _text(r["risk_band"]),
+            _text(r["recommended_action"]),
+        ],
+    ),
+    "klaviyo": (
+        [
+            "Email",
+            "First Name",
+            "Last Name",
+            "Country",
+            "lifecycle_stage",
+            "lifecycle_audience",
+            "churn_risk",
+            "churn_probability",
+            "segment",
+            "clv_12m",
+            "recommended_action",
+        ],
+        lambda r, a, d: [
+            r["email"],
+            _text(r["first_name"]),
+            _text(r["last_name"]),
+            _text(r["country_code"]),
+            _text(r["stage"]),
+            a,
+            _text(r["risk_band"]),
+            _text(r["churn_probability"], 4),
+            _text(r["segment_name"]),
+            _text(r["clv_12m"], 2),
+            _text(r["recommended_action"]),
+        ],
+    ),
+    # Customer Match (Google Ads) and Custom Audiences (Meta): normalized, SHA-256 hashed email
+    "google_ads": (["Email"], lambda r, a, d: [email_sha256(r["email"])]),
+    "meta": (["email"], lambda r, a, d: [email_sha256(r["email"])]),
+}
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    """One written file: its name, data rows, size and checksum."""
+
+    name: str
+    rows: int
+    bytes: int
+    sha256: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the file's facts as JSON-able values."""
+        return {"name": self.name, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
+
+
+@dataclass
+class ExportFacts:
+    """What one audience export wrote."""
+
+    audience: str
+    as_of_date: dt.date
+    folder: Path
+    previous_export_date: dt.date | None
+    members: int
+    control: int
+    sent: int
+    adds: int
+    removes: int
+    no_consent: int
+    no_email: int
+    files: list[ExportFile] = field(default_factory=list)
+    # rows for the push step (not JSON-able facts)
+    send_rows: list[dict] = field(default_factory=list, repr=False)
+    add_rows: list[dict] = field(default_factory=list, repr=False)
+    remove_rows: list[dict] = field(default_factory=list, repr=False)
+
+
+def render_csv(header: Sequence[str], rows: Sequence[Sequence[str]]) -> bytes:
+    """Return an RFC 4180 CSV (UTF-8 without BOM, CRLF line ends) of the header and rows."""
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue().encode("utf-8")
+
+
+# --------------------------------------------------------------------------- reading
+
+_MEMBERS_SQL = """
+select
+    m.customer_key, h.email, h.first_name, h.last_name, h.country_code, h.stage,
+    h.recommended_action, h.churn_probability, h.risk_band, h.segment_id, h.segment_name,
+    h.clv_12m, h.top_reasons, h.score_date, m.is_control, h.has_marketing_consent
+from activation.audience_membership as m
+inner join activation.customer_scores_history as h
+    on h.customer_key = m.customer_key and h.as_of_date = %(day)s
+where m.audience = %(audience)s and m.entered_date <= %(day)s
+    and (m.exited_date is null or m.exited_date > %(day)s)
+order by h.email nulls last, m.customer_key
+"""
+
+
+def _split(members: list[dict]) -> tuple[list[dict], list[dict], int, int]:
+    """Return (send rows, control rows, no-consent count, no-email count)."""
+    send: list[dict] = []
+    control: list[dict] = []
+    no_consent = no_email = 0
+    seen: set[str] = set()
+    for row in members:
+        if row["has_marketing_consent"] is not True:
+            no_consent += 1
+            continue
+        if not row["email"]:
+            no_email += 1
+            continue
+        if row["email"] in seen:  # one row per address: two keys never share one after identity
+            continue
+        seen.add(row["email"])
+        (control if row["is_control"] else send).append(row)
+    return send, control, no_consent, no_email
+
+
+def previous_export(conn, audience: str, day: dt.date) -> dt.date | None:
+    """Return the date of the last successful export of `audience` before `day`, if any."""
+    return conn.execute(
+        "select max(as_of_date) from activation.export_log "
+        "where audience = %s and status = 'ok' and as_of_date < %s",
+        (audience, day),
+    ).fetchone()[0]
+
+
+def _previous_send(conn, audience: str, previous: dt.date | None, day: dt.date) -> list[dict]:
+    if previous is None:
+        return []
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            """
+            select
+                e.customer_key, e.email, h.first_name, h.last_name, h.country_code, h.stage,
+                h.recommended_action, h.churn_probability, h.risk_band, h.segment_id,
+                h.segment_name, h.clv_12m, h.top_reasons, h.score_date
+            from activation.export_members as e
+            left join activation.customer_scores_history as h
+                on h.customer_key = e.customer_key and h.as_of_date = %(day)s
+            where e.audience = %(audience)s and e.as_of_date = %(previous)s and e.list = 'send'
+            order by e.email, e.customer_key
+            """,
+            {"audience": audience, "previous": previous, "day": day},
+        ).fetchall()
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write_folder(target: Path, files: dict[str, bytes]) -> None:
+    """Write `files` into `target` atomically: a temporary sibling folder, then renames."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        for name, data in files.items():
+            with (tmp / name).open("wb") as fh:
+                fh.write(data)
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not target.exists():
+            old.rename(target)  # put the previous export back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_audience(
+    conn,
+    audience: Audience,
+    day: dt.date,
+    root: Path,
+    run_id: str,
+) -> ExportFacts:
+    """Write the audience's export folder for `day`, record it in the log; return the facts.
+
+    Runs in the caller's transaction; the folder is put in place just before the caller
+    commits, so a failure before that leaves the previous folder (if any) as it was.
+    """
+    with conn.cursor(row_factory=dict_row) as cur:
+        members = cur.execute(_MEMBERS_SQL, {"day": day, "audience": audience.name}).fetchall()
+    send, control, no_consent, no_email = _split(members)
+    previous = previous_export(conn, audience.name, day)
+    before = _previous_send(conn, audience.name, previous, day)
+    before_keys = {r["customer_key"] for r in before}
+    now_keys = {r["customer_key"] for r in send}
+    adds = [r for r in send if r["customer_key"] not in before_keys]
+    removes = [r for r in before if r["customer_key"] not in now_keys]
+
+    lists = {"full": send, "adds": adds, "removes": removes}
+    blobs: dict[str, bytes] = {}
+    counts: dict[str, int] = {}
+    for layout in audience.layouts:
+        header, fmt = LAYOUTS[layout]
+        for kind in LISTS:
+            name = f"{layout}_{kind}.csv"
+            blobs[name] = render_csv(header, [fmt(r, audience.name, day) for r in lists[kind]])
+            counts[name] = len(lists[kind])
+    if audience.control_share > 0:
+        header, fmt = LAYOUTS["generic"]
+        blobs[CONTROL_FILE] = render_csv(header, [fmt(r, audience.name, day) for r in control])
+        counts[CONTROL_FILE] = len(control)
+    files = [
+        ExportFile(n, counts[n], len(b), hashlib.sha256(b).hexdigest())
+        for n, b in sorted(blobs.items())
+    ]
+    facts = ExportFacts(
+        audience=audience.name,
+        as_of_date=day,
+        folder=root / day.isoformat() / audience.name,
+        previous_export_date=previous,
+        members=len(members),
+        control=len(control),
+        sent=len(send),
+        adds=len(adds),
+        removes=len(removes),
+        no_consent=no_consent,
+        no_email=no_email,
+        files=files,
+        send_rows=send,
+        add_rows=adds,
+        remove_rows=removes,
+    )
+    manifest = {
+        "audience": audience.name,
+        "description": audience.description,
+        "as_of_date": day.isoformat(),
+        "previous_export_date": previous.isoformat() if previous else None,
+        "control_share": audience.control_share,
+        "definition_sha256": audience.definition_sha256(),
+        "counts": {
+            "members": facts.members,
+            "control": facts.control,
+            "sent": facts.sent,
+            "adds": facts.adds,
+            "removes": facts.removes,
+            "left_out_no_consent": facts.no_consent,
+            "left_out_no_email": facts.no_email,
+        },
+        "files": [f.as_dict() for f in files],
+        "encoding": "UTF-8 without BOM, RFC 4180 CSV with CRLF line ends",
+    }
+    blobs[MANIFEST] = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+    conn.execute(
+        "delete from activation.export_members where audience = %s and as_of_date = %s",
+        (audience.name, day),
+    )
+    with conn.cursor() as cur:
+        cur.executemany(
+            "insert into activation.export_members "
+            "(audience, as_of_date, customer_key, email, list) values (%s, %s, %s, %s, %s)",
+            [(audience.name, day, r["customer_key"], r["email"], "send") for r in send]
+            + [(audience.name, day, r["customer_key"], r["email"], "control") for r in control],
+        )
+    log_export(conn, facts, run_id, "ok", audience.definition_sha256())
+    _write_folder(facts.folder, blobs)
+    return facts
+
+
+def log_export(
+    conn,
+    facts: ExportFacts,
+    run_id: str,
+    status: str,
+    definition_sha256: str | None,
+    error: str | None = None,
+) -> None:
+    """Append one row to activation.export_log; return nothing."""
+    conn.execute(
+        """
+        insert into activation.export_log (
+            audience, as_of_date, run_id, status, previous_export_date, count_members,
+            count_control, count_sent, count_adds, count_removes, count_no_consent,
+            count_no_email, folder, files, definition_sha256, error
+        ) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        """,
+        (
+            facts.audience,
+            facts.as_of_date,
+            run_id,
+            status,
+            facts.previous_export_date,
+            facts.members,
+            facts.control,
+            facts.sent,
+            facts.adds,
+            facts.removes,
+            facts.no_consent,
+            facts.no_email,
+            str(facts.folder),
+            Jsonb([f.as_dict() for f in facts.files]),
+            definition_sha256,
+            error,
+        ),
+    )
+
+
+def log_failed_export(
+    conn, audience: str, day: dt.date, folder: Path, run_id: str, error: str
+) -> None:
+    """Record a failed export attempt in activation.export_log; return nothing."""
+    conn.execute(
+        "insert into activation.export_log (audience, as_of_date, run_id, status, folder, error) "
+        "values (%s, %s, %s, 'failed', %s, %s)",
+        (audience, day, run_id, str(folder), error[:2000]),
+    )

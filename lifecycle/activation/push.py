@@ -1,0 +1,255 @@
+"""HTTP push of an audience to a campaign tool: JSON batches with idempotency keys and retries.
+
+Each batch is one POST whose body is canonical JSON (audience, date, action, batch number,
+members sorted by customer key) and whose ``Idempotency-Key`` header is the SHA-256 of
+that body: the same batch always has the same key, so an endpoint that de-duplicates by
+key applies it once however often it arrives. Transient failures (connection errors,
+429 honouring ``Retry-After``, 5xx) are retried with exponential backoff by urllib3's
+Retry, as the CRM client does. Every delivered batch is recorded in
+``activation.push_log`` as soon as it is acknowledged, and batches whose key is already
+recorded as delivered are skipped, so a rerun sends nothing twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util import Retry
+
+from lifecycle.activation.audiences import Push
+from lifecycle.extract.crm import RETRY_STATUSES
+
+#: Member fields sent in a push (removes carry only the identifiers).
+PUSH_FIELDS = (
+    "customer_key",
+    "email",
+    "first_name",
+    "last_name",
+    "country_code",
+    "stage",
+    "recommended_action",
+    "churn_probability",
+    "risk_band",
+    "segment_name",
+    "clv_12m",
+)
+
+
+class PushError(RuntimeError):
+    """A batch could not be delivered; the message names the audience, batch and endpoint."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One POST: its key, body and what it carries."""
+
+    key: str
+    batch_no: int
+    action: str
+    rows: int
+    body: bytes
+
+
+@dataclass(frozen=True)
+class PushFacts:
+    """What pushing one audience did."""
+
+    audience: str
+    batches: int  # batches of this date
+    delivered: int  # delivered by this run
+    skipped: int  # already delivered before (rerun)
+    rows_delivered: int
+    attempts: int  # HTTP requests made by this run, retries included
+
+
+def _member(row: dict, action: str) -> dict:
+    if action == "remove":
+        return {"customer_key": row["customer_key"], "email": row["email"]}
+    out = {k: row.get(k) for k in PUSH_FIELDS}
+    for k in ("churn_probability", "clv_12m"):
+        if out[k] is not None:
+            out[k] = round(float(out[k]), 4)
+    return out
+
+
+def make_batches(
+    audience: str, day: dt.date, action: str, rows: list[dict], batch_size: int, first_no: int = 0
+) -> list[Batch]:
+    """Return the batches of `rows` (sorted by customer key) with deterministic keys."""
+    ordered = sorted(rows, key=lambda r: r["customer_key"])
+    out = []
+    for i in range(0, len(ordered), batch_size):
+        chunk = ordered[i : i + batch_size]
+        no = first_no + len(out)
+        payload = {
+            "audience": audience,
+            "as_of_date": day.isoformat(),
+            "action": action,
+            "batch_no": no,
+            "members": [_member(r, action) for r in chunk],
+        }
+        body = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        data = body.encode("utf-8")
+        out.append(Batch(hashlib.sha256(data).hexdigest(), no, action, len(chunk), data))
+    return out
+
+
+def push_session(token: str | None, retries: int, backoff_s: float) -> requests.Session:
+    """Return an HTTP session that retries POSTs on transient failures.
+
+    Like ``lifecycle.extract.crm.session`` but POST is retried too (safe here: every batch
+    carries its idempotency key) and the bearer token is optional.
+    """
+    http = requests.Session()
+    if token:
+        http.headers["Authorization"] = f"Bearer {token}"
+    http.headers["Content-Type"] = "application/json; charset=utf-8"
+    policy = Retry(
+        total=retries,
+        connect=retries,
+        read=retries,
+        status=retries,
+        backoff_factor=backoff_s,
+        backoff_jitter=backoff_s,
+        backoff_max=30,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=frozenset({"POST"}),
+        respect_retry_after_header=True,
+        retry_after_max=300,
+        raise_on_status=True,
+    )
+    http.mount("http://", HTTPAdapter(max_retries=policy))
+    http.mount("https://", HTTPAdapter(max_retries=policy))
+    return http
+
+
+def _delivered_keys(conn, keys: list[str]) -> set[str]:
+    rows = conn.execute(
+        "select idempotency_key from activation.push_log "
+        "where idempotency_key = any(%s) and status = 'delivered'",
+        (keys,),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _record(conn, audience: str, day: dt.date, batch: Batch, url: str, run_id: str, **kw) -> None:
+    conn.execute(
+        """
+        insert into activation.push_log (
+            idempotency_key, audience, as_of_date, batch_no, action, count_rows, status,
+            attempts, http_status, url, run_id, error
+        ) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        on conflict (idempotency_key) do update set
+            status = excluded.status, attempts = excluded.attempts,
+            http_status = excluded.http_status, url = excluded.url, run_id = excluded.run_id,
+            error = excluded.error, logged_at = now()
+        """,
+        (
+            batch.key,
+            audience,
+            day,
+            batch.batch_no,
+            batch.action,
+            batch.rows,
+            kw["status"],
+            kw["attempts"],
+            kw.get("http_status"),
+            url,
+            run_id,
+            kw.get("error"),
+        ),
+    )
+
+
+def push_audience(
+    conn,
+    audience: str,
+    day: dt.date,
+    push: Push,
+    *,
+    send_rows: list[dict],
+    add_rows: list[dict],
+    remove_rows: list[dict],
+    run_id: str,
+    token: str | None,
+    retries: int,
+    backoff_s: float,
+    timeout_s: float = 30,
+) -> PushFacts:
+    """POST the audience's batches not delivered yet; return what was sent.
+
+    `conn` must be in autocommit mode: each delivery is recorded the moment it is
+    acknowledged. Raises PushError when a batch cannot be delivered (earlier deliveries
+    stay recorded; a rerun resumes after them).
+    """
+    if push.mode == "full":
+        batches = make_batches(audience, day, "upsert", send_rows, push.batch_size)
+    else:
+        batches = make_batches(audience, day, "add", add_rows, push.batch_size)
+        batches += make_batches(
+            audience, day, "remove", remove_rows, push.batch_size, first_no=len(batches)
+        )
+    done = _delivered_keys(conn, [b.key for b in batches]) if batches else set()
+    delivered = rows = attempts = 0
+    with push_session(token, retries, backoff_s) as http:
+        for batch in batches:
+            if batch.key in done:
+                continue
+            where = f"audience {audience} {day} batch {batch.batch_no} to POST {push.url}"
+            try:
+                resp = http.post(
+                    push.url,
+                    data=batch.body,
+                    headers={"Idempotency-Key": batch.key},
+                    timeout=timeout_s,
+                )
+            except requests.exceptions.RequestException as exc:
+                attempts += retries + 1
+                _record(
+                    conn,
+                    audience,
+                    day,
+                    batch,
+                    push.url,
+                    run_id,
+                    status="failed",
+                    attempts=retries + 1,
+                    error=str(exc)[:2000],
+                )
+                raise PushError(f"push failed after {retries} retries: {where}: {exc}") from None
+            history = getattr(getattr(resp.raw, "retries", None), "history", ()) or ()
+            tries = len(history) + 1
+            attempts += tries
+            if not 200 <= resp.status_code < 300:
+                _record(
+                    conn,
+                    audience,
+                    day,
+                    batch,
+                    push.url,
+                    run_id,
+                    status="failed",
+                    attempts=tries,
+                    http_status=resp.status_code,
+                    error=resp.text[:2000],
+                )
+                raise PushError(f"push refused ({resp.status_code}): {where}: {resp.text[:200]}")
+            _record(
+                conn,
+                audience,
+                day,
+                batch,
+                push.url,
+                run_id,
+                status="delivered",
+                attempts=tries,
+                http_status=resp.status_code,
+            )
+            delivered += 1
+            rows += batch.rows
+    return PushFacts(audience, len(batches), delivered, len(done), rows, attempts)

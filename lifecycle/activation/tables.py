@@ -1,0 +1,148 @@
+"""DDL of the ``activation`` schema: scores, audience membership, export and push logs."""
+
+from __future__ import annotations
+
+#: Columns of activation.customer_scores (and its dated history), in table order.
+SCORE_COLUMNS: tuple[str, ...] = (
+    "customer_key",
+    "email",
+    "first_name",
+    "last_name",
+    "country_code",
+    "has_marketing_consent",
+    "stage",
+    "stage_since",
+    "days_in_stage",
+    "previous_stage",
+    "recommended_action",
+    "is_scored",
+    "churn_probability",
+    "risk_band",
+    "top_reasons",
+    "segment_id",
+    "segment_name",
+    "p_alive",
+    "expected_purchases_12m",
+    "expected_order_value",
+    "clv_12m",
+    "churn_model_version",
+    "segmentation_model_version",
+    "clv_model_version",
+    "score_date",
+    "score_run_id",
+    "as_of_date",
+    "run_id",
+)
+
+_SCORE_BODY = """
+    customer_key text not null,              -- marts.customers.customer_key
+    email text,                              -- primary email (trimmed, lower-cased)
+    first_name text,
+    last_name text,
+    country_code text,
+    has_marketing_consent boolean not null,  -- false: never in a marketing export
+    stage text not null,                     -- lifecycle stage on as_of_date (stage history)
+    stage_since date not null,
+    days_in_stage integer not null,          -- as_of_date - stage_since + 1
+    previous_stage text,
+    recommended_action text not null,        -- the stage playbook (marts.lifecycle_stages)
+    is_scored boolean not null,              -- false: no score (e.g. prospects); scores null
+    churn_probability double precision,
+    risk_band text,
+    top_reasons text,
+    segment_id integer,
+    segment_name text,
+    p_alive double precision,
+    expected_purchases_12m double precision,
+    expected_order_value double precision,
+    clv_12m double precision,
+    churn_model_version text,
+    segmentation_model_version text,
+    clv_model_version text,
+    score_date date,                         -- the ml.scores_history date used (<= as_of_date)
+    score_run_id text,                       -- the scoring run
+    as_of_date date not null,                -- the logical date of the activation run
+    run_id text not null                     -- the activation run
+"""
+
+DDL: tuple[str, ...] = (
+    "create schema if not exists activation",
+    f"create table if not exists activation.customer_scores_history ({_SCORE_BODY},"
+    " primary key (as_of_date, customer_key))",
+    f"create table if not exists activation.customer_scores ({_SCORE_BODY},"
+    " primary key (customer_key))",
+    """
+    create table if not exists activation.audience_membership (
+        audience text not null,
+        customer_key text not null,
+        entered_date date not null,     -- first logical date the customer matched
+        exited_date date,               -- first logical date they no longer matched; null: member
+        is_control boolean not null,    -- held out for lift measurement: never sent
+        primary key (audience, customer_key, entered_date),
+        check (exited_date is null or exited_date > entered_date)
+    )
+    """,
+    """
+    create unique index if not exists audience_membership_one_open
+        on activation.audience_membership (audience, customer_key) where exited_date is null
+    """,
+    """
+    create table if not exists activation.export_members (
+        audience text not null,
+        as_of_date date not null,
+        customer_key text not null,
+        email text not null,
+        list text not null check (list in ('send', 'control')),
+        primary key (audience, as_of_date, customer_key)
+    )
+    """,
+    """
+    create table if not exists activation.export_log (
+        export_id bigint generated always as identity primary key,
+        audience text not null,
+        as_of_date date not null,
+        run_id text not null,
+        status text not null check (status in ('ok', 'failed')),
+        previous_export_date date,      -- the delta's base: last successful export before
+        count_members integer,          -- audience members on the date (control included)
+        count_control integer,          -- control-group members with consent (not sent)
+        count_sent integer,             -- rows of the full send list
+        count_adds integer,
+        count_removes integer,
+        count_no_consent integer,       -- members left out: no marketing consent
+        count_no_email integer,         -- members left out: no email
+        folder text,
+        files jsonb,                    -- [{name, rows, bytes, sha256}]
+        definition_sha256 text,
+        error text,
+        logged_at timestamptz not null default now()  -- bookkeeping only, never used in logic
+    )
+    """,
+    """
+    create index if not exists export_log_audience_date
+        on activation.export_log (audience, as_of_date)
+    """,
+    """
+    create table if not exists activation.push_log (
+        idempotency_key text primary key,
+        audience text not null,
+        as_of_date date not null,
+        batch_no integer not null,
+        action text not null,           -- add, remove or upsert (full mode)
+        count_rows integer not null,
+        status text not null check (status in ('delivered', 'failed')),
+        attempts integer not null,
+        http_status integer,
+        url text not null,
+        run_id text not null,
+        error text,
+        logged_at timestamptz not null default now()  -- bookkeeping only, never used in logic
+    )
+    """,
+)
+
+
+def ensure_activation_tables(conn) -> None:
+    """Create the activation schema and tables if missing (idempotent); return nothing."""
+    for statement in DDL:
+        conn.execute(statement)
