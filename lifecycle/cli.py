@@ -323,12 +323,18 @@ def demo(customers: int, seed: int) -> None:
 # Commands defined beside the code they run (importing them loads neither dbt nor Airflow).
 from lifecycle.activation.cli import export_command  # noqa: E402
 from lifecycle.orchestration.cli import airflow_group, pipeline  # noqa: E402
+from lifecycle.quality.cli import validate_command  # noqa: E402
+from lifecycle.report.cli import report_command  # noqa: E402
+from lifecycle.status import status_command  # noqa: E402
 from lifecycle.transform import transform_command  # noqa: E402
 
 main.add_command(transform_command)
+main.add_command(validate_command)
 main.add_command(export_command)
 main.add_command(pipeline)
 main.add_command(airflow_group)
+main.add_command(report_command)
+main.add_command(status_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,40 @@
+"""CLI: ``lifecycle report --date D [--out PATH] [--json]``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+def _date(_ctx: click.Context, _param: click.Parameter, value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from exc
+
+
+@click.command("report")
+@click.option("--date", "day", required=True, callback=_date, help="Logical date (YYYY-MM-DD).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="HTML file to write [default: $LIFECYCLE_HOME/reports/lifecycle-report-<date>.html].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def report_command(day: dt.date, out: Path | None, as_json: bool) -> None:
+    """Write the lifecycle report of a logical date: one self-contained HTML file."""
+    from lifecycle.report import ReportError, build_report
+    from lifecycle.settings import get_settings
+    from lifecycle.warehouse import WarehouseError
+
+    try:
+        result = build_report(day, get_settings(), out=out)
+    except (ReportError, WarehouseError) as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())

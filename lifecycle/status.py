@@ -1,0 +1,312 @@
+"""``lifecycle status``: a data engineer's first look at the pipeline's state.
+
+What ran last (the local Airflow's DAG runs and ``ops.load_runs``), the watermark of
+each source, the data-quality gates' latest verdicts, the champion model versions, the
+last scores and exports, and the newest report. Every part tolerates the absence of what
+it reads (no Airflow home yet, no MLflow store, tables not created) and says "none yet"
+with the command that produces it. Nothing is started: a stopped embedded warehouse is
+reported as such, never started by looking.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+import psycopg
+
+from lifecycle.report.model import jsonable
+from lifecycle.settings import Settings, get_settings
+
+NONE_YET = "none yet"
+
+
+@dataclass
+class Part:
+    """One part of the status: rows of facts, or a note saying why there are none."""
+
+    key: str
+    title: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    note: str | None = None  # e.g. "none yet (run `lifecycle extract --date D`)"
+
+
+@dataclass
+class Status:
+    """Everything `lifecycle status` shows."""
+
+    parts: list[Part]
+
+    def part(self, key: str) -> Part:
+        """Return the part named `key`."""
+        return next(p for p in self.parts if p.key == key)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the status as JSON-able data: {part: {rows, note}}."""
+        return {p.key: jsonable({"rows": p.rows, "note": p.note}) for p in self.parts}
+
+    def summary(self) -> str:
+        """Return the status as readable text: one aligned table (or a note) per part."""
+        out = []
+        for p in self.parts:
+            out.append(f"{p.title}:")
+            if p.note:
+                out.append(f"  {p.note}")
+            if p.rows:
+                keys = list(p.rows[0])
+                cells = [keys] + [[_text(r.get(k)) for k in keys] for r in p.rows]
+                widths = [max(len(row[i]) for row in cells) for i in range(len(keys))]
+                for row in cells:
+                    out.append(
+                        "  "
+                        + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                    )
+        return "\n".join(out)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _rows(conn: psycopg.Connection, query: str, params: tuple = ()) -> list[dict[str, Any]]:
+    cur = conn.execute(query, params)
+    names = [d.name for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def _exists(conn: psycopg.Connection, relation: str) -> bool:
+    return conn.execute("select to_regclass(%s) is not null", (relation,)).fetchone()[0]
+
+
+# ------------------------------------------------------------------------------ parts
+
+
+def airflow_part(settings: Settings) -> Part:
+    """Return the latest run of each DAG of the local Airflow, with its failed tasks."""
+    part = Part("airflow", "Airflow runs (local)")
+    db = settings.home / "airflow" / "airflow.db"
+    if not db.exists():
+        part.note = (
+            f"{NONE_YET}: no local Airflow at {db.parent} (`lifecycle pipeline run --date D`)"
+        )
+        return part
+    try:
+        # read-only: looking never locks or migrates Airflow's database
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            runs = conn.execute(
+                "select dag_id, run_id, date(logical_date), state, start_date, end_date "
+                "from dag_run d where logical_date = (select max(logical_date) from dag_run "
+                "where dag_id = d.dag_id) order by dag_id"
+            ).fetchall()
+            for dag_id, run_id, logical, state, start, end in runs:
+                failed = [
+                    r[0]
+                    for r in conn.execute(
+                        "select task_id from task_instance where dag_id = ? and run_id = ? "
+                        "and state in ('failed', 'upstream_failed') order by task_id",
+                        (dag_id, run_id),
+                    )
+                ]
+                part.rows.append(
+                    {
+                        "dag": dag_id,
+                        "logical_date": logical,
+                        "state": state,
+                        "started": start,
+                        "ended": end,
+                        "failed_tasks": ",".join(failed) or None,
+                    }
+                )
+    except sqlite3.Error as exc:
+        part.note = f"cannot read {db}: {exc}"
+        return part
+    if not part.rows:
+        part.note = f"{NONE_YET}: the local Airflow has no DAG run"
+    return part
+
+
+def load_parts(conn: psycopg.Connection) -> list[Part]:
+    """Return the last load run and the watermark of each source entity."""
+    runs = Part("loads", "Last load per source (ops.load_runs)")
+    marks = Part("watermarks", "Watermarks (ops.watermarks)")
+    if not _exists(conn, "ops.load_runs"):
+        runs.note = marks.note = f"{NONE_YET} (`lifecycle extract --date D`)"
+        return [runs, marks]
+    runs.rows = _rows(
+        conn,
+        "select distinct on (source, entity) source, entity, logical_date, status, "
+        "rows_loaded, rows_quarantined, round(duration_s::numeric, 2)::float as seconds, "
+        "finished_at, left(error, 200) as error from ops.load_runs "
+        "order by source, entity, started_at desc",
+    )
+    marks.rows = _rows(
+        conn,
+        "select source, entity, value as watermark, batch_id from ops.watermarks order by 1, 2",
+    )
+    if not runs.rows:
+        runs.note = f"{NONE_YET} (`lifecycle extract --date D`)"
+    if not marks.rows:
+        marks.note = NONE_YET
+    return [runs, marks]
+
+
+def marts_part(conn: psycopg.Connection) -> Part:
+    """Return the date the marts were built as of, and their customer count."""
+    part = Part("marts", "Marts (dbt)")
+    if not _exists(conn, "marts.stage_counts_daily"):
+        part.note = f"{NONE_YET} (`lifecycle transform --date D`)"
+        return part
+    part.rows = _rows(
+        conn,
+        "select max(date_day) as as_of_date, (select sum(count_customers)::int from "
+        "marts.stage_counts_daily where date_day = (select max(date_day) from "
+        "marts.stage_counts_daily)) as customers from marts.stage_counts_daily",
+    )
+    return part
+
+
+def gates_part(conn: psycopg.Connection) -> Part:
+    """Return the verdict of the latest data-quality run of each layer."""
+    part = Part("gates", "Data-quality gates (ops.dq_runs, latest run per layer)")
+    if not _exists(conn, "ops.dq_runs"):
+        part.note = f"{NONE_YET} (`lifecycle validate --layer raw|marts --date D`)"
+        return part
+    part.rows = _rows(
+        conn,
+        "select distinct on (layer) layer, logical_date, "
+        "case when not passed then 'fail' when count_failed_warning > 0 then 'warn' "
+        "else 'pass' end as verdict, count_expectations as checks, "
+        "count_failed_critical as failed, count_failed_warning as warnings, run_id "
+        "from ops.dq_runs order by layer, logical_date desc, recorded_at desc",
+    )
+    if not part.rows:
+        part.note = NONE_YET
+    return part
+
+
+def scores_part(conn: psycopg.Connection) -> Part:
+    """Return the latest score date and how many customers it scored, with model versions."""
+    part = Part("scores", "Scores (ml.scores_history)")
+    if not _exists(conn, "ml.scores_history"):
+        part.note = f"{NONE_YET} (`lifecycle score --date D`)"
+        return part
+    part.rows = _rows(
+        conn,
+        "select score_date, count(*)::int as customers, min(churn_model_version) as churn, "
+        "min(segmentation_model_version) as segmentation, min(clv_model_version) as clv "
+        "from ml.scores_history where score_date = (select max(score_date) "
+        "from ml.scores_history) group by score_date",
+    )
+    if not part.rows:
+        part.note = NONE_YET
+    return part
+
+
+def exports_part(conn: psycopg.Connection) -> Part:
+    """Return the last export of each audience."""
+    part = Part("exports", "Last exports (activation.export_log)")
+    if not _exists(conn, "activation.export_log"):
+        part.note = f"{NONE_YET} (`lifecycle export --date D`)"
+        return part
+    part.rows = _rows(
+        conn,
+        "select distinct on (audience) audience, as_of_date, status, count_sent, "
+        "count_control, count_adds, count_removes, folder "
+        "from activation.export_log order by audience, as_of_date desc, export_id desc",
+    )
+    if not part.rows:
+        part.note = NONE_YET
+    return part
+
+
+def models_part(settings: Settings) -> Part:
+    """Return the champion and challenger versions of each registered model in MLflow."""
+    from lifecycle.report.evaluation import mlflow_client
+    from lifecycle.report.model import Unavailable
+
+    part = Part("models", "Models (MLflow registry)")
+    try:
+        client = mlflow_client(settings)
+    except Unavailable as exc:
+        part.note = f"{NONE_YET}: {exc}"
+        return part
+    from mlflow.exceptions import MlflowException
+
+    for name in ("lifecycle_churn", "lifecycle_segmentation", "lifecycle_clv"):
+        row: dict[str, Any] = {"model": name}
+        for alias in ("champion", "challenger"):
+            try:
+                row[alias] = int(client.get_model_version_by_alias(name, alias).version)
+            except MlflowException:
+                row[alias] = None
+        if row["champion"] is not None or row["challenger"] is not None:
+            part.rows.append(row)
+    if not part.rows:
+        part.note = f"{NONE_YET}: no registered model with a champion (`lifecycle train`)"
+    return part
+
+
+def report_part(settings: Settings) -> Part:
+    """Return the newest report file under ``$LIFECYCLE_HOME/reports``."""
+    part = Part("report", "Report")
+    files = sorted((settings.home / "reports").glob("lifecycle-report-*.html"))
+    if not files:
+        part.note = f"{NONE_YET} (`lifecycle report --date D`)"
+    else:
+        part.rows = [{"latest": str(files[-1])}]
+    return part
+
+
+def collect_status(settings: Settings | None = None) -> Status:
+    """Return the pipeline's status; never starts the warehouse, tolerates missing parts."""
+    from lifecycle import warehouse as wh
+
+    settings = settings or get_settings()
+    st = wh.status(settings)
+    head = Part(
+        "warehouse",
+        "Warehouse",
+        [{"mode": st.mode, "running": st.running, "url": wh.redact(st.url) if st.url else None}],
+    )
+    parts = [head, airflow_part(settings)]
+    db_parts = [
+        ("loads", "Last load per source (ops.load_runs)"),
+        ("watermarks", "Watermarks (ops.watermarks)"),
+        ("marts", "Marts (dbt)"),
+        ("gates", "Data-quality gates (ops.dq_runs, latest run per layer)"),
+        ("scores", "Scores (ml.scores_history)"),
+        ("exports", "Last exports (activation.export_log)"),
+    ]
+    if not st.running or not st.url:
+        reason = "the warehouse is not running (`lifecycle warehouse up`)"
+        parts += [Part(k, t, note=f"unknown: {reason}") for k, t in db_parts]
+    else:
+        with psycopg.connect(st.url, connect_timeout=5) as conn:
+            conn.read_only = True
+            parts += load_parts(conn)
+            parts += [marts_part(conn), gates_part(conn), scores_part(conn), exports_part(conn)]
+    parts += [models_part(settings), report_part(settings)]
+    return Status(parts)
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status_command(as_json: bool) -> None:
+    """Show what ran last, watermarks, gate verdicts, champion models and last exports."""
+    status = collect_status(get_settings())
+    if as_json:
+        click.echo(json.dumps(status.to_dict(), indent=2, default=str))
+    else:
+        click.echo(status.summary())
