@@ -518,8 +518,7 @@ class CLVModel:
 
     def fit(self, summary: pd.DataFrame) -> CLVModel:
         """Return self after fitting BG/NBD on all customers and Gamma-Gamma on repeat buyers."""
-        _require_columns(summary, ("frequency", "recency", "T", "monetary_value"))
-        f, rec, t_obs, m = (summary[c] for c in ("frequency", "recency", "T", "monetary_value"))
+        f, rec, t_obs, m = _rfm_columns(summary)
         self.bgnbd = fit_bgnbd(
             f, rec, t_obs, penalizer=self.penalizer, min_repeat_buyers=self.min_repeat_buyers
         )
@@ -548,9 +547,9 @@ class CLVModel:
         horizon = self.horizon_days if horizon_days is None else horizon_days
         if horizon < 0:
             raise ValueError(f"horizon_days must be >= 0, got {horizon}")
-        _require_columns(summary, ("frequency", "recency", "T", "monetary_value"))
-        x, tx, t_obs = _check_rft(summary["frequency"], summary["recency"], summary["T"])
-        m = _as_float("monetary_value", summary["monetary_value"])
+        f, rec, t_col, m_col = _rfm_columns(summary)
+        x, tx, t_obs = _check_rft(f, rec, t_col)
+        m = _as_float("monetary_value", m_col)
         p_alive = _p_alive(bg, x, tx, t_obs)
         purchases = _expected_purchases(bg, horizon / TIME_UNIT_DAYS, x, tx, t_obs)
         value = gg_expected_order_value(gg, x, np.maximum(m, 0.0))
@@ -649,14 +648,16 @@ class CLVModel:
         )
 
 
-def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
-    """Raise ValueError naming the columns `frame` lacks; return nothing."""
-    missing = [c for c in columns if c not in frame.columns]
+def _rfm_columns(frame: pd.DataFrame) -> tuple[pd.Series, ...]:
+    """Return the frequency, recency, T (or ``t``) and monetary_value columns of `frame`."""
+    t_name = "T" if "T" in frame.columns else "t"
+    missing = [c for c in ("frequency", "recency", t_name, "monetary_value") if c not in frame]
     if missing:
         raise ValueError(
-            f"RFM summary lacks column(s) {missing} (build it with rfm_summary); "
-            f"it has {list(frame.columns)}"
+            f"RFM summary lacks column(s) {missing} (build it with rfm_summary; T may also "
+            f"be called t); it has {list(frame.columns)}"
         )
+    return frame["frequency"], frame["recency"], frame[t_name], frame["monetary_value"]
 
 
 def _json_float(value: float) -> float | None:
