@@ -46,6 +46,7 @@ class Settings:
     audiences_file: Path | None = None  # activation: audience definitions (YAML)
     export_dir: Path | None = None  # activation: root of the audience export folders
     push_token: str | None = field(default=None, repr=False)  # bearer for audience pushes
+    mlflow_tracking_uri: str | None = None  # MLflow tracking store/server (None: local)
 
     @property
     def state_dir(self) -> Path:
@@ -90,6 +91,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         http_retries=int(env.get("LIFECYCLE_HTTP_RETRIES") or 8),
         http_backoff_s=float(env.get("LIFECYCLE_HTTP_BACKOFF_S") or 0.5),
         alert_webhook_url=env.get("LIFECYCLE_ALERT_WEBHOOK_URL") or None,
+        mlflow_tracking_uri=env.get("LIFECYCLE_MLFLOW_TRACKING_URI") or None,
         audiences_file=_path(
             env.get("LIFECYCLE_AUDIENCES_FILE")
             or str(Path(__file__).resolve().parent.parent / "audiences.yml")
