@@ -379,13 +379,16 @@ def export_audience(
         "delete from activation.export_members where audience = %s and as_of_date = %s",
         (audience.name, day),
     )
-    with conn.cursor() as cur:
-        cur.executemany(
-            "insert into activation.export_members "
-            "(audience, as_of_date, customer_key, email, list) values (%s, %s, %s, %s, %s)",
-            [(audience.name, day, r["customer_key"], r["email"], "send") for r in send]
-            + [(audience.name, day, r["customer_key"], r["email"], "control") for r in control],
-        )
+    with (
+        conn.cursor() as cur,
+        cur.copy(
+            "copy activation.export_members (audience, as_of_date, customer_key, email, list) "
+            "from stdin"
+        ) as copy,
+    ):
+        for kind, members_ in (("send", send), ("control", control)):
+            for r in members_:
+                copy.write_row((audience.name, day, r["customer_key"], r["email"], kind))
     log_export(conn, facts, run_id, "ok", audience.definition_sha256())
     _write_folder(facts.folder, blobs)
     return facts

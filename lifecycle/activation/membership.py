@@ -61,15 +61,13 @@ def _apply(conn, audience: Audience, day: dt.date) -> tuple[int, int]:
     control = sql.SQL(CONTROL_SQL).format(
         audience=sql.Literal(audience.name), key=sql.SQL("h.customer_key")
     )
-    matching = sql.SQL(
-        "select h.customer_key from activation.customer_scores_history as h "
-        "where h.as_of_date = %s and {where}"
-    ).format(where=where)
     exited = conn.execute(
         sql.SQL(
-            "update activation.audience_membership set exited_date = %s "
-            "where audience = %s and exited_date is null and customer_key not in ({matching})"
-        ).format(matching=matching),
+            "update activation.audience_membership as m set exited_date = %s "
+            "where m.audience = %s and m.exited_date is null and not exists ("
+            "  select 1 from activation.customer_scores_history as h "
+            "  where h.as_of_date = %s and h.customer_key = m.customer_key and {where})"
+        ).format(where=where),
         [day, audience.name, day, *params],
     ).rowcount
     entered = conn.execute(
