@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import re
 from collections.abc import Sequence
 
 import matplotlib
@@ -48,7 +49,8 @@ def to_svg(fig: Figure, name: str) -> str:
     ):
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     text = buf.getvalue()
-    svg = text[text.index("<svg") :]
+    # drop the XML prolog and the RDF metadata block: neither belongs inline in HTML
+    svg = re.sub(r"\s*<metadata>.*?</metadata>", "", text[text.index("<svg") :], flags=re.S)
     return svg.replace("<svg ", f'<svg role="img" aria-label="{name}" ', 1)
 
 

@@ -34,7 +34,7 @@ def mlflow_client(settings: Settings):  # -> mlflow.MlflowClient
     """Return an MLflow client on the tracking store, or raise Unavailable when it is absent."""
     uri = tracking_uri(settings)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise Unavailable(f"no MLflow tracking store at {uri.removeprefix('sqlite:///')} ({TRAIN})")
+        raise Unavailable(f"no MLflow tracking store at {uri.removeprefix('sqlite:///')}: {TRAIN}")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow import MlflowClient
 
@@ -49,7 +49,7 @@ def model_section(settings: Settings, day: dt.date) -> Section:
     try:
         version = client.get_model_version_by_alias(CHURN_MODEL, CHAMPION)
     except MlflowException as exc:
-        raise Unavailable(f"no {CHURN_MODEL}@{CHAMPION} in the MLflow registry ({TRAIN})") from exc
+        raise Unavailable(f"no {CHURN_MODEL}@{CHAMPION} in the MLflow registry: {TRAIN}") from exc
     run = client.get_run(version.run_id)
     metrics = run.data.metrics
     section = Section("model", f"Churn model evaluation: {CHURN_MODEL} v{version.version}")
@@ -131,12 +131,15 @@ def plots(client, run_id: str) -> list[tuple[str, str]]:
             text = local.read_text(encoding="utf-8")
             out.append((name, text[text.index("<svg") :]))
         elif path.endswith(".png"):
-            data = base64.b64encode(local.read_bytes()).decode("ascii")
+            png = local.read_bytes()
+            # width and height are the first fields of the IHDR chunk (PNG spec, bytes 16-24)
+            w, h = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+            data = base64.b64encode(png).decode("ascii")
             out.append(
                 (
                     name,
                     f'<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{name}" '
-                    f'viewBox="0 0 640 480"><image width="640" height="480" '
+                    f'viewBox="0 0 {w} {h}"><image width="{w}" height="{h}" '
                     f'href="data:image/png;base64,{data}"/></svg>',
                 )
             )
