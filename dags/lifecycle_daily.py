@@ -1,5 +1,5 @@
 """
-### lifecycle_daily — land yesterday's source data and build the warehouse
+### lifecycle_daily — land yesterday's data, build and gate the warehouse, score, export
 
 One run per **UTC day D** (its logical date; the run starts after D has ended, at 00:00
 UTC of D+1) and everything in it reads and writes the partition of D:
@@ -8,7 +8,17 @@ UTC of D+1) and everything in it reads and writes the partition of D:
    land what each source delivered for D in `raw.<source>__<entity>`; a rerun of D
    replaces D's batches, never adds to them. Sources that are not configured are skipped
    and say so in `ops.load_runs`. Each emits an asset event per raw table, with row counts.
-2. `transform`: `dbt build` of staging, intermediate and marts **as of D**.
+2. `validate_raw`: the Great Expectations suites of `expectations/raw/` on D's batches.
+3. `transform`: `dbt build` of staging, intermediate and marts **as of D**, the marts
+   into `marts__build` (write-audit-publish: BI tools do not see them yet).
+4. `validate_marts`: the marts suites on the build; only when they pass is the build
+   swapped into `marts` in one transaction (asset `marts`). A failed gate leaves the
+   previously published marts untouched and lists the failing expectations.
+5. `score`: every eligible customer scored as of D with the `champion` models from MLflow
+   into `ml.scores_history` (asset); skipped, saying why, while no champion exists.
+6. `validate_scores` → `activate` (customer scores, audiences, CSV exports, HTTP push;
+   asset `activation.customer_scores`) → `validate_activation`.
+7. `report`: the day's HTML lifecycle report (also when scoring skipped).
 
 **Params** (Trigger DAG w/ config, or `lifecycle pipeline run --conf '{...}'`):
 `full_reload` reloads every source from the beginning up to D instead of D alone;
@@ -22,8 +32,8 @@ backfill with `lifecycle pipeline backfill --start D1 --end D2`, or on a deploym
 incremental windows need one day at a time, oldest first; never `--run-backwards`).
 That gives the same warehouse as the original daily runs.
 A failed task posts its task, date and log location to `LIFECYCLE_ALERT_WEBHOOK_URL`.
-Data errors (a batch over its reject threshold, a failing dbt test) fail at once;
-other errors are retried.
+Data errors (a batch over its reject threshold, a failing dbt test or quality gate) fail
+at once; other errors are retried.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from lifecycle.orchestration import alerts, daily
 
 @dag(
     dag_id="lifecycle_daily",
-    description="Extract and load every source for one day, then build the warehouse with dbt",
+    description="Extract and load one day, build and gate the marts, score, export audiences",
     # A data-interval timetable: the run for day D has logical date D and interval [D, D+1).
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
@@ -65,13 +75,20 @@ from lifecycle.orchestration import alerts, daily
             [], type="array", items={"type": "string"}, description="dbt selection; empty: all."
         ),
     },
-    tags=["lifecycle", "daily", "elt", "dbt"],
+    tags=["lifecycle", "daily", "elt", "dbt", "ml", "activation"],
     doc_md=__doc__,
 )
 def lifecycle_daily():
     chain(
         [daily.extract(source) for source in daily.SOURCES],
+        daily.validate_raw(),
         daily.transform(),
+        daily.validate_marts.override(outlets=[daily.MARTS_ASSET])(),
+        daily.score.override(outlets=[daily.SCORES_ASSET])(),
+        daily.validate_scores(),
+        daily.activate.override(outlets=[daily.ACTIVATION_ASSET])(),
+        daily.validate_activation(),
+        daily.report(),
     )
 
 

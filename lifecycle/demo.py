@@ -6,6 +6,7 @@ import datetime as dt
 import secrets
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from lifecycle import warehouse as wh
 from lifecycle.settings import Settings
@@ -29,32 +30,30 @@ def run_demo(
 
     Raises :class:`lifecycle.orchestration.runner.PipelineRunError` when a run fails.
     """
+    from lifecycle.orchestration.config import TRAIN_DAG_ID
     from lifecycle.orchestration.runner import run_dates
     from lifecycle.sample.world import WorldConfig, generate_world
     from lifecycle.sources.crm_server import load_contacts, make_server
     from lifecycle.sources.shop_db import load_shop_db
 
-    echo(f"[1/4] warehouse: starting ({'external' if settings.warehouse_url else 'embedded'})")
+    echo(f"[1/6] warehouse: starting ({'external' if settings.warehouse_url else 'embedded'})")
     url = wh.up(settings)
 
     world: Path = settings.world_dir
-    echo(f"[2/4] sample world: {customers} people, {DEMO_START}..{DEMO_END}, seed {seed}")
+    echo(f"[2/6] sample world: {customers} people, {DEMO_START}..{DEMO_END}, seed {seed}")
     summary = generate_world(
         WorldConfig(customers=customers, start=DEMO_START, end=DEMO_END, seed=seed), world
     )
 
-    echo("[3/4] shop database: loading orders and order items")
+    echo("[3/6] shop database: loading orders and order items")
     shop_url = wh.shop_db_url(settings)
     shop = load_shop_db(world, shop_url)
 
     store = load_contacts(world / "crm" / "contacts.csv")
     token = settings.crm_token or secrets.token_urlsafe(24)
     days = [DEMO_END - dt.timedelta(days=n) for n in reversed(range(DEMO_DAYS))]
+    first, later = days[0], days[1:]
     with make_server(store, token=token) as server:
-        echo(
-            f"[4/4] Airflow: lifecycle_daily for {', '.join(map(str, days))} "
-            f"(CRM API at {server.url}, orders from the shop database)"
-        )
         env = {
             "LIFECYCLE_HOME": str(settings.home),
             "LIFECYCLE_WORLD_DIR": str(world),
@@ -65,7 +64,19 @@ def run_demo(
         }
         if settings.warehouse_url:
             env["LIFECYCLE_WAREHOUSE_URL"] = settings.warehouse_url
-        reports = run_dates(days, env=env, echo=echo)
+        echo(
+            f"[4/6] Airflow: lifecycle_daily for {first}: lands every source up to that day and "
+            f"builds the warehouse (CRM API at {server.url}, orders from the shop database; "
+            "no champion model yet, so scoring and exports skip)"
+        )
+        reports = run_dates([first], env=env, echo=echo)
+        echo(f"[5/6] Airflow: lifecycle_train as of {first}: churn, CLV, segmentation → MLflow")
+        train_reports = run_dates([first], dag_id=TRAIN_DAG_ID, env=env, echo=echo)
+        echo(
+            f"[6/6] Airflow: lifecycle_daily for {', '.join(map(str, later))}: one new day each, "
+            "scored with the champion models, audiences exported, report written"
+        )
+        reports += run_dates(later, env=env, echo=echo)
 
     loaded: dict[str, int] = {}
     for report in reports:
@@ -74,6 +85,8 @@ def run_demo(
                 for table, rows in task.result.items():
                     if isinstance(rows, int):
                         loaded[table] = loaded.get(table, 0) + rows
+    results = {t.task_id: t.result for t in reports[-1].tasks}
+    trained = {t.task_id: t.result for t in train_reports[-1].tasks}
     marts = _mart_counts(url)
     lines = [
         "",
@@ -88,12 +101,43 @@ def run_demo(
         *(f"      {table:<28} {rows:>8}" for table, rows in loaded.items()),
         "  marts (rows):",
         *(f"      marts.{table:<22} {rows:>8}" for table, rows in marts.items()),
+        *_result_lines(results, trained, settings),
         f"  Airflow run logs: {settings.home / 'airflow' / 'logs' / 'local-runs'}",
         "  run log: select * from ops.load_runs order by started_at;",
-        "  next: `lifecycle warehouse status`, "
+        "  next: `lifecycle status`, "
         '`psql "$(lifecycle warehouse url)"`, `lifecycle pipeline run --date YYYY-MM-DD`',
     ]
     return "\n".join(lines)
+
+
+def _result_lines(daily: dict[str, Any], train: dict[str, Any], settings: Settings) -> list[str]:
+    """Return the lines that say where the scores, exports, models and report are."""
+    lines: list[str] = []
+    gate = daily.get("validate_marts")
+    if isinstance(gate, dict):
+        lines.append(f"  quality gates: {gate.get('summary', gate)} (select * from ops.dq_results)")
+    score = daily.get("score")
+    if isinstance(score, dict):
+        lines.append(
+            f"  scores: {score.get('rows', '?')} customers scored as of {score.get('score_date')} "
+            "(ml.scores_history; activation.customer_scores)"
+        )
+    promote = train.get("register_and_promote") or train.get("promote")
+    if isinstance(promote, dict):
+        lines.append(f"  models: {promote.get('summary', promote)}")
+    lines.append(
+        f"  MLflow: {settings.home / 'mlflow'} — browse with `.venv/bin/mlflow ui "
+        f"--backend-store-uri sqlite:///{settings.home / 'mlflow' / 'mlflow.db'}`"
+    )
+    activate = daily.get("activate")
+    if isinstance(activate, dict):
+        lines.append(f"  audience exports: {activate.get('export_dir', '?')}")
+        for name, facts in (activate.get("audiences") or {}).items():
+            lines.append(f"      {name:<24} {facts}")
+    report = daily.get("report")
+    if isinstance(report, dict) and report.get("path"):
+        lines.append(f"  report: {report['path']}  (open it in a browser; works offline)")
+    return lines
 
 
 def _mart_counts(url: str) -> dict[str, int]:

@@ -28,6 +28,8 @@ from lifecycle.settings import Settings, load_settings
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
 #: Id of the daily DAG.
 DAILY_DAG_ID = "lifecycle_daily"
+#: Id of the training DAG.
+TRAIN_DAG_ID = "lifecycle_train"
 
 
 @dataclass(frozen=True)

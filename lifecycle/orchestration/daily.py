@@ -18,6 +18,7 @@ retries.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 from airflow.sdk import Asset, get_current_context, task
@@ -37,6 +38,22 @@ SOURCES: tuple[str, ...] = tuple(RAW_TABLES)
 
 EXTRACT_TIMEOUT = dt.timedelta(hours=1)
 TRANSFORM_TIMEOUT = dt.timedelta(hours=2)
+GATE_TIMEOUT = dt.timedelta(minutes=30)
+SCORE_TIMEOUT = dt.timedelta(hours=1)
+ACTIVATE_TIMEOUT = dt.timedelta(hours=1)
+
+log = logging.getLogger(__name__)
+
+#: The assets the DAG publishes: the marts (after the gate), the scores, the activation.
+MARTS_ASSET = Asset(name="marts", uri="x-lifecycle://warehouse/marts", group="marts")
+SCORES_ASSET = Asset(
+    name="ml.scores_history", uri="x-lifecycle://warehouse/ml/scores_history", group="ml"
+)
+ACTIVATION_ASSET = Asset(
+    name="activation.customer_scores",
+    uri="x-lifecycle://warehouse/activation/customer_scores",
+    group="activation",
+)
 
 
 # ------------------------------------------------------------------------------ assets
@@ -124,19 +141,52 @@ def extract(source: str):
     )
 
 
+def _run_id(context: Any) -> str:
+    return str(context.get("run_id") or f"manual__{logical_day(context).isoformat()}")
+
+
+def _facts(result: Any) -> dict[str, Any]:
+    """Return the small JSON-able facts of a step's result for XCom (and its summary)."""
+    for name in ("facts", "to_dict"):
+        method = getattr(result, name, None)
+        if callable(method):
+            facts = dict(method())
+            break
+    else:
+        facts = {}
+    summary = getattr(result, "summary", None)
+    if callable(summary):
+        facts.setdefault("summary", summary())
+    return facts
+
+
+def _gate_failed(exc: Exception) -> AirflowFailException:
+    # The verdict's summary lists every failing expectation: put it in the task log.
+    verdict = getattr(exc, "verdict", None)
+    text = verdict.summary() if verdict is not None else str(exc)
+    return AirflowFailException(f"quality gate failed:\n{text}")
+
+
+@task(task_id="validate_raw", multiple_outputs=False, execution_timeout=GATE_TIMEOUT)
+def validate_raw() -> dict[str, Any]:
+    """Run the raw suites on the day's batches; fail the run (nothing built) if they fail."""
+    from lifecycle.quality.gate import GateFailed, run_validate
+
+    context = get_current_context()
+    day = logical_day(context)
+    try:
+        verdict = run_validate(day, _settings(), layer="raw", run_id=_run_id(context))
+    except GateFailed as exc:
+        raise _gate_failed(exc) from exc
+    log.info("%s", verdict.summary())
+    return _facts(verdict)
+
+
 @task(task_id="transform", multiple_outputs=False, execution_timeout=TRANSFORM_TIMEOUT)
 def transform() -> dict[str, Any]:
-    """Build staging, intermediate and marts with dbt as of the logical date; return counts."""
-    try:
-        from lifecycle.transform import TransformError
-        from lifecycle.transform import transform as build
-    except ModuleNotFoundError as exc:
-        if exc.name != "lifecycle.transform":
-            raise
-        raise AirflowSkipException(
-            "dbt step skipped: lifecycle.transform is not in this checkout yet, so the "
-            "warehouse was not built past raw (the extract tasks ran)"
-        ) from exc
+    """Build staging, intermediate and marts (into marts__build) as of the day; return counts."""
+    from lifecycle.transform import TransformError
+    from lifecycle.transform import transform as build
 
     context = get_current_context()
     day = logical_day(context)
@@ -148,7 +198,109 @@ def transform() -> dict[str, Any]:
             _settings(),
             full_refresh=bool(params.get("dbt_full_refresh", False)),
             select=select,
+            publish=False,  # write-audit-publish: validate_marts publishes
         )
     except TransformError as exc:
         raise AirflowFailException(f"dbt build as of {day} failed:\n{exc}") from exc
     return {"as_of_date": day.isoformat(), **result.counts(), "seconds": round(result.elapsed_s, 1)}
+
+
+@task(task_id="validate_marts", multiple_outputs=False, execution_timeout=GATE_TIMEOUT)
+def validate_marts() -> dict[str, Any]:
+    """Gate the day's marts build and publish it into `marts` only when it passes."""
+    from lifecycle.quality.gate import GateFailed, gate_and_publish
+
+    context = get_current_context()
+    day = logical_day(context)
+    try:
+        result = gate_and_publish(day, _settings(), run_id=_run_id(context))
+    except GateFailed as exc:
+        raise _gate_failed(exc) from exc
+    log.info("%s", result.summary())
+    facts = _facts(result)
+    _annotate_assets(context, {MARTS_ASSET.name: {"logical_date": day.isoformat()}})
+    return facts
+
+
+@task(task_id="score", multiple_outputs=False, execution_timeout=SCORE_TIMEOUT)
+def score() -> dict[str, Any]:
+    """Score every eligible customer as of the day with the champion models."""
+    from ml.score import score as score_customers
+    from ml.tracking import NoChampionError
+
+    context = get_current_context()
+    day = logical_day(context)
+    try:
+        result = score_customers(day, _settings(), run_id=_run_id(context))
+    except NoChampionError as exc:
+        raise AirflowSkipException(
+            f"no champion model yet, so nothing is scored or exported for {day}: {exc} "
+            "(trigger lifecycle_train, or `lifecycle pipeline run --dag lifecycle_train`)"
+        ) from exc
+    log.info("%s", result.summary())
+    facts = _facts(result)
+    _annotate_assets(context, {SCORES_ASSET.name: {"logical_date": day.isoformat()}})
+    return facts
+
+
+@task(task_id="validate_scores", multiple_outputs=False, execution_timeout=GATE_TIMEOUT)
+def validate_scores() -> dict[str, Any]:
+    """Gate the day's scores (probabilities in [0, 1], one row per customer) before export."""
+    from lifecycle.quality.gate import GateFailed, run_validate
+
+    context = get_current_context()
+    day = logical_day(context)
+    try:
+        verdict = run_validate(day, _settings(), layer="scores", run_id=_run_id(context))
+    except GateFailed as exc:
+        raise _gate_failed(exc) from exc
+    log.info("%s", verdict.summary())
+    return _facts(verdict)
+
+
+@task(task_id="activate", multiple_outputs=False, execution_timeout=ACTIVATE_TIMEOUT)
+def activate() -> dict[str, Any]:
+    """Write customer scores and audiences for the day, export them and push where set."""
+    from lifecycle.activation.run import run_activation
+
+    context = get_current_context()
+    day = logical_day(context)
+    result = run_activation(day, _settings(), run_id=_run_id(context))
+    log.info("%s", result.summary())
+    _annotate_assets(context, {ACTIVATION_ASSET.name: {"logical_date": day.isoformat()}})
+    return _facts(result)
+
+
+@task(task_id="validate_activation", multiple_outputs=False, execution_timeout=GATE_TIMEOUT)
+def validate_activation() -> dict[str, Any]:
+    """Check what was exported: no contact without marketing consent, scores in range."""
+    from lifecycle.quality.gate import GateFailed, run_validate
+
+    context = get_current_context()
+    day = logical_day(context)
+    try:
+        verdict = run_validate(day, _settings(), layer="activation", run_id=_run_id(context))
+    except GateFailed as exc:
+        raise _gate_failed(exc) from exc
+    log.info("%s", verdict.summary())
+    return _facts(verdict)
+
+
+@task(
+    task_id="report",
+    multiple_outputs=False,
+    execution_timeout=GATE_TIMEOUT,
+    # also when scoring skipped (no champion yet): the marts part of the report stands
+    trigger_rule="none_failed",
+)
+def report() -> dict[str, Any]:
+    """Write the day's HTML lifecycle report; return its path."""
+    from lifecycle.report.build import build_report
+
+    context = get_current_context()
+    day = logical_day(context)
+    result = build_report(day, _settings())
+    log.info("%s", result.summary())
+    facts = _facts(result)
+    facts["path"] = str(result.path)
+    return facts

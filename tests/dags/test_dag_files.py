@@ -127,10 +127,27 @@ def test_daily_dag_shape(probes) -> None:
     assert dag["max_active_runs"] == 1 and dag["catchup"] is False
     assert dag["params"] == ["dbt_full_refresh", "dbt_select", "full_reload"]
     extracts = {f"extract_{s}" for s in ("crm", "web", "orders", "marketing")}
-    assert set(dag["upstream"]) == extracts | {"transform"}
+    after = [
+        "validate_raw",
+        "transform",
+        "validate_marts",
+        "score",
+        "validate_scores",
+        "activate",
+        "validate_activation",
+        "report",
+    ]
+    assert set(dag["upstream"]) == extracts | set(after)
     assert all(dag["upstream"][t] == [] for t in extracts)  # the sources run in parallel
-    assert dag["upstream"]["transform"] == sorted(extracts)
+    assert dag["upstream"]["validate_raw"] == sorted(extracts)  # the raw gate waits for all
+    for before, task in zip(after, after[1:], strict=False):
+        assert dag["upstream"][task] == [before], task  # then one step after the other
     assert dag["outlets"]["extract_orders"] == ["raw.orders__order_items", "raw.orders__orders"]
+    # the assets consumers wait for: published marts (after the gate), scores, activation
+    assert dag["outlets"]["validate_marts"] == ["marts"]
+    assert dag["outlets"]["score"] == ["ml.scores_history"]
+    assert dag["outlets"]["activate"] == ["activation.customer_scores"]
+    assert dag["outlets"]["transform"] == []  # an unpublished build is no asset event
 
 
 def test_raw_tables_of_the_dag_match_the_extractors(airflow_cfg) -> None:
