@@ -43,6 +43,11 @@ DEFAULT_THREADS = max(1, min(4, os.cpu_count() or 2))
 #: Node statuses that fail a run.
 FAILED_STATUSES = frozenset({"error", "fail", "runtime error"})
 
+#: The schema BI tools read, and the one a run builds into before the gate (the dbt var
+#: ``marts_schema``, read by ``macros/generate_schema_name.sql``): write-audit-publish.
+MARTS_SCHEMA = "marts"
+BUILD_SCHEMA = "marts__build"
+
 _lock = threading.RLock()
 _manifests: dict[tuple[str, ...], tuple[str, Any]] = {}
 
@@ -73,6 +78,8 @@ class TransformResult:
     elapsed_s: float  # the dbt command itself
     nodes: list[NodeResult] = field(default_factory=list)
     parse_s: float = 0.0  # parsing the project first (0 when a parsed manifest was reused)
+    marts_schema: str = MARTS_SCHEMA  # where the marts were built
+    published: bool = False  # moved into `marts` after the build (write-audit-publish)
 
     @property
     def failed(self) -> list[NodeResult]:
@@ -92,7 +99,16 @@ class TransformResult:
         counts = ", ".join(f"{v} {k}" for k, v in self.counts().items()) or "nothing to do"
         state = "ok" if self.success else "FAILED"
         parse = f" (+{self.parse_s:.1f}s parsing)" if self.parse_s else ""
-        return f"dbt {self.command[0]}{day} {state}: {counts} in {self.elapsed_s:.1f}s{parse}"
+        where = ""
+        if self.marts_schema != MARTS_SCHEMA:
+            where = (
+                f"; marts published to {MARTS_SCHEMA}"
+                if self.published
+                else f"; marts built in {self.marts_schema}, not published"
+            )
+        return (
+            f"dbt {self.command[0]}{day} {state}: {counts} in {self.elapsed_s:.1f}s{parse}{where}"
+        )
 
 
 # --------------------------------------------------------------------------- profile
@@ -195,6 +211,8 @@ def run_dbt(
             env["LIFECYCLE_DBT_HOST"],
             env["LIFECYCLE_DBT_PORT"],
             env["LIFECYCLE_DBT_DBNAME"],
+            # schema names are resolved at parse time (generate_schema_name)
+            str(all_vars.get("marts_schema") or MARTS_SCHEMA),
         )
         signature = _project_signature()
         cached = _manifests.get(key)
@@ -273,15 +291,23 @@ def transform(
     unit_tests: bool = False,
     threads: int | None = None,
     quiet: bool = False,
+    publish: bool = True,
 ) -> TransformResult:
     """Build the warehouse as of `logical_date` (``dbt build``) and return what dbt did.
 
-    Incremental models take only what changed since the last run unless `full_refresh`;
-    both give the same marts. `select` narrows the build (dbt selection syntax). dbt unit
-    tests are for development and CI: they run only when `unit_tests` is true (or
-    ``dbt test --select test_type:unit``). Raises :class:`TransformError` listing the
-    failed nodes.
+    Write-audit-publish: the marts are built into ``marts__build`` (dbt's own tests run
+    there), then, when `publish` is true, moved into ``marts`` in one transaction
+    (:func:`lifecycle.quality.publish.publish_marts`). With `publish` false the build
+    waits in ``marts__build`` for the quality gate (:func:`lifecycle.quality.gate_and_publish`);
+    a failed build or gate leaves the published marts untouched. Incremental models take
+    only what changed since the last run unless `full_refresh`; both give the same marts.
+    `select` narrows the build (dbt selection syntax; include the marts a selected mart
+    reads, e.g. ``+customers``, since the build schema starts empty). dbt unit tests run
+    only when `unit_tests` is true. Raises :class:`TransformError` listing the failed nodes.
     """
+    from lifecycle.quality.publish import mark_built, prepare_build, publish_marts
+
+    settings = settings or get_settings()
     args = ["build"]
     if full_refresh:
         args.append("--full-refresh")
@@ -289,7 +315,20 @@ def transform(
         args += ["--select", *select]
     if not unit_tests:
         args += ["--exclude-resource-type", "unit_test"]
-    result = run_dbt(args, settings, logical_date=logical_date, threads=threads, quiet=quiet)
+    prepare_build(settings)
+    result = run_dbt(
+        args,
+        settings,
+        logical_date=logical_date,
+        vars={"marts_schema": BUILD_SCHEMA},
+        threads=threads,
+        quiet=quiet,
+    )
+    result.marts_schema = BUILD_SCHEMA
+    mark_built(logical_date, settings)
+    if publish:
+        publish_marts(logical_date, settings)
+        result.published = True
     log.info("%s", result.describe())
     return result
 
@@ -322,8 +361,15 @@ def _parse_date(_ctx: click.Context, _param: click.Parameter, value: str) -> dt.
     help="dbt selection (repeatable), e.g. --select +customers.",
 )
 @click.option("--unit-tests", is_flag=True, help="Also run the dbt unit tests.")
+@click.option(
+    "--publish/--no-publish",
+    default=True,
+    show_default=True,
+    help="Move the built marts into `marts`; --no-publish leaves them in marts__build for "
+    "`lifecycle validate --layer marts --publish`.",
+)
 def transform_command(
-    day: dt.date, full_refresh: bool, select: tuple[str, ...], unit_tests: bool
+    day: dt.date, full_refresh: bool, select: tuple[str, ...], unit_tests: bool, publish: bool
 ) -> None:
     """Build staging, intermediate and marts with dbt as of a logical date (dbt build)."""
     try:
@@ -333,6 +379,7 @@ def transform_command(
             full_refresh=full_refresh,
             select=list(select) or None,
             unit_tests=unit_tests,
+            publish=publish,
         )
     except TransformError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)

@@ -6,8 +6,19 @@ history as (
     select * from {{ ref('customer_stage_history') }}
 ),
 
+-- The date spine comes from the history itself, not from intermediate.all_days: a view in
+-- marts may only depend on relations published with it (write-audit-publish), or the next
+-- build, replacing intermediate, would drop the published view before its gate.
+bounds as (
+    select min(valid_from) as first_date from history
+),
+
 days as (
-    select * from {{ ref('all_days') }}
+    select cast(spine.day as date) as date_day
+    from bounds
+    cross join lateral generate_series(
+        bounds.first_date, {{ as_of_date() }}, interval '1 day'
+    ) as spine (day)
 ),
 
 final as (

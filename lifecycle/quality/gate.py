@@ -1,0 +1,546 @@
+"""Run a layer's expectation suites with Great Expectations, store the results, give a verdict.
+
+:func:`validate_layer` connects GX (an ephemeral context, ``data_sources.add_sql`` on the
+warehouse's SQLAlchemy URL: ``add_postgres`` rejects the embedded server's Unix-socket
+host) to the warehouse, runs every suite of the layer on the rows of the logical date,
+writes every expectation result to ``ops.dq_results`` (and one row per run to
+``ops.dq_runs``) in one transaction, and returns a :class:`Verdict`. A failed
+``critical`` expectation fails the gate; ``warning`` and ``info`` ones are reported only.
+
+:func:`run_validate` is the step the DAG calls: the same, raising :class:`GateFailed`
+(with the failing expectations in its message) when the gate fails.
+:func:`gate_and_publish` validates a pending marts build and publishes it only if it
+passes (write-audit-publish).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import os
+import statistics
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from lifecycle.quality.publish import PublishResult, pending_build, publish_marts
+from lifecycle.quality.suites import LAYERS, RowCountRule, Suite, load_suites, tokens_for
+from lifecycle.settings import Settings, get_settings
+from lifecycle.transform import BUILD_SCHEMA
+from lifecycle.warehouse import connect, sqlalchemy_url, warehouse_url
+
+log = logging.getLogger(__name__)
+
+DQ_DDL = """
+create schema if not exists ops;
+create table if not exists ops.dq_runs (
+    run_id text primary key,
+    logical_date date not null,
+    layer text not null,
+    schema_name text not null,
+    passed boolean not null,
+    count_suites integer not null,
+    count_skipped_suites integer not null,
+    count_expectations integer not null,
+    count_failed_critical integer not null,
+    count_failed_warning integer not null,
+    summary text not null,
+    duration_s double precision,
+    recorded_at timestamptz not null default now()
+);
+create table if not exists ops.dq_results (
+    run_id text not null references ops.dq_runs (run_id) on delete cascade,
+    logical_date date not null,
+    layer text not null,
+    suite text not null,
+    ordinal integer not null,
+    relation text not null,
+    expectation text not null,
+    column_name text,
+    severity text not null check (severity in ('critical', 'warning', 'info')),
+    success boolean not null,
+    observed_value jsonb,
+    unexpected_count bigint,
+    unexpected_percent double precision,
+    element_count bigint,
+    partial_unexpected jsonb,
+    exception text,
+    description text,
+    kwargs jsonb,
+    primary key (run_id, suite, ordinal)
+);
+create index if not exists dq_results_date_idx on ops.dq_results (logical_date, layer);
+"""
+
+
+class QualityError(RuntimeError):
+    """The gate could not run (bad suite, nothing to validate); nothing was stored."""
+
+
+class GateFailed(RuntimeError):
+    """A gate found failing critical expectations; `verdict` lists them."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__(verdict.summary())
+        self.verdict = verdict
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one expectation on one batch."""
+
+    suite: str
+    ordinal: int
+    relation: str
+    expectation: str
+    column: str | None
+    severity: str
+    success: bool
+    observed_value: Any = None
+    unexpected_count: int | None = None
+    unexpected_percent: float | None = None
+    element_count: int | None = None
+    partial_unexpected: list[Any] | None = None
+    exception: str | None = None
+    description: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """Return ``suite: expectation(column)``."""
+        col = f"({self.column})" if self.column else ""
+        return f"{self.suite}: {self.expectation}{col}"
+
+    def describe(self) -> str:
+        """Return one line saying what failed and by how much."""
+        parts = []
+        if self.exception:
+            parts.append(f"error: {self.exception.strip().splitlines()[-1][:200]}")
+        if self.unexpected_count is not None:
+            pct = f" ({self.unexpected_percent:.2f}%)" if self.unexpected_percent else ""
+            of = f" of {self.element_count}" if self.element_count is not None else ""
+            parts.append(f"{self.unexpected_count} unexpected{of}{pct}")
+        if self.observed_value is not None and self.unexpected_count is None:
+            parts.append(f"observed {json.dumps(self.observed_value, default=str)}")
+        if self.partial_unexpected:
+            sample = json.dumps(self.partial_unexpected[:3], default=str, ensure_ascii=False)
+            parts.append(f"e.g. {sample}")
+        bounds = {
+            k: v
+            for k, v in self.kwargs.items()
+            if k in ("min_value", "max_value", "value_set") and not isinstance(v, list)
+        }
+        if bounds:
+            parts.append(", ".join(f"{k}={v}" for k, v in bounds.items()))
+        why = f" — {self.description}" if self.description else ""
+        return f"[{self.severity}] {self.label}{why}: {'; '.join(parts) or 'failed'}"
+
+
+@dataclass
+class Verdict:
+    """What a gate found for one layer and logical date."""
+
+    layer: str
+    logical_date: dt.date
+    run_id: str
+    schema: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    suites: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # suite -> why
+    elapsed_s: float = 0.0
+
+    @property
+    def failures(self) -> list[Outcome]:
+        """Return the failed critical expectations (they fail the gate)."""
+        return [o for o in self.outcomes if not o.success and o.severity == "critical"]
+
+    @property
+    def warnings(self) -> list[Outcome]:
+        """Return the failed warning/info expectations (reported, not blocking)."""
+        return [o for o in self.outcomes if not o.success and o.severity != "critical"]
+
+    @property
+    def passed(self) -> bool:
+        """Return True when no critical expectation failed."""
+        return not self.failures
+
+    def failing(self) -> set[tuple[str, str, str | None]]:
+        """Return (suite, expectation, column) of every failed critical expectation."""
+        return {(o.suite, o.expectation, o.column) for o in self.failures}
+
+    def summary(self) -> str:
+        """Return a readable text for a task log: the verdict, then each failure and warning."""
+        state = "PASSED" if self.passed else "FAILED"
+        head = (
+            f"quality gate {self.layer} {self.logical_date} {state}: "
+            f"{len(self.outcomes)} expectations in {len(self.suites)} suite(s) on "
+            f"schema {self.schema}, {len(self.failures)} failed, "
+            f"{len(self.warnings)} warning(s) ({self.elapsed_s:.1f}s, run {self.run_id})"
+        )
+        lines = [head]
+        lines += [f"  FAIL {o.describe()}" for o in self.failures]
+        lines += [f"  WARN {o.describe()}" for o in self.warnings]
+        lines += [f"  skipped {name}: {why}" for name, why in sorted(self.skipped.items())]
+        if not self.passed:
+            lines.append(
+                f"  details: select * from ops.dq_results where run_id = '{self.run_id}' "
+                "and not success"
+            )
+        return "\n".join(lines)
+
+    def facts(self) -> dict[str, Any]:
+        """Return small JSON-able facts (for XCom and asset metadata)."""
+        return {
+            "layer": self.layer,
+            "logical_date": self.logical_date.isoformat(),
+            "run_id": self.run_id,
+            "schema": self.schema,
+            "passed": self.passed,
+            "expectations": len(self.outcomes),
+            "failed": [o.label for o in self.failures],
+            "warnings": [o.label for o in self.warnings],
+            "skipped": sorted(self.skipped),
+        }
+
+
+# ------------------------------------------------------------------------ planning
+
+
+def _marts_schema(conn: psycopg.Connection, day: dt.date) -> str:
+    """Return the schema holding the marts to validate for `day` (a pending build first)."""
+    built = pending_build(conn)
+    if built == day:
+        return BUILD_SCHEMA
+    if built is not None:
+        raise QualityError(
+            f"{BUILD_SCHEMA} holds an unpublished build of {built}, not {day}: build {day} "
+            f"first (transform({day}, publish=False)) or pass schema='marts' to check the "
+            "published marts"
+        )
+    return "marts"
+
+
+def _batch_exists(conn: psycopg.Connection, batch_id: str) -> bool:
+    """Return True when the load batch `batch_id` was committed."""
+    if not _table_exists(conn, "ops.load_batches"):
+        return False
+    row = conn.execute("select 1 from ops.load_batches where batch_id = %s", (batch_id,))
+    return row.fetchone() is not None
+
+
+def _table_exists(conn: psycopg.Connection, relation: str) -> bool:
+    """Return True when `relation` (schema.name) exists."""
+    return conn.execute("select to_regclass(%s) is not null", (relation,)).fetchone()[0]
+
+
+def row_count_bounds(
+    conn: psycopg.Connection, entity: str, day: dt.date, rule: RowCountRule
+) -> tuple[int | None, int | None, list[int]]:
+    """Return (min, max, history): bounds on the batch of `day` from earlier one-day batches.
+
+    The history is the row count of each of the latest ``history_batches`` one-day
+    batches of `entity` (``raw.<entity>``) within ``history_days`` before `day`; full or
+    catch-up loads spanning more than a day are left out. No bounds (None) when there
+    are fewer than ``min_history`` such batches or their median is under ``min_median``.
+    """
+    rows = conn.execute(
+        "select b.batch_id from ops.load_batches b "
+        "where b.source || '__' || b.entity = %s and b.logical_date < %s "
+        "and b.logical_date >= %s and b.window_start is not null "
+        "and b.window_end - b.window_start = interval '1 day' "
+        "order by b.logical_date desc limit %s",
+        (entity, day, day - dt.timedelta(days=rule.history_days), rule.history_batches),
+    ).fetchall()
+    ids = [r[0] for r in rows]
+    counts: list[int] = []
+    if ids:
+        # count what raw holds (the truth), not what the loader logged
+        found = dict(
+            conn.execute(
+                f"select _batch_id, count(*) from raw.{entity} "  # entity from a checked suite
+                "where _batch_id = any(%s) group by 1",
+                (ids,),
+            ).fetchall()
+        )
+        counts = [int(found.get(i, 0)) for i in ids]
+    if len(counts) < rule.min_history:
+        return None, None, counts
+    median = statistics.median(counts)
+    if median < rule.min_median:
+        return None, None, counts
+    return math.ceil(median * rule.min_ratio), math.floor(median * rule.max_ratio), counts
+
+
+# ------------------------------------------------------------------------ running
+
+
+def _exception(info: dict[str, Any]) -> str | None:
+    """Return the message of a GX exception_info (flat, or one entry per metric), or None."""
+    entries = [info] if "raised_exception" in info else list(info.values())
+    messages = [
+        str(e.get("exception_message") or e.get("exception_traceback"))
+        for e in entries
+        if isinstance(e, dict) and e.get("raised_exception")
+    ]
+    return "; ".join(messages) or None
+
+
+def _outcome(suite: Suite, relation: str, ordinal: int, res: dict[str, Any]) -> Outcome:
+    """Return the Outcome of one GX ExpectationValidationResult (as JSON)."""
+    config = res.get("expectation_config") or {}
+    kwargs = dict(config.get("kwargs") or {})
+    result = res.get("result") or {}
+    exception = _exception(res.get("exception_info") or {})
+    return Outcome(
+        suite=suite.name,
+        ordinal=ordinal,
+        relation=relation,
+        expectation=str(config.get("type")),
+        column=kwargs.get("column")
+        or (",".join(kwargs["column_list"]) if kwargs.get("column_list") else None),
+        severity=str(config.get("severity") or "critical"),
+        success=bool(res.get("success")),
+        observed_value=result.get("observed_value"),
+        unexpected_count=result.get("unexpected_count"),
+        unexpected_percent=result.get("unexpected_percent"),
+        element_count=result.get("element_count"),
+        partial_unexpected=result.get("partial_unexpected_list") or None,
+        exception=exception,
+        description=config.get("description"),
+        kwargs={k: v for k, v in kwargs.items() if k not in ("batch_id",)},
+    )
+
+
+def _gx_context():  # -> great_expectations.data_context.EphemeralDataContext
+    """Return a quiet ephemeral GX context."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no usage statistics calls home
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return ctx
+
+
+def validate_layer(
+    layer: str,
+    day: dt.date,
+    settings: Settings | None = None,
+    *,
+    schema: str | None = None,
+    run_id: str | None = None,
+) -> Verdict:
+    """Run every suite of `layer` on the data of `day`, store the results, return the verdict.
+
+    `schema` overrides the schema validated (default: the layer's; for ``marts`` the
+    pending build in ``marts__build`` when it is of `day`, else the published ``marts``).
+    Results go to ``ops.dq_results``/``ops.dq_runs`` under `run_id` (default: a new uuid).
+    Raises :class:`QualityError` when the suites are malformed or the layer's schema holds
+    a build of another day; never raises for failing expectations (see :func:`run_validate`).
+    """
+    settings = settings or get_settings()
+    suites = load_suites(layer)
+    url = warehouse_url(settings)
+    run_id = run_id or uuid.uuid4().hex
+    started = time.perf_counter()
+    with connect(url) as conn:
+        if schema is None:
+            schema = _marts_schema(conn, day) if layer == "marts" else LAYERS[layer]
+        verdict = Verdict(layer, day, run_id, schema)
+        plans: list[tuple[Suite, str, str, dict[str, Any]]] = []
+        for suite in suites:
+            tokens = tokens_for(day, schema)
+            params: dict[str, Any] = {}
+            if suite.requires_batch:
+                tokens["batch_id"] = f"{suite.requires_batch}:{day.isoformat()}"
+                if not _batch_exists(conn, tokens["batch_id"]):
+                    verdict.skipped[suite.name] = (
+                        f"no batch {tokens['batch_id']} was loaded (source not configured "
+                        "or skipped: see ops.load_runs)"
+                    )
+                    continue
+            relation = suite.relation(schema)
+            if not _table_exists(conn, relation):
+                if suite.layer == "marts":  # the marts must all be there
+                    plans.append((suite, relation, "", params))
+                else:
+                    verdict.skipped[suite.name] = f"{relation} does not exist"
+                continue
+            if suite.row_count and suite.requires_batch:
+                low, high, history = row_count_bounds(
+                    conn, suite.requires_batch, day, suite.row_count
+                )
+                params = {"row_count_min": low, "row_count_max": high}
+                log.debug("%s row count bounds %s..%s from %s", suite.name, low, high, history)
+            plans.append((suite, relation, suite.query(tokens), params | {"_tokens": tokens}))
+    if plans:
+        _run_gx(verdict, plans, url)
+    verdict.elapsed_s = time.perf_counter() - started
+    _store(url, verdict)
+    log.info("%s", verdict.summary())
+    return verdict
+
+
+def _run_gx(
+    verdict: Verdict, plans: list[tuple[Suite, str, str, dict[str, Any]]], url: str
+) -> None:
+    """Run the planned suites with GX and add their outcomes to `verdict`."""
+    import great_expectations as gx
+
+    ctx = _gx_context()
+    source = ctx.data_sources.add_sql(name="warehouse", connection_string=sqlalchemy_url(url))
+    try:
+        for i, (suite, relation, query, params) in enumerate(plans):
+            verdict.suites.append(suite.name)
+            tokens = params.pop("_tokens", {})
+            if not query:  # a mart that was not built: every expectation fails
+                for n, exp in enumerate(suite.spec["expectations"]):
+                    verdict.outcomes.append(
+                        Outcome(
+                            suite.name,
+                            n,
+                            relation,
+                            exp["type"],
+                            (exp.get("kwargs") or {}).get("column"),
+                            exp.get("severity", "critical"),
+                            False,
+                            exception=f"{relation} does not exist",
+                        )
+                    )
+                continue
+            asset = source.add_query_asset(name=f"a{i}", query=query)
+            batch = asset.add_batch_definition_whole_table(f"b{i}")
+            gx_suite = ctx.suites.add(gx.ExpectationSuite(**suite.gx_spec(tokens)))
+            definition = ctx.validation_definitions.add(
+                gx.ValidationDefinition(name=f"v{i}", data=batch, suite=gx_suite)
+            )
+            res = definition.run(result_format="SUMMARY", expectation_parameters=params)
+            for n, item in enumerate(res.to_json_dict()["results"]):
+                verdict.outcomes.append(_outcome(suite, relation, n, item))
+    finally:
+        source.get_engine().dispose()
+
+
+def _jsonb(value: Any) -> str | None:
+    """Return `value` as JSON text for a jsonb column (None stays NULL)."""
+    return None if value is None else json.dumps(value, default=str, ensure_ascii=False)
+
+
+def _store(url: str, verdict: Verdict) -> None:
+    """Write the run and every outcome to ops.dq_runs / ops.dq_results in one transaction."""
+    with connect(url) as conn, conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(hashtext('lifecycle.dq_ddl'))")
+        conn.execute(DQ_DDL)
+        conn.execute("delete from ops.dq_runs where run_id = %s", (verdict.run_id,))
+        conn.execute(
+            "insert into ops.dq_runs (run_id, logical_date, layer, schema_name, passed, "
+            "count_suites, count_skipped_suites, count_expectations, count_failed_critical, "
+            "count_failed_warning, summary, duration_s) "
+            "values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                verdict.run_id,
+                verdict.logical_date,
+                verdict.layer,
+                verdict.schema,
+                verdict.passed,
+                len(verdict.suites),
+                len(verdict.skipped),
+                len(verdict.outcomes),
+                len(verdict.failures),
+                len(verdict.warnings),
+                verdict.summary(),
+                verdict.elapsed_s,
+            ),
+        )
+        with conn.cursor() as cur:
+            cur.executemany(
+                "insert into ops.dq_results (run_id, logical_date, layer, suite, ordinal, "
+                "relation, expectation, column_name, severity, success, observed_value, "
+                "unexpected_count, unexpected_percent, element_count, partial_unexpected, "
+                "exception, description, kwargs) values "
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (
+                        verdict.run_id,
+                        verdict.logical_date,
+                        verdict.layer,
+                        o.suite,
+                        o.ordinal,
+                        o.relation,
+                        o.expectation,
+                        o.column,
+                        o.severity,
+                        o.success,
+                        _jsonb(o.observed_value),
+                        o.unexpected_count,
+                        o.unexpected_percent,
+                        o.element_count,
+                        _jsonb(o.partial_unexpected),
+                        o.exception,
+                        o.description,
+                        _jsonb(o.kwargs),
+                    )
+                    for o in verdict.outcomes
+                ],
+            )
+
+
+# ------------------------------------------------------------------------ DAG steps
+
+
+def run_validate(
+    day: dt.date,
+    settings: Settings | None = None,
+    *,
+    layer: str = "raw",
+    schema: str | None = None,
+    run_id: str | None = None,
+) -> Verdict:
+    """Validate `layer` for `day` and return the verdict; raise GateFailed when it fails."""
+    verdict = validate_layer(layer, day, settings, schema=schema, run_id=run_id)
+    if not verdict.passed:
+        raise GateFailed(verdict)
+    return verdict
+
+
+@dataclass
+class GateResult:
+    """A passed marts gate and the publish that followed it."""
+
+    verdict: Verdict
+    published: PublishResult
+
+    def summary(self) -> str:
+        """Return a readable text for a task log."""
+        return f"{self.verdict.summary()}\n{self.published.summary()}"
+
+    def facts(self) -> dict[str, Any]:
+        """Return small JSON-able facts."""
+        return {**self.verdict.facts(), **self.published.facts()}
+
+
+def gate_and_publish(
+    day: dt.date, settings: Settings | None = None, *, run_id: str | None = None
+) -> GateResult:
+    """Validate the pending marts build of `day` and publish it only if it passes.
+
+    Returns the verdict and what was published. Raises :class:`GateFailed` (nothing is
+    published; ``marts`` keeps yesterday's tables) when a critical expectation fails, and
+    :class:`QualityError` when ``marts__build`` holds no build of `day`.
+    """
+    settings = settings or get_settings()
+    with connect(warehouse_url(settings)) as conn:
+        built = pending_build(conn)
+    if built != day:
+        what = f"a build of {built}" if built else "no pending build"
+        raise QualityError(
+            f"cannot gate the marts of {day}: {BUILD_SCHEMA} holds {what}; run "
+            f"transform({day}, publish=False) first"
+        )
+    verdict = run_validate(day, settings, layer="marts", schema=BUILD_SCHEMA, run_id=run_id)
+    return GateResult(verdict, publish_marts(day, settings))
