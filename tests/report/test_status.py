@@ -1,0 +1,93 @@
+"""`lifecycle status` on a real run (landed, built, gated, scored, activated) and on nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import psycopg
+
+from lifecycle.status import collect_status
+from tests.conftest import make_settings
+from tests.report.conftest import END
+from tests.report.test_report import _cli
+
+
+def test_status_after_a_real_run(report_world) -> None:
+    status = collect_status(report_world.settings)
+    assert [p.key for p in status.parts] == [
+        "warehouse", "airflow", "loads", "watermarks", "marts", "gates", "scores", "exports",
+        "models", "report",
+    ]  # fmt: skip
+    wh = status.part("warehouse").rows[0]
+    assert wh["mode"] == "external" and wh["running"] is True
+    with psycopg.connect(report_world.url) as conn:
+        runs = conn.execute(
+            "select source, entity, rows_loaded from ops.load_runs order by 1, 2"
+        ).fetchall()
+        customers = conn.execute("select count(*) from marts.customers").fetchone()[0]
+    loads = status.part("loads").rows
+    assert [(r["source"], r["entity"], r["rows_loaded"]) for r in loads] == runs
+    assert all(r["status"] == "success" and r["logical_date"] == END for r in loads)
+    marks = status.part("watermarks").rows
+    assert len(marks) == 5
+    end_of_day = dt.datetime(2024, 7, 1, tzinfo=dt.UTC)
+    assert all(r["watermark"] == end_of_day for r in marks)
+    assert status.part("marts").rows == [{"as_of_date": END, "customers": customers}]
+    gates = {r["layer"]: r for r in status.part("gates").rows}
+    assert set(gates) == {"raw", "marts"}
+    assert all(g["verdict"] == "pass" and g["logical_date"] == END for g in gates.values())
+    [scores] = status.part("scores").rows
+    assert scores["score_date"] == END and scores["churn"] == "3"
+    exports = {r["audience"]: r for r in status.part("exports").rows}
+    assert {"win_back_high_value", "at_risk_save", "welcome_series", "vip_loyalty"} <= set(exports)
+    assert all(e["status"] == "ok" and e["as_of_date"] == END for e in exports.values())
+    # no local Airflow ran and no model was trained here: said, not an error
+    assert status.part("airflow").note.startswith("none yet: no local Airflow at")
+    assert status.part("models").note.startswith("none yet: no MLflow tracking store")
+    assert status.part("report").rows == [{"latest": str(report_world.full.path)}]
+    text = status.summary()
+    assert "Last load per source (ops.load_runs):" in text
+    assert "raw    2024-06-30    pass" in text
+
+
+def test_status_cli_json(report_world) -> None:
+    env = {
+        "LIFECYCLE_HOME": str(report_world.settings.home),
+        "LIFECYCLE_WAREHOUSE_URL": report_world.url,
+    }
+    done = _cli(env, "status", "--json")
+    assert done.returncode == 0, done.stderr
+    facts = json.loads(done.stdout)
+    assert facts["marts"]["rows"][0]["as_of_date"] == END.isoformat()
+    assert {r["layer"]: r["verdict"] for r in facts["gates"]["rows"]} == {
+        "raw": "pass",
+        "marts": "pass",
+    }
+    assert len(facts["loads"]["rows"]) == 5
+    assert facts["airflow"]["note"].startswith("none yet")
+    text = _cli(env, "status")
+    assert text.returncode == 0 and "Watermarks (ops.watermarks):" in text.stdout
+
+
+def test_status_of_an_empty_warehouse(embedded_settings, fresh_db, tmp_path) -> None:
+    status = collect_status(make_settings(tmp_path, LIFECYCLE_WAREHOUSE_URL=fresh_db))
+    notes = {p.key: p.note for p in status.parts}
+    assert notes["loads"] == "none yet (`lifecycle extract --date D`)"
+    assert notes["marts"] == "none yet (`lifecycle transform --date D`)"
+    assert notes["gates"].startswith("none yet")
+    assert notes["scores"] == "none yet (`lifecycle score --date D`)"
+    assert notes["exports"] == "none yet (`lifecycle export --date D`)"
+    assert notes["report"] == "none yet (`lifecycle report --date D`)"
+    assert all(not p.rows for p in status.parts if p.key != "warehouse")
+
+
+def test_status_of_a_stopped_embedded_warehouse(tmp_path) -> None:
+    # nothing runs under this home: status says so and does not start a server
+    settings = make_settings(tmp_path)
+    status = collect_status(settings)
+    assert status.part("warehouse").rows[0]["running"] is False
+    assert status.part("loads").note == (
+        "unknown: the warehouse is not running (`lifecycle warehouse up`)"
+    )
+    assert not settings.pgdata.exists()
