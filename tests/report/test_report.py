@@ -265,7 +265,9 @@ def test_report_on_a_database_without_marts(embedded_settings, fresh_db, tmp_pat
     from tests.conftest import make_settings
 
     settings = make_settings(tmp_path, LIFECYCLE_WAREHOUSE_URL=fresh_db)
-    with pytest.raises(ReportError, match="the marts are not built .*: run `lifecycle transform --date 2024-06-30`"):
+    with pytest.raises(
+        ReportError, match="the marts are not built .*: run `lifecycle transform --date 2024-06-30`"
+    ):
         build_report(END, settings)
     assert not (tmp_path / "reports").exists()
 
