@@ -46,7 +46,7 @@ with h as (
     from marts.customers where is_buyer
 )
 select %(day)s, customer_key, u, case when u < 0.3 then 'low' when u < 0.6 then 'medium'
-    else 'high' end, 'synthetic', (v * 4)::int % 4, 'segment ' || ((v * 4)::int % 4), 1 - u,
+    else 'high' end, 'synthetic', (v * 4)::int %% 4, 'segment ' || ((v * 4)::int %% 4), 1 - u,
     6 * v, 20 + 180 * v, 6 * v * (20 + 180 * v), '1', '1', '1', 'bench'
 from h
 """
@@ -109,6 +109,7 @@ def main() -> None:
                     f"push {push.rows_delivered} rows in {push.delivered} batches "
                     f"({push.skipped} skipped) — {facts['customers'] / elapsed:,.0f} customers/s"
                 )
+                print(f"{'':11s} steps: {facts['seconds']}")
             print(f"server      {received.requests} requests, {len(received.batches)} batches")
     finally:
         wh.down(settings)

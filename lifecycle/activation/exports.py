@@ -280,6 +280,8 @@ def _previous_send(conn, audience: str, previous: dt.date | None, day: dt.date) 
 def _write_folder(target: Path, files: dict[str, bytes]) -> None:
     """Write `files` into `target` atomically: a temporary sibling folder, then renames."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in target.parent.glob(f".{target.name}.*-*"):  # from a killed earlier run
+        shutil.rmtree(leftover, ignore_errors=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
     try:

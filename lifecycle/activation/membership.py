@@ -101,6 +101,7 @@ def update_membership(conn, audience: Audience, day: dt.date) -> MembershipFacts
         "where audience = %s and exited_date >= %s",
         (name, day),
     )
+    conn.execute("analyze activation.audience_membership")
     later = [
         r[0]
         for r in conn.execute(

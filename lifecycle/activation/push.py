@@ -137,6 +137,15 @@ def _delivered_keys(conn, keys: list[str]) -> set[str]:
     return {r[0] for r in rows}
 
 
+def _pushed_before(conn, audience: str, day: dt.date) -> bool:
+    """Return True when a batch of the audience was delivered for a date before `day`."""
+    return conn.execute(
+        "select exists (select 1 from activation.push_log where audience = %s "
+        "and as_of_date < %s and status = 'delivered')",
+        (audience, day),
+    ).fetchone()[0]
+
+
 def _record(conn, audience: str, day: dt.date, batch: Batch, url: str, run_id: str, **kw) -> None:
     conn.execute(
         """
@@ -189,6 +198,9 @@ def push_audience(
     """
     if push.mode == "full":
         batches = make_batches(audience, day, "upsert", send_rows, push.batch_size)
+    elif not _pushed_before(conn, audience, day):
+        # the first push of an audience sends its whole list: the tool starts empty
+        batches = make_batches(audience, day, "add", send_rows, push.batch_size)
     else:
         batches = make_batches(audience, day, "add", add_rows, push.batch_size)
         batches += make_batches(

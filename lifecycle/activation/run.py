@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ class ActivationResult:
     run_id: str
     scores: ScoresFacts
     audiences: dict[str, AudienceOutcome] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # per step, for the task log
 
     def summary(self) -> str:
         """Return a short, readable text for a task log."""
@@ -88,6 +90,8 @@ class ActivationResult:
             if p is not None:
                 line += f"; push {p.delivered} batch(es) sent, {p.skipped} already delivered"
             lines.append(line)
+        if self.seconds:
+            lines.append("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()))
         return "\n".join(lines)
 
     def facts(self) -> dict[str, Any]:
@@ -99,6 +103,7 @@ class ActivationResult:
             "scored": self.scores.scored,
             "score_date": self.scores.score_date.isoformat() if self.scores.score_date else None,
             "audiences": {n: o.facts() for n, o in self.audiences.items()},
+            "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
         }
 
 
@@ -139,11 +144,15 @@ def run_activation(
         lock_conn.execute(_LOCK_SQL)
         try:
             with connect(url, autocommit=True) as conn:
+                t0 = time.perf_counter()
                 with conn.transaction():
                     ensure_activation_tables(conn)
                     scores = write_scores(conn, day, run_id)
+                    t1 = time.perf_counter()
                     memberships = {a.name: update_membership(conn, a, day) for a in audiences}
+                t2 = time.perf_counter()
                 result = ActivationResult(day, run_id, scores)
+                result.seconds.update(scores=t1 - t0, membership=t2 - t1)
                 for a in audiences:
                     try:
                         with conn.transaction():
@@ -160,6 +169,8 @@ def run_activation(
                             )
                         raise
                     result.audiences[a.name] = AudienceOutcome(memberships[a.name], facts)
+                result.seconds["exports"] = time.perf_counter() - t2
+            t3 = time.perf_counter()
             for a in audiences:
                 if a.push is None:
                     continue
@@ -177,6 +188,7 @@ def run_activation(
                     retries=settings.http_retries,
                     backoff_s=settings.http_backoff_s,
                 )
+            result.seconds["push"] = time.perf_counter() - t3
         finally:
             lock_conn.execute(_UNLOCK_SQL)
     log.info("%s", result.summary())

@@ -114,6 +114,8 @@ def write_scores(conn, day: dt.date, run_id: str) -> ScoresFacts:
         ).format(columns=columns),
         {"day": day, "score_date": score_date, "run_id": run_id},
     )
+    # fresh statistics: the membership queries join this partition right away
+    conn.execute("analyze activation.customer_scores_history")
     # The current table mirrors the newest date of the history, so a backfill of an older
     # day never replaces newer scores.
     conn.execute("delete from activation.customer_scores")

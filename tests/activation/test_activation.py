@@ -494,3 +494,25 @@ def test_a_failed_export_leaves_the_previous_folder_and_tables(runs, monkeypatch
         from lifecycle.activation.exports import previous_export
 
         assert previous_export(conn, "high_risk", dt.date(2024, 7, 1)) == D3
+
+
+def test_the_first_push_of_an_audience_sends_its_whole_list(runs, tmp_path) -> None:
+    with flaky_server(failure_rate=0.0) as (endpoint, received):
+        doc = yaml.safe_load(REPO_AUDIENCES.read_text(encoding="utf-8"))
+        (welcome,) = [a for a in doc["audiences"] if a["name"] == "welcome_series"]
+        welcome["push"] = {"url": endpoint, "batch_size": 5}
+        audiences_file = tmp_path / "audiences.yml"
+        audiences_file.write_text(yaml.safe_dump(doc), encoding="utf-8")
+        env = runs.env | {
+            "LIFECYCLE_AUDIENCES_FILE": str(audiences_file),
+            "LIFECYCLE_EXPORT_DIR": str(tmp_path / "exports"),
+        }
+        settings = make_settings(runs.settings.home, **env)
+        first = run_activation(D3, settings, audience="welcome_series", run_id="push-added")
+        again = run_activation(D3, settings, audience="welcome_series", run_id="push-again")
+    export = first.audiences["welcome_series"].export
+    assert export.previous_export_date == D2 and export.adds < export.sent
+    assert sorted(received.members("add")) == sorted(r["customer_key"] for r in export.send_rows)
+    assert received.members("remove") == []
+    assert again.audiences["welcome_series"].push.delivered == 0
+    assert received.requests == first.audiences["welcome_series"].push.batches
