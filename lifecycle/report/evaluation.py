@@ -60,10 +60,13 @@ def model_section(settings: Settings, day: dt.date) -> Section:
         )
     candidates = [c for c in table[0] if c != "metric"]
     section.blocks.append(Kpi("champion-version", "champion version", int(version.version)))
-    for row in table:
-        if row["metric"] == "roc_auc" and "model" in row:
-            section.blocks.append(Kpi("roc-auc", "holdout ROC AUC", row["model"]))
     auc = next((r for r in table if r["metric"] == "roc_auc"), None)
+    if auc and auc.get(MODEL_SCORER) is not None:
+        section.blocks.append(Kpi("roc-auc", "holdout ROC AUC", auc[MODEL_SCORER]))
+        best = max((auc[c] for c in candidates if c not in (MODEL_SCORER, "oracle") and
+                    auc.get(c) is not None), default=None)  # fmt: skip
+        if best is not None:
+            section.blocks.append(Kpi("best-baseline-auc", "best other ROC AUC", best))
     if auc:
         names = [c for c in candidates if auc.get(c) is not None]
         section.blocks.append(
@@ -73,7 +76,7 @@ def model_section(settings: Settings, day: dt.date) -> Section:
                     names,
                     {"ROC AUC": [auc[c] for c in names]},
                     "model-auc",
-                    "Holdout ROC AUC: model vs baselines",
+                    "Holdout ROC AUC: model, variants, baselines",
                     "ROC AUC",
                 ),
                 "Same time-based holdout for every candidate (MLflow run metrics).",
@@ -89,30 +92,50 @@ def model_section(settings: Settings, day: dt.date) -> Section:
     )
     for name, svg_or_png in plots(client, version.run_id):
         section.blocks.append(Chart(f"model-{name}", svg_or_png, f"{name} (MLflow artifact)"))
-    reason = run.data.tags.get("promotion_reason") or run.data.tags.get("promotion")
+    reason = run.data.tags.get("promotion_reason")
     if reason:
-        section.blocks.append(Note(f"Promotion: {reason}"))
+        # the previous champion is re-scored on this holdout at promotion time
+        section.blocks.append(Note(f"Promotion of v{version.version}: {reason}"))
+    as_of = run.data.params.get("as_of")
+    holdout = run.data.params.get("holdout_date")
+    if as_of or holdout:
+        section.blocks.append(
+            Note(f"Trained as of {as_of or '?'}; time-based holdout snapshot {holdout or '?'}.")
+        )
     section.facts = {"version": int(version.version), "run_id": version.run_id}
     return section
 
 
-def metric_table(metrics: dict[str, float]) -> list[dict]:
-    """Return the run's metrics as rows of metric name × candidate (model, baselines, ...).
+#: Holdout metrics the training step logs per scorer, in display order.
+METRICS = ("roc_auc", "pr_auc", "brier", "log_loss", "ece", "lift_top_decile")
+#: The model's own scorer name in the metric keys; shown first.
+MODEL_SCORER = "churn_model"
 
-    Metric keys are ``<candidate>_<metric>`` or ``<candidate>.<metric>`` for baselines and
-    the previous champion, and bare ``<metric>`` for the model itself.
+
+def metric_table(metrics: dict[str, float]) -> list[dict]:
+    """Return the run's holdout metrics as rows: one per metric, one column per scorer.
+
+    The training step logs ``<scorer>.<metric>`` for the model (``churn_model``), its
+    variants, the baselines (``recency_rule``, ``bgnbd``), the previous champion and the
+    oracle when known; a run that logged bare ``<metric>`` keys only shows them as
+    ``churn_model``.
     """
-    known = ("roc_auc", "pr_auc", "brier", "log_loss", "ece", "lift_top_decile")
-    rows: dict[str, dict] = {}
-    for key, value in sorted(metrics.items()):
-        metric = next((m for m in known if key == m or key.endswith(m)), None)
-        if metric is None:
-            continue
-        prefix = key[: -len(metric)].rstrip("._/") or "model"
-        rows.setdefault(metric, {"metric": metric})[prefix] = value
-    ordered = [rows[m] for m in known if m in rows]
-    cols = sorted({c for r in ordered for c in r if c != "metric"}, key=lambda c: (c != "model", c))
-    return [{"metric": r["metric"], **{c: r.get(c) for c in cols}} for r in ordered]
+    rows: dict[str, dict] = {m: {"metric": m} for m in METRICS}
+    dotted = [k for k in metrics if "." in k and k.rsplit(".", 1)[1] in METRICS]
+    for key in dotted:
+        scorer, metric = key.rsplit(".", 1)
+        rows[metric][scorer] = metrics[key]
+    if not dotted:
+        for metric in METRICS:
+            if metric in metrics:
+                rows[metric][MODEL_SCORER] = metrics[metric]
+    scorers = sorted(
+        {c for r in rows.values() for c in r if c != "metric"},
+        key=lambda c: (c != MODEL_SCORER, c == "oracle", c),
+    )
+    return [
+        {"metric": m, **{c: rows[m].get(c) for c in scorers}} for m in METRICS if len(rows[m]) > 1
+    ]
 
 
 def plots(client, run_id: str) -> list[tuple[str, str]]:
