@@ -211,6 +211,41 @@ def _bgnbd_ll(log_params: np.ndarray, x: np.ndarray, tx: np.ndarray, T: np.ndarr
     return a1 + np.logaddexp(a2, a3)
 
 
+def _bgnbd_ll_and_grad(
+    log_params: np.ndarray, x: np.ndarray, tx: np.ndarray, T: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return per-customer BG/NBD log-likelihoods and their gradient (n x 4) with respect to
+    the log-parameters (times in weeks); analytic, so L-BFGS-B needs no finite differences."""
+    r, alpha, a, b = np.exp(log_params)
+    psi = special.digamma
+    beta_ab = special.betaln(a, b)
+    log_at = np.log(alpha + T)
+    log_atx = np.log(alpha + tx)
+    a1 = special.gammaln(r + x) - special.gammaln(r) + r * np.log(alpha)
+    a2 = special.betaln(a, b + x) - beta_ab - (r + x) * log_at
+    repeat = x > 0
+    xr = x[repeat]
+    a3 = np.full_like(x, -np.inf)
+    a3[repeat] = special.betaln(a + 1, b + xr - 1) - beta_ab - (r + xr) * log_atx[repeat]
+    lse = np.logaddexp(a2, a3)
+    w2 = np.exp(a2 - lse)  # the share of each term in the likelihood
+    w3 = np.exp(a3 - lse)
+    d_r = psi(r + x) - psi(r) + np.log(alpha) - w2 * log_at - w3 * log_atx
+    d_alpha = r / alpha - w2 * (r + x) / (alpha + T) - w3 * (r + x) / (alpha + tx)
+    psi_abx = psi(a + b + x)
+    common = psi(a + b) - psi_abx  # d/da and d/db of -betaln(a, b) - ... shared part
+    da2 = common
+    db2 = psi(b + x) - psi(b) + common
+    da3 = np.zeros_like(x)
+    db3 = np.zeros_like(x)
+    da3[repeat] = psi(a + 1) - psi(a) + common[repeat]
+    db3[repeat] = psi(b + xr - 1) - psi(b) + common[repeat]
+    d_a = w2 * da2 + w3 * da3
+    d_b = w2 * db2 + w3 * db3
+    grad = np.column_stack([d_r * r, d_alpha * alpha, d_a * a, d_b * b])
+    return a1 + lse, grad
+
+
 def _compress(*columns: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """Return counts and the unique rows of the given columns (the likelihood only needs those)."""
     stacked = np.column_stack(columns)
@@ -218,14 +253,36 @@ def _compress(*columns: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     return counts.astype("float64"), [unique[:, i] for i in range(unique.shape[1])]
 
 
+def _penalised(
+    ll: np.ndarray, grad: np.ndarray, weights: np.ndarray, log_params: np.ndarray, penalizer: float
+) -> tuple[float, np.ndarray]:
+    """Return the weighted mean negative log-likelihood plus ``penalizer * sum(param**2)``
+    and its gradient in the log-parameters (a huge value and zero gradient if not finite)."""
+    total = weights.sum()
+    value = -float(np.dot(weights, ll)) / total
+    gradient = -(weights @ grad) / total
+    if penalizer:
+        params = np.exp(log_params)
+        value += penalizer * float(np.sum(params**2))
+        gradient = gradient + 2 * penalizer * params**2
+    if not (np.isfinite(value) and np.all(np.isfinite(gradient))):
+        return 1e300, np.zeros_like(log_params)
+    return value, gradient
+
+
 def _minimize(
-    objective: Any, x0: np.ndarray, what: str, names: tuple[str, ...]
+    fun_and_grad: Any, x0: np.ndarray, what: str, names: tuple[str, ...]
 ) -> optimize.OptimizeResult:
-    """Return the optimum of `objective` over bounded log-parameters, or raise CLVFitError."""
+    """Return the optimum of `fun_and_grad` (value, gradient) over bounded log-parameters,
+    or raise CLVFitError."""
     bounds = [(-_LOG_BOUND, _LOG_BOUND)] * len(x0)
+
+    def objective(params: np.ndarray) -> float:
+        return fun_and_grad(params)[0]
+
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        res = optimize.minimize(objective, x0, method="L-BFGS-B", bounds=bounds)
+        res = optimize.minimize(fun_and_grad, x0, jac=True, method="L-BFGS-B", bounds=bounds)
         if not (res.success and np.isfinite(res.fun)):
             # L-BFGS-B can stop on a line-search failure near a flat optimum: polish with
             # the derivative-free Nelder-Mead from where it stopped (or from x0 if it diverged).
@@ -285,14 +342,10 @@ def fit_bgnbd(
     if penalizer < 0:
         raise ValueError(f"penalizer must be >= 0, got {penalizer}")
     weights, (xu, txu, tu) = _compress(x, tx, t_obs)
-    total = weights.sum()
 
-    def objective(log_params: np.ndarray) -> float:
-        ll = _bgnbd_ll(log_params, xu, txu, tu)
-        value = -float(np.dot(weights, ll)) / total
-        if penalizer:
-            value += penalizer * float(np.sum(np.exp(log_params) ** 2))
-        return value if np.isfinite(value) else 1e300
+    def objective(log_params: np.ndarray) -> tuple[float, np.ndarray]:
+        ll, grad = _bgnbd_ll_and_grad(log_params, xu, txu, tu)
+        return _penalised(ll, grad, weights, log_params, penalizer)
 
     # Start at r = a = b = 1 and alpha = mean T (a customer buying about once per period).
     x0 = np.array([0.0, math.log(max(float(t_obs.mean()), 1e-3)), 0.0, 0.0])
@@ -431,6 +484,21 @@ def _gg_ll(log_params: np.ndarray, x: np.ndarray, m: np.ndarray) -> np.ndarray:
     )
 
 
+def _gg_ll_and_grad(
+    log_params: np.ndarray, x: np.ndarray, m: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return per-customer Gamma-Gamma log-likelihoods and their gradient (n x 3) with
+    respect to the log-parameters."""
+    p, q, v = np.exp(log_params)
+    px = p * x
+    log_vxm = np.log(v + x * m)
+    psi_pxq = special.digamma(px + q)
+    d_p = x * (psi_pxq - special.digamma(px) + np.log(m) + np.log(x) - log_vxm)
+    d_q = psi_pxq - special.digamma(q) + np.log(v) - log_vxm
+    d_v = q / v - (px + q) / (v + x * m)
+    return _gg_ll(log_params, x, m), np.column_stack([d_p * p, d_q * q, d_v * v])
+
+
 def fit_gamma_gamma(
     frequency: ArrayLike,
     monetary_value: ArrayLike,
@@ -459,16 +527,13 @@ def fit_gamma_gamma(
             "say nothing about how order values vary"
         )
     weights, (xu, mu) = _compress(x[use], m[use])
-    total = weights.sum()
     # Rescale money so the optimiser sees values near 1 (v scales with the currency unit).
     scale = float(np.median(mu))
     mu_scaled = mu / scale
 
-    def objective(log_params: np.ndarray) -> float:
-        value = -float(np.dot(weights, _gg_ll(log_params, xu, mu_scaled))) / total
-        if penalizer:
-            value += penalizer * float(np.sum(np.exp(log_params) ** 2))
-        return value if np.isfinite(value) else 1e300
+    def objective(log_params: np.ndarray) -> tuple[float, np.ndarray]:
+        ll, grad = _gg_ll_and_grad(log_params, xu, mu_scaled)
+        return _penalised(ll, grad, weights, log_params, penalizer)
 
     res = _minimize(objective, np.zeros(3), "Gamma-Gamma", ("p", "q", "v"))
     p, q, v = (float(val) for val in np.exp(res.x))
