@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 DQ_DDL = """
 create schema if not exists ops;
 create table if not exists ops.dq_runs (
-    run_id text primary key,
+    run_id text not null,
     logical_date date not null,
     layer text not null,
     schema_name text not null,
@@ -51,10 +51,11 @@ create table if not exists ops.dq_runs (
     count_failed_warning integer not null,
     summary text not null,
     duration_s double precision,
-    recorded_at timestamptz not null default now()
+    recorded_at timestamptz not null default now(),  -- bookkeeping only
+    primary key (run_id, layer)
 );
 create table if not exists ops.dq_results (
-    run_id text not null references ops.dq_runs (run_id) on delete cascade,
+    run_id text not null,
     logical_date date not null,
     layer text not null,
     suite text not null,
@@ -72,7 +73,8 @@ create table if not exists ops.dq_results (
     exception text,
     description text,
     kwargs jsonb,
-    primary key (run_id, suite, ordinal)
+    primary key (run_id, layer, suite, ordinal),
+    foreign key (run_id, layer) references ops.dq_runs (run_id, layer) on delete cascade
 );
 create index if not exists dq_results_date_idx on ops.dq_results (logical_date, layer);
 """
@@ -189,7 +191,7 @@ class Verdict:
         if not self.passed:
             lines.append(
                 f"  details: select * from ops.dq_results where run_id = '{self.run_id}' "
-                "and not success"
+                f"and layer = '{self.layer}' and not success"
             )
         return "\n".join(lines)
 
@@ -436,7 +438,11 @@ def _store(url: str, verdict: Verdict) -> None:
     with connect(url) as conn, conn.transaction():
         conn.execute("select pg_advisory_xact_lock(hashtext('lifecycle.dq_ddl'))")
         conn.execute(DQ_DDL)
-        conn.execute("delete from ops.dq_runs where run_id = %s", (verdict.run_id,))
+        # a retried task (same run id and layer) replaces its earlier attempt
+        conn.execute(
+            "delete from ops.dq_runs where run_id = %s and layer = %s",
+            (verdict.run_id, verdict.layer),
+        )
         conn.execute(
             "insert into ops.dq_runs (run_id, logical_date, layer, schema_name, passed, "
             "count_suites, count_skipped_suites, count_expectations, count_failed_critical, "
