@@ -4,9 +4,11 @@ with segment ids that stay stable across retrains.
 * **Scaling.** Every feature is ``log1p``-transformed (counts, days and money are
   right-skewed) and standardised (``StandardScaler``).
 * **Choice of k.** For k in ``k_min..k_max`` a ``KMeans`` (k-means++, ``n_init`` starts,
-  fixed ``random_state``) is fitted; k is the one with the best mean silhouette on a
-  fixed-seed sample of ``silhouette_sample`` rows, ties (within ``silhouette_tolerance``)
-  going to the smaller k.
+  fixed ``random_state``) is fitted on a fixed-seed sample of ``selection_sample`` rows;
+  k is the one with the best mean silhouette on a sample of ``silhouette_sample`` of those
+  rows, ties (within ``silhouette_tolerance``) going to the smaller k. The chosen k is then
+  refitted on up to ``fit_sample`` rows (the scaler too), so a million customers cost a
+  sample, not a million-row KMeans per k.
 * **Determinism.** Rows are put in a canonical order (sorted by their feature values)
   before fitting, so the same customers in any row order give the same model.
 * **Names.** Deterministic rules over each cluster's profile, read in this order: a
@@ -79,7 +81,8 @@ class SegmentationModel:
     k_max: int = 8
     silhouette_sample: int = 5000
     silhouette_tolerance: float = 0.005
-    fit_sample: int = 200_000
+    selection_sample: int = 20_000
+    fit_sample: int = 100_000
     n_init: int = 10
     random_state: int = 42
     match_max_distance: float = 2.0
@@ -172,19 +175,19 @@ class SegmentationModel:
         # Canonical row order: the same customers in any order give the same model.
         logged = logged[np.lexsort(logged.T[::-1])]
         rng = np.random.default_rng(self.random_state)
-        fit_rows = (
-            logged
-            if n <= self.fit_sample
-            else logged[np.sort(rng.choice(n, self.fit_sample, replace=False))]
-        )
+
+        def subsample(rows: np.ndarray, size: int) -> np.ndarray:
+            """Return at most `size` of `rows`, a fixed-seed sample kept in canonical order."""
+            if len(rows) <= size:
+                return rows
+            return rows[np.sort(rng.choice(len(rows), size, replace=False))]
+
+        fit_rows = subsample(logged, self.fit_sample)
         self.scaler = StandardScaler().fit(fit_rows)
         scaled = self.scaler.transform(fit_rows)
-        sample = (
-            scaled
-            if len(scaled) <= self.silhouette_sample
-            else scaled[np.sort(rng.choice(len(scaled), self.silhouette_sample, replace=False))]
-        )
-        n_distinct = len(np.unique(scaled, axis=0))
+        selection = subsample(scaled, self.selection_sample)
+        sample = subsample(selection, self.silhouette_sample)
+        n_distinct = len(np.unique(selection, axis=0))
         k_max = min(self.k_max, n_distinct - 1, len(sample) - 1)
         if k_max < self.k_min:
             raise ValueError(
@@ -193,10 +196,10 @@ class SegmentationModel:
             )
         fits: dict[int, KMeans] = {}
         self.silhouette_by_k = {}
-        with threadpool_limits(limits=1 if len(scaled) < SINGLE_THREAD_ROWS else None):
+        with threadpool_limits(limits=1 if len(selection) < SINGLE_THREAD_ROWS else None):
             for k in range(self.k_min, k_max + 1):
                 km = KMeans(n_clusters=k, n_init=self.n_init, random_state=self.random_state)
-                km.fit(scaled)
+                km.fit(selection)
                 labels = km.predict(sample)
                 single = len(np.unique(labels)) == 1
                 score = -1.0 if single else float(silhouette_score(sample, labels))
@@ -205,6 +208,10 @@ class SegmentationModel:
         best = max(self.silhouette_by_k.values())
         k = min(k for k, s in self.silhouette_by_k.items() if s >= best - self.silhouette_tolerance)
         self.kmeans = fits[k]
+        if len(scaled) > len(selection):  # the chosen k, refitted on all the fitting rows
+            with threadpool_limits(limits=1 if len(scaled) < SINGLE_THREAD_ROWS else None):
+                km = KMeans(n_clusters=k, n_init=self.n_init, random_state=self.random_state)
+                self.kmeans = km.fit(scaled)
 
         labels = self.kmeans.predict(self.scaler.transform(logged))
         profile = self._profile(features_logged=logged, labels=labels)
