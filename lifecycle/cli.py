@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -167,6 +168,20 @@ def generate(
     config = WorldConfig(
         customers=customers, start=start, end=end, seed=seed, dirty_rate=dirty_rate
     )
+    if not quiet and not sys.stderr.isatty():
+        # logs (CI, Airflow, a pipe): a line per tenth instead of a bar that cannot redraw
+        reported = [-1]
+
+        def log_progress(n: int, total: int) -> None:
+            tenth = n * 10 // max(total, 1)
+            if tenth > reported[0]:
+                reported[0] = tenth
+                click.echo(f"generating: {n:,}/{total:,} people ({n * 100 // max(total, 1)}%)",
+                           err=True)  # fmt: skip
+
+        summary = generate_world(config, out, progress=log_progress)
+        click.echo(summary.describe() if hasattr(summary, "describe") else str(summary))
+        return
     with click.progressbar(
         length=customers, label="generating", file=sys.stderr, hidden=quiet
     ) as bar:
@@ -291,13 +306,25 @@ def extract(sources_: tuple[str, ...], day: dt.date, full: bool) -> None:
 
     names = list(SOURCES) if "all" in sources_ else list(dict.fromkeys(sources_))
     failed = False
-    for name in names:
+    started = time.perf_counter()
+    loaded = quarantined = 0
+    for i, name in enumerate(names, 1):
+        # progress on stderr (stdout keeps one line per batch for scripts)
+        entities = ", ".join(e.table for e in SOURCES[name])
+        click.echo(f"[{i}/{len(names)}] extracting {name} ({entities}) for {day}...", err=True)
         try:
             for result in run_extract(name, day, get_settings(), full=full):
                 click.echo(result.describe())
+                loaded += result.rows_loaded
+                quarantined += result.rows_quarantined
         except LoadError as exc:
             failed = True
             click.secho(f"error: {exc}", fg="red", err=True)
+    click.echo(
+        f"extract {day}: {len(names)} source(s), {loaded:,} rows loaded, {quarantined:,} "
+        f"quarantined in {time.perf_counter() - started:.1f}s" + (", FAILED" if failed else ""),
+        err=True,
+    )
     if failed:
         sys.exit(1)
 
