@@ -560,3 +560,56 @@ def _spec_dir(tmp_path):
     folder.mkdir(exist_ok=True)
     (folder / "clv.yaml").write_text("name: clv\n")
     return folder
+
+
+# --------------------------------------------------------------------------- sample world
+
+WORLD_AS_OF = date(2023, 12, 31)
+
+
+def world_orders(folder) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return the completed orders and the per-customer truth of a small sample world."""
+    from lifecycle.sample.world import WorldConfig, generate_world
+
+    generate_world(
+        WorldConfig(customers=4000, start=date(2022, 1, 1), end=date(2024, 12, 31), seed=11),
+        folder,
+    )
+    orders = pd.read_csv(folder / "orders" / "orders.csv", parse_dates=["ordered_at"])
+    truth = pd.read_csv(folder / "truth" / "customers.csv", parse_dates=["dropout_at"])
+    truth = truth.dropna(subset=["customer_id"]).set_index("customer_id")
+    return orders[orders["status"] == "completed"], truth
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return world_orders(tmp_path_factory.mktemp("world"))
+
+
+def test_clv_on_the_sample_world_against_its_ground_truth(world) -> None:
+    """The generator buys by a Pareto/NBD process (drop-out at any time, not only after a
+    purchase), so BG/NBD is misspecified there: it ranks well but overestimates next
+    year's purchases (about +24 % on this world), as BG/NBD does when many customers drop
+    out before their second order. Tolerances are set for that, and stated."""
+    from sklearn.metrics import roc_auc_score
+
+    orders, truth = world
+    summary = rfm_summary(
+        orders, WORLD_AS_OF, customer_col="customer_id", date_col="ordered_at", value_col="amount"
+    )
+    visible = orders[orders["ordered_at"].dt.date <= WORLD_AS_OF]
+    assert len(summary) == visible["customer_id"].nunique()
+    model = CLVModel.from_spec(load_spec("clv")).fit(summary)
+    pred = model.predict(summary)
+    assert np.isfinite(pred.to_numpy()).all()
+
+    dropped = (truth["dropout_at"] < pd.Timestamp(WORLD_AS_OF, tz="UTC")).reindex(summary.index)
+    repeat = summary["frequency"] > 0
+    # p_alive separates the truly alive repeat buyers from the dropped-out ones
+    assert roc_auc_score(~dropped[repeat], pred.loc[repeat, "p_alive"]) > 0.8
+    actual = holdout_purchases(
+        orders, WORLD_AS_OF, 365, customer_col="customer_id", date_col="ordered_at"
+    )
+    facts = evaluate_purchases(pred["expected_purchases_12m"], actual)
+    assert facts["spearman"] > 0.4, facts
+    assert abs(facts["relative_total_error"]) < 0.35, facts

@@ -263,3 +263,38 @@ def test_bad_input_is_rejected_clearly(model, customers) -> None:
         SegmentationModel(features=("count_orders",)).predict(customers)
     with pytest.raises(ValueError, match="not among the features"):
         SegmentationModel(features=("count_orders",), roles={"monetary": "revenue_usd"})
+
+
+def test_segments_of_the_sample_world_match_its_ground_truth(tmp_path) -> None:
+    """On the generator's orders (no web features here), the segment named "lapsed" holds
+    the largest share of customers who truly dropped out, "newcomers" the smallest."""
+    from tests.ml.test_clv import WORLD_AS_OF, world_orders
+
+    orders, truth = world_orders(tmp_path)
+    visible = orders[orders["ordered_at"].dt.date <= WORLD_AS_OF]
+    day = visible["ordered_at"].dt.tz_convert("UTC").dt.tz_localize(None).dt.floor("D")
+    days = (pd.Timestamp(WORLD_AS_OF) - day).dt.days
+    grouped = visible.assign(days=days).groupby("customer_id")
+    features = pd.DataFrame(
+        {
+            "days_since_last_order": grouped["days"].min(),
+            "count_orders": grouped.size(),
+            "revenue_usd": grouped["amount"].sum(),
+            "avg_order_value_usd": grouped["amount"].mean(),
+            "days_since_first_order": grouped["days"].max(),
+        }
+    )
+    spec = load_spec("segmentation")
+    roles = {r: f for r, f in spec["roles"].items() if f in features.columns}
+    model = SegmentationModel(features=tuple(features.columns), roles=roles, n_init=4)
+    model.fit(features)
+    assert model.segments["segment_name"].is_unique
+    dropped = truth["dropout_at"] < pd.Timestamp(WORLD_AS_OF, tz="UTC")
+    share = (
+        model.predict(features)
+        .join(dropped.rename("dropped"))
+        .groupby("segment_name")["dropped"]
+        .mean()
+    )
+    assert "lapsed" in share.idxmax(), share
+    assert "newcomers" in share.idxmin(), share
