@@ -1,0 +1,349 @@
+"""Churn model: a scikit-learn Pipeline (ColumnTransformer + HistGradientBoosting), calibrated.
+
+Trained on earlier snapshots of ``ml.training_set`` and calibrated on the most recent
+training snapshot (isotonic or sigmoid, from ``models/churn.yaml``); the latest complete
+snapshot is kept for validation (see :mod:`ml.train`). :class:`ChurnModel` is what MLflow
+stores: the calibrated pipeline plus what scoring needs to explain a score — the
+features it reads, the reference values of a typical customer and the risk-band
+thresholds — so the registered model is self-contained.
+
+Top reasons are local deltas: for each group of related features (recency, frequency,
+web activity, ...), the probability minus the probability with that group set to the
+typical customer's values (training medians / modes). The groups that move the score the
+most come first, rendered as short sentences with the customer's own values. This is a
+hand-written, model-agnostic explanation (one extra prediction per group) rather than
+SHAP: the shap package is not a dependency, and grouped deltas read better for marketers
+than per-column attributions.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.frozen import FrozenEstimator
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OrdinalEncoder
+
+from ml.tables import RISK_BANDS
+
+#: Folder of the declarative model specs.
+SPECS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+#: Feature groups explained together, in a fixed order (ties broken by this order).
+REASON_GROUPS: dict[str, tuple[str, ...]] = {
+    "recency": ("days_since_last_order", "recency_over_gap"),
+    "frequency": ("count_orders", "count_orders_90d", "count_orders_365d"),
+    "gaps": ("mean_gap_days", "last_gap_days", "gap_trend"),
+    "tenure": ("days_since_first_order",),
+    "value": ("revenue_usd", "avg_order_value_usd"),
+    "refunds": ("count_refunds", "refund_share"),
+    "web_recent": ("sessions_7d", "sessions_30d", "product_views_30d", "carts_30d"),
+    "web_quarter": ("sessions_90d", "product_views_90d", "carts_90d"),
+    "last_visit": ("days_since_last_visit",),
+    "consent": ("is_marketing_opt_in",),
+    "profile": ("acquisition_channel", "country_code"),
+}
+
+
+class ChurnSpecError(ValueError):
+    """The churn spec (models/churn.yaml plus overrides) is invalid."""
+
+
+def _merge(base: dict, overrides: Mapping[str, Any]) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_churn_spec(overrides: Mapping[str, Any] | None = None, path: Path | None = None) -> dict:
+    """Return models/churn.yaml merged with `overrides` (nested dicts merge), validated."""
+    path = path or SPECS_DIR / "churn.yaml"
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ChurnSpecError(f"cannot read the churn spec {path}: {exc}") from exc
+    spec = _merge(spec, overrides or {})
+    feats = spec.get("features", {})
+    known = {*REASON_GROUPS_FEATURES}
+    unknown = [
+        f for f in [*feats.get("numeric", []), *feats.get("categorical", [])] if f not in known
+    ]
+    if unknown:
+        raise ChurnSpecError(f"unknown churn feature(s) in the spec: {', '.join(unknown)}")
+    if not feats.get("numeric") and not feats.get("categorical"):
+        raise ChurnSpecError("the churn spec selects no features")
+    bands = spec.get("risk_bands", {})
+    if not 0 < float(bands.get("medium", 0)) < float(bands.get("high", 0)) < 1:
+        raise ChurnSpecError(f"risk_bands need 0 < medium < high < 1, got {bands}")
+    if spec.get("model", {}).get("calibration") not in ("isotonic", "sigmoid"):
+        raise ChurnSpecError("model.calibration must be isotonic or sigmoid")
+    return spec
+
+
+REASON_GROUPS_FEATURES: tuple[str, ...] = tuple(f for g in REASON_GROUPS.values() for f in g)
+
+
+@dataclass
+class ChurnModel:
+    """A fitted, calibrated churn classifier with what it needs to explain and band scores."""
+
+    numeric: list[str]
+    categorical: list[str]
+    calibrated: Any  # CalibratedClassifierCV over a frozen Pipeline
+    reference: dict[str, Any]
+    medium: float
+    high: float
+    top_reasons: int = 3
+
+    @property
+    def features(self) -> list[str]:
+        """Return the input columns the model reads, in order."""
+        return [*self.numeric, *self.categorical]
+
+    def _frame(self, X: pd.DataFrame) -> pd.DataFrame:
+        missing = [c for c in self.features if c not in X.columns]
+        if missing:
+            raise ValueError(f"churn model input lacks column(s) {', '.join(missing)}")
+        frame = X[self.features].copy()
+        for col in self.numeric:
+            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+        for col in self.categorical:
+            frame[col] = frame[col].astype("object").where(frame[col].notna(), None)
+        return frame
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """Return calibrated [P(stays), P(churns)] per row."""
+        return self.calibrated.predict_proba(self._frame(X))
+
+    def churn_probability(self, X: pd.DataFrame) -> np.ndarray:
+        """Return the calibrated churn probability per row, clipped to [0, 1]."""
+        return np.clip(self.predict_proba(X)[:, 1], 0.0, 1.0)
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """Return the churn probability per row (what the MLflow pyfunc flavour serves)."""
+        return self.churn_probability(X)
+
+    def risk_band(self, probability: np.ndarray) -> np.ndarray:
+        """Return 'low' / 'medium' / 'high' per probability."""
+        low, medium, high = RISK_BANDS
+        return np.where(
+            probability >= self.high, high, np.where(probability >= self.medium, medium, low)
+        )
+
+    def reason_deltas(self, X: pd.DataFrame, base: np.ndarray | None = None) -> pd.DataFrame:
+        """Return, per row and reason group, P(churn) minus P(churn) with the group typical."""
+        frame = self._frame(X).reset_index(drop=True)
+        base = self.churn_probability(frame) if base is None else np.asarray(base)
+        groups = [
+            (group, [c for c in cols if c in self.features])
+            for group, cols in REASON_GROUPS.items()
+        ]
+        groups = [(g, cols) for g, cols in groups if cols]
+        # One stacked prediction for every group (far fewer calls than one per group), and
+        # only for rows whose group differs from the typical values: the others' delta is 0.
+        copies, slots = [], []
+        for _, cols in groups:
+            differs = np.zeros(len(frame), dtype=bool)
+            for col in cols:
+                ref = self.reference[col]
+                values = frame[col]
+                if ref is None or (isinstance(ref, float) and np.isnan(ref)):
+                    differs |= values.notna().to_numpy()
+                else:
+                    differs |= (values != ref).to_numpy() | values.isna().to_numpy()
+            typical = frame.loc[differs].copy()
+            for col in cols:
+                typical[col] = self.reference[col]
+            copies.append(typical)
+            slots.append(np.flatnonzero(differs))
+        stacked = (
+            self.churn_probability(pd.concat(copies, ignore_index=True))
+            if sum(len(c) for c in copies)
+            else np.empty(0)
+        )
+        deltas, start = {}, 0
+        for (group, _), rows in zip(groups, slots, strict=True):
+            delta = np.zeros(len(frame))
+            delta[rows] = base[rows] - stacked[start : start + len(rows)]
+            deltas[group] = delta
+            start += len(rows)
+        return pd.DataFrame(deltas)
+
+    def explain(self, X: pd.DataFrame, base: np.ndarray | None = None) -> list[str]:
+        """Return per row the top reasons, strongest first, '; '-separated sentences."""
+        deltas = self.reason_deltas(X, base)
+        records = X.reset_index(drop=True)
+        texts = np.stack([describe_column(g, records) for g in deltas.columns], axis=1)
+        values = deltas.to_numpy()
+        top = np.argsort(-np.abs(values), axis=1, kind="stable")[:, : self.top_reasons]
+        rows = np.arange(len(values))[:, None]
+        chosen_values = values[rows, top]
+        chosen_texts = texts[rows, top]
+        effect = np.where(chosen_values > 0, " (raises risk)", " (lowers risk)")
+        out = []
+        for vals, txts, effs in zip(chosen_values, chosen_texts, effect, strict=True):
+            parts = [t + e for v, t, e in zip(vals, txts, effs, strict=True) if abs(v) >= 0.005]
+            out.append("; ".join(parts) if parts else "typical customer profile")
+        return out
+
+
+def _ints(frame: pd.DataFrame, col: str) -> pd.Series:
+    return pd.to_numeric(frame[col], errors="coerce").fillna(0).round().astype("int64")
+
+
+def _count(n: pd.Series, word: str) -> pd.Series:
+    return n.astype(str) + " " + word + np.where(n == 1, "", "s")
+
+
+def describe_column(group: str, frame: pd.DataFrame) -> np.ndarray:
+    """Return, per row of `frame`, a short sentence with the customer's values of a group."""
+    f = frame
+    if group == "recency":
+        text = "last order " + _count(_ints(f, "days_since_last_order"), "day") + " ago"
+    elif group == "frequency":
+        text = (
+            _count(_ints(f, "count_orders"), "order")
+            + " in total, "
+            + _ints(f, "count_orders_365d").astype(str)
+            + " in the last year"
+        )
+    elif group == "gaps":
+        mean = pd.to_numeric(f["mean_gap_days"], errors="coerce")
+        text = (
+            "last gap between orders "
+            + _count(_ints(f, "last_gap_days"), "day")
+            + " (typically "
+            + mean.fillna(0).round().astype("int64").astype(str)
+            + ")"
+        ).where(mean.notna(), "no repeat purchase yet")
+    elif group == "tenure":
+        text = "customer for " + _count(_ints(f, "days_since_first_order"), "day")
+    elif group == "value":
+        text = "average order $" + _ints(f, "avg_order_value_usd").astype(str)
+    elif group == "refunds":
+        n = _ints(f, "count_refunds")
+        text = _count(n, "refunded order").where(n > 0, "no refunds")
+    elif group == "web_recent":
+        text = (
+            _count(_ints(f, "sessions_30d"), "web session")
+            + " and "
+            + _count(_ints(f, "carts_30d"), "cart")
+            + " in the last 30 days"
+        )
+    elif group == "web_quarter":
+        text = _count(_ints(f, "sessions_90d"), "web session") + " in the last 90 days"
+    elif group == "last_visit":
+        days = pd.to_numeric(f["days_since_last_visit"], errors="coerce")
+        text = (
+            "last website visit " + _count(_ints(f, "days_since_last_visit"), "day") + " ago"
+        ).where(days.notna(), "never visited the website")
+    elif group == "consent":
+        v = pd.to_numeric(f["is_marketing_opt_in"], errors="coerce")
+        text = pd.Series(
+            np.where(
+                v.isna(),
+                "marketing consent unknown",
+                np.where(v == 1, "opted in to marketing", "opted out of marketing"),
+            )
+        )
+    elif group == "profile":
+        channel = f["acquisition_channel"].fillna("unknown channel").astype(str)
+        country = f["country_code"].fillna("unknown country").astype(str)
+        text = "acquired via " + channel + " (" + country + ")"
+    else:
+        raise KeyError(group)
+    return np.asarray(text, dtype=object)
+
+
+def make_pipeline(numeric: Sequence[str], categorical: Sequence[str], params: Mapping) -> Pipeline:
+    """Return an unfitted Pipeline: ordinal-encode categories, then HistGradientBoosting."""
+    transformer = ColumnTransformer(
+        [
+            ("numeric", "passthrough", list(numeric)),
+            (
+                "categorical",
+                OrdinalEncoder(
+                    handle_unknown="use_encoded_value",
+                    unknown_value=np.nan,
+                    encoded_missing_value=np.nan,
+                ),
+                list(categorical),
+            ),
+        ],
+        verbose_feature_names_out=False,
+    )
+    n_num, n_cat = len(numeric), len(categorical)
+    categorical_mask = [False] * n_num + [True] * n_cat
+    classifier = HistGradientBoostingClassifier(
+        categorical_features=categorical_mask if n_cat else None, **dict(params)
+    )
+    return Pipeline([("prepare", transformer), ("classify", classifier)])
+
+
+def _reference(frame: pd.DataFrame, numeric: Sequence[str], categorical: Sequence[str]) -> dict:
+    ref: dict[str, Any] = {}
+    for col in numeric:
+        values = pd.to_numeric(frame[col], errors="coerce").dropna()
+        ref[col] = float(values.median()) if len(values) else float("nan")
+    for col in categorical:
+        values = frame[col].dropna()
+        ref[col] = str(values.mode().iloc[0]) if len(values) else None
+    return ref
+
+
+def fit_churn(
+    train: pd.DataFrame,
+    calibration: pd.DataFrame,
+    spec: Mapping[str, Any],
+    *,
+    features: Sequence[str] | None = None,
+) -> ChurnModel:
+    """Return a ChurnModel fitted on `train` and calibrated on `calibration` (labelled rows).
+
+    `features` narrows the spec's feature list (e.g. the orders-only variant).
+    """
+    numeric = [f for f in spec["features"]["numeric"] if features is None or f in features]
+    categorical = [
+        f for f in spec["features"].get("categorical", []) if features is None or f in features
+    ]
+    for name, frame in (("training", train), ("calibration", calibration)):
+        labels = frame["churned"]
+        if labels.isna().any():
+            raise ValueError(f"the {name} rows include unlabelled snapshots")
+        if labels.nunique() < 2:
+            raise ValueError(
+                f"the {name} rows have a single class ({len(frame)} rows): "
+                "too few customers or snapshots to train a churn model"
+            )
+    pipeline = make_pipeline(numeric, categorical, spec["model"]["params"])
+    x_train = train[[*numeric, *categorical]]
+    pipeline.fit(x_train, train["churned"].astype(int).to_numpy())
+    calibrated = CalibratedClassifierCV(
+        FrozenEstimator(pipeline), method=spec["model"]["calibration"]
+    )
+    calibrated.fit(
+        calibration[[*numeric, *categorical]], calibration["churned"].astype(int).to_numpy()
+    )
+    return ChurnModel(
+        numeric=numeric,
+        categorical=categorical,
+        calibrated=calibrated,
+        reference=_reference(train, numeric, categorical),
+        medium=float(spec["risk_bands"]["medium"]),
+        high=float(spec["risk_bands"]["high"]),
+        top_reasons=int(spec.get("reasons", {}).get("top", 3)),
+    )

@@ -1,0 +1,534 @@
+"""Point-in-time features and churn labels, computed in the warehouse for snapshot dates.
+
+For a snapshot date D a feature uses only what was visible at the end of D:
+
+* **orders** — each order in the state of its version valid at the end of D
+  (``intermediate.int_orders_versioned``: valid time from the versions' ``updated_at``), so
+  a refund counts from the day it happened, never earlier; orders placed after D do not
+  exist yet;
+* **web** — events that happened by D *and* were received by D (late deliveries count from
+  the day they arrived), attributed to a customer by their ``user_id`` or by the device's
+  first identification observed by D;
+* **CRM** — the marketing opt-in of the latest contact version updated by D (unknown when
+  the only version we have was written later); acquisition channel and country are set
+  when the contact is created and are taken from the earliest version we have.
+
+The label ("churned") is true when the customer places no completed order in
+(D, D + horizon]; it is null while that window is not complete as of the data's date.
+A customer is eligible at D when they have at least one completed order by D.
+
+Customer keys come from identity resolution as built by the last ``dbt build``; the
+identifiers themselves are immutable, only a later merge of two people could move an
+order between keys (rare; documented in docs/ml.md).
+
+Everything is one set-based SQL query over all snapshot dates; :func:`build_training_set`
+writes it to ``ml.training_set`` (the snapshots' partitions replaced in one transaction)
+and :func:`stream_features` streams it for scoring with a server-side cursor.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterator, Sequence
+
+import pandas as pd
+import psycopg
+
+log = logging.getLogger(__name__)
+
+#: Numeric feature columns the query produces, in order.
+NUMERIC_FEATURES: tuple[str, ...] = (
+    "days_since_last_order",
+    "days_since_first_order",
+    "count_orders",
+    "count_orders_90d",
+    "count_orders_365d",
+    "revenue_usd",
+    "avg_order_value_usd",
+    "mean_gap_days",
+    "last_gap_days",
+    "gap_trend",
+    "recency_over_gap",
+    "count_refunds",
+    "refund_share",
+    "sessions_7d",
+    "sessions_30d",
+    "sessions_90d",
+    "product_views_30d",
+    "product_views_90d",
+    "carts_30d",
+    "carts_90d",
+    "days_since_last_visit",
+    "is_marketing_opt_in",
+)
+#: Categorical feature columns.
+CATEGORICAL_FEATURES: tuple[str, ...] = ("acquisition_channel", "country_code")
+#: Columns BG/NBD and Gamma-Gamma need (days; repeat order days; mean value of repeats).
+RFM_COLUMNS: tuple[str, ...] = ("frequency", "recency", "t", "monetary_value")
+#: Every column of ml.training_set, in order.
+COLUMNS: tuple[str, ...] = (
+    "snapshot_date",
+    "customer_key",
+    *NUMERIC_FEATURES,
+    *CATEGORICAL_FEATURES,
+    *RFM_COLUMNS,
+    "horizon_days",
+    "churned",
+)
+
+TRAINING_SET_DDL = """
+create table if not exists ml.training_set (
+    snapshot_date date not null,
+    customer_key text not null,
+    days_since_last_order integer not null,
+    days_since_first_order integer not null,
+    count_orders integer not null,
+    count_orders_90d integer not null,
+    count_orders_365d integer not null,
+    revenue_usd double precision not null,
+    avg_order_value_usd double precision not null,
+    mean_gap_days double precision,
+    last_gap_days double precision,
+    gap_trend double precision,
+    recency_over_gap double precision,
+    count_refunds integer not null,
+    refund_share double precision not null,
+    sessions_7d integer not null,
+    sessions_30d integer not null,
+    sessions_90d integer not null,
+    product_views_30d integer not null,
+    product_views_90d integer not null,
+    carts_30d integer not null,
+    carts_90d integer not null,
+    days_since_last_visit integer,
+    is_marketing_opt_in double precision,
+    acquisition_channel text,
+    country_code text,
+    frequency integer not null,
+    recency integer not null,
+    t integer not null,
+    monetary_value double precision not null,
+    horizon_days integer not null,
+    churned boolean,
+    primary key (snapshot_date, customer_key)
+)
+"""
+
+# One query for any set of snapshot dates: %(snapshots)s (date[]), %(horizon)s (days),
+# %(data_as_of)s (the date the data is complete to: labels after it are null).
+FEATURES_SQL = """
+with
+
+snapshots as (
+    select distinct unnest(%(snapshots)s::date[]) as snapshot_date
+),
+
+customer_ids as (
+    select identifier_value as customer_id, customer_key
+    from intermediate.int_identifiers_clustered
+    where identifier_type = 'customer_id'
+),
+
+versions as (
+    select customer_ids.customer_key, v.*
+    from intermediate.int_orders_versioned as v
+    inner join customer_ids on customer_ids.customer_id = v.customer_id
+),
+
+-- each order placed by D in the state of its version valid at the end of D
+orders_at as (
+    select s.snapshot_date, v.customer_key, v.order_id, v.order_date, v.status,
+        v.is_completed, v.amount_usd
+    from snapshots as s
+    inner join versions as v
+        on v.order_date <= s.snapshot_date
+        and v.valid_from_date <= s.snapshot_date
+        and (v.valid_to_date is null or v.valid_to_date > s.snapshot_date)
+),
+
+order_days as (
+    select snapshot_date, customer_key, order_date,
+        count(*) as count_orders, sum(amount_usd) as revenue_usd
+    from orders_at
+    where is_completed
+    group by snapshot_date, customer_key, order_date
+),
+
+order_days_gapped as (
+    select *,
+        order_date - lag(order_date) over w as gap_days,
+        row_number() over w as day_number,
+        count(*) over (partition by snapshot_date, customer_key) as count_days
+    from order_days
+    window w as (partition by snapshot_date, customer_key order by order_date)
+),
+
+order_features as (
+    select
+        snapshot_date,
+        customer_key,
+        snapshot_date - max(order_date) as days_since_last_order,
+        snapshot_date - min(order_date) as days_since_first_order,
+        sum(count_orders)::integer as count_orders,
+        coalesce(sum(count_orders) filter (where order_date > snapshot_date - 90), 0)::integer
+            as count_orders_90d,
+        coalesce(sum(count_orders) filter (where order_date > snapshot_date - 365), 0)::integer
+            as count_orders_365d,
+        sum(revenue_usd)::double precision as revenue_usd,
+        (sum(revenue_usd) / sum(count_orders))::double precision as avg_order_value_usd,
+        case when count(*) > 1
+            then (max(order_date) - min(order_date))::double precision / (count(*) - 1)
+        end as mean_gap_days,
+        max(gap_days) filter (where day_number = count_days)::double precision
+            as last_gap_days,
+        -- BG/NBD's summary in days: repeat order days, first to last, first to D
+        (count(*) - 1)::integer as frequency,
+        (max(order_date) - min(order_date))::integer as recency,
+        (snapshot_date - min(order_date))::integer as t,
+        coalesce(
+            (sum(revenue_usd) filter (where day_number > 1)) / nullif(count(*) - 1, 0), 0
+        )::double precision as monetary_value
+    from order_days_gapped
+    group by snapshot_date, customer_key
+),
+
+refunds as (
+    select snapshot_date, customer_key, count(*) as count_refunds
+    from orders_at
+    where status = 'refunded'
+    group by snapshot_date, customer_key
+),
+
+-- labels: a completed order placed in (D, D + horizon] (one placed and refunded the same
+-- day never counts, as in the stage history)
+future_buyers as (
+    select distinct s.snapshot_date, v.customer_key
+    from snapshots as s
+    inner join versions as v
+        on v.is_completed
+        and v.order_date > s.snapshot_date
+        and v.order_date <= s.snapshot_date + %(horizon)s
+        and (v.valid_to_date is null or v.valid_to_date > v.valid_from_date)
+),
+
+-- web: sessions cut by event day and receipt day, so "visible at D" is exact
+session_days as (
+    select
+        anonymous_id,
+        coalesce(session_id, event_id) as session_key,
+        event_date,
+        greatest(event_date, {received_date}) as visible_date,
+        min(user_id) as user_id,
+        count(*) filter (where event_name = 'product_viewed') as product_views,
+        count(*) filter (where event_name = 'added_to_cart') as carts
+    from staging.stg_web__events
+    where event_date <= %(max_snapshot)s
+    group by 1, 2, 3, 4
+),
+
+-- a device belongs to the first identity observed on it by D (user_id before email)
+devices_at as (
+    select distinct on (s.snapshot_date, i.anonymous_id)
+        s.snapshot_date,
+        i.anonymous_id,
+        case when i.user_id is not null then 'customer_id' else 'email' end as identifier_type,
+        coalesce(i.user_id, i.email) as identifier_value
+    from snapshots as s
+    inner join intermediate.int_web_identities_observed as i
+        on i.anonymous_id is not null
+        and {first_observed_date} <= s.snapshot_date
+    order by s.snapshot_date, i.anonymous_id, (i.user_id is null), i.first_observed_at,
+        i.user_id, i.email
+),
+
+device_keys as (
+    select d.snapshot_date, d.anonymous_id, ids.customer_key
+    from devices_at as d
+    inner join intermediate.int_identifiers_clustered as ids
+        on ids.identifier_type = d.identifier_type
+        and ids.identifier_value = d.identifier_value
+),
+
+visible_sessions as (
+    select
+        s.snapshot_date,
+        coalesce(user_keys.customer_key, device_keys.customer_key) as customer_key,
+        sd.anonymous_id,
+        sd.session_key,
+        sd.event_date,
+        sd.product_views,
+        sd.carts
+    from snapshots as s
+    inner join session_days as sd
+        on sd.event_date <= s.snapshot_date and sd.visible_date <= s.snapshot_date
+    left join customer_ids as user_keys on user_keys.customer_id = sd.user_id
+    left join device_keys
+        on device_keys.snapshot_date = s.snapshot_date
+        and device_keys.anonymous_id = sd.anonymous_id
+),
+
+web_features as (
+    select
+        snapshot_date,
+        customer_key,
+        count(distinct (anonymous_id, session_key))
+            filter (where event_date > snapshot_date - 7) as sessions_7d,
+        count(distinct (anonymous_id, session_key))
+            filter (where event_date > snapshot_date - 30) as sessions_30d,
+        count(distinct (anonymous_id, session_key))
+            filter (where event_date > snapshot_date - 90) as sessions_90d,
+        coalesce(sum(product_views) filter (where event_date > snapshot_date - 30), 0)
+            as product_views_30d,
+        coalesce(sum(product_views) filter (where event_date > snapshot_date - 90), 0)
+            as product_views_90d,
+        coalesce(sum(carts) filter (where event_date > snapshot_date - 30), 0) as carts_30d,
+        coalesce(sum(carts) filter (where event_date > snapshot_date - 90), 0) as carts_90d,
+        snapshot_date - max(event_date) as days_since_last_visit
+    from visible_sessions
+    where customer_key is not null
+    group by snapshot_date, customer_key
+),
+
+contacts as (
+    select ids.customer_key, c.*
+    from staging.stg_crm__contacts as c
+    inner join intermediate.int_identifiers_clustered as ids
+        on ids.identifier_type = 'crm_contact_id' and ids.identifier_value = c.contact_id
+),
+
+-- set at creation: from the earliest version we have of the customer's first contact
+contact_profiles as (
+    select distinct on (customer_key)
+        customer_key,
+        coalesce(created_at, updated_at) as created_at,
+        acquisition_channel,
+        country_code
+    from contacts
+    order by customer_key, coalesce(created_at, updated_at), contact_id, updated_at
+),
+
+-- consent changes: the latest version written by D
+opt_in_at as (
+    select distinct on (s.snapshot_date, c.customer_key)
+        s.snapshot_date, c.customer_key, c.is_marketing_opt_in
+    from snapshots as s
+    inner join contacts as c on {updated_date} <= s.snapshot_date
+    order by s.snapshot_date, c.customer_key, c.updated_at desc, c.contact_id
+),
+
+final as (
+    select
+        o.snapshot_date,
+        o.customer_key,
+        o.days_since_last_order,
+        o.days_since_first_order,
+        o.count_orders,
+        o.count_orders_90d,
+        o.count_orders_365d,
+        o.revenue_usd,
+        o.avg_order_value_usd,
+        o.mean_gap_days,
+        o.last_gap_days,
+        o.last_gap_days / nullif(o.mean_gap_days, 0) as gap_trend,
+        o.days_since_last_order / nullif(o.mean_gap_days, 0) as recency_over_gap,
+        coalesce(r.count_refunds, 0)::integer as count_refunds,
+        (coalesce(r.count_refunds, 0)::double precision
+            / (o.count_orders + coalesce(r.count_refunds, 0))) as refund_share,
+        coalesce(w.sessions_7d, 0)::integer as sessions_7d,
+        coalesce(w.sessions_30d, 0)::integer as sessions_30d,
+        coalesce(w.sessions_90d, 0)::integer as sessions_90d,
+        coalesce(w.product_views_30d, 0)::integer as product_views_30d,
+        coalesce(w.product_views_90d, 0)::integer as product_views_90d,
+        coalesce(w.carts_30d, 0)::integer as carts_30d,
+        coalesce(w.carts_90d, 0)::integer as carts_90d,
+        w.days_since_last_visit::integer as days_since_last_visit,
+        case when oi.is_marketing_opt_in then 1.0 when not oi.is_marketing_opt_in then 0.0 end
+            ::double precision as is_marketing_opt_in,
+        case when {profile_created_date} <= o.snapshot_date then p.acquisition_channel end
+            as acquisition_channel,
+        case when {profile_created_date} <= o.snapshot_date then p.country_code end
+            as country_code,
+        o.frequency,
+        o.recency,
+        o.t,
+        o.monetary_value,
+        %(horizon)s::integer as horizon_days,
+        case
+            when o.snapshot_date + %(horizon)s > %(data_as_of)s::date then null
+            else fb.customer_key is null
+        end as churned
+    from order_features as o
+    left join refunds as r
+        on r.snapshot_date = o.snapshot_date and r.customer_key = o.customer_key
+    left join web_features as w
+        on w.snapshot_date = o.snapshot_date and w.customer_key = o.customer_key
+    left join opt_in_at as oi
+        on oi.snapshot_date = o.snapshot_date and oi.customer_key = o.customer_key
+    left join contact_profiles as p on p.customer_key = o.customer_key
+    left join future_buyers as fb
+        on fb.snapshot_date = o.snapshot_date and fb.customer_key = o.customer_key
+)
+
+select * from final
+""".format(
+    received_date="cast((received_at at time zone 'UTC') as date)",
+    first_observed_date="cast((i.first_observed_at at time zone 'UTC') as date)",
+    updated_date="cast((c.updated_at at time zone 'UTC') as date)",
+    profile_created_date="cast((p.created_at at time zone 'UTC') as date)",
+)
+
+
+def _params(snapshots: Sequence[dt.date], horizon_days: int, data_as_of: dt.date | None) -> dict:
+    if not snapshots:
+        raise ValueError("no snapshot dates given")
+    return {
+        "snapshots": sorted(set(snapshots)),
+        "max_snapshot": max(snapshots),
+        "horizon": int(horizon_days),
+        "data_as_of": data_as_of or max(snapshots),
+    }
+
+
+def _require_warehouse(conn: psycopg.Connection) -> None:
+    """Raise a clear error when the dbt layers the features read are missing."""
+    needed = (
+        "intermediate.int_orders_versioned",
+        "intermediate.int_identifiers_clustered",
+        "intermediate.int_web_identities_observed",
+        "staging.stg_web__events",
+        "staging.stg_crm__contacts",
+    )
+    missing = [
+        name
+        for name in needed
+        if conn.execute("select to_regclass(%s)", (name,)).fetchone()[0] is None
+    ]
+    if missing:
+        raise FeatureError(
+            f"the warehouse lacks {', '.join(missing)}: run `lifecycle transform --date D` first"
+        )
+
+
+class FeatureError(RuntimeError):
+    """Features cannot be computed (missing warehouse layers, bad snapshot dates)."""
+
+
+def compute_features(
+    conn: psycopg.Connection,
+    snapshots: Sequence[dt.date],
+    *,
+    horizon_days: int = 90,
+    data_as_of: dt.date | None = None,
+) -> pd.DataFrame:
+    """Return the point-in-time features (and labels) of every eligible customer per snapshot."""
+    _require_warehouse(conn)
+    with conn.cursor() as cur:
+        cur.execute(FEATURES_SQL, _params(snapshots, horizon_days, data_as_of))
+        names = [d.name for d in cur.description]
+        frame = pd.DataFrame(cur.fetchall(), columns=names)
+    return _typed(frame).sort_values(["snapshot_date", "customer_key"], ignore_index=True)
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return `frame` with float numeric features (NaN for unknown) and string categories."""
+    for col in NUMERIC_FEATURES:
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+    for col in CATEGORICAL_FEATURES:
+        frame[col] = frame[col].astype("object").where(frame[col].notna(), None)
+    for col in RFM_COLUMNS:
+        frame[col] = pd.to_numeric(frame[col]).astype("float64")
+    return frame
+
+
+def stream_features(
+    conn: psycopg.Connection, day: dt.date, *, chunk_size: int = 50_000, horizon_days: int = 90
+) -> Iterator[pd.DataFrame]:
+    """Yield the features as of `day` of every eligible customer, `chunk_size` rows at a time.
+
+    A server-side cursor keeps memory bounded by the chunk, not by the customer count.
+    `conn` must not be in autocommit mode (named cursors live in a transaction).
+    """
+    _require_warehouse(conn)
+    with conn.cursor(name="lifecycle_features") as cur:
+        cur.itersize = chunk_size
+        cur.execute(
+            f"select * from ({FEATURES_SQL}) as f order by customer_key",
+            _params([day], horizon_days, day),
+        )
+        names = None
+        while True:
+            rows = cur.fetchmany(chunk_size)
+            if names is None:
+                names = [d.name for d in cur.description]
+            if not rows:
+                break
+            yield _typed(pd.DataFrame(rows, columns=names))
+
+
+def snapshot_dates(
+    as_of: dt.date, *, horizon_days: int, count: int, step_days: int
+) -> list[dt.date]:
+    """Return `count` complete snapshot dates, latest first (as_of − horizon, then step back)."""
+    if count < 3:
+        raise ValueError("need at least 3 snapshots (training, calibration, holdout)")
+    latest = as_of - dt.timedelta(days=horizon_days)
+    return [latest - dt.timedelta(days=step_days * i) for i in range(count)]
+
+
+def build_training_set(
+    conn: psycopg.Connection,
+    snapshots: Sequence[dt.date],
+    *,
+    horizon_days: int = 90,
+    data_as_of: dt.date,
+) -> dict[dt.date, int]:
+    """Write the snapshots' features and labels to ml.training_set; return rows per snapshot.
+
+    Each snapshot's partition is replaced in one transaction (a rerun gives the same table;
+    a failure leaves the previous rows). Snapshots whose label window ends after
+    `data_as_of` are refused: their labels are not known yet.
+    """
+    incomplete = [d for d in snapshots if d + dt.timedelta(days=horizon_days) > data_as_of]
+    if incomplete:
+        raise FeatureError(
+            f"snapshot(s) {', '.join(map(str, sorted(incomplete)))} have no complete "
+            f"{horizon_days}-day label window as of {data_as_of}"
+        )
+    _require_warehouse(conn)
+    cols = ", ".join(COLUMNS)
+    with conn.transaction():
+        conn.execute("create schema if not exists ml")
+        conn.execute(TRAINING_SET_DDL)
+        conn.execute(
+            "delete from ml.training_set where snapshot_date = any(%s::date[])",
+            (sorted(set(snapshots)),),
+        )
+        conn.execute(
+            f"insert into ml.training_set ({cols}) select {cols} from ({FEATURES_SQL}) as f",
+            _params(snapshots, horizon_days, data_as_of),
+        )
+        counts = dict(
+            conn.execute(
+                "select snapshot_date, count(*) from ml.training_set "
+                "where snapshot_date = any(%s::date[]) group by 1 order by 1",
+                (sorted(set(snapshots)),),
+            ).fetchall()
+        )
+    log.info(
+        "ml.training_set: %s",
+        ", ".join(f"{d}: {n} customers" for d, n in sorted(counts.items())),
+    )
+    return {d: counts.get(d, 0) for d in sorted(set(snapshots))}
+
+
+def read_training_set(conn: psycopg.Connection, snapshots: Sequence[dt.date]) -> pd.DataFrame:
+    """Return the rows of ml.training_set for `snapshots`, typed like :func:`compute_features`."""
+    with conn.cursor() as cur:
+        cur.execute(
+            f"select {', '.join(COLUMNS)} from ml.training_set "
+            "where snapshot_date = any(%s::date[]) order by snapshot_date, customer_key",
+            (sorted(set(snapshots)),),
+        )
+        frame = pd.DataFrame(cur.fetchall(), columns=list(COLUMNS))
+    return _typed(frame)
