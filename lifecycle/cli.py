@@ -354,6 +354,7 @@ from lifecycle.quality.cli import validate_command  # noqa: E402
 from lifecycle.report.cli import report_command  # noqa: E402
 from lifecycle.status import status_command  # noqa: E402
 from lifecycle.transform import transform_command  # noqa: E402
+from ml.cli import score_command, train_command  # noqa: E402
 
 main.add_command(transform_command)
 main.add_command(validate_command)
@@ -362,6 +363,8 @@ main.add_command(pipeline)
 main.add_command(airflow_group)
 main.add_command(report_command)
 main.add_command(status_command)
+main.add_command(train_command)
+main.add_command(score_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

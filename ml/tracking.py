@@ -1,0 +1,281 @@
+"""MLflow: tracking store, one experiment per model, registry, aliases and promotion.
+
+Local default: a SQLite tracking store ``$LIFECYCLE_HOME/mlflow/mlflow.db`` and artifacts
+under ``$LIFECYCLE_HOME/mlflow/artifacts/<experiment>`` (MLflow 3 refuses the plain file
+store). ``LIFECYCLE_MLFLOW_TRACKING_URI`` points everything at another store or a tracking
+server (``http://...``) instead; nothing else changes. Telemetry is off.
+
+Registered models ``lifecycle_churn``, ``lifecycle_segmentation`` and ``lifecycle_clv``
+carry the aliases ``champion`` (what scoring loads: ``models:/<name>@champion``) and
+``challenger`` (the latest version that was not promoted). Registry stages are
+deprecated in MLflow 3 and not used.
+
+Serialization: the churn model is logged with the sklearn flavour in the skops format
+with an explicit list of trusted types (:data:`CHURN_TRUSTED_TYPES`) — no pickle. CLV and
+segmentation are plain Python objects (scipy parameters, a KMeans with a naming table)
+logged as pyfunc wrappers (cloudpickle, the pyfunc default): they come from our own
+package and training run, never from outside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lifecycle.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHURN_MODEL = "lifecycle_churn"
+SEGMENTATION_MODEL = "lifecycle_segmentation"
+CLV_MODEL = "lifecycle_clv"
+#: Experiment of each registered model.
+EXPERIMENTS = {
+    CHURN_MODEL: "lifecycle-churn",
+    SEGMENTATION_MODEL: "lifecycle-segmentation",
+    CLV_MODEL: "lifecycle-clv",
+}
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+#: Types skops may load for the churn model beyond its defaults: our wrapper, the
+#: calibrated classifier's parts and HistGradientBoosting's tree predictors.
+CHURN_TRUSTED_TYPES = [
+    "ml.churn.ChurnModel",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.utils.validation.check_array",
+    "functools.partial",
+]
+
+
+class NoChampionError(RuntimeError):
+    """A registered model has no champion version yet."""
+
+
+def tracking_uri(settings: Settings) -> str:
+    """Return the MLflow tracking URI: the setting, else the local SQLite store."""
+    if settings.mlflow_tracking_uri:
+        return settings.mlflow_tracking_uri
+    return f"sqlite:///{(settings.home / 'mlflow' / 'mlflow.db').resolve()}"
+
+
+def _is_local(settings: Settings) -> bool:
+    return not settings.mlflow_tracking_uri
+
+
+def configure(settings: Settings):  # -> MlflowClient
+    """Point MLflow at the configured store (telemetry off) and return a client for it."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(settings)
+    if _is_local(settings):
+        (settings.home / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(settings: Settings, client, registered_model: str) -> str:
+    """Return the id of the model's experiment, creating it (with its artifact folder)."""
+    name = EXPERIMENTS[registered_model]
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if _is_local(settings):
+        location = (settings.home / "mlflow" / "artifacts" / name).resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # another process created it meanwhile
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def pip_requirements() -> list[str]:
+    """Return pinned requirements of the logged models (explicit: faster than inference)."""
+    from importlib.metadata import version
+
+    names = ("scikit-learn", "pandas", "numpy", "scipy", "skops", "cloudpickle")
+    return [f"{n}=={version(n)}" for n in names]
+
+
+def version_by_alias(client, name: str, alias: str):  # -> ModelVersion | None
+    """Return the version of registered model `name` behind `alias`, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def register(client, name: str, model_uri: str, run_id: str, tags: dict[str, str]) -> str:
+    """Register `model_uri` as a new version of `name` (created if needed); return the version."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    with contextlib.suppress(MlflowException):  # already registered
+        client.create_registered_model(name)
+    mv = mlflow.register_model(model_uri, name, tags=tags)
+    client.set_model_version_tag(name, mv.version, "run_id", run_id)
+    return str(mv.version)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """The outcome of a promotion decision."""
+
+    model: str
+    version: str
+    promoted: bool
+    reason: str
+    previous_champion: str | None = None
+    metric: str | None = None
+    value: float | None = None
+    champion_value: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the decision as a JSON-able dict."""
+        return asdict(self)
+
+
+def apply_promotion(client, decision: Promotion, run_id: str | None = None) -> Promotion:
+    """Set the aliases of `decision` (champion or challenger) and record why, on run and version."""
+    alias = CHAMPION if decision.promoted else CHALLENGER
+    client.set_registered_model_alias(decision.model, alias, decision.version)
+    client.set_model_version_tag(decision.model, decision.version, "promotion", alias)
+    client.set_model_version_tag(
+        decision.model, decision.version, "promotion_reason", decision.reason[:4000]
+    )
+    if run_id:
+        client.set_tag(run_id, "promotion", alias)
+        client.set_tag(run_id, "promotion_reason", decision.reason[:4000])
+    log.info("%s version %s is %s: %s", decision.model, decision.version, alias, decision.reason)
+    return decision
+
+
+def decide(
+    model: str,
+    version: str,
+    *,
+    metric: str,
+    value: float,
+    champion_version: str | None,
+    champion_value: float | None,
+    min_improvement: float,
+    greater_is_better: bool = True,
+) -> Promotion:
+    """Return whether `version` replaces the champion: first ever, or better by the margin."""
+    if champion_version is None:
+        return Promotion(model, version, True, "first model: no champion yet", None, metric, value)
+    if champion_value is None:
+        return Promotion(
+            model,
+            version,
+            True,
+            f"champion v{champion_version} could not be evaluated on this holdout",
+            champion_version,
+            metric,
+            value,
+        )
+    gain = value - champion_value if greater_is_better else champion_value - value
+    if gain >= min_improvement:
+        reason = (
+            f"{metric} {value:.4f} beats champion v{champion_version} ({champion_value:.4f}) "
+            f"by {gain:.4f} >= {min_improvement}"
+        )
+        return Promotion(
+            model, version, True, reason, champion_version, metric, value, champion_value
+        )
+    reason = (
+        f"{metric} {value:.4f} does not beat champion v{champion_version} "
+        f"({champion_value:.4f}) by the required {min_improvement} (gain {gain:+.4f})"
+    )
+    return Promotion(model, version, False, reason, champion_version, metric, value, champion_value)
+
+
+def champion_uri(name: str) -> str:
+    """Return the models:/ URI of the champion of `name`."""
+    return f"models:/{name}@{CHAMPION}"
+
+
+def load_champion(settings: Settings, name: str, *, sklearn: bool = False) -> tuple[Any, str]:
+    """Return (model object, version) of the champion of `name`, or raise NoChampionError."""
+    client = configure(settings)
+    mv = version_by_alias(client, name, CHAMPION)
+    if mv is None:
+        raise NoChampionError(
+            f"no champion of {name} in the MLflow registry at {tracking_uri(settings)}: "
+            "run `lifecycle train` first"
+        )
+    import mlflow
+
+    uri = champion_uri(name)
+    if sklearn:
+        return mlflow.sklearn.load_model(uri), str(mv.version)
+    return mlflow.pyfunc.load_model(uri).unwrap_python_model().model, str(mv.version)
+
+
+def _python_model_class():
+    import mlflow.pyfunc
+
+    class WrappedModel(mlflow.pyfunc.PythonModel):
+        """A fitted model object of ours served through pyfunc's predict."""
+
+        def __init__(self, model: Any) -> None:
+            self.model = model
+
+        def predict(self, context, model_input, params=None):  # noqa: ANN001
+            """Return the wrapped model's predictions for `model_input`."""
+            return self.model.predict(model_input)
+
+    return WrappedModel
+
+
+def log_pyfunc(model: Any, input_example, name: str = "model"):  # -> ModelInfo
+    """Log a fitted object with a ``predict(frame)`` as a pyfunc model in the active run."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    output = model.predict(input_example)
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=_python_model_class()(model),
+        signature=infer_signature(input_example, output),
+        input_example=input_example,
+        pip_requirements=pip_requirements(),
+    )
+
+
+def log_churn_model(model: Any, input_example, name: str = "model"):  # -> ModelInfo
+    """Log the churn model (sklearn flavour, skops, explicit trusted types) in the active run."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    return mlflow.sklearn.log_model(
+        model,
+        name=name,
+        serialization_format="skops",
+        skops_trusted_types=CHURN_TRUSTED_TYPES,
+        signature=infer_signature(input_example, model.predict(input_example)),
+        input_example=input_example,
+        pip_requirements=pip_requirements(),
+        pyfunc_predict_fn="predict",
+    )
+
+
+def artifacts_dir(settings: Settings) -> Path:
+    """Return the local folder for scratch artifacts (plots) before they are logged."""
+    path = settings.home / "mlflow" / "scratch"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

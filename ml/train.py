@@ -1,0 +1,525 @@
+"""The training step: training sets → churn (+ orders-only variant) → CLV → segmentation →
+evaluation → MLflow registry → promotion.
+
+:func:`train` runs it all (``lifecycle train [--as-of D]`` and the training DAG); the
+stages are separate functions too (:func:`build_training_sets`, :func:`train_churn`,
+:func:`train_clv`, :func:`train_segmentation`, :func:`evaluate`,
+:func:`register_and_promote`). Everything is keyed on the as-of date A, the date the
+warehouse's data is complete to: the holdout snapshot is A − horizon (the latest one whose
+label window is complete), the calibration snapshot one step before it, the training
+snapshots further back. CLV and segmentation are fitted on the customers as of A, the
+date scoring starts from.
+
+Promotion: the new churn model becomes ``champion`` when there is none, or when its ROC
+AUC on this run's holdout beats the current champion's ROC AUC *on the same holdout* (the
+champion is re-scored) by ``promotion.min_improvement`` of ``models/churn.yaml``;
+otherwise it is ``challenger`` and the reason is logged and tagged. CLV and segmentation
+retrains replace their champions (see docs/ml.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lifecycle.settings import Settings
+from ml import features as ft
+from ml.churn import ChurnModel, fit_churn, load_churn_spec
+from ml.evaluate import classification_metrics, evaluate_scorers, oracle_churn_probability
+
+log = logging.getLogger(__name__)
+
+
+class TrainError(RuntimeError):
+    """The training step cannot run (no data, too few customers, missing warehouse layers)."""
+
+
+@dataclass
+class Frames:
+    """The labelled snapshots split by time, and the customers as of the as-of date."""
+
+    as_of: dt.date
+    holdout_date: dt.date
+    calibration_date: dt.date
+    train_dates: list[dt.date]
+    train: pd.DataFrame
+    calibration: pd.DataFrame
+    holdout: pd.DataFrame
+    current: pd.DataFrame
+
+
+@dataclass
+class TrainResult:
+    """What one training run did: data, metrics against baselines, versions, promotions."""
+
+    as_of: dt.date
+    snapshot_rows: dict[str, int]
+    holdout_date: dt.date
+    holdout_rows: int
+    metrics: dict[str, dict[str, float]]
+    oracle: dict[str, float] | None
+    versions: dict[str, str]
+    promotions: dict[str, dict[str, Any]]
+    run_ids: dict[str, str]
+    tracking_uri: str
+    elapsed_s: float
+    stage_s: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """Return a short readable report for a task log or the CLI."""
+        lines = [
+            f"training as of {self.as_of}: holdout {self.holdout_date} "
+            f"({self.holdout_rows} customers), snapshots "
+            + ", ".join(f"{d}: {n}" for d, n in self.snapshot_rows.items()),
+            f"{'scorer':<16} {'ROC AUC':>8} {'PR AUC':>7} {'Brier':>6} {'logloss':>7} "
+            f"{'ECE':>6} {'lift@10%':>8}",
+        ]
+        for name, m in self.metrics.items():
+            lines.append(
+                f"{name:<16} {m['roc_auc']:>8.4f} {m['pr_auc']:>7.4f} {m['brier']:>6.4f} "
+                f"{m['log_loss']:>7.4f} {m['ece']:>6.4f} {m['lift_top_decile']:>8.2f}"
+            )
+        if self.oracle:
+            lines.append(
+                f"oracle (ground truth) ROC AUC {self.oracle['oracle_roc_auc']:.4f} vs model "
+                f"{self.oracle['model_roc_auc']:.4f} on the same {int(self.oracle['n'])} customers"
+            )
+        for name, p in self.promotions.items():
+            state = "champion" if p["promoted"] else "challenger"
+            lines.append(f"{name} v{p['version']} -> {state}: {p['reason']}")
+        lines.append(f"MLflow: {self.tracking_uri}; {self.elapsed_s:.1f}s")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the result as JSON-able facts (for XCom and logs)."""
+        return json.loads(
+            json.dumps(
+                {
+                    "as_of": self.as_of,
+                    "holdout_date": self.holdout_date,
+                    "holdout_rows": self.holdout_rows,
+                    "snapshot_rows": self.snapshot_rows,
+                    "metrics": self.metrics,
+                    "oracle": self.oracle,
+                    "versions": self.versions,
+                    "promotions": self.promotions,
+                    "run_ids": self.run_ids,
+                    "elapsed_s": round(self.elapsed_s, 2),
+                },
+                default=str,
+            )
+        )
+
+
+# ------------------------------------------------------------------------------ stages
+
+
+def _connect(settings: Settings):
+    from lifecycle import warehouse as wh
+
+    return wh.connect(wh.warehouse_url(settings))
+
+
+def data_as_of(settings: Settings) -> dt.date:
+    """Return the date the warehouse was last built as of (marts.customers.as_of_date)."""
+    with _connect(settings) as conn:
+        if conn.execute("select to_regclass('marts.customers')").fetchone()[0] is None:
+            raise TrainError("the warehouse has no marts: run `lifecycle transform --date D`")
+        value = conn.execute("select max(as_of_date) from marts.customers").fetchone()[0]
+    if value is None:
+        raise TrainError("marts.customers is empty: load data and run `lifecycle transform`")
+    return value
+
+
+def build_training_sets(
+    as_of: dt.date, settings: Settings, spec: Mapping[str, Any]
+) -> dict[dt.date, int]:
+    """Write the labelled snapshots of `as_of` to ml.training_set; return rows per snapshot."""
+    horizon = int(spec["label"]["horizon_days"])
+    dates = ft.snapshot_dates(
+        as_of,
+        horizon_days=horizon,
+        count=int(spec["snapshots"]["count"]),
+        step_days=int(spec["snapshots"]["step_days"]),
+    )
+    with _connect(settings) as conn:
+        return ft.build_training_set(conn, dates, horizon_days=horizon, data_as_of=as_of)
+
+
+def load_frames(as_of: dt.date, settings: Settings, spec: Mapping[str, Any]) -> Frames:
+    """Return the training, calibration and holdout snapshots and the customers as of `as_of`."""
+    horizon = int(spec["label"]["horizon_days"])
+    dates = ft.snapshot_dates(
+        as_of,
+        horizon_days=horizon,
+        count=int(spec["snapshots"]["count"]),
+        step_days=int(spec["snapshots"]["step_days"]),
+    )
+    with _connect(settings) as conn:
+        labelled = ft.read_training_set(conn, dates)
+        current = ft.compute_features(conn, [as_of], horizon_days=horizon, data_as_of=as_of)
+    by_date = {d: labelled[labelled["snapshot_date"] == d] for d in dates}
+    empty = [str(d) for d, f in by_date.items() if f.empty]
+    if empty:
+        raise TrainError(
+            f"no eligible customers at snapshot(s) {', '.join(empty)}: the data does not reach "
+            f"back far enough for {len(dates)} snapshots {spec['snapshots']['step_days']} days "
+            "apart (lower snapshots.count or step_days)"
+        )
+    if current.empty:
+        raise TrainError(f"no customer with a completed order by {as_of}")
+    return Frames(
+        as_of=as_of,
+        holdout_date=dates[0],
+        calibration_date=dates[1],
+        train_dates=dates[2:],
+        train=pd.concat([by_date[d] for d in dates[2:]], ignore_index=True),
+        calibration=by_date[dates[1]].reset_index(drop=True),
+        holdout=by_date[dates[0]].reset_index(drop=True),
+        current=current,
+    )
+
+
+def train_churn(frames: Frames, spec: Mapping[str, Any]) -> tuple[ChurnModel, ChurnModel]:
+    """Return the churn model and its orders-only variant, fitted and calibrated."""
+    try:
+        model = fit_churn(frames.train, frames.calibration, spec)
+        orders_only = fit_churn(
+            frames.train, frames.calibration, spec, features=spec["features"]["orders_only"]
+        )
+    except ValueError as exc:
+        raise TrainError(str(exc)) from exc
+    return model, orders_only
+
+
+def rfm_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return the RFM summary (frequency, recency, t, monetary_value) indexed by customer_key."""
+    return frame.set_index("customer_key")[list(ft.RFM_COLUMNS)]
+
+
+def segmentation_frame(frame: pd.DataFrame, seg_spec: Mapping[str, Any]) -> pd.DataFrame:
+    """Return the segmentation spec's feature columns by customer_key (unknown counts as 0)."""
+    columns = list(seg_spec["features"])
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise TrainError(
+            f"models/segmentation.yaml asks for feature(s) {', '.join(missing)} that "
+            f"ml.features does not compute (it has {', '.join(ft.NUMERIC_FEATURES)})"
+        )
+    out = frame.set_index("customer_key")[columns].astype("float64")
+    return out.fillna(0.0)
+
+
+def train_clv(frames: Frames, clv_spec: Mapping[str, Any]):  # -> CLVModel
+    """Return a CLV model (BG/NBD + Gamma-Gamma) fitted on the customers as of the as-of date."""
+    from ml.clv import CLVFitError, CLVModel
+
+    try:
+        return CLVModel.from_spec(clv_spec).fit(rfm_frame(frames.current))
+    except CLVFitError as exc:
+        raise TrainError(f"CLV fit failed: {exc}") from exc
+
+
+def train_segmentation(frames: Frames, seg_spec: Mapping[str, Any], previous: Any = None):
+    """Return a segmentation fitted on the customers as of the as-of date (ids kept stable)."""
+    from ml.segmentation import SegmentationModel
+
+    model = _segmentation_from_spec(SegmentationModel, seg_spec)
+    return model.fit(segmentation_frame(frames.current, seg_spec), previous=previous)
+
+
+def _segmentation_from_spec(cls: Any, spec: Mapping[str, Any]) -> Any:
+    if hasattr(cls, "from_spec"):
+        return cls.from_spec(spec)
+    return cls()
+
+
+def evaluate(
+    frames: Frames,
+    model: ChurnModel,
+    orders_only: ChurnModel,
+    spec: Mapping[str, Any],
+    clv_spec: Mapping[str, Any] | None = None,
+    truth_csv: Path | None = None,
+    settings: Settings | None = None,
+) -> tuple[dict[str, dict[str, float]], dict[str, float] | None, dict[str, Any]]:
+    """Return holdout metrics per scorer, the oracle comparison (if a truth file), and curves."""
+    horizon = int(spec["label"]["horizon_days"])
+    p_model = model.churn_probability(frames.holdout)
+    metrics, probabilities, scores = evaluate_scorers(
+        frames.holdout,
+        frames.calibration,
+        {"churn_model": p_model, "orders_only": orders_only.churn_probability(frames.holdout)},
+        horizon_days=horizon,
+        clv_spec=clv_spec,
+    )
+    oracle = None
+    if truth_csv is not None and Path(truth_csv).is_file() and settings is not None:
+        oracle = oracle_comparison(frames, p_model, truth_csv, horizon, settings)
+    return metrics, oracle, {"probabilities": probabilities, "scores": scores}
+
+
+def oracle_comparison(
+    frames: Frames, p_model: np.ndarray, truth_csv: Path, horizon: int, settings: Settings
+) -> dict[str, float]:
+    """Return oracle and model ROC AUC (and more) on the holdout customers found in the truth."""
+    with _connect(settings) as conn:
+        truth = oracle_churn_probability(conn, truth_csv, frames.holdout_date, horizon)
+    keys = frames.holdout["customer_key"]
+    known = keys.isin(truth.index).to_numpy()
+    y = frames.holdout["churned"].astype(int).to_numpy()[known]
+    oracle_p = truth.reindex(keys[known]).to_numpy()
+    om = classification_metrics(y, oracle_p)
+    mm = classification_metrics(y, p_model[known])
+    return {
+        "n": float(known.sum()),
+        "oracle_roc_auc": om["roc_auc"],
+        "model_roc_auc": mm["roc_auc"],
+        "oracle_brier": om["brier"],
+        "model_brier": mm["brier"],
+    }
+
+
+def champion_holdout_auc(
+    settings: Settings, holdout: pd.DataFrame
+) -> tuple[str | None, float | None]:
+    """Return (version, ROC AUC on `holdout`) of the current churn champion, or (None, None)."""
+    from ml import tracking
+
+    client = tracking.configure(settings)
+    mv = tracking.version_by_alias(client, tracking.CHURN_MODEL, tracking.CHAMPION)
+    if mv is None:
+        return None, None
+    try:
+        champion, _ = tracking.load_champion(settings, tracking.CHURN_MODEL, sklearn=True)
+        p = champion.churn_probability(holdout)
+        y = holdout["churned"].astype(int).to_numpy()
+        return str(mv.version), classification_metrics(y, p)["roc_auc"]
+    except Exception as exc:  # a champion that cannot score this holdout loses its place
+        log.warning("champion v%s could not score the holdout: %s", mv.version, exc)
+        return str(mv.version), None
+
+
+def register_and_promote(
+    settings: Settings,
+    frames: Frames,
+    spec: Mapping[str, Any],
+    model: ChurnModel,
+    metrics: dict[str, dict[str, float]],
+    curves: dict[str, Any],
+    oracle: dict[str, float] | None,
+    clv_model: Any,
+    seg_model: Any,
+    clv_spec: Mapping[str, Any],
+    seg_spec: Mapping[str, Any],
+) -> tuple[dict[str, str], dict[str, dict[str, Any]], dict[str, str]]:
+    """Log the three models to MLflow, register them and set aliases; return versions,
+    promotion decisions and run ids."""
+    import mlflow
+
+    from ml import tracking
+    from ml.evaluate import save_plots
+
+    client = tracking.configure(settings)
+    versions: dict[str, str] = {}
+    promotions: dict[str, dict[str, Any]] = {}
+    run_ids: dict[str, str] = {}
+    tags = {"as_of": frames.as_of.isoformat()}
+
+    # -- churn
+    champion_version, champion_auc = champion_holdout_auc(settings, frames.holdout)
+    exp = tracking.experiment_id(settings, client, tracking.CHURN_MODEL)
+    with mlflow.start_run(experiment_id=exp, run_name=f"churn-{frames.as_of}", tags=tags) as run:
+        mlflow.log_params(
+            {
+                "as_of": frames.as_of.isoformat(),
+                "horizon_days": spec["label"]["horizon_days"],
+                "holdout_date": frames.holdout_date.isoformat(),
+                "calibration_date": frames.calibration_date.isoformat(),
+                "train_dates": ",".join(d.isoformat() for d in frames.train_dates),
+                "train_rows": len(frames.train),
+                "calibration_rows": len(frames.calibration),
+                "holdout_rows": len(frames.holdout),
+                "features": ",".join(model.features),
+                "calibration": spec["model"]["calibration"],
+                **{f"hgb_{k}": v for k, v in spec["model"]["params"].items()},
+                "risk_band_medium": model.medium,
+                "risk_band_high": model.high,
+            }
+        )
+        for scorer, values in metrics.items():
+            mlflow.log_metrics({f"{scorer}.{k}": v for k, v in values.items()})
+        mlflow.log_metrics({k: v for k, v in metrics["churn_model"].items()})
+        if oracle:
+            mlflow.log_metrics({f"oracle.{k}": v for k, v in oracle.items()})
+        plot_dir = tracking.artifacts_dir(settings) / run.info.run_id
+        y = frames.holdout["churned"].astype(int).to_numpy()
+        for path in save_plots(y, curves["probabilities"], curves["scores"], plot_dir):
+            mlflow.log_artifact(str(path), artifact_path="plots")
+        example = frames.holdout[model.features].head(5)
+        info = tracking.log_churn_model(model, example)
+        version = tracking.register(
+            client, tracking.CHURN_MODEL, info.model_uri, run.info.run_id, tags
+        )
+        decision = tracking.decide(
+            tracking.CHURN_MODEL,
+            version,
+            metric=spec["promotion"]["metric"],
+            value=metrics["churn_model"][spec["promotion"]["metric"]],
+            champion_version=champion_version,
+            champion_value=champion_auc,
+            min_improvement=float(spec["promotion"]["min_improvement"]),
+        )
+        tracking.apply_promotion(client, decision, run.info.run_id)
+        mlflow.log_param("promoted", decision.promoted)
+        versions[tracking.CHURN_MODEL] = version
+        promotions[tracking.CHURN_MODEL] = decision.to_dict()
+        run_ids[tracking.CHURN_MODEL] = run.info.run_id
+
+    # -- CLV and segmentation: a successful retrain replaces the champion
+    current = frames.current
+    for name, fitted, example, params in (
+        (tracking.CLV_MODEL, clv_model, rfm_frame(current).head(5), clv_model.to_dict()),
+        (
+            tracking.SEGMENTATION_MODEL,
+            seg_model,
+            segmentation_frame(current, seg_spec).head(5),
+            _seg_params(seg_model, seg_spec),
+        ),
+    ):
+        exp = tracking.experiment_id(settings, client, name)
+        with mlflow.start_run(
+            experiment_id=exp, run_name=f"{name}-{frames.as_of}", tags=tags
+        ) as run:
+            mlflow.log_params(_flat(params))
+            mlflow.log_metric("customers", len(current))
+            info = tracking.log_pyfunc(fitted, example)
+            version = tracking.register(client, name, info.model_uri, run.info.run_id, tags)
+            previous = tracking.version_by_alias(client, name, tracking.CHAMPION)
+            decision = tracking.Promotion(
+                name,
+                version,
+                True,
+                "first model: no champion yet"
+                if previous is None
+                else f"retrained as of {frames.as_of}: replaces v{previous.version}",
+                None if previous is None else str(previous.version),
+            )
+            tracking.apply_promotion(client, decision, run.info.run_id)
+            versions[name] = version
+            promotions[name] = decision.to_dict()
+            run_ids[name] = run.info.run_id
+    return versions, promotions, run_ids
+
+
+def _seg_params(seg_model: Any, seg_spec: Mapping[str, Any]) -> dict[str, Any]:
+    out = {"features": ",".join(seg_spec.get("features", []))}
+    if hasattr(seg_model, "to_dict"):
+        with contextlib.suppress(Exception):  # params are informative only
+            out.update(seg_model.to_dict())
+    return out
+
+
+def _flat(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{name}."))
+        elif isinstance(value, list | tuple):
+            out[name] = json.dumps(value, default=str)[:500]
+        else:
+            out[name] = value
+    return out
+
+
+# ---------------------------------------------------------------------------- the step
+
+
+def train(
+    as_of: dt.date | None,
+    settings: Settings,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    truth_csv: Path | None = None,
+) -> TrainResult:
+    """Run the whole training step as of `as_of` (default: the warehouse's as-of date).
+
+    `overrides` are merged into models/churn.yaml (nested keys), e.g.
+    ``{"features": {"numeric": [...]}}``. `truth_csv` (default: the sample world's
+    ``truth/customers.csv`` when it exists) adds the oracle comparison.
+    """
+    from ml import tracking
+    from ml.specs import load_spec
+
+    started = time.perf_counter()
+    stage_s: dict[str, float] = {}
+    as_of = as_of or data_as_of(settings)
+    spec = load_churn_spec(overrides)
+    clv_spec = load_spec("clv")
+    seg_spec = load_spec("segmentation")
+    if truth_csv is None:
+        candidate = settings.world_dir / "truth" / "customers.csv"
+        truth_csv = candidate if candidate.is_file() else None
+
+    def stage(name: str, t0: float) -> float:
+        stage_s[name] = round(time.perf_counter() - t0, 2)
+        log.info("train %s: %s done in %.1fs", as_of, name, stage_s[name])
+        return time.perf_counter()
+
+    t = time.perf_counter()
+    rows = build_training_sets(as_of, settings, spec)
+    t = stage("training sets", t)
+    frames = load_frames(as_of, settings, spec)
+    t = stage("load frames", t)
+    model, orders_only = train_churn(frames, spec)
+    t = stage("churn", t)
+    clv_model = train_clv(frames, clv_spec)
+    t = stage("clv", t)
+    previous = None
+    with contextlib.suppress(tracking.NoChampionError):
+        previous, _ = tracking.load_champion(settings, tracking.SEGMENTATION_MODEL)
+    seg_model = train_segmentation(frames, seg_spec, previous=previous)
+    t = stage("segmentation", t)
+    metrics, oracle, curves = evaluate(
+        frames, model, orders_only, spec, clv_spec, truth_csv, settings
+    )
+    t = stage("evaluation", t)
+    versions, promotions, run_ids = register_and_promote(
+        settings,
+        frames,
+        spec,
+        model,
+        metrics,
+        curves,
+        oracle,
+        clv_model,
+        seg_model,
+        clv_spec,
+        seg_spec,
+    )
+    stage("register and promote", t)
+    return TrainResult(
+        as_of=as_of,
+        snapshot_rows={d.isoformat(): n for d, n in rows.items()},
+        holdout_date=frames.holdout_date,
+        holdout_rows=len(frames.holdout),
+        metrics=metrics,
+        oracle=oracle,
+        versions=versions,
+        promotions=promotions,
+        run_ids=run_ids,
+        tracking_uri=tracking.tracking_uri(settings),
+        elapsed_s=time.perf_counter() - started,
+        stage_s=stage_s,
+    )
