@@ -43,6 +43,11 @@ TIME_UNIT_DAYS = 7.0
 #: Bounds of the log-parameters during optimisation: e^-15..e^15 covers every real fit; a
 #: parameter that ends on a bound means the data cannot identify it (degenerate input).
 _LOG_BOUND = 15.0
+#: Objective value standing for a non-finite log-likelihood (keeps the optimiser away).
+_NOT_FINITE = 1e300
+#: Largest gradient component (of the mean log-likelihood per customer, in log-parameters)
+#: a fit may end with: beyond it the search stalled rather than converged.
+_GRADIENT_TOL = 1e-3
 #: Columns ``CLVModel.predict`` returns, in order.
 PREDICTION_COLUMNS = ("p_alive", "expected_purchases_12m", "expected_order_value", "clv_12m")
 
@@ -98,7 +103,7 @@ def rfm_summary(
     days = pd.to_datetime(frame[date_col], errors="coerce")
     if getattr(days.dt, "tz", None) is not None:
         days = days.dt.tz_convert("UTC").dt.tz_localize(None)
-    bad_dates = days.isna() & frame[date_col].notna() | frame[date_col].isna()
+    bad_dates = days.isna()
     if bad_dates.any():
         raise ValueError(
             f"rfm_summary: {int(bad_dates.sum())} order(s) have a missing or unparseable "
@@ -266,7 +271,7 @@ def _penalised(
         value += penalizer * float(np.sum(params**2))
         gradient = gradient + 2 * penalizer * params**2
     if not (np.isfinite(value) and np.all(np.isfinite(gradient))):
-        return 1e300, np.zeros_like(log_params)
+        return _NOT_FINITE, np.zeros_like(log_params)
     return value, gradient
 
 
@@ -280,10 +285,19 @@ def _minimize(
     def objective(params: np.ndarray) -> float:
         return fun_and_grad(params)[0]
 
+    def converged(result: optimize.OptimizeResult) -> bool:
+        """Return whether `result` is a finite point where the gradient vanishes (or points
+        out of the search box on a bound): a real optimum, not a stalled search."""
+        if not (result.success and np.isfinite(result.fun) and np.all(np.isfinite(result.x))):
+            return False
+        grad = np.asarray(fun_and_grad(result.x)[1])
+        free = np.abs(result.x) < _LOG_BOUND - 1e-3
+        return bool(np.all(np.abs(grad[free]) <= _GRADIENT_TOL))
+
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         res = optimize.minimize(fun_and_grad, x0, jac=True, method="L-BFGS-B", bounds=bounds)
-        if not (res.success and np.isfinite(res.fun)):
+        if not converged(res):
             # L-BFGS-B can stop on a line-search failure near a flat optimum: polish with
             # the derivative-free Nelder-Mead from where it stopped (or from x0 if it diverged).
             start = res.x if np.all(np.isfinite(res.x)) and np.isfinite(res.fun) else x0
@@ -292,17 +306,23 @@ def _minimize(
                 start,
                 method="Nelder-Mead",
                 bounds=bounds,
-                options={"maxiter": 4000, "xatol": 1e-7, "fatol": 1e-10},
+                options={"maxiter": 4000, "xatol": 1e-8, "fatol": 1e-12},
             )
-            if nm.success and np.isfinite(nm.fun):
+            if converged(nm):
                 res = nm
             else:
                 raise CLVFitError(
-                    f"{what} fit did not converge (L-BFGS-B: {res.message}; "
-                    f"Nelder-Mead: {nm.message}); check the input for outliers or too little data"
+                    f"{what} fit did not converge (L-BFGS-B: {res.message}; Nelder-Mead: "
+                    f"{nm.message}; gradient {np.round(fun_and_grad(nm.x)[1], 6).tolist()}); "
+                    "check the input for outliers or too little data"
                 )
     if not np.all(np.isfinite(res.x)):
         raise CLVFitError(f"{what} fit returned non-finite parameters {res.x}")
+    if res.fun >= _NOT_FINITE:
+        raise CLVFitError(
+            f"{what} fit: the log-likelihood is not finite at any parameters tried; "
+            "check the input for extreme values"
+        )
     at_bound = [n for n, v in zip(names, res.x, strict=True) if abs(v) >= _LOG_BOUND - 1e-3]
     if at_bound:
         values = ", ".join(f"{n}={math.exp(v):.3g}" for n, v in zip(names, res.x, strict=True))

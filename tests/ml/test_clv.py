@@ -308,6 +308,22 @@ def test_analytic_gradients_match_finite_differences() -> None:
         np.testing.assert_allclose(fun(point)[1].sum(axis=0), numeric, rtol=1e-5, atol=1e-4)
 
 
+def test_optimiser_failures_raise_clv_fit_errors() -> None:
+    """The optimiser wrapper refuses a search that stalls (noise: no vanishing gradient
+    after L-BFGS-B nor after the Nelder-Mead fallback) and a likelihood that is never finite."""
+    from ml.clv import _minimize
+
+    rng = np.random.default_rng(0)
+
+    def noise(params: np.ndarray) -> tuple[float, np.ndarray]:
+        return float(rng.random()), rng.normal(size=params.shape)
+
+    with pytest.raises(CLVFitError, match=r"Test fit did not converge \(L-BFGS-B: .*Nelder-Mead"):
+        _minimize(noise, np.zeros(3), "Test", ("a", "b", "c"))
+    with pytest.raises(CLVFitError, match="log-likelihood is not finite at any parameters"):
+        _minimize(lambda p: (1e300, np.zeros_like(p)), np.zeros(3), "Test", ("a", "b", "c"))
+
+
 def test_invalid_rfm_input_is_rejected_clearly() -> None:
     with pytest.raises(ValueError, match=r"recency > T for 1 customer"):
         bgnbd_p_alive(CDNOW, [1, 2], [10, 50], [20, 40])
