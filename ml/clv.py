@@ -117,7 +117,7 @@ def rfm_summary(
             f"negative {value_col}, e.g. {frame.loc[bad_amounts, value_col].iloc[0]!r}; pass "
             "completed orders with their (non-negative) amounts"
         )
-    as_of_ts = pd.Timestamp(as_of)
+    as_of_ts = pd.Timestamp(as_of).normalize()
     day = days.dt.floor("D")
     keep = (day <= as_of_ts).to_numpy()
     daily = (
