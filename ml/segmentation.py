@@ -71,7 +71,7 @@ DEFAULT_NAMING: dict[str, float] = {
 SINGLE_THREAD_ROWS = 50_000
 
 
-@dataclass
+@dataclass(eq=False)  # fitted state holds arrays and frames: compare models by to_dict()
 class SegmentationModel:
     """log1p + StandardScaler + KMeans with k by silhouette, named, ids stable across fits."""
 
@@ -397,6 +397,7 @@ class SegmentationModel:
             "k_min": self.k_min,
             "k_max": self.k_max,
             "random_state": self.random_state,
+            "naming": dict(self.naming),
             "k": self.k,
             "silhouette": self.silhouette,
             "silhouette_by_k": {str(k): v for k, v in self.silhouette_by_k.items()},
