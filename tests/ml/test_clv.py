@@ -557,25 +557,23 @@ def test_holdout_purchases_counts_purchase_days_after_as_of() -> None:
 def test_spec_loader(tmp_path) -> None:
     spec = load_spec("clv")
     assert spec["name"] == "clv" and spec["params"]["horizon_days"] == 365
+    assert load_spec("segmentation")["roles"]["monetary"] == "revenue_usd"
     with pytest.raises(ValueError, match="not valid"):
         load_spec("../etc/passwd")
-    with pytest.raises(FileNotFoundError, match=r"no model spec 'nope'.*available: clv"):
-        load_spec("nope", models_dir=tmp_path.joinpath("m")) if False else load_spec(
-            "nope", models_dir=_spec_dir(tmp_path)
-        )
-    (tmp_path / "m" / "bad.yaml").write_text("- a\n- b\n")
-    with pytest.raises(ValueError, match="must be a YAML mapping"):
-        load_spec("bad", models_dir=tmp_path / "m")
-    (tmp_path / "m" / "other.yaml").write_text("name: clv\n")
-    with pytest.raises(ValueError, match="declares name 'clv', expected 'other'"):
-        load_spec("other", models_dir=tmp_path / "m")
-
-
-def _spec_dir(tmp_path):
     folder = tmp_path / "m"
-    folder.mkdir(exist_ok=True)
+    folder.mkdir()
     (folder / "clv.yaml").write_text("name: clv\n")
-    return folder
+    with pytest.raises(FileNotFoundError, match=r"no model spec 'nope'.*available: clv\)"):
+        load_spec("nope", models_dir=folder)
+    (folder / "bad.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ValueError, match="must be a YAML mapping"):
+        load_spec("bad", models_dir=folder)
+    (folder / "other.yaml").write_text("name: clv\n")
+    with pytest.raises(ValueError, match="declares name 'clv', expected 'other'"):
+        load_spec("other", models_dir=folder)
+    (folder / "broken.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(ValueError, match="broken.yaml is not valid YAML"):
+        load_spec("broken", models_dir=folder)
 
 
 # --------------------------------------------------------------------------- sample world
