@@ -29,11 +29,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pgpq
+import pgpq.encoders
+import pgpq.schema
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from lifecycle.parse import Checker, Chunk, Reject, Window
+from lifecycle.parse import Checked, Checker, Chunk, Reject, Window
 from lifecycle.raw import RawEntity, raw_ddl
 
 __all__ = [
@@ -172,8 +175,84 @@ def _csv_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def _produce(chunks: Iterable[Chunk], checker: Checker, out: queue.Queue, state: dict) -> None:
-    """Check chunks and put their CSV bytes on `out` (runs on a worker thread)."""
+def _copy_sql(entity: RawEntity, names: tuple[str, ...], fmt: str) -> str:
+    columns = ", ".join(f'"{n}"' for n in names)
+    return f"copy {entity.qualified} ({columns}) from stdin with (format {fmt})"
+
+
+class _Segments:
+    """Turns checked chunks into COPY statements and their data (on the worker thread).
+
+    A chunk whose values are all typed exactly (:attr:`Checked.values`) goes as binary
+    COPY data, encoded by pgpq from the Arrow columns: PostgreSQL then skips parsing the
+    text of every timestamp and number, the larger part of its work on a COPY
+    (measured: about a third less server CPU than CSV for the orders file). ``_source``
+    and ``_batch_id`` travel in the binary stream as constant columns (cheaper for the
+    server than a default evaluated per row). Other chunks go as CSV, with ``_source``
+    and ``_batch_id`` from transaction-local settings the column defaults read (see
+    ``lifecycle.raw.META_COLUMNS``). Consecutive chunks of the same kind share one COPY.
+    """
+
+    def __init__(self, entity: RawEntity, bid: str) -> None:
+        self.entity = entity
+        self.bid = bid
+        self.key: tuple | None = None
+        self.encoder = None
+        self.builders: dict[pa.Schema, dict] = {}
+
+    def items(self, checked: Checked) -> list[tuple]:
+        """Return the (key, sql, source setting, rows, data pieces) items of a checked chunk."""
+        if checked.values is not None:
+            table = checked.values
+            n = table.num_rows
+            if "_source" not in table.column_names:
+                table = table.append_column("_source", pa.repeat(checked.source, n))
+            table = table.append_column("_batch_id", pa.repeat(self.bid, n))
+            key = ("binary", tuple(table.column_names))
+            out = self._switch(key)
+            data = []
+            if self.encoder is None:
+                self.encoder = pgpq.ArrowToPostgresBinaryEncoder.new_with_encoders(
+                    table.schema, self._builders(table.schema)
+                )
+                data.append(self.encoder.write_header())
+            data += [self.encoder.write_batch(b) for b in table.to_batches()]
+            return [*out, (key, _copy_sql(self.entity, key[1], "binary"), None, n, data)]
+        table = checked.table
+        # A table that carries _source per row needs no per-chunk setting.
+        source = None if "_source" in table.column_names else checked.source
+        key = ("csv", tuple(table.column_names), source)
+        out = self._switch(key)
+        sql = _copy_sql(self.entity, key[1], "csv")
+        return [*out, (key, sql, source, table.num_rows, [_csv_bytes(table)])]
+
+    def close(self) -> list[tuple]:
+        """Return the items that end the last COPY (the binary trailer)."""
+        return self._switch(None)
+
+    def _switch(self, key: tuple | None) -> list[tuple]:
+        out = []
+        if key != self.key:
+            if self.encoder is not None:
+                out.append((self.key, None, None, 0, [self.encoder.finish()]))
+                self.encoder = None
+            self.key = key
+        return out
+
+    def _builders(self, schema: pa.Schema) -> dict:
+        if schema not in self.builders:
+            builders = {f.name: pgpq.ArrowToPostgresBinaryEncoder.infer_encoder(f) for f in schema}
+            builders["_extra"] = pgpq.encoders.StringEncoderBuilder.new_with_output(
+                schema.field("_extra"), pgpq.schema.Jsonb()
+            )
+            self.builders[schema] = builders
+        return self.builders[schema]
+
+
+def _produce(
+    chunks: Iterable[Chunk], checker: Checker, segments: _Segments, out: queue.Queue, state: dict
+) -> None:
+    """Check chunks and put their COPY items on `out` (runs on a worker thread)."""
     try:
         for chunk in chunks:
             if state.get("stop"):
@@ -184,10 +263,10 @@ def _produce(chunks: Iterable[Chunk], checker: Checker, out: queue.Queue, state:
             state["rows_out_of_window"] += checked.rows_out_of_window
             state["quarantine"].extend(checked.quarantine)
             if checked.table.num_rows:
-                # A table that carries _source per row needs no per-chunk setting.
-                source = None if "_source" in checked.table.column_names else checked.source
-                names = tuple(checked.table.column_names)
-                out.put((source, names, checked.table.num_rows, _csv_bytes(checked.table)))
+                for item in segments.items(checked):
+                    out.put(item)
+        for item in segments.close():
+            out.put(item)
     except BaseException as exc:  # handed to the consumer, which re-raises it
         state["error"] = exc
     finally:
@@ -197,16 +276,12 @@ def _produce(chunks: Iterable[Chunk], checker: Checker, out: queue.Queue, state:
 def _stream(
     cur: psycopg.Cursor,
     entity: RawEntity,
+    bid: str,
     chunks: Iterable[Chunk],
     checker: Checker,
     state: dict,
 ) -> int:
-    """COPY checked chunks into the raw table while the next chunk is being checked.
-
-    ``_source`` is the same for every row of a chunk, so instead of repeating it on
-    every CSV line it is set once per chunk as a transaction-local setting that the
-    column's default reads (see ``lifecycle.raw.META_COLUMNS``); so is ``_batch_id``.
-    """
+    """COPY checked chunks into the raw table while the next chunk is being checked."""
     out: queue.Queue = queue.Queue(maxsize=3)
     # psycopg feeds COPY in small pieces, taking the GIL back after each; with the
     # checker busy on the other thread, the default 5 ms switch interval makes every
@@ -215,8 +290,12 @@ def _stream(
     # slower to no slower). The interval is process-wide, so it is restored after.
     interval = sys.getswitchinterval()
     sys.setswitchinterval(min(interval, 0.0005))
+    segments = _Segments(entity, bid)
     worker = threading.Thread(
-        target=_produce, args=(chunks, checker, out, state), name="load-check", daemon=True
+        target=_produce,
+        args=(chunks, checker, segments, out, state),
+        name="load-check",
+        daemon=True,
     )
     worker.start()
     loaded = 0
@@ -227,23 +306,18 @@ def _stream(
             item = out.get()
             if item is _DONE:
                 break
-            source, names, rows, data = item
-            if (source, names) != current:
+            key, sql, source, rows, data = item
+            if key != current:
                 if copy_cm is not None:
                     copy_cm.__exit__(None, None, None)
                 if source is not None:
                     cur.execute("select set_config('lifecycle.source', %s, true)", (source,))
-                columns = ", ".join(f'"{n}"' for n in names)
-                copy_cm = cur.copy(
-                    f"copy {entity.qualified} ({columns}) from stdin with (format csv)"
-                )
+                copy_cm = cur.copy(sql)
                 copy = copy_cm.__enter__()
-                current = (source, names)
-            copy.write(data)
+                current = key
+            for piece in data:
+                copy.write(piece)
             loaded += rows
-        if copy_cm is not None:
-            copy_cm.__exit__(None, None, None)
-            copy_cm = None
     finally:
         state["stop"] = True
         while worker.is_alive():
@@ -251,6 +325,11 @@ def _stream(
                 out.get(timeout=0.1)
         worker.join()
         sys.setswitchinterval(interval)
+    if copy_cm is not None:
+        # A failed check aborts the COPY (psycopg sends CopyFail) rather than ending a
+        # stream cut short, so the checker's error is the one reported.
+        exc = state.get("error")
+        copy_cm.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
     if "error" in state:
         raise state["error"]
     return loaded
@@ -299,7 +378,7 @@ def load_batch(
                         "values (%s, %s, %s, %s)",
                         [(f, bid, entity.source, entity.entity) for f in files],
                     )
-                result.rows_loaded = _stream(cur, entity, chunks, checker, state)
+                result.rows_loaded = _stream(cur, entity, bid, chunks, checker, state)
                 _tally(result, state, checker)
                 considered = result.rows_read - result.rows_out_of_window
                 share = result.rows_quarantined / considered if considered else 0.0

@@ -132,13 +132,78 @@ class Checked:
     rows_read: int
     rows_duplicate: int
     rows_out_of_window: int
+    # The same rows with the contract fields typed (BINARY_TYPES), for a binary COPY; None
+    # when some value would not reach PostgreSQL exactly as its text does (see _typed).
+    values: pa.Table | None = None
 
+
+#: The Arrow type of each contract type's values in a binary COPY: what PostgreSQL
+#: receives for the column types of ``lifecycle.raw.PG_TYPES`` (numeric is (14, 2)).
+BINARY_TYPES: dict[str, pa.DataType] = {
+    "timestamp": pa.timestamp("us", tz="UTC"),
+    "date": pa.date32(),
+    "numeric": pa.decimal128(14, 2),
+    "integer": pa.int64(),
+    "boolean": pa.bool_(),
+}
 
 # ------------------------------------------------------------------ typing kernels
 
 
+def _offsets(arr: pa.Array) -> np.ndarray:
+    """Return the ``len(arr) + 1`` value offsets of the string array `arr` (no copy)."""
+    return np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
+
+
+def _valid(arr: pa.Array) -> np.ndarray:
+    """Return the mask of the non-null values of `arr` as numpy."""
+    if not arr.null_count:
+        return np.ones(len(arr), dtype=bool)
+    return pc.is_valid(arr).to_numpy(zero_copy_only=False)
+
+
 def _empty_to_null(arr: pa.Array) -> pa.Array:
+    """Return the string array `arr` with empty strings as null."""
+    if not len(arr) or arr.buffers()[1] is None:
+        return arr
+    empty = np.diff(_offsets(arr)) == 0
+    if arr.null_count and empty.any():
+        empty &= _valid(arr)  # a null's (empty) slot is not an empty string
+    if not empty.any():  # the usual case: readers already give empty fields as null
+        return arr
     return pc.if_else(pc.equal(pc.utf8_length(arr), 0), pa.scalar(None, pa.string()), arr)
+
+
+#: ``YYYY-MM-DDTHH:MM:SSZ`` byte by byte: the lowest byte allowed at each place and how
+#: far above it the byte may be (digits '0' + 0..9, separators exact). A byte below
+#: the lowest wraps around to a large unsigned difference.
+_UTC_LOW = np.frombuffer(b"0000-00-00T00:00:00Z", dtype=np.uint8)
+_UTC_SPAN = np.where(_UTC_LOW == 48, 9, 0).astype(np.uint8)  # 48: "0"
+
+
+def _all_utc_seconds(text: pa.Array) -> bool:
+    """True when every value of `text` has the form ``YYYY-MM-DDTHH:MM:SSZ``.
+
+    Such values pass the timestamp shape and offset checks of :func:`type_column` as
+    they are, so a chunk made only of them (what most exporters write) skips those
+    regular-expression scans; any other form takes the general path.
+    """
+    if not len(text) or text.buffers()[1] is None or text.null_count == len(text):
+        return False
+    offsets = _offsets(text)
+    data = np.frombuffer(text.buffers()[2], dtype=np.uint8)
+    if not text.null_count:
+        if not (np.diff(offsets) == 20).all():
+            return False
+        # Every value 20 bytes long: they lie back to back, a (n, 20) view without a copy.
+        values = data[offsets[0] : offsets[-1]].reshape(-1, 20)
+    else:
+        valid = _valid(text)
+        if not (np.diff(offsets)[valid] == 20).all():
+            return False
+        values = np.lib.stride_tricks.sliding_window_view(data, 20)[offsets[:-1][valid]]
+    # One pass: no byte may be below the lowest allowed at its place or above its range.
+    return bool(((values - _UTC_LOW) <= _UTC_SPAN).all())
 
 
 def _no_bytes(arr: pa.Array, byte: int) -> bool:
@@ -189,12 +254,16 @@ def type_column(f_type: str, raw: pa.Array) -> tuple[pa.Array, pa.Array, pa.Arra
         return raw, raw, bad
     text = raw if _no_bytes(raw, 32) and _no_bytes(raw, 9) else pc.utf8_trim_whitespace(raw)
     if f_type == "timestamp":
-        # The shape check keeps to forms PostgreSQL reads exactly as Arrow does.
-        load = _shaped(text, ISO_TIMESTAMP)
-        has_tz = pc.fill_null(pc.match_substring_regex(load, HAS_OFFSET), False)
-        if not pc.all(pc.or_(has_tz, pc.is_null(load))).as_py():
-            load = pc.if_else(has_tz, load, pc.binary_join_element_wise(load, "Z", ""))
-            load = pc.replace_substring_regex(load, "z$", "Z")
+        if _all_utc_seconds(text):
+            load = text
+        else:
+            # The shape check keeps to forms PostgreSQL reads exactly as Arrow does.
+            load = _shaped(text, ISO_TIMESTAMP)
+            has_tz = pc.fill_null(pc.match_substring_regex(load, HAS_OFFSET), False)
+            if not pc.all(pc.or_(has_tz, pc.is_null(load))).as_py():
+                load = pc.if_else(has_tz, load, pc.binary_join_element_wise(load, "Z", ""))
+            if not _no_bytes(load, ord("z")):  # Arrow reads only a capital Z as UTC
+                load = pc.replace_substring_regex(load, "z$", "Z")
         value = _cast(load, pa.timestamp("us", tz="UTC"))
     elif f_type == "date":
         load = _shaped(text, ISO_DATE)
@@ -229,44 +298,58 @@ def type_column(f_type: str, raw: pa.Array) -> tuple[pa.Array, pa.Array, pa.Arra
     return load, value, bad
 
 
-_MUL = np.uint64(0x100000001B3)
-_INV_MUL = np.uint64(pow(0x100000001B3, -1, 2**64))
+_LENGTH_MUL = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_WORD_BITS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [2**64 - 1], dtype=np.uint64)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """Return splitmix64's finalizer of `x` (a bijection that spreads every input bit)."""
+    x = (x ^ (x >> np.uint64(30))) * _MIX1
+    x = (x ^ (x >> np.uint64(27))) * _MIX2
+    return x ^ (x >> np.uint64(31))
 
 
 def hash_strings(arr: pa.Array) -> np.ndarray:
     """Return a 64-bit hash of every value of a null-free string array, vectorized.
 
-    A polynomial hash modulo 2**64 over the bytes of each value, from prefix sums over
-    the array's data buffer (``sum(b_k * M**k)`` of a value is a difference of prefix
-    sums divided by ``M**start``), mixed with the value's length. Collisions are as
-    unlikely as for any 64-bit hash on non-adversarial keys (~n**2 / 2**65).
+    Each value is read as little-endian 8-byte words straight from the array's data
+    buffer (a strided view, no copy of the text); the hash starts from the value's
+    length and folds in one word at a time through splitmix64's finalizer. Pass k only
+    touches the values longer than 8k bytes, so the cost follows the total text size
+    whatever the longest value. A value's hash depends on its bytes alone, never on
+    the chunk it came in. Collisions are as unlikely as for any 64-bit hash on
+    non-adversarial keys (~n**2 / 2**65).
     """
     arr = arr.cast(pa.string()) if not pa.types.is_string(arr.type) else arr
     n = len(arr)
     if n == 0:
         return np.zeros(0, dtype=np.uint64)
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + n + 1]
-    start, end = int(offsets[0]), int(offsets[-1])
+    starts = offsets[:-1].astype(np.int64)
+    lengths = np.diff(offsets).astype(np.int64)
     data_buf = arr.buffers()[2]
     data = (
-        np.frombuffer(data_buf, dtype=np.uint8)[start:end].astype(np.uint64)
-        if data_buf is not None
-        else np.zeros(0, dtype=np.uint64)
+        np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
     )
+    # Eight zero bytes after the text, so the last word of the last value can be read whole.
+    padded = np.concatenate((data[: int(offsets[-1])], np.zeros(8, dtype=np.uint8)))
+    words = np.lib.stride_tricks.sliding_window_view(padded, 8)
     with np.errstate(over="ignore"):
-        powers = np.empty(len(data), dtype=np.uint64)
-        inverse = np.empty(len(data), dtype=np.uint64)
-        if len(data):
-            powers[0] = inverse[0] = 1
-            powers[1:] = _MUL
-            inverse[1:] = _INV_MUL
-            np.cumprod(powers, out=powers)
-            np.cumprod(inverse, out=inverse)
-        prefix = np.concatenate(([np.uint64(0)], np.cumsum((data + np.uint64(1)) * powers)))
-        rel = (offsets - start).astype(np.int64)
-        body = (prefix[rel[1:]] - prefix[rel[:-1]]) * np.append(inverse, np.uint64(1))[rel[:-1]]
-        lengths = (rel[1:] - rel[:-1]).astype(np.uint64)
-        return body ^ (lengths * np.uint64(0xC2B2AE3D27D4EB4F))
+        hashes = lengths.astype(np.uint64) * _LENGTH_MUL
+        live = np.flatnonzero(lengths > 0)
+        k = 0
+        while len(live):
+            word = words[starts[live] + k].view("<u8").ravel()
+            word &= _WORD_BITS[np.minimum(lengths[live] - k, 8)]
+            hashes[live] = _mix64(hashes[live] ^ word)
+            k += 8
+            live = live[lengths[live] > k]
+    return hashes
+
+
+_EMPTY_HASH = hash_strings(pa.array([""]))[0]
 
 
 def _scalar_for(f_type: str, moment: dt.datetime) -> pa.Scalar:
@@ -301,7 +384,9 @@ class SeenHashes:
             return
         merged = values
         while self.levels and len(self.levels[-1]) <= len(merged):
-            merged = np.union1d(self.levels.pop(), merged)
+            # Levels are disjoint, so their union is a sorted concatenation. (np.union1d
+            # would dedupe through numpy's hash-based unique: ~40x slower than a sort.)
+            merged = np.sort(np.concatenate((self.levels.pop(), merged)))
         self.levels.append(merged)
 
 
@@ -414,13 +499,15 @@ class Checker:
             )
             for i in sorted(reasons)
         ] + [(r.source, r.line, r.reason, r.payload) for r in rejects]
+        loadable = self._loadable(table, loads, chunk, keep)
         return Checked(
-            self._loadable(table, loads, chunk, keep),
+            loadable,
             chunk.source,
             quarantine,
             rows_read=n + len(chunk.rejects),
             rows_duplicate=rows_duplicate,
             rows_out_of_window=int(outside.sum()) + unplaced,
+            values=self._typed(loadable, values, keep),
         )
 
     def _reason(self, f: Field, kind: str, text: pa.Array, i: int) -> str:
@@ -459,12 +546,16 @@ class Checker:
     def _duplicates(self, texts: dict[str, pa.Array], keep: np.ndarray) -> np.ndarray:
         """Return the row indices (among `keep`) whose key was already seen in this batch."""
         idx = np.flatnonzero(keep)
-        take = pa.array(idx)
         hashes = np.zeros(len(idx), dtype=np.uint64)
         with np.errstate(over="ignore"):
             for k in self.entity.key:
-                column = pc.fill_null(texts[k].take(take), "")
-                hashes = hashes * np.uint64(0x9E3779B97F4A7C15) + hash_strings(column)
+                # Hash the whole column in place (no copy) and pick the kept rows; a null
+                # key hashes as the empty string.
+                column = texts[k]
+                full = hash_strings(column)
+                if column.null_count:
+                    full[~_valid(column)] = _EMPTY_HASH
+                hashes = hashes * np.uint64(0x9E3779B97F4A7C15) + full[idx]
         # First occurrence within the chunk, then against the earlier chunks.
         unique, first = np.unique(hashes, return_index=True)
         dup = np.ones(len(idx), dtype=bool)
@@ -479,7 +570,11 @@ class Checker:
         self, table: pa.Table, loads: dict[str, pa.Array], chunk: Chunk, keep: np.ndarray
     ) -> pa.Table:
         mask = pa.array(keep)
-        cols = {f.name: loads[f.name].filter(mask) for f in self.entity.fields}
+        every = bool(keep.all())
+        cols = {
+            f.name: loads[f.name] if every else loads[f.name].filter(mask)
+            for f in self.entity.fields
+        }
         extras = [c for c in table.column_names if c not in self.entity.names]
         if extras:
             sub = table.select(extras).filter(mask).to_pylist()
@@ -497,6 +592,33 @@ class Checker:
         cols["_line"] = pa.array(chunk.lines[keep], type=pa.int64())
         if chunk.sources is not None:
             cols["_source"] = chunk.sources.filter(mask)
+        return pa.table(cols)
+
+    def _typed(
+        self, loadable: pa.Table, values: dict[str, pa.Array], keep: np.ndarray
+    ) -> pa.Table | None:
+        """Return `loadable` with its contract fields typed, or None if one is not exact.
+
+        The typed values are those the checks ran on, which PostgreSQL reads from the
+        loaded text alike (the shape checks keep timestamps and dates to such forms; a
+        value Arrow cannot read is quarantined). The exception is numeric: a value with
+        more than two decimals is rounded by PostgreSQL (``numeric(14, 2)``), so such a
+        chunk goes as text and PostgreSQL does the rounding, as it always has.
+        """
+        every = bool(keep.all())
+        mask = None if every else pa.array(keep)
+        cols: dict[str, pa.Array] = {}
+        for name in loadable.column_names:
+            column = loadable.column(name)
+            f_type = self.entity.field(name).type if name in self.entity.names else "text"
+            if f_type == "numeric":
+                try:
+                    column = pc.cast(column, BINARY_TYPES["numeric"])  # exact, or it raises
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    return None
+            elif f_type != "text":
+                column = values[name] if every else values[name].filter(mask)
+            cols[name] = column
         return pa.table(cols)
 
     @staticmethod
