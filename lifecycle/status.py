@@ -235,6 +235,7 @@ def models_part(settings: Settings) -> Part:
     """Return the champion and challenger versions of each registered model in MLflow."""
     from lifecycle.report.evaluation import mlflow_client
     from lifecycle.report.model import Unavailable
+    from ml.tracking import CHALLENGER, CHAMPION
 
     part = Part("models", "Models (MLflow registry)")
     try:
@@ -244,9 +245,11 @@ def models_part(settings: Settings) -> Part:
         return part
     from mlflow.exceptions import MlflowException
 
-    for name in ("lifecycle_churn", "lifecycle_segmentation", "lifecycle_clv"):
+    from ml.tracking import EXPERIMENTS
+
+    for name in EXPERIMENTS:  # one registered model per experiment
         row: dict[str, Any] = {"model": name}
-        for alias in ("champion", "challenger"):
+        for alias in (CHAMPION, CHALLENGER):
             try:
                 row[alias] = int(client.get_model_version_by_alias(name, alias).version)
             except MlflowException:

@@ -17,17 +17,16 @@ from pathlib import Path
 from lifecycle.report import charts
 from lifecycle.report.model import Chart, Kpi, Note, Section, Table, Unavailable
 from lifecycle.settings import Settings
+from ml.tracking import CHAMPION, CHURN_MODEL
 
-#: Registered model name and alias of the churn champion (DESIGN.md §7).
-CHURN_MODEL = "lifecycle_churn"
-CHAMPION = "champion"
 TRAIN = "run `lifecycle train`"
 
 
 def tracking_uri(settings: Settings) -> str:
-    """Return the MLflow tracking URI of `settings` (local SQLite store by default)."""
-    uri = getattr(settings, "mlflow_tracking_uri", None)
-    return uri or f"sqlite:///{settings.home / 'mlflow' / 'mlflow.db'}"
+    """Return the MLflow tracking URI the training step uses (one definition: ml.tracking)."""
+    from ml.tracking import tracking_uri as ml_tracking_uri
+
+    return ml_tracking_uri(settings)
 
 
 def mlflow_client(settings: Settings):  # -> mlflow.MlflowClient
