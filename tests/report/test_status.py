@@ -91,3 +91,12 @@ def test_status_of_a_stopped_embedded_warehouse(tmp_path) -> None:
         "unknown: the warehouse is not running (`lifecycle warehouse up`)"
     )
     assert not settings.pgdata.exists()
+
+
+def test_status_reads_a_real_local_airflow(tmp_path) -> None:
+    # a migrated Airflow metadata DB (Airflow's own schema), made by `lifecycle airflow init`
+    done = _cli({"LIFECYCLE_HOME": str(tmp_path)}, "airflow", "init")
+    assert done.returncode == 0, done.stderr
+    part = collect_status(make_settings(tmp_path)).part("airflow")
+    assert part.note == "none yet: the local Airflow has no DAG run"
+    assert part.rows == []
