@@ -48,6 +48,8 @@ _NOT_FINITE = 1e300
 #: Largest gradient component (of the mean log-likelihood per customer, in log-parameters)
 #: a fit may end with: beyond it the search stalled rather than converged.
 _GRADIENT_TOL = 1e-3
+#: Purchase processes CLVModel knows: BG/NBD and the modified BG/NBD.
+PROCESSES = ("bgnbd", "mbgnbd")
 #: Columns ``CLVModel.predict`` returns, in order.
 PREDICTION_COLUMNS = ("p_alive", "expected_purchases_12m", "expected_order_value", "clv_12m")
 
@@ -196,55 +198,53 @@ def _check_rft(frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> tuple[
 
 
 def bgnbd_log_likelihood(
-    params: BetaGeoParams, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
+    params: BetaGeoParams,
+    frequency: ArrayLike,
+    recency: ArrayLike,
+    T: ArrayLike,
+    *,
+    modified: bool = False,
 ) -> np.ndarray:
-    """Return each customer's BG/NBD log-likelihood (recency and T in days, alpha in weeks)."""
+    """Return each customer's BG/NBD (or MBG/NBD) log-likelihood (days in, alpha in weeks)."""
     x, tx, t_obs = _check_rft(frequency, recency, T)
-    return _bgnbd_ll(np.log([params.r, params.alpha, params.a, params.b]), x, tx, t_obs)
-
-
-def _bgnbd_ll(log_params: np.ndarray, x: np.ndarray, tx: np.ndarray, T: np.ndarray) -> np.ndarray:
-    """Return per-customer BG/NBD log-likelihoods for log-parameters (times in weeks)."""
-    r, alpha, a, b = np.exp(log_params)
-    a1 = special.gammaln(r + x) - special.gammaln(r) + r * np.log(alpha)
-    beta_ab = special.betaln(a, b)
-    a2 = special.betaln(a, b + x) - beta_ab - (r + x) * np.log(alpha + T)
-    repeat = x > 0
-    a3 = np.full_like(x, -np.inf)
-    xr = x[repeat]
-    a3[repeat] = special.betaln(a + 1, b + xr - 1) - beta_ab - (r + xr) * np.log(alpha + tx[repeat])
-    return a1 + np.logaddexp(a2, a3)
+    log_params = np.log([params.r, params.alpha, params.a, params.b])
+    return _bgnbd_ll_and_grad(log_params, x, tx, t_obs, modified)[0]
 
 
 def _bgnbd_ll_and_grad(
-    log_params: np.ndarray, x: np.ndarray, tx: np.ndarray, T: np.ndarray
+    log_params: np.ndarray, x: np.ndarray, tx: np.ndarray, T: np.ndarray, modified: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return per-customer BG/NBD log-likelihoods and their gradient (n x 4) with respect to
-    the log-parameters (times in weeks); analytic, so L-BFGS-B needs no finite differences."""
+    the log-parameters (times in weeks); analytic, so L-BFGS-B needs no finite differences.
+
+    ``modified`` gives the MBG/NBD (Batislam, Denizel & Filiztekin 2007), where a customer
+    may also drop out right after the first purchase: ``b + x`` becomes ``b + x + 1`` in the
+    alive term and the drop-out term applies to one-order customers too.
+    """
     r, alpha, a, b = np.exp(log_params)
+    m = 1.0 if modified else 0.0
     psi = special.digamma
     beta_ab = special.betaln(a, b)
     log_at = np.log(alpha + T)
     log_atx = np.log(alpha + tx)
     a1 = special.gammaln(r + x) - special.gammaln(r) + r * np.log(alpha)
-    a2 = special.betaln(a, b + x) - beta_ab - (r + x) * log_at
-    repeat = x > 0
-    xr = x[repeat]
+    a2 = special.betaln(a, b + x + m) - beta_ab - (r + x) * log_at
+    dies = (x > 0) | modified  # customers for whom the "dropped out at t_x" term exists
+    xd = x[dies]
     a3 = np.full_like(x, -np.inf)
-    a3[repeat] = special.betaln(a + 1, b + xr - 1) - beta_ab - (r + xr) * log_atx[repeat]
+    a3[dies] = special.betaln(a + 1, b + xd - 1 + m) - beta_ab - (r + xd) * log_atx[dies]
     lse = np.logaddexp(a2, a3)
     w2 = np.exp(a2 - lse)  # the share of each term in the likelihood
     w3 = np.exp(a3 - lse)
     d_r = psi(r + x) - psi(r) + np.log(alpha) - w2 * log_at - w3 * log_atx
     d_alpha = r / alpha - w2 * (r + x) / (alpha + T) - w3 * (r + x) / (alpha + tx)
-    psi_abx = psi(a + b + x)
-    common = psi(a + b) - psi_abx  # d/da and d/db of -betaln(a, b) - ... shared part
+    common = psi(a + b) - psi(a + b + x + m)  # shared part of the betaln derivatives
     da2 = common
-    db2 = psi(b + x) - psi(b) + common
+    db2 = psi(b + x + m) - psi(b) + common
     da3 = np.zeros_like(x)
     db3 = np.zeros_like(x)
-    da3[repeat] = psi(a + 1) - psi(a) + common[repeat]
-    db3[repeat] = psi(b + xr - 1) - psi(b) + common[repeat]
+    da3[dies] = psi(a + 1) - psi(a) + common[dies]
+    db3[dies] = psi(b + xd - 1 + m) - psi(b) + common[dies]
     d_a = w2 * da2 + w3 * da3
     d_b = w2 * db2 + w3 * db3
     grad = np.column_stack([d_r * r, d_alpha * alpha, d_a * a, d_b * b])
@@ -341,74 +341,98 @@ def fit_bgnbd(
     *,
     penalizer: float = 0.0,
     min_repeat_buyers: int = 10,
+    modified: bool = False,
 ) -> BetaGeoParams:
     """Return the maximum-likelihood BG/NBD parameters for RFM data in days (alpha in weeks).
 
     `penalizer` adds ``penalizer * sum(param**2)`` to the mean negative log-likelihood (as in
-    ``lifetimes``); raises CLVFitError on empty data, fewer than `min_repeat_buyers` repeat
-    buyers, non-convergence or a degenerate optimum.
+    ``lifetimes``); `modified` fits the MBG/NBD variant instead. Raises CLVFitError on empty
+    data, fewer than `min_repeat_buyers` repeat buyers, non-convergence or a degenerate
+    optimum.
     """
+    what = "MBG/NBD" if modified else "BG/NBD"
     x, tx, t_obs = _check_rft(frequency, recency, T)
     if len(x) == 0:
-        raise CLVFitError("BG/NBD fit: no customers (empty RFM summary)")
+        raise CLVFitError(f"{what} fit: no customers (empty RFM summary)")
     n_repeat = int((x > 0).sum())
     if n_repeat < min_repeat_buyers:
         raise CLVFitError(
-            f"BG/NBD fit: only {n_repeat} of {len(x)} customers bought more than once "
+            f"{what} fit: only {n_repeat} of {len(x)} customers bought more than once "
             f"(need at least {min_repeat_buyers}); the drop-out process cannot be estimated"
         )
     if (t_obs <= 0).all():
-        raise CLVFitError("BG/NBD fit: every customer has T = 0 (all first orders on as_of)")
+        raise CLVFitError(f"{what} fit: every customer has T = 0 (all first orders on as_of)")
     if penalizer < 0:
         raise ValueError(f"penalizer must be >= 0, got {penalizer}")
     weights, (xu, txu, tu) = _compress(x, tx, t_obs)
 
     def objective(log_params: np.ndarray) -> tuple[float, np.ndarray]:
-        ll, grad = _bgnbd_ll_and_grad(log_params, xu, txu, tu)
+        ll, grad = _bgnbd_ll_and_grad(log_params, xu, txu, tu, modified)
         return _penalised(ll, grad, weights, log_params, penalizer)
 
     # Start at r = a = b = 1 and alpha = mean T (a customer buying about once per period).
     x0 = np.array([0.0, math.log(max(float(t_obs.mean()), 1e-3)), 0.0, 0.0])
-    res = _minimize(objective, x0, "BG/NBD", ("r", "alpha", "a", "b"))
+    res = _minimize(objective, x0, what, ("r", "alpha", "a", "b"))
     r, alpha, a, b = (float(v) for v in np.exp(res.x))
     return BetaGeoParams(r=r, alpha=alpha, a=a, b=b)
 
 
 def bgnbd_p_alive(
-    params: BetaGeoParams, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
+    params: BetaGeoParams,
+    frequency: ArrayLike,
+    recency: ArrayLike,
+    T: ArrayLike,
+    *,
+    modified: bool = False,
 ) -> np.ndarray:
-    """Return each customer's probability of still being alive at T (1 when frequency is 0)."""
+    """Return each customer's probability of still being alive at T (BG/NBD: 1 when
+    frequency is 0; MBG/NBD: below 1 for them too)."""
     x, tx, t_obs = _check_rft(frequency, recency, T)
-    return _p_alive(params, x, tx, t_obs)
+    return _p_alive(params, x, tx, t_obs, modified)
 
 
-def _p_alive(params: BetaGeoParams, x: np.ndarray, tx: np.ndarray, T: np.ndarray) -> np.ndarray:
-    """Return P(alive) for times in weeks: 1 / (1 + a/(b+x-1) * ((alpha+T)/(alpha+tx))^(r+x))."""
+def _p_alive(
+    params: BetaGeoParams, x: np.ndarray, tx: np.ndarray, T: np.ndarray, modified: bool = False
+) -> np.ndarray:
+    """Return P(alive) for times in weeks: 1 / (1 + a/(b+x-1+m) ((alpha+T)/(alpha+tx))^(r+x)),
+    m = 1 for MBG/NBD; BG/NBD customers without a repeat purchase are alive for sure."""
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    m = 1.0 if modified else 0.0
     out = np.ones_like(x)
-    rep = x > 0
-    xr = x[rep]
+    dies = (x > 0) | modified
+    xd = x[dies]
     log_odds_dead = (
         math.log(a)
-        - np.log(b + xr - 1)
-        + (r + xr) * (np.log(alpha + T[rep]) - np.log(alpha + tx[rep]))
+        - np.log(b + xd - 1 + m)
+        + (r + xd) * (np.log(alpha + T[dies]) - np.log(alpha + tx[dies]))
     )
-    out[rep] = special.expit(-log_odds_dead)
+    out[dies] = special.expit(-log_odds_dead)
     return out
 
 
 def bgnbd_expected_purchases(
-    params: BetaGeoParams, t: float, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
+    params: BetaGeoParams,
+    t: float,
+    frequency: ArrayLike,
+    recency: ArrayLike,
+    T: ArrayLike,
+    *,
+    modified: bool = False,
 ) -> np.ndarray:
     """Return each customer's expected number of purchases in (T, T + t], t in days."""
     if not (np.isfinite(t) and t >= 0):
         raise ValueError(f"horizon t must be a finite number of days >= 0, got {t}")
     x, tx, t_obs = _check_rft(frequency, recency, T)
-    return _expected_purchases(params, float(t) / TIME_UNIT_DAYS, x, tx, t_obs)
+    return _expected_purchases(params, float(t) / TIME_UNIT_DAYS, x, tx, t_obs, modified)
 
 
 def _expected_purchases(
-    params: BetaGeoParams, t: float, x: np.ndarray, tx: np.ndarray, T: np.ndarray
+    params: BetaGeoParams,
+    t: float,
+    x: np.ndarray,
+    tx: np.ndarray,
+    T: np.ndarray,
+    modified: bool = False,
 ) -> np.ndarray:
     """Return conditional expected purchases in (T, T+t] for times in weeks (FHL 2005, eq. 10)."""
     if t == 0 or len(x) == 0:
@@ -416,27 +440,35 @@ def _expected_purchases(
     a = params.a
     if abs(a - 1.0) < 1e-4:
         # The closed form is 0/0 at a = 1; it is smooth in a, so average both sides.
-        lo = _expected_purchases_closed(params, 1.0 - 1e-4, t, x, tx, T)
-        hi = _expected_purchases_closed(params, 1.0 + 1e-4, t, x, tx, T)
+        lo = _expected_purchases_closed(params, 1.0 - 1e-4, t, x, tx, T, modified)
+        hi = _expected_purchases_closed(params, 1.0 + 1e-4, t, x, tx, T, modified)
         out = 0.5 * (lo + hi)
     else:
-        out = _expected_purchases_closed(params, a, t, x, tx, T)
+        out = _expected_purchases_closed(params, a, t, x, tx, T, modified)
     bad = ~np.isfinite(out) | (out < 0)
     if bad.any():
-        out[bad] = _expected_purchases_quadrature(params, t, x[bad], tx[bad], T[bad])
+        out[bad] = _expected_purchases_quadrature(params, t, x[bad], tx[bad], T[bad], modified)
     return out
 
 
 def _expected_purchases_closed(
-    params: BetaGeoParams, a: float, t: float, x: np.ndarray, tx: np.ndarray, T: np.ndarray
+    params: BetaGeoParams,
+    a: float,
+    t: float,
+    x: np.ndarray,
+    tx: np.ndarray,
+    T: np.ndarray,
+    modified: bool = False,
 ) -> np.ndarray:
     """Return the hypergeometric closed form of expected purchases (weeks), Euler-transformed.
 
-    ``((alpha+T)/(alpha+T+t))^(r+x) 2F1(r+x, b+x; a+b+x-1; z)`` is rewritten with Euler's
-    transformation as ``(1-z)^(a-1) 2F1(a+b-1-r, a-1; a+b+x-1; z)``, whose first two
-    arguments do not grow with x: it stays accurate for customers with many orders.
+    ``((alpha+T)/(alpha+T+t))^(r+x) 2F1(r+x, b+x+m; a+b+x-1+m; z)`` (m = 1 for MBG/NBD) is
+    rewritten with Euler's transformation as ``(1-z)^(a-1) 2F1(a+b-1+m-r, a-1; a+b+x-1+m;
+    z)``, whose first two arguments do not grow with x: it stays accurate for customers with
+    many orders.
     """
-    r, alpha, b = params.r, params.alpha, params.b
+    r, alpha = params.r, params.alpha
+    b = params.b + (1.0 if modified else 0.0)  # MBG/NBD: b + x + 1 wherever BG/NBD has b + x
     with np.errstate(all="ignore"):
         z = t / (alpha + T + t)
         log_one_minus_z = np.log(alpha + T) - np.log(alpha + T + t)
@@ -448,20 +480,26 @@ def _expected_purchases_closed(
             1.0 - np.exp((a - 1) * log_one_minus_z) * hyp,
         )
         unconditional = (a + b + x - 1) / (a - 1) * bracket
-    return unconditional * _p_alive(params, x, tx, T)
+    return unconditional * _p_alive(params, x, tx, T, modified)
 
 
 def _expected_purchases_quadrature(
-    params: BetaGeoParams, t: float, x: np.ndarray, tx: np.ndarray, T: np.ndarray
+    params: BetaGeoParams,
+    t: float,
+    x: np.ndarray,
+    tx: np.ndarray,
+    T: np.ndarray,
+    modified: bool = False,
 ) -> np.ndarray:
     """Return expected purchases (weeks) by Gauss-Jacobi quadrature over the drop-out p.
 
     Given alive at T, lambda | data ~ Gamma(r+x, alpha+T) and p | data ~ Beta(a, b+x), and an
     alive customer's expected purchases in t are ``(1 - exp(-lambda p t)) / p``; averaging over
     lambda gives ``(1 - ((alpha+T)/(alpha+T+p t))^(r+x)) / p``, a smooth function of p.
-    Used where the hypergeometric closed form is not finite.
+    Used where the hypergeometric closed form is not finite. (MBG/NBD: Beta(a, b+x+1).)
     """
-    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    r, alpha, a = params.r, params.alpha, params.a
+    b = params.b + (1.0 if modified else 0.0)
     out = np.empty_like(x)
     for xv in np.unique(x):
         idx = x == xv
@@ -472,7 +510,7 @@ def _expected_purchases_quadrature(
         base = alpha + T[idx][:, None]
         g = -np.expm1((r + xv) * (np.log(base) - np.log(base + p[None, :] * t))) / p[None, :]
         out[idx] = g @ w
-    return out * _p_alive(params, x, tx, T)
+    return out * _p_alive(params, x, tx, T, modified)
 
 
 # --------------------------------------------------------------------------- Gamma-Gamma
@@ -587,7 +625,10 @@ def gg_expected_order_value(
 
 @dataclass
 class CLVModel:
-    """BG/NBD + Gamma-Gamma on an RFM summary (days); picklable, sklearn-style fit/predict."""
+    """BG/NBD + Gamma-Gamma on an RFM summary (days); picklable, sklearn-style fit/predict.
+
+    ``process`` is ``"bgnbd"`` (default) or ``"mbgnbd"`` (the modified BG/NBD, whose
+    one-order customers can be dead too; the parameters keep the BetaGeoParams names)."""
 
     penalizer: float = 0.0
     gg_penalizer: float = 0.0
@@ -600,12 +641,28 @@ class CLVModel:
     n_repeat_buyers: int = 0
     bgnbd_log_likelihood: float = float("nan")
     gamma_gamma_log_likelihood: float = float("nan")
+    process: str = "bgnbd"
+
+    def __post_init__(self) -> None:
+        """Check the process name; raise ValueError if unknown."""
+        if self.process not in PROCESSES:
+            raise ValueError(f"CLV process must be one of {PROCESSES}, not {self.process!r}")
+
+    @property
+    def modified(self) -> bool:
+        """Return whether the purchase process is the modified BG/NBD."""
+        return self.process == "mbgnbd"
 
     def fit(self, summary: pd.DataFrame) -> CLVModel:
         """Return self after fitting BG/NBD on all customers and Gamma-Gamma on repeat buyers."""
         f, rec, t_obs, m = _rfm_columns(summary)
         self.bgnbd = fit_bgnbd(
-            f, rec, t_obs, penalizer=self.penalizer, min_repeat_buyers=self.min_repeat_buyers
+            f,
+            rec,
+            t_obs,
+            penalizer=self.penalizer,
+            min_repeat_buyers=self.min_repeat_buyers,
+            modified=self.modified,
         )
         self.gamma_gamma = fit_gamma_gamma(
             f, m, penalizer=self.gg_penalizer, min_repeat_buyers=self.min_repeat_buyers
@@ -613,7 +670,9 @@ class CLVModel:
         self.n_customers = len(summary)
         use = (f.to_numpy() > 0) & (m.to_numpy() > 0)
         self.n_repeat_buyers = int(use.sum())
-        self.bgnbd_log_likelihood = float(bgnbd_log_likelihood(self.bgnbd, f, rec, t_obs).sum())
+        self.bgnbd_log_likelihood = float(
+            bgnbd_log_likelihood(self.bgnbd, f, rec, t_obs, modified=self.modified).sum()
+        )
         self.gamma_gamma_log_likelihood = float(
             gamma_gamma_log_likelihood(self.gamma_gamma, f[use], m[use]).sum()
         )
@@ -635,8 +694,8 @@ class CLVModel:
         f, rec, t_col, m_col = _rfm_columns(summary)
         x, tx, t_obs = _check_rft(f, rec, t_col)
         m = _as_float("monetary_value", m_col)
-        p_alive = _p_alive(bg, x, tx, t_obs)
-        purchases = _expected_purchases(bg, horizon / TIME_UNIT_DAYS, x, tx, t_obs)
+        p_alive = _p_alive(bg, x, tx, t_obs, self.modified)
+        purchases = _expected_purchases(bg, horizon / TIME_UNIT_DAYS, x, tx, t_obs, self.modified)
         value = gg_expected_order_value(gg, x, np.maximum(m, 0.0))
         clv = self._discounted_purchases(bg, horizon, x, tx, t_obs, purchases) * value
         out = pd.DataFrame(
@@ -674,7 +733,7 @@ class CLVModel:
         total = np.zeros_like(x)
         previous = np.zeros_like(x)
         for i, edge in enumerate(edges[1:], start=1):
-            cumulative = _expected_purchases(bg, float(edge), x, tx, t_obs)
+            cumulative = _expected_purchases(bg, float(edge), x, tx, t_obs, self.modified)
             total += (cumulative - previous) / (1 + monthly_rate) ** i
             previous = cumulative
         return total
@@ -682,6 +741,7 @@ class CLVModel:
     def to_dict(self) -> dict[str, Any]:
         """Return the settings, fitted parameters and fit facts as a JSON-able dict."""
         return {
+            "process": self.process,
             "penalizer": self.penalizer,
             "gg_penalizer": self.gg_penalizer,
             "horizon_days": self.horizon_days,
@@ -705,6 +765,7 @@ class CLVModel:
                 f"CLV parameters are in units of {unit} days, expected {TIME_UNIT_DAYS}"
             )
         return cls(
+            process=str(data.get("process", "bgnbd")),
             penalizer=float(data.get("penalizer", 0.0)),
             gg_penalizer=float(data.get("gg_penalizer", 0.0)),
             horizon_days=int(data.get("horizon_days", 365)),
@@ -725,6 +786,7 @@ class CLVModel:
         """Return an unfitted model configured from a ``models/clv.yaml`` spec."""
         params = dict(spec.get("params", {}))
         return cls(
+            process=str(params.get("process", "bgnbd")),
             penalizer=float(params.get("penalizer", 0.0)),
             gg_penalizer=float(params.get("gg_penalizer", 0.0)),
             horizon_days=int(params.get("horizon_days", 365)),

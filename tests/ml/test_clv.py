@@ -43,9 +43,10 @@ PARAM_TOLERANCE = 0.15
 
 
 def simulate_bgnbd(
-    params: BetaGeoParams, T_days: np.ndarray, horizon_days: float, seed: int
+    params: BetaGeoParams, T_days: np.ndarray, horizon_days: float, seed: int, modified=False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return frequency, recency (days) in (0, T] and the purchases in (T, T + horizon]."""
+    """Return frequency, recency (days) in (0, T] and the purchases in (T, T + horizon];
+    `modified`: the MBG/NBD process (drop-out possible right after the first purchase too)."""
     rng = np.random.default_rng(seed)
     n = len(T_days)
     lam = rng.gamma(params.r, 1 / (params.alpha * 7), n)  # rate per day
@@ -55,6 +56,8 @@ def simulate_bgnbd(
     future = np.zeros(n)
     for i in range(n):
         t = 0.0
+        if modified and rng.random() < p[i]:
+            continue  # dropped out right after the first purchase
         while True:  # after each repeat purchase the customer drops out with probability p
             t += rng.exponential(1 / lam[i])
             if t > T_days[i] + horizon_days:
@@ -121,6 +124,22 @@ def test_bgnbd_expected_purchases_match_the_holdout(cdnow_like, cdnow_fit) -> No
         assert abs(ratio - 1) < 0.10, (g, ratio)
 
 
+def test_mbgnbd_recovers_simulated_parameters_and_the_holdout() -> None:
+    """The modified BG/NBD (drop-out possible right after the first purchase): 20k
+    simulated customers, parameters within 15 %, holdout purchases within 3 % in total."""
+    T = np.random.default_rng(21).uniform(27 * 7, 39 * 7, 20_000)
+    x, tx, future = simulate_bgnbd(CDNOW, T, 39 * 7, seed=22, modified=True)
+    fitted = fit_bgnbd(x, tx, T, modified=True)
+    for name in ("r", "alpha", "a", "b"):
+        truth, got = getattr(CDNOW, name), getattr(fitted, name)
+        assert abs(got / truth - 1) < PARAM_TOLERANCE, (name, got, truth)
+    predicted = bgnbd_expected_purchases(fitted, 39 * 7, x, tx, T, modified=True)
+    assert abs(predicted.sum() / future.sum() - 1) < 0.03
+    # one-order customers can be dead: the longer since their only order, the less alive
+    alive = bgnbd_p_alive(fitted, [0, 0, 0], [0, 0, 0], [7, 70, 700], modified=True)
+    assert (alive < 1).all() and (np.diff(alive) < 0).all()
+
+
 def test_published_cdnow_conditional_expectation() -> None:
     """FHL (2005) §4: with the CDNOW estimates, a customer with x=2, t_x=30.43, T=38.86
     weeks is expected to make 1.226 purchases in the next 39 weeks."""
@@ -128,15 +147,24 @@ def test_published_cdnow_conditional_expectation() -> None:
     assert got[0] == pytest.approx(1.226, abs=5e-4)
 
 
-def _individual_bgnbd_likelihood(lam: float, p: float, x: int, tx: float, T: float) -> float:
+def _individual_bgnbd_likelihood(
+    lam: float, p: float, x: int, tx: float, T: float, modified: bool
+) -> float:
     """Likelihood of (x, t_x, T) for one customer with known rate and drop-out (weeks)."""
+    if modified:  # one more chance to drop out: right after the first purchase
+        return (1 - p) ** (x + 1) * lam**x * math.exp(-lam * T) + p * (
+            1 - p
+        ) ** x * lam**x * math.exp(-lam * tx)
     alive = (1 - p) ** x * lam**x * math.exp(-lam * T)
     dead = p * (1 - p) ** (x - 1) * lam**x * math.exp(-lam * tx) if x > 0 else 0.0
     return alive + dead
 
 
+@pytest.mark.parametrize("modified", [False, True])
 @pytest.mark.parametrize(("x", "tx_days", "T_days"), [(0, 0.0, 35.0), (3, 20.0, 35.0)])
-def test_bgnbd_log_likelihood_equals_the_integrated_individual_model(x, tx_days, T_days) -> None:
+def test_bgnbd_log_likelihood_equals_the_integrated_individual_model(
+    x, tx_days, T_days, modified
+) -> None:
     """The closed-form log-likelihood equals the individual likelihood integrated over the
     Gamma(r, alpha) rate and the Beta(a, b) drop-out probability numerically."""
     # r, a > 1 keep both densities bounded, so the quadrature is quick and accurate
@@ -147,11 +175,11 @@ def test_bgnbd_log_likelihood_equals_the_integrated_individual_model(x, tx_days,
     def integrand(p: float, lam: float) -> float:
         gamma_pdf = alpha**r * lam ** (r - 1) * math.exp(-alpha * lam) / math.gamma(r)
         beta_pdf = p ** (a - 1) * (1 - p) ** (b - 1) / special.beta(a, b)
-        return _individual_bgnbd_likelihood(lam, p, x, tx, T) * gamma_pdf * beta_pdf
+        return _individual_bgnbd_likelihood(lam, p, x, tx, T, modified) * gamma_pdf * beta_pdf
 
     # the integrand in lambda decays like exp(-(alpha + t_x) lambda): 60/(alpha+t_x) is far
     value, _ = integrate.dblquad(integrand, 0, 60 / (alpha + tx), 0, 1, epsabs=0, epsrel=1e-9)
-    closed = bgnbd_log_likelihood(params, [x], [tx_days], [T_days])[0]
+    closed = bgnbd_log_likelihood(params, [x], [tx_days], [T_days], modified=modified)[0]
     assert closed == pytest.approx(math.log(value), abs=1e-6)
 
 
@@ -182,9 +210,10 @@ def test_closed_form_equals_quadrature_for_extreme_customers() -> None:
     tx = np.array([0, 10, 20, 30, 38, 38.9])
     T = np.full(6, 39.0)
     for t in (1.0, 39.0, 520.0):
-        closed = _expected_purchases_closed(CDNOW, CDNOW.a, t, x, tx, T)
-        quad = _expected_purchases_quadrature(CDNOW, t, x, tx, T)
-        np.testing.assert_allclose(closed, quad, rtol=1e-7)
+        for modified in (False, True):
+            closed = _expected_purchases_closed(CDNOW, CDNOW.a, t, x, tx, T, modified)
+            quad = _expected_purchases_quadrature(CDNOW, t, x, tx, T, modified)
+            np.testing.assert_allclose(closed, quad, rtol=1e-7)
 
 
 def test_bgnbd_closed_form_properties() -> None:
@@ -300,6 +329,8 @@ def test_analytic_gradients_match_finite_differences() -> None:
     cases = [
         (lambda p: _bgnbd_ll_and_grad(p, x, tx, T), np.log([0.243, 4.4, 0.79, 2.4])),
         (lambda p: _bgnbd_ll_and_grad(p, x, tx, T), np.log([2.0, 0.5, 3.0, 0.3])),
+        (lambda p: _bgnbd_ll_and_grad(p, x, tx, T, True), np.log([0.243, 4.4, 0.79, 2.4])),
+        (lambda p: _bgnbd_ll_and_grad(p, x, tx, T, True), np.log([2.0, 0.5, 3.0, 0.3])),
         (lambda p: _gg_ll_and_grad(p, x + 1, m), np.log([6.0, 3.7, 15.0])),
         (lambda p: _gg_ll_and_grad(p, x + 1, m), np.log([0.5, 1.5, 2.0])),
     ]
@@ -531,6 +562,20 @@ def test_model_predicts_extreme_and_unseen_customers_without_nan(model) -> None:
     assert pred.loc["lost", "p_alive"] < 0.01
 
 
+def test_model_process_is_validated_and_round_trips(summary) -> None:
+    with pytest.raises(ValueError, match=r"CLV process must be one of \('bgnbd', 'mbgnbd'\)"):
+        CLVModel(process="pareto")
+    spec = load_spec("clv")
+    spec["params"] = {**spec["params"], "process": "mbgnbd"}
+    model = CLVModel.from_spec(spec).fit(summary)
+    facts = json.loads(json.dumps(model.to_dict()))
+    assert facts["process"] == "mbgnbd"
+    pd.testing.assert_frame_equal(
+        CLVModel.from_dict(facts).predict(summary), model.predict(summary)
+    )
+    assert (model.predict(summary).loc[summary["frequency"] == 0, "p_alive"] < 1).all()
+
+
 def test_model_errors_are_readable(summary) -> None:
     with pytest.raises(RuntimeError, match="CLVModel is not fitted"):
         CLVModel().predict(summary)
@@ -627,3 +672,10 @@ def test_clv_on_the_sample_world_against_its_ground_truth(world) -> None:
     facts = evaluate_purchases(pred["expected_purchases_12m"], actual)
     assert facts["spearman"] > 0.4, facts
     assert abs(facts["relative_total_error"]) < 0.35, facts
+
+    # Over all customers, BG/NBD's p_alive ranks badly (every one-order customer is "alive");
+    # the modified BG/NBD's does not
+    modified = CLVModel(process="mbgnbd").fit(summary).predict(summary)
+    auc_bg = roc_auc_score(~dropped, pred["p_alive"])
+    auc_mbg = roc_auc_score(~dropped, modified["p_alive"])
+    assert auc_mbg > 0.8 and auc_mbg > auc_bg + 0.15, (auc_bg, auc_mbg)
