@@ -4,9 +4,12 @@ The models are the standard ones of Fader, Hardie & Lee: "Counting your customer
 way: an alternative to the Pareto/NBD model" (Marketing Science, 2005) for the BG/NBD
 purchase process, and "RFM and CLV: using iso-value curves for customer base analysis"
 (Journal of Marketing Research, 2005) for the Gamma-Gamma spend model. Both are fitted by
-maximum likelihood with ``scipy.optimize.minimize`` on log-parameters (L-BFGS-B, with a
-Nelder-Mead fallback), the log-likelihoods written with ``gammaln``/``betaln`` and
-log-sum-exp so that they stay finite for customers with hundreds of orders.
+maximum likelihood with ``scipy.optimize.minimize`` on log-parameters (L-BFGS-B with
+analytic gradients, a Nelder-Mead fallback, and a vanishing gradient required of the
+result), the log-likelihoods written with ``gammaln``/``betaln`` and log-sum-exp so that
+they stay finite for customers with hundreds of orders. Optionally (``modified=True``,
+``CLVModel(process="mbgnbd")``) the modified BG/NBD of Batislam, Denizel & Filiztekin
+(2007), where a customer may also drop out right after the first purchase.
 
 They are hand-written on purpose: ``lifetimes`` is unmaintained and pins old pandas/numpy
 (it cannot be installed next to pandas 3), and ``pymc-marketing`` brings a whole Bayesian
