@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from lifecycle.quality.publish import PublishResult, pending_build, publish_marts
 from lifecycle.quality.suites import LAYERS, RowCountRule, Suite, load_suites, tokens_for
@@ -213,6 +214,17 @@ class Verdict:
 # ------------------------------------------------------------------------ planning
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """One suite to run: on which relation, which rows, with which parameters."""
+
+    suite: Suite
+    relation: str
+    query: str | None  # None: the relation does not exist
+    tokens: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
 def _marts_schema(conn: psycopg.Connection, day: dt.date) -> str:
     """Return the schema holding the marts to validate for `day` (a pending build first)."""
     built = pending_build(conn)
@@ -264,8 +276,9 @@ def row_count_bounds(
         # count what raw holds (the truth), not what the loader logged
         found = dict(
             conn.execute(
-                f"select _batch_id, count(*) from raw.{entity} "  # entity from a checked suite
-                "where _batch_id = any(%s) group by 1",
+                sql.SQL(
+                    "select _batch_id, count(*) from raw.{} where _batch_id = any(%s) group by 1"
+                ).format(sql.Identifier(entity)),
                 (ids,),
             ).fetchall()
         )
@@ -292,6 +305,15 @@ def _exception(info: dict[str, Any]) -> str | None:
     return "; ".join(messages) or None
 
 
+def _column(kwargs: dict[str, Any]) -> str | None:
+    """Return the column(s) an expectation is about (comma-joined for compound ones)."""
+    if kwargs.get("column"):
+        return str(kwargs["column"])
+    if kwargs.get("column_list"):
+        return ",".join(kwargs["column_list"])
+    return None
+
+
 def _outcome(suite: Suite, relation: str, ordinal: int, res: dict[str, Any]) -> Outcome:
     """Return the Outcome of one GX ExpectationValidationResult (as JSON)."""
     config = res.get("expectation_config") or {}
@@ -303,8 +325,7 @@ def _outcome(suite: Suite, relation: str, ordinal: int, res: dict[str, Any]) -> 
         ordinal=ordinal,
         relation=relation,
         expectation=str(config.get("type")),
-        column=kwargs.get("column")
-        or (",".join(kwargs["column_list"]) if kwargs.get("column_list") else None),
+        column=_column(kwargs),
         severity=str(config.get("severity") or "critical"),
         success=bool(res.get("success")),
         observed_value=result.get("observed_value"),
@@ -354,10 +375,9 @@ def validate_layer(
         if schema is None:
             schema = _marts_schema(conn, day) if layer == "marts" else LAYERS[layer]
         verdict = Verdict(layer, day, run_id, schema)
-        plans: list[tuple[Suite, str, str, dict[str, Any]]] = []
+        plans: list[_Plan] = []
         for suite in suites:
             tokens = tokens_for(day, schema)
-            params: dict[str, Any] = {}
             if suite.requires_batch:
                 tokens["batch_id"] = f"{suite.requires_batch}:{day.isoformat()}"
                 if not _batch_exists(conn, tokens["batch_id"]):
@@ -369,17 +389,18 @@ def validate_layer(
             relation = suite.relation(schema)
             if not _table_exists(conn, relation):
                 if suite.layer == "marts":  # the marts must all be there
-                    plans.append((suite, relation, "", params))
+                    plans.append(_Plan(suite, relation, None))
                 else:
                     verdict.skipped[suite.name] = f"{relation} does not exist"
                 continue
+            params: dict[str, Any] = {}
             if suite.row_count and suite.requires_batch:
                 low, high, history = row_count_bounds(
                     conn, suite.requires_batch, day, suite.row_count
                 )
                 params = {"row_count_min": low, "row_count_max": high}
                 log.debug("%s row count bounds %s..%s from %s", suite.name, low, high, history)
-            plans.append((suite, relation, suite.query(tokens), params | {"_tokens": tokens}))
+            plans.append(_Plan(suite, relation, suite.query(tokens), tokens, params))
     if plans:
         _run_gx(verdict, plans, url)
     verdict.elapsed_s = time.perf_counter() - started
@@ -388,19 +409,17 @@ def validate_layer(
     return verdict
 
 
-def _run_gx(
-    verdict: Verdict, plans: list[tuple[Suite, str, str, dict[str, Any]]], url: str
-) -> None:
+def _run_gx(verdict: Verdict, plans: list[_Plan], url: str) -> None:
     """Run the planned suites with GX and add their outcomes to `verdict`."""
     import great_expectations as gx
 
     ctx = _gx_context()
     source = ctx.data_sources.add_sql(name="warehouse", connection_string=sqlalchemy_url(url))
     try:
-        for i, (suite, relation, query, params) in enumerate(plans):
+        for i, plan in enumerate(plans):
+            suite, relation = plan.suite, plan.relation
             verdict.suites.append(suite.name)
-            tokens = params.pop("_tokens", {})
-            if not query:  # a mart that was not built: every expectation fails
+            if plan.query is None:  # a mart that was not built: every expectation fails
                 for n, exp in enumerate(suite.spec["expectations"]):
                     verdict.outcomes.append(
                         Outcome(
@@ -408,20 +427,20 @@ def _run_gx(
                             n,
                             relation,
                             exp["type"],
-                            (exp.get("kwargs") or {}).get("column"),
+                            _column(exp.get("kwargs") or {}),
                             exp.get("severity", "critical"),
                             False,
                             exception=f"{relation} does not exist",
                         )
                     )
                 continue
-            asset = source.add_query_asset(name=f"a{i}", query=query)
+            asset = source.add_query_asset(name=f"a{i}", query=plan.query)
             batch = asset.add_batch_definition_whole_table(f"b{i}")
-            gx_suite = ctx.suites.add(gx.ExpectationSuite(**suite.gx_spec(tokens)))
+            gx_suite = ctx.suites.add(gx.ExpectationSuite(**suite.gx_spec(plan.tokens)))
             definition = ctx.validation_definitions.add(
                 gx.ValidationDefinition(name=f"v{i}", data=batch, suite=gx_suite)
             )
-            res = definition.run(result_format="SUMMARY", expectation_parameters=params)
+            res = definition.run(result_format="SUMMARY", expectation_parameters=plan.params)
             for n, item in enumerate(res.to_json_dict()["results"]):
                 verdict.outcomes.append(_outcome(suite, relation, n, item))
     finally:

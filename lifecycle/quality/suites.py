@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lifecycle.raw import ENTITIES
+
 #: The suites folder (``expectations/`` at the top of the repository).
 SUITES_DIR = Path(__file__).resolve().parent.parent.parent / "expectations"
 
@@ -126,6 +128,11 @@ def _load(path: Path, layer: str) -> Suite:
                 f"{path}: expectation {i} ({exp['type']}) has severity {severity!r}; "
                 f"one of {', '.join(SEVERITIES)}"
             )
+    requires = binding.get("requires_batch")
+    if requires is not None and requires not in ENTITIES:
+        raise SuiteError(
+            f"{path}: requires_batch {requires!r} is not a raw table; one of {', '.join(ENTITIES)}"
+        )
     rule = binding.get("row_count")
     return Suite(
         name=spec["name"],
@@ -133,7 +140,7 @@ def _load(path: Path, layer: str) -> Suite:
         path=path,
         table=binding["table"],
         batch=binding.get("batch"),
-        requires_batch=binding.get("requires_batch"),
+        requires_batch=requires,
         row_count=RowCountRule(**rule) if isinstance(rule, dict) else None,
         spec=spec,
     )

@@ -299,7 +299,11 @@ def test_missing_mart_fails_the_gate(warehouse) -> None:
         url,
         settings,
         {
-            ("marts.funnel", "expect_compound_columns_to_be_unique", None),
+            (
+                "marts.funnel",
+                "expect_compound_columns_to_be_unique",
+                "cohort_month,acquisition_channel",
+            ),
             ("marts.funnel", "expect_column_values_to_be_between", "lead_rate"),
             ("marts.funnel", "expect_column_values_to_be_between", "first_purchase_rate"),
             ("marts.funnel", "expect_column_values_to_be_between", "repeat_purchase_rate"),

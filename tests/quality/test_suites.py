@@ -74,6 +74,9 @@ def test_malformed_suites_are_refused_with_the_file_named(tmp_path) -> None:
     _suite(tmp_path, "t", {**good, "expectations": [bad]})
     with pytest.raises(SuiteError, match="severity 'fatal'; one of critical, warning, info"):
         load_suites("raw", tmp_path)
+    _suite(tmp_path, "t", {**good, "meta": {"lifecycle": {"table": "x", "requires_batch": "x"}}})
+    with pytest.raises(SuiteError, match="requires_batch 'x' is not a raw table"):
+        load_suites("raw", tmp_path)
     (tmp_path / "raw" / "t.json").write_text("{not json")
     with pytest.raises(SuiteError, match="not a readable JSON suite"):
         load_suites("raw", tmp_path)
