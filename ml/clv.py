@@ -788,6 +788,17 @@ class CLVModel:
     def from_spec(cls, spec: Mapping[str, Any]) -> CLVModel:
         """Return an unfitted model configured from a ``models/clv.yaml`` spec."""
         params = dict(spec.get("params", {}))
+        known = (
+            "process",
+            "penalizer",
+            "gg_penalizer",
+            "horizon_days",
+            "annual_discount_rate",
+            "min_repeat_buyers",
+        )
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ValueError(f"clv spec: unknown params {unknown}; known: {list(known)}")
         return cls(
             process=str(params.get("process", "bgnbd")),
             penalizer=float(params.get("penalizer", 0.0)),

@@ -66,6 +66,18 @@ DEFAULT_NAMING: dict[str, float] = {
     "low_value_z": -0.75,
     "engaged_z": 0.5,
 }
+#: Keys of a spec's ``params`` block (the constructor's settings).
+SPEC_PARAMS = (
+    "k_min",
+    "k_max",
+    "silhouette_sample",
+    "silhouette_tolerance",
+    "selection_sample",
+    "fit_sample",
+    "n_init",
+    "random_state",
+    "match_max_distance",
+)
 #: Below this many rows KMeans and the silhouette run on one thread: OpenMP workers that
 #: spin-wait make small fits several times slower on a busy machine, not faster.
 SINGLE_THREAD_ROWS = 50_000
@@ -120,6 +132,16 @@ class SegmentationModel:
     def from_spec(cls, spec: Mapping[str, Any]) -> SegmentationModel:
         """Return an unfitted model configured from a ``models/segmentation.yaml`` spec."""
         params = dict(spec.get("params", {}))
+        unknown = sorted(set(params) - set(SPEC_PARAMS))
+        if unknown:
+            raise ValueError(
+                f"segmentation spec: unknown params {unknown}; known: {list(SPEC_PARAMS)}"
+            )
+        unknown = sorted(set(spec.get("naming", {})) - set(DEFAULT_NAMING))
+        if unknown:
+            raise ValueError(
+                f"segmentation spec: unknown naming keys {unknown}; known: {list(DEFAULT_NAMING)}"
+            )
         return cls(
             features=tuple(spec["features"]),
             roles=dict(spec.get("roles", {})),

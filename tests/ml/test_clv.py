@@ -577,6 +577,8 @@ def test_model_process_is_validated_and_round_trips(summary) -> None:
 
 
 def test_model_errors_are_readable(summary) -> None:
+    with pytest.raises(ValueError, match=r"clv spec: unknown params \['horizon'\]"):
+        CLVModel.from_spec({"params": {"horizon": 90}})
     with pytest.raises(RuntimeError, match="CLVModel is not fitted"):
         CLVModel().predict(summary)
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['monetary_value'\]"):

@@ -223,6 +223,16 @@ def test_without_roles_names_are_unique_tiers(customers) -> None:
     assert all(n.startswith("customers, ") for n in names)
 
 
+def test_a_constant_feature_is_harmless(customers) -> None:
+    """Without web data every sessions_90d is 0: the fit still finds the groups, and no
+    segment is called "engaged"."""
+    no_web = customers.assign(sessions_90d=0.0)
+    fitted = spec_model(n_init=4).fit(no_web)
+    assert fitted.k == 4
+    assert adjusted_rand_score(no_web["group"], fitted.predict(no_web)["segment_id"]) == 1.0
+    assert not any("engaged" in n for n in fitted.segments["segment_name"])
+
+
 def test_predict_keeps_the_index_and_types(model, customers) -> None:
     subset = customers.iloc[[5, 900, 17]]
     out = model.predict(subset)
@@ -261,6 +271,11 @@ def test_bad_input_is_rejected_clearly(model, customers) -> None:
         other.fit(customers, previous=model)
     with pytest.raises(RuntimeError, match="not fitted"):
         SegmentationModel(features=("count_orders",)).predict(customers)
+    spec = load_spec("segmentation")
+    with pytest.raises(ValueError, match=r"unknown params \['k_maximum'\]"):
+        SegmentationModel.from_spec({**spec, "params": {"k_maximum": 9}})
+    with pytest.raises(ValueError, match=r"unknown naming keys \['vip_days'\]"):
+        SegmentationModel.from_spec({**spec, "naming": {"vip_days": 9}})
     with pytest.raises(ValueError, match="not among the features"):
         SegmentationModel(features=("count_orders",), roles={"monetary": "revenue_usd"})
 
