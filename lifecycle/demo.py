@@ -71,7 +71,10 @@ def run_demo(
         )
         reports = run_dates([first], env=env, echo=echo)
         echo(f"[5/6] Airflow: lifecycle_train as of {first}: churn, CLV, segmentation → MLflow")
-        train_reports = run_dates([first], dag_id=TRAIN_DAG_ID, env=env, echo=echo)
+        # a training run for logical date D trains as of D - 1: here, as of the first day
+        train_reports = run_dates(
+            [first + dt.timedelta(days=1)], dag_id=TRAIN_DAG_ID, env=env, echo=echo
+        )
         echo(
             f"[6/6] Airflow: lifecycle_daily for {', '.join(map(str, later))}: one new day each, "
             "scored with the champion models, audiences exported, report written"

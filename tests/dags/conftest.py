@@ -31,13 +31,6 @@ DAYS = [dt.date(2024, 3, 29), dt.date(2024, 3, 30), dt.date(2024, 3, 31)]
 COMPARED_SCHEMAS = ("raw", "staging", "intermediate", "marts", "ml", "activation")
 
 
-def transform_available() -> bool:
-    """True when the dbt step (lifecycle.transform) is in this checkout."""
-    import importlib.util
-
-    return importlib.util.find_spec("lifecycle.transform") is not None
-
-
 @pytest.fixture(scope="session")
 def lifecycle_home() -> Iterator[Path]:
     """LIFECYCLE_HOME of the DAG tests: holds the local Airflow home and dbt's target/."""
