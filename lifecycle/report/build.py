@@ -147,11 +147,19 @@ def collect_sections(conn: psycopg.Connection, day: dt.date, settings: Settings)
     """Return every section of the report of `day`, available or with its reason."""
     from lifecycle.report import evaluation
 
+    scored_version = None
+    if sections.exists(conn, "ml.scores_history"):
+        row = conn.execute(
+            "select min(churn_model_version) from ml.scores_history where score_date = %s", (day,)
+        ).fetchone()
+        scored_version = row[0]
     built = []
     for key, title, builder in SECTIONS:
         try:
             section = (
-                evaluation.model_section(settings, day) if builder is None else builder(conn, day)
+                evaluation.model_section(settings, day, scored_version)
+                if builder is None
+                else builder(conn, day)
             )
         except Unavailable as exc:
             section = Section(key, title, reason=str(exc))

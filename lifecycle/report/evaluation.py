@@ -40,15 +40,36 @@ def mlflow_client(settings: Settings):  # -> mlflow.MlflowClient
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def model_section(settings: Settings, day: dt.date) -> Section:
-    """Return the champion churn model's holdout evaluation vs baselines and previous champion."""
+def model_section(settings: Settings, day: dt.date, scored_version: str | None = None) -> Section:
+    """Return the holdout evaluation of the churn model that scored `day` (else the champion).
+
+    `scored_version` is the ``churn_model_version`` stamped on the day's scores; when the
+    day has no scores, or that version is not in this registry, the current champion's
+    evaluation is shown and a note says so.
+    """
     client = mlflow_client(settings)
     from mlflow.exceptions import MlflowException
 
     try:
-        version = client.get_model_version_by_alias(CHURN_MODEL, CHAMPION)
+        champion = client.get_model_version_by_alias(CHURN_MODEL, CHAMPION)
     except MlflowException as exc:
         raise Unavailable(f"no {CHURN_MODEL}@{CHAMPION} in the MLflow registry: {TRAIN}") from exc
+    notes = []
+    version = champion
+    if scored_version is None:
+        notes.append(f"No scores for {day}: showing the current champion.")
+    elif scored_version != champion.version:
+        try:
+            version = client.get_model_version(CHURN_MODEL, scored_version)
+            notes.append(
+                f"The scores of {day} were made by v{scored_version}; the current champion is "
+                f"v{champion.version}."
+            )
+        except MlflowException:
+            notes.append(
+                f"The scores of {day} were made by v{scored_version}, which this registry does "
+                f"not hold: showing the current champion."
+            )
     run = client.get_run(version.run_id)
     metrics = run.data.metrics
     section = Section("model", f"Churn model evaluation: {CHURN_MODEL} v{version.version}")
@@ -58,7 +79,9 @@ def model_section(settings: Settings, day: dt.date) -> Section:
             f"run {version.run_id} of {CHURN_MODEL} v{version.version} logged no metrics"
         )
     candidates = [c for c in table[0] if c != "metric"]
-    section.blocks.append(Kpi("champion-version", "champion version", int(version.version)))
+    section.blocks.append(Kpi("model-version", "model version shown", int(version.version)))
+    section.blocks.append(Kpi("champion-version", "current champion", int(champion.version)))
+    section.blocks += [Note(n, "warn") for n in notes]
     auc = next((r for r in table if r["metric"] == "roc_auc"), None)
     if auc and auc.get(MODEL_SCORER) is not None:
         section.blocks.append(Kpi("roc-auc", "holdout ROC AUC", auc[MODEL_SCORER]))

@@ -82,13 +82,14 @@ def overview(conn: psycopg.Connection, day: dt.date) -> Section:
     if exists(conn, "marts.channel_ltv"):
         ltv = _rows(
             conn,
-            "select count_buyers, revenue_usd, average_order_value_usd, ltv_usd "
+            "select count_buyers, revenue_usd, average_order_value_usd, ltv_usd, as_of_date "
             "from marts.channel_ltv where acquisition_channel = 'all'",
         )
         if ltv:
+            to = ltv[0]["as_of_date"]
             section.blocks += [
-                Kpi("buyers", "buyers to date", ltv[0]["count_buyers"]),
-                Kpi("revenue", "revenue to date", ltv[0]["revenue_usd"], "usd"),
+                Kpi("buyers", f"buyers to {to}", ltv[0]["count_buyers"]),
+                Kpi("revenue", f"revenue to {to}", ltv[0]["revenue_usd"], "usd"),
                 Kpi("aov", "average order value", ltv[0]["average_order_value_usd"], "usd"),
                 Kpi("ltv", "planning LTV", ltv[0]["ltv_usd"], "usd"),
             ]

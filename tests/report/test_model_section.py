@@ -9,6 +9,7 @@ report shows exactly what was logged.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from decimal import Decimal
 
@@ -30,7 +31,10 @@ METRICS = {
 
 @pytest.fixture(scope="module")
 def mlflow_home(report_world, tmp_path_factory):
-    """A LIFECYCLE_HOME whose MLflow store holds a registered churn champion (version 2)."""
+    """A LIFECYCLE_HOME whose MLflow store holds churn versions 1-3, champion v3.
+
+    v3 is the version stamped on the test scores of END (conftest: churn_model_version "3").
+    """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
     from matplotlib.figure import Figure
@@ -51,7 +55,7 @@ def mlflow_home(report_world, tmp_path_factory):
     ax.plot(xs, np.sqrt(xs), label="churn_model")
     ax.plot(xs, xs, "k:")
     fig.savefig(roc, dpi=80)
-    for i, auc in enumerate((0.7901, METRICS["churn_model"]["roc_auc"])):
+    for i, auc in enumerate((0.7702, 0.7901, METRICS["churn_model"]["roc_auc"])):
         run = client.create_run(exp, run_name=f"churn-{i}")
         rid = run.info.run_id
         for scorer, values in METRICS.items():
@@ -69,13 +73,16 @@ def mlflow_home(report_world, tmp_path_factory):
     return home
 
 
-def test_model_section_shows_the_champions_logged_metrics(report_world, mlflow_home) -> None:
+def test_model_section_shows_the_logged_metrics_of_the_scoring_model(
+    report_world, mlflow_home
+) -> None:
     settings = make_settings(mlflow_home, LIFECYCLE_WAREHOUSE_URL=report_world.url)
     result = build_report(END, settings)
     assert "model" in result.rendered and not result.unavailable
     page = read_page(result.path.read_text(encoding="utf-8"))
     assert page.sections["model"]["available"]
-    assert int(page.kpis["kpi-champion-version"]) == 2
+    assert int(page.kpis["kpi-model-version"]) == 3  # the version that scored END
+    assert int(page.kpis["kpi-champion-version"]) == 3
     assert Decimal(page.kpis["kpi-roc-auc"]) == Decimal("0.8123")
     assert Decimal(page.kpis["kpi-best-baseline-auc"]) == Decimal("0.7655")
     table = {r["metric"]: r for r in page.tables["model-metrics"]}
@@ -85,8 +92,21 @@ def test_model_section_shows_the_champions_logged_metrics(report_world, mlflow_h
             assert float(table[metric][scorer]) == pytest.approx(value), (scorer, metric)
     assert {"model-auc", "model-roc"} <= set(page.charts)
     assert page.charts["model-roc"] >= 1  # the logged PNG, inline
-    assert "Promotion of v2: roc_auc 0.8123 beats champion v1" in page.sections["model"]["text"]
+    assert "Promotion of v3: roc_auc 0.8123 beats champion v2" in page.sections["model"]["text"]
     assert page.external == []
+
+
+def test_model_section_of_a_day_without_scores_shows_the_champion(
+    report_world, mlflow_home, tmp_path
+) -> None:
+    settings = make_settings(mlflow_home, LIFECYCLE_WAREHOUSE_URL=report_world.url)
+    result = build_report(dt.date(2024, 5, 31), settings, out=tmp_path / "may.html")
+    page = read_page(result.path.read_text(encoding="utf-8"))
+    assert int(page.kpis["kpi-model-version"]) == 3
+    assert (
+        "No scores for 2024-05-31: showing the current champion."
+        in (page.sections["model"]["text"])
+    )
 
 
 def test_metric_table_reads_scorer_dot_metric_keys() -> None:
