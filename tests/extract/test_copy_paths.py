@@ -205,6 +205,10 @@ def test_hash_strings_depends_on_the_bytes_alone() -> None:
     assert hash_strings(shuffled).tolist() == list(reversed(hashes.tolist()))
     many = pa.array([f"O{i:012d}" for i in range(50_000)])
     assert len(np.unique(hash_strings(many))) == 50_000
+    # Values of one length take a faster path that must agree with the general one.
+    for value in ["O000000012345", "2024-01-01T00:00:00Z", "x" * 70, "abcdefgh"]:
+        alone = hash_strings(pa.array([value, value]))[0]
+        assert alone == hash_strings(pa.array([value, "odd length"]))[0], value
 
 
 def test_seen_hashes_across_levels() -> None:
