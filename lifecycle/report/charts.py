@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import re
+import textwrap
 from collections.abc import Sequence
 
 import matplotlib
@@ -247,6 +248,7 @@ def bars(
     colors: Sequence[str] | None = None,
     horizontal: bool = False,
     bar_colors: Sequence[str] | None = None,
+    ylim: tuple[float, float] | None = None,
 ) -> str:
     """Return a (grouped) bar chart: one bar per label and group; None is left out.
 
@@ -273,7 +275,7 @@ def bars(
         else:
             ax.bar(x + i * width - 0.4 + width / 2, vals, width=width, label=group, color=color)
     if horizontal:
-        ax.set_yticks(x, labels)
+        ax.set_yticks(x, [textwrap.fill(label, 24) for label in labels])
         ax.invert_yaxis()
         ax.set_xlabel(ylabel)
     else:
@@ -284,6 +286,8 @@ def bars(
             ha="right" if max(map(len, labels)) > 8 else "center",
         )
         ax.set_ylabel(ylabel)
+    if ylim:
+        (ax.set_xlim if horizontal else ax.set_ylim)(*ylim)
     ax.set_title(title, fontsize=10)
     if k > 1:
         ax.legend(frameon=False, fontsize=7)

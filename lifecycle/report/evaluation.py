@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
+import tempfile
 from pathlib import Path
 
 from lifecycle.report import charts
@@ -35,6 +36,7 @@ def mlflow_client(settings: Settings):  # -> mlflow.MlflowClient
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise Unavailable(f"no MLflow tracking store at {uri.removeprefix('sqlite:///')}: {TRAIN}")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # task logs, not TTYs
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -58,7 +60,7 @@ def model_section(settings: Settings, day: dt.date, scored_version: str | None =
     version = champion
     if scored_version is None:
         notes.append(f"No scores for {day}: showing the current champion.")
-    elif scored_version != champion.version:
+    elif str(scored_version) != str(champion.version):
         try:
             version = client.get_model_version(CHURN_MODEL, scored_version)
             notes.append(
@@ -100,6 +102,7 @@ def model_section(settings: Settings, day: dt.date, scored_version: str | None =
                     "model-auc",
                     "Holdout ROC AUC: model, variants, baselines",
                     "ROC AUC",
+                    ylim=(0.5, 1.0),
                 ),
                 "Same time-based holdout for every candidate (MLflow run metrics).",
             )
@@ -167,28 +170,31 @@ def plots(client, run_id: str) -> list[tuple[str, str]]:
         artifacts = _walk(client, run_id, "")
     except Exception:  # noqa: BLE001 - a missing artifact store only loses the plots
         return out
-    for path in artifacts:
-        name = Path(path).stem
-        if not any(k in name for k in ("roc", "calibration", "lift")):
-            continue
-        local = Path(client.download_artifacts(run_id, path))
-        if path.endswith(".svg"):
-            text = local.read_text(encoding="utf-8")
-            out.append((name, text[text.index("<svg") :]))
-        elif path.endswith(".png"):
-            png = local.read_bytes()
-            # width and height are the first fields of the IHDR chunk (PNG spec, bytes 16-24)
-            w, h = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-            data = base64.b64encode(png).decode("ascii")
-            out.append(
-                (
-                    name,
-                    f'<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{name}" '
-                    f'viewBox="0 0 {w} {h}"><image width="{w}" height="{h}" '
-                    f'href="data:image/png;base64,{data}"/></svg>',
-                )
-            )
-    return out
+    with tempfile.TemporaryDirectory(prefix="lifecycle-report-") as tmp:
+        for path in artifacts:
+            name = Path(path).stem
+            if not any(k in name for k in ("roc", "calibration", "lift")):
+                continue
+            local = Path(client.download_artifacts(run_id, path, dst_path=tmp))
+            if path.endswith(".svg"):
+                text = local.read_text(encoding="utf-8")
+                out.append((name, text[text.index("<svg") :]))
+            elif path.endswith(".png"):
+                out.append((name, _png_svg(name, local.read_bytes())))
+    order = {"roc": 0, "calibration": 1, "lift": 2}
+    return sorted(out, key=lambda item: order.get(item[0], 9))
+
+
+def _png_svg(name: str, png: bytes) -> str:
+    """Return `png` wrapped in an inline SVG of its own size (a data URI: no file to fetch)."""
+    # width and height are the first fields of the IHDR chunk (PNG spec: bytes 16-24)
+    w, h = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    data = base64.b64encode(png).decode("ascii")
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{name}" '
+        f'viewBox="0 0 {w} {h}"><image width="{w}" height="{h}" '
+        f'href="data:image/png;base64,{data}"/></svg>'
+    )
 
 
 def _walk(client, run_id: str, path: str) -> list[str]:
