@@ -191,6 +191,8 @@ def gates_part(conn: psycopg.Connection) -> Part:
         "count_failed_critical as failed, count_failed_warning as warnings, run_id "
         "from ops.dq_runs order by layer, logical_date desc, recorded_at desc",
     )
+    order = {"raw": 0, "marts": 1, "scores": 2, "activation": 3}  # pipeline order
+    part.rows.sort(key=lambda r: (order.get(r["layer"], 9), r["layer"]))
     if not part.rows:
         part.note = NONE_YET
     return part

@@ -119,3 +119,12 @@ def test_metric_table_reads_scorer_dot_metric_keys() -> None:
         {"metric": "brier", "churn_model": 0.1, "bgnbd": None, "oracle": None},
     ]
     assert metric_table({"roc_auc": 0.8}) == [{"metric": "roc_auc", "churn_model": 0.8}]
+
+
+def test_status_shows_the_registered_champions(report_world, mlflow_home) -> None:
+    from lifecycle.status import collect_status
+
+    settings = make_settings(mlflow_home, LIFECYCLE_WAREHOUSE_URL=report_world.url)
+    part = collect_status(settings).part("models")
+    assert part.note is None
+    assert part.rows == [{"model": "lifecycle_churn", "champion": 3, "challenger": None}]
