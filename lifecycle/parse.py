@@ -214,16 +214,27 @@ def _no_bytes(arr: pa.Array, byte: int) -> bool:
 
 def _cast_each(values: pa.Array, to: pa.DataType) -> pa.Array:
     """Cast value by value (slow path, for chunks with a value Arrow rejects)."""
-    out = []
+    # Arrow arrays of one value each, never Python objects: a value Arrow holds but
+    # Python cannot (an instant in year 0) must come out as it does from a bulk cast.
+    out = [pa.nulls(0, to)]
     for v in values.to_pylist():
-        if v is None:
-            out.append(None)
-            continue
         try:
-            out.append(pc.cast(pa.array([v]), to)[0].as_py())
+            out.append(pc.cast(pa.array([v], pa.string()), to))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            out.append(None)
-    return pa.array(out, type=to)
+            out.append(pa.nulls(1, to))
+    return pa.concat_arrays(out)
+
+
+def _without_year_zero(load: pa.Array, value: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Return (load, value) with year-0000 values as null: Arrow reads them, PostgreSQL
+    rejects them (and would fail the whole COPY), so they are invalid values."""
+    zero = pc.fill_null(pc.starts_with(load, "0000"), False)
+    if not pc.any(zero).as_py():
+        return load, value
+    return (
+        pc.if_else(zero, pa.scalar(None, pa.string()), load),
+        pc.if_else(zero, pa.scalar(None, value.type), value),
+    )
 
 
 def _cast(values: pa.Array, to: pa.DataType) -> pa.Array:
@@ -264,10 +275,10 @@ def type_column(f_type: str, raw: pa.Array) -> tuple[pa.Array, pa.Array, pa.Arra
                 load = pc.if_else(has_tz, load, pc.binary_join_element_wise(load, "Z", ""))
             if not _no_bytes(load, ord("z")):  # Arrow reads only a capital Z as UTC
                 load = pc.replace_substring_regex(load, "z$", "Z")
-        value = _cast(load, pa.timestamp("us", tz="UTC"))
+        load, value = _without_year_zero(load, _cast(load, pa.timestamp("us", tz="UTC")))
     elif f_type == "date":
         load = _shaped(text, ISO_DATE)
-        value = _cast(load, pa.date32())
+        load, value = _without_year_zero(load, _cast(load, pa.date32()))
     elif f_type == "numeric":
         try:
             value, load = pc.cast(text, pa.float64()), text

@@ -268,3 +268,18 @@ def test_a_lower_case_z_reads_as_utc_whatever_else_the_chunk_holds() -> None:
     assert load.to_pylist() == ["2024-01-01T00:00:00Z", "2024-01-01 11:00Z"]
     assert value[1].as_py() == dt.datetime(2024, 1, 1, 11, tzinfo=dt.UTC)
     assert not pc.any(bad).as_py()
+
+
+@pytest.mark.parametrize("bad_too", [False, True], ids=["alone", "with-another-bad-value"])
+def test_year_zero_is_an_invalid_value_not_a_crash(bad_too: bool) -> None:
+    # Arrow reads year 0000, PostgreSQL rejects it: it used to fail the whole load (or
+    # crash the checker's per-value path, taken when another value is bad too).
+    other = "2023-02-29T00:00:00Z" if bad_too else "2024-01-01T00:00:00Z"
+    text = pa.array(["0000-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00", other])
+    load, value, bad = type_column("timestamp", text)
+    assert bad.to_pylist() == [True, False, bad_too]
+    assert load[0].as_py() is None and value[0].as_py() is None
+    # Year 1 with an offset is a valid instant (in year 0 UTC), as in PostgreSQL.
+    assert value.cast(pa.int64())[1].as_py() == -62135596800_000000 - 3600_000000
+    dates = type_column("date", pa.array(["0000-12-31", "2024-02-29", "2023-02-29"]))
+    assert dates[2].to_pylist() == [True, False, True]
