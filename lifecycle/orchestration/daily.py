@@ -225,6 +225,7 @@ def validate_marts() -> dict[str, Any]:
 @task(task_id="score", multiple_outputs=False, execution_timeout=SCORE_TIMEOUT)
 def score() -> dict[str, Any]:
     """Score every eligible customer as of the day with the champion models."""
+    from ml.score import ScoreError
     from ml.score import score as score_customers
     from ml.tracking import NoChampionError
 
@@ -234,11 +235,13 @@ def score() -> dict[str, Any]:
         # the scores' run id stays the default, keyed on the day: a rerun or a backfill
         # writes exactly the rows the original run wrote
         result = score_customers(day, _settings())
-    except NoChampionError as exc:
-        raise AirflowSkipException(
-            f"no champion model yet, so nothing is scored or exported for {day}: {exc} "
-            "(trigger lifecycle_train, or `lifecycle pipeline run --dag lifecycle_train`)"
-        ) from exc
+    except (ScoreError, NoChampionError) as exc:
+        if isinstance(exc, NoChampionError) or isinstance(exc.__cause__, NoChampionError):
+            raise AirflowSkipException(
+                f"no champion model yet, so nothing is scored or exported for {day}: {exc} "
+                "(trigger lifecycle_train, or `lifecycle pipeline run --dag lifecycle_train`)"
+            ) from exc
+        raise AirflowFailException(f"scoring as of {day} failed: {exc}") from exc
     log.info("%s", result.summary())
     facts = _facts(result)
     _annotate_assets(context, {SCORES_ASSET.name: {"logical_date": day.isoformat()}})
