@@ -2,19 +2,20 @@
 
 For a snapshot date D a feature uses only what was visible at the end of D:
 
-* **orders** — each order in the state of its version valid at the end of D
-  (``intermediate.int_orders_versioned``: valid time from the versions' ``updated_at``), so
-  a refund counts from the day it happened, never earlier; orders placed after D do not
-  exist yet;
+* **orders** — each order placed by D in the state of its latest version *recorded* by D
+  (the source's ``updated_at``, system time), so a refund counts from the day it was
+  recorded, and an order we only heard of later (e.g. a final-state export that first
+  shows it refunded) does not exist yet at D;
 * **web** — events that happened by D *and* were received by D (late deliveries count from
   the day they arrived), attributed to a customer by their ``user_id`` or by the device's
-  first identification observed by D;
-* **CRM** — the marketing opt-in of the latest contact version updated by D (unknown when
-  the only version we have was written later); acquisition channel and country are set
-  when the contact is created and are taken from the earliest version we have.
+  first identification known by D;
+* **CRM** — channel, country and marketing opt-in of the latest contact version recorded
+  by D (a contact first exported after D is unknown at D).
 
 The label ("churned") is true when the customer places no completed order in
-(D, D + horizon]; it is null while that window is not complete as of the data's date.
+(D, D + horizon] (valid time from ``intermediate.int_orders_versioned``: what really
+happened, however late we learned it); it is null while that window is not complete as
+of the data's date.
 A customer is eligible at D when they have at least one completed order by D.
 
 Customer keys come from identity resolution as built by the last ``dbt build``; the
@@ -136,15 +137,29 @@ versions as (
     inner join customer_ids on customer_ids.customer_id = v.customer_id
 ),
 
--- each order placed by D in the state of its version valid at the end of D
+-- each order placed by D in the state of its latest version *recorded* by D (system time:
+-- the version's updated_at), so an order that reached us only later does not exist yet
+recorded_versions as (
+    select
+        order_id,
+        updated_at,
+        row_number() over (partition by order_id order by updated_at) as version_number
+    from staging.stg_orders__orders
+),
+
 orders_at as (
-    select s.snapshot_date, v.customer_key, v.order_id, v.order_date, v.status,
+    select distinct on (s.snapshot_date, v.order_id)
+        s.snapshot_date, v.customer_key, v.order_id, v.order_date, v.status,
         v.is_completed, v.amount_usd
     from snapshots as s
     inner join versions as v
         on v.order_date <= s.snapshot_date
-        and v.valid_from_date <= s.snapshot_date
-        and (v.valid_to_date is null or v.valid_to_date > s.snapshot_date)
+        and not v.is_inferred
+    inner join recorded_versions as r
+        on r.order_id = v.order_id
+        and r.version_number = v.version_number
+        and {recorded_date} <= s.snapshot_date
+    order by s.snapshot_date, v.order_id, r.updated_at desc, v.version_number desc
 ),
 
 order_days as (
@@ -227,7 +242,20 @@ session_days as (
     group by 1, 2, 3, 4
 ),
 
--- a device belongs to the first identity observed on it by D (user_id before email)
+-- who identified on which device, and when we knew it (event happened and was received)
+device_identities as (
+    select
+        anonymous_id,
+        user_id,
+        email,
+        min(event_at) as first_observed_at,
+        min(greatest(event_date, {received_date})) as known_date
+    from staging.stg_web__events
+    where anonymous_id is not null and (user_id is not null or email is not null)
+    group by anonymous_id, user_id, email
+),
+
+-- a device belongs to the first identity known on it by D (user_id before email)
 devices_at as (
     select distinct on (s.snapshot_date, i.anonymous_id)
         s.snapshot_date,
@@ -235,9 +263,7 @@ devices_at as (
         case when i.user_id is not null then 'customer_id' else 'email' end as identifier_type,
         coalesce(i.user_id, i.email) as identifier_value
     from snapshots as s
-    inner join intermediate.int_web_identities_observed as i
-        on i.anonymous_id is not null
-        and {first_observed_date} <= s.snapshot_date
+    inner join device_identities as i on i.known_date <= s.snapshot_date
     order by s.snapshot_date, i.anonymous_id, (i.user_id is null), i.first_observed_at,
         i.user_id, i.email
 ),
@@ -297,21 +323,11 @@ contacts as (
         on ids.identifier_type = 'crm_contact_id' and ids.identifier_value = c.contact_id
 ),
 
--- set at creation: from the earliest version we have of the customer's first contact
-contact_profiles as (
-    select distinct on (customer_key)
-        customer_key,
-        coalesce(created_at, updated_at) as created_at,
-        acquisition_channel,
-        country_code
-    from contacts
-    order by customer_key, coalesce(created_at, updated_at), contact_id, updated_at
-),
-
--- consent changes: the latest version written by D
-opt_in_at as (
+-- the latest contact version recorded by D (a contact exported only later is unknown at D)
+crm_at as (
     select distinct on (s.snapshot_date, c.customer_key)
-        s.snapshot_date, c.customer_key, c.is_marketing_opt_in
+        s.snapshot_date, c.customer_key, c.is_marketing_opt_in, c.acquisition_channel,
+        c.country_code
     from snapshots as s
     inner join contacts as c on {updated_date} <= s.snapshot_date
     order by s.snapshot_date, c.customer_key, c.updated_at desc, c.contact_id
@@ -343,12 +359,10 @@ final as (
         coalesce(w.carts_30d, 0)::integer as carts_30d,
         coalesce(w.carts_90d, 0)::integer as carts_90d,
         w.days_since_last_visit::integer as days_since_last_visit,
-        case when oi.is_marketing_opt_in then 1.0 when not oi.is_marketing_opt_in then 0.0 end
+        case when crm.is_marketing_opt_in then 1.0 when not crm.is_marketing_opt_in then 0.0 end
             ::double precision as is_marketing_opt_in,
-        case when {profile_created_date} <= o.snapshot_date then p.acquisition_channel end
-            as acquisition_channel,
-        case when {profile_created_date} <= o.snapshot_date then p.country_code end
-            as country_code,
+        crm.acquisition_channel,
+        crm.country_code,
         o.frequency,
         o.recency,
         o.t,
@@ -363,9 +377,8 @@ final as (
         on r.snapshot_date = o.snapshot_date and r.customer_key = o.customer_key
     left join web_features as w
         on w.snapshot_date = o.snapshot_date and w.customer_key = o.customer_key
-    left join opt_in_at as oi
-        on oi.snapshot_date = o.snapshot_date and oi.customer_key = o.customer_key
-    left join contact_profiles as p on p.customer_key = o.customer_key
+    left join crm_at as crm
+        on crm.snapshot_date = o.snapshot_date and crm.customer_key = o.customer_key
     left join future_buyers as fb
         on fb.snapshot_date = o.snapshot_date and fb.customer_key = o.customer_key
 )
@@ -373,9 +386,8 @@ final as (
 select * from final
 """.format(
     received_date="cast((received_at at time zone 'UTC') as date)",
-    first_observed_date="cast((i.first_observed_at at time zone 'UTC') as date)",
     updated_date="cast((c.updated_at at time zone 'UTC') as date)",
-    profile_created_date="cast((p.created_at at time zone 'UTC') as date)",
+    recorded_date="cast((r.updated_at at time zone 'UTC') as date)",
 )
 
 
@@ -395,7 +407,6 @@ def _require_warehouse(conn: psycopg.Connection) -> None:
     needed = (
         "intermediate.int_orders_versioned",
         "intermediate.int_identifiers_clustered",
-        "intermediate.int_web_identities_observed",
         "staging.stg_web__events",
         "staging.stg_crm__contacts",
     )
@@ -485,9 +496,9 @@ def build_training_set(
 ) -> dict[dt.date, int]:
     """Write the snapshots' features and labels to ml.training_set; return rows per snapshot.
 
-    Each snapshot's partition is replaced in one transaction (a rerun gives the same table;
-    a failure leaves the previous rows). Snapshots whose label window ends after
-    `data_as_of` are refused: their labels are not known yet.
+    Each snapshot's partition is replaced in one transaction, committed on return (a rerun
+    gives the same table; a failure leaves the previous rows). Snapshots whose label window
+    ends after `data_as_of` are refused: their labels are not known yet.
     """
     incomplete = [d for d in snapshots if d + dt.timedelta(days=horizon_days) > data_as_of]
     if incomplete:
@@ -515,6 +526,7 @@ def build_training_set(
                 (sorted(set(snapshots)),),
             ).fetchall()
         )
+    conn.commit()  # the caller's open transaction too: the partitions are published now
     log.info(
         "ml.training_set: %s",
         ", ".join(f"{d}: {n} customers" for d, n in sorted(counts.items())),

@@ -34,6 +34,7 @@ import pandas as pd
 
 from lifecycle.settings import Settings
 from ml import features as ft
+from ml import tracking
 from ml.churn import ChurnModel, fit_churn, load_churn_spec
 from ml.evaluate import classification_metrics, evaluate_scorers, oracle_churn_probability
 
@@ -294,8 +295,6 @@ def champion_holdout_auc(
     settings: Settings, holdout: pd.DataFrame
 ) -> tuple[str | None, float | None]:
     """Return (version, ROC AUC on `holdout`) of the current churn champion, or (None, None)."""
-    from ml import tracking
-
     client = tracking.configure(settings)
     mv = tracking.version_by_alias(client, tracking.CHURN_MODEL, tracking.CHAMPION)
     if mv is None:
@@ -310,32 +309,24 @@ def champion_holdout_auc(
         return str(mv.version), None
 
 
-def register_and_promote(
+def register_churn(
     settings: Settings,
     frames: Frames,
     spec: Mapping[str, Any],
     model: ChurnModel,
     metrics: dict[str, dict[str, float]],
     curves: dict[str, Any],
-    oracle: dict[str, float] | None,
-    clv_model: Any,
-    seg_model: Any,
-    clv_spec: Mapping[str, Any],
-    seg_spec: Mapping[str, Any],
-) -> tuple[dict[str, str], dict[str, dict[str, Any]], dict[str, str]]:
-    """Log the three models to MLflow, register them and set aliases; return versions,
-    promotion decisions and run ids."""
+    oracle: dict[str, float] | None = None,
+) -> tuple[str, tracking.Promotion, str]:
+    """Log the churn model, its metrics and plots to MLflow, register it and decide its
+    alias against the champion re-scored on the same holdout; return (version, decision,
+    run id)."""
     import mlflow
 
-    from ml import tracking
     from ml.evaluate import save_plots
 
     client = tracking.configure(settings)
-    versions: dict[str, str] = {}
-    promotions: dict[str, dict[str, Any]] = {}
-    run_ids: dict[str, str] = {}
     tags = {"as_of": frames.as_of.isoformat()}
-
     # -- churn
     champion_version, champion_auc = champion_holdout_auc(settings, frames.holdout)
     exp = tracking.experiment_id(settings, client, tracking.CHURN_MODEL)
@@ -382,43 +373,79 @@ def register_and_promote(
         )
         tracking.apply_promotion(client, decision, run.info.run_id)
         mlflow.log_param("promoted", decision.promoted)
-        versions[tracking.CHURN_MODEL] = version
-        promotions[tracking.CHURN_MODEL] = decision.to_dict()
-        run_ids[tracking.CHURN_MODEL] = run.info.run_id
+    return version, decision, run.info.run_id
 
-    # -- CLV and segmentation: a successful retrain replaces the champion
+
+def register_retrained(
+    settings: Settings, frames: Frames, name: str, fitted: Any, example: pd.DataFrame, params: dict
+) -> tuple[str, tracking.Promotion, str]:
+    """Log a retrained CLV or segmentation model, register it and make it champion; return
+    (version, decision, run id)."""
+    import mlflow
+
+    client = tracking.configure(settings)
+    tags = {"as_of": frames.as_of.isoformat()}
+    exp = tracking.experiment_id(settings, client, name)
+    with mlflow.start_run(experiment_id=exp, run_name=f"{name}-{frames.as_of}", tags=tags) as run:
+        mlflow.log_params(_flat(params))
+        mlflow.log_metric("customers", len(frames.current))
+        info = tracking.log_pyfunc(fitted, example)
+        version = tracking.register(client, name, info.model_uri, run.info.run_id, tags)
+        previous = tracking.version_by_alias(client, name, tracking.CHAMPION)
+        decision = tracking.Promotion(
+            name,
+            version,
+            True,
+            "first model: no champion yet"
+            if previous is None
+            else f"retrained as of {frames.as_of}: replaces v{previous.version}",
+            None if previous is None else str(previous.version),
+        )
+        tracking.apply_promotion(client, decision, run.info.run_id)
+    return version, decision, run.info.run_id
+
+
+def register_and_promote(
+    settings: Settings,
+    frames: Frames,
+    spec: Mapping[str, Any],
+    model: ChurnModel,
+    metrics: dict[str, dict[str, float]],
+    curves: dict[str, Any],
+    oracle: dict[str, float] | None,
+    clv_model: Any,
+    seg_model: Any,
+    seg_spec: Mapping[str, Any],
+) -> tuple[dict[str, str], dict[str, dict[str, Any]], dict[str, str]]:
+    """Log, register and promote the three models; return versions, decisions, run ids."""
     current = frames.current
-    for name, fitted, example, params in (
-        (tracking.CLV_MODEL, clv_model, rfm_frame(current).head(5), clv_model.to_dict()),
-        (
+    steps = {
+        tracking.CHURN_MODEL: lambda: register_churn(
+            settings, frames, spec, model, metrics, curves, oracle
+        ),
+        tracking.CLV_MODEL: lambda: register_retrained(
+            settings,
+            frames,
+            tracking.CLV_MODEL,
+            clv_model,
+            rfm_frame(current).head(5),
+            clv_model.to_dict(),
+        ),
+        tracking.SEGMENTATION_MODEL: lambda: register_retrained(
+            settings,
+            frames,
             tracking.SEGMENTATION_MODEL,
             seg_model,
             segmentation_frame(current, seg_spec).head(5),
             _seg_params(seg_model, seg_spec),
         ),
-    ):
-        exp = tracking.experiment_id(settings, client, name)
-        with mlflow.start_run(
-            experiment_id=exp, run_name=f"{name}-{frames.as_of}", tags=tags
-        ) as run:
-            mlflow.log_params(_flat(params))
-            mlflow.log_metric("customers", len(current))
-            info = tracking.log_pyfunc(fitted, example)
-            version = tracking.register(client, name, info.model_uri, run.info.run_id, tags)
-            previous = tracking.version_by_alias(client, name, tracking.CHAMPION)
-            decision = tracking.Promotion(
-                name,
-                version,
-                True,
-                "first model: no champion yet"
-                if previous is None
-                else f"retrained as of {frames.as_of}: replaces v{previous.version}",
-                None if previous is None else str(previous.version),
-            )
-            tracking.apply_promotion(client, decision, run.info.run_id)
-            versions[name] = version
-            promotions[name] = decision.to_dict()
-            run_ids[name] = run.info.run_id
+    }
+    versions: dict[str, str] = {}
+    promotions: dict[str, dict[str, Any]] = {}
+    run_ids: dict[str, str] = {}
+    for name, step in steps.items():
+        versions[name], decision, run_ids[name] = step()
+        promotions[name] = decision.to_dict()
     return versions, promotions, run_ids
 
 
@@ -459,7 +486,6 @@ def train(
     ``{"features": {"numeric": [...]}}``. `truth_csv` (default: the sample world's
     ``truth/customers.csv`` when it exists) adds the oracle comparison.
     """
-    from ml import tracking
     from ml.specs import load_spec
 
     started = time.perf_counter()
@@ -505,7 +531,6 @@ def train(
         oracle,
         clv_model,
         seg_model,
-        clv_spec,
         seg_spec,
     )
     stage("register and promote", t)

@@ -1,0 +1,230 @@
+"""Point-in-time features: no leakage, exact eligibility, idempotent training-set partitions.
+
+The leakage guard lands a world only up to a cut date C (everything the sources had
+delivered by then), builds the warehouse, computes features at snapshots up to C; then
+lands the rest of the world — later orders, refunds of earlier orders, late and later web
+events, CRM updates — rebuilds, and computes the same snapshots again. Every feature must
+be unchanged; only the labels (which look after D by design) may change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+
+from lifecycle.extract import extract
+from lifecycle.sample.world import WorldConfig, generate_world
+from lifecycle.transform import transform
+from ml import features as ft
+from tests.ml.conftest import temp_home
+from tests.transform.conftest import land, rows, scratch_database, settings_for
+
+START, CUT, END = dt.date(2023, 7, 1), dt.date(2024, 3, 31), dt.date(2024, 6, 30)
+SNAPSHOTS = [dt.date(2023, 11, 30), dt.date(2024, 1, 31), CUT]
+FEATURES = [*ft.NUMERIC_FEATURES, *ft.CATEGORICAL_FEATURES, *ft.RFM_COLUMNS]
+
+
+def _refund_some_orders_after(orders_csv: Path, cut: dt.date, n: int = 8) -> list[str]:
+    """Rewrite `n` completed orders placed in the month before `cut` as refunded after it."""
+    lines = orders_csv.read_text(encoding="utf-8").splitlines(keepends=True)
+    header = lines[0].rstrip("\n").split(",")
+    at = {name: i for i, name in enumerate(header)}
+    chosen: list[str] = []
+    refund_at = f"{cut + dt.timedelta(days=3)}T12:00:00Z"
+    for i, line in enumerate(lines[1:], start=1):
+        fields = line.rstrip("\n").split(",")
+        ordered = fields[at["ordered_at"]][:10]
+        if (
+            len(chosen) < n
+            and fields[at["status"]] == "completed"
+            and str(cut - dt.timedelta(days=30)) <= ordered < str(cut)
+        ):
+            fields[at["status"]] = "refunded"
+            fields[at["updated_at"]] = refund_at
+            lines[i] = ",".join(fields) + "\n"
+            chosen.append(fields[at["order_id"]])
+    orders_csv.write_text("".join(lines), encoding="utf-8")
+    assert len(chosen) == n
+    return chosen
+
+
+def _late_events_for(world: Path, cut: dt.date, n: int = 5) -> None:
+    """Write a web file that arrives two days after `cut` with events of buyers on `cut`."""
+    lines = (world / "orders" / "orders.csv").read_text(encoding="utf-8").splitlines()[1:]
+    buyers = sorted({line.split(",")[1] for line in lines if line.split(",")[3] < str(cut)})[:n]
+    arrived = cut + dt.timedelta(days=2)
+    events = [
+        {
+            "event_id": str(uuid.UUID(int=i + 1)),
+            "anonymous_id": str(uuid.UUID(int=1000 + i)),
+            "user_id": buyer,
+            "email": None,
+            "event": "product_viewed",
+            "timestamp": f"{cut}T20:00:00Z",
+            "received_at": f"{arrived}T08:00:00Z",
+            "session_id": str(uuid.UUID(int=2000 + i)),
+            "page_url": "https://shop.example.com/products/P10001",
+            "utm_source": None,
+            "utm_medium": None,
+            "utm_campaign": None,
+            "order_id": None,
+            "product_id": "P10001",
+        }
+        for i, buyer in enumerate(buyers)
+    ]
+    path = world / "web" / "events" / f"dt={cut}" / f"part-9999-arrived-{arrived:%Y%m%d}.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(e) + "\n" for e in events)
+
+
+@pytest.fixture(scope="module")
+def leakage(embedded_settings, tmp_path_factory):
+    """(url, features before, features after the later data, counts of the later data)."""
+    out = tmp_path_factory.mktemp("leakage_world")
+    generate_world(WorldConfig(customers=600, start=START, end=END, seed=21), out)
+    for home in temp_home("lifecycle-ml-leak-"):
+        with scratch_database(embedded_settings) as url:
+            settings = settings_for(home, url, out)
+            land(settings, CUT, full=True)
+            transform(CUT, settings, quiet=True)
+            with psycopg.connect(url) as conn:
+                before = ft.compute_features(conn, SNAPSHOTS, horizon_days=90, data_as_of=CUT)
+                first = ft.build_training_set(conn, [SNAPSHOTS[0]], horizon_days=90, data_as_of=CUT)
+                table_once = rows(url, "select * from ml.training_set order by 1, 2")
+                again = ft.build_training_set(conn, [SNAPSHOTS[0]], horizon_days=90, data_as_of=CUT)
+                table_twice = rows(url, "select * from ml.training_set order by 1, 2")
+                with pytest.raises(ft.FeatureError, match="no complete 90-day label window"):
+                    ft.build_training_set(conn, [SNAPSHOTS[1]], horizon_days=90, data_as_of=CUT)
+            refunded = _refund_some_orders_after(out / "orders" / "orders.csv", CUT)
+            _late_events_for(out, CUT)
+            land(settings, END, sources=("crm", "orders", "marketing"))
+            # every web file that arrived after CUT, late files of earlier days included
+            extract("web", END, settings, full=True)
+            transform(END, settings, quiet=True)
+            later = {
+                "orders_after_cut": rows(
+                    url,
+                    "select count(*) from raw.orders__orders where ordered_at >= %s",
+                    (CUT + dt.timedelta(days=1),),
+                )[0][0],
+                "refunds_after_cut_of_earlier_orders": rows(
+                    url,
+                    "select count(*) from staging.stg_orders__orders where status = 'refunded' "
+                    "and ordered_at < %s and updated_at >= %s and order_id = any(%s)",
+                    (CUT, CUT + dt.timedelta(days=1), refunded),
+                )[0][0],
+                "events_after_cut": rows(
+                    url,
+                    "select count(*) from staging.stg_web__events where event_date > %s",
+                    (CUT,),
+                )[0][0],
+                "late_events_of_earlier_days": rows(
+                    url,
+                    "select count(*) from staging.stg_web__events where event_date <= %s "
+                    "and received_at >= %s",
+                    (CUT, CUT + dt.timedelta(days=1)),
+                )[0][0],
+                "contacts_updated_after_cut": rows(
+                    url,
+                    "select count(*) from staging.stg_crm__contacts where updated_at >= %s",
+                    (CUT + dt.timedelta(days=1),),
+                )[0][0],
+            }
+            with psycopg.connect(url) as conn:
+                after = ft.compute_features(conn, SNAPSHOTS, horizon_days=90, data_as_of=END)
+            yield url, before, after, later, (first, again, table_once, table_twice)
+
+
+def test_later_data_was_really_added(leakage) -> None:
+    _, _, _, later, _ = leakage
+    assert all(n > 0 for n in later.values()), later
+
+
+def test_features_at_d_do_not_change_when_later_data_arrives(leakage) -> None:
+    _, before, after, _, _ = leakage
+    assert len(before) > 300
+    assert before[["snapshot_date", "customer_key"]].equals(
+        after[["snapshot_date", "customer_key"]]
+    )
+    for col in FEATURES:
+        b, a = before[col], after[col]
+        if col in ft.CATEGORICAL_FEATURES:
+            assert b.fillna("<null>").equals(a.fillna("<null>")), col
+        else:
+            np.testing.assert_array_equal(b.to_numpy(), a.to_numpy(), err_msg=col)
+    # the web, CRM and refund features are not trivially empty
+    at_cut = before[before["snapshot_date"] == CUT]
+    assert at_cut["sessions_90d"].gt(0).sum() > 50
+    assert at_cut["is_marketing_opt_in"].notna().sum() > 100
+    assert before["count_refunds"].gt(0).sum() > 5
+
+
+def test_labels_appear_only_when_their_window_is_complete(leakage) -> None:
+    _, before, after, _, _ = leakage
+    complete = before["snapshot_date"].map(lambda d: d + dt.timedelta(days=90) <= CUT)
+    assert before.loc[complete, "churned"].notna().all()
+    assert before.loc[~complete, "churned"].isna().all()
+    # with the later data, every snapshot's window (≤ CUT + 90 = END - 1) is complete
+    assert after["churned"].notna().all()
+    assert 0.3 < after["churned"].astype(float).mean() < 0.95
+    # the earliest snapshot's labels were already known at CUT and stay the same
+    first = before["snapshot_date"] == SNAPSHOTS[0]
+    assert before.loc[first, "churned"].tolist() == after.loc[first, "churned"].tolist()
+
+
+def test_eligibility_matches_an_independent_count(leakage) -> None:
+    url, _, after, _, _ = leakage
+    # customers whose latest order version recorded by D is completed for some order by D
+    for day in SNAPSHOTS:
+        [(expected,)] = rows(
+            url,
+            """
+            with recorded as (
+                select distinct on (o.order_id) o.order_id, o.customer_id, o.status
+                from staging.stg_orders__orders as o
+                where (o.ordered_at at time zone 'UTC')::date <= %(d)s
+                  and (o.updated_at at time zone 'UTC')::date <= %(d)s
+                order by o.order_id, o.updated_at desc
+            )
+            select count(distinct k.customer_key)
+            from recorded
+            join intermediate.int_identifiers_clustered as k
+              on k.identifier_type = 'customer_id' and k.identifier_value = recorded.customer_id
+            where recorded.status = 'completed'
+            """,
+            {"d": day},
+        )
+        assert (after["snapshot_date"] == day).sum() == expected
+
+
+def test_training_set_partition_is_replaced_not_duplicated(leakage) -> None:
+    _, before, _, _, (first, again, table_once, table_twice) = leakage
+    n = int((before["snapshot_date"] == SNAPSHOTS[0]).sum())
+    assert first == again == {SNAPSHOTS[0]: n}
+    assert table_once == table_twice
+    assert len(table_once) == n
+
+
+def test_snapshot_dates_step_back_from_the_last_complete_one() -> None:
+    assert ft.snapshot_dates(END, horizon_days=90, count=3, step_days=30) == [
+        dt.date(2024, 4, 1),
+        dt.date(2024, 3, 2),
+        dt.date(2024, 2, 1),
+    ]
+    with pytest.raises(ValueError, match="at least 3 snapshots"):
+        ft.snapshot_dates(END, horizon_days=90, count=2, step_days=30)
+
+
+def test_missing_warehouse_layers_give_a_clear_error(fresh_db) -> None:
+    with (
+        psycopg.connect(fresh_db) as conn,
+        pytest.raises(ft.FeatureError, match="lifecycle transform"),
+    ):
+        ft.compute_features(conn, [CUT])
