@@ -27,6 +27,8 @@ HEATMAP_COHORTS = 12
 CURVE_COHORTS = 6
 
 
+# Aggregates of floating-point columns cast to numeric first: a float sum depends on the
+# order PostgreSQL adds the rows in, and the report must be the same file on every rerun.
 def _rows(conn: psycopg.Connection, query: str, params: dict[str, Any] | None = None) -> list[dict]:
     cur = conn.execute(query, params or {})
     names = [d.name for d in cur.description]
@@ -474,9 +476,10 @@ def churn_risk(conn: psycopg.Connection, day: dt.date) -> Section:
     require(conn, "ml.scores_history", SCORE, day)
     summary = _rows(
         conn,
-        "select count(*)::int as scored, avg(churn_probability) as mean_probability, "
+        "select count(*)::int as scored, "
+        "round(avg(churn_probability::numeric), 4) as mean_probability, "
         "count(*) filter (where risk_band = 'high')::int as high, "
-        "sum(clv_12m) as clv_12m, min(churn_model_version) as model_version "
+        "round(sum(clv_12m::numeric), 2) as clv_12m, min(churn_model_version) as model_version "
         "from ml.scores_history where score_date = %(day)s",
         {"day": day},
     )[0]
@@ -493,7 +496,8 @@ def churn_risk(conn: psycopg.Connection, day: dt.date) -> Section:
     bands = _rows(
         conn,
         "select risk_band, count(*)::int as customers, min(churn_probability) as min_probability, "
-        "max(churn_probability) as max_probability, avg(clv_12m) as avg_clv_12m "
+        "max(churn_probability) as max_probability, "
+        "round(avg(clv_12m::numeric), 2) as avg_clv_12m "
         "from ml.scores_history where score_date = %(day)s group by 1 "
         "order by array_position(array['low', 'medium', 'high'], risk_band)",
         {"day": day},
@@ -564,10 +568,11 @@ def segments(conn: psycopg.Connection, day: dt.date) -> Section:
     rows = _rows(
         conn,
         f"select s.segment_id, s.segment_name, count(*)::int as customers, {value_cols}"
-        "avg(s.churn_probability) as avg_churn_probability, avg(s.p_alive) as avg_p_alive, "
-        "round(avg(s.expected_purchases_12m)::numeric, 2) as avg_expected_purchases_12m, "
-        "round(avg(s.clv_12m)::numeric, 2) as avg_clv_12m, "
-        "round(sum(s.clv_12m)::numeric, 2) as clv_12m "
+        "round(avg(s.churn_probability::numeric), 4) as avg_churn_probability, "
+        "round(avg(s.p_alive::numeric), 4) as avg_p_alive, "
+        "round(avg(s.expected_purchases_12m::numeric), 2) as avg_expected_purchases_12m, "
+        "round(avg(s.clv_12m::numeric), 2) as avg_clv_12m, "
+        "round(sum(s.clv_12m::numeric), 2) as clv_12m "
         "from ml.scores_history s "
         + ("left join marts.customer_ltv l using (customer_key) " if join_ltv else "")
         + "where s.score_date = %(day)s group by 1, 2 order by 1",
