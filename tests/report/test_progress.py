@@ -39,6 +39,3 @@ def test_generate_logs_progress_lines(tmp_path) -> None:
                 "--out", str(tmp_path / "w"))  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "generating: 120/120 people (100%)" in done.stderr.splitlines()
-    quiet = _cli({"LIFECYCLE_HOME": str(tmp_path)}, "generate", "--customers", "120", "--quiet",
-                 "--out", str(tmp_path / "q"))  # fmt: skip
-    assert quiet.returncode == 0 and "generating" not in quiet.stderr
