@@ -52,6 +52,11 @@ def to_svg(fig: Figure, name: str) -> str:
     text = buf.getvalue()
     # drop the XML prolog and the RDF metadata block: neither belongs inline in HTML
     svg = re.sub(r"\s*<metadata>.*?</metadata>", "", text[text.index("<svg") :], flags=re.S)
+    # matplotlib numbers its element ids per figure (figure_1, patch_1, ...): prefix every id
+    # and every reference with the chart's name so ids stay unique across the page
+    svg = re.sub(r'\bid="([^"]+)"', rf'id="{name}-\1"', svg)
+    svg = re.sub(r"url\(#([^)]+)\)", rf"url(#{name}-\1)", svg)
+    svg = re.sub(r'href="#([^"]+)"', rf'href="#{name}-\1"', svg)
     return svg.replace("<svg ", f'<svg role="img" aria-label="{name}" ', 1)
 
 

@@ -70,6 +70,11 @@ def test_full_report_renders_every_section(report_world) -> None:
         r"""(src|href)\s*=\s*["']?(https?:)?//|url\(\s*["']?https?:|@import""",
         report_world.full_html,
     )
+    # valid HTML: ids unique across the page (charts included), every reference resolves
+    ids = re.findall(r'\sid="([^"]+)"', report_world.full_html)
+    assert len(ids) == len(set(ids)) > 100
+    refs = re.findall(r'url\(#([^)]+)\)|href="#([^"]+)"', report_world.full_html)
+    assert refs and {a or b for a, b in refs} <= set(ids)
     assert report_world.full.path == report_world.settings.home / "reports" / (
         f"lifecycle-report-{END}.html"
     )
