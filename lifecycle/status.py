@@ -69,6 +69,7 @@ class Status:
 
 
 def _text(value: Any) -> str:
+    """Return `value` as table text (UTC times, 2 decimals, "-" for none)."""
     if value is None:
         return "-"
     if isinstance(value, dt.datetime):
@@ -81,12 +82,14 @@ def _text(value: Any) -> str:
 
 
 def _rows(conn: psycopg.Connection, query: str, params: tuple = ()) -> list[dict[str, Any]]:
+    """Return the rows of `query` as dicts keyed by column name."""
     cur = conn.execute(query, params)
     names = [d.name for d in cur.description]
     return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
 
 def _exists(conn: psycopg.Connection, relation: str) -> bool:
+    """Return whether the table or view `relation` exists."""
     return conn.execute("select to_regclass(%s) is not null", (relation,)).fetchone()[0]
 
 

@@ -105,6 +105,7 @@ def default_path(day: dt.date, settings: Settings) -> Path:
 
 
 def _is_number(value: Any) -> bool:
+    """Return whether `value` is shown as a number (right-aligned)."""
     return isinstance(value, int | float | decimal.Decimal) and not isinstance(value, bool)
 
 
@@ -218,6 +219,7 @@ def build_report(
 
 
 def _write_atomically(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -24,11 +24,13 @@ END = "<!-- catalog:end -->"
 
 
 def _materialization(path: Path) -> str:
+    """Return how the models of the YAML file at `path` are materialized."""
     # dbt_project.yml sets materialization per folder: marts are tables, lifecycle/views views
     return "view" if "views" in path.parts else "table"
 
 
 def _cell(text: Any) -> str:
+    """Return `text` on one line, safe inside a Markdown table cell."""
     return " ".join(str(text or "").split()).replace("|", "\\|")
 
 

@@ -38,6 +38,7 @@ PALETTE = ("#4c9be8", "#f08c00", "#2f9e44", "#c92a2a", "#7048e8", "#0b7285", "#e
 
 
 def _figure(width: float, height: float) -> Figure:
+    """Return an empty figure of the size in inches (constrained layout)."""
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     return fig
 
@@ -61,6 +62,7 @@ def to_svg(fig: Figure, name: str) -> str:
 
 
 def _style(ax) -> None:
+    """Give `ax` the report's look: no top/right spines, light horizontal grid."""
     ax.spines[["top", "right"]].set_visible(False)
     ax.grid(axis="y", color="#e9ecef", linewidth=0.8)
     ax.set_axisbelow(True)
@@ -102,6 +104,7 @@ def sankey(flows: Sequence[tuple[str, str, int]], order: Sequence[str], title: s
     right = sorted({t for _, t, _ in flows}, key=lambda s: rank.get(s, 99))
 
     def place(nodes: list[str], side: int) -> dict[str, tuple[float, float]]:
+        """Return the (top, bottom) of each node of one column, stacked with gaps."""
         y = 0.0
         out: dict[str, tuple[float, float]] = {}
         for node in nodes:

@@ -11,6 +11,7 @@ import click
 
 
 def _date(_ctx: click.Context, _param: click.Parameter, value: str) -> dt.date:
+    """Return the --date value as a date, or fail with a usage error."""
     try:
         return dt.date.fromisoformat(value)
     except ValueError as exc:

@@ -14,11 +14,15 @@ import datetime as dt
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lifecycle.report import charts
 from lifecycle.report.model import Chart, Kpi, Note, Section, Table, Unavailable
 from lifecycle.settings import Settings
 from ml.tracking import CHAMPION, CHURN_MODEL
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 TRAIN = "run `lifecycle train`"
 
@@ -30,7 +34,7 @@ def tracking_uri(settings: Settings) -> str:
     return ml_tracking_uri(settings)
 
 
-def mlflow_client(settings: Settings):  # -> mlflow.MlflowClient
+def mlflow_client(settings: Settings) -> MlflowClient:
     """Return an MLflow client on the tracking store, or raise Unavailable when it is absent."""
     uri = tracking_uri(settings)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
@@ -163,7 +167,7 @@ def metric_table(metrics: dict[str, float]) -> list[dict]:
     ]
 
 
-def plots(client, run_id: str) -> list[tuple[str, str]]:
+def plots(client: MlflowClient, run_id: str) -> list[tuple[str, str]]:
     """Return the run's evaluation plots as inline markup: SVG text or a PNG data-URI image."""
     out = []
     try:
@@ -197,7 +201,8 @@ def _png_svg(name: str, png: bytes) -> str:
     )
 
 
-def _walk(client, run_id: str, path: str) -> list[str]:
+def _walk(client: MlflowClient, run_id: str, path: str) -> list[str]:
+    """Return the paths of every artifact file of the run under `path`."""
     found = []
     for info in client.list_artifacts(run_id, path or None):
         if info.is_dir:

@@ -30,6 +30,7 @@ CURVE_COHORTS = 6
 # Aggregates of floating-point columns cast to numeric first: a float sum depends on the
 # order PostgreSQL adds the rows in, and the report must be the same file on every rerun.
 def _rows(conn: psycopg.Connection, query: str, params: dict[str, Any] | None = None) -> list[dict]:
+    """Return the rows of `query` as dicts keyed by column name."""
     cur = conn.execute(query, params or {})
     names = [d.name for d in cur.description]
     return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
