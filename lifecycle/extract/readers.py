@@ -143,9 +143,12 @@ def _parse_csv_block(
         invalid.append((row.number, row.text, _why(row)))
         return "skip"
 
+    body = header + good
     table = pacsv.read_csv(
-        io.BytesIO(header + good),
-        read_options=pacsv.ReadOptions(use_threads=False),
+        io.BytesIO(body),
+        # One block for the whole text: one Arrow chunk per column, which the checker
+        # then uses without copying (it combines the chunks of a column otherwise).
+        read_options=pacsv.ReadOptions(use_threads=False, block_size=len(body) + 1),
         parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
         convert_options=pacsv.ConvertOptions(
             column_types={c: pa.string() for c in columns},
