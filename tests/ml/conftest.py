@@ -64,3 +64,24 @@ def ml_world(embedded_settings, tmp_path_factory) -> Iterator[MlWorld]:
             land(settings, WORLD_END, full=True)
             transform(WORLD_END, settings, quiet=True)
             yield MlWorld(url=url, world_dir=out, end=WORLD_END, dbt_home=dbt_home)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """The session world after one full training run in its own MLflow store."""
+
+    world: MlWorld
+    settings: Settings
+    result: object  # ml.train.TrainResult
+
+
+@pytest.fixture(scope="session")
+def trained(ml_world: MlWorld) -> Iterator[Trained]:
+    """The whole training step run once on the session world (fresh MLflow store)."""
+    from ml.train import train
+
+    for home in temp_home("lifecycle-ml-train-"):
+        settings = ml_world.settings(home)
+        result = train(ml_world.end, settings)
+        print("\n" + result.summary())
+        yield Trained(ml_world, settings, result)

@@ -1,0 +1,177 @@
+"""Batch scoring with the champions: one row per eligible customer, reruns replace, versions
+on every row, a failure keeps the previous partition, no champion is a clear error."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ml.score import ScoreError, score
+from ml.tables import RISK_BANDS
+from tests.ml.conftest import temp_home
+from tests.transform.conftest import rows, snapshot
+
+ELIGIBLE_SQL = """
+with recorded as (
+    select distinct on (o.order_id) o.order_id, o.customer_id, o.status
+    from staging.stg_orders__orders as o
+    where (o.ordered_at at time zone 'UTC')::date <= %(d)s
+      and (o.updated_at at time zone 'UTC')::date <= %(d)s
+    order by o.order_id, o.updated_at desc
+)
+select count(distinct k.customer_key)
+from recorded
+join intermediate.int_identifiers_clustered as k
+  on k.identifier_type = 'customer_id' and k.identifier_value = recorded.customer_id
+where recorded.status = 'completed'
+"""
+
+
+@pytest.fixture(scope="module")
+def scored(trained):
+    """The world scored as of its last day twice (different chunk sizes), and a day earlier."""
+    day = trained.world.end
+    url = trained.world.url
+    first = score(day, trained.settings, chunk_size=700)
+    once = snapshot(url, "ml.scores_history")
+    second = score(day, trained.settings, chunk_size=1000)
+    twice = snapshot(url, "ml.scores_history")
+    earlier = score(day - dt.timedelta(days=30), trained.settings, run_id="backfill-1")
+    return trained, first, second, earlier, once, twice
+
+
+def test_one_row_per_eligible_customer(scored) -> None:
+    trained, first, _, earlier, _, _ = scored
+    url, day = trained.world.url, trained.world.end
+    [(expected,)] = rows(url, ELIGIBLE_SQL, {"d": day})
+    assert expected > 1500
+    assert first.rows == expected
+    assert first.chunks == -(-expected // 700)
+    counts = dict(rows(url, "select score_date, count(*) from ml.scores_history group by 1"))
+    assert counts[day] == expected
+    earlier_day = day - dt.timedelta(days=30)
+    assert counts[earlier_day] == rows(url, ELIGIBLE_SQL, {"d": earlier_day})[0][0] == earlier.rows
+    assert (
+        rows(
+            url,
+            "select count(*) from ml.scores_history where score_date = %s "
+            "group by customer_key having count(*) > 1",
+            (day,),
+        )
+        == []
+    )
+
+
+def test_rerun_replaces_the_partition(scored) -> None:
+    _, first, second, _, once, twice = scored
+    assert second.rows == first.rows
+    # the earlier day was added after `twice`: compare the first partition only
+    assert once == twice
+
+
+def test_model_versions_and_run_id_on_every_row(scored) -> None:
+    trained, first, _, _, _, _ = scored
+    url = trained.world.url
+    versions = trained.result.versions
+    stamped = rows(
+        url,
+        "select churn_model_version, clv_model_version, segmentation_model_version, run_id, "
+        "count(*) from ml.scores_history where score_date = %s group by 1, 2, 3, 4",
+        (trained.world.end,),
+    )
+    assert stamped == [
+        (
+            versions["lifecycle_churn"],
+            versions["lifecycle_clv"],
+            versions["lifecycle_segmentation"],
+            f"score:{trained.world.end}",
+            first.rows,
+        )
+    ]
+    assert rows(
+        url,
+        "select distinct run_id from ml.scores_history where score_date = %s",
+        (trained.world.end - dt.timedelta(days=30),),
+    ) == [("backfill-1",)]
+
+
+def test_scores_are_consistent(scored) -> None:
+    trained, first, _, _, _, _ = scored
+    url = trained.world.url
+    [(bad_bands,)] = rows(
+        url,
+        "select count(*) from ml.scores_history where "
+        "(risk_band = 'high') <> (churn_probability >= 0.75) or "
+        "(risk_band = 'low') <> (churn_probability < 0.5)",
+    )
+    assert bad_bands == 0
+    assert set(first.risk_bands) <= set(RISK_BANDS) and sum(first.risk_bands.values()) == first.rows
+    [(reasons, segments, clv)] = rows(
+        url,
+        "select count(*) filter (where top_reasons like '%% risk)%%'), "
+        "count(distinct segment_id), count(*) filter (where clv_12m > 0) "
+        "from ml.scores_history where score_date = %s",
+        (trained.world.end,),
+    )
+    assert reasons > 0.9 * first.rows
+    assert segments >= 3
+    assert clv == first.rows
+    assert "scored" in first.summary() and "lifecycle_churn v1" in first.summary()
+
+
+def test_a_failed_run_keeps_the_previous_partition(scored) -> None:
+    trained, _, _, _, _, twice = scored
+    with pytest.raises(Exception, match="no_such_table"):
+        score(trained.world.end, trained.settings, features_relation="ml.no_such_table")
+    after = rows(
+        trained.world.url,
+        "select count(*) from ml.scores_history where score_date = %s",
+        (trained.world.end,),
+    )
+    assert after == [(sum(1 for r in twice if r[0] == str(trained.world.end)),)]
+
+
+def test_no_champion_is_a_clear_error(ml_world) -> None:
+    for home in temp_home("lifecycle-ml-empty-"):
+        with pytest.raises(ScoreError, match="run `lifecycle train` first"):
+            score(ml_world.end, ml_world.settings(home))
+
+
+def test_cli_scores_a_date(scored) -> None:
+    trained = scored[0]
+    env = {
+        **os.environ,
+        "LIFECYCLE_HOME": str(trained.settings.home),
+        "LIFECYCLE_WAREHOUSE_URL": trained.world.url,
+    }
+    day = trained.world.end
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lifecycle.cli",
+            "score",
+            "--date",
+            str(day),
+            "--chunk-size",
+            "5000",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"scored {scored[1].rows} customers as of {day}" in done.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "lifecycle.cli", "score", "--date", "2024-13-01"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2 and "not a date" in bad.stderr
