@@ -59,6 +59,7 @@ bench: install ## Run the benchmarks (they print their figures)
 	$(BIN)/python bench/bench_activation.py
 	$(BIN)/python bench/bench_quality.py
 	$(BIN)/python bench/bench_clv.py
+	$(BIN)/python bench/bench_ml.py
 	$(BIN)/python bench/bench_report.py
 
 compose-config: ## Validate docker-compose.yml (needs docker-compose or docker compose)
