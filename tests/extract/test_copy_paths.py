@@ -336,3 +336,21 @@ def test_a_whole_dirty_world_lands_the_same_through_either_path(
     assert all(binary[t] for t in RAW_TABLES)
     assert binary["quarantine"]  # dirty rows were there, and skipped alike
     assert binary == text, {t: (len(binary[t]), len(text[t])) for t in binary}
+
+
+def test_numbers_at_every_base_10000_boundary_land_exactly(fresh_db: str) -> None:
+    # PostgreSQL's binary numeric groups digits by 10000 around the decimal point; an
+    # encoder that misplaces a group shifts a value by powers of 10000.
+    amounts = [
+        "0", "0.01", "0.1", "0.99", "1", "12.3", "9999.99", "10000", "10000.01", "12345.6",
+        "99999999.99", "100000000", "100000000.01", "123456789012.34", "999999999999.99",
+    ]  # fmt: skip
+    text = "order_id,customer_id,ordered_at,amount\n" + "".join(
+        f"N{i},C1,2024-01-01T00:00:00Z,{a}\n" for i, a in enumerate(amounts)
+    )
+    [chunk] = _chunks(text)
+    assert Checker(ORDERS, ALL_UNTIL_D1, None).check(chunk).values is not None  # binary
+    load_batch(fresh_db, ORDERS, D1, ALL_UNTIL_D1, [chunk])
+    assert [r[7] for r in _rows(fresh_db, ORDERS)] == [
+        Decimal(a).quantize(Decimal("0.01")) for a in amounts
+    ]
