@@ -128,3 +128,21 @@ def test_status_shows_the_registered_champions(report_world, mlflow_home) -> Non
     part = collect_status(settings).part("models")
     assert part.note is None
     assert part.rows == [{"model": "lifecycle_churn", "champion": 3, "challenger": None}]
+
+
+def test_unreachable_tracking_server_is_said_not_waited_for(report_world, tmp_path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = make_settings(
+        tmp_path,
+        LIFECYCLE_WAREHOUSE_URL=report_world.url,
+        LIFECYCLE_MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}",
+    )
+    result = build_report(END, settings)
+    assert result.unavailable["model"].startswith(
+        f"cannot reach the MLflow server at http://127.0.0.1:{port}"
+    )
+    assert "churn" in result.rendered  # the rest of the report stands
