@@ -653,34 +653,24 @@ EXPORT = "run `lifecycle export --date {day}` after scoring"
 def audiences(conn: psycopg.Connection, day: dt.date) -> Section:
     """Return audience sizes on `day` (members, of which control) and the exports of `day`."""
     require(conn, "activation.audience_membership", EXPORT, day)
+    # every audience that had members by the day, also one whose members all left
     rows = _rows(
         conn,
-        "select audience, count(*)::int as members, "
-        "count(*) filter (where is_control)::int as control, "
-        "count(*) filter (where not is_control)::int as treatment, "
-        "count(*) filter (where entered_date = %(day)s)::int as entered_today "
-        "from activation.audience_membership "
-        "where entered_date <= %(day)s and (exited_date is null or exited_date > %(day)s) "
-        "group by 1 order by 1",
+        "with known as (select distinct audience from activation.audience_membership "
+        "  where entered_date <= %(day)s) "
+        "select k.audience, count(m.customer_key)::int as members, "
+        "count(m.customer_key) filter (where m.is_control)::int as control, "
+        "count(m.customer_key) filter (where not m.is_control)::int as treatment, "
+        "count(m.customer_key) filter (where m.entered_date = %(day)s)::int as entered_today, "
+        "(select count(*)::int from activation.audience_membership x "
+        "  where x.audience = k.audience and x.exited_date = %(day)s) as exited_today "
+        "from known k left join activation.audience_membership m on m.audience = k.audience "
+        "and m.entered_date <= %(day)s and (m.exited_date is null or m.exited_date > %(day)s) "
+        "group by k.audience order by k.audience",
         {"day": day},
     )
-    if (
-        not rows
-        and not conn.execute(
-            "select exists (select from activation.audience_membership where entered_date <= %s)",
-            (day,),
-        ).fetchone()[0]
-    ):
+    if not rows:
         raise Unavailable(f"no audience membership on {day}: {EXPORT.format(day=day)}")
-    exited = _rows(
-        conn,
-        "select audience, count(*)::int as exited_today from activation.audience_membership "
-        "where exited_date = %(day)s group by 1",
-        {"day": day},
-    )
-    gone = {r["audience"]: r["exited_today"] for r in exited}
-    for r in rows:
-        r["exited_today"] = gone.get(r["audience"], 0)
     section = Section("audiences", f"Audiences on {day}")
     if rows:
         section.blocks.append(
@@ -689,7 +679,7 @@ def audiences(conn: psycopg.Connection, day: dt.date) -> Section:
                 charts.bars(
                     [r["audience"] for r in rows],
                     {
-                        "treatment (sent)": [r["treatment"] for r in rows],
+                        "treatment": [r["treatment"] for r in rows],
                         "control (held out)": [r["control"] for r in rows],
                     },
                     "audience-sizes",
@@ -698,8 +688,9 @@ def audiences(conn: psycopg.Connection, day: dt.date) -> Section:
                     colors=["#4c9be8", "#adb5bd"],
                     horizontal=True,
                 ),
-                "Members of each audience on the date, split into the treatment group and the "
-                "deterministic control group held out for lift (activation.audience_membership).",
+                "Members of each audience on the date: the treatment group (exported when they "
+                "consented to marketing) and the deterministic control group held out to measure "
+                "lift (activation.audience_membership).",
             )
         )
     section.blocks.append(
