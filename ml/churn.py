@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -34,10 +33,8 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder
 
+from ml.specs import load_spec
 from ml.tables import RISK_BANDS
-
-#: Folder of the declarative model specs.
-SPECS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 #: Feature groups explained together, in a fixed order (ties broken by this order).
 REASON_GROUPS: dict[str, tuple[str, ...]] = {
@@ -69,13 +66,14 @@ def _merge(base: dict, overrides: Mapping[str, Any]) -> dict:
     return out
 
 
-def load_churn_spec(overrides: Mapping[str, Any] | None = None, path: Path | None = None) -> dict:
+def load_churn_spec(
+    overrides: Mapping[str, Any] | None = None, models_dir: Path | None = None
+) -> dict:
     """Return models/churn.yaml merged with `overrides` (nested dicts merge), validated."""
-    path = path or SPECS_DIR / "churn.yaml"
     try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ChurnSpecError(f"cannot read the churn spec {path}: {exc}") from exc
+        spec = load_spec("churn", models_dir)
+    except (OSError, ValueError) as exc:
+        raise ChurnSpecError(f"cannot read the churn spec: {exc}") from exc
     spec = _merge(spec, overrides or {})
     feats = spec.get("features", {})
     known = {*REASON_GROUPS_FEATURES}
