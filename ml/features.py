@@ -438,10 +438,10 @@ def compute_features(
         cur.execute(FEATURES_SQL, _params(snapshots, horizon_days, data_as_of))
         names = [d.name for d in cur.description]
         frame = pd.DataFrame(cur.fetchall(), columns=names)
-    return _typed(frame).sort_values(["snapshot_date", "customer_key"], ignore_index=True)
+    return typed(frame).sort_values(["snapshot_date", "customer_key"], ignore_index=True)
 
 
-def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+def typed(frame: pd.DataFrame) -> pd.DataFrame:
     """Return `frame` with float numeric features (NaN for unknown) and string categories."""
     for col in NUMERIC_FEATURES:
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
@@ -474,7 +474,7 @@ def stream_features(
                 names = [d.name for d in cur.description]
             if not rows:
                 break
-            yield _typed(pd.DataFrame(rows, columns=names))
+            yield typed(pd.DataFrame(rows, columns=names))
 
 
 def snapshot_dates(
@@ -543,4 +543,4 @@ def read_training_set(conn: psycopg.Connection, snapshots: Sequence[dt.date]) ->
             (sorted(set(snapshots)),),
         )
         frame = pd.DataFrame(cur.fetchall(), columns=list(COLUMNS))
-    return _typed(frame)
+    return typed(frame)

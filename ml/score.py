@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 import psycopg
+from psycopg import sql
 
 from lifecycle.settings import Settings
 from ml import features as ft
@@ -170,9 +171,13 @@ def _stored_features(
     cols = [c for c in ft.COLUMNS if c not in ("snapshot_date", "horizon_days", "churned")]
     with conn.cursor(name="lifecycle_stored_features") as cur:
         cur.itersize = chunk_size
-        cur.execute(f"select {', '.join(cols)} from {relation} order by customer_key")  # noqa: S608
+        query = sql.SQL("select {cols} from {rel} order by customer_key").format(
+            cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
+            rel=sql.Identifier(*relation.split(".")),
+        )
+        cur.execute(query)
         while rows := cur.fetchmany(chunk_size):
-            yield ft._typed(pd.DataFrame(rows, columns=cols))
+            yield ft.typed(pd.DataFrame(rows, columns=cols))
 
 
 def score(
