@@ -61,6 +61,7 @@ bench: install ## Run the benchmarks (they print their figures)
 	$(BIN)/python bench/bench_clv.py
 	$(BIN)/python bench/bench_ml.py
 	$(BIN)/python bench/bench_report.py
+	$(BIN)/python bench/bench_pipeline.py
 
 compose-config: ## Validate docker-compose.yml (needs docker-compose or docker compose)
 	@if command -v docker-compose >/dev/null; then docker-compose -f docker-compose.yml --env-file .env.example config -q; \

@@ -210,6 +210,10 @@ def promote(
         min_improvement=float(spec["promotion"]["min_improvement"]),
     )
     tracking.apply_promotion(client, churn, run_ids[tracking.CHURN_MODEL])
+    if champion_value is not None:  # the report shows it beside the new model's metrics
+        client.log_metric(
+            run_ids[tracking.CHURN_MODEL], f"previous_champion.{metric}", champion_value
+        )
     decisions[tracking.CHURN_MODEL] = churn.to_dict()
     # CLV and segmentation: a successful retrain replaces the champion (see docs/ml.md)
     for name in (tracking.CLV_MODEL, tracking.SEGMENTATION_MODEL):
