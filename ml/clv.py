@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, special
+from scipy import optimize, special, stats
 
 #: Days per internal time unit of the BG/NBD (weeks).
 TIME_UNIT_DAYS = 7.0
@@ -507,9 +507,15 @@ def _expected_purchases_quadrature(
     for xv in np.unique(x):
         idx = x == xv
         # Jacobi weight (1-u)^al (1+u)^be on [-1,1] with p = (1+u)/2 ~ Beta(a, b+x).
-        nodes, w = special.roots_jacobi(64, b + xv - 1, a - 1)
-        p = (1 + nodes) / 2
-        w = w / w.sum()
+        with np.errstate(all="ignore"):
+            nodes, w = special.roots_jacobi(64, b + xv - 1, a - 1)
+            p = (1 + nodes) / 2
+            w = w / w.sum()
+        if not (np.isfinite(p).all() and np.isfinite(w).all()):
+            # Very large a and b (a fit whose drop-out p is nearly a constant) overflow the
+            # Jacobi nodes: average over 256 equal-probability quantiles of the Beta instead.
+            p = stats.beta.ppf((np.arange(256) + 0.5) / 256, a, b + xv)
+            w = np.full(256, 1 / 256)
         base = alpha + T[idx][:, None]
         g = -np.expm1((r + xv) * (np.log(base) - np.log(base + p[None, :] * t))) / p[None, :]
         out[idx] = g @ w

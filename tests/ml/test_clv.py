@@ -259,6 +259,24 @@ def test_bgnbd_no_nan_for_extreme_inputs() -> None:
         assert np.isfinite(alive).all() and ((alive >= 0) & (alive <= 1)).all()
 
 
+def test_bgnbd_expected_purchases_finite_for_a_nearly_constant_dropout() -> None:
+    """A fit on a short history can put a and b at ~1e4-1e5 (drop-out p all but constant):
+    the Jacobi quadrature overflows there, and the Beta-quantile average must take over."""
+    f = np.array([0.0, 0.0, 2.0, 5.0])
+    rec = np.array([0.0, 0.0, 29.0, 120.0])
+    T = np.array([63.0, 208.0, 132.0, 200.0])
+    huge = BetaGeoParams(0.4153, 8.1548, 30219.45, 235319.65)  # seen on a 500-person world
+    out = bgnbd_expected_purchases(huge, 90, f, rec, T)
+    assert np.isfinite(out).all() and (out > 0).all(), out
+    # a tenth of a and b: the same mean drop-out p, a little more spread, nearly the same
+    near = bgnbd_expected_purchases(
+        BetaGeoParams(0.4153, 8.1548, 3021.945, 23531.965), 90, f, rec, T
+    )
+    np.testing.assert_allclose(out, near, rtol=0.01)
+    # never more than an immortal customer's Poisson expectation (r + x) / (alpha + T) * t
+    assert (out <= (huge.r + f) / (huge.alpha + T) * 90 + 1e-9).all()
+
+
 def test_gamma_gamma_recovers_simulated_parameters() -> None:
     rng = np.random.default_rng(3)
     frequency = 1 + rng.poisson(2.0, 20_000)
