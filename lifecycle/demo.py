@@ -114,29 +114,44 @@ def run_demo(
 
 
 def _result_lines(daily: dict[str, Any], train: dict[str, Any], settings: Settings) -> list[str]:
-    """Return the lines that say where the scores, exports, models and report are."""
+    """Return the lines that say where the gates, scores, models, exports and report are."""
     lines: list[str] = []
-    gate = daily.get("validate_marts")
-    if isinstance(gate, dict):
-        lines.append(f"  quality gates: {gate.get('summary', gate)} (select * from ops.dq_results)")
+    for task in ("validate_raw", "validate_marts"):
+        gate = daily.get(task)
+        if isinstance(gate, dict) and gate.get("summary"):
+            lines.append(f"  {str(gate['summary']).splitlines()[0]}")
+    if lines:
+        lines.append("      (every result: select * from ops.dq_results)")
     score = daily.get("score")
     if isinstance(score, dict):
         lines.append(
             f"  scores: {score.get('rows', '?')} customers scored as of {score.get('score_date')} "
-            "(ml.scores_history; activation.customer_scores)"
+            "in ml.scores_history (one row per customer: activation.customer_scores)"
         )
-    promote = train.get("register_and_promote") or train.get("promote")
+    promote = train.get("promote")
     if isinstance(promote, dict):
-        lines.append(f"  models: {promote.get('summary', promote)}")
+        lines.append("  models (MLflow registry):")
+        for name, decision in (promote.get("promotions") or {}).items():
+            state = "champion" if decision.get("promoted") else "challenger"
+            version, reason = decision.get("version"), decision.get("reason")
+            lines.append(f"      {name} v{version} {state}: {reason}")
     lines.append(
         f"  MLflow: {settings.home / 'mlflow'} — browse with `.venv/bin/mlflow ui "
         f"--backend-store-uri sqlite:///{settings.home / 'mlflow' / 'mlflow.db'}`"
     )
     activate = daily.get("activate")
-    if isinstance(activate, dict):
-        lines.append(f"  audience exports: {activate.get('export_dir', '?')}")
-        for name, facts in (activate.get("audiences") or {}).items():
-            lines.append(f"      {name:<24} {facts}")
+    audiences = (activate or {}).get("audiences") if isinstance(activate, dict) else None
+    if audiences:
+        first = next(iter(audiences.values()))
+        root = Path(first["folder"]).parent if first.get("folder") else settings.export_dir
+        lines.append(f"  audience exports (CSV layouts + manifest.json): {root}")
+        for name, facts in audiences.items():
+            lines.append(
+                f"      {name:<22} {facts.get('members', 0):>5} members "
+                f"({facts.get('control', 0)} control), {facts.get('sent', 0):>5} to send, "
+                f"+{facts.get('adds', 0)} / -{facts.get('removes', 0)} since "
+                f"{facts.get('previous_export_date') or 'the start'}"
+            )
     report = daily.get("report")
     if isinstance(report, dict) and report.get("path"):
         lines.append(f"  report: {report['path']}  (open it in a browser; works offline)")
