@@ -25,28 +25,10 @@ from psycopg import sql
 
 from lifecycle.settings import Settings
 from ml import features as ft
-from ml.tables import RISK_BANDS, ensure_ml_tables
+from ml.tables import RISK_BANDS, SCORE_COLUMNS, ensure_ml_tables
 
 log = logging.getLogger(__name__)
 
-#: Columns of ml.scores_history in the order COPY writes them.
-SCORE_COLUMNS: tuple[str, ...] = (
-    "score_date",
-    "customer_key",
-    "churn_probability",
-    "risk_band",
-    "top_reasons",
-    "segment_id",
-    "segment_name",
-    "p_alive",
-    "expected_purchases_12m",
-    "expected_order_value",
-    "clv_12m",
-    "churn_model_version",
-    "segmentation_model_version",
-    "clv_model_version",
-    "run_id",
-)
 DEFAULT_CHUNK_SIZE = 50_000
 
 

@@ -57,23 +57,7 @@ def fit_churn(as_of: dt.date, settings: Settings) -> str:
     client = tracking.configure(settings)
     exp = tracking.experiment_id(settings, client, tracking.CHURN_MODEL)
     with mlflow.start_run(experiment_id=exp, run_name=f"churn-{as_of}", tags=_tags(as_of)) as run:
-        mlflow.log_params(
-            {
-                "as_of": as_of.isoformat(),
-                "horizon_days": spec["label"]["horizon_days"],
-                "holdout_date": frames.holdout_date.isoformat(),
-                "calibration_date": frames.calibration_date.isoformat(),
-                "train_dates": ",".join(d.isoformat() for d in frames.train_dates),
-                "train_rows": len(frames.train),
-                "calibration_rows": len(frames.calibration),
-                "holdout_rows": len(frames.holdout),
-                "features": ",".join(model.features),
-                "calibration": spec["model"]["calibration"],
-                **{f"hgb_{k}": v for k, v in spec["model"]["params"].items()},
-                "risk_band_medium": model.medium,
-                "risk_band_high": model.high,
-            }
-        )
+        mlflow.log_params(tr.churn_run_params(frames, spec, model))
         tracking.log_churn_model(model, frames.holdout[model.features].head(5))
         tracking.log_churn_model(
             orders_only,

@@ -10,6 +10,25 @@ from __future__ import annotations
 #: Risk bands of the churn probability, lowest first.
 RISK_BANDS: tuple[str, ...] = ("low", "medium", "high")
 
+#: Columns of ml.scores_history, in table (and COPY) order.
+SCORE_COLUMNS: tuple[str, ...] = (
+    "score_date",
+    "customer_key",
+    "churn_probability",
+    "risk_band",
+    "top_reasons",
+    "segment_id",
+    "segment_name",
+    "p_alive",
+    "expected_purchases_12m",
+    "expected_order_value",
+    "clv_12m",
+    "churn_model_version",
+    "segmentation_model_version",
+    "clv_model_version",
+    "run_id",
+)
+
 SCORES_HISTORY_DDL = """
 create table if not exists ml.scores_history (
     score_date date not null,              -- the logical date the scores are as of

@@ -291,6 +291,25 @@ def oracle_comparison(
     }
 
 
+def churn_run_params(frames: Frames, spec: Mapping[str, Any], model: ChurnModel) -> dict[str, Any]:
+    """Return the params logged with a churn training run: data split, features, settings."""
+    return {
+        "as_of": frames.as_of.isoformat(),
+        "horizon_days": spec["label"]["horizon_days"],
+        "holdout_date": frames.holdout_date.isoformat(),
+        "calibration_date": frames.calibration_date.isoformat(),
+        "train_dates": ",".join(d.isoformat() for d in frames.train_dates),
+        "train_rows": len(frames.train),
+        "calibration_rows": len(frames.calibration),
+        "holdout_rows": len(frames.holdout),
+        "features": ",".join(model.features),
+        "calibration": spec["model"]["calibration"],
+        **{f"hgb_{k}": v for k, v in spec["model"]["params"].items()},
+        "risk_band_medium": model.medium,
+        "risk_band_high": model.high,
+    }
+
+
 def champion_holdout_auc(
     settings: Settings, holdout: pd.DataFrame
 ) -> tuple[str | None, float | None]:
@@ -331,23 +350,7 @@ def register_churn(
     champion_version, champion_auc = champion_holdout_auc(settings, frames.holdout)
     exp = tracking.experiment_id(settings, client, tracking.CHURN_MODEL)
     with mlflow.start_run(experiment_id=exp, run_name=f"churn-{frames.as_of}", tags=tags) as run:
-        mlflow.log_params(
-            {
-                "as_of": frames.as_of.isoformat(),
-                "horizon_days": spec["label"]["horizon_days"],
-                "holdout_date": frames.holdout_date.isoformat(),
-                "calibration_date": frames.calibration_date.isoformat(),
-                "train_dates": ",".join(d.isoformat() for d in frames.train_dates),
-                "train_rows": len(frames.train),
-                "calibration_rows": len(frames.calibration),
-                "holdout_rows": len(frames.holdout),
-                "features": ",".join(model.features),
-                "calibration": spec["model"]["calibration"],
-                **{f"hgb_{k}": v for k, v in spec["model"]["params"].items()},
-                "risk_band_medium": model.medium,
-                "risk_band_high": model.high,
-            }
-        )
+        mlflow.log_params(churn_run_params(frames, spec, model))
         for scorer, values in metrics.items():
             mlflow.log_metrics({f"{scorer}.{k}": v for k, v in values.items()})
         mlflow.log_metrics({k: v for k, v in metrics["churn_model"].items()})

@@ -11,7 +11,7 @@ import hashlib
 
 import psycopg
 
-from ml.tables import ensure_ml_tables
+from ml.tables import SCORE_COLUMNS, ensure_ml_tables
 
 SEGMENTS = {0: "bargain hunters", 1: "steady regulars", 2: "big spenders", 3: "one-timers"}
 
@@ -46,23 +46,7 @@ def write_scores(
     `overrides` replaces columns of some customers' rows.
     """
     overrides = overrides or {}
-    cols = [
-        "score_date",
-        "customer_key",
-        "churn_probability",
-        "risk_band",
-        "top_reasons",
-        "segment_id",
-        "segment_name",
-        "p_alive",
-        "expected_purchases_12m",
-        "expected_order_value",
-        "clv_12m",
-        "churn_model_version",
-        "segmentation_model_version",
-        "clv_model_version",
-        "run_id",
-    ]
+    cols = list(SCORE_COLUMNS)
     with psycopg.connect(url) as conn:
         ensure_ml_tables(conn)
         keys = [
