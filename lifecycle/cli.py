@@ -11,18 +11,10 @@ from pathlib import Path
 import click
 
 from lifecycle import __version__
+from lifecycle.options import parse_date
 from lifecycle.settings import get_settings
 
 log = logging.getLogger("lifecycle")
-
-
-def _date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dt.date | None:
-    if value is None:
-        return None
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError as exc:
-        raise click.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from exc
 
 
 def _fail(message: str) -> None:
@@ -123,14 +115,14 @@ def warehouse_url(sqlalchemy: bool) -> None:
 )
 @click.option(
     "--start",
-    callback=_date,
+    callback=parse_date,
     default="2023-01-01",
     show_default=True,
     help="First day of the world (YYYY-MM-DD).",
 )
 @click.option(
     "--end",
-    callback=_date,
+    callback=parse_date,
     default="2024-12-31",
     show_default=True,
     help="Last day of the world, inclusive.",
@@ -296,7 +288,9 @@ def load_shop(world: Path | None) -> None:
     show_default=True,
     help="Source to extract (repeatable).",
 )
-@click.option("--date", "day", callback=_date, required=True, help="Logical date (YYYY-MM-DD).")
+@click.option(
+    "--date", "day", callback=parse_date, required=True, help="Logical date (YYYY-MM-DD)."
+)
 @click.option("--full", is_flag=True, help="Reload everything up to the date, not just the day.")
 def extract(sources_: tuple[str, ...], day: dt.date, full: bool) -> None:
     """Extract sources for one logical date into raw (idempotent: a rerun replaces the day)."""

@@ -29,6 +29,7 @@ from typing import Any
 
 import click
 
+from lifecycle.options import parse_date
 from lifecycle.settings import Settings, environment, get_settings
 
 log = logging.getLogger(__name__)
@@ -336,19 +337,12 @@ def transform(
 # ------------------------------------------------------------------------------- CLI
 
 
-def _parse_date(_ctx: click.Context, _param: click.Parameter, value: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError as exc:
-        raise click.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from exc
-
-
 @click.command("transform")
 @click.option(
     "--date",
     "day",
     required=True,
-    callback=_parse_date,
+    callback=parse_date,
     help="Logical date: the marts are built as of this day (YYYY-MM-DD).",
 )
 @click.option(

@@ -13,16 +13,8 @@ import sys
 
 import click
 
+from lifecycle.options import parse_date
 from lifecycle.settings import get_settings
-
-
-def _date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dt.date | None:
-    if value is None:
-        return None
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError as exc:
-        raise click.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from exc
 
 
 def _quiet_mlflow() -> None:
@@ -39,7 +31,7 @@ def _fail(message: str) -> None:
 @click.option(
     "--as-of",
     "as_of",
-    callback=_date,
+    callback=parse_date,
     default=None,
     help="Date the data is complete to (default: the date the marts were last built as of).",
 )
@@ -84,7 +76,7 @@ def _parse_overrides(items: tuple[str, ...]) -> dict:
 
 @click.command("score")
 @click.option(
-    "--date", "day", required=True, callback=_date, help="Score as of this day (YYYY-MM-DD)."
+    "--date", "day", required=True, callback=parse_date, help="Score as of this day (YYYY-MM-DD)."
 )
 @click.option("--run-id", default=None, help="Id stamped on every row (default score:<date>).")
 @click.option(

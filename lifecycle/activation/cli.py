@@ -8,14 +8,8 @@ import sys
 
 import click
 
+from lifecycle.options import parse_date
 from lifecycle.settings import get_settings
-
-
-def _parse_date(_ctx: click.Context, _param: click.Parameter, value: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError as exc:
-        raise click.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from exc
 
 
 @click.command("export")
@@ -23,7 +17,7 @@ def _parse_date(_ctx: click.Context, _param: click.Parameter, value: str) -> dt.
     "--date",
     "day",
     required=True,
-    callback=_parse_date,
+    callback=parse_date,
     help="Logical date (YYYY-MM-DD): stage and scores as of this day.",
 )
 @click.option("--audience", default=None, help="Only this audience (default: every one).")

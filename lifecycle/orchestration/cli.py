@@ -20,16 +20,8 @@ import sys
 
 import click
 
+from lifecycle.options import parse_date
 from lifecycle.orchestration.config import DAILY_DAG_ID
-
-
-def _date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dt.date | None:
-    if value is None:
-        return None
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError as exc:
-        raise click.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from exc
 
 
 def _conf(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dict:
@@ -91,7 +83,9 @@ def pipeline() -> None:
 
 
 @pipeline.command("run")
-@click.option("--date", "day", callback=_date, required=True, help="Logical date (YYYY-MM-DD).")
+@click.option(
+    "--date", "day", callback=parse_date, required=True, help="Logical date (YYYY-MM-DD)."
+)
 @_dag_option
 @_conf_option
 @_full_reload_option
@@ -104,8 +98,10 @@ def pipeline_run(day: dt.date, dag_id: str, conf: dict, full_reload: bool, verbo
 
 
 @pipeline.command("backfill")
-@click.option("--start", callback=_date, required=True, help="First logical date (YYYY-MM-DD).")
-@click.option("--end", callback=_date, required=True, help="Last logical date, inclusive.")
+@click.option(
+    "--start", callback=parse_date, required=True, help="First logical date (YYYY-MM-DD)."
+)
+@click.option("--end", callback=parse_date, required=True, help="Last logical date, inclusive.")
 @_dag_option
 @_conf_option
 @_verbose_option

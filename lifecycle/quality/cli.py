@@ -7,14 +7,8 @@ import sys
 
 import click
 
+from lifecycle.options import parse_date
 from lifecycle.quality.suites import LAYERS
-
-
-def _parse_date(_ctx: click.Context, _param: click.Parameter, value: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError as exc:
-        raise click.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from exc
 
 
 @click.command("validate")
@@ -26,7 +20,7 @@ def _parse_date(_ctx: click.Context, _param: click.Parameter, value: str) -> dt.
     "scores: ml.scores_history of the day; activation: the day's exports.",
 )
 @click.option(
-    "--date", "day", required=True, callback=_parse_date, help="Logical date (YYYY-MM-DD)."
+    "--date", "day", required=True, callback=parse_date, help="Logical date (YYYY-MM-DD)."
 )
 @click.option("--schema", default=None, help="Validate this schema instead (e.g. marts).")
 @click.option(

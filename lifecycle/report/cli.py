@@ -9,17 +9,13 @@ from pathlib import Path
 
 import click
 
-
-def _date(_ctx: click.Context, _param: click.Parameter, value: str) -> dt.date:
-    """Return the --date value as a date, or fail with a usage error."""
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError as exc:
-        raise click.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from exc
+from lifecycle.options import parse_date
 
 
 @click.command("report")
-@click.option("--date", "day", required=True, callback=_date, help="Logical date (YYYY-MM-DD).")
+@click.option(
+    "--date", "day", required=True, callback=parse_date, help="Logical date (YYYY-MM-DD)."
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
