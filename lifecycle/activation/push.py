@@ -18,11 +18,9 @@ import json
 from dataclasses import dataclass
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util import Retry
 
 from lifecycle.activation.audiences import Push
-from lifecycle.extract.crm import RETRY_STATUSES
+from lifecycle.extract.crm import retrying_session
 
 #: Member fields sent in a push (removes carry only the identifiers).
 PUSH_FIELDS = (
@@ -105,27 +103,10 @@ def push_session(token: str | None, retries: int, backoff_s: float) -> requests.
     Like ``lifecycle.extract.crm.session`` but POST is retried too (safe here: every batch
     carries its idempotency key) and the bearer token is optional.
     """
-    http = requests.Session()
+    headers = {"Content-Type": "application/json; charset=utf-8"}
     if token:
-        http.headers["Authorization"] = f"Bearer {token}"
-    http.headers["Content-Type"] = "application/json; charset=utf-8"
-    policy = Retry(
-        total=retries,
-        connect=retries,
-        read=retries,
-        status=retries,
-        backoff_factor=backoff_s,
-        backoff_jitter=backoff_s,
-        backoff_max=30,
-        status_forcelist=RETRY_STATUSES,
-        allowed_methods=frozenset({"POST"}),
-        respect_retry_after_header=True,
-        retry_after_max=300,
-        raise_on_status=True,
-    )
-    http.mount("http://", HTTPAdapter(max_retries=policy))
-    http.mount("https://", HTTPAdapter(max_retries=policy))
-    return http
+        headers["Authorization"] = f"Bearer {token}"
+    return retrying_session(method="POST", headers=headers, retries=retries, backoff_s=backoff_s)
 
 
 def _delivered_keys(conn, keys: list[str]) -> set[str]:

@@ -30,15 +30,22 @@ def _iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def session(token: str, retries: int = 8, backoff_s: float = 0.5) -> requests.Session:
-    """Return an HTTP session that sends the bearer token and retries transient failures.
+def retrying_session(
+    *,
+    method: str,
+    headers: dict[str, str],
+    retries: int = 8,
+    backoff_s: float = 0.5,
+) -> requests.Session:
+    """Return an HTTP session that sends `headers` and retries `method` on transient failures.
 
     urllib3's Retry does the work (exponential backoff with jitter, honouring 429/503
-    ``Retry-After``), so the retry policy is the one HTTP clients everywhere share.
+    ``Retry-After``), so the retry policy is the one HTTP clients everywhere share. Used by
+    the CRM client (GET) and by activation's push (POST, safe to retry: every batch carries
+    its idempotency key).
     """
     http = requests.Session()
-    http.headers["Authorization"] = f"Bearer {token}"
-    http.headers["Accept"] = "application/json"
+    http.headers.update(headers)
     policy = Retry(
         total=retries,
         connect=retries,
@@ -48,7 +55,7 @@ def session(token: str, retries: int = 8, backoff_s: float = 0.5) -> requests.Se
         backoff_jitter=backoff_s,
         backoff_max=30,
         status_forcelist=RETRY_STATUSES,
-        allowed_methods=frozenset({"GET"}),
+        allowed_methods=frozenset({method}),
         respect_retry_after_header=True,
         retry_after_max=300,
         raise_on_status=True,
@@ -56,6 +63,12 @@ def session(token: str, retries: int = 8, backoff_s: float = 0.5) -> requests.Se
     http.mount("http://", HTTPAdapter(max_retries=policy))
     http.mount("https://", HTTPAdapter(max_retries=policy))
     return http
+
+
+def session(token: str, retries: int = 8, backoff_s: float = 0.5) -> requests.Session:
+    """Return the CRM API session: bearer token, JSON, GETs retried on transient failures."""
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    return retrying_session(method="GET", headers=headers, retries=retries, backoff_s=backoff_s)
 
 
 def iter_contact_pages(
