@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ml.tables import SCORE_COLUMNS as ML_SCORE_COLUMNS
+
 #: Columns of activation.customer_scores (and its dated history), in table order.
 SCORE_COLUMNS: tuple[str, ...] = (
     "customer_key",
@@ -16,18 +18,8 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "previous_stage",
     "recommended_action",
     "is_scored",
-    "churn_probability",
-    "risk_band",
-    "top_reasons",
-    "segment_id",
-    "segment_name",
-    "p_alive",
-    "expected_purchases_12m",
-    "expected_order_value",
-    "clv_12m",
-    "churn_model_version",
-    "segmentation_model_version",
-    "clv_model_version",
+    # the score columns of ml.scores_history (its contract), from churn_probability on
+    *ML_SCORE_COLUMNS[ML_SCORE_COLUMNS.index("churn_probability") : -1],
     "score_date",
     "score_run_id",
     "as_of_date",

@@ -167,19 +167,24 @@ def _gate_failed(exc: Exception) -> AirflowFailException:
     return AirflowFailException(f"quality gate failed:\n{text}")
 
 
-@task(task_id="validate_raw", multiple_outputs=False, execution_timeout=GATE_TIMEOUT)
-def validate_raw() -> dict[str, Any]:
-    """Run the raw suites on the day's batches; fail the run (nothing built) if they fail."""
+def _gate(layer: str) -> dict[str, Any]:
+    """Run the suites of `layer` on the run's day; fail the task listing what failed."""
     from lifecycle.quality.gate import GateFailed, run_validate
 
     context = get_current_context()
     day = logical_day(context)
     try:
-        verdict = run_validate(day, _settings(), layer="raw", run_id=_run_id(context))
+        verdict = run_validate(day, _settings(), layer=layer, run_id=_run_id(context))
     except GateFailed as exc:
         raise _gate_failed(exc) from exc
     log.info("%s", verdict.summary())
     return _facts(verdict)
+
+
+@task(task_id="validate_raw", multiple_outputs=False, execution_timeout=GATE_TIMEOUT)
+def validate_raw() -> dict[str, Any]:
+    """Run the raw suites on the day's batches; fail the run (nothing built) if they fail."""
+    return _gate("raw")
 
 
 @task(task_id="transform", multiple_outputs=False, execution_timeout=TRANSFORM_TIMEOUT)
@@ -251,16 +256,7 @@ def score() -> dict[str, Any]:
 @task(task_id="validate_scores", multiple_outputs=False, execution_timeout=GATE_TIMEOUT)
 def validate_scores() -> dict[str, Any]:
     """Gate the day's scores (probabilities in [0, 1], one row per customer) before export."""
-    from lifecycle.quality.gate import GateFailed, run_validate
-
-    context = get_current_context()
-    day = logical_day(context)
-    try:
-        verdict = run_validate(day, _settings(), layer="scores", run_id=_run_id(context))
-    except GateFailed as exc:
-        raise _gate_failed(exc) from exc
-    log.info("%s", verdict.summary())
-    return _facts(verdict)
+    return _gate("scores")
 
 
 @task(task_id="activate", multiple_outputs=False, execution_timeout=ACTIVATE_TIMEOUT)
@@ -279,16 +275,7 @@ def activate() -> dict[str, Any]:
 @task(task_id="validate_activation", multiple_outputs=False, execution_timeout=GATE_TIMEOUT)
 def validate_activation() -> dict[str, Any]:
     """Check what was exported: no contact without marketing consent, scores in range."""
-    from lifecycle.quality.gate import GateFailed, run_validate
-
-    context = get_current_context()
-    day = logical_day(context)
-    try:
-        verdict = run_validate(day, _settings(), layer="activation", run_id=_run_id(context))
-    except GateFailed as exc:
-        raise _gate_failed(exc) from exc
-    log.info("%s", verdict.summary())
-    return _facts(verdict)
+    return _gate("activation")
 
 
 @task(
