@@ -102,8 +102,8 @@ def bench(n: int, seed: int) -> None:
         {
             "days_since_last_order": summary["T"] - summary["recency"],
             "count_orders": summary["frequency"] + 1,
-            "revenue_usd": orders.groupby("customer_key")["amount"].sum(),
-            "avg_order_value_usd": orders.groupby("customer_key")["amount"].mean(),
+            "revenue": orders.groupby("customer_key")["amount"].sum(),
+            "avg_order_value": orders.groupby("customer_key")["amount"].mean(),
             "days_since_first_order": summary["T"],
             "sessions_90d": np.random.default_rng(seed).poisson(3.0, n),
         }

@@ -42,7 +42,7 @@ REASON_GROUPS: dict[str, tuple[str, ...]] = {
     "frequency": ("count_orders", "count_orders_90d", "count_orders_365d"),
     "gaps": ("mean_gap_days", "last_gap_days", "gap_trend"),
     "tenure": ("days_since_first_order",),
-    "value": ("revenue_usd", "avg_order_value_usd"),
+    "value": ("revenue", "avg_order_value"),
     "refunds": ("count_refunds", "refund_share"),
     "web_recent": ("sessions_7d", "sessions_30d", "product_views_30d", "carts_30d"),
     "web_quarter": ("sessions_90d", "product_views_90d", "carts_90d"),
@@ -231,7 +231,7 @@ def describe_column(group: str, frame: pd.DataFrame) -> np.ndarray:
     elif group == "tenure":
         text = "customer for " + _count(_ints(f, "days_since_first_order"), "day")
     elif group == "value":
-        text = "average order $" + _ints(f, "avg_order_value_usd").astype(str)
+        text = "average order $" + _ints(f, "avg_order_value").astype(str)
     elif group == "refunds":
         n = _ints(f, "count_refunds")
         text = _count(n, "refunded order").where(n > 0, "no refunds")

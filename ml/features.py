@@ -45,8 +45,8 @@ NUMERIC_FEATURES: tuple[str, ...] = (
     "count_orders",
     "count_orders_90d",
     "count_orders_365d",
-    "revenue_usd",
-    "avg_order_value_usd",
+    "revenue",
+    "avg_order_value",
     "mean_gap_days",
     "last_gap_days",
     "gap_trend",
@@ -87,8 +87,8 @@ create table if not exists ml.training_set (
     count_orders integer not null,
     count_orders_90d integer not null,
     count_orders_365d integer not null,
-    revenue_usd double precision not null,
-    avg_order_value_usd double precision not null,
+    revenue double precision not null,
+    avg_order_value double precision not null,
     mean_gap_days double precision,
     last_gap_days double precision,
     gap_trend double precision,
@@ -150,7 +150,7 @@ recorded_versions as (
 orders_at as (
     select distinct on (s.snapshot_date, v.order_id)
         s.snapshot_date, v.customer_key, v.order_id, v.order_date, v.status,
-        v.is_completed, v.amount_usd
+        v.is_completed, v.reporting_amount
     from snapshots as s
     inner join versions as v
         on v.order_date <= s.snapshot_date
@@ -164,7 +164,7 @@ orders_at as (
 
 order_days as (
     select snapshot_date, customer_key, order_date,
-        count(*) as count_orders, sum(amount_usd) as revenue_usd
+        count(*) as count_orders, sum(reporting_amount) as revenue
     from orders_at
     where is_completed
     group by snapshot_date, customer_key, order_date
@@ -190,8 +190,8 @@ order_features as (
             as count_orders_90d,
         coalesce(sum(count_orders) filter (where order_date > snapshot_date - 365), 0)::integer
             as count_orders_365d,
-        sum(revenue_usd)::double precision as revenue_usd,
-        (sum(revenue_usd) / sum(count_orders))::double precision as avg_order_value_usd,
+        sum(revenue)::double precision as revenue,
+        (sum(revenue) / sum(count_orders))::double precision as avg_order_value,
         case when count(*) > 1
             then (max(order_date) - min(order_date))::double precision / (count(*) - 1)
         end as mean_gap_days,
@@ -202,7 +202,7 @@ order_features as (
         (max(order_date) - min(order_date))::integer as recency,
         (snapshot_date - min(order_date))::integer as t,
         coalesce(
-            (sum(revenue_usd) filter (where day_number > 1)) / nullif(count(*) - 1, 0), 0
+            (sum(revenue) filter (where day_number > 1)) / nullif(count(*) - 1, 0), 0
         )::double precision as monetary_value
     from order_days_gapped
     group by snapshot_date, customer_key
@@ -342,8 +342,8 @@ final as (
         o.count_orders,
         o.count_orders_90d,
         o.count_orders_365d,
-        o.revenue_usd,
-        o.avg_order_value_usd,
+        o.revenue,
+        o.avg_order_value,
         o.mean_gap_days,
         o.last_gap_days,
         o.last_gap_days / nullif(o.mean_gap_days, 0) as gap_trend,

@@ -35,9 +35,9 @@
 {%- endmacro %}
 
 
-{# An amount in `currency_column` converted to USD at the fixed rates of var fx_rates_to_usd. #}
-{% macro to_usd(amount_column, currency_column) -%}
-    {%- set rates = var('fx_rates_to_usd') -%}
+{# An amount in `currency_column` converted to USD at the fixed rates of var fx_rates. #}
+{% macro to_reporting_currency(amount_column, currency_column) -%}
+    {%- set rates = var('fx_rates') -%}
     round(
         {{ amount_column }} * case upper(coalesce({{ currency_column }}, 'USD'))
         {%- for currency, rate in rates.items() %}

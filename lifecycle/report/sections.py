@@ -85,20 +85,20 @@ def overview(conn: psycopg.Connection, day: dt.date) -> Section:
     if exists(conn, "marts.channel_ltv"):
         ltv = _rows(
             conn,
-            "select count_buyers, revenue_usd, average_order_value_usd, ltv_usd, as_of_date "
+            "select count_buyers, revenue, average_order_value, ltv, as_of_date "
             "from marts.channel_ltv where acquisition_channel = 'all'",
         )
         if ltv:
             to = ltv[0]["as_of_date"]
             section.blocks += [
                 Kpi("buyers", f"buyers to {to}", ltv[0]["count_buyers"]),
-                Kpi("revenue", f"revenue to {to}", ltv[0]["revenue_usd"], "usd"),
-                Kpi("aov", "average order value", ltv[0]["average_order_value_usd"], "usd"),
-                Kpi("ltv", "planning LTV", ltv[0]["ltv_usd"], "usd"),
+                Kpi("revenue", f"revenue to {to}", ltv[0]["revenue"], "usd"),
+                Kpi("aov", "average order value", ltv[0]["average_order_value"], "usd"),
+                Kpi("ltv", "planning LTV", ltv[0]["ltv"], "usd"),
             ]
     if exists(conn, "marts.cohort_retention"):
         month = conn.execute(
-            "select sum(revenue_usd) from marts.cohort_retention "
+            "select sum(revenue) from marts.cohort_retention "
             "where acquisition_channel = 'all' and activity_month = date_trunc('month', "
             "%(day)s::date)::date",
             {"day": day},
@@ -278,7 +278,7 @@ def ltv(conn: psycopg.Connection, day: dt.date) -> Section:
         "with c as (select distinct cohort_month from marts.cohort_retention "
         "  where cohort_month <= %(day)s order by cohort_month desc limit %(n)s) "
         "select r.cohort_month, r.months_since_acquisition, "
-        "r.cumulative_revenue_per_customer_usd from marts.cohort_retention r "
+        "r.cumulative_revenue_per_customer from marts.cohort_retention r "
         "join c using (cohort_month) where r.acquisition_channel = 'all' "
         "and r.activity_month <= %(day)s order by 1, 2",
         {"day": day, "n": CURVE_COHORTS},
@@ -287,12 +287,12 @@ def ltv(conn: psycopg.Connection, day: dt.date) -> Section:
         raise Unavailable(f"marts.cohort_retention has no cohort up to {day}")
     # Channel curves pool the cohorts: cumulative revenue over cohort customers, both summed
     # over the cohorts that have reached month m (a customer-weighted mean of the mart's
-    # cumulative_revenue_per_customer_usd).
+    # cumulative_revenue_per_customer).
     by_channel = _rows(
         conn,
         "select acquisition_channel, months_since_acquisition, "
-        "round(sum(cumulative_revenue_usd) / nullif(sum(count_cohort_customers), 0), 2) "
-        "as revenue_per_customer_usd, sum(count_cohort_customers)::int as customers "
+        "round(sum(cumulative_revenue) / nullif(sum(count_cohort_customers), 0), 2) "
+        "as revenue_per_customer, sum(count_cohort_customers)::int as customers "
         "from marts.cohort_retention where acquisition_channel <> 'all' "
         "and activity_month <= %(day)s group by 1, 2 order by 1, 2",
         {"day": day},
@@ -302,7 +302,7 @@ def ltv(conn: psycopg.Connection, day: dt.date) -> Section:
     for r in by_cohort:
         xs, ys = series.setdefault(f"{r['cohort_month']:%Y-%m}", ([], []))
         xs.append(r["months_since_acquisition"])
-        ys.append(float(r["cumulative_revenue_per_customer_usd"]))
+        ys.append(float(r["cumulative_revenue_per_customer"]))
     section.blocks.append(
         Chart(
             "ltv-cohort",
@@ -310,16 +310,16 @@ def ltv(conn: psycopg.Connection, day: dt.date) -> Section:
                 series, "ltv-cohort", "LTV curve by cohort", "months since acquisition", "USD"
             ),
             "Cumulative revenue per cohort customer "
-            "(marts.cohort_retention.cumulative_revenue_per_customer_usd).",
+            "(marts.cohort_retention.cumulative_revenue_per_customer).",
         )
     )
     chan: dict[str, tuple[list, list]] = {}
     for r in by_channel:
         # months reached by fewer than 20 customers are noise
-        if r["customers"] >= 20 and r["revenue_per_customer_usd"] is not None:
+        if r["customers"] >= 20 and r["revenue_per_customer"] is not None:
             xs, ys = chan.setdefault(r["acquisition_channel"], ([], []))
             xs.append(r["months_since_acquisition"])
-            ys.append(float(r["revenue_per_customer_usd"]))
+            ys.append(float(r["revenue_per_customer"]))
     if chan:
         section.blocks.append(
             Chart(
@@ -334,8 +334,8 @@ def ltv(conn: psycopg.Connection, day: dt.date) -> Section:
     if exists(conn, "marts.channel_ltv"):
         ch = _rows(
             conn,
-            "select acquisition_channel, count_buyers, average_order_value_usd, "
-            "orders_per_year, expected_relationship_years, ltv_usd, cac_usd, ltv_to_cac_ratio "
+            "select acquisition_channel, count_buyers, average_order_value, "
+            "orders_per_year, expected_relationship_years, ltv, cac, ltv_to_cac_ratio "
             "from marts.channel_ltv order by acquisition_channel = 'all', acquisition_channel",
         )
         named = [r for r in ch if r["acquisition_channel"] != "all"]
@@ -346,8 +346,8 @@ def ltv(conn: psycopg.Connection, day: dt.date) -> Section:
                     charts.bars(
                         [r["acquisition_channel"] for r in named],
                         {
-                            "LTV": [r["ltv_usd"] for r in named],
-                            "CAC": [r["cac_usd"] for r in named],
+                            "LTV": [r["ltv"] for r in named],
+                            "CAC": [r["cac"] for r in named],
                         },
                         "ltv-cac",
                         "Planning LTV and CAC by channel",
@@ -364,15 +364,15 @@ def ltv(conn: psycopg.Connection, day: dt.date) -> Section:
                 [
                     ("acquisition_channel", "channel"),
                     ("count_buyers", "buyers"),
-                    ("average_order_value_usd", "AOV"),
+                    ("average_order_value", "AOV"),
                     ("orders_per_year", "orders/year"),
                     ("expected_relationship_years", "years"),
-                    ("ltv_usd", "LTV"),
-                    ("cac_usd", "CAC"),
+                    ("ltv", "LTV"),
+                    ("cac", "CAC"),
                     ("ltv_to_cac_ratio", "LTV/CAC"),
                 ],
                 ch,
-                {"average_order_value_usd": "usd", "ltv_usd": "usd", "cac_usd": "usd"},
+                {"average_order_value": "usd", "ltv": "usd", "cac": "usd"},
             )
         )
     section.facts = {"cohort_curves": len(series), "channel_curves": len(chan)}
@@ -387,8 +387,8 @@ def rfm(conn: psycopg.Connection, day: dt.date) -> Section:
         "select rfm_segment, rfm_segment_label, count(*)::int as customers, "
         "round(avg(recency_days), 1) as avg_recency_days, "
         "round(avg(count_orders), 2) as avg_orders, "
-        "round(avg(total_revenue_usd), 2) as avg_revenue_usd, "
-        "sum(total_revenue_usd) as revenue_usd "
+        "round(avg(total_revenue), 2) as avg_revenue, "
+        "sum(total_revenue) as revenue "
         "from marts.customer_rfm group by 1, 2 order by 3 desc, 1",
     )
     if not rows:
@@ -418,11 +418,11 @@ def rfm(conn: psycopg.Connection, day: dt.date) -> Section:
                 ("customers", "buyers"),
                 ("avg_recency_days", "avg days since last order"),
                 ("avg_orders", "avg orders"),
-                ("avg_revenue_usd", "avg revenue"),
-                ("revenue_usd", "revenue"),
+                ("avg_revenue", "avg revenue"),
+                ("revenue", "revenue"),
             ],
             rows,
-            {"avg_revenue_usd": "usd", "revenue_usd": "usd"},
+            {"avg_revenue": "usd", "revenue": "usd"},
         )
     )
     section.facts = {"segments": {r["rfm_segment"]: r["customers"] for r in rows}}
@@ -561,7 +561,7 @@ def segments(conn: psycopg.Connection, day: dt.date) -> Section:
     join_ltv = exists(conn, "marts.customer_ltv")
     value_cols = (
         "round(avg(l.count_orders), 2) as avg_orders, "
-        "round(avg(l.historical_ltv_usd), 2) as avg_historical_ltv_usd, "
+        "round(avg(l.historical_ltv), 2) as avg_historical_ltv, "
         "round(avg(l.days_since_last_order), 1) as avg_days_since_last_order, "
         if join_ltv
         else ""
@@ -618,7 +618,7 @@ def segments(conn: psycopg.Connection, day: dt.date) -> Section:
     if join_ltv:
         cols += [
             ("avg_orders", "avg orders"),
-            ("avg_historical_ltv_usd", "avg revenue to date"),
+            ("avg_historical_ltv", "avg revenue to date"),
             ("avg_days_since_last_order", "avg days since last order"),
         ]
     cols += [
@@ -634,7 +634,7 @@ def segments(conn: psycopg.Connection, day: dt.date) -> Section:
             cols,
             rows,
             {
-                "avg_historical_ltv_usd": "usd",
+                "avg_historical_ltv": "usd",
                 "avg_clv_12m": "usd",
                 "avg_churn_probability": "pct",
                 "avg_p_alive": "pct",

@@ -622,7 +622,7 @@ def test_holdout_purchases_counts_purchase_days_after_as_of() -> None:
 def test_spec_loader(tmp_path) -> None:
     spec = load_spec("clv")
     assert spec["name"] == "clv" and spec["params"]["horizon_days"] == 365
-    assert load_spec("segmentation")["roles"]["monetary"] == "revenue_usd"
+    assert load_spec("segmentation")["roles"]["monetary"] == "revenue"
     with pytest.raises(ValueError, match="not valid"):
         load_spec("../etc/passwd")
     folder = tmp_path / "m"

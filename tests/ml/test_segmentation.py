@@ -22,28 +22,28 @@ GROUPS: dict[str, dict[str, float]] = {
     "loyal": {
         "days_since_last_order": 12,
         "count_orders": 14,
-        "avg_order_value_usd": 180,
+        "avg_order_value": 180,
         "days_since_first_order": 800,
         "sessions_90d": 25,
     },
     "lapsed": {
         "days_since_last_order": 420,
         "count_orders": 1,
-        "avg_order_value_usd": 35,
+        "avg_order_value": 35,
         "days_since_first_order": 420,
         "sessions_90d": 0.3,
     },
     "new": {
         "days_since_last_order": 8,
         "count_orders": 1,
-        "avg_order_value_usd": 60,
+        "avg_order_value": 60,
         "days_since_first_order": 8,
         "sessions_90d": 12,
     },
     "at_risk": {
         "days_since_last_order": 140,
         "count_orders": 3,
-        "avg_order_value_usd": 80,
+        "avg_order_value": 80,
         "days_since_first_order": 600,
         "sessions_90d": 2,
     },
@@ -72,7 +72,7 @@ def make_customers(
         cols["days_since_first_order"] = np.maximum(
             cols["days_since_first_order"], cols["days_since_last_order"]
         )
-        cols["revenue_usd"] = cols["count_orders"] * cols["avg_order_value_usd"]
+        cols["revenue"] = cols["count_orders"] * cols["avg_order_value"]
         frames.append(pd.DataFrame(cols).assign(group=group))
     out = pd.concat(frames, ignore_index=True)
     out.index = pd.Index([f"{seed}-{i:05d}" for i in range(len(out))], name="customer_key")
@@ -135,7 +135,7 @@ def test_segments_profile_table(model, customers) -> None:
     for group, name in EXPECTED_NAMES.items():
         assert by_name.loc[name, "size"] == SIZES[group]
         members = customers[customers["group"] == group]
-        assert by_name.loc[name, "revenue_usd"] == pytest.approx(members["revenue_usd"].mean())
+        assert by_name.loc[name, "revenue"] == pytest.approx(members["revenue"].mean())
     assert seg["share"].sum() == pytest.approx(1.0)
     assert segment_sizes(model.predict(customers)) == {
         EXPECTED_NAMES[g]: n for g, n in sorted(SIZES.items(), key=lambda kv: -kv[1])
@@ -216,7 +216,7 @@ def test_same_named_clusters_are_told_apart() -> None:
 
 
 def test_without_roles_names_are_unique_tiers(customers) -> None:
-    plain = SegmentationModel(features=("count_orders", "revenue_usd"), n_init=4)
+    plain = SegmentationModel(features=("count_orders", "revenue"), n_init=4)
     plain.fit(customers)
     names = plain.segments["segment_name"].tolist()
     assert len(set(names)) == len(names) == plain.k
@@ -256,8 +256,8 @@ def test_bad_input_is_rejected_clearly(model, customers) -> None:
     with pytest.raises(ValueError, match=r"lack column\(s\) \['sessions_90d'\]"):
         model.predict(customers.drop(columns="sessions_90d"))
     with_nan = customers.copy()
-    with_nan.iloc[:3, with_nan.columns.get_loc("revenue_usd")] = np.nan
-    with pytest.raises(ValueError, match="revenue_usd has 3 missing/infinite"):
+    with_nan.iloc[:3, with_nan.columns.get_loc("revenue")] = np.nan
+    with pytest.raises(ValueError, match="revenue has 3 missing/infinite"):
         spec_model().fit(with_nan)
     negative = customers.assign(count_orders=-customers["count_orders"])
     with pytest.raises(ValueError, match=r"count_orders has 1400 negative value\(s\)"):
@@ -266,7 +266,7 @@ def test_bad_input_is_rejected_clearly(model, customers) -> None:
         spec_model().fit(customers.iloc[:3])
     with pytest.raises(ValueError, match="only 2 distinct customer profiles"):
         spec_model().fit(pd.concat([customers.iloc[:1]] * 5 + [customers.iloc[400:401]] * 5))
-    other = SegmentationModel(features=("count_orders", "revenue_usd"))
+    other = SegmentationModel(features=("count_orders", "revenue"))
     with pytest.raises(ValueError, match="ids cannot be matched"):
         other.fit(customers, previous=model)
     with pytest.raises(RuntimeError, match="not fitted"):
@@ -277,7 +277,7 @@ def test_bad_input_is_rejected_clearly(model, customers) -> None:
     with pytest.raises(ValueError, match=r"unknown naming keys \['vip_days'\]"):
         SegmentationModel.from_spec({**spec, "naming": {"vip_days": 9}})
     with pytest.raises(ValueError, match="not among the features"):
-        SegmentationModel(features=("count_orders",), roles={"monetary": "revenue_usd"})
+        SegmentationModel(features=("count_orders",), roles={"monetary": "revenue"})
 
 
 def test_segments_of_the_sample_world_match_its_ground_truth(tmp_path) -> None:
@@ -294,8 +294,8 @@ def test_segments_of_the_sample_world_match_its_ground_truth(tmp_path) -> None:
         {
             "days_since_last_order": grouped["days"].min(),
             "count_orders": grouped.size(),
-            "revenue_usd": grouped["amount"].sum(),
-            "avg_order_value_usd": grouped["amount"].mean(),
+            "revenue": grouped["amount"].sum(),
+            "avg_order_value": grouped["amount"].mean(),
             "days_since_first_order": grouped["days"].max(),
         }
     )

@@ -104,26 +104,26 @@ def test_money_kpis_equal_the_marts(report_world) -> None:
     url, page = report_world.url, read_page(report_world.full_html)
     buyers, revenue, ltv = rows(
         url,
-        "select count_buyers, revenue_usd, ltv_usd from marts.channel_ltv "
+        "select count_buyers, revenue, ltv from marts.channel_ltv "
         "where acquisition_channel = 'all'",
     )[0]
     assert int(page.kpis["kpi-buyers"]) == buyers
     assert Decimal(page.kpis["kpi-revenue"]) == revenue
     assert Decimal(page.kpis["kpi-ltv"]) == ltv
     # revenue to date is also the sum of the buyers' revenue in marts.customers
-    assert revenue == one(url, "select sum(total_revenue_usd) from marts.customers")
+    assert revenue == one(url, "select sum(total_revenue) from marts.customers")
     month = one(
         url,
-        "select sum(revenue_usd) from marts.cohort_retention "
+        "select sum(revenue) from marts.cohort_retention "
         "where acquisition_channel = 'all' and activity_month = '2024-06-01'",
     )
     assert Decimal(page.kpis["kpi-revenue-month"]) == month
     channels = {r["acquisition_channel"]: r for r in page.tables["channel-ltv"]}
-    for channel, ltv_usd, cac in rows(
-        url, "select acquisition_channel, ltv_usd, cac_usd from marts.channel_ltv"
+    for channel, ltv, cac in rows(
+        url, "select acquisition_channel, ltv, cac from marts.channel_ltv"
     ):
-        assert Decimal(channels[channel]["ltv_usd"]) == ltv_usd
-        assert channels[channel]["cac_usd"] == ("" if cac is None else str(cac))
+        assert Decimal(channels[channel]["ltv"]) == ltv
+        assert channels[channel]["cac"] == ("" if cac is None else str(cac))
 
 
 def test_transitions_equal_the_mart(report_world) -> None:

@@ -167,7 +167,7 @@ def test_customers_profile_orders_and_consent(built) -> None:
             url,
             "select customer_key, first_name, last_name, acquisition_channel, known_from_date, "
             "first_order_date, last_order_date, count_orders, count_refunded_orders, "
-            "total_revenue_usd, has_marketing_consent, count_referred_customers, current_stage, "
+            "total_revenue, has_marketing_consent, count_referred_customers, current_stage, "
             "current_stage_since from marts.customers",
         )
     }
@@ -277,7 +277,7 @@ def test_cohort_retention(built) -> None:
     ann = rows(
         url,
         "select months_since_acquisition, count_cohort_customers, count_active_customers, "
-        "retention_rate, revenue_usd, cumulative_revenue_per_customer_usd "
+        "retention_rate, revenue, cumulative_revenue_per_customer "
         "from marts.cohort_retention where cohort_month = '2024-01-01' "
         "and acquisition_channel = 'all' order by 1",
     )
@@ -303,7 +303,7 @@ def test_cohort_retention(built) -> None:
     # Cy's win-back order lands in month 8 of his cohort
     assert rows(
         url,
-        "select count_active_customers, revenue_usd, revenue_retention_rate "
+        "select count_active_customers, revenue, revenue_retention_rate "
         "from marts.cohort_retention where cohort_month = '2023-10-01' "
         "and acquisition_channel = 'all' and months_since_acquisition = 8",
     ) == [(1, Decimal("60.00"), Decimal("1.5000"))]
@@ -315,7 +315,7 @@ def test_rfm_scores_and_segments(built) -> None:
         r[0]: r[1:]
         for r in rows(
             url,
-            "select customer_key, recency_days, count_orders, total_revenue_usd, rfm_score, "
+            "select customer_key, recency_days, count_orders, total_revenue, rfm_score, "
             "frequency_monetary_score, rfm_segment from marts.customer_rfm",
         )
     }
@@ -332,7 +332,7 @@ def test_ltv_and_funnel(built) -> None:
     url, _, _ = built
     assert rows(
         url,
-        "select count_orders, historical_ltv_usd, average_order_value_usd, "
+        "select count_orders, historical_ltv, average_order_value, "
         "days_since_last_order from marts.customer_ltv where customer_key = %s",
         (ANN,),
     ) == [(2, Decimal("150.00"), Decimal("75.00"), 121)]
@@ -340,8 +340,8 @@ def test_ltv_and_funnel(built) -> None:
         r[0]: r[1:]
         for r in rows(
             url,
-            "select acquisition_channel, count_buyers, average_order_value_usd, spend_usd, "
-            "cac_usd, relationship_years_source from marts.channel_ltv",
+            "select acquisition_channel, count_buyers, average_order_value, spend, "
+            "cac, relationship_years_source from marts.channel_ltv",
         )
     }
     assert channels["email"] == (1, Decimal("75.00"), Decimal("50.00"), Decimal("50.00"), "default")

@@ -61,7 +61,7 @@ def test_customers_and_stages(built) -> None:
     url, _ = built
     assert rows(
         url,
-        "select customer_key, acquisition_channel, count_orders, total_revenue_usd, "
+        "select customer_key, acquisition_channel, count_orders, total_revenue, "
         "has_marketing_consent, current_stage from marts.customers order by first_order_date",
     ) == [
         (key("C3"), "unknown", 1, Decimal("50.00"), False, "churned"),
@@ -93,8 +93,8 @@ def test_cohorts_and_rfm(built) -> None:
     url, _ = built
     assert rows(
         url,
-        "select months_since_acquisition, count_active_customers, revenue_usd, "
-        "cumulative_revenue_per_customer_usd from marts.cohort_retention "
+        "select months_since_acquisition, count_active_customers, revenue, "
+        "cumulative_revenue_per_customer from marts.cohort_retention "
         "where cohort_month = '2024-01-01' and acquisition_channel = 'all' order by 1",
     ) == [
         (0, 1, Decimal("10.00"), Decimal("10.00")),
@@ -113,5 +113,5 @@ def test_cohorts_and_rfm(built) -> None:
         (key("C3"), "113", "hibernating"),
     ]
     assert rows(
-        url, "select acquisition_channel, spend_usd, cac_usd from marts.channel_ltv order by 1"
+        url, "select acquisition_channel, spend, cac from marts.channel_ltv order by 1"
     ) == [("all", None, None), ("unknown", None, None)]

@@ -63,7 +63,7 @@ final as (
         is_completed,
         currency,
         amount,
-        amount_usd,
+        reporting_amount,
         case
             when is_completed
                 then row_number() over (

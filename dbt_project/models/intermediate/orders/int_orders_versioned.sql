@@ -76,7 +76,7 @@ final as (
         is_inferred,
         currency,
         amount,
-        {{ to_usd('amount', 'currency') }} as amount_usd,
+        {{ to_reporting_currency('amount', 'currency') }} as reporting_amount,
         valid_from_at,
         valid_to_at,
         {{ utc_date('valid_from_at') }} as valid_from_date,

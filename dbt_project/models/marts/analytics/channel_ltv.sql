@@ -53,7 +53,7 @@ buyer_orders as (
     select
         buyers.acquisition_channel,
         count(*) as count_orders,
-        sum(orders.amount_usd) as revenue_usd,
+        sum(orders.reporting_amount) as revenue,
         count(*) filter (
             where orders.order_date > window_bounds.window_start_exclusive
         ) as count_orders_in_window,
@@ -96,14 +96,14 @@ churn as (
 channel_spend as (
     select
         acquisition_channel,
-        sum({{ to_usd('spend_amount', 'currency') }}) as spend_usd
+        sum({{ to_reporting_currency('spend_amount', 'currency') }}) as spend
     from spend
     where spend_date <= {{ as_of_date() }}
     group by acquisition_channel
     union all
     select
         'all' as acquisition_channel,
-        sum({{ to_usd('spend_amount', 'currency') }}) as spend_usd
+        sum({{ to_reporting_currency('spend_amount', 'currency') }}) as spend
     from spend
     where spend_date <= {{ as_of_date() }}
     having count(*) > 0
@@ -128,9 +128,9 @@ measured as (
         channels.acquisition_channel,
         coalesce(buyer_counts.count_buyers, 0) as count_buyers,
         coalesce(buyer_orders.count_orders, 0) as count_orders,
-        coalesce(buyer_orders.revenue_usd, 0) as revenue_usd,
-        buyer_orders.revenue_usd / nullif(buyer_orders.count_orders, 0)
-            as average_order_value_usd,
+        coalesce(buyer_orders.revenue, 0) as revenue,
+        buyer_orders.revenue / nullif(buyer_orders.count_orders, 0)
+            as average_order_value,
         buyer_orders.count_orders_in_window::numeric
         / nullif(buyer_orders.count_buyers_in_window, 0) as orders_per_year,
         coalesce(churn.count_churned_in_window, 0) as count_churned_in_window,
@@ -138,7 +138,7 @@ measured as (
         churn.count_churned_in_window::numeric
         / nullif(churn.count_exposed_to_churn, 0)
         * 365.25 / nullif(window_bounds.covered_days, 0) as annual_churn_rate,
-        channel_spend.spend_usd
+        channel_spend.spend
     from channels
     cross join window_bounds
     left join buyer_counts on buyer_counts.acquisition_channel = channels.acquisition_channel
@@ -158,7 +158,7 @@ planned as (
         case
             when annual_churn_rate > 0 then 'observed_churn' else 'default'
         end as relationship_years_source,
-        spend_usd / nullif(count_buyers, 0) as cac_usd
+        spend / nullif(count_buyers, 0) as cac
     from measured
 ),
 
@@ -167,8 +167,8 @@ final as (
         cast(acquisition_channel as text) as acquisition_channel,
         cast(count_buyers as integer) as count_buyers,
         cast(count_orders as integer) as count_orders,
-        cast(revenue_usd as numeric(14, 2)) as revenue_usd,
-        cast(average_order_value_usd as numeric(14, 2)) as average_order_value_usd,
+        cast(revenue as numeric(14, 2)) as revenue,
+        cast(average_order_value as numeric(14, 2)) as average_order_value,
         cast(orders_per_year as numeric(10, 4)) as orders_per_year,
         cast(count_churned_in_window as integer) as count_churned_in_window,
         cast(count_exposed_to_churn as integer) as count_exposed_to_churn,
@@ -176,14 +176,14 @@ final as (
         cast(expected_relationship_years as numeric(10, 4)) as expected_relationship_years,
         cast(relationship_years_source as text) as relationship_years_source,
         cast(
-            average_order_value_usd * orders_per_year * expected_relationship_years
+            average_order_value * orders_per_year * expected_relationship_years
             as numeric(14, 2)
-        ) as ltv_usd,
-        cast(spend_usd as numeric(14, 2)) as spend_usd,
-        cast(cac_usd as numeric(14, 2)) as cac_usd,
+        ) as ltv,
+        cast(spend as numeric(14, 2)) as spend,
+        cast(cac as numeric(14, 2)) as cac,
         cast(
-            average_order_value_usd * orders_per_year * expected_relationship_years
-            / nullif(cac_usd, 0) as numeric(10, 4)
+            average_order_value * orders_per_year * expected_relationship_years
+            / nullif(cac, 0) as numeric(10, 4)
         ) as ltv_to_cac_ratio,
         cast({{ as_of_date() }} as date) as as_of_date
     from planned

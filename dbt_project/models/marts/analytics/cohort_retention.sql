@@ -32,7 +32,7 @@ monthly_orders as (
     select
         customer_key,
         {{ period_start("'month'", 'order_date') }} as activity_month,
-        sum(amount_usd) as revenue_usd
+        sum(reporting_amount) as revenue
     from orders
     where is_completed
     group by customer_key, {{ period_start("'month'", 'order_date') }}
@@ -68,7 +68,7 @@ activity as (
         cohort_members.acquisition_channel,
         monthly_orders.activity_month,
         count(*) as count_active_customers,
-        sum(monthly_orders.revenue_usd) as revenue_usd
+        sum(monthly_orders.revenue) as revenue
     from cohort_members
     inner join monthly_orders on monthly_orders.customer_key = cohort_members.customer_key
     group by
@@ -87,7 +87,7 @@ filled as (
             as months_since_acquisition,
         grid.count_cohort_customers,
         coalesce(activity.count_active_customers, 0) as count_active_customers,
-        coalesce(activity.revenue_usd, 0) as revenue_usd
+        coalesce(activity.revenue, 0) as revenue
     from grid
     left join activity
         on
@@ -107,19 +107,19 @@ final as (
         cast(
             count_active_customers::numeric / count_cohort_customers as numeric(7, 4)
         ) as retention_rate,
-        cast(revenue_usd as numeric(14, 2)) as revenue_usd,
+        cast(revenue as numeric(14, 2)) as revenue,
         cast(
-            revenue_usd / nullif(
-                first_value(revenue_usd) over cohort_months, 0
+            revenue / nullif(
+                first_value(revenue) over cohort_months, 0
             ) as numeric(10, 4)
         ) as revenue_retention_rate,
         cast(
-            sum(revenue_usd) over cohort_months_to_date as numeric(14, 2)
-        ) as cumulative_revenue_usd,
+            sum(revenue) over cohort_months_to_date as numeric(14, 2)
+        ) as cumulative_revenue,
         cast(
-            sum(revenue_usd) over cohort_months_to_date / count_cohort_customers
+            sum(revenue) over cohort_months_to_date / count_cohort_customers
             as numeric(14, 2)
-        ) as cumulative_revenue_per_customer_usd
+        ) as cumulative_revenue_per_customer
     from filled
     window
         cohort_months as (

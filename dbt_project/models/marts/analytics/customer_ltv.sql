@@ -14,7 +14,7 @@ recent_orders as (
     select
         customer_key,
         count(*) as count_orders_last_365_days,
-        sum(amount_usd) as revenue_last_365_days_usd
+        sum(reporting_amount) as revenue_last_365_days
     from orders
     where is_completed and order_date > {{ as_of_date() }} - 365
     group by customer_key
@@ -33,12 +33,12 @@ final as (
         cast({{ as_of_date() }} - customers.last_order_date as integer)
             as days_since_last_order,
         cast(customers.count_orders as integer) as count_orders,
-        cast(customers.total_revenue_usd as numeric(14, 2)) as historical_ltv_usd,
-        cast(customers.average_order_value_usd as numeric(14, 2)) as average_order_value_usd,
+        cast(customers.total_revenue as numeric(14, 2)) as historical_ltv,
+        cast(customers.average_order_value as numeric(14, 2)) as average_order_value,
         cast(coalesce(recent_orders.count_orders_last_365_days, 0) as integer)
             as count_orders_last_365_days,
-        cast(coalesce(recent_orders.revenue_last_365_days_usd, 0) as numeric(14, 2))
-            as revenue_last_365_days_usd,
+        cast(coalesce(recent_orders.revenue_last_365_days, 0) as numeric(14, 2))
+            as revenue_last_365_days,
         cast(customers.current_stage as text) as current_stage,
         cast({{ as_of_date() }} as date) as as_of_date
     from customers

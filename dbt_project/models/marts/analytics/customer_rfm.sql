@@ -18,7 +18,7 @@ buyers as (
         customer_key,
         max(order_date) as last_order_date,
         count(*) as count_orders,
-        sum(amount_usd) as total_revenue_usd
+        sum(reporting_amount) as total_revenue
     from orders
     where is_completed
     group by customer_key
@@ -38,7 +38,7 @@ scored as (
             as recency_score,
         least(5, 1 + floor(5 * percent_rank() over (order by count_orders)))::integer
             as frequency_score,
-        least(5, 1 + floor(5 * percent_rank() over (order by total_revenue_usd)))::integer
+        least(5, 1 + floor(5 * percent_rank() over (order by total_revenue)))::integer
             as monetary_score
     from measured
 ),
@@ -56,7 +56,7 @@ final as (
         cast(combined.last_order_date as date) as last_order_date,
         cast(combined.recency_days as integer) as recency_days,
         cast(combined.count_orders as integer) as count_orders,
-        cast(combined.total_revenue_usd as numeric(14, 2)) as total_revenue_usd,
+        cast(combined.total_revenue as numeric(14, 2)) as total_revenue,
         cast(combined.recency_score as integer) as recency_score,
         cast(combined.frequency_score as integer) as frequency_score,
         cast(combined.monetary_score as integer) as monetary_score,

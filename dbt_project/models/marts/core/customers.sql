@@ -67,7 +67,7 @@ order_totals as (
         max(order_date) filter (where is_completed) as last_order_date,
         count(*) filter (where is_completed) as count_orders,
         count(*) filter (where status = 'refunded') as count_refunded_orders,
-        coalesce(sum(amount_usd) filter (where is_completed), 0) as total_revenue_usd
+        coalesce(sum(reporting_amount) filter (where is_completed), 0) as total_revenue
     from orders
     group by customer_key
 ),
@@ -132,12 +132,12 @@ final as (
         cast(coalesce(order_totals.count_orders, 0) as integer) as count_orders,
         cast(coalesce(order_totals.count_refunded_orders, 0) as integer)
             as count_refunded_orders,
-        cast(coalesce(order_totals.total_revenue_usd, 0) as numeric(14, 2))
-            as total_revenue_usd,
+        cast(coalesce(order_totals.total_revenue, 0) as numeric(14, 2))
+            as total_revenue,
         cast(
-            order_totals.total_revenue_usd / nullif(order_totals.count_orders, 0)
+            order_totals.total_revenue / nullif(order_totals.count_orders, 0)
             as numeric(14, 2)
-        ) as average_order_value_usd,
+        ) as average_order_value,
         cast(web_totals.first_web_visit_at as timestamptz) as first_web_visit_at,
         cast(web_totals.last_web_visit_at as timestamptz) as last_web_visit_at,
         cast(coalesce(web_totals.count_web_sessions, 0) as integer) as count_web_sessions,
