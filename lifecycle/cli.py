@@ -223,7 +223,7 @@ def serve_crm(
     world: Path | None, host: str, port: int, fault_rate: float, fault_seed: int, retry_after: float
 ) -> None:
     """Serve the world's CRM contacts over a local REST API (bearer LIFECYCLE_CRM_TOKEN)."""
-    from lifecycle.sources.crm_server import load_contacts, make_server
+    from lifecycle.sample.crm_server import load_contacts, make_server
 
     settings = get_settings()
     if not settings.crm_token:
@@ -262,7 +262,7 @@ def serve_crm(
 )
 def load_shop(world: Path | None) -> None:
     """Fill the operational shop database (orders, order_items) from a world's CSVs."""
-    from lifecycle.sources.shop_db import load_shop_db
+    from lifecycle.sample.shop_db import load_shop_db
     from lifecycle.warehouse import redact, shop_db_url
 
     settings = get_settings()

@@ -32,9 +32,9 @@ def run_demo(
     """
     from lifecycle.orchestration.config import TRAIN_DAG_ID
     from lifecycle.orchestration.runner import run_dates
+    from lifecycle.sample.crm_server import load_contacts, make_server
+    from lifecycle.sample.shop_db import load_shop_db
     from lifecycle.sample.world import WorldConfig, generate_world
-    from lifecycle.sources.crm_server import load_contacts, make_server
-    from lifecycle.sources.shop_db import load_shop_db
 
     echo(f"[1/6] warehouse: starting ({'external' if settings.warehouse_url else 'embedded'})")
     url = wh.up(settings)

@@ -18,7 +18,7 @@ import psycopg
 from lifecycle.extract.readers import read_csv_chunks
 from lifecycle.parse import Chunk, Window
 from lifecycle.raw import ORDERS, RawEntity
-from lifecycle.sources.shop_db import SHOP_SCHEMA
+from lifecycle.sample.shop_db import SHOP_SCHEMA
 
 COPY_CHUNK_BYTES = 8 << 20
 

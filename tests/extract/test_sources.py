@@ -12,8 +12,8 @@ import pytest
 
 from lifecycle.extract import extract
 from lifecycle.extract.crm import CrmApiError
-from lifecycle.sources.crm_server import load_contacts, make_server
-from lifecycle.sources.shop_db import load_shop_db
+from lifecycle.sample.crm_server import load_contacts, make_server
+from lifecycle.sample.shop_db import load_shop_db
 from tests.conftest import make_settings
 
 TOKEN = "tok-Zq8x3-very-secret"

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import requests
 
-from lifecycle.sources.crm_server import (
+from lifecycle.sample.crm_server import (
     CONTACT_COLUMNS,
     ContactStore,
     CrmServer,
@@ -30,7 +30,7 @@ from lifecycle.sources.crm_server import (
 TOKEN = "test-token-5f2c9a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CONTACTS = "/crm/v3/objects/contacts"
-SERVER_LOGGER = "lifecycle.sources.crm_server"
+SERVER_LOGGER = "lifecycle.sample.crm_server"
 N_GOOD = 300  # well-formed rows with a valid updated_at
 BAD_DATE = "not-a-date"
 NAMES = [
