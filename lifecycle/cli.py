@@ -192,7 +192,17 @@ def generate(
 
 @main.group()
 def sources() -> None:
-    """The sample world's source systems: the CRM API and the shop database."""
+    """Configured sources (the sources file), and the sample world's source systems."""
+
+
+@sources.command("schema")
+def sources_schema() -> None:
+    """Print the JSON Schema of the sources file (for editors; docs/sources.md explains it)."""
+    import json
+
+    from lifecycle.sources_file import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2, ensure_ascii=False))
 
 
 @sources.command("serve-crm")
@@ -297,7 +307,12 @@ def extract(sources_: tuple[str, ...], day: dt.date, full: bool) -> None:
     from lifecycle.extract import SOURCES
     from lifecycle.extract import extract as run_extract
     from lifecycle.load import LoadError
+    from lifecycle.sources_file import SourcesFileError, load_sources
 
+    try:
+        configured = load_sources(get_settings())
+    except SourcesFileError as exc:
+        _fail(str(exc))
     names = list(SOURCES) if "all" in sources_ else list(dict.fromkeys(sources_))
     failed = False
     started = time.perf_counter()
@@ -307,7 +322,7 @@ def extract(sources_: tuple[str, ...], day: dt.date, full: bool) -> None:
         entities = ", ".join(e.table for e in SOURCES[name])
         click.echo(f"[{i}/{len(names)}] extracting {name} ({entities}) for {day}...", err=True)
         try:
-            for result in run_extract(name, day, get_settings(), full=full):
+            for result in run_extract(name, day, get_settings(), full=full, sources=configured):
                 click.echo(result.describe())
                 loaded += result.rows_loaded
                 quarantined += result.rows_quarantined

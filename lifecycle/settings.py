@@ -47,6 +47,14 @@ class Settings:
     export_dir: Path | None = None  # activation: root of the audience export folders
     push_token: str | None = field(default=None, repr=False)  # bearer for audience pushes
     mlflow_tracking_uri: str | None = None  # MLflow tracking store/server (None: local)
+    sources_file: Path | None = None  # the sources file (None: ./sources.yml or built-in)
+    # The environment the settings were read from: the sources file names the variables
+    # that hold connection URLs and tokens, looked up here (never stored in the file).
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def variable(self, name: str) -> str | None:
+        """Return the environment variable `name` (a connection URL or token), or None."""
+        return self.environ.get(name) or None
 
     @property
     def state_dir(self) -> Path:
@@ -98,6 +106,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ),
         export_dir=_path(env.get("LIFECYCLE_EXPORT_DIR") or str(home / "exports")),
         push_token=env.get("LIFECYCLE_PUSH_TOKEN") or None,
+        environ=dict(env),
+        sources_file=(
+            _path(env["LIFECYCLE_SOURCES_FILE"]) if env.get("LIFECYCLE_SOURCES_FILE") else None
+        ),
         airflow_parallelism=(
             int(env["LIFECYCLE_AIRFLOW_PARALLELISM"])
             if env.get("LIFECYCLE_AIRFLOW_PARALLELISM")

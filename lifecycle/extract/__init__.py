@@ -2,20 +2,29 @@
 
 ``extract(source, logical_date)`` lands what `source` delivered for that logical date
 in ``raw.<source>__<entity>`` and returns one :class:`~lifecycle.load.LoadResult` per
-entity. Every source is optional: one that is not configured (and has no sample-world
-files) is skipped, and says so in the run log.
+entity. Where each entity's data is and how it maps onto the raw contract comes from the
+sources file (:mod:`lifecycle.sources_file`; without one, the built-in mapping of the
+``LIFECYCLE_*`` settings). Every source is optional: one that is not configured, or
+whose files do not exist, is skipped, and the run log says so.
+
+The path of a batch: a *connector* (by the source's ``kind``: files, PostgreSQL, REST)
+yields chunks of source records as text under their source names; the *mapping step*
+(:mod:`lifecycle.extract.mapping`) turns them into contract fields; the loader
+(:func:`lifecycle.load.load_batch`) checks, quarantines and lands them. Quarantine,
+batches, windows and watermarks are the loader's, the same for every source.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from lifecycle.load import (
+    Chunk,
     LoadResult,
     Window,
-    batch_id,
     ensure_raw_tables,
     load_batch,
     plan_window,
@@ -23,7 +32,8 @@ from lifecycle.load import (
 )
 from lifecycle.raw import CRM_CONTACTS, MARKETING_SPEND, ORDER_ITEMS, ORDERS, WEB_EVENTS, RawEntity
 from lifecycle.settings import Settings, get_settings
-from lifecycle.warehouse import connect, shop_db_url, warehouse_url
+from lifecycle.sources_file import EntityMap, Source, SourcesFile, load_sources
+from lifecycle.warehouse import connect, warehouse_url
 
 log = logging.getLogger(__name__)
 
@@ -35,112 +45,99 @@ SOURCES: dict[str, tuple[RawEntity, ...]] = {
 }
 
 
+@dataclass
+class Batch:
+    """What a connector found for one entity and window: chunks to load, or why none."""
+
+    chunks: Iterator[Chunk] | None = None
+    skip: str | None = None  # the reason nothing is loaded (recorded in the run log)
+    files: list[str] = field(default_factory=list)  # locators this batch claims
+    window_filter: bool = True  # False: every row belongs to the batch (files by arrival)
+
+
 def extract(
     source: str,
     logical_date: dt.date,
     settings: Settings | None = None,
     *,
     full: bool = False,
+    sources: SourcesFile | None = None,
 ) -> list[LoadResult]:
     """Extract `source` for `logical_date` into raw; return what each entity's batch did."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; one of: {', '.join(SOURCES)}")
     settings = settings or get_settings()
+    sources = sources or load_sources(settings)
     url = warehouse_url(settings)
     results = []
     for entity in SOURCES[source]:
+        found = sources.entity(entity)
+        full_refresh = found is not None and found[1].sync == "full_refresh"
         with connect(url) as conn:
             ensure_raw_tables(conn)
-            window = plan_window(conn, entity, logical_date, full=full)
-        results.append(_extract_entity(entity, logical_date, window, settings, url))
+            window = plan_window(conn, entity, logical_date, full=full or full_refresh)
+        if found is None:
+            why = f"not configured in {sources.origin}"
+            results.append(record_skip(url, entity, logical_date, window, why))
+            continue
+        src, emap = found
+        results.append(_extract_entity(entity, logical_date, window, src, emap, sources, settings))
     return results
 
 
 def _extract_entity(
-    entity: RawEntity, day: dt.date, window: Window, settings: Settings, url: str
-) -> LoadResult:
-    share = settings.max_reject_share
-    if entity is CRM_CONTACTS:
-        from lifecycle.extract import crm
-
-        if settings.crm_api_url:
-            if not settings.crm_token:
-                raise ValueError("LIFECYCLE_CRM_API_URL is set but LIFECYCLE_CRM_TOKEN is not")
-            chunks = crm.api_chunks(
-                settings.crm_api_url,
-                settings.crm_token,
-                window,
-                retries=settings.http_retries,
-                backoff_s=settings.http_backoff_s,
-            )
-            return load_batch(url, entity, day, window, chunks, max_reject_share=share)
-        if settings.crm_csv.exists():
-            return _csv(url, entity, day, window, settings.crm_csv, share)
-        return record_skip(url, entity, day, window, "no CRM API URL and no CRM CSV export")
-
-    if entity is WEB_EVENTS:
-        return _web(url, day, window, settings)
-
-    if entity in (ORDERS, ORDER_ITEMS):
-        from lifecycle.extract import orders
-
-        if settings.orders_source == "db":
-            chunks = orders.db_chunks(shop_db_url(settings), entity, window)
-            return load_batch(url, entity, day, window, chunks, max_reject_share=share)
-        path = orders.csv_path(settings.orders_csv_dir, entity)
-        if not path.exists():
-            return record_skip(url, entity, day, window, f"no {path}")
-        return _csv(url, entity, day, window, path, share, orders.csv_cursor(path, entity))
-
-    if entity is MARKETING_SPEND:
-        if not settings.spend_csv.exists():
-            return record_skip(url, entity, day, window, f"no {settings.spend_csv}")
-        return _csv(url, entity, day, window, settings.spend_csv, share)
-    raise AssertionError(entity)  # pragma: no cover
-
-
-def _csv(
-    url: str,
     entity: RawEntity,
     day: dt.date,
     window: Window,
-    path: Path,
-    share: float,
-    cursor: str | None = None,
+    src: Source,
+    emap: EntityMap,
+    sources: SourcesFile,
+    settings: Settings,
 ) -> LoadResult:
-    from lifecycle.extract.readers import read_csv_file
+    from lifecycle.extract.mapping import Mapper
 
-    return load_batch(
-        url, entity, day, window, read_csv_file(path), max_reject_share=share, cursor=cursor
-    )
-
-
-def _web(url: str, day: dt.date, window: Window, settings: Settings) -> LoadResult:
-    from lifecycle.extract import web
-
-    first = None if window.start is None else day - dt.timedelta(days=settings.web_lookback_days)
-    files = web.list_files(settings.web_events, first, day)
-    if not files and window.start is None:
-        return record_skip(
-            url, WEB_EVENTS, day, window, f"no event files under {settings.web_events}"
-        )
-    bid = batch_id(WEB_EVENTS, day)
-    with connect(url) as conn:
-        taken = {
-            row[0]
-            for row in conn.execute(
-                "select locator from ops.load_files where batch_id <> %s and locator = any(%s)",
-                (bid, [f.url for f in files]),
-            )
-        }
-    mine = [f for f in files if f.arrived <= day and f.url not in taken]
+    url = warehouse_url(settings)
+    batch = _connector(entity, day, window, src, emap, sources, settings, url)
+    if batch.skip is not None:
+        return record_skip(url, entity, day, window, batch.skip)
+    assert batch.chunks is not None
+    mapper = Mapper(entity, src, emap, sources)
     return load_batch(
         url,
-        WEB_EVENTS,
+        entity,
         day,
         window,
-        web.file_chunks(mine),
-        files=[f.url for f in mine],
+        mapper.map_chunks(batch.chunks),
+        files=batch.files,
         max_reject_share=settings.max_reject_share,
-        window_filter=False,
+        cursor=emap.cursor,
+        window_filter=batch.window_filter,
     )
+
+
+def _connector(
+    entity: RawEntity,
+    day: dt.date,
+    window: Window,
+    src: Source,
+    emap: EntityMap,
+    sources: SourcesFile,
+    settings: Settings,
+    url: str,
+) -> Batch:
+    """Return the batch the connector of `src.kind` finds for `entity` in `window`."""
+    if src.kind == "rest":
+        from lifecycle.extract import crm
+
+        return crm.rest_batch(src, emap, window, sources, settings)
+    if src.kind == "postgres":
+        from lifecycle.extract import orders
+
+        return orders.db_batch(entity, src, emap, window, sources, settings)
+    if src.kind == "jsonl" and src.partitioned:
+        from lifecycle.extract import web
+
+        return web.partition_batch(entity, day, window, src, emap, sources, settings, url)
+    from lifecycle.extract import files
+
+    return files.file_batch(entity, src, emap, sources)

@@ -156,3 +156,25 @@ def api_chunks(
 def _chunk(records: list[dict], walk: str, done: int) -> Chunk:
     lines = np.arange(done + 1, done + 1 + len(records), dtype=np.int64)
     return Chunk.from_records(records, walk, lines)
+
+
+def rest_batch(src, emap, window: Window, sources, settings):  # -> lifecycle.extract.Batch
+    """Return the batch of the contacts the REST API has updated in `window`."""
+    from lifecycle.extract import Batch
+    from lifecycle.load import LoadError
+    from lifecycle.sources_file import resolve_connection
+
+    base_url, token = src.base_url, None
+    if src.connection:
+        url, token = resolve_connection(sources, src.connection, settings)
+        base_url = base_url or url
+    if not base_url:
+        raise LoadError(f"{sources.origin}: sources.crm has no base_url")
+    if not token:
+        conn = sources.connections.get(src.connection or "")
+        where = conn.token_env if conn and conn.token_env else "the connection's token_env"
+        raise LoadError(f"the CRM API at {base_url} needs a bearer token: set {where}")
+    chunks = api_chunks(
+        base_url, token, window, retries=settings.http_retries, backoff_s=settings.http_backoff_s
+    )
+    return Batch(chunks=chunks)

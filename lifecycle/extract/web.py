@@ -19,8 +19,10 @@ from dataclasses import dataclass
 import fsspec
 
 from lifecycle.extract.readers import read_jsonl
-from lifecycle.parse import Chunk
-from lifecycle.raw import WEB_EVENTS
+from lifecycle.parse import Chunk, Window
+from lifecycle.raw import WEB_EVENTS, RawEntity
+from lifecycle.settings import Settings
+from lifecycle.sources_file import EntityMap, Source, SourcesFile
 
 PARTITION = re.compile(r"dt=(\d{4}-\d{2}-\d{2})")
 ARRIVED = re.compile(r"arrived-(\d{8})")
@@ -93,3 +95,37 @@ def _gathered(group: list[Chunk]) -> Chunk:
     if len(group) == 1:
         return group[0]
     return Chunk.concat(group, f"{len(group)} files, {group[0].source} .. {group[-1].source}")
+
+
+def partition_batch(
+    entity: RawEntity,
+    day: dt.date,
+    window: Window,
+    src: Source,
+    emap: EntityMap,
+    sources: SourcesFile,
+    settings: Settings,
+    url: str,
+):  # -> lifecycle.extract.Batch
+    """Return the batch of event files that arrived by `day` and no other batch has taken."""
+    from lifecycle.extract import Batch
+    from lifecycle.load import batch_id
+    from lifecycle.warehouse import connect
+
+    root = sources.path_of(src, emap)
+    assert root, "the sources file validation requires a path"
+    first = None if window.start is None else day - dt.timedelta(days=settings.web_lookback_days)
+    files = list_files(root, first, day)
+    if not files and window.start is None:
+        return Batch(skip=f"no event files under {root}")
+    bid = batch_id(entity, day)
+    with connect(url) as conn:
+        taken = {
+            row[0]
+            for row in conn.execute(
+                "select locator from ops.load_files where batch_id <> %s and locator = any(%s)",
+                (bid, [f.url for f in files]),
+            )
+        }
+    mine = [f for f in files if f.arrived <= day and f.url not in taken]
+    return Batch(chunks=file_chunks(mine), files=[f.url for f in mine], window_filter=False)

@@ -1,0 +1,733 @@
+"""The sources file: where each source's data is and how it maps onto the raw contracts.
+
+A company's own tables and files rarely look like the raw contracts of
+:mod:`lifecycle.raw`. The sources file (``sources.yml``; ``LIFECYCLE_SOURCES_FILE``
+names another) says, per source and entity, where the data lives (a PostgreSQL table or
+query, a file glob, a REST endpoint), how its columns map onto contract fields (a column,
+a SQL expression, a constant, a recoding of values), how to parse it (CSV dialect,
+encoding, date formats, time zone of naive timestamps, decimal comma) and how it is
+loaded (incremental by a cursor, or a full refresh each run). The business block sets
+the time zone whose midnights are the day boundaries and the reporting currency.
+
+The file follows the vocabulary of tools data engineers already use: dbt's ``sources``
+(one block per source with its tables), RudderStack Profiles' ``inputs`` (a contract
+field selects a column or an expression), Airbyte / Meltano tap-csv's CSV options
+(``delimiter``, ``quote_char``, ``encoding``, ``null_values``), dlt's ``rest_api``
+(``paginator``, ``data_selector``) and ``incremental``, Fivetran's pass-through columns.
+
+It is validated with pydantic (``lifecycle sources schema`` prints the JSON Schema, for
+editors) and against the contracts before anything is read, so a wrong file fails with
+one message naming the file, the key and the value. Credentials never live in it: a
+connection names an environment variable, or an Airflow Connection id resolved when the
+DAGs run under Airflow.
+
+Without a sources file, :func:`builtin_sources` describes today's layout (the sample
+world's files, the shop database, the CRM API from the ``LIFECYCLE_*`` settings), so
+everything behaves as it did: the sample world is just one configured set of sources.
+"""
+
+from __future__ import annotations
+
+import codecs
+import datetime as dt
+import hashlib
+import json
+import re
+import zoneinfo
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from lifecycle.raw import ENTITIES, RawEntity
+from lifecycle.settings import Settings
+
+#: The extract sources and the raw entities each one feeds.
+SOURCE_ENTITIES: dict[str, tuple[str, ...]] = {
+    "crm": ("contacts",),
+    "web": ("events",),
+    "orders": ("orders", "order_items"),
+    "marketing": ("spend",),
+    "fx": ("rates",),
+}
+
+#: Values a recoded field may take after mapping (what the marts and gates accept).
+CANONICAL_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("orders__orders", "status"): ("completed", "refunded", "cancelled"),
+}
+
+#: Planning rates (units of the reporting currency per unit) used when neither the
+#: rates file nor ``business.fixed_rates`` gives one; they are relative to USD, so they
+#: apply only while the reporting currency is USD.
+USD_PLANNING_RATES: dict[str, float] = {"USD": 1.0, "EUR": 1.08, "GBP": 1.27}
+
+#: strptime directives pyarrow's C strptime understands (and what they mean here).
+_STRPTIME_DIRECTIVES = set("aAbBcdHIjmMpSUwWyYzZ%") | {"f", "e", "h", "n", "t", "T", "D", "R"}
+#: Formats that are not strptime patterns.
+SPECIAL_FORMATS = ("iso", "epoch_s", "epoch_ms", "excel_serial")
+#: The file a sources file is looked for under when LIFECYCLE_SOURCES_FILE is not set.
+DEFAULT_FILE_NAME = "sources.yml"
+#: How much of a bad value an error message echoes.
+ECHO_LIMIT = 200
+
+
+class SourcesFileError(ValueError):
+    """The sources file cannot be used; the message names the file, key and value."""
+
+
+def _echo(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= ECHO_LIMIT else text[:ECHO_LIMIT] + "...(truncated)"
+
+
+class _Strict(BaseModel):
+    """A block of the file: unknown keys are errors (a typo must not be ignored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _check_zone(name: str | None) -> str | None:
+    if name is None:
+        return None
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"{name!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)") from exc
+    return name
+
+
+def _check_currency(code: str | None) -> str | None:
+    if code is None:
+        return None
+    if not re.fullmatch(r"[A-Z]{3}", code):
+        raise ValueError(f"{code!r} is not an ISO 4217 currency code (three capital letters)")
+    return code
+
+
+def check_format(fmt: str) -> str:
+    """Return `fmt` if it is a date/time format the mapping step can apply, else raise."""
+    if fmt in SPECIAL_FORMATS:
+        return fmt
+    if "%" not in fmt:
+        raise ValueError(
+            f"{fmt!r} is not a date format: use strptime directives (e.g. '%m/%d/%Y %H:%M') "
+            f"or one of {', '.join(SPECIAL_FORMATS)}"
+        )
+    for m in re.finditer(r"%(.)", fmt.replace("%%", "")):
+        if m.group(1) not in _STRPTIME_DIRECTIVES:
+            raise ValueError(f"{fmt!r}: %{m.group(1)} is not a strptime directive")
+    try:
+        dt.datetime.now().strftime(fmt)
+    except ValueError as exc:
+        raise ValueError(f"{fmt!r} is not a valid date format: {exc}") from exc
+    return fmt
+
+
+Zone = Annotated[
+    str,
+    AfterValidator(_check_zone),
+    Field(description="IANA time zone name, e.g. UTC or Europe/Berlin"),
+]
+Currency = Annotated[
+    str, AfterValidator(_check_currency), Field(description="ISO 4217 code, e.g. USD")
+]
+TimeRule = Literal["earliest", "latest", "reject"]
+
+
+class CsvFormat(_Strict):
+    """The dialect of delimited text files (Airbyte's CsvFormat / tap-csv words)."""
+
+    delimiter: str = Field(",", description="one character; '\\t' for tab-separated")
+    quote_char: str | None = Field('"', description="one character, or null for none")
+    escape_char: str | None = Field(None, description="one character, or null for none")
+    encoding: str = Field("utf-8", description="any Python codec: utf-8, latin-1, cp1252, ...")
+    header: bool = Field(True, description="the first line (after skip_rows) names the columns")
+    column_names: list[str] | None = Field(None, description="the columns when header is false")
+    skip_rows: int = Field(0, ge=0, description="lines before the header (report titles)")
+    null_values: list[str] = Field(default_factory=lambda: [""], description="read as empty")
+    decimal_separator: Literal[".", ","] = "."
+    thousands_separator: str | None = Field(None, description="e.g. ',' in 1,234.50")
+    true_values: list[str] | None = None
+    false_values: list[str] | None = None
+    compression: Literal["infer", "none", "gzip", "bz2", "zstd"] = "infer"
+
+    @field_validator("delimiter", "quote_char", "escape_char")
+    @classmethod
+    def _one_char(cls, v: str | None) -> str | None:
+        if v is not None and len(v.encode("utf-8")) != 1:
+            raise ValueError(f"{v!r} must be exactly one (single-byte) character")
+        return v
+
+    @field_validator("encoding")
+    @classmethod
+    def _codec(cls, v: str) -> str:
+        try:
+            codecs.lookup(v)
+        except LookupError as exc:
+            raise ValueError(f"{v!r} is not a known text encoding") from exc
+        return v
+
+    @model_validator(mode="after")
+    def _names(self) -> CsvFormat:
+        if not self.header and not self.column_names:
+            raise ValueError("header: false needs column_names: [...]")
+        if self.thousands_separator and self.thousands_separator == self.decimal_separator:
+            raise ValueError("thousands_separator and decimal_separator must differ")
+        return self
+
+
+class FieldMap(_Strict):
+    """How one contract field gets its value: exactly one of column, sql, constant,
+    concat or multiply, then optional parsing (format, timezone) and recoding."""
+
+    column: str | None = Field(None, description="source column (JSON: a dotted path)")
+    sql: str | None = Field(None, description="SQL expression evaluated in the source DB")
+    constant: str | int | float | bool | None = Field(None, description="every row gets it")
+    concat: list[str] | None = Field(None, description="source columns joined by separator")
+    separator: str = ""
+    multiply: list[str] | None = Field(None, description="product of numeric columns")
+    format: str | None = Field(None, description="strptime format, iso, epoch_s, epoch_ms")
+    timezone: Zone | None = Field(None, description="zone of naive timestamps in this column")
+    values: dict[str, str] | None = Field(None, description="recoding: source value -> value")
+    default: str | None = Field(None, description="value for source values not in `values`")
+    scale: float | None = Field(None, description="multiply numbers, e.g. 0.01 for cents")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FieldMap:
+        given = [k for k in ("column", "sql", "constant", "concat", "multiply") if self._has(k)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of column, sql, constant, concat, multiply "
+                f"(got {', '.join(given) or 'none'})"
+            )
+        if self.format is not None:
+            check_format(self.format)
+        if self.default is not None and self.values is None:
+            raise ValueError("default applies to values: give values too")
+        return self
+
+    def _has(self, key: str) -> bool:
+        return key in self.model_fields_set and (key == "constant" or getattr(self, key))
+
+    @property
+    def kind(self) -> str:
+        """Which of column, sql, constant, concat, multiply this mapping uses."""
+        for k in ("column", "sql", "constant", "concat", "multiply"):
+            if self._has(k):
+                return k
+        raise AssertionError(self)  # pragma: no cover - the validator rules it out
+
+    @property
+    def source_columns(self) -> tuple[str, ...]:
+        """The source columns this mapping reads (none for sql and constant)."""
+        if self.column:
+            return (self.column,)
+        return tuple(self.concat or self.multiply or ())
+
+
+class Refunds(_Strict):
+    """How refunds arrive, beside orders whose status says so."""
+
+    negative_amount: bool = Field(
+        False, description="a row with a negative amount is a refund (status refunded)"
+    )
+    column: str | None = Field(None, description="a source column that marks refunds ...")
+    starts_with: str | None = Field(None, description="... when its value starts with this")
+    equals: list[str] | None = Field(None, description="... or equals one of these")
+    refund_of: str | None = Field(
+        None,
+        description="source column naming the refunded order: the refund becomes a "
+        "refunded version of that order instead of an order of its own",
+    )
+
+    @model_validator(mode="after")
+    def _marker(self) -> Refunds:
+        if (self.starts_with or self.equals) and not self.column:
+            raise ValueError("starts_with / equals need column")
+        if self.column and not (self.starts_with or self.equals):
+            raise ValueError("column needs starts_with or equals")
+        return self
+
+
+class EntityMap(_Strict):
+    """One raw entity of a source: where its rows are and how they map."""
+
+    skip: bool = Field(False, description="the source has no such entity: skip it")
+    table: str | None = Field(None, description="postgres: schema.table or view")
+    query: str | None = Field(None, description="postgres: a SQL query instead of a table")
+    path: str | None = Field(None, description="files: file, glob or fsspec URL")
+    format: CsvFormat | None = None
+    cursor: str | None = Field(None, description="contract field placing rows in load windows")
+    sync: Literal["incremental", "full_refresh"] = Field(
+        "incremental", description="full_refresh: every run reads everything"
+    )
+    grain: Literal["order", "line"] = Field(
+        "order", description="orders: line = one row per order line, summed per order_id"
+    )
+    columns: dict[str, FieldMap] = Field(
+        default_factory=dict, description="contract field: source column, or a mapping"
+    )
+    refunds: Refunds | None = None
+    extra_columns: list[str] | Literal["all"] = Field(
+        "all", description="unmapped source columns kept in _extra"
+    )
+    timezone: Zone | None = None
+    currency: Currency | None = None
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _bare_columns(cls, v: Any) -> Any:
+        # `field: "Source Column"` is short for `field: {column: "Source Column"}`.
+        if isinstance(v, Mapping):
+            return {k: {"column": c} if isinstance(c, str) else c for k, c in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _where(self) -> EntityMap:
+        if self.table and self.query:
+            raise ValueError("give table or query, not both")
+        return self
+
+    def field_map(self, name: str) -> FieldMap | None:
+        """Return the mapping of contract field `name`, or None when it is not mapped."""
+        return self.columns.get(name)
+
+
+class Paginator(_Strict):
+    """dlt's cursor paginator: the next-page cursor in the body, sent back as a param."""
+
+    type: Literal["cursor"] = "cursor"
+    cursor_path: str = "paging.next.after"
+    cursor_param: str = "after"
+
+
+class Incremental(_Strict):
+    """dlt's incremental params: the load window's bounds as query parameters."""
+
+    start_param: str = "updatedAfter"
+    end_param: str = "updatedBefore"
+
+
+class Endpoint(_Strict):
+    """A REST endpoint in dlt's rest_api words."""
+
+    path: str = "/crm/v3/objects/contacts"
+    params: dict[str, str | int] = Field(default_factory=lambda: {"limit": 100})
+    data_selector: str = "results"
+    paginator: Paginator = Field(default_factory=Paginator)
+    incremental: Incremental = Field(default_factory=Incremental)
+    max_pages: int = Field(100_000, ge=1, description="stop (with an error) after this many")
+
+
+class Source(_Strict):
+    """One source system."""
+
+    kind: Literal["postgres", "csv", "jsonl", "parquet", "rest"]
+    connection: str | None = Field(None, description="name in connections (postgres, rest)")
+    path: str | None = Field(None, description="files: file, glob or fsspec URL")
+    partitioned: bool = Field(
+        False, description="jsonl: path is a root of dt=YYYY-MM-DD/ partitions (web events)"
+    )
+    base_url: str | None = Field(None, description="rest: base URL (no secrets in it)")
+    endpoint: Endpoint | None = None
+    format: CsvFormat | None = None
+    timezone: Zone | None = None
+    currency: Currency | None = None
+    ambiguous_time: TimeRule | None = None
+    nonexistent_time: TimeRule | None = None
+    entities: dict[str, EntityMap] = Field(default_factory=dict)
+
+
+class Connection(_Strict):
+    """Where a secret-bearing URL or token comes from; never the secret itself."""
+
+    env: str | None = Field(None, description="environment variable holding the URL")
+    token_env: str | None = Field(None, description="environment variable holding a token")
+    airflow_conn_id: str | None = Field(None, description="Airflow Connection id")
+
+    @model_validator(mode="after")
+    def _some(self) -> Connection:
+        if not (self.env or self.token_env or self.airflow_conn_id):
+            raise ValueError("give env, token_env or airflow_conn_id")
+        return self
+
+
+class Business(_Strict):
+    """The company's own calendar and money."""
+
+    timezone: Zone = Field("UTC", description="midnights here are the days of the pipeline")
+    currency: Currency = Field("USD", description="reporting currency of every money column")
+    rates: str | None = Field(
+        None, description="CSV of daily rates: date,currency,rate (reporting units per unit)"
+    )
+    fixed_rates: dict[str, float] | None = Field(
+        None, description="planning rates per currency, used where the rates file has none"
+    )
+
+    @field_validator("fixed_rates")
+    @classmethod
+    def _rates(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for code, rate in (v or {}).items():
+            _check_currency(code)
+            if not rate > 0:
+                raise ValueError(f"the rate of {code} must be positive, not {rate!r}")
+        return v
+
+    @property
+    def planning_rates(self) -> dict[str, float]:
+        """Rates to the reporting currency known without the rates file."""
+        rates = dict(USD_PLANNING_RATES) if self.currency == "USD" else {}
+        rates.update(self.fixed_rates or {})
+        rates[self.currency] = 1.0
+        return rates
+
+
+class Defaults(_Strict):
+    """What applies to every source unless it says otherwise."""
+
+    timezone: Zone | None = Field(None, description="of naive timestamps (default: business)")
+    currency: Currency | None = Field(
+        None, description="of amounts without one (default: business)"
+    )
+    ambiguous_time: TimeRule = "earliest"
+    nonexistent_time: TimeRule = "reject"
+    format: CsvFormat = Field(default_factory=CsvFormat)
+
+
+class SourcesFile(_Strict):
+    """The whole file."""
+
+    version: Literal[1]
+    business: Business = Field(default_factory=Business)
+    defaults: Defaults = Field(default_factory=Defaults)
+    connections: dict[str, Connection] = Field(default_factory=dict)
+    sources: dict[Literal["crm", "web", "orders", "marketing", "fx"], Source] = Field(
+        default_factory=dict
+    )
+    #: where it was read from ("built-in" for the default mapping); not a key of the file
+    origin: str = Field("sources.yml", exclude=True)
+
+    @cached_property
+    def sha256(self) -> str:
+        """A fingerprint of the mapping, recorded with each load (a changed mapping shows)."""
+        doc = self.model_dump(mode="json", exclude={"origin"})
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+    def source(self, name: str) -> Source | None:
+        """Return the configuration of source `name`, or None when it is not configured."""
+        return self.sources.get(name)  # type: ignore[call-overload]
+
+    def entity(self, raw: RawEntity) -> tuple[Source, EntityMap] | None:
+        """Return (source, entity mapping) of a raw entity, or None when it is absent.
+
+        An entity a configured source does not list maps field by field onto same-named
+        columns; ``skip: true`` or an unconfigured source means absent.
+        """
+        src = self.source(raw.source)
+        if src is None:
+            return None
+        emap = src.entities.get(raw.entity, EntityMap())
+        return None if emap.skip else (src, emap)
+
+    def timezone_of(self, src: Source, emap: EntityMap, fmap: FieldMap | None = None) -> str:
+        """Return the zone naive timestamps of this field are read in."""
+        return (
+            (fmap.timezone if fmap else None)
+            or emap.timezone
+            or src.timezone
+            or self.defaults.timezone
+            or self.business.timezone
+        )
+
+    def currency_of(self, src: Source, emap: EntityMap) -> str:
+        """Return the currency of amounts that carry none."""
+        return emap.currency or src.currency or self.defaults.currency or self.business.currency
+
+    def format_of(self, src: Source, emap: EntityMap) -> CsvFormat:
+        """Return the CSV dialect of this entity's files."""
+        return emap.format or src.format or self.defaults.format
+
+    def path_of(self, src: Source, emap: EntityMap) -> str | None:
+        """Return the file, glob or URL of this entity's files."""
+        return emap.path or src.path
+
+    # ------------------------------------------------------------- contract checks
+
+    @model_validator(mode="after")
+    def _against_contracts(self) -> SourcesFile:
+        errors: list[str] = []
+        for name, src in self.sources.items():
+            where = f"sources.{name}"
+            _check_kind(name, src, where, errors)
+            if src.connection and src.connection not in self.connections:
+                known = ", ".join(self.connections) or "none"
+                errors.append(
+                    f"{where}.connection: {src.connection!r} is not in connections "
+                    f"(defined: {known})"
+                )
+            for ename, emap in src.entities.items():
+                ewhere = f"{where}.entities.{ename}"
+                if ename not in SOURCE_ENTITIES[name]:
+                    errors.append(
+                        f"{ewhere}: {name} has no entity {ename!r} "
+                        f"(it has: {', '.join(SOURCE_ENTITIES[name])})"
+                    )
+                    continue
+                raw = ENTITIES.get(f"{name}__{ename}")
+                if raw is None:
+                    errors.append(f"{ewhere}: no raw contract {name}__{ename} in lifecycle.raw")
+                elif not emap.skip:
+                    _check_entity(raw, src, emap, ewhere, errors)
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+
+def _check_kind(name: str, src: Source, where: str, errors: list[str]) -> None:
+    allowed = {
+        "crm": ("rest", "csv", "jsonl", "parquet"),
+        "web": ("jsonl", "csv", "parquet"),
+        "orders": ("postgres", "csv", "jsonl", "parquet"),
+        "marketing": ("csv", "postgres", "jsonl", "parquet"),
+        "fx": ("csv", "postgres", "jsonl", "parquet"),
+    }[name]
+    if src.kind not in allowed:
+        errors.append(f"{where}.kind: {name} cannot be {src.kind!r} (one of: {', '.join(allowed)})")
+    if src.kind == "postgres" and not src.connection:
+        errors.append(f"{where}: kind postgres needs connection")
+    if src.kind in ("csv", "jsonl", "parquet") and not (
+        src.path or all(e.path or e.skip for e in src.entities.values()) and src.entities
+    ):
+        errors.append(f"{where}: kind {src.kind} needs path (a file, glob or fsspec URL)")
+    if src.kind == "rest" and not (src.base_url or src.connection):
+        errors.append(f"{where}: kind rest needs base_url or connection")
+    if src.partitioned and src.kind != "jsonl":
+        errors.append(f"{where}.partitioned: only kind jsonl has day partitions")
+
+
+def _check_entity(
+    raw: RawEntity, src: Source, emap: EntityMap, where: str, errors: list[str]
+) -> None:
+    for fname, fmap in emap.columns.items():
+        fwhere = f"{where}.columns.{fname}"
+        if fname not in raw.names:
+            errors.append(
+                f"{fwhere}: {raw.qualified} has no field {fname!r} (fields: {', '.join(raw.names)})"
+            )
+            continue
+        ftype = raw.field(fname).type
+        if fmap.format is not None and ftype not in ("timestamp", "date"):
+            errors.append(f"{fwhere}.format: {fname} is a {ftype}, not a timestamp or date")
+        if fmap.scale is not None and ftype not in ("numeric", "integer"):
+            errors.append(f"{fwhere}.scale: {fname} is a {ftype}, not a number")
+        if fmap.multiply is not None and ftype not in ("numeric", "integer"):
+            errors.append(f"{fwhere}.multiply: {fname} is a {ftype}, not a number")
+        if fmap.sql is not None and src.kind != "postgres":
+            errors.append(f"{fwhere}.sql: only a postgres source evaluates SQL expressions")
+        canonical = CANONICAL_VALUES.get((raw.table, fname))
+        if canonical and fmap.values:
+            wrong = sorted({v for v in fmap.values.values() if v not in canonical})
+            if fmap.default and fmap.default not in canonical:
+                wrong.append(fmap.default)
+            if wrong:
+                errors.append(
+                    f"{fwhere}.values: {', '.join(map(repr, wrong))} not one of "
+                    f"{', '.join(canonical)}"
+                )
+        if canonical and fmap.kind == "constant" and str(fmap.constant) not in canonical:
+            errors.append(
+                f"{fwhere}.constant: {fmap.constant!r} is not one of {', '.join(canonical)}"
+            )
+        if fname == "currency" and fmap.kind == "constant":
+            try:
+                _check_currency(str(fmap.constant))
+            except ValueError as exc:
+                errors.append(f"{fwhere}.constant: {exc}")
+    if emap.cursor is not None:
+        if emap.cursor not in raw.names:
+            errors.append(f"{where}.cursor: {raw.qualified} has no field {emap.cursor!r}")
+        elif raw.field(emap.cursor).type not in ("timestamp", "date"):
+            errors.append(f"{where}.cursor: {emap.cursor} is not a timestamp or date field")
+    if emap.grain == "line" and raw.table != "orders__orders":
+        errors.append(f"{where}.grain: only orders can be read from order lines")
+    if emap.refunds is not None and raw.table != "orders__orders":
+        errors.append(f"{where}.refunds: only orders have refunds")
+    if (emap.table or emap.query) and src.kind != "postgres":
+        errors.append(f"{where}: table and query are for a postgres source")
+    if src.kind == "postgres" and not (emap.table or emap.query):
+        errors.append(f"{where}: a postgres entity needs table or query")
+
+
+# ------------------------------------------------------------------------ reading
+
+
+def _pydantic_message(exc: ValidationError, origin: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(
+            str(p) for p in err["loc"] if not str(p).startswith("function-") and p != "[key]"
+        )
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (a typo?)"
+        elif err["type"] == "literal_error" and "input" in err:
+            msg = f"{_echo(err['input'])} is not allowed: {msg}"
+        lines.append(f"{origin}: {loc + ': ' if loc else ''}{msg}")
+    return "; ".join(lines)
+
+
+def parse_sources(doc: Any, origin: str = "sources.yml") -> SourcesFile:
+    """Return the validated sources file of the YAML document `doc`."""
+    if not isinstance(doc, Mapping):
+        raise SourcesFileError(f"{origin}: expected a mapping with version: 1, got {_echo(doc)}")
+    if "version" not in doc:
+        raise SourcesFileError(f"{origin}: version: 1 is missing")
+    try:
+        return SourcesFile.model_validate({**doc, "origin": origin})
+    except ValidationError as exc:
+        raise SourcesFileError(_pydantic_message(exc, origin)) from None
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """A YAML loader that refuses aliases (no alias bombs in a config file)."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(
+                f"aliases (*{event.anchor}) are not allowed, line {event.start_mark.line + 1}"
+            )
+        return super().compose_node(parent, index)
+
+
+def load_sources_file(path: Path) -> SourcesFile:
+    """Return the validated sources file at `path`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SourcesFileError(f"{path}: no such sources file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourcesFileError(f"{path}: cannot be read: {exc}") from None
+    try:
+        doc = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise SourcesFileError(f"{path}: not valid YAML: {str(exc)[:ECHO_LIMIT]}") from None
+    return parse_sources(doc, str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    """Return the JSON Schema of the sources file (for editors and the docs)."""
+    schema = SourcesFile.model_json_schema()
+    schema["properties"].pop("origin", None)
+    schema["$id"] = "https://lifecycle.dev/schemas/sources-v1.json"
+    schema["title"] = "Lifecycle sources file (version 1)"
+    return schema
+
+
+def builtin_sources(settings: Settings) -> SourcesFile:
+    """Return the mapping of today's layout: the LIFECYCLE_* settings, contract names as
+    column names, UTC, USD (the sample world's sources, or a user's files laid out so)."""
+    sources: dict[str, Any] = {}
+    connections: dict[str, Any] = {}
+    if settings.crm_api_url:
+        sources["crm"] = {"kind": "rest", "base_url": settings.crm_api_url, "connection": "crm_api"}
+        connections["crm_api"] = {"token_env": "LIFECYCLE_CRM_TOKEN", "airflow_conn_id": "crm_api"}
+    else:
+        sources["crm"] = {"kind": "csv", "path": str(settings.crm_csv)}
+    sources["web"] = {"kind": "jsonl", "path": settings.web_events, "partitioned": True}
+    if settings.orders_source == "db":
+        connections["shop_db"] = {"env": "LIFECYCLE_SHOP_DB_URL", "airflow_conn_id": "shop_db"}
+        sources["orders"] = {
+            "kind": "postgres",
+            "connection": "shop_db",
+            "entities": {
+                "orders": {"table": "shop.orders"},
+                "order_items": {"table": "shop.order_items"},
+            },
+        }
+    else:
+        directory = settings.orders_csv_dir
+        sources["orders"] = {
+            "kind": "csv",
+            "entities": {
+                "orders": {"path": str(directory / "orders.csv")},
+                "order_items": {"path": str(directory / "order_items.csv")},
+            },
+        }
+    sources["marketing"] = {"kind": "csv", "path": str(settings.spend_csv)}
+    doc = {"version": 1, "connections": connections, "sources": sources}
+    return SourcesFile.model_validate({**doc, "origin": "built-in"})
+
+
+def sources_file_path(settings: Settings) -> Path | None:
+    """Return the sources file the settings point at (None: use the built-in mapping)."""
+    if settings.sources_file is not None:
+        return settings.sources_file
+    local = Path.cwd() / DEFAULT_FILE_NAME
+    return local if local.is_file() else None
+
+
+def load_sources(settings: Settings) -> SourcesFile:
+    """Return the sources file of `settings`, or the built-in mapping when there is none."""
+    path = sources_file_path(settings)
+    return builtin_sources(settings) if path is None else load_sources_file(path)
+
+
+# -------------------------------------------------------------------- connections
+
+
+def resolve_connection(
+    sources: SourcesFile, name: str, settings: Settings
+) -> tuple[str | None, str | None]:
+    """Return (URL, token) of connection `name`, never from the sources file itself.
+
+    Under Airflow, the Connection ``airflow_conn_id`` (``AIRFLOW_CONN_<ID>`` or a secrets
+    backend) wins; elsewhere the environment variables ``env`` (a URL) and ``token_env``
+    are read. Raises SourcesFileError naming what is missing.
+    """
+    conn = sources.connections.get(name)
+    if conn is None:
+        raise SourcesFileError(f"{sources.origin}: connection {name!r} is not defined")
+    url = token = None
+    if conn.airflow_conn_id:
+        url, token = _airflow_connection(conn.airflow_conn_id, settings)
+    if url is None and conn.env:
+        url = settings.variable(conn.env)
+    if token is None and conn.token_env:
+        token = settings.variable(conn.token_env)
+    return url, token
+
+
+def _airflow_connection(conn_id: str, settings: Settings) -> tuple[str | None, str | None]:
+    """Return (URI, password) of an Airflow Connection, or (None, None) when none is defined."""
+    uri = settings.variable(f"AIRFLOW_CONN_{conn_id.upper()}")
+    if uri is None and not settings.variable("AIRFLOW_CTX_DAG_ID"):
+        return None, None  # not inside an Airflow task: no secrets backend to ask
+    try:
+        from airflow.sdk import Connection as AirflowConnection
+
+        found = (
+            AirflowConnection.from_uri(uri, conn_id=conn_id)
+            if uri and "://" in uri
+            else AirflowConnection.get(conn_id)
+        )
+    except Exception:  # noqa: BLE001 - no such connection (the SDK raises its own types)
+        return None, None
+    password = found.password or None
+    if found.conn_type in ("postgres", "postgresql"):
+        return found.get_uri().replace("postgres://", "postgresql://", 1), password
+    host = found.host or ""
+    if host and "://" not in host:
+        host = f"{found.schema or 'https'}://{host}" + (f":{found.port}" if found.port else "")
+    return host or None, password
