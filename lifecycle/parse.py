@@ -207,7 +207,8 @@ def utc_text(instants: pa.Array) -> pa.Array:
     )
     if pc.all(whole).as_py():
         return pc.strftime(instants.cast(pa.timestamp("s", tz="UTC")), format="%Y-%m-%dT%H:%M:%SZ")
-    return pc.strftime(instants, format="%Y-%m-%dT%H:%M:%SZ")
+    text = pc.strftime(instants, format="%Y-%m-%dT%H:%M:%SZ")
+    return pc.replace_substring_regex(text, r"\.000000Z$", "Z")
 
 
 def plain_dates_as_midnight(text: pa.Array, zone: str = "UTC") -> pa.Array:

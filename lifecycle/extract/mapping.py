@@ -28,6 +28,7 @@ nothing of this (the built-in layout) passes through untouched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -178,6 +179,36 @@ def _offset_minutes(zone: pa.Array) -> pa.Array:
     return pc.if_else(named, 0, total)
 
 
+def _json_path(table: pa.Table, path: str) -> pa.Array | None:
+    """Return the values at the dotted `path` (``properties.email``) inside a column of
+    JSON objects (how the readers keep nested values), or None when no column starts it.
+
+    Per value in Python: nested records come from APIs and JSON lines, not bulk files.
+    """
+    parts = path.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        root = ".".join(parts[:cut])
+        if root in table.column_names:
+            break
+    else:
+        return None
+    out = []
+    for text in table.column(root).to_pylist():
+        value = None
+        with contextlib.suppress(json.JSONDecodeError):
+            value = json.loads(text) if text else None
+        for part in parts[cut:]:
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None and not isinstance(value, str):
+            value = (
+                json.dumps(value, ensure_ascii=False)
+                if isinstance(value, dict | list)
+                else (("true" if value else "false") if isinstance(value, bool) else str(value))
+            )
+        out.append(value)
+    return pa.array(out, _TEXT)
+
+
 @dataclass
 class _Fields:
     """The contract fields of one chunk, as text, with the reasons of what did not map."""
@@ -272,6 +303,7 @@ class Mapper:
         """Return the source columns that go to _extra (unmapped, per extra_columns)."""
         names = chunk.table.column_names
         used = {c for fm in self.emap.columns.values() for c in fm.source_columns}
+        used |= {c.split(".")[0] for c in used if c not in names}  # JSON paths use their root
         if self.emap.refunds is not None:
             used |= {c for c in (self.emap.refunds.column, self.emap.refunds.refund_of) if c}
         contract = set(self.entity.names)
@@ -293,7 +325,10 @@ class Mapper:
 
     def _column(self, chunk: Chunk, name: str, key: str) -> pa.Array:
         if name not in chunk.table.column_names:
-            self._missing(chunk, key, name)
+            nested = _json_path(chunk.table, name)
+            if nested is None:
+                self._missing(chunk, key, name)
+            return nested
         column = chunk.table.column(name).combine_chunks()
         if not pa.types.is_string(column.type):
             column = pc.cast(column, _TEXT)

@@ -1,0 +1,298 @@
+"""The mapping step and the CSV dialects, without a warehouse: chunks in, chunks out."""
+
+from __future__ import annotations
+
+import gzip
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from lifecycle.extract.files import file_batch
+from lifecycle.extract.mapping import Mapper
+from lifecycle.extract.readers import read_csv_chunks
+from lifecycle.parse import Checker, Chunk, Window
+from lifecycle.raw import MARKETING_SPEND, ORDERS
+from lifecycle.sources_file import CsvFormat, builtin_sources, parse_sources
+from tests.conftest import make_settings
+from tests.extract.test_mapping import utc
+
+WINDOW = Window(None, utc(2030, 1, 1))
+
+
+def mapper(entity_doc: dict, source_doc: dict | None = None, top: dict | None = None) -> Mapper:
+    doc = {
+        "version": 1,
+        **(top or {}),
+        "sources": {
+            "orders": {
+                "kind": "csv",
+                "path": "/nowhere/orders.csv",
+                **(source_doc or {}),
+                "entities": {"orders": entity_doc},
+            }
+        },
+    }
+    sources = parse_sources(doc)
+    src, emap = sources.entity(ORDERS)
+    return Mapper(ORDERS, src, emap, sources)
+
+
+def chunk(csv: str, fmt: CsvFormat | None = None, block_bytes: int = 1 << 20) -> list[Chunk]:
+    return list(read_csv_chunks(io.BytesIO(csv.encode()), "mem.csv", block_bytes, fmt))
+
+
+def checked(m: Mapper, chunks: list[Chunk]):
+    """Return (loaded rows as dicts, quarantine {line: reason}) of mapped chunks."""
+    checker = Checker(m.entity, WINDOW, None)
+    rows, bad = [], {}
+    for c in m.map_chunks(chunks):
+        out = checker.check(c)
+        rows += out.table.to_pylist()
+        bad |= {line: reason for _, line, reason, _ in out.quarantine}
+    return rows, bad
+
+
+LINES = "".join(
+    ["inv,cust,when,qty,price\n"]
+    + [f"A{i // 3},c{i // 6},2024-01-0{1 + i // 6} 10:00,{1 + i % 3},1.10\n" for i in range(18)]
+    + ["A0,c0,2024-01-01 10:00,5,2.00\n"]  # a late line of the first order
+)
+LINE_MAP = {
+    "grain": "line",
+    "columns": {
+        "order_id": "inv",
+        "customer_id": "cust",
+        "ordered_at": "when",
+        "amount": {"multiply": ["qty", "price"]},
+        "quantity": "qty",
+    },
+}
+
+
+@pytest.mark.parametrize("block", [64, 1 << 20], ids=["lines-span-chunks", "one-chunk"])
+def test_order_lines_sum_per_order_across_chunks_and_out_of_order(block: int) -> None:
+    chunks = chunk(LINES, block_bytes=block)
+    assert len(chunks) > 1 or block > 64
+    rows, bad = checked(mapper(LINE_MAP), chunks)
+    assert not bad
+    got = {r["order_id"]: (r["customer_id"], r["amount"], r["quantity"], r["_line"]) for r in rows}
+    # each order: quantities 1, 2, 3 at 1.10; A0 also 5 at 2.00 from the last line
+    assert got == {
+        "A0": ("c0", "16.6", "11", 2),
+        "A1": ("c0", "6.6", "6", 5),
+        "A2": ("c1", "6.6", "6", 8),
+        "A3": ("c1", "6.6", "6", 11),
+        "A4": ("c2", "6.6", "6", 14),
+        "A5": ("c2", "6.6", "6", 17),
+    }
+    assert [r["order_id"] for r in rows] == ["A0", "A1", "A2", "A3", "A4", "A5"]
+
+
+def test_negative_amounts_and_refund_of() -> None:
+    m = mapper(
+        {
+            "columns": {"order_id": "id", "customer_id": "c", "ordered_at": "t", "amount": "a"},
+            "refunds": {"negative_amount": True, "refund_of": "of"},
+        }
+    )
+    rows, bad = checked(
+        m,
+        chunk(
+            "id,c,t,a,of\n"
+            "O1,c1,2024-01-01T10:00:00Z,30.00,\n"
+            "R1,c1,2024-01-05T09:00:00Z,-30.00,O1\n"  # a refund record naming its order
+            "O2,c2,2024-01-02T10:00:00Z,12.50,\n"
+            "R2,c2,2024-01-03T10:00:00Z,-4.00,\n"  # a negative row of its own
+        ),
+    )
+    assert not bad
+    got = [
+        (r["order_id"], r["ordered_at"], r["updated_at"], r["status"], r["amount"]) for r in rows
+    ]
+    assert got == [
+        ("O1", "2024-01-01T10:00:00Z", None, None, "30.00"),
+        # the refunded version of O1: placed when O1 was, updated when refunded
+        ("O1", "2024-01-01T10:00:00Z", "2024-01-05T09:00:00Z", "refunded", "30.00"),
+        ("O2", "2024-01-02T10:00:00Z", None, None, "12.50"),
+        ("R2", "2024-01-03T10:00:00Z", None, "refunded", "4.00"),
+    ]
+
+
+def test_constants_concat_defaults_and_special_formats() -> None:
+    m = mapper(
+        {
+            "columns": {
+                "order_id": {"concat": ["store", "no"], "separator": "-"},
+                "customer_id": "cust",
+                "ordered_at": {"column": "serial", "format": "excel_serial"},
+                "updated_at": {"column": "epoch", "format": "epoch_s"},
+                "status": {"column": "st", "values": {"OK": "completed"}, "default": "cancelled"},
+                "amount": {"column": "cents", "scale": 0.01},
+                "currency": {"constant": "EUR"},
+            },
+            "extra_columns": ["note"],
+        }
+    )
+    rows, bad = checked(
+        m,
+        chunk(
+            "store,no,cust,serial,epoch,st,cents,note,junk\n"
+            "S1,7,c1,45356.5,1709647331,ok ,1999,hi,x\n"
+            "S1,8,c2,45357,1709647331.25,lost,5,,x\n"
+        ),
+    )
+    assert not bad
+    assert [
+        (r["order_id"], r["ordered_at"], r["updated_at"], r["status"], r["amount"], r["_extra"])
+        for r in rows
+    ] == [
+        ("S1-7", "2024-03-05T12:00:00Z", "2024-03-05T14:02:11Z", "completed", "19.99",
+         '{"note": "hi"}'),
+        ("S1-8", "2024-03-06T00:00:00Z", "2024-03-05T14:02:11.250000Z", "cancelled", "0.05",
+         "{}"),
+    ]  # fmt: skip
+    assert {r["currency"] for r in rows} == {"EUR"}
+
+
+def test_a_date_field_takes_its_format_and_stays_a_date() -> None:
+    sources = parse_sources(
+        {
+            "version": 1,
+            "sources": {
+                "marketing": {
+                    "kind": "csv",
+                    "path": "/x.csv",
+                    "format": {"decimal_separator": ","},
+                    "entities": {
+                        "spend": {
+                            "columns": {
+                                "date": {"column": "Tag", "format": "%d.%m.%Y"},
+                                "channel": "Kanal",
+                                "spend": "Kosten",
+                            }
+                        }
+                    },
+                }
+            },
+        }
+    )
+    src, emap = sources.entity(MARKETING_SPEND)
+    m = Mapper(MARKETING_SPEND, src, emap, sources)
+    rows, bad = checked(
+        m, chunk('Tag,Kanal,Kosten\n05.03.2024,paid_search,"12,50"\n30.02.2024,email,1\n')
+    )
+    assert [(r["date"], r["spend"]) for r in rows] == [("2024-03-05", "12.50")]
+    assert bad == {3: "date: '30.02.2024' does not match the format '%d.%m.%Y'"}
+
+
+def test_rejecting_ambiguous_local_times() -> None:
+    m = mapper(
+        {"columns": {"order_id": "id", "customer_id": "c", "ordered_at": "t", "amount": "a"}},
+        {"timezone": "America/New_York"},
+        {"defaults": {"ambiguous_time": "reject", "nonexistent_time": "latest"}},
+    )
+    rows, bad = checked(
+        m, chunk("id,c,t,a\n1,c,2024-11-03 01:30,1\n2,c,2024-03-10 02:30,1\n3,c,2024-03-05,1\n")
+    )
+    assert [(r["order_id"], r["ordered_at"]) for r in rows] == [
+        ("2", "2024-03-10T07:00:00Z"),  # the first instant after the gap
+        ("3", "2024-03-05T05:00:00Z"),  # a plain date: midnight in New York
+    ]
+    assert bad == {
+        2: "ordered_at: '2024-11-03 01:30' happens twice in America/New_York (the clocks "
+        "repeat it at a DST change; defaults.ambiguous_time: reject)"
+    }
+
+
+def test_the_built_in_mapping_passes_chunks_through_untouched(tmp_path: Path) -> None:
+    sources = builtin_sources(make_settings(tmp_path))
+    src, emap = sources.entity(ORDERS)
+    m = Mapper(ORDERS, src, emap, sources)
+    assert m.is_identity
+    chunks = chunk("order_id,customer_id,ordered_at,amount\nO1,C1,2024-03-05,1\n")
+    assert list(m.map_chunks(chunks)) == chunks
+
+
+# --------------------------------------------------------------------- dialects
+
+
+def test_dialect_headerless_skip_rows_quote_escape_and_nulls() -> None:
+    fmt = CsvFormat(
+        delimiter="|",
+        quote_char="'",
+        escape_char="\\",
+        header=False,
+        column_names=["id", "name", "note"],
+        skip_rows=2,
+        null_values=["", "NULL"],
+    )
+    text = "title line\nanother\n1|'Ann | Lee'|NULL\n2|O\\'Brien|'it\\'s'\n"
+    (c,) = chunk(text, fmt)
+    assert c.table.to_pylist() == [
+        {"id": "1", "name": "Ann | Lee", "note": None},
+        {"id": "2", "name": "O'Brien", "note": "it's"},
+    ]
+    assert c.lines.tolist() == [3, 4]
+
+
+def test_cp1252_bom_and_undefined_bytes(tmp_path: Path) -> None:
+    data = "id;name\n1;Café – “quoted”\n".encode("cp1252") + b"2;bad \x81 byte\n3;ok\n"
+    fmt = CsvFormat(delimiter=";", encoding="cp1252")
+    (c,) = list(read_csv_chunks(io.BytesIO(data), "mem.csv", fmt=fmt))
+    assert c.table.column("name").to_pylist() == ["Café – “quoted”", "ok"]
+    assert c.lines.tolist() == [2, 4]
+    assert [(r.line, r.reason) for r in c.rejects] == [
+        (3, "broken encoding: byte 0x81 at position 6 is not valid cp1252")
+    ]
+    bom = "\ufeffid,name\n1,Zoë\n".encode()
+    (c,) = list(read_csv_chunks(io.BytesIO(bom), "m", fmt=CsvFormat(encoding="utf-8-sig")))
+    assert c.table.to_pylist() == [{"id": "1", "name": "Zoë"}]
+
+
+def test_gzip_latin1_file_through_the_files_connector(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv.gz"
+    path.write_bytes(gzip.compress("order_id;customer_id;Kunde\nO1;C1;Müller\n".encode("latin-1")))
+    sources = parse_sources(
+        {
+            "version": 1,
+            "sources": {
+                "orders": {
+                    "kind": "csv",
+                    "path": str(tmp_path / "*.csv.gz"),
+                    "format": {"delimiter": ";", "encoding": "latin-1"},
+                }
+            },
+        }
+    )
+    src, emap = sources.entity(ORDERS)
+    (c,) = list(file_batch(ORDERS, src, emap, sources).chunks)
+    assert c.table.to_pylist() == [{"order_id": "O1", "customer_id": "C1", "Kunde": "Müller"}]
+    assert isinstance(c.table.column("Kunde").type, pa.DataType)
+
+
+def test_json_paths_pick_values_inside_nested_records() -> None:
+    m = mapper(
+        {
+            "columns": {
+                "order_id": "id",
+                "customer_id": "customer.id",
+                "email": "customer.contact.email",
+                "ordered_at": "t",
+                "amount": "a",
+            }
+        }
+    )
+    records = [
+        {"id": "O1", "customer": {"id": 7, "contact": {"email": "a@x.io"}}, "t": "2024-01-01",
+         "a": 1},
+        {"id": "O2", "customer": {"id": 8}, "t": "2024-01-02", "a": 2},
+    ]  # fmt: skip
+    rows, bad = checked(m, [Chunk.from_records(records, "api", np.arange(1, 3))])
+    assert not bad
+    assert [(r["customer_id"], r["email"], r["_extra"]) for r in rows] == [
+        ("7", "a@x.io", None),
+        ("8", None, None),
+    ]
