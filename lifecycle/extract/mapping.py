@@ -75,10 +75,12 @@ def _null_text(n: int) -> pa.Array:
     return pa.nulls(n, _TEXT)
 
 
-def _reasons(mask: pa.Array | np.ndarray, message: pa.Array) -> pa.Array:
-    """Return `message` where `mask` holds, null elsewhere."""
+def _reasons(mask: pa.Array | np.ndarray, name: str, text: pa.Array, what: str) -> pa.Array | None:
+    """Return ``name: 'value' what`` where `mask` holds, null elsewhere (None: nowhere)."""
     mask = pa.array(mask) if isinstance(mask, np.ndarray) else pc.fill_null(mask, False)
-    return pc.if_else(mask, message, pa.scalar(None, _TEXT))
+    if not pc.any(mask).as_py():
+        return None  # the usual case: no message is built
+    return pc.if_else(mask, _message(name, text, what), pa.scalar(None, _TEXT))
 
 
 def _quoted(text: pa.Array) -> pa.Array:
@@ -421,7 +423,7 @@ class Mapper:
             return pc.if_else(unknown, pa.scalar(fmap.default, _TEXT), recoded), None
         listed = ", ".join(fmap.values)
         what = f"is not one of {listed} ({self.where}.{key}.values; add it, or a default)"
-        return recoded, _reasons(unknown, _message(name, text, what))
+        return recoded, _reasons(unknown, name, text, what)
 
     def _boolean(self, text: pa.Array) -> pa.Array:
         lowered = pc.utf8_lower(pc.utf8_trim_whitespace(text))
@@ -450,7 +452,7 @@ class Mapper:
         bad = pc.and_(pc.is_valid(text), pc.is_null(number))
         if not pc.any(bad).as_py():
             return number, None
-        return number, _reasons(bad, _message(name, text, self._not_a_number()))
+        return number, _reasons(bad, name, text, self._not_a_number())
 
     def _not_a_number(self) -> str:
         sep = self.fmt.decimal_separator
@@ -474,7 +476,7 @@ class Mapper:
         bad = pc.and_(pc.is_valid(text), pc.is_null(number))
         if not pc.any(bad).as_py():
             return normalized, None
-        return normalized, _reasons(bad, _message(f.name, text, self._not_a_number()))
+        return normalized, _reasons(bad, f.name, text, self._not_a_number())
 
     # ---------------------------------------------------------------- dates, times
 
@@ -512,7 +514,7 @@ class Mapper:
             if instant is not None and naive is not None:
                 out = pc.coalesce(pc.strftime(naive, format="%Y-%m-%d"), out)
             bad = pc.and_(present, pc.is_null(out))
-            return out, _reasons(bad, _message(f.name, text, expected))
+            return out, _reasons(bad, f.name, text, expected)
         reasons = None
         if naive is not None:
             rules = self.sources.defaults
@@ -532,13 +534,13 @@ class Mapper:
                 ),
             ):
                 if mask.any():
-                    reasons = _merge(reasons, _reasons(mask, _message(f.name, text, what)))
+                    reasons = _merge(reasons, _reasons(mask, f.name, text, what))
             instant = local if instant is None else pc.coalesce(instant, local)
         out = utc_text(instant)
         bad = pc.and_(present, pc.is_null(out))
         if reasons is not None:
             bad = pc.and_(bad, pc.invert(pc.is_valid(reasons)))
-        return out, _merge(reasons, _reasons(bad, _message(f.name, text, expected)))
+        return out, _merge(reasons, _reasons(bad, f.name, text, expected))
 
     @staticmethod
     def _iso(text: pa.Array) -> tuple[pa.Array, pa.Array]:
@@ -695,7 +697,7 @@ class Mapper:
                 cols[f"__sum_{name}"] = number
                 cols[f"__bad_{name}"] = bad
                 if name not in fields.errors:
-                    fields.fail(name, _reasons(bad, _message(name, text, "is not a number")))
+                    fields.fail(name, _reasons(bad, name, text, "is not a number"))
         for name, reasons in fields.errors.items():
             located = pc.binary_join_element_wise(
                 reasons,
