@@ -281,6 +281,8 @@ class Mapper:
 
     def map(self, chunk: Chunk) -> Chunk:
         """Return one chunk mapped onto the contract (order grain)."""
+        if not chunk.table.num_columns:
+            return chunk  # every line was rejected: nothing to map, the rejects stay
         fields = self._fields(chunk)
         if self.emap.refunds is not None:
             self._refunds(chunk, fields)

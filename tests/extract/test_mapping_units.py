@@ -12,7 +12,7 @@ import pytest
 
 from lifecycle.extract.files import file_batch
 from lifecycle.extract.mapping import Mapper
-from lifecycle.extract.readers import read_csv_chunks
+from lifecycle.extract.readers import read_csv_chunks, read_jsonl
 from lifecycle.parse import Checker, Chunk, Window
 from lifecycle.raw import MARKETING_SPEND, ORDERS
 from lifecycle.sources_file import CsvFormat, builtin_sources, parse_sources
@@ -296,3 +296,17 @@ def test_json_paths_pick_values_inside_nested_records() -> None:
         ("7", "a@x.io", None),
         ("8", None, None),
     ]
+
+
+def test_a_file_whose_every_line_is_broken_keeps_its_rejects() -> None:
+    m = mapper(
+        {"columns": {"order_id": "id", "customer_id": "c", "ordered_at": "t", "amount": "a"}}
+    )
+    chunks = [read_jsonl(io.BytesIO(b"not json\n[1]\n"), "bad.jsonl", ORDERS.names)]
+    assert chunks[0].table.num_columns == 0
+    rows, bad = checked(m, chunks)
+    assert rows == []
+    assert bad == {
+        1: "malformed JSON: Expecting value at column 1",
+        2: "malformed JSON: a list, not an object",
+    }
