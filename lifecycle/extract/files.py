@@ -49,7 +49,8 @@ def _chunks(
                 fmt = sources.format_of(src, emap)
                 yield from readers.read_csv_chunks(fh, _locator(url), fmt=fmt)
             elif src.kind == "jsonl":
-                yield readers.read_jsonl(fh, _locator(url), entity.names)
+                stream = readers.as_utf8(fh, sources.format_of(src, emap).encoding)
+                yield readers.read_jsonl(stream, _locator(url), entity.names)
             else:
                 yield from readers.read_parquet_chunks(fh, _locator(url))
 

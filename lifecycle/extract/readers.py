@@ -150,6 +150,12 @@ class _Transcoded(io.RawIOBase):
         return out
 
 
+def as_utf8(stream: BinaryIO, encoding: str) -> BinaryIO:
+    """Return `stream` read as UTF-8 bytes (transcoded unless it is UTF-8 already)."""
+    name = codecs.lookup(encoding).name
+    return stream if name in _UTF8 else _Transcoded(stream, name)  # type: ignore[return-value]
+
+
 def _header_bytes(columns: list[str], fmt: CsvFormat) -> bytes:
     """Return a header line of `columns` in the dialect of `fmt` (UTF-8)."""
     q = fmt.quote_char
@@ -169,9 +175,7 @@ def read_csv_chunks(
     `fmt` is the file's dialect (default: comma-separated UTF-8 with a header line).
     """
     fmt = fmt or CsvFormat()
-    encoding = codecs.lookup(fmt.encoding).name
-    if encoding not in _UTF8:
-        stream = _Transcoded(stream, encoding)  # type: ignore[assignment]
+    stream = as_utf8(stream, fmt.encoding)
     for _ in range(fmt.skip_rows):
         stream.readline()
     line = 1 + fmt.skip_rows

@@ -310,3 +310,21 @@ def test_a_file_whose_every_line_is_broken_keeps_its_rejects() -> None:
         1: "malformed JSON: Expecting value at column 1",
         2: "malformed JSON: a list, not an object",
     }
+
+
+def test_json_lines_in_latin1(tmp_path: Path) -> None:
+    path = tmp_path / "orders.jsonl"
+    path.write_bytes('{"order_id": "O1", "customer_id": "Müller"}\n'.encode("latin-1"))
+    sources = parse_sources(
+        {
+            "version": 1,
+            "sources": {
+                "orders": {"kind": "jsonl", "path": str(path), "format": {"encoding": "latin-1"}}
+            },
+        }
+    )
+    src, emap = sources.entity(ORDERS)
+    (c,) = list(file_batch(ORDERS, src, emap, sources).chunks)
+    assert c.table.select(["order_id", "customer_id"]).to_pylist() == [
+        {"order_id": "O1", "customer_id": "Müller"}
+    ]
