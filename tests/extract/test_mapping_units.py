@@ -328,3 +328,21 @@ def test_json_lines_in_latin1(tmp_path: Path) -> None:
     assert c.table.select(["order_id", "customer_id"]).to_pylist() == [
         {"order_id": "O1", "customer_id": "Müller"}
     ]
+
+
+def test_order_lines_whose_sum_is_negative_are_a_refund() -> None:
+    m = mapper({**LINE_MAP, "refunds": {"negative_amount": True}})
+    rows, bad = checked(
+        m,
+        chunk(
+            "inv,cust,when,qty,price\n"
+            "R1,c1,2024-02-01 10:00,-2,5.00\n"
+            "R1,c1,2024-02-01 10:00,1,1.50\n"
+            "S1,c1,2024-02-02 10:00,2,5.00\n"
+        ),
+    )
+    assert not bad
+    assert [(r["order_id"], r["status"], r["amount"], r["quantity"]) for r in rows] == [
+        ("R1", "refunded", "8.5", "1"),
+        ("S1", None, "10", "2"),
+    ]
