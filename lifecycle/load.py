@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import uuid
+import zoneinfo
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -103,10 +104,16 @@ def batch_id(entity: RawEntity, logical_date: dt.date) -> str:
     return f"{entity.table}:{logical_date.isoformat()}"
 
 
-def day_window(logical_date: dt.date) -> Window:
-    """Return the interval of one logical date: (D 00:00, D+1 00:00] UTC."""
-    start = dt.datetime.combine(logical_date, dt.time(), tzinfo=dt.UTC)
-    return Window(start, start + dt.timedelta(days=1))
+def day_window(logical_date: dt.date, timezone: str = "UTC") -> Window:
+    """Return the interval of one logical date: (D 00:00, D+1 00:00] in the business zone.
+
+    The bounds are the zone's midnights, so a day across a daylight-saving change is 23
+    or 25 hours long.
+    """
+    zone = zoneinfo.ZoneInfo(timezone)
+    start = dt.datetime.combine(logical_date, dt.time(), tzinfo=zone)
+    end = dt.datetime.combine(logical_date + dt.timedelta(days=1), dt.time(), tzinfo=zone)
+    return Window(start.astimezone(dt.UTC), end.astimezone(dt.UTC))
 
 
 def ensure_raw_tables(conn: psycopg.Connection) -> None:
@@ -118,15 +125,19 @@ def ensure_raw_tables(conn: psycopg.Connection) -> None:
 
 
 def plan_window(
-    conn: psycopg.Connection, entity: RawEntity, logical_date: dt.date, full: bool = False
+    conn: psycopg.Connection,
+    entity: RawEntity,
+    logical_date: dt.date,
+    full: bool = False,
+    timezone: str = "UTC",
 ) -> Window:
-    """Return the interval the batch of `logical_date` covers.
+    """Return the interval the batch of `logical_date` (a day in `timezone`) covers.
 
     A rerun covers what the committed batch covered, so it reproduces it. A first load
     (no watermark yet) or ``full`` covers everything up to the end of the day. Otherwise
     the batch covers its day, widened back to the watermark when days were skipped.
     """
-    day = day_window(logical_date)
+    day = day_window(logical_date, timezone)
     if full:
         return Window(None, day.end)
     row = conn.execute(
