@@ -113,7 +113,18 @@ def day_window(logical_date: dt.date, timezone: str = "UTC") -> Window:
     zone = zoneinfo.ZoneInfo(timezone)
     start = dt.datetime.combine(logical_date, dt.time(), tzinfo=zone)
     end = dt.datetime.combine(logical_date + dt.timedelta(days=1), dt.time(), tzinfo=zone)
-    return Window(start.astimezone(dt.UTC), end.astimezone(dt.UTC))
+    return Window(_local(start, zone), _local(end, zone))
+
+
+def _local(moment: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:
+    """Return `moment` at its UTC offset in `zone`.
+
+    A window bound keeps the zone's offset so that its calendar date is the zone's (a
+    date cursor compares with it), as a fixed offset: datetimes sharing one ZoneInfo
+    subtract and compare by wall clock, which is wrong across a daylight-saving change.
+    """
+    local = moment.astimezone(zone)
+    return local.replace(tzinfo=dt.timezone(local.utcoffset() or dt.timedelta()))
 
 
 def ensure_raw_tables(conn: psycopg.Connection) -> None:
@@ -138,6 +149,7 @@ def plan_window(
     the batch covers its day, widened back to the watermark when days were skipped.
     """
     day = day_window(logical_date, timezone)
+    zone = zoneinfo.ZoneInfo(timezone)
     if full:
         return Window(None, day.end)
     row = conn.execute(
@@ -145,14 +157,16 @@ def plan_window(
         (batch_id(entity, logical_date),),
     ).fetchone()
     if row:
-        return Window(row[0], row[1])
+        # read back in the business zone, where a date cursor's bounds are its days
+        start = None if row[0] is None else _local(row[0], zone)
+        return Window(start, _local(row[1], zone))
     mark = conn.execute(
         "select value from ops.watermarks where source = %s and entity = %s",
         (entity.source, entity.entity),
     ).fetchone()
     if mark is None:
         return Window(None, day.end)
-    return Window(min(day.start, mark[0]), day.end)
+    return Window(min(day.start, _local(mark[0], zone)), day.end)
 
 
 # ---------------------------------------------------------------------------- load

@@ -49,6 +49,14 @@ ORDERS = (
 )
 
 
+SPEND = (
+    "date,channel,spend,currency\n"
+    "2024-03-04,paid_search,100.00,USD\n"
+    "2024-03-05,paid_search,50.00,EUR\n"
+    "2024-03-12,social,10.00,GBP\n"
+)
+
+
 def sources_yml(world: Path, timezone: str, orders: str = "orders.csv") -> str:
     return f"""version: 1
 business:
@@ -62,6 +70,10 @@ sources:
     entities:
       orders: {{path: {world / orders}}}
       order_items: {{skip: true}}
+  marketing:
+    kind: csv
+    entities:
+      spend: {{path: {world / "spend.csv"}}}
 """
 
 
@@ -72,12 +84,13 @@ def key(customer_id: str) -> str:
 def build(embedded_settings, dbt_home, world: Path, timezone: str):
     write(world / "rates.csv", RATES)
     write(world / "orders.csv", ORDERS)
+    write(world / "spend.csv", SPEND)
     path = write(world / "sources.yml", sources_yml(world, timezone))
     with scratch_database(embedded_settings) as url:
         settings = make_settings(
             dbt_home, LIFECYCLE_WAREHOUSE_URL=url, LIFECYCLE_SOURCES_FILE=str(path)
         )
-        for source in ("orders", "fx"):
+        for source in ("orders", "marketing", "fx"):
             for result in extract(source, AS_OF, settings, full=True):
                 assert result.rows_quarantined == 0, result.describe()
         result = transform(AS_OF, settings, quiet=True)
@@ -132,6 +145,13 @@ def test_new_york_days_and_eur_amounts(new_york) -> None:
         "where customer_key = %s order by valid_from",
         (key("C1"),),
     ) == [("new", D(2024, 3, 5))]
+    # spend at the rate of its day: 100 USD × 0.9 + 50 EUR + 10 GBP × 1.2 = 152.00
+    assert rows(url, "select acquisition_channel, spend from marts.channel_ltv order by 1") == [
+        ("all", Decimal("152.00")),
+        ("paid_search", Decimal("140.00")),
+        ("social", Decimal("12.00")),
+        ("unknown", None),
+    ]
     # the rates landed by the loader, in full, with their decimals
     assert rows(url, "select count(*), sum(rate) from raw.fx__rates") == [(4, Decimal("4.05"))]
 
@@ -181,6 +201,8 @@ def test_day_windows_are_the_business_zone_midnights() -> None:
         dt.datetime(2024, 3, 5, 5, tzinfo=utc),
         dt.datetime(2024, 3, 6, 5, tzinfo=utc),
     )
+    # a date cursor's last day inside the window is the day itself
+    assert ny.last_date() == D(2024, 3, 5)
     # the day clocks go forward is 23 hours long
     dst = day_window(D(2024, 3, 10), "America/New_York")
     assert dst.end - dst.start == dt.timedelta(hours=23)
@@ -201,3 +223,23 @@ def test_business_rates_is_an_fx_source() -> None:
     both = {**doc, "sources": {"fx": {"kind": "csv", "path": "other.csv"}}}
     with pytest.raises(SourcesFileError, match="business.rates and sources.fx both say"):
         parse_sources(both)
+
+
+def test_date_cursor_windows_in_the_business_zone(embedded_settings, dbt_home, tmp_path) -> None:
+    """Day runs and a rerun of a date-cursor entity (spend) with New York days."""
+    write(tmp_path / "rates.csv", RATES)
+    write(tmp_path / "orders.csv", ORDERS)
+    write(tmp_path / "spend.csv", SPEND)
+    path = write(tmp_path / "sources.yml", sources_yml(tmp_path, "America/New_York"))
+    with scratch_database(embedded_settings) as url:
+        settings = make_settings(
+            dbt_home, LIFECYCLE_WAREHOUSE_URL=url, LIFECYCLE_SOURCES_FILE=str(path)
+        )
+        loaded = [
+            extract("marketing", day, settings)[0].rows_loaded
+            for day in (D(2024, 3, 4), D(2024, 3, 5), D(2024, 3, 5), D(2024, 3, 12))
+        ]
+        # the first load takes everything to 03-04; then each day its own rows, and a
+        # rerun of 03-05 the same row again (its window read back from ops.load_batches)
+        assert loaded == [1, 1, 1, 1]
+        assert rows(url, "select count(*) from raw.marketing__spend") == [(3,)]
