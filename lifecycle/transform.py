@@ -373,7 +373,6 @@ def transform(
     from lifecycle.quality.publish import mark_built, prepare_build, publish_marts
 
     settings = settings or get_settings()
-    check_currencies(load_sources(settings), _warehouse_url(settings))
     args = ["build"]
     if full_refresh:
         args.append("--full-refresh")
@@ -381,6 +380,7 @@ def transform(
         args += ["--select", *select]
     if not unit_tests:
         args += ["--exclude-resource-type", "unit_test"]
+    check_currencies(load_sources(settings), _warehouse_url(settings))
     prepare_build(settings)
     result = run_dbt(
         args,
