@@ -28,13 +28,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lifecycle.options import parse_date
 from lifecycle.settings import Settings, environment, get_settings
-from lifecycle.sources_file import SourcesFile, SourcesFileError, load_sources
+
+if TYPE_CHECKING:
+    from lifecycle.sources_file import SourcesFile
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +163,16 @@ def _project_signature() -> str:
 # ------------------------------------------------------------------------- business
 
 
+def business_sources(settings: Settings) -> SourcesFile:
+    """Return the sources file of `settings`; a wrong file is a TransformError naming it."""
+    from lifecycle.sources_file import SourcesFileError, load_sources
+
+    try:
+        return load_sources(settings)
+    except SourcesFileError as exc:
+        raise TransformError(str(exc)) from None
+
+
 def business_vars(sources: SourcesFile) -> dict[str, Any]:
     """Return the dbt vars of the sources file's business block (time zone and money)."""
     business = sources.business
@@ -244,7 +256,7 @@ def run_dbt(
     settings = settings or get_settings()
     url = url or warehouse_url(settings)
     target_path, log_path = dbt_paths(settings)
-    all_vars = {**business_vars(load_sources(settings)), **(vars or {})}
+    all_vars = {**business_vars(business_sources(settings)), **(vars or {})}
     if logical_date is not None:
         all_vars["as_of_date"] = logical_date.isoformat()
     common = [
@@ -376,11 +388,12 @@ def transform(
     args = ["build"]
     if full_refresh:
         args.append("--full-refresh")
+    # amounts in a currency without a rate must not reach the marts: refuse, naming it
+    check_currencies(business_sources(settings), _warehouse_url(settings))
     if select:
         args += ["--select", *select]
     if not unit_tests:
         args += ["--exclude-resource-type", "unit_test"]
-    check_currencies(load_sources(settings), _warehouse_url(settings))
     prepare_build(settings)
     result = run_dbt(
         args,
@@ -446,7 +459,7 @@ def transform_command(
             unit_tests=unit_tests,
             publish=publish,
         )
-    except (TransformError, SourcesFileError) as exc:
+    except TransformError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(1)
     click.echo(result.describe())

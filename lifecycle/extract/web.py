@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -39,15 +38,11 @@ class EventFile:
     arrived: dt.date
 
 
-def list_files(
-    root: str, first: dt.date | None, last: dt.date, timezone: str = "UTC"
-) -> list[EventFile]:
-    """Return the event files in partitions `first`..`last` (all up to `last` if first is
-    None); a file's modification time is dated in the business zone `timezone`."""
+def list_files(root: str, first: dt.date | None, last: dt.date) -> list[EventFile]:
+    """Return the event files in partitions `first`..`last` (all up to `last` if first is None)."""
     fs, path = fsspec.core.url_to_fs(root)
     if not fs.exists(path):
         return []
-    zone = zoneinfo.ZoneInfo(timezone)
     found: list[EventFile] = []
     for part in sorted(fs.ls(path, detail=False)):
         m = PARTITION.search(part.rsplit("/", 1)[-1])
@@ -60,19 +55,19 @@ def list_files(
             name = info["name"]
             if info.get("type") != "file" or not name.endswith(SUFFIXES):
                 continue
-            found.append(EventFile(fs.unstrip_protocol(name), day, _arrival(name, info, day, zone)))
+            found.append(EventFile(fs.unstrip_protocol(name), day, _arrival(name, info, day)))
     return found
 
 
-def _arrival(name: str, info: dict, partition: dt.date, zone: dt.tzinfo = dt.UTC) -> dt.date:
+def _arrival(name: str, info: dict, partition: dt.date) -> dt.date:
     m = ARRIVED.search(name.rsplit("/", 1)[-1])
     if m:
         return dt.datetime.strptime(m.group(1), "%Y%m%d").date()
     mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
     if isinstance(mtime, int | float):
-        return dt.datetime.fromtimestamp(mtime, zone).date()
+        return dt.datetime.fromtimestamp(mtime, dt.UTC).date()
     if isinstance(mtime, dt.datetime):
-        return mtime.astimezone(zone).date()
+        return mtime.astimezone(dt.UTC).date()
     return partition
 
 
@@ -120,7 +115,7 @@ def partition_batch(
     root = sources.path_of(src, emap)
     assert root, "the sources file validation requires a path"
     first = None if window.start is None else day - dt.timedelta(days=settings.web_lookback_days)
-    files = list_files(root, first, day, sources.business.timezone)
+    files = list_files(root, first, day)
     if not files and window.start is None:
         return Batch(skip=f"no event files under {root}")
     bid = batch_id(entity, day)
