@@ -1,10 +1,11 @@
 """
 ### lifecycle_daily — land yesterday's data, build and gate the warehouse, score, export
 
-One run per **UTC day D** (its logical date; the run starts after D has ended, at 00:00
-UTC of D+1) and everything in it reads and writes the partition of D:
+One run per **day D** of the business time zone (the sources file's `business.timezone`,
+UTC without one; D is its logical date, and the run starts after D has ended, at 00:00
+of D+1 in that zone) and everything in it reads and writes the partition of D:
 
-1. `extract_crm`, `extract_web`, `extract_orders`, `extract_marketing` (in parallel):
+1. `extract_crm`, `extract_web`, `extract_orders`, `extract_marketing`, `extract_fx` (in parallel):
    land what each source delivered for D in `raw.<source>__<entity>`; a rerun of D
    replaces D's batches, never adds to them. Sources that are not configured are skipped
    and say so in `ops.load_runs`. Each emits an asset event per raw table, with row counts.
@@ -49,7 +50,8 @@ from lifecycle.orchestration import alerts, daily
     dag_id="lifecycle_daily",
     description="Extract and load one day, build and gate the marts, score, export audiences",
     # A data-interval timetable: the run for day D has logical date D and interval [D, D+1).
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    # Its midnights are the business zone's: a day of the pipeline is the company's day.
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone=daily.business_zone().key),
     start_date=dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
     catchup=False,  # past days are loaded by explicit backfills, not on first deploy
     max_active_runs=1,  # day D+1's incremental windows start where D's ended

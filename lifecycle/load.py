@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import uuid
+import zoneinfo
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -103,10 +104,27 @@ def batch_id(entity: RawEntity, logical_date: dt.date) -> str:
     return f"{entity.table}:{logical_date.isoformat()}"
 
 
-def day_window(logical_date: dt.date) -> Window:
-    """Return the interval of one logical date: (D 00:00, D+1 00:00] UTC."""
-    start = dt.datetime.combine(logical_date, dt.time(), tzinfo=dt.UTC)
-    return Window(start, start + dt.timedelta(days=1))
+def day_window(logical_date: dt.date, timezone: str = "UTC") -> Window:
+    """Return the interval of one logical date: (D 00:00, D+1 00:00] in the business zone.
+
+    The bounds are the zone's midnights, so a day across a daylight-saving change is 23
+    or 25 hours long.
+    """
+    zone = zoneinfo.ZoneInfo(timezone)
+    start = dt.datetime.combine(logical_date, dt.time(), tzinfo=zone)
+    end = dt.datetime.combine(logical_date + dt.timedelta(days=1), dt.time(), tzinfo=zone)
+    return Window(_local(start, zone), _local(end, zone))
+
+
+def _local(moment: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:
+    """Return `moment` at its UTC offset in `zone`.
+
+    A window bound keeps the zone's offset so that its calendar date is the zone's (a
+    date cursor compares with it), as a fixed offset: datetimes sharing one ZoneInfo
+    subtract and compare by wall clock, which is wrong across a daylight-saving change.
+    """
+    local = moment.astimezone(zone)
+    return local.replace(tzinfo=dt.timezone(local.utcoffset() or dt.timedelta()))
 
 
 def ensure_raw_tables(conn: psycopg.Connection) -> None:
@@ -118,15 +136,20 @@ def ensure_raw_tables(conn: psycopg.Connection) -> None:
 
 
 def plan_window(
-    conn: psycopg.Connection, entity: RawEntity, logical_date: dt.date, full: bool = False
+    conn: psycopg.Connection,
+    entity: RawEntity,
+    logical_date: dt.date,
+    full: bool = False,
+    timezone: str = "UTC",
 ) -> Window:
-    """Return the interval the batch of `logical_date` covers.
+    """Return the interval the batch of `logical_date` (a day in `timezone`) covers.
 
     A rerun covers what the committed batch covered, so it reproduces it. A first load
     (no watermark yet) or ``full`` covers everything up to the end of the day. Otherwise
     the batch covers its day, widened back to the watermark when days were skipped.
     """
-    day = day_window(logical_date)
+    day = day_window(logical_date, timezone)
+    zone = zoneinfo.ZoneInfo(timezone)
     if full:
         return Window(None, day.end)
     row = conn.execute(
@@ -134,14 +157,16 @@ def plan_window(
         (batch_id(entity, logical_date),),
     ).fetchone()
     if row:
-        return Window(row[0], row[1])
+        # read back in the business zone, where a date cursor's bounds are its days
+        start = None if row[0] is None else _local(row[0], zone)
+        return Window(start, _local(row[1], zone))
     mark = conn.execute(
         "select value from ops.watermarks where source = %s and entity = %s",
         (entity.source, entity.entity),
     ).fetchone()
     if mark is None:
         return Window(None, day.end)
-    return Window(min(day.start, mark[0]), day.end)
+    return Window(min(day.start, _local(mark[0], zone)), day.end)
 
 
 # ---------------------------------------------------------------------------- load

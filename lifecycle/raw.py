@@ -40,6 +40,12 @@ class Field:
     nullable: bool = True  # an empty value is allowed
     non_negative: bool = False  # numbers only
     not_future: bool = False  # timestamps/dates: not after the end of the load interval
+    pg_type: str | None = None  # the column type when PG_TYPES' is too coarse (rates)
+
+    @property
+    def column_type(self) -> str:
+        """The PostgreSQL type of the raw column."""
+        return self.pg_type or PG_TYPES[self.type]
 
 
 @dataclass(frozen=True)
@@ -196,8 +202,30 @@ MARKETING_SPEND = RawEntity(
     description="daily marketing spend, one row per date and acquisition channel",
 )
 
+FX_RATES = RawEntity(
+    "fx",
+    "rates",
+    (
+        _T("date", "date", required=True, nullable=False),
+        _T("currency", required=True, nullable=False),
+        # units of the reporting currency per unit of `currency`; rates need more than
+        # the two decimals of money (PostgreSQL keeps what the text gives, up to 10)
+        _T(
+            "rate",
+            "numeric",
+            required=True,
+            nullable=False,
+            non_negative=True,
+            pg_type="numeric(20, 10)",
+        ),
+    ),
+    key=("date", "currency"),
+    cursor="date",
+    description="daily exchange rates to the reporting currency, one row per date and currency",
+)
+
 ENTITIES: dict[str, RawEntity] = {
-    e.table: e for e in (CRM_CONTACTS, WEB_EVENTS, ORDERS, ORDER_ITEMS, MARKETING_SPEND)
+    e.table: e for e in (CRM_CONTACTS, WEB_EVENTS, ORDERS, ORDER_ITEMS, MARKETING_SPEND, FX_RATES)
 }
 
 QUARANTINE_DDL = """
@@ -267,7 +295,7 @@ create index if not exists load_runs_batch_idx on ops.load_runs (batch_id, start
 
 def table_ddl(entity: RawEntity) -> str:
     """Return the idempotent DDL of the raw table of `entity`."""
-    cols = [f'    "{f.name}" {PG_TYPES[f.type]}' for f in entity.fields]
+    cols = [f'    "{f.name}" {f.column_type}' for f in entity.fields]
     cols += [f"    {name} {decl}" for name, decl in META_COLUMNS]
     body = ",\n".join(cols)
     return (

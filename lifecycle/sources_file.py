@@ -369,7 +369,9 @@ class Business(_Strict):
     timezone: Zone = Field("UTC", description="midnights here are the days of the pipeline")
     currency: Currency = Field("USD", description="reporting currency of every money column")
     rates: str | None = Field(
-        None, description="CSV of daily rates: date,currency,rate (reporting units per unit)"
+        None,
+        description="CSV of daily rates: date,currency,rate (reporting units per unit); "
+        "short for sources.fx (kind csv, full refresh), landed in raw.fx__rates",
     )
     fixed_rates: dict[str, float] | None = Field(
         None, description="planning rates per currency, used where the rates file has none"
@@ -463,6 +465,23 @@ class SourcesFile(_Strict):
         return emap.path or src.path
 
     # ------------------------------------------------------------- contract checks
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rates_source(cls, doc: Any) -> Any:
+        # business.rates is short for an fx source: the CSV, reloaded in full each run
+        # (a rates file is small and its past rows may be restated).
+        if not isinstance(doc, Mapping):
+            return doc
+        business = doc.get("business")
+        rates = business.get("rates") if isinstance(business, Mapping) else None
+        sources = doc.get("sources")
+        if not rates or (sources is not None and not isinstance(sources, Mapping)):
+            return doc
+        if sources and "fx" in sources:
+            raise ValueError("business.rates and sources.fx both say where the rates are: give one")
+        fx = {"kind": "csv", "path": rates, "entities": {"rates": {"sync": "full_refresh"}}}
+        return {**doc, "sources": {**(sources or {}), "fx": fx}}
 
     @model_validator(mode="after")
     def _against_contracts(self) -> SourcesFile:

@@ -6,8 +6,11 @@ from the warehouse URL (``LIFECYCLE_WAREHOUSE_URL`` or the embedded server): it 
 into the ``LIFECYCLE_DBT_*`` variables that ``dbt_project/profiles.yml`` reads, so no
 secret is ever written to a file. The logical date goes to dbt as the var
 ``as_of_date``; the models never read the wall clock, so a backfill of a past date gives
-the same marts as the original run. dbt's ``target/`` and ``logs/`` live under
-``LIFECYCLE_HOME/dbt``, never in the repository.
+the same marts as the original run. The sources file's business block becomes the vars
+``business_timezone`` (the zone whose midnights are the days of every derived date),
+``reporting_currency`` and ``fx_rates`` (its planning rates); before building,
+:func:`check_currencies` refuses a currency that has no rate at all, naming it. dbt's
+``target/`` and ``logs/`` live under ``LIFECYCLE_HOME/dbt``, never in the repository.
 
 Within one process the parsed manifest is kept and reused per warehouse database (dbt
 parses in ~4 s cold), and re-parsed when a file of the project changes.
@@ -25,12 +28,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lifecycle.options import parse_date
 from lifecycle.settings import Settings, environment, get_settings
+
+if TYPE_CHECKING:
+    from lifecycle.sources_file import SourcesFile
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +160,76 @@ def _project_signature() -> str:
     return "|".join(parts)
 
 
+# ------------------------------------------------------------------------- business
+
+
+def business_sources(settings: Settings) -> SourcesFile:
+    """Return the sources file of `settings`; a wrong file is a TransformError naming it."""
+    from lifecycle.sources_file import SourcesFileError, load_sources
+
+    try:
+        return load_sources(settings)
+    except SourcesFileError as exc:
+        raise TransformError(str(exc)) from None
+
+
+def business_vars(sources: SourcesFile) -> dict[str, Any]:
+    """Return the dbt vars of the sources file's business block (time zone and money)."""
+    business = sources.business
+    return {
+        "business_timezone": business.timezone,
+        "reporting_currency": business.currency,
+        "fx_rates": business.planning_rates,
+    }
+
+
+#: The raw tables whose amounts are converted, and their currency columns.
+CONVERTED = (("orders__orders", "currency"), ("marketing__spend", "currency"))
+
+
+def check_currencies(sources: SourcesFile, url: str) -> None:
+    """Raise :class:`TransformError` naming every currency of the raw orders and spend
+    that has no rate to the reporting currency: not in the rates (raw.fx__rates) nor in
+    the planning rates. Amounts in mixed currencies are never summed unconverted.
+
+    Checked here, before dbt, so the message names the currency and where to add it
+    (a dbt test on the converted amounts only says how many rows are null).
+    """
+    from lifecycle.warehouse import connect
+
+    business = sources.business
+    known = set(business.planning_rates)
+    found: dict[str, list[str]] = {}
+    with connect(url) as conn:
+        if conn.execute("select to_regclass('raw.fx__rates')").fetchone()[0] is not None:
+            known |= {
+                row[0]
+                for row in conn.execute(
+                    "select distinct upper(btrim(currency)) from raw.fx__rates where rate > 0"
+                )
+            }
+        for table, column in CONVERTED:
+            if conn.execute("select to_regclass(%s)", (f"raw.{table}",)).fetchone()[0] is None:
+                continue
+            query = (
+                f"select upper(coalesce(nullif(btrim({column}), ''), %s)) as code, count(*) "
+                f"from raw.{table} group by 1 order by 1"
+            )
+            for code, count in conn.execute(query, (business.currency,)):
+                if code not in known:
+                    found.setdefault(code, []).append(f"{count:,} rows of raw.{table}")
+    if found:
+        where = sources.origin if sources.origin != "built-in" else "a sources file"
+        problems = "; ".join(
+            f"currency {code!r} has no rate to {business.currency} ({', '.join(tables)})"
+            for code, tables in sorted(found.items())
+        )
+        raise TransformError(
+            f"{problems}: add it to the rates file (business.rates) or to "
+            f"business.fixed_rates in {where}"
+        )
+
+
 # ------------------------------------------------------------------------ invocation
 
 
@@ -180,7 +256,7 @@ def run_dbt(
     settings = settings or get_settings()
     url = url or warehouse_url(settings)
     target_path, log_path = dbt_paths(settings)
-    all_vars = dict(vars or {})
+    all_vars = {**business_vars(business_sources(settings)), **(vars or {})}
     if logical_date is not None:
         all_vars["as_of_date"] = logical_date.isoformat()
     common = [
@@ -312,6 +388,8 @@ def transform(
     args = ["build"]
     if full_refresh:
         args.append("--full-refresh")
+    # amounts in a currency without a rate must not reach the marts: refuse, naming it
+    check_currencies(business_sources(settings), _warehouse_url(settings))
     if select:
         args += ["--select", *select]
     if not unit_tests:
@@ -332,6 +410,12 @@ def transform(
         result.published = True
     log.info("%s", result.describe())
     return result
+
+
+def _warehouse_url(settings: Settings) -> str:
+    from lifecycle.warehouse import warehouse_url
+
+    return warehouse_url(settings)
 
 
 # ------------------------------------------------------------------------------- CLI

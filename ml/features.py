@@ -385,10 +385,19 @@ final as (
 
 select * from final
 """.format(
-    received_date="cast((received_at at time zone 'UTC') as date)",
-    updated_date="cast((c.updated_at at time zone 'UTC') as date)",
-    recorded_date="cast((r.updated_at at time zone 'UTC') as date)",
+    # calendar dates in the business zone, like the dates dbt derives (var business_timezone)
+    received_date="cast((received_at at time zone %(business_timezone)s) as date)",
+    updated_date="cast((c.updated_at at time zone %(business_timezone)s) as date)",
+    recorded_date="cast((r.updated_at at time zone %(business_timezone)s) as date)",
 )
+
+
+def business_timezone() -> str:
+    """Return the business time zone of the sources file (UTC without one)."""
+    from lifecycle.settings import get_settings
+    from lifecycle.sources_file import load_sources
+
+    return load_sources(get_settings()).business.timezone
 
 
 def _params(snapshots: Sequence[dt.date], horizon_days: int, data_as_of: dt.date | None) -> dict:
@@ -399,6 +408,7 @@ def _params(snapshots: Sequence[dt.date], horizon_days: int, data_as_of: dt.date
         "max_snapshot": max(snapshots),
         "horizon": int(horizon_days),
         "data_as_of": data_as_of or max(snapshots),
+        "business_timezone": business_timezone(),
     }
 
 

@@ -17,9 +17,39 @@
 {%- endmacro %}
 
 
-{# The UTC calendar date of a timestamptz, whatever the session time zone. #}
-{% macro utc_date(column) -%}
-    cast(({{ column }} at time zone 'UTC') as date)
+{#
+    The business zone (var business_timezone, the sources file's business.timezone, set
+    by `lifecycle transform`): its midnights are the day boundaries of every date the
+    models derive, so a day, a stage and a cohort are the company's days, not UTC's.
+#}
+{% macro business_timezone() -%}
+    {%- set zone = var('business_timezone', 'UTC') or 'UTC' -%}
+    {%- if not modules.re.fullmatch('[A-Za-z0-9_+/-]+', zone) -%}
+        {{ exceptions.raise_compiler_error("var business_timezone: " ~ zone ~ " is not a time zone name") }}
+    {%- endif -%}
+    {{- return(zone) -}}
+{%- endmacro %}
+
+
+{# The business-zone calendar date of a timestamptz, whatever the session time zone. #}
+{% macro business_date(column) -%}
+    cast(({{ column }} at time zone '{{ business_timezone() }}') as date)
+{%- endmacro %}
+
+
+{# The reporting currency (var reporting_currency, the sources file's business.currency). #}
+{% macro reporting_currency() -%}
+    {%- set code = (var('reporting_currency', 'USD') or 'USD') | upper -%}
+    {%- if not modules.re.fullmatch('[A-Z]{3}', code) -%}
+        {{ exceptions.raise_compiler_error("var reporting_currency: " ~ code ~ " is not an ISO 4217 code") }}
+    {%- endif -%}
+    {{- return(code) -}}
+{%- endmacro %}
+
+
+{# An ISO currency code as matched with the rates: trimmed, upper-case; empty = reporting. #}
+{% macro currency_code(column) -%}
+    upper(coalesce(nullif(btrim({{ column }}), ''), '{{ reporting_currency() }}'))
 {%- endmacro %}
 
 
@@ -35,18 +65,54 @@
 {%- endmacro %}
 
 
-{# An amount in `currency_column` converted to USD at the fixed rates of var fx_rates. #}
-{% macro to_reporting_currency(amount_column, currency_column) -%}
-    {%- set rates = var('fx_rates') -%}
-    round(
-        {{ amount_column }} * case upper(coalesce({{ currency_column }}, 'USD'))
-        {%- for currency, rate in rates.items() %}
-            when '{{ currency | upper }}' then {{ rate }}
-        {%- endfor %}
-            else 1.0
-        end,
-        2
-    )
+{#
+    The rate (reporting units per unit) of each (currency, rate_date) row of the
+    relation or CTE `days`, as `rate`: 1 for the reporting currency; else the latest
+    rate of the rates table (stg_fx__rates) on or before the day; else the planning rate
+    of var fx_rates (business.fixed_rates); else the earliest rate after the day. Null
+    only for a currency with no rate at all (`lifecycle transform` refuses to build then,
+    naming it). Looked up once per distinct day and currency, not per row.
+#}
+{% macro fx_day_rates(days) -%}
+    {%- set rates = ref('stg_fx__rates') -%}
+    {%- set planning = var('fx_rates', {}) or {} -%}
+    select
+        days.currency,
+        days.rate_date,
+        case
+            when days.currency = '{{ reporting_currency() }}' then cast(1 as numeric)
+            else coalesce(
+                (
+                    select on_or_before.rate
+                    from {{ rates }} as on_or_before
+                    where
+                        on_or_before.currency = days.currency
+                        and on_or_before.rate_date <= days.rate_date
+                    order by on_or_before.rate_date desc
+                    limit 1
+                ),
+                case days.currency
+                {%- for currency, rate in planning.items() %}
+                    when '{{ currency | upper }}' then cast({{ rate | float }} as numeric)
+                {%- endfor %}
+                    else null
+                end,
+                (
+                    select earliest.rate
+                    from {{ rates }} as earliest
+                    where earliest.currency = days.currency
+                    order by earliest.rate_date
+                    limit 1
+                )
+            )
+        end as rate
+    from {{ days }} as days
+{%- endmacro %}
+
+
+{# An amount converted to the reporting currency at `rate_column`, to the cent. #}
+{% macro to_reporting_currency(amount_column, rate_column) -%}
+    round({{ amount_column }} * {{ rate_column }}, 2)
 {%- endmacro %}
 
 
@@ -74,14 +140,16 @@
 
 {#
     A fingerprint of everything, besides a customer's own data, that the stage engine's
-    output depends on: the thresholds and the version of the rules. Changing any of them
-    makes every customer's history be recomputed on the next incremental run.
+    output depends on: the thresholds, the business time zone and the version of the
+    rules. Changing any of them makes every customer's history be recomputed on the next
+    incremental run.
 #}
 {% macro stage_rules_fingerprint() -%}
     {%- set parts = [
         'rules-v1',
         var('new_days'), var('active_days'), var('churn_days'), var('loyal_orders'),
         var('loyal_window_days'), var('at_risk_gap_multiplier'), var('reactivated_days'),
+        business_timezone(),
     ] -%}
     '{{ parts | join("|") }}'
 {%- endmacro %}

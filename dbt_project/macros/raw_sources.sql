@@ -29,6 +29,9 @@
         'marketing__spend': [
             ['date', 'date'], ['channel', 'text'], ['spend', 'numeric(14, 2)'], ['currency', 'text'],
         ],
+        'fx__rates': [
+            ['date', 'date'], ['currency', 'text'], ['rate', 'numeric(20, 10)'],
+        ],
     } -%}
     {%- set meta = [
         ['_batch_id', 'text'], ['_loaded_at', 'timestamptz'], ['_source', 'text'], ['_line', 'bigint'],

@@ -30,7 +30,15 @@ from lifecycle.load import (
     plan_window,
     record_skip,
 )
-from lifecycle.raw import CRM_CONTACTS, MARKETING_SPEND, ORDER_ITEMS, ORDERS, WEB_EVENTS, RawEntity
+from lifecycle.raw import (
+    CRM_CONTACTS,
+    FX_RATES,
+    MARKETING_SPEND,
+    ORDER_ITEMS,
+    ORDERS,
+    WEB_EVENTS,
+    RawEntity,
+)
 from lifecycle.settings import Settings, get_settings
 from lifecycle.sources_file import EntityMap, Source, SourcesFile, load_sources
 from lifecycle.warehouse import connect, warehouse_url
@@ -42,6 +50,7 @@ SOURCES: dict[str, tuple[RawEntity, ...]] = {
     "web": (WEB_EVENTS,),
     "orders": (ORDERS, ORDER_ITEMS),
     "marketing": (MARKETING_SPEND,),
+    "fx": (FX_RATES,),
 }
 
 
@@ -75,7 +84,13 @@ def extract(
         full_refresh = found is not None and found[1].sync == "full_refresh"
         with connect(url) as conn:
             ensure_raw_tables(conn)
-            window = plan_window(conn, entity, logical_date, full=full or full_refresh)
+            window = plan_window(
+                conn,
+                entity,
+                logical_date,
+                full=full or full_refresh,
+                timezone=sources.business.timezone,
+            )
         if found is None:
             why = f"not configured in {sources.origin}"
             results.append(record_skip(url, entity, logical_date, window, why))

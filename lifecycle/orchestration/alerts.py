@@ -75,7 +75,13 @@ def _logical_day(context: dict[str, Any]) -> str | None:
     if value is None:
         return None
     if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).date().isoformat()
+        try:  # the run's day is in the business zone; an alert must go out regardless
+            from lifecycle.orchestration.daily import business_zone
+
+            zone: dt.tzinfo = business_zone()
+        except Exception:  # noqa: BLE001 - e.g. a broken sources file: say the UTC day
+            zone = dt.UTC
+        return value.astimezone(zone).date().isoformat()
     return str(value)
 
 

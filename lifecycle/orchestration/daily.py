@@ -1,7 +1,8 @@
 """The tasks of ``lifecycle_daily``: thin TaskFlow wrappers around the pipeline's functions.
 
-Each task reads and writes the partition of its run's **logical date** (a UTC day ``D``;
-the daily timetable gives the run for ``D`` the data interval ``[D, D+1)``), so a rerun
+Each task reads and writes the partition of its run's **logical date** (a day ``D`` in
+the business time zone of the sources file, UTC without one; the daily timetable runs on
+that zone's midnights and gives the run for ``D`` the data interval ``[D, D+1)``), so a rerun
 or a backfill of ``D`` reproduces what the original run of ``D`` did. Tasks return small
 summaries (row and node counts) through XCom; data stays in the warehouse.
 
@@ -19,12 +20,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import zoneinfo
 from typing import Any
 
 from airflow.sdk import Asset, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from lifecycle.raw import CRM_CONTACTS, MARKETING_SPEND, ORDER_ITEMS, ORDERS, WEB_EVENTS
+from lifecycle.raw import CRM_CONTACTS, FX_RATES, MARKETING_SPEND, ORDER_ITEMS, ORDERS, WEB_EVENTS
 
 #: The raw tables each source lands in (must match ``lifecycle.extract.SOURCES``, which
 #: cannot be imported here: it pulls in the loader and pyarrow).
@@ -33,6 +35,7 @@ RAW_TABLES: dict[str, tuple[str, ...]] = {
     "web": (WEB_EVENTS.table,),
     "orders": (ORDERS.table, ORDER_ITEMS.table),
     "marketing": (MARKETING_SPEND.table,),
+    "fx": (FX_RATES.table,),
 }
 SOURCES: tuple[str, ...] = tuple(RAW_TABLES)
 
@@ -73,14 +76,24 @@ def raw_assets(source: str) -> list[Asset]:
 
 
 def logical_day(context: Any) -> dt.date:
-    """Return the UTC day a run processes: its logical date (fails without one)."""
+    """Return the day a run processes: its logical date in the business time zone (the
+    sources file's business.timezone; fails without a logical date)."""
     value = context.get("logical_date")
     if value is None:
         raise AirflowFailException(
             f"{context['dag'].dag_id} processes one day per run and needs a logical date: "
             "trigger it with one (the day to load), e.g. `lifecycle pipeline run --date D`"
         )
-    return value.astimezone(dt.UTC).date()
+    return value.astimezone(business_zone()).date()
+
+
+def business_zone() -> zoneinfo.ZoneInfo:
+    """Return the business time zone of the sources file (UTC without one): its midnights
+    are the days of the pipeline, and the daily DAG's schedule runs on them."""
+    from lifecycle.settings import load_settings
+    from lifecycle.sources_file import load_sources
+
+    return zoneinfo.ZoneInfo(load_sources(load_settings()).business.timezone)
 
 
 def _settings():

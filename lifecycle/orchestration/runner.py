@@ -238,7 +238,10 @@ def run_dates(
 
 
 def _run_one(dag, day: dt.date, conf, cfg, echo: Echo, verbose: bool, alerts) -> RunReport:
-    logical_date = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    from lifecycle.orchestration.daily import business_zone
+
+    # the run for day D starts at D's midnight in the business zone (the DAG's timetable)
+    logical_date = dt.datetime.combine(day, dt.time(), tzinfo=business_zone())
     log_file = cfg.run_log_folder / dag.dag_id / f"{day.isoformat()}.log"
     echo(f"{dag.dag_id} {day}: running (log: {log_file})")
     alerts.RECENT_FAILURES.clear()

@@ -263,8 +263,10 @@ class AirflowClient:
     def trigger(
         self, dag_id: str, logical_date: dt.date, conf: Mapping[str, Any] | None = None
     ) -> str:
-        """Trigger a run of `dag_id` for the UTC day `logical_date`; return its run id."""
-        when = dt.datetime.combine(logical_date, dt.time(), tzinfo=dt.UTC)
+        """Trigger a run of `dag_id` for the business day `logical_date`; return its run id."""
+        from lifecycle.orchestration.daily import business_zone
+
+        when = dt.datetime.combine(logical_date, dt.time(), tzinfo=business_zone())
         body = {
             "logical_date": when.isoformat(),
             "dag_run_id": f"api__{logical_date.isoformat()}__{secrets.token_hex(3)}",

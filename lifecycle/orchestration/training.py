@@ -31,7 +31,9 @@ def as_of_day(context: Any) -> dt.date:
     logical = context.get("logical_date")
     if logical is None:
         raise AirflowFailException("a training run needs a logical date or the as_of param")
-    return logical.astimezone(dt.UTC).date() - dt.timedelta(days=1)
+    from lifecycle.orchestration.daily import business_zone
+
+    return logical.astimezone(business_zone()).date() - dt.timedelta(days=1)
 
 
 def _settings():

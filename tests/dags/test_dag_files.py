@@ -126,7 +126,7 @@ def test_daily_dag_shape(probes) -> None:
     assert dag["schedule"] == "CronDataIntervalTimetable"
     assert dag["max_active_runs"] == 1 and dag["catchup"] is False
     assert dag["params"] == ["dbt_full_refresh", "dbt_select", "full_reload"]
-    extracts = {f"extract_{s}" for s in ("crm", "web", "orders", "marketing")}
+    extracts = {f"extract_{s}" for s in ("crm", "web", "orders", "marketing", "fx")}
     after = [
         "validate_raw",
         "transform",

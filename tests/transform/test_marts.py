@@ -15,7 +15,7 @@ from decimal import Decimal
 
 import pytest
 
-from lifecycle.raw import ENTITIES, PG_TYPES
+from lifecycle.raw import ENTITIES
 from lifecycle.transform import PROJECT_DIR, dbt_env, dbt_paths, run_dbt, transform
 from tests.transform.conftest import land, rows, scratch_database, settings_for, write
 
@@ -412,7 +412,7 @@ def test_raw_columns_macro_matches_the_raw_contracts() -> None:
         block = re.search(rf"'{table}': \[(.*?)\n\s*\],", text, re.S)
         assert block, table
         pairs = re.findall(r"\['(\w+)', '([\w(), ]+)'\]", block.group(1))
-        expected = [(f.name, PG_TYPES[f.type]) for f in entity.fields]
+        expected = [(f.name, f.column_type) for f in entity.fields]
         assert pairs == expected, table
 
 

@@ -25,7 +25,7 @@ identifying_events as (
     from identities
     where
         anonymous_id is not null
-        and {{ utc_date('first_observed_at') }} <= {{ as_of_date() }}
+        and {{ business_date('first_observed_at') }} <= {{ as_of_date() }}
 ),
 
 final as (

@@ -28,7 +28,7 @@ visible_versions as (
         -- the channel is set once at creation; a later version may have lost it
         max(acquisition_channel) over (partition by contact_id) as any_acquisition_channel
     from versions
-    where {{ utc_date('valid_from_at') }} <= {{ as_of_date() }}
+    where {{ business_date('valid_from_at') }} <= {{ as_of_date() }}
 ),
 
 as_of_versions as (

@@ -21,7 +21,7 @@ final as (
     select
         customer_key,
         min(first_observed_at) as known_from_at,
-        {{ utc_date('min(first_observed_at)') }} as known_from_date,
+        {{ business_date('min(first_observed_at)') }} as known_from_date,
         max(identifier_value) filter (where is_anchor) as anchor_identifier_value,
         max(identifier_type) filter (where is_anchor) as anchor_identifier_type,
         max(identifier_value) filter (

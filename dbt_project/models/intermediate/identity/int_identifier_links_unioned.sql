@@ -77,7 +77,7 @@ final as (
         identifier_b,
         min(observed_at) as first_observed_at
     from unioned
-    where {{ utc_date('observed_at') }} <= {{ as_of_date() }}
+    where {{ business_date('observed_at') }} <= {{ as_of_date() }}
     group by identifier_type_a, identifier_a, identifier_type_b, identifier_b
 )
 

@@ -3,7 +3,8 @@
 --   * the first version holds from ordered_at; each later one from its updated_at;
 --   * an order first seen already refunded was completed from ordered_at until the
 --     refund: it gets an inferred `completed` version for that span;
---   * only `completed` versions count as completed orders (refunded and cancelled never).
+--   * only `completed` versions count as completed orders (refunded and cancelled never);
+--   * amounts are converted to the reporting currency at the rate of the order's day.
 with
 
 orders as (
@@ -63,25 +64,48 @@ unioned as (
     select * from inferred_completions
 ),
 
+dated as (
+    select
+        *,
+        {{ business_date('ordered_at') }} as order_date
+    from unioned
+),
+
+order_days as (
+    select distinct
+        currency,
+        order_date as rate_date
+    from dated
+),
+
+day_rates as (
+    {{ fx_day_rates('order_days') }}
+),
+
 final as (
     select
-        order_id,
-        customer_id,
-        email,
-        ordered_at,
-        {{ utc_date('ordered_at') }} as order_date,
-        version_number,
-        status,
-        status = 'completed' as is_completed,
-        is_inferred,
-        currency,
-        amount,
-        {{ to_reporting_currency('amount', 'currency') }} as reporting_amount,
-        valid_from_at,
-        valid_to_at,
-        {{ utc_date('valid_from_at') }} as valid_from_date,
-        {{ utc_date('valid_to_at') }} as valid_to_date
-    from unioned
+        dated.order_id,
+        dated.customer_id,
+        dated.email,
+        dated.ordered_at,
+        dated.order_date,
+        dated.version_number,
+        dated.status,
+        dated.status = 'completed' as is_completed,
+        dated.is_inferred,
+        dated.currency,
+        dated.amount,
+        day_rates.rate as fx_rate,
+        {{ to_reporting_currency('dated.amount', 'day_rates.rate') }} as reporting_amount,
+        dated.valid_from_at,
+        dated.valid_to_at,
+        {{ business_date('dated.valid_from_at') }} as valid_from_date,
+        {{ business_date('dated.valid_to_at') }} as valid_to_date
+    from dated
+    left join day_rates
+        on
+            day_rates.currency = dated.currency
+            and day_rates.rate_date = dated.order_date
 )
 
 select * from final

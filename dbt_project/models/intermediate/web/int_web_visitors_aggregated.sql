@@ -71,7 +71,7 @@ final as (
     select
         aggregated.anonymous_id,
         aggregated.first_event_at,
-        {{ utc_date('aggregated.first_event_at') }} as first_event_date,
+        {{ business_date('aggregated.first_event_at') }} as first_event_date,
         aggregated.last_event_at,
         aggregated.count_events,
         aggregated.count_sessions,

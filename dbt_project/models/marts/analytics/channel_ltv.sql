@@ -9,7 +9,8 @@
 --     (in a buying stage the day before the window, or first buying in it), annualized
 --     to the days the window covers; capped at max_relationship_years, and the
 --     expected_relationship_years var when no churn has been observed yet;
---   * CAC: marketing spend (USD) up to the as-of date / the channel's buyers.
+--   * CAC: marketing spend (in the reporting currency, at the rate of each spend day) up
+--     to the as-of date / the channel's buyers.
 with
 
 customers as (
@@ -24,8 +25,32 @@ history as (
     select * from {{ ref('customer_stage_history') }}
 ),
 
-spend as (
+spend_in_currency as (
     select * from {{ ref('stg_marketing__spend') }}
+),
+
+spend_days as (
+    select distinct
+        currency,
+        spend_date as rate_date
+    from spend_in_currency
+),
+
+spend_day_rates as (
+    {{ fx_day_rates('spend_days') }}
+),
+
+spend as (
+    select
+        spend_in_currency.spend_date,
+        spend_in_currency.acquisition_channel,
+        {{ to_reporting_currency('spend_in_currency.spend_amount', 'spend_day_rates.rate') }}
+            as spend_amount
+    from spend_in_currency
+    left join spend_day_rates
+        on
+            spend_day_rates.currency = spend_in_currency.currency
+            and spend_day_rates.rate_date = spend_in_currency.spend_date
 ),
 
 window_bounds as (
@@ -96,14 +121,14 @@ churn as (
 channel_spend as (
     select
         acquisition_channel,
-        sum({{ to_reporting_currency('spend_amount', 'currency') }}) as spend
+        sum(spend_amount) as spend
     from spend
     where spend_date <= {{ as_of_date() }}
     group by acquisition_channel
     union all
     select
         'all' as acquisition_channel,
-        sum({{ to_reporting_currency('spend_amount', 'currency') }}) as spend
+        sum(spend_amount) as spend
     from spend
     where spend_date <= {{ as_of_date() }}
     having count(*) > 0

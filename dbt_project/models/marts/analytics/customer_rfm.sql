@@ -1,6 +1,6 @@
 -- RFM scores and segments of every buyer (a completed order by the as-of date).
 -- Scores 1-5 are quintiles of recency (days since the last completed order; recent = 5),
--- frequency (completed orders) and monetary value (revenue, USD): 1 + floor(5 × the
+-- frequency (completed orders) and monetary value (revenue, reporting currency): 1 + floor(5 × the
 -- percent rank), so equal values always get equal scores. The segment comes from the
 -- common RFM segment map on recency and FM = round((F + M) / 2) (seed rfm_segment_map).
 with

@@ -9,7 +9,7 @@ renamed as (
         "date" as spend_date,
         {{ clean_code('channel') }} as acquisition_channel,
         spend as spend_amount,
-        upper(coalesce(nullif(btrim(currency), ''), 'USD')) as currency,
+        {{ currency_code('currency') }} as currency,
         _batch_id,
         _loaded_at,
         _source,

@@ -14,7 +14,7 @@ renamed as (
         coalesce(updated_at, ordered_at) as updated_at,
         -- and no status: an order that was placed is a completed order
         coalesce({{ clean_code('status') }}, 'completed') as status,
-        upper(coalesce(nullif(btrim(currency), ''), 'USD')) as currency,
+        {{ currency_code('currency') }} as currency,
         amount,
         quantity,
         _batch_id,

@@ -66,7 +66,7 @@ final as (
         email,
         event_name,
         event_at,
-        {{ utc_date('event_at') }} as event_date,
+        {{ business_date('event_at') }} as event_date,
         received_at,
         session_id,
         page_url,
