@@ -9,6 +9,7 @@ exports and report exist, and the report says "no such source" where a source is
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import shutil
 from pathlib import Path
@@ -68,6 +69,8 @@ def pipeline(embedded_settings, airflow_cfg, tmp_path_factory):
             "first": first[0],
             "train": train[0],
             "later": later[0],
+            "sources": sources,
+            "orders": orders,
         }
 
 
@@ -103,11 +106,12 @@ def test_training_uses_only_order_features_and_says_why(pipeline):
     assert params["features"].split(",") == list(orders_only)
     dropped = params["dropped_features"].split(",")
     assert "sessions_90d" in dropped and "acquisition_channel" in dropped
+    sources = pipeline["sources"]
     assert params["dropped_reason.sessions_90d"] == (
-        "no such source: web events (raw.web__events) is not configured"
+        f"no such source: web events (raw.web__events) is not configured in {sources}"
     )
     assert params["dropped_reason.is_marketing_opt_in"] == (
-        "no such source: CRM contacts (raw.crm__contacts) is not configured"
+        f"no such source: CRM contacts (raw.crm__contacts) is not configured in {sources}"
     )
 
 
@@ -122,10 +126,37 @@ def test_next_daily_run_scores_exports_and_reports(pipeline):
         eligible = conn.execute(
             "select count(*) from marts.customers where first_order_date <= %s", (LATER,)
         ).fetchone()[0]
+        members = dict(
+            conn.execute(
+                "select audience, count(*) from activation.audience_membership "
+                "where entered_date <= %(d)s and (exited_date is null or exited_date > %(d)s) "
+                "group by 1",
+                {"d": LATER},
+            ).fetchall()
+        )
     assert scored == eligible > 0
+    shop_ids = {r["customer_id"] for r in csv.DictReader(pipeline["orders"].open(encoding="utf-8"))}
     day_folder = pipeline["state"] / "exports" / LATER.isoformat()
-    csvs = sorted(day_folder.rglob("*.csv"))
-    assert csvs, f"no export in {day_folder}"
+    assert members and sum(members.values()) > 0
+    for audience, count in members.items():
+        folder = day_folder / audience
+        ids = list(csv.DictReader((folder / "customer_ids.csv").open(encoding="utf-8")))
+        assert len(ids) == count, audience
+        assert {r["customer_id"] for r in ids} <= shop_ids
+        assert all(r["customer_id"] for r in ids)
+        # no CRM: nobody has consent or an email, so no send list has a row
+        generic = list(csv.DictReader((folder / "generic_full.csv").open(encoding="utf-8")))
+        assert generic == []
     results = {t.task_id: t.result for t in report.tasks}
+    unavailable = results["report"]["unavailable"]
+    sources = pipeline["sources"]
+    assert unavailable["funnel"] == (
+        f"no such source: web events (raw.web__events) is not configured in {sources}; "
+        f"no such source: CRM contacts (raw.crm__contacts) is not configured in {sources}"
+    )
     html = Path(results["report"]["path"]).read_text(encoding="utf-8")
-    assert "no such source" in html
+    assert (
+        f"LTV/CAC by channel: no such source: CRM contacts (raw.crm__contacts) is not "
+        f"configured in {sources}; no such source: marketing spend (raw.marketing__spend) "
+        f"is not configured in {sources}."
+    ) in html
