@@ -46,13 +46,13 @@ def _orders() -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(embedded_settings, dbt_home, tmp_path_factory):
+def trained(embedded_settings, tmp_path_factory):
     world = tmp_path_factory.mktemp("orders_only_train")
     orders = write(world / "orders" / "orders.csv", _orders())
     sources = write(world / "sources.yml", SOURCES_YML.format(orders=orders))
     home = tmp_path_factory.mktemp("orders_only_home")
     with scratch_database(embedded_settings) as url:
-        settings = settings_for(dbt_home, url, world)
+        settings = settings_for(home, url, world)
         land(settings, AS_OF, full=True, sources=("orders",))
         transform(AS_OF, settings, quiet=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")}
