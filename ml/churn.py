@@ -33,6 +33,7 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder
 
+from ml.features import FEATURE_SOURCES
 from ml.specs import load_spec
 from ml.tables import RISK_BANDS
 
@@ -84,6 +85,25 @@ def load_churn_spec(
         raise ChurnSpecError(f"unknown churn feature(s) in the spec: {', '.join(unknown)}")
     if not feats.get("numeric") and not feats.get("categorical"):
         raise ChurnSpecError("the churn spec selects no features")
+    # features.orders_only is the one list of the features computed from orders alone; every
+    # other feature names its raw table in ml.features.FEATURE_SOURCES
+    orders_only = list(feats.get("orders_only") or [])
+    sourced = [f for f in orders_only if f in FEATURE_SOURCES]
+    if sourced:
+        raise ChurnSpecError(
+            "features.orders_only lists feature(s) read from other sources: "
+            + ", ".join(f"{f} ({FEATURE_SOURCES[f]})" for f in sourced)
+        )
+    unsourced = [
+        f
+        for f in [*feats.get("numeric", []), *feats.get("categorical", [])]
+        if f not in orders_only and f not in FEATURE_SOURCES
+    ]
+    if unsourced:
+        raise ChurnSpecError(
+            f"feature(s) {', '.join(unsourced)} are neither in features.orders_only nor read "
+            "from a source of ml.features.FEATURE_SOURCES"
+        )
     bands = spec.get("risk_bands", {})
     if not 0 < float(bands.get("medium", 0)) < float(bands.get("high", 0)) < 1:
         raise ChurnSpecError(f"risk_bands need 0 < medium < high < 1, got {bands}")

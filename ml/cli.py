@@ -16,6 +16,10 @@ import click
 from lifecycle.options import parse_date
 from lifecycle.settings import get_settings
 
+#: Exit code of `lifecycle train` when some models were trained and registered but not all
+#: (the summary says which and what the data lacks; their champions, if any, stay).
+PARTIAL_EXIT = 3
+
 
 def _quiet_mlflow() -> None:
     for name in ("mlflow", "alembic"):
@@ -44,7 +48,11 @@ def _fail(message: str) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def train_command(as_of: dt.date | None, overrides: tuple[str, ...], as_json: bool) -> None:
-    """Train churn, CLV and segmentation, evaluate against baselines, register and promote."""
+    """Train churn, CLV and segmentation, evaluate against baselines, register and promote.
+
+    Exits 3 when a model could not be trained on this data (e.g. CLV with too few repeat
+    buyers); the others are registered and the summary says what the data lacks.
+    """
     from ml.features import FeatureError
     from ml.train import TrainError, train
 
@@ -54,6 +62,8 @@ def train_command(as_of: dt.date | None, overrides: tuple[str, ...], as_json: bo
     except (TrainError, FeatureError, ValueError) as exc:
         _fail(str(exc))
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())
+    if result.not_trained:  # e.g. CLV on too few repeat buyers: the rest is registered
+        sys.exit(PARTIAL_EXIT)
 
 
 def _parse_overrides(items: tuple[str, ...]) -> dict:

@@ -151,13 +151,16 @@ def evaluate_scorers(
     for name, p in model_probability.items():
         results[name] = classification_metrics(y, p)
         probabilities[name] = scores[name] = np.asarray(p, dtype=float)
-    baselines = {
-        "recency_rule": (recency_score(holdout), recency_score(calibration)),
-        "bgnbd": (
+    from ml.clv import CLVFitError
+
+    baselines = {"recency_rule": (recency_score(holdout), recency_score(calibration))}
+    try:
+        baselines["bgnbd"] = (
             bgnbd_score(holdout, horizon_days, clv_spec),
             bgnbd_score(calibration, horizon_days, clv_spec),
-        ),
-    }
+        )
+    except CLVFitError as exc:  # a small or odd world: compare against the others
+        log.warning("evaluation: no BG/NBD baseline: %s", exc)
     for name, (score, cal_score) in baselines.items():
         p = isotonic_probability(cal_score, y_cal, score)
         results[name] = classification_metrics(y, score, p)

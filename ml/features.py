@@ -36,6 +36,8 @@ from collections.abc import Iterator, Sequence
 import pandas as pd
 import psycopg
 
+from lifecycle.raw import CRM_CONTACTS, WEB_EVENTS
+
 log = logging.getLogger(__name__)
 
 #: Numeric feature columns the query produces, in order.
@@ -65,6 +67,29 @@ NUMERIC_FEATURES: tuple[str, ...] = (
 )
 #: Categorical feature columns.
 CATEGORICAL_FEATURES: tuple[str, ...] = ("acquisition_channel", "country_code")
+#: The raw table each feature not computed from orders alone is read from; the others are
+#: the churn spec's ``orders_only`` list (``load_churn_spec`` checks that the two agree).
+#: A feature whose table is absent (:func:`lifecycle.availability.absent_entities`) is
+#: dropped from the models.
+FEATURE_SOURCES: dict[str, str] = {
+    **{
+        name: WEB_EVENTS.table
+        for name in (
+            "sessions_7d",
+            "sessions_30d",
+            "sessions_90d",
+            "product_views_30d",
+            "product_views_90d",
+            "carts_30d",
+            "carts_90d",
+            "days_since_last_visit",
+        )
+    },
+    **{
+        name: CRM_CONTACTS.table
+        for name in ("is_marketing_opt_in", "acquisition_channel", "country_code")
+    },
+}
 #: Columns BG/NBD and Gamma-Gamma need (days; repeat order days; mean value of repeats).
 RFM_COLUMNS: tuple[str, ...] = ("frequency", "recency", "t", "monetary_value")
 #: Every column of ml.training_set, in order.
@@ -567,3 +592,20 @@ def read_training_set(conn: psycopg.Connection, snapshots: Sequence[dt.date]) ->
         )
         frame = pd.DataFrame(cur.fetchall(), columns=list(COLUMNS))
     return typed(frame)
+
+
+def dropped_features(
+    features: Sequence[str], absent: dict[str, str], rows: pd.DataFrame | None = None
+) -> dict[str, str]:
+    """Return feature -> why it is left out of a model: its source is absent (`absent`,
+    from :func:`lifecycle.availability.absent_entities`), or it has no value in any of
+    `rows` (the training rows): a column that is null throughout carries no signal, and
+    filling it would fake one."""
+    out: dict[str, str] = {}
+    for name in features:
+        source = FEATURE_SOURCES.get(name)
+        if source in absent:
+            out[name] = absent[source]
+        elif rows is not None and name in rows.columns and rows[name].notna().sum() == 0:
+            out[name] = f"no value in any of the {len(rows)} training rows"
+    return out

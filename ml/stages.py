@@ -67,13 +67,19 @@ def fit_churn(as_of: dt.date, settings: Settings) -> str:
         return run.info.run_id
 
 
-def fit_clv(as_of: dt.date, settings: Settings) -> str:
-    """Fit BG/NBD + Gamma-Gamma on the customers as of `as_of`, log it; return the run id."""
+def fit_clv(as_of: dt.date, settings: Settings) -> str | None:
+    """Fit BG/NBD + Gamma-Gamma on the customers as of `as_of`, log it; return the run id,
+    or None when the data cannot fit it (logged: what the data lacks; the champion stays,
+    and churn and segmentation are registered without it)."""
     from ml import tracking
 
     spec, clv_spec, _ = _specs()
     frames = tr.load_frames(as_of, settings, spec)
-    model = tr.train_clv(frames, clv_spec)
+    try:
+        model = tr.train_clv(frames, clv_spec)
+    except tr.TrainError as exc:
+        log.warning("CLV not trained, churn and segmentation are: %s", exc)
+        return None
     example = tr.rfm_frame(frames.current).head(5)
     params = model.to_dict()
     return _log_pyfunc_run(settings, tracking.CLV_MODEL, as_of, model, example, params, frames)
@@ -85,8 +91,9 @@ def fit_segmentation(as_of: dt.date, settings: Settings) -> str:
 
     from ml import tracking
 
-    spec, _, seg_spec = _specs()
+    spec, _, base_seg_spec = _specs()
     frames = tr.load_frames(as_of, settings, spec)
+    seg_spec, _ = tr.segmentation_spec(base_seg_spec, frames)
     previous = None
     with contextlib.suppress(tracking.NoChampionError):
         previous, _ = tracking.load_champion(settings, tracking.SEGMENTATION_MODEL)
@@ -164,6 +171,7 @@ def register(as_of: dt.date, settings: Settings, run_ids: Mapping[str, str]) -> 
     return {
         name: tracking.register(client, name, f"runs:/{run_id}/model", run_id, _tags(as_of))
         for name, run_id in run_ids.items()
+        if run_id is not None  # not trained this run (fit_clv on data it cannot fit)
     }
 
 
@@ -201,6 +209,8 @@ def promote(
     decisions[tracking.CHURN_MODEL] = churn.to_dict()
     # CLV and segmentation: a successful retrain replaces the champion (see docs/ml.md)
     for name in (tracking.CLV_MODEL, tracking.SEGMENTATION_MODEL):
+        if name not in versions:  # not trained this run: its champion stays
+            continue
         previous = tracking.version_by_alias(client, name, tracking.CHAMPION)
         decision = tracking.Promotion(
             name,

@@ -20,6 +20,7 @@ retrains replace their champions (see docs/ml.md).
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import json
 import logging
@@ -57,6 +58,8 @@ class Frames:
     calibration: pd.DataFrame
     holdout: pd.DataFrame
     current: pd.DataFrame
+    #: feature -> why the models leave it out (its source is absent, or it has no value)
+    dropped: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -75,6 +78,8 @@ class TrainResult:
     tracking_uri: str
     elapsed_s: float
     stage_s: dict[str, float] = field(default_factory=dict)
+    #: registered model -> why it was not trained this run (its champion, if any, stays)
+    not_trained: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         """Return a short readable report for a task log or the CLI."""
@@ -98,6 +103,8 @@ class TrainResult:
         for name, p in self.promotions.items():
             state = "champion" if p["promoted"] else "challenger"
             lines.append(f"{name} v{p['version']} -> {state}: {p['reason']}")
+        for name, why in self.not_trained.items():
+            lines.append(f"{name} not trained: {why}")
         lines.append(f"MLflow: {self.tracking_uri}; {self.elapsed_s:.1f}s")
         return "\n".join(lines)
 
@@ -115,6 +122,7 @@ class TrainResult:
                     "versions": self.versions,
                     "promotions": self.promotions,
                     "run_ids": self.run_ids,
+                    "not_trained": self.not_trained,
                     "elapsed_s": round(self.elapsed_s, 2),
                 },
                 default=str,
@@ -166,9 +174,12 @@ def load_frames(as_of: dt.date, settings: Settings, spec: Mapping[str, Any]) -> 
         count=int(spec["snapshots"]["count"]),
         step_days=int(spec["snapshots"]["step_days"]),
     )
+    from lifecycle.availability import absent_entities
+
     with _connect(settings) as conn:
         labelled = ft.read_training_set(conn, dates)
         current = ft.compute_features(conn, [as_of], horizon_days=horizon, data_as_of=as_of)
+        absent = absent_entities(settings, conn, set(ft.FEATURE_SOURCES.values()))
     by_date = {d: labelled[labelled["snapshot_date"] == d] for d in dates}
     empty = [str(d) for d, f in by_date.items() if f.empty]
     if empty:
@@ -179,24 +190,53 @@ def load_frames(as_of: dt.date, settings: Settings, spec: Mapping[str, Any]) -> 
         )
     if current.empty:
         raise TrainError(f"no customer with a completed order by {as_of}")
+    train = pd.concat([by_date[d] for d in dates[2:]], ignore_index=True)
     return Frames(
         as_of=as_of,
         holdout_date=dates[0],
         calibration_date=dates[1],
         train_dates=dates[2:],
-        train=pd.concat([by_date[d] for d in dates[2:]], ignore_index=True),
+        train=train,
         calibration=by_date[dates[1]].reset_index(drop=True),
         holdout=by_date[dates[0]].reset_index(drop=True),
         current=current,
+        dropped=ft.dropped_features(
+            [*ft.NUMERIC_FEATURES, *ft.CATEGORICAL_FEATURES], absent, train
+        ),
     )
 
 
+def churn_features(frames: Frames, spec: Mapping[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """Return the spec's churn features the data can feed, and the dropped ones with why."""
+    wanted = [*spec["features"]["numeric"], *spec["features"].get("categorical", [])]
+    kept = [f for f in wanted if f not in frames.dropped]
+    dropped = {f: frames.dropped[f] for f in wanted if f in frames.dropped}
+    if not kept:
+        raise TrainError(
+            "every churn feature is dropped: "
+            + "; ".join(f"{f}: {why}" for f, why in dropped.items())
+        )
+    return kept, dropped
+
+
+def log_dropped(model: str, dropped: Mapping[str, str]) -> None:
+    """Say in the training log which features `model` leaves out and why (one line each)."""
+    for name, why in dropped.items():
+        log.warning("%s: feature %s dropped: %s", model, name, why)
+
+
 def train_churn(frames: Frames, spec: Mapping[str, Any]) -> tuple[ChurnModel, ChurnModel]:
-    """Return the churn model and its orders-only variant, fitted and calibrated."""
+    """Return the churn model and its orders-only variant, fitted and calibrated, on the
+    features whose sources are present (the others dropped, see :func:`churn_features`)."""
+    kept, dropped = churn_features(frames, spec)
+    log_dropped("churn", dropped)
     try:
-        model = fit_churn(frames.train, frames.calibration, spec)
+        model = fit_churn(frames.train, frames.calibration, spec, features=kept)
         orders_only = fit_churn(
-            frames.train, frames.calibration, spec, features=spec["features"]["orders_only"]
+            frames.train,
+            frames.calibration,
+            spec,
+            features=[f for f in spec["features"]["orders_only"] if f in kept],
         )
     except ValueError as exc:
         raise TrainError(str(exc)) from exc
@@ -206,6 +246,27 @@ def train_churn(frames: Frames, spec: Mapping[str, Any]) -> tuple[ChurnModel, Ch
 def rfm_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """Return the RFM summary (frequency, recency, t, monetary_value) indexed by customer_key."""
     return frame.set_index("customer_key")[list(ft.RFM_COLUMNS)]
+
+
+def segmentation_spec(
+    seg_spec: Mapping[str, Any], frames: Frames
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Return the segmentation spec without the features the data cannot feed (their roles
+    unset, so no cluster is named after them), and the dropped features with why."""
+    dropped = {f: frames.dropped[f] for f in seg_spec["features"] if f in frames.dropped}
+    out = copy.deepcopy(dict(seg_spec))
+    out["features"] = [f for f in seg_spec["features"] if f not in dropped]
+    out["roles"] = {
+        role: (None if feature in dropped else feature)
+        for role, feature in (seg_spec.get("roles") or {}).items()
+    }
+    if not out["features"]:
+        raise TrainError(
+            "every segmentation feature is dropped: "
+            + "; ".join(f"{f}: {why}" for f, why in dropped.items())
+        )
+    out["dropped"] = dropped
+    return out, dropped
 
 
 def segmentation_frame(frame: pd.DataFrame, seg_spec: Mapping[str, Any]) -> pd.DataFrame:
@@ -228,14 +289,23 @@ def train_clv(frames: Frames, clv_spec: Mapping[str, Any]):  # -> CLVModel
     try:
         return CLVModel.from_spec(clv_spec).fit(rfm_frame(frames.current))
     except CLVFitError as exc:
-        raise TrainError(f"CLV fit failed: {exc}") from exc
+        raise TrainError(f"the data cannot fit CLV: {exc}") from exc
 
 
 def train_segmentation(frames: Frames, seg_spec: Mapping[str, Any], previous: Any = None):
     """Return a segmentation fitted on the customers as of the as-of date (ids kept stable)."""
     from ml.segmentation import SegmentationModel
 
+    log_dropped("segmentation", seg_spec.get("dropped") or {})
     model = _segmentation_from_spec(SegmentationModel, seg_spec)
+    if previous is not None and tuple(previous.features) != tuple(model.features):
+        log.warning(
+            "segmentation: the champion uses features %s, this fit %s: segment ids start a "
+            "new series",
+            ",".join(previous.features),
+            ",".join(model.features),
+        )
+        previous = None
     return model.fit(segmentation_frame(frames.current, seg_spec), previous=previous)
 
 
@@ -291,9 +361,20 @@ def oracle_comparison(
     }
 
 
-def churn_run_params(frames: Frames, spec: Mapping[str, Any], model: ChurnModel) -> dict[str, Any]:
-    """Return the params logged with a churn training run: data split, features, settings."""
+def dropped_params(dropped: Mapping[str, str]) -> dict[str, str]:
+    """Return the MLflow params that say which features a model left out and why."""
     return {
+        "dropped_features": ",".join(dropped) or "none",
+        **{f"dropped_reason.{name}": why for name, why in dropped.items()},
+    }
+
+
+def churn_run_params(frames: Frames, spec: Mapping[str, Any], model: ChurnModel) -> dict[str, Any]:
+    """Return the params logged with a churn training run: data split, features (and the
+    dropped ones with why), settings."""
+    _, dropped = churn_features(frames, spec)
+    return {
+        **dropped_params(dropped),
         "as_of": frames.as_of.isoformat(),
         "horizon_days": spec["label"]["horizon_days"],
         "holdout_date": frames.holdout_date.isoformat(),
@@ -446,6 +527,8 @@ def register_and_promote(
     versions: dict[str, str] = {}
     promotions: dict[str, dict[str, Any]] = {}
     run_ids: dict[str, str] = {}
+    if clv_model is None:  # not trained (see TrainResult.not_trained): the champion stays
+        del steps[tracking.CLV_MODEL]
     for name, step in steps.items():
         versions[name], decision, run_ids[name] = step()
         promotions[name] = decision.to_dict()
@@ -453,7 +536,10 @@ def register_and_promote(
 
 
 def _seg_params(seg_model: Any, seg_spec: Mapping[str, Any]) -> dict[str, Any]:
-    out = {"features": ",".join(seg_spec.get("features", []))}
+    out = {
+        "features": ",".join(seg_spec.get("features", [])),
+        **dropped_params(seg_spec.get("dropped") or {}),
+    }
     if hasattr(seg_model, "to_dict"):
         with contextlib.suppress(Exception):  # params are informative only
             out.update(seg_model.to_dict())
@@ -496,7 +582,7 @@ def train(
     as_of = as_of or data_as_of(settings)
     spec = load_churn_spec(overrides)
     clv_spec = load_spec("clv")
-    seg_spec = load_spec("segmentation")
+    base_seg_spec = load_spec("segmentation")
     if truth_csv is None:
         candidate = settings.world_dir / "truth" / "customers.csv"
         truth_csv = candidate if candidate.is_file() else None
@@ -510,10 +596,17 @@ def train(
     rows = build_training_sets(as_of, settings, spec)
     t = stage("training sets", t)
     frames = load_frames(as_of, settings, spec)
+    seg_spec, _ = segmentation_spec(base_seg_spec, frames)
     t = stage("load frames", t)
     model, orders_only = train_churn(frames, spec)
     t = stage("churn", t)
-    clv_model = train_clv(frames, clv_spec)
+    not_trained: dict[str, str] = {}
+    try:
+        clv_model = train_clv(frames, clv_spec)
+    except TrainError as exc:  # e.g. a degenerate BG/NBD fit on a small world: train the rest
+        clv_model = None
+        not_trained[tracking.CLV_MODEL] = str(exc)
+        log.warning("CLV not trained, churn and segmentation are: %s", exc)
     t = stage("clv", t)
     previous = None
     with contextlib.suppress(tracking.NoChampionError):
@@ -550,4 +643,5 @@ def train(
         tracking_uri=tracking.tracking_uri(settings),
         elapsed_s=time.perf_counter() - started,
         stage_s=stage_s,
+        not_trained=not_trained,
     )

@@ -31,6 +31,20 @@ from psycopg.types.json import Jsonb
 from lifecycle.activation.audiences import Audience
 
 CONTROL_FILE = "control_group_DO_NOT_SEND.csv"
+#: Every member by customer id and group, without contact data (see :func:`ids_rows`).
+IDS_FILE = "customer_ids.csv"
+IDS_HEADER = (
+    "customer_key",
+    "customer_id",
+    "group",
+    "stage",
+    "risk_band",
+    "churn_probability",
+    "segment_name",
+    "clv_12m",
+    "audience",
+    "as_of_date",
+)
 MANIFEST = "manifest.json"
 LISTS = ("full", "adds", "removes")
 
@@ -215,14 +229,39 @@ _MEMBERS_SQL = """
 select
     m.customer_key, h.email, h.first_name, h.last_name, h.country_code, h.stage,
     h.recommended_action, h.churn_probability, h.risk_band, h.segment_id, h.segment_name,
-    h.clv_12m, h.top_reasons, h.score_date, m.is_control, h.has_marketing_consent
+    h.clv_12m, h.top_reasons, h.score_date, m.is_control, h.has_marketing_consent,
+    c.primary_customer_id as customer_id
 from activation.audience_membership as m
 inner join activation.customer_scores_history as h
     on h.customer_key = m.customer_key and h.as_of_date = %(day)s
+left join marts.customers as c on c.customer_key = m.customer_key
 where m.audience = %(audience)s and m.entered_date <= %(day)s
     and (m.exited_date is null or m.exited_date > %(day)s)
 order by h.email nulls last, m.customer_key
 """
+
+
+def ids_rows(members: list[dict], audience: str, day: dt.date) -> list[list[str]]:
+    """Return the rows of the customer-id file: every member (treatment and control), by
+    customer key and the shop's customer id, with no contact data (no email, name or
+    country). It is not a send list: it joins the audience to the company's own systems
+    (and measures lift) also when no member has an email or consent, e.g. an orders-only
+    deployment; whoever contacts them must honour consent there."""
+    return [
+        [
+            r["customer_key"],
+            _text(r.get("customer_id")),
+            "control" if r["is_control"] else "treatment",
+            _text(r["stage"]),
+            _text(r["risk_band"]),
+            _text(r["churn_probability"], 4),
+            _text(r["segment_name"]),
+            _text(r["clv_12m"], 2),
+            audience,
+            day.isoformat(),
+        ]
+        for r in sorted(members, key=lambda r: r["customer_key"])
+    ]
 
 
 def _split(members: list[dict]) -> tuple[list[dict], list[dict], int, int]:
@@ -331,6 +370,8 @@ def export_audience(
             name = f"{layout}_{kind}.csv"
             blobs[name] = render_csv(header, [fmt(r, audience.name, day) for r in lists[kind]])
             counts[name] = len(lists[kind])
+    blobs[IDS_FILE] = render_csv(IDS_HEADER, ids_rows(members, audience.name, day))
+    counts[IDS_FILE] = len(members)
     if audience.control_share > 0:
         header, fmt = LAYOUTS["generic"]
         blobs[CONTROL_FILE] = render_csv(header, [fmt(r, audience.name, day) for r in control])

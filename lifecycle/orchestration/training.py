@@ -71,8 +71,9 @@ def train_churn() -> str:
 
 
 @task(task_id="train_clv", multiple_outputs=False, execution_timeout=TRAIN_TIMEOUT)
-def train_clv() -> str:
-    """Fit BG/NBD + Gamma-Gamma; return the MLflow run id."""
+def train_clv() -> str | None:
+    """Fit BG/NBD + Gamma-Gamma; return the MLflow run id (None: the data cannot fit it, the
+    log says what it lacks, and the rest is registered without it)."""
     from ml import stages
 
     return _guard("CLV", stages.fit_clv, as_of_day(get_current_context()), _settings())
@@ -100,7 +101,7 @@ def evaluate(churn_run_id: str) -> dict[str, Any]:
 
 
 @task(task_id="register", multiple_outputs=False, execution_timeout=TRAIN_TIMEOUT)
-def register(churn_run_id: str, clv_run_id: str, segmentation_run_id: str) -> dict[str, Any]:
+def register(churn_run_id: str, clv_run_id: str | None, segmentation_run_id: str) -> dict[str, Any]:
     """Register the three runs' models as new versions; return versions and run ids."""
     from ml import stages, tracking
 

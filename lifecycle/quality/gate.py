@@ -30,6 +30,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from lifecycle.availability import absent_entities
 from lifecycle.quality.publish import PublishResult, pending_build, publish_marts
 from lifecycle.quality.suites import LAYERS, RowCountRule, Suite, load_suites, tokens_for
 from lifecycle.settings import Settings, get_settings
@@ -376,6 +377,7 @@ def validate_layer(
     url = warehouse_url(settings)
     run_id = run_id or uuid.uuid4().hex
     started = time.perf_counter()
+    absent = absent_entities(settings) if any(s.requires_batch for s in suites) else {}
     with connect(url) as conn:
         if schema is None:
             schema = _marts_schema(conn, day) if layer == "marts" else LAYERS[layer]
@@ -383,6 +385,9 @@ def validate_layer(
         plans: list[_Plan] = []
         for suite in suites:
             tokens = tokens_for(day, schema)
+            if suite.requires_batch in absent:
+                verdict.skipped[suite.name] = absent[suite.requires_batch]
+                continue
             if suite.requires_batch:
                 tokens["batch_id"] = f"{suite.requires_batch}:{day.isoformat()}"
                 if not _batch_exists(conn, tokens["batch_id"]):

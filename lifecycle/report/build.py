@@ -51,6 +51,10 @@ SECTIONS: tuple[tuple[str, str, SectionBuilder], ...] = (
     ("loads", "Load runs", sections.loads),
 )
 
+#: Sections that show what an absent source means (called with ``absent=``, raw table ->
+#: "no such source: ...", see lifecycle.availability).
+SOURCE_AWARE = frozenset({"ltv", "funnel", "loads"})
+
 #: Charts drawn across the whole page width.
 WIDE_CHARTS = frozenset({"stage-area", "stage-sankey", "retention-customers", "retention-revenue"})
 
@@ -146,8 +150,10 @@ def render_html(
 
 def collect_sections(conn: psycopg.Connection, day: dt.date, settings: Settings) -> list[Section]:
     """Return every section of the report of `day`, available or with its reason."""
+    from lifecycle.availability import absent_entities
     from lifecycle.report import evaluation
 
+    absent = absent_entities(settings, conn)
     scored_version = None
     if sections.exists(conn, "ml.scores_history"):
         row = conn.execute(
@@ -157,11 +163,12 @@ def collect_sections(conn: psycopg.Connection, day: dt.date, settings: Settings)
     built = []
     for key, title, builder in SECTIONS:
         try:
-            section = (
-                evaluation.model_section(settings, day, scored_version)
-                if builder is None
-                else builder(conn, day)
-            )
+            if builder is None:
+                section = evaluation.model_section(settings, day, scored_version)
+            elif key in SOURCE_AWARE:
+                section = builder(conn, day, absent=absent)
+            else:
+                section = builder(conn, day)
         except Unavailable as exc:
             section = Section(key, title, reason=str(exc))
         built.append(section)

@@ -9,6 +9,7 @@ reason and the command that produces it.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
@@ -270,8 +271,13 @@ def cohorts(conn: psycopg.Connection, day: dt.date) -> Section:
     return section
 
 
-def ltv(conn: psycopg.Connection, day: dt.date) -> Section:
-    """Return LTV curves by cohort and by channel, and LTV/CAC by channel."""
+def ltv(conn: psycopg.Connection, day: dt.date, absent: Mapping[str, str] | None = None) -> Section:
+    """Return LTV curves by cohort and by channel, and LTV/CAC by channel.
+
+    Without CRM contacts every channel is "unknown" and without marketing spend there is no
+    CAC (`absent`: raw table -> "no such source: ..."): those charts give way to a note.
+    """
+    absent = absent or {}
     require(conn, "marts.cohort_retention", TRANSFORM, day)
     by_cohort = _rows(
         conn,
@@ -320,7 +326,11 @@ def ltv(conn: psycopg.Connection, day: dt.date) -> Section:
             xs, ys = chan.setdefault(r["acquisition_channel"], ([], []))
             xs.append(r["months_since_acquisition"])
             ys.append(float(r["revenue_per_customer"]))
-    if chan:
+    if "crm__contacts" in absent:
+        section.blocks.append(
+            Note(f"LTV by channel: {absent['crm__contacts']} (no acquisition channel).", "warn")
+        )
+    elif chan:
         section.blocks.append(
             Chart(
                 "ltv-channel",
@@ -339,7 +349,10 @@ def ltv(conn: psycopg.Connection, day: dt.date) -> Section:
             "from marts.channel_ltv order by acquisition_channel = 'all', acquisition_channel",
         )
         named = [r for r in ch if r["acquisition_channel"] != "all"]
-        if named:
+        no_cac = [absent[t] for t in ("crm__contacts", "marketing__spend") if t in absent]
+        if no_cac:
+            section.blocks.append(Note(f"LTV/CAC by channel: {'; '.join(no_cac)}.", "warn"))
+        elif named:
             section.blocks.append(
                 Chart(
                     "ltv-cac",
@@ -429,8 +442,15 @@ def rfm(conn: psycopg.Connection, day: dt.date) -> Section:
     return section
 
 
-def funnel(conn: psycopg.Connection, day: dt.date) -> Section:
-    """Return the AARRR funnel of the latest cohort months, all channels."""
+def funnel(
+    conn: psycopg.Connection, day: dt.date, absent: Mapping[str, str] | None = None
+) -> Section:
+    """Return the AARRR funnel of the latest cohort months, all channels (not available
+    when neither web events nor CRM contacts exist: visitors and leads come from them)."""
+    absent = absent or {}
+    missing = [absent[t] for t in ("web__events", "crm__contacts") if t in absent]
+    if len(missing) == 2:
+        raise Unavailable("; ".join(missing))
     require(conn, "marts.funnel", TRANSFORM, day)
     rows = _rows(
         conn,
@@ -443,6 +463,7 @@ def funnel(conn: psycopg.Connection, day: dt.date) -> Section:
     if not rows:
         raise Unavailable(f"marts.funnel has no cohort month up to {day}")
     section = Section("funnel", "Acquisition funnel (AARRR)")
+    section.blocks += [Note(f"{why}.", "warn") for why in missing]
     section.blocks.append(
         Table(
             "funnel",
@@ -829,8 +850,11 @@ def quality(conn: psycopg.Connection, day: dt.date) -> Section:
     return section
 
 
-def loads(conn: psycopg.Connection, day: dt.date) -> Section:
-    """Return the load runs of `day` (the latest run per batch) from ops.load_runs."""
+def loads(
+    conn: psycopg.Connection, day: dt.date, absent: Mapping[str, str] | None = None
+) -> Section:
+    """Return the load runs of `day` (the latest run per batch) from ops.load_runs, and
+    the sources this deployment does not have (`absent`)."""
     require(conn, "ops.load_runs", "run `lifecycle extract --date {day}`", day)
     rows = _rows(
         conn,
@@ -866,5 +890,6 @@ def loads(conn: psycopg.Connection, day: dt.date) -> Section:
             rows,
         ),
     ]
+    section.blocks += [Note(f"{why}.", "warn") for _, why in sorted((absent or {}).items())]
     section.facts = {"runs": len(rows), "failed": sum(r["status"] == "failed" for r in rows)}
     return section

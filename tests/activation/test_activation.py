@@ -318,7 +318,7 @@ def test_membership_is_the_same_after_a_rerun_and_a_backfill(runs) -> None:
 
 def test_rerun_gives_byte_identical_files(runs) -> None:
     assert runs.files_d3 == runs.files_d3_again
-    assert len(runs.files_d3) == 6 * 20 - 1  # welcome_series has no control file
+    assert len(runs.files_d3) == 6 * 21 - 1  # welcome_series has no control file
     leftovers = [p for p in runs.exports.rglob(".*")]
     assert leftovers == []
 
@@ -348,7 +348,7 @@ def test_opted_out_contacts_never_appear_in_any_export(runs) -> None:
         cells = {c for row in csv.reader(io.StringIO(text)) for c in row}
         assert not cells & forbidden, path
         scanned += 1
-    assert scanned == 3 * (6 * 19 - 1)  # every CSV of every day was looked at
+    assert scanned == 3 * (6 * 20 - 1)  # every CSV of every day was looked at
     pushed = {m["email"] for b in runs.received.batches.values() for m in b["members"]}
     assert pushed and not pushed & opted_out
 
@@ -408,7 +408,7 @@ def test_export_log_records_each_successful_export(runs) -> None:
         (D3, "r3-again", D2),
         (D2, "r2-backfill", D1),
     ]
-    assert got[2][4] == sent and got[2][5] == 19
+    assert got[2][4] == sent and got[2][5] == 20  # 6 layouts x 3, control, customer ids
 
 
 # ------------------------------------------------------------------------------- push
@@ -516,3 +516,22 @@ def test_the_first_push_of_an_audience_sends_its_whole_list(runs, tmp_path) -> N
     assert received.members("remove") == []
     assert again.audiences["welcome_series"].push.delivered == 0
     assert received.requests == first.audiences["welcome_series"].push.batches
+
+
+def test_customer_id_file_lists_every_member_without_contact_data(runs) -> None:
+    members = rows(
+        runs.url,
+        "select m.customer_key, coalesce(c.primary_customer_id, ''), "
+        "case when m.is_control then 'control' else 'treatment' end "
+        "from activation.audience_membership m left join marts.customers c using (customer_key) "
+        "where m.audience = 'high_risk' and m.entered_date <= %(d)s "
+        "and (m.exited_date is null or m.exited_date > %(d)s) order by 1",
+        {"d": D3},
+    )
+    listed = _csv(runs.exports / str(D3) / "high_risk" / exports_module.IDS_FILE)
+    assert [(r["customer_key"], r["customer_id"], r["group"]) for r in listed] == [
+        tuple(m) for m in members
+    ]
+    assert list(listed[0]) == list(exports_module.IDS_HEADER)  # no email, name or country
+    sent = runs.r3.audiences["high_risk"].export.sent
+    assert len(listed) > sent  # also the members without consent: it is not a send list

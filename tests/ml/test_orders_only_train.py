@@ -1,0 +1,149 @@
+"""`lifecycle train` on a tiny orders-only world: absent sources' features are dropped with a
+stated reason, and a CLV fit the data cannot support is reported in one line while churn
+and segmentation are trained and registered (exit code 3)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lifecycle.transform import transform
+from tests.transform.conftest import land, scratch_database, settings_for, write
+
+AS_OF = dt.date(2024, 6, 30)
+SOURCES_YML = """\
+version: 1
+sources:
+  orders:
+    kind: csv
+    entities:
+      orders:
+        path: {orders}
+      order_items:
+        skip: true
+"""
+
+
+def _orders() -> str:
+    """40 one-order customers and 4 repeat buyers: too few for BG/NBD (it needs 10), enough
+    for both churn classes at each of the 3 snapshots (A-150, A-120, A-90)."""
+    day = lambda n: (AS_OF - dt.timedelta(days=n)).isoformat()  # noqa: E731
+    lines = ["customer_id,order_id,ordered_at,amount"]
+    for i in range(40):
+        lines.append(f"S{i},S{i}-1,{day(160 + 3 * i)}T10:00:00Z,{20 + i}.00")
+    for i in range(2):  # bought again after the first two snapshots, then silent
+        lines += [f"R{i},R{i}-1,{day(200 + i)}T10:00:00Z,50.00"]
+        lines += [f"R{i},R{i}-2,{day(100 + i)}T10:00:00Z,60.00"]
+    for i in range(2, 4):  # bought again after the last two snapshots
+        lines += [f"R{i},R{i}-1,{day(200 + i)}T10:00:00Z,70.00"]
+        lines += [f"R{i},R{i}-2,{day(50 + i)}T10:00:00Z,80.00"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def trained(embedded_settings, tmp_path_factory):
+    world = tmp_path_factory.mktemp("orders_only_train")
+    orders = write(world / "orders" / "orders.csv", _orders())
+    sources = write(world / "sources.yml", SOURCES_YML.format(orders=orders))
+    home = tmp_path_factory.mktemp("orders_only_home")
+    with scratch_database(embedded_settings) as url:
+        settings = settings_for(home, url, world)
+        land(settings, AS_OF, full=True, sources=("orders",))
+        transform(AS_OF, settings, quiet=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")}
+        env.update(
+            LIFECYCLE_HOME=str(home),
+            LIFECYCLE_WAREHOUSE_URL=url,
+            LIFECYCLE_WORLD_DIR=str(world),
+            LIFECYCLE_SOURCES_FILE=str(sources),
+        )
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lifecycle.cli",
+                "train",
+                "--as-of",
+                AS_OF.isoformat(),
+                "--set",
+                "snapshots.count=3",
+            ],
+            env=env,
+            cwd=world,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        yield proc, home, sources
+
+
+def test_train_reports_the_clv_fit_the_data_cannot_support_and_trains_the_rest(trained):
+    proc, _, _ = trained
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if "not trained" in ln]
+    assert lines == [
+        "lifecycle_clv not trained: the data cannot fit CLV: BG/NBD fit: only 4 of 44 customers "
+        "bought more than once (need at least 10); the drop-out process cannot be estimated"
+    ]
+    assert "lifecycle_churn v1 -> champion" in proc.stdout
+    assert "lifecycle_segmentation v1 -> champion" in proc.stdout
+    assert "lifecycle_clv v" not in proc.stdout
+
+
+def test_churn_and_segmentation_drop_the_absent_sources_features(trained):
+    import mlflow
+
+    from lifecycle.settings import load_settings
+    from ml import tracking
+    from ml.churn import load_churn_spec
+
+    _, home, sources = trained
+    settings = load_settings({"LIFECYCLE_HOME": str(home), "LIFECYCLE_WAREHOUSE_URL": "x"})
+    client = tracking.configure(settings)
+    params = {}
+    for name in (tracking.CHURN_MODEL, tracking.SEGMENTATION_MODEL):
+        version = tracking.version_by_alias(client, name, tracking.CHAMPION)
+        params[name] = mlflow.get_run(version.run_id).data.params
+    churn = params[tracking.CHURN_MODEL]
+    # the one training snapshot (A-150) has no repeat buyer yet: the gap features have no
+    # value in any of its 44 rows and are dropped too, rather than faked
+    gaps = ["mean_gap_days", "last_gap_days", "gap_trend", "recency_over_gap"]
+    orders_only = load_churn_spec()["features"]["orders_only"]
+    assert churn["features"].split(",") == [f for f in orders_only if f not in gaps]
+    assert churn["dropped_features"].split(",") == [
+        *gaps,
+        "sessions_7d",
+        "sessions_30d",
+        "sessions_90d",
+        "product_views_30d",
+        "product_views_90d",
+        "carts_30d",
+        "carts_90d",
+        "days_since_last_visit",
+        "is_marketing_opt_in",
+        "acquisition_channel",
+        "country_code",
+    ]
+    assert churn["dropped_reason.sessions_7d"] == (
+        f"no such source: web events (raw.web__events) is not configured in {sources}"
+    )
+    assert churn["dropped_reason.gap_trend"] == "no value in any of the 44 training rows"
+    assert churn["dropped_reason.country_code"] == (
+        f"no such source: CRM contacts (raw.crm__contacts) is not configured in {sources}"
+    )
+    seg = params[tracking.SEGMENTATION_MODEL]
+    assert json.loads(seg["features"]) == [
+        "days_since_last_order",
+        "count_orders",
+        "revenue",
+        "avg_order_value",
+        "days_since_first_order",
+    ]
+    assert seg["roles.engagement"] == "None"  # no cluster is named after web visits
+    assert seg["dropped_features"] == "sessions_90d"
