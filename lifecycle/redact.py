@@ -90,6 +90,21 @@ def remember_settings(settings) -> None:
         remember(password)
 
 
+def mask_in_airflow(settings) -> None:
+    """Register `settings`' secrets here and with Airflow's secrets masker (task logs).
+
+    Airflow masks its own Connections and sensitive Variables; the LIFECYCLE_* tokens and
+    passwords reach a task through the environment, which its masker does not know about.
+    """
+    remember_settings(settings)
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:  # not under Airflow
+        return
+    for secret in known_secrets():
+        mask_secret(secret)
+
+
 def _environment_secrets() -> Iterable[str]:
     for name, value in os.environ.items():
         if _SECRET_NAME.search(name):

@@ -46,6 +46,8 @@ class Settings:
     audiences_file: Path | None = None  # activation: audience definitions (YAML)
     export_dir: Path | None = None  # activation: root of the audience export folders
     push_token: str | None = field(default=None, repr=False)  # bearer for audience pushes
+    # hosts (host or host:port) an audience push may follow a redirect to; none: same origin
+    push_redirect_hosts: tuple[str, ...] = ()
     mlflow_tracking_uri: str | None = None  # MLflow tracking store/server (None: local)
     sources_file: Path | None = None  # the sources file (None: ./sources.yml or built-in)
     # The environment the settings were read from: the sources file names the variables
@@ -106,6 +108,11 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ),
         export_dir=_path(env.get("LIFECYCLE_EXPORT_DIR") or str(home / "exports")),
         push_token=env.get("LIFECYCLE_PUSH_TOKEN") or None,
+        push_redirect_hosts=tuple(
+            h.strip().lower()
+            for h in (env.get("LIFECYCLE_PUSH_REDIRECT_HOSTS") or "").split(",")
+            if h.strip()
+        ),
         environ=dict(env),
         sources_file=(
             _path(env["LIFECYCLE_SOURCES_FILE"]) if env.get("LIFECYCLE_SOURCES_FILE") else None

@@ -30,6 +30,7 @@ from typing import Any
 import click
 
 from lifecycle.options import parse_date
+from lifecycle.redact import redact
 from lifecycle.settings import Settings, environment, get_settings
 
 log = logging.getLogger(__name__)
@@ -376,6 +377,6 @@ def transform_command(
             publish=publish,
         )
     except TransformError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
+        click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
         sys.exit(1)
     click.echo(result.describe())

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
+from lifecycle.redact import redact  # noqa: F401 - also this module's API
 from lifecycle.settings import SHOP_DB, WAREHOUSE_DB, Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -67,17 +67,6 @@ class WarehouseStatus:
 
 
 # --------------------------------------------------------------------------- URLs
-
-
-def redact(url: str) -> str:
-    """Return `url` with any password replaced by ``***`` (safe for logs)."""
-    try:
-        params = conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "<unparseable url>"
-    if params.get("password"):
-        return url.replace(str(params["password"]), "***")
-    return url
 
 
 def with_database(url: str, database: str) -> str:

@@ -30,6 +30,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from lifecycle.activation.audiences import Audience
+from lifecycle.redact import redact
 
 CONTROL_FILE = "control_group_DO_NOT_SEND.csv"
 MANIFEST = "manifest.json"
@@ -464,5 +465,5 @@ def log_failed_export(
     conn.execute(
         "insert into activation.export_log (audience, as_of_date, run_id, status, folder, error) "
         "values (%s, %s, %s, 'failed', %s, %s)",
-        (audience, day, run_id, str(folder), error[:2000]),
+        (audience, day, run_id, str(folder), (redact(error) or "")[:2000]),
     )
