@@ -29,6 +29,7 @@ from typing import Any
 
 import click
 
+from lifecycle import warehouse
 from lifecycle.options import parse_date
 from lifecycle.redact import redact
 from lifecycle.settings import Settings, environment, get_settings
@@ -48,7 +49,7 @@ FAILED_STATUSES = frozenset({"error", "fail", "runtime error"})
 #: The schema BI tools read, and the one a run builds into before the gate (the dbt var
 #: ``marts_schema``, read by ``macros/generate_schema_name.sql``): write-audit-publish.
 MARTS_SCHEMA = "marts"
-BUILD_SCHEMA = "marts__build"
+BUILD_SCHEMA = warehouse.BUILD_SCHEMA  # defined with the roles that may build there
 
 _lock = threading.RLock()
 _manifests: dict[tuple[str, ...], tuple[str, Any]] = {}
