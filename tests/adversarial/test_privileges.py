@@ -105,7 +105,7 @@ def bootstrapped(fresh_db, tmp_path):
     return fresh_db
 
 
-def test_the_full_privilege_matrix(bootstrapped) -> None:
+def test_the_full_privilege_matrix(bootstrapped, figures) -> None:
     wrong = []
     cells = 0
     with psycopg.connect(bootstrapped, autocommit=True) as conn:
@@ -119,14 +119,14 @@ def test_the_full_privilege_matrix(bootstrapped) -> None:
                         wrong.append(f"{role} {action} {schema}: {'allowed' if got else 'denied'}")
     assert wrong == []
     assert cells == len(MATRIX) * len(ALL_SCHEMAS) * len(ACTIONS) == 324
-    print(f"privilege matrix: {cells} cells checked, 0 wrong")
+    figures["privilege cells checked (role x schema x action)"] += cells
 
 
 def test_the_roles_in_the_code_are_the_roles_of_the_matrix() -> None:
     assert set(wh.ROLES) == set(MATRIX)
 
 
-def test_bi_reads_marts_without_pii_and_the_pii_analyst_reads_it_all(bootstrapped) -> None:
+def test_bi_reads_marts_without_pii_and_the_pii_analyst_reads_it_all(bootstrapped, figures):
     pii = pii_columns()["customers"]
     assert pii == {"primary_email", "first_name", "last_name"}
     cells = 0
@@ -147,7 +147,7 @@ def test_bi_reads_marts_without_pii_and_the_pii_analyst_reads_it_all(bootstrappe
         )
         assert attempt(conn, "lifecycle_bi", "select count(*) from marts.customers")
         assert not attempt(conn, "lifecycle_activation_reader", "select 1 from marts.customers")
-    print(f"PII columns: {cells + 3} cells checked")
+    figures["PII column privilege cells checked"] += cells + 3
 
 
 def test_a_table_created_outside_publish_is_not_readable_by_bi_until_granted(fresh_db) -> None:
