@@ -27,7 +27,8 @@ import yaml
 ACTIVATION_PII = frozenset({"email", "first_name", "last_name"})
 
 
-def _is_pii(column: dict) -> bool:
+def is_pii(column: dict) -> bool:
+    """Return whether a column entry of a dbt YAML file is marked ``pii: true``."""
     for meta in (column.get("meta"), (column.get("config") or {}).get("meta")):
         if isinstance(meta, dict) and meta.get("pii") is True:
             return True
@@ -46,7 +47,7 @@ def pii_columns(project_dir: Path | None = None) -> dict[str, frozenset[str]]:
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         for kind in ("models", "seeds"):
             for node in doc.get(kind) or []:
-                marked = {c["name"] for c in node.get("columns") or [] if _is_pii(c)}
+                marked = {c["name"] for c in node.get("columns") or [] if is_pii(c)}
                 if marked:
                     found[node["name"]] = found.get(node["name"], frozenset()) | marked
     return found
