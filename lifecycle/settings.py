@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -46,6 +47,12 @@ class Settings:
     audiences_file: Path | None = None  # activation: audience definitions (YAML)
     export_dir: Path | None = None  # activation: root of the audience export folders
     push_token: str | None = field(default=None, repr=False)  # bearer for audience pushes
+    # hosts (host or host:port) an audience push may follow a redirect to; none: same origin
+    push_redirect_hosts: tuple[str, ...] = ()
+    # role -> password, from LIFECYCLE_<ROLE>_PASSWORD or a secrets file named by
+    # LIFECYCLE_<ROLE>_PASSWORD_FILE (lifecycle_bi: LIFECYCLE_BI_PASSWORD); roles without
+    # one are NOLOGIN
+    role_passwords: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     mlflow_tracking_uri: str | None = None  # MLflow tracking store/server (None: local)
     sources_file: Path | None = None  # the sources file (None: ./sources.yml or built-in)
     # The environment the settings were read from: the sources file names the variables
@@ -69,6 +76,30 @@ class Settings:
 
 def _path(value: str) -> Path:
     return Path(value).expanduser().resolve()
+
+
+_ROLE_PASSWORD = re.compile(r"LIFECYCLE_([A-Z][A-Z0-9_]*)_PASSWORD(_FILE)?")
+#: LIFECYCLE_*_PASSWORD variables that are not role passwords.
+_NOT_ROLES = frozenset({"DBT"})  # set by `lifecycle transform` for its dbt process
+
+
+def _role_passwords(env: Mapping[str, str]) -> dict[str, str]:
+    """Return {role: password} from the environment and the secrets files it names."""
+    found: dict[str, str] = {}
+    for name, value in sorted(env.items()):
+        m = _ROLE_PASSWORD.fullmatch(name)
+        if not m or not value or m.group(1) in _NOT_ROLES:
+            continue
+        role = f"lifecycle_{m.group(1).lower()}"
+        if m.group(2):
+            if role in found:
+                continue  # the variable itself wins over its file
+            try:
+                value = Path(value).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ValueError(f"{name}: cannot read the secrets file {value}: {exc}") from None
+        found[role] = value
+    return found
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -106,6 +137,12 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ),
         export_dir=_path(env.get("LIFECYCLE_EXPORT_DIR") or str(home / "exports")),
         push_token=env.get("LIFECYCLE_PUSH_TOKEN") or None,
+        role_passwords=_role_passwords(env),
+        push_redirect_hosts=tuple(
+            h.strip().lower()
+            for h in (env.get("LIFECYCLE_PUSH_REDIRECT_HOSTS") or "").split(",")
+            if h.strip()
+        ),
         environ=dict(env),
         sources_file=(
             _path(env["LIFECYCLE_SOURCES_FILE"]) if env.get("LIFECYCLE_SOURCES_FILE") else None

@@ -201,6 +201,15 @@ def gates_part(conn: psycopg.Connection) -> Part:
     return part
 
 
+def _link_data_docs(part: Part, settings: Settings) -> None:
+    """Add to each gate row the GX Data Docs site of its run (None when none was built)."""
+    from lifecycle.quality.gate import data_docs_index
+
+    for row in part.rows:
+        index = data_docs_index(settings, row["logical_date"], row["layer"], row["run_id"])
+        row["data_docs"] = str(index) if index else None
+
+
 def scores_part(conn: psycopg.Connection) -> Part:
     """Return the latest score date and how many customers it scored, with model versions."""
     part = Part("scores", "Scores (ml.scores_history)")
@@ -304,7 +313,9 @@ def collect_status(settings: Settings | None = None) -> Status:
         with psycopg.connect(st.url, connect_timeout=5) as conn:
             conn.read_only = True
             parts += load_parts(conn)
-            parts += [marts_part(conn), gates_part(conn), scores_part(conn), exports_part(conn)]
+            gates = gates_part(conn)
+            _link_data_docs(gates, settings)
+            parts += [marts_part(conn), gates, scores_part(conn), exports_part(conn)]
     parts += [models_part(settings), report_part(settings)]
     return Status(parts)
 

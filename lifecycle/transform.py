@@ -32,7 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from lifecycle import warehouse
 from lifecycle.options import parse_date
+from lifecycle.redact import redact
 from lifecycle.settings import Settings, environment, get_settings
 
 if TYPE_CHECKING:
@@ -53,7 +55,7 @@ FAILED_STATUSES = frozenset({"error", "fail", "runtime error"})
 #: The schema BI tools read, and the one a run builds into before the gate (the dbt var
 #: ``marts_schema``, read by ``macros/generate_schema_name.sql``): write-audit-publish.
 MARTS_SCHEMA = "marts"
-BUILD_SCHEMA = "marts__build"
+BUILD_SCHEMA = warehouse.BUILD_SCHEMA  # defined with the roles that may build there
 
 _lock = threading.RLock()
 _manifests: dict[tuple[str, ...], tuple[str, Any]] = {}
@@ -460,6 +462,6 @@ def transform_command(
             publish=publish,
         )
     except TransformError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
+        click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
         sys.exit(1)
     click.echo(result.describe())

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
+from lifecycle.redact import redact, remember  # redact: also this module's API
 from lifecycle.settings import SHOP_DB, WAREHOUSE_DB, Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -36,17 +36,42 @@ SCHEMAS: tuple[str, ...] = (
     "ops",
 )
 
-#: Roles and what each may do. ``write`` schemas get USAGE, CREATE and full DML;
-#: ``read`` schemas get USAGE and SELECT. Grants cover existing and future tables.
-ROLES: dict[str, dict[str, tuple[str, ...]]] = {
-    "lifecycle_loader": {"write": ("raw", "ops"), "read": ()},
+#: Roles and what each may do (least privilege). ``write`` schemas get USAGE, CREATE and
+#: full DML; ``read`` schemas get USAGE and SELECT; grants cover existing and future
+#: tables. A role with ``pii: False`` reads every column except those the dbt YAML marks
+#: ``meta: {pii: true}`` (:mod:`lifecycle.pii`), through column privileges; tables it
+#: reads are granted explicitly (bootstrap, publish), never by default privileges, so a
+#: new table is not readable by it before its PII columns are known. Schemas a role is
+#: not listed for it cannot even look into (no USAGE).
+ROLES: dict[str, dict] = {
+    # extract: lands raw rows and the run log
+    "lifecycle_loader": {"write": ("raw", "ops"), "read": (), "pii": True},
+    # dbt and ML: raw -> staging -> intermediate -> marts, ml; never activation
     "lifecycle_transformer": {
-        "write": ("staging", "intermediate", "marts", "ml", "activation", "ops"),
+        "write": ("staging", "intermediate", "marts", "ml", "ops"),
         "read": ("raw",),
+        "pii": True,
     },
-    "lifecycle_bi": {"write": (), "read": ("marts",)},
-    "lifecycle_activation_reader": {"write": (), "read": ("activation",)},
+    # activation: scores, audiences and exports from marts and ml (exports need contacts)
+    "lifecycle_activator": {"write": ("activation",), "read": ("marts", "ml"), "pii": True},
+    # BI tools: the marts without personal columns
+    "lifecycle_bi": {"write": (), "read": ("marts",), "pii": False},
+    # the rare analyst who needs names and emails: the marts in full (grant it by name)
+    "lifecycle_pii_analyst": {"write": (), "read": ("marts",), "pii": True},
+    # reverse-ETL tools: activation's tables, whose only personal columns are the contact
+    # fields the exports carry (lifecycle.pii.ACTIVATION_PII)
+    "lifecycle_activation_reader": {"write": (), "read": ("activation",), "pii": True},
 }
+
+#: The build schema of write-audit-publish (lifecycle.transform.BUILD_SCHEMA).
+BUILD_SCHEMA = "marts__build"
+#: Schemas the privilege matrix covers: ours plus the build schema and public.
+MATRIX_SCHEMAS: tuple[str, ...] = (*SCHEMAS, BUILD_SCHEMA, "public")
+
+
+def role_password_variable(role: str) -> str:
+    """Return the setting holding `role`'s password: lifecycle_bi -> LIFECYCLE_BI_PASSWORD."""
+    return f"LIFECYCLE_{role.removeprefix('lifecycle_').upper()}_PASSWORD"
 
 
 class WarehouseError(RuntimeError):
@@ -67,17 +92,6 @@ class WarehouseStatus:
 
 
 # --------------------------------------------------------------------------- URLs
-
-
-def redact(url: str) -> str:
-    """Return `url` with any password replaced by ``***`` (safe for logs)."""
-    try:
-        params = conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "<unparseable url>"
-    if params.get("password"):
-        return url.replace(str(params["password"]), "***")
-    return url
 
 
 def with_database(url: str, database: str) -> str:
@@ -193,8 +207,23 @@ def connect(url: str | None = None, **kwargs) -> Iterator[psycopg.Connection]:
         yield conn
 
 
-def bootstrap(url: str) -> None:
-    """Create the schemas and roles of DESIGN.md §9 in the database at `url` (idempotent)."""
+def bootstrap(url: str, passwords: dict[str, str] | None = None) -> None:
+    """Create the schemas and roles of DESIGN.md §9 in the database at `url` (idempotent).
+
+    Every role is NOLOGIN unless `passwords` (from settings or secrets files, never from
+    the repository: :func:`role_password_variable`) gives it one: then it may log in with
+    that password, sent to the server only as a SCRAM verifier. Grants are brought to
+    exactly :data:`ROLES` (rights a role should not have are revoked), in one transaction.
+    """
+    passwords = passwords or {}
+    remember(*passwords.values())  # never echoed in an error
+    for role in sorted(set(passwords) - set(ROLES)):
+        log.warning(
+            "%s is set but %s is not one of our roles (%s): ignored",
+            role_password_variable(role),
+            role,
+            ", ".join(ROLES),
+        )
     with connect(url, autocommit=True) as conn:
         me = conn.execute("select current_user").fetchone()[0]
         is_super = conn.execute(
@@ -208,68 +237,185 @@ def bootstrap(url: str) -> None:
             conn.execute(
                 sql.SQL(
                     "do $$ begin if not exists (select from pg_roles where rolname = {r}) then "
-                    "create role {i} login; end if; exception when duplicate_object then null; "
+                    "create role {i} nologin; end if; exception when duplicate_object then null; "
                     "end $$"
                 ).format(r=sql.Literal(role), i=sql.Identifier(role))
             )
-        db = conn.execute("select current_database()").fetchone()[0]
-        # Object owners whose future tables must be readable/writable by the roles:
-        # whoever runs bootstrap, plus the loader and transformer when we may act for them.
-        owners = [me] + ([r for r in ROLES if r != me] if is_super else [])
-        for role, rights in ROLES.items():
-            ident = sql.Identifier(role)
-            conn.execute(
-                sql.SQL("grant connect on database {} to {}").format(sql.Identifier(db), ident)
-            )
-            for schema in rights["read"]:
-                s = sql.Identifier(schema)
-                conn.execute(sql.SQL("grant usage on schema {} to {}").format(s, ident))
+        with conn.transaction():
+            # one bootstrap at a time: concurrent GRANTs on one object fail in PostgreSQL
+            conn.execute("select pg_advisory_xact_lock(hashtext('lifecycle.bootstrap'))")
+            for role in ROLES:
+                _set_login(conn, role, passwords.get(role))
+            db = conn.execute("select current_database()").fetchone()[0]
+            # Object owners whose future tables the roles' default privileges cover:
+            # whoever runs bootstrap, plus the writing roles when we may act for them.
+            owners = [me] + ([r for r in ROLES if r != me] if is_super else [])
+            for role, rights in ROLES.items():
+                ident = sql.Identifier(role)
                 conn.execute(
-                    sql.SQL("grant select on all tables in schema {} to {}").format(s, ident)
+                    sql.SQL("grant connect on database {} to {}").format(sql.Identifier(db), ident)
                 )
-                for owner in owners:
-                    conn.execute(
-                        sql.SQL(
-                            "alter default privileges for role {} in schema {} "
-                            "grant select on tables to {}"
-                        ).format(sql.Identifier(owner), s, ident)
-                    )
-            for schema in rights["write"]:
-                s = sql.Identifier(schema)
-                conn.execute(sql.SQL("grant usage, create on schema {} to {}").format(s, ident))
+                _revoke_all(conn, role, owners)
+                for schema in rights["write"]:
+                    _grant_write(conn, role, schema, owners)
+                for schema in rights["read"]:
+                    s = sql.Identifier(schema)
+                    conn.execute(sql.SQL("grant usage on schema {} to {}").format(s, ident))
+                    if rights["pii"]:
+                        conn.execute(
+                            sql.SQL("grant select on all tables in schema {} to {}").format(
+                                s, ident
+                            )
+                        )
+                        for owner in owners:
+                            conn.execute(
+                                sql.SQL(
+                                    "alter default privileges for role {} in schema {} "
+                                    "grant select on tables to {}"
+                                ).format(sql.Identifier(owner), s, ident)
+                            )
+            for schema in SCHEMAS:
+                apply_grants(conn, schema)
+            # the build schema of write-audit-publish, if a build is pending: the roles
+            # that write marts build there (lifecycle.quality.publish.prepare_build)
+            if conn.execute("select to_regnamespace(%s)", (BUILD_SCHEMA,)).fetchone()[0]:
+                for role, rights in ROLES.items():
+                    if "marts" in rights["write"]:
+                        conn.execute(
+                            sql.SQL("grant usage, create on schema {} to {}").format(
+                                sql.Identifier(BUILD_SCHEMA), sql.Identifier(role)
+                            )
+                        )
+            # Nobody but the owners may create objects in public.
+            conn.execute("revoke create on schema public from public")
+
+
+def _set_login(conn: psycopg.Connection, role: str, password: str | None) -> None:
+    """Let `role` log in with `password`, or make it NOLOGIN without a password."""
+    ident = sql.Identifier(role)
+    if not password:
+        conn.execute(sql.SQL("alter role {} nologin password null").format(ident))
+        return
+    # libpq computes the SCRAM-SHA-256 verifier: the password itself never reaches the
+    # server, so it cannot appear in a statement log.
+    verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256")
+    conn.execute(
+        sql.SQL("alter role {} login password {}").format(ident, sql.Literal(verifier.decode()))
+    )
+
+
+def _revoke_all(conn: psycopg.Connection, role: str, owners: list[str]) -> None:
+    """Take every right `role` may hold on the matrix schemas (bootstrap re-grants)."""
+    ident = sql.Identifier(role)
+    present = {
+        r[0]
+        for r in conn.execute(
+            "select nspname from pg_namespace where nspname = any(%s)", (list(MATRIX_SCHEMAS),)
+        )
+    }
+    for schema in (s for s in MATRIX_SCHEMAS if s in present):
+        s = sql.Identifier(schema)
+        conn.execute(sql.SQL("revoke all on all tables in schema {} from {}").format(s, ident))
+        conn.execute(sql.SQL("revoke all on all sequences in schema {} from {}").format(s, ident))
+        conn.execute(sql.SQL("revoke all on schema {} from {}").format(s, ident))
+        for owner in owners:
+            for kind in ("tables", "sequences"):
                 conn.execute(
                     sql.SQL(
-                        "grant select, insert, update, delete, truncate "
-                        "on all tables in schema {} to {}"
-                    ).format(s, ident)
+                        "alter default privileges for role {} in schema {} revoke all on {} from {}"
+                    ).format(sql.Identifier(owner), s, sql.SQL(kind), ident)
                 )
-                conn.execute(
-                    sql.SQL("grant usage, select on all sequences in schema {} to {}").format(
-                        s, ident
-                    )
+        # column privileges survive a table-level revoke: take them too
+        for table, column in conn.execute(
+            "select c.relname, a.attname from pg_attribute a join pg_class c on c.oid = a.attrelid "
+            "where c.relnamespace = %s::regnamespace and a.attnum > 0 and a.attacl is not null "
+            "and exists (select 1 from aclexplode(a.attacl) x where x.grantee = %s::regrole)",
+            (schema, role),
+        ).fetchall():
+            conn.execute(
+                sql.SQL("revoke all ({}) on {}.{} from {}").format(
+                    sql.Identifier(column), s, sql.Identifier(table), ident
                 )
-                for owner in owners:
-                    conn.execute(
-                        sql.SQL(
-                            "alter default privileges for role {} in schema {} "
-                            "grant select, insert, update, delete, truncate on tables to {}"
-                        ).format(sql.Identifier(owner), s, ident)
-                    )
-                    conn.execute(
-                        sql.SQL(
-                            "alter default privileges for role {} in schema {} "
-                            "grant usage, select on sequences to {}"
-                        ).format(sql.Identifier(owner), s, ident)
-                    )
-        # Nobody but the owners may create objects in public.
-        conn.execute("revoke create on schema public from public")
+            )
+
+
+def _grant_write(conn: psycopg.Connection, role: str, schema: str, owners: list[str]) -> None:
+    ident, s = sql.Identifier(role), sql.Identifier(schema)
+    conn.execute(sql.SQL("grant usage, create on schema {} to {}").format(s, ident))
+    conn.execute(
+        sql.SQL(
+            "grant select, insert, update, delete, truncate on all tables in schema {} to {}"
+        ).format(s, ident)
+    )
+    conn.execute(
+        sql.SQL("grant usage, select on all sequences in schema {} to {}").format(s, ident)
+    )
+    for owner in owners:
+        conn.execute(
+            sql.SQL(
+                "alter default privileges for role {} in schema {} "
+                "grant select, insert, update, delete, truncate on tables to {}"
+            ).format(sql.Identifier(owner), s, ident)
+        )
+        conn.execute(
+            sql.SQL(
+                "alter default privileges for role {} in schema {} "
+                "grant usage, select on sequences to {}"
+            ).format(sql.Identifier(owner), s, ident)
+        )
+
+
+def apply_grants(conn: psycopg.Connection, schema: str, names: list[str] | None = None) -> None:
+    """Give the roles of :data:`ROLES` their rights on relations of `schema`; return nothing.
+
+    `names` limits it to those relations (default: all). Used by bootstrap and by publish
+    (a relation moved in from the build schema keeps the privileges it was created with).
+    A role without PII rights gets SELECT on every column but the PII columns of
+    :func:`lifecycle.pii.pii_columns`, and nothing on the table as a whole.
+    """
+    from lifecycle.pii import pii_columns
+
+    rows = conn.execute(
+        "select c.relname, array_agg(a.attname order by a.attnum) from pg_class c "
+        "join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped "
+        "where c.relnamespace = %s::regnamespace and c.relkind in ('r', 'p', 'v', 'm') "
+        "and (%s::text[] is null or c.relname = any(%s)) group by c.relname order by 1",
+        (schema, names, names),
+    ).fetchall()
+    if not rows:
+        return
+    existing = {
+        r[0]
+        for r in conn.execute(
+            "select rolname from pg_roles where rolname = any(%s)", (list(ROLES),)
+        )
+    }
+    marked = pii_columns()
+    for role in sorted(existing):
+        rights = ROLES[role]
+        ident = sql.Identifier(role)
+        for name, columns in rows:
+            target = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+            if schema in rights["write"]:
+                privileges = sql.SQL("select, insert, update, delete, truncate")
+            elif schema not in rights["read"]:
+                continue
+            elif rights["pii"] or not marked.get(name):
+                privileges = sql.SQL("select")
+            else:
+                conn.execute(sql.SQL("revoke select on {} from {}").format(target, ident))
+                allowed = [c for c in columns if c not in marked[name]]
+                privileges = sql.SQL("select ({})").format(
+                    sql.SQL(", ").join(sql.Identifier(c) for c in allowed)
+                )
+            conn.execute(sql.SQL("grant {} on {} to {}").format(privileges, target, ident))
 
 
 def up(settings: Settings | None = None) -> str:
     """Start the warehouse if it is embedded, bootstrap it, and return its URL."""
     settings = settings or get_settings()
     url = warehouse_url(settings, start=True)
-    bootstrap(url)
+    bootstrap(url, dict(settings.role_passwords))
     log.info("warehouse ready at %s", redact(url))
     return url
 

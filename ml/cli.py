@@ -14,6 +14,7 @@ import sys
 import click
 
 from lifecycle.options import parse_date
+from lifecycle.redact import redact
 from lifecycle.settings import get_settings
 
 #: Exit code of `lifecycle train` when some models were trained and registered but not all
@@ -27,7 +28,7 @@ def _quiet_mlflow() -> None:
 
 
 def _fail(message: str) -> None:
-    click.secho(f"error: {message}", fg="red", err=True)
+    click.secho(f"error: {redact(message)}", fg="red", err=True)
     sys.exit(1)
 
 

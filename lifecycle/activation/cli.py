@@ -9,6 +9,7 @@ import sys
 import click
 
 from lifecycle.options import parse_date
+from lifecycle.redact import redact
 from lifecycle.settings import get_settings
 
 
@@ -31,6 +32,6 @@ def export_command(day: dt.date, audience: str | None, run_id: str | None, as_js
     try:
         result = run_activation(day, get_settings(), audience=audience, run_id=run_id)
     except (ActivationError, AudienceFileError, PushError, WarehouseError) as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
+        click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
         sys.exit(1)
     click.echo(json.dumps(result.facts(), indent=2) if as_json else result.summary())

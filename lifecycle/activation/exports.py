@@ -22,6 +22,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from lifecycle.activation.audiences import Audience
+from lifecycle.redact import redact
 
 CONTROL_FILE = "control_group_DO_NOT_SEND.csv"
 #: Every member by customer id and group, without contact data (see :func:`ids_rows`).
@@ -83,18 +85,40 @@ def email_sha256(email: str) -> str:
     return hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
 
 
+#: First characters that make a spreadsheet program read a cell as a formula (OWASP "CSV
+#: Injection": = + - @ tab CR), plus LF and the full-width forms some East Asian locales of
+#: Excel also evaluate. Leading spaces do not protect a cell, so they are looked through.
+FORMULA_TRIGGERS = frozenset("=+-@\t\r\n\uff1d\uff0b\uff0d\uff20")
+
+
+def neutralise(text: str) -> str:
+    """Return `text` made inert for spreadsheets: a leading ``'`` if it could start a formula.
+
+    OWASP's recommendation: prefix such a cell with a single quote, which spreadsheet
+    programs take as "this cell is text" and do not display. The CSV writer quotes the cell
+    when it holds a tab, CR, LF, quote or comma. Numbers never pass through here (their
+    columns are formatted from numeric values), so a negative probability stays a number.
+    """
+    if text[:1] in FORMULA_TRIGGERS or text.lstrip(" ")[:1] in FORMULA_TRIGGERS:
+        return "'" + text
+    return text
+
+
 def _text(value: Any, digits: int | None = None) -> str:
+    """Return the cell for `value`: numbers formatted, text from source data neutralised."""
     if value is None:
         return ""
     if digits is not None:
         return f"{float(value):.{digits}f}"
-    return str(value)
+    if isinstance(value, int | float | Decimal | dt.date):
+        return str(value)  # never a formula: a number (possibly negative) or an ISO date
+    return neutralise(str(value))
 
 
 def _generic(row: dict, audience: str, day: dt.date) -> list[str]:
     return [
-        row["customer_key"],
-        row["email"],
+        _text(row["customer_key"]),
+        _text(row["email"]),
         _text(row["first_name"]),
         _text(row["last_name"]),
         _text(row["country_code"]),
@@ -107,7 +131,7 @@ def _generic(row: dict, audience: str, day: dt.date) -> list[str]:
         _text(row["clv_12m"], 2),
         _text(row["top_reasons"]),
         _text(row["score_date"]),
-        audience,
+        _text(audience),
         day.isoformat(),
     ]
 
@@ -118,10 +142,10 @@ LAYOUTS: dict[str, tuple[list[str], Callable[[dict, str, dt.date], list[str]]]] 
     "mailchimp": (
         ["Email Address", "First Name", "Last Name", "Tags"],
         lambda r, a, d: [
-            r["email"],
+            _text(r["email"]),
             _text(r["first_name"]),
             _text(r["last_name"]),
-            f"{a},stage_{r['stage']}" if r["stage"] else a,
+            _text(f"{a},stage_{r['stage']}" if r["stage"] else a),
         ],
     ),
     "hubspot": (
@@ -135,11 +159,11 @@ LAYOUTS: dict[str, tuple[list[str], Callable[[dict, str, dt.date], list[str]]]] 
             "Recommended Action",
         ],
         lambda r, a, d: [
-            r["email"],
+            _text(r["email"]),
             _text(r["first_name"]),
             _text(r["last_name"]),
             HUBSPOT_STAGE.get(r["stage"] or "", ""),
-            a,
+            _text(a),
             _text(r["risk_band"]),
             _text(r["recommended_action"]),
         ],
@@ -159,12 +183,12 @@ LAYOUTS: dict[str, tuple[list[str], Callable[[dict, str, dt.date], list[str]]]] 
             "recommended_action",
         ],
         lambda r, a, d: [
-            r["email"],
+            _text(r["email"]),
             _text(r["first_name"]),
             _text(r["last_name"]),
             _text(r["country_code"]),
             _text(r["stage"]),
-            a,
+            _text(a),
             _text(r["risk_band"]),
             _text(r["churn_probability"], 4),
             _text(r["segment_name"]),
@@ -482,5 +506,5 @@ def log_failed_export(
     conn.execute(
         "insert into activation.export_log (audience, as_of_date, run_id, status, folder, error) "
         "values (%s, %s, %s, 'failed', %s, %s)",
-        (audience, day, run_id, str(folder), error[:2000]),
+        (audience, day, run_id, str(folder), (redact(error) or "")[:2000]),
     )

@@ -8,6 +8,13 @@ key applies it once however often it arrives. Transient failures (connection err
 Retry, as the CRM client does. Every delivered batch is recorded in
 ``activation.push_log`` as soon as it is acknowledged, and batches whose key is already
 recorded as delivered are skipped, so a rerun sends nothing twice.
+
+Redirects are not left to the HTTP library, which would re-POST the members' emails and
+names wherever a 307/308 points. A push follows a 307 or 308 only within the endpoint's
+origin (scheme, host, port) or to a host listed in ``LIFECYCLE_PUSH_REDIRECT_HOSTS``,
+never from https to http, at most ``MAX_REDIRECTS`` times; any other redirect fails the
+batch with an error naming both URLs, and nothing is sent to the other host. Errors
+stored in ``activation.push_log`` and raised go through :func:`lifecycle.redact.redact`.
 """
 
 from __future__ import annotations
@@ -16,11 +23,16 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
 from lifecycle.activation.audiences import Push
 from lifecycle.extract.crm import retrying_session
+from lifecycle.redact import redact, remember
+
+#: Redirects (307/308 within the allowed hosts) a push follows for one batch.
+MAX_REDIRECTS = 5
 
 #: Member fields sent in a push (removes carry only the identifiers).
 PUSH_FIELDS = (
@@ -109,6 +121,66 @@ def push_session(token: str | None, retries: int, backoff_s: float) -> requests.
     return retrying_session(method="POST", headers=headers, retries=retries, backoff_s=backoff_s)
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    split = urlsplit(url)
+    port = split.port or {"http": 80, "https": 443}.get(split.scheme)
+    return split.scheme, (split.hostname or "").lower(), port
+
+
+def redirect_refusal(url: str, location: str, allowed_hosts: tuple[str, ...]) -> str | None:
+    """Return why a push from `url` must not follow a redirect to `location` (None: it may)."""
+    scheme, host, port = _origin(url)
+    to_scheme, to_host, to_port = _origin(location)
+    if to_scheme not in ("http", "https"):
+        return f"the redirect is not to an http(s) URL ({to_scheme or 'no scheme'})"
+    if scheme == "https" and to_scheme != "https":
+        return "the redirect leaves https"
+    if (to_scheme, to_host, to_port) == (scheme, host, port):
+        return None
+    if to_host in allowed_hosts or f"{to_host}:{to_port}" in allowed_hosts:
+        return None
+    return f"{to_host}:{to_port} is another host, not listed in LIFECYCLE_PUSH_REDIRECT_HOSTS"
+
+
+def _post(http, url: str, batch: Batch, timeout_s: float, allowed: tuple[str, ...]):
+    """POST `batch` to `url`, following only permitted 307/308 redirects; return the answer.
+
+    Raises _RedirectRefused for a redirect it must not follow (nothing was sent there).
+    """
+    target = url
+    for _ in range(MAX_REDIRECTS + 1):
+        resp = http.post(
+            target,
+            data=batch.body,
+            headers={"Idempotency-Key": batch.key},
+            timeout=timeout_s,
+            allow_redirects=False,
+        )
+        if not resp.is_redirect:
+            return resp
+        location = urljoin(target, resp.headers["Location"])
+        if resp.status_code not in (307, 308):
+            why = f"a {resp.status_code} redirect would turn the POST into a GET"
+        else:
+            why = redirect_refusal(target, location, allowed)
+        if why is not None:
+            raise _RedirectRefused(
+                f"push refused to follow the redirect ({resp.status_code}) from {target} to "
+                f"{location}: {why}",
+                resp.status_code,
+            )
+        target = location
+    raise _RedirectRefused(
+        f"push stopped after {MAX_REDIRECTS} redirects at {target}", resp.status_code
+    )
+
+
+class _RedirectRefused(Exception):
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def _delivered_keys(conn, keys: list[str]) -> set[str]:
     rows = conn.execute(
         "select idempotency_key from activation.push_log "
@@ -170,13 +242,16 @@ def push_audience(
     retries: int,
     backoff_s: float,
     timeout_s: float = 30,
+    redirect_hosts: tuple[str, ...] = (),
 ) -> PushFacts:
     """POST the audience's batches not delivered yet; return what was sent.
 
     `conn` must be in autocommit mode: each delivery is recorded the moment it is
     acknowledged. Raises PushError when a batch cannot be delivered (earlier deliveries
-    stay recorded; a rerun resumes after them).
+    stay recorded; a rerun resumes after them). `redirect_hosts` are the hosts a redirect
+    may lead to besides the endpoint's own origin.
     """
+    remember(token)
     if push.mode == "full":
         batches = make_batches(audience, day, "upsert", send_rows, push.batch_size)
     elif not _pushed_before(conn, audience, day):
@@ -195,14 +270,26 @@ def push_audience(
                 continue
             where = f"audience {audience} {day} batch {batch.batch_no} to POST {push.url}"
             try:
-                resp = http.post(
+                resp = _post(http, push.url, batch, timeout_s, redirect_hosts)
+            except _RedirectRefused as exc:
+                attempts += 1
+                message = redact(str(exc))
+                _record(
+                    conn,
+                    audience,
+                    day,
+                    batch,
                     push.url,
-                    data=batch.body,
-                    headers={"Idempotency-Key": batch.key},
-                    timeout=timeout_s,
+                    run_id,
+                    status="failed",
+                    attempts=1,
+                    http_status=exc.status,
+                    error=message,
                 )
+                raise PushError(f"{message} ({where})") from None
             except requests.exceptions.RequestException as exc:
                 attempts += retries + 1
+                message = redact(str(exc))
                 _record(
                     conn,
                     audience,
@@ -212,9 +299,11 @@ def push_audience(
                     run_id,
                     status="failed",
                     attempts=retries + 1,
-                    error=str(exc)[:2000],
+                    error=message[:2000],
                 )
-                raise PushError(f"push failed after {retries} retries: {where}: {exc}") from None
+                raise PushError(
+                    f"push failed after {retries} retries: {where}: {message}"
+                ) from None
             history = getattr(getattr(resp.raw, "retries", None), "history", ()) or ()
             tries = len(history) + 1
             attempts += tries
@@ -229,9 +318,10 @@ def push_audience(
                     status="failed",
                     attempts=tries,
                     http_status=resp.status_code,
-                    error=resp.text[:2000],
+                    error=redact(resp.text[:65_536])[:2000],
                 )
-                raise PushError(f"push refused ({resp.status_code}): {where}: {resp.text[:200]}")
+                excerpt = " ".join((redact(resp.text[:65_536]) or "").split())[:200]
+                raise PushError(f"push refused ({resp.status_code}): {where}: {excerpt}")
             _record(
                 conn,
                 audience,

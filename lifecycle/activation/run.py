@@ -187,6 +187,7 @@ def run_activation(
                     token=settings.push_token,
                     retries=settings.http_retries,
                     backoff_s=settings.http_backoff_s,
+                    redirect_hosts=settings.push_redirect_hosts,
                 )
             result.seconds["push"] = time.perf_counter() - t3
         finally:

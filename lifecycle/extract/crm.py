@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections.abc import Iterator
 from urllib.parse import urlencode
@@ -12,17 +13,18 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
+from lifecycle.load import LoadError
 from lifecycle.parse import Chunk, Window
+from lifecycle.redact import redact, remember
+from lifecycle.sources_file import Endpoint
 
 log = logging.getLogger(__name__)
 
-CONTACTS_PATH = "/crm/v3/objects/contacts"
-PAGE_LIMIT = 100
 RECORDS_PER_CHUNK = 5000
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 
 
-class CrmApiError(RuntimeError):
+class CrmApiError(LoadError):
     """The CRM API could not be read; the message names the request, never the token."""
 
 
@@ -76,44 +78,155 @@ def iter_contact_pages(
     token: str,
     window: Window,
     *,
+    endpoint: Endpoint | None = None,
     retries: int = 8,
     backoff_s: float = 0.5,
     timeout_s: float = 30,
 ) -> Iterator[tuple[str, list[dict]]]:
-    """Yield (page locator, contacts) for every page of contacts updated in `window`."""
+    """Yield (page locator, contacts) for every page of contacts updated in `window`.
+
+    Every answer is checked before it is used: a status other than 200, a body that is not
+    a JSON object, a `data_selector` that is not an array of objects, a cursor that repeats
+    (the walk would never end) or more pages than ``endpoint.max_pages`` raise
+    CrmApiError naming the request; nothing in the message carries the token.
+    """
+    endpoint = endpoint or Endpoint()
+    remember(token)
     base = base_url.rstrip("/")
-    params: dict[str, str | int] = {"limit": PAGE_LIMIT, "updatedBefore": _iso(window.end)}
+    url = f"{base}{endpoint.path}"
+    params: dict[str, str | int] = {
+        **endpoint.params,
+        endpoint.incremental.end_param: _iso(window.end),
+    }
     if window.start is not None:
-        params["updatedAfter"] = _iso(window.start)
+        params[endpoint.incremental.start_param] = _iso(window.start)
+    cursor_param = endpoint.paginator.cursor_param
     after: str | None = None
+    seen: set[str] = set()
+    pages = 0
     with session(token, retries, backoff_s) as http:
         while True:
-            query = params | ({"after": after} if after else {})
-            locator = f"{base}{CONTACTS_PATH}?{urlencode(query)}"
-            try:
-                resp = http.get(f"{base}{CONTACTS_PATH}", params=query, timeout=timeout_s)
-            except requests.exceptions.RetryError as exc:
+            query = params | ({cursor_param: after} if after else {})
+            locator = f"{url}?{urlencode(query)}"
+            if pages >= endpoint.max_pages:
                 raise CrmApiError(
-                    f"CRM API kept failing after {retries} retries at GET {locator}: {_reason(exc)}"
-                ) from None
-            except requests.exceptions.RequestException as exc:
-                raise CrmApiError(
-                    f"CRM API request failed at GET {locator}: {_reason(exc)}"
-                ) from None
-            if resp.status_code in (401, 403):
-                raise CrmApiError(
-                    f"CRM API refused the token ({resp.status_code}) at GET {locator}: "
-                    "check LIFECYCLE_CRM_TOKEN"
+                    f"CRM API walk stopped after endpoint.max_pages={endpoint.max_pages} pages "
+                    f"at GET {locator}: raise max_pages in the sources file if the data is "
+                    "really that large"
                 )
-            if resp.status_code != 200:
-                raise CrmApiError(
-                    f"CRM API answered {resp.status_code} at GET {locator}: {resp.text[:200]}"
-                )
-            body = resp.json()
-            yield locator, [_flatten(r) for r in body.get("results", [])]
-            after = (body.get("paging") or {}).get("next", {}).get("after")
-            if not after:
+            body = _get_page(http, url, query, locator, retries, timeout_s)
+            pages += 1
+            yield locator, [_flatten(r) for r in _records(body, endpoint.data_selector, locator)]
+            after = _cursor(body, endpoint.paginator.cursor_path, locator)
+            if after is None:
                 return
+            if after in seen:
+                raise CrmApiError(
+                    f"CRM API cursor {after[:80]!r} repeated after page {pages} at GET {locator}: "
+                    "the walk would never end (the server's paging is broken)"
+                )
+            seen.add(after)
+
+
+def _get_page(http, url: str, query: dict, locator: str, retries: int, timeout_s: float) -> dict:
+    """Return the JSON object the API answered for `query`, or raise CrmApiError."""
+    try:
+        resp = http.get(url, params=query, timeout=timeout_s)
+    except requests.exceptions.RetryError as exc:
+        raise CrmApiError(
+            f"CRM API kept failing after {retries} retries at GET {locator}: {_reason(exc)}"
+        ) from None
+    except requests.exceptions.RequestException as exc:
+        raise CrmApiError(f"CRM API request failed at GET {locator}: {_reason(exc)}") from None
+    if resp.status_code in (401, 403):
+        raise CrmApiError(
+            f"CRM API refused the token ({resp.status_code}) at GET {locator}: "
+            "check LIFECYCLE_CRM_TOKEN"
+        )
+    if resp.status_code != 200:
+        raise CrmApiError(
+            f"CRM API answered {resp.status_code} at GET {locator}: {_excerpt(resp.text)}"
+        )
+    kind = resp.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
+    try:
+        body = json.loads(resp.content)
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to parse
+        raise CrmApiError(
+            f"CRM API answered 200 with {kind}, not JSON, at GET {locator}: {_excerpt(resp.text)}"
+        ) from None
+    if not isinstance(body, dict):
+        raise CrmApiError(
+            f"CRM API answered 200 with {_json_type(body)}, not an object, at GET {locator}"
+        )
+    return body
+
+
+def _records(body: dict, selector: str, locator: str) -> list[dict]:
+    """Return the page's records at `selector`, checked to be a list of objects."""
+    records = _at(body, selector)
+    if records is None:
+        raise CrmApiError(
+            f"CRM API answer has no {selector!r} array (keys: {', '.join(sorted(body)[:10])}) "
+            f"at GET {locator}: check endpoint.data_selector in the sources file"
+        )
+    if not isinstance(records, list):
+        raise CrmApiError(
+            f"CRM API answer's {selector!r} is {_json_type(records)}, not an array, "
+            f"at GET {locator}"
+        )
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise CrmApiError(
+                f"CRM API answer's {selector}[{i}] is {_json_type(record)}, "
+                f"not an object, at GET {locator}: {_excerpt(json.dumps(record))}"
+            )
+        props = record.get("properties")
+        if props is not None and not isinstance(props, dict):
+            raise CrmApiError(
+                f"CRM API answer's {selector}[{i}].properties is "
+                f"{_json_type(props)}, not an object, at GET {locator}"
+            )
+    return records
+
+
+def _cursor(body: dict, path: str, locator: str) -> str | None:
+    """Return the next-page cursor at `path` of the body, or None on the last page."""
+    value = _at(body, path)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise CrmApiError(
+            f"CRM API answer's {path!r} is {_json_type(value)}, not a cursor, at GET {locator}"
+        )
+    return str(value)
+
+
+def _json_type(value: object) -> str:
+    """Return what `value` is in JSON's words ("a string", "null", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), "a value")
+
+
+def _at(body: dict, path: str):
+    """Return the value at dotted `path` in `body`, None where a step is missing."""
+    value: object = body
+    for step in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(step)
+    return value
+
+
+def _excerpt(text: str, limit: int = 200) -> str:
+    """Return the start of a server's answer on one line, secrets masked."""
+    # Masked before it is cut, so the cut never leaves half a secret unrecognised.
+    flat = " ".join((redact(text[:65_536]) or "").split())
+    return flat[:limit] + ("..." if len(flat) > limit else "")
 
 
 def _reason(exc: BaseException) -> str:
@@ -130,7 +243,13 @@ def _flatten(record: dict) -> dict:
 
 
 def api_chunks(
-    base_url: str, token: str, window: Window, *, retries: int = 8, backoff_s: float = 0.5
+    base_url: str,
+    token: str,
+    window: Window,
+    *,
+    endpoint: Endpoint | None = None,
+    retries: int = 8,
+    backoff_s: float = 0.5,
 ) -> Iterator[Chunk]:
     """Yield the contacts updated in `window` from the REST API as text chunks.
 
@@ -141,7 +260,7 @@ def api_chunks(
     walk = None
     done = 0
     for locator, page in iter_contact_pages(
-        base_url, token, window, retries=retries, backoff_s=backoff_s
+        base_url, token, window, endpoint=endpoint, retries=retries, backoff_s=backoff_s
     ):
         walk = walk or locator
         records.extend(page)
@@ -175,6 +294,11 @@ def rest_batch(src, emap, window: Window, sources, settings):  # -> lifecycle.ex
         where = conn.token_env if conn and conn.token_env else "the connection's token_env"
         raise LoadError(f"the CRM API at {base_url} needs a bearer token: set {where}")
     chunks = api_chunks(
-        base_url, token, window, retries=settings.http_retries, backoff_s=settings.http_backoff_s
+        base_url,
+        token,
+        window,
+        endpoint=src.endpoint,
+        retries=settings.http_retries,
+        backoff_s=settings.http_backoff_s,
     )
     return Batch(chunks=chunks)

@@ -22,6 +22,7 @@ import click
 
 from lifecycle.options import parse_date
 from lifecycle.orchestration.config import DAILY_DAG_ID
+from lifecycle.redact import install_log_filter, redact
 
 
 def _conf(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dict:
@@ -60,7 +61,7 @@ def _run(dates: list[dt.date], dag_id: str, conf: dict, verbose: bool) -> None:
     try:
         reports = run_dates(dates, dag_id=dag_id, conf=conf, echo=click.echo, verbose=verbose)
     except PipelineRunError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
+        click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
         day = exc.report.logical_date
         last = exc.remaining[-1] if exc.remaining else day
         again = (
@@ -71,7 +72,7 @@ def _run(dates: list[dt.date], dag_id: str, conf: dict, verbose: bool) -> None:
         click.secho(f"fix the cause, then resume with: {again}", err=True)
         sys.exit(1)
     except OrchestrationError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
+        click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
         sys.exit(2)
     total = sum(r.duration_s for r in reports)
     click.echo(f"{dag_id}: {len(reports)} run(s) succeeded in {total:.1f}s")
@@ -129,7 +130,7 @@ def airflow_init() -> None:
     try:
         migrated = ensure_initialized(cfg, echo=click.echo)
     except OrchestrationError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
+        click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
         sys.exit(2)
     state = "migrated" if migrated else "already up to date"
     click.echo(f"airflow home: {cfg.airflow_home} (metadata DB {state})")
@@ -162,7 +163,7 @@ def airflow_serve(port: int) -> None:
     try:
         airflow.start()
     except OrchestrationError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
+        click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
         sys.exit(2)
     click.echo(f"Airflow UI and REST API: {airflow.url} (user {API_USER!r}, password in")
     click.echo(f"  {password_file(cfg)}); service logs: {airflow.log_dir}")
@@ -190,4 +191,5 @@ if __name__ == "__main__":  # pragma: no cover
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    install_log_filter()
     _standalone()

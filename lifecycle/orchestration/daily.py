@@ -99,9 +99,12 @@ def business_zone() -> zoneinfo.ZoneInfo:
 def _settings():
     # Read per task, not cached per process: a worker (or the local runner) may run many
     # tasks with different environments.
+    from lifecycle.redact import mask_in_airflow
     from lifecycle.settings import load_settings
 
-    return load_settings()
+    settings = load_settings()
+    mask_in_airflow(settings)  # no token or password in the task logs
+    return settings
 
 
 def _annotate_assets(context: Any, extras: dict[str, dict[str, Any]]) -> None:

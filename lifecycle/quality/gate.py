@@ -25,6 +25,7 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -158,6 +159,7 @@ class Verdict:
     suites: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # suite -> why
     elapsed_s: float = 0.0
+    data_docs: Path | None = None  # index.html of the run's GX Data Docs site, when built
 
     @property
     def failures(self) -> list[Outcome]:
@@ -196,6 +198,8 @@ class Verdict:
                 f"  details: select * from ops.dq_results where run_id = '{self.run_id}' "
                 f"and layer = '{self.layer}' and not success"
             )
+        if self.data_docs is not None:
+            lines.append(f"  data docs: {self.data_docs}")
         return "\n".join(lines)
 
     def facts(self) -> dict[str, Any]:
@@ -210,6 +214,7 @@ class Verdict:
             "failed": [o.label for o in self.failures],
             "warnings": [o.label for o in self.warnings],
             "skipped": sorted(self.skipped),
+            "data_docs": str(self.data_docs) if self.data_docs else None,
         }
 
 
@@ -412,19 +417,68 @@ def validate_layer(
                 log.debug("%s row count bounds %s..%s from %s", suite.name, low, high, history)
             plans.append(_Plan(suite, relation, suite.query(tokens), tokens, params))
     if plans:
-        _run_gx(verdict, plans, url)
+        _run_gx(verdict, plans, url, data_docs_dir(settings, day, layer, run_id))
     verdict.elapsed_s = time.perf_counter() - started
     _store(url, verdict)
     log.info("%s", verdict.summary())
     return verdict
 
 
-def _run_gx(verdict: Verdict, plans: list[_Plan], url: str) -> None:
-    """Run the planned suites with GX and add their outcomes to `verdict`."""
+def data_docs_dir(settings: Settings, day: dt.date, layer: str, run_id: str) -> Path:
+    """Return the folder of the GX Data Docs site of one gate run (`layer`, `day`, `run_id`)."""
+    safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in run_id)[:120]
+    return settings.state_dir / "data_docs" / day.isoformat() / layer / safe
+
+
+def data_docs_index(settings: Settings, day: dt.date, layer: str, run_id: str) -> Path | None:
+    """Return the index.html of a gate run's Data Docs site, or None when none was built."""
+    index = data_docs_dir(settings, day, layer, run_id) / "index.html"
+    return index if index.is_file() else None
+
+
+def _build_data_docs(ctx, verdict: Verdict, folder: Path) -> None:
+    """Render the run's suites and validation results as a GX Data Docs site in `folder`.
+
+    The standard site (``SiteBuilder`` on a filesystem store), so data-quality users get
+    the pages they know; one site per gate run (GX rebuilds a site from the context's
+    results, and an ephemeral context holds only this run's). A failure to render is
+    logged and never fails the gate.
+    """
+    started = time.perf_counter()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        ctx.add_data_docs_site(
+            site_name="lifecycle",
+            site_config={
+                "class_name": "SiteBuilder",
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(folder),
+                },
+            },
+        )
+        ctx.build_data_docs(site_names=["lifecycle"])
+    except Exception:  # noqa: BLE001 - GX raises many kinds; the verdict stands without docs
+        log.warning("could not build the GX Data Docs in %s", folder, exc_info=True)
+        return
+    index = folder / "index.html"
+    verdict.data_docs = index if index.is_file() else None
+    log.debug("GX Data Docs of %s built in %.1fs", verdict.run_id, time.perf_counter() - started)
+
+
+def _run_gx(verdict: Verdict, plans: list[_Plan], url: str, docs_dir: Path | None = None) -> None:
+    """Run the planned suites with GX and add their outcomes to `verdict`.
+
+    With `docs_dir`, the run's GX Data Docs site is built there afterwards.
+    """
     import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
 
     ctx = _gx_context()
     source = ctx.data_sources.add_sql(name="warehouse", connection_string=sqlalchemy_url(url))
+    # one GX run per gate run: its pages in Data Docs carry the gate's run id
+    run_identifier = RunIdentifier(run_name=f"{verdict.layer}-{verdict.run_id}")
     try:
         for i, plan in enumerate(plans):
             suite, relation = plan.suite, plan.relation
@@ -450,9 +504,15 @@ def _run_gx(verdict: Verdict, plans: list[_Plan], url: str) -> None:
             definition = ctx.validation_definitions.add(
                 gx.ValidationDefinition(name=f"v{i}", data=batch, suite=gx_suite)
             )
-            res = definition.run(result_format="SUMMARY", expectation_parameters=plan.params)
+            res = definition.run(
+                result_format="SUMMARY",
+                expectation_parameters=plan.params,
+                run_id=run_identifier,
+            )
             for n, item in enumerate(res.to_json_dict()["results"]):
                 verdict.outcomes.append(_outcome(suite, relation, n, item))
+        if docs_dir is not None:
+            _build_data_docs(ctx, verdict, docs_dir)
     finally:
         source.get_engine().dispose()
 

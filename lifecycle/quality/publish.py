@@ -32,7 +32,7 @@ from psycopg import sql
 
 from lifecycle.settings import Settings, get_settings
 from lifecycle.transform import BUILD_SCHEMA, MARTS_SCHEMA, TransformError
-from lifecycle.warehouse import ROLES, connect, warehouse_url
+from lifecycle.warehouse import ROLES, apply_grants, connect, warehouse_url
 
 log = logging.getLogger(__name__)
 
@@ -196,20 +196,5 @@ def publish_marts(logical_date: dt.date, settings: Settings | None = None) -> Pu
 
 
 def _grant(conn: psycopg.Connection, names: list[str]) -> None:
-    """Give the roles of ``marts`` their rights on the moved relations; return nothing."""
-    targets = sql.SQL(", ").join(
-        sql.SQL("{}.{}").format(sql.Identifier(MARTS_SCHEMA), sql.Identifier(n)) for n in names
-    )
-    for role in sorted(_existing_roles(conn)):
-        rights = ROLES[role]
-        if MARTS_SCHEMA in rights["write"]:
-            privileges = "select, insert, update, delete, truncate"
-        elif MARTS_SCHEMA in rights["read"]:
-            privileges = "select"
-        else:
-            continue
-        conn.execute(
-            sql.SQL("grant {} on {} to {}").format(
-                sql.SQL(privileges), targets, sql.Identifier(role)
-            )
-        )
+    """Give the roles of ``marts`` their rights on the moved relations (PII-aware)."""
+    apply_grants(conn, MARTS_SCHEMA, names)

@@ -24,7 +24,7 @@ import psycopg
 
 from lifecycle import __version__
 from lifecycle.report import charts, sections
-from lifecycle.report.model import Section, Unavailable, fmt, jsonable, raw
+from lifecycle.report.model import Note, Section, Unavailable, fmt, jsonable, raw
 from lifecycle.settings import Settings, get_settings
 from lifecycle.warehouse import connect, redact, warehouse_url
 
@@ -171,8 +171,29 @@ def collect_sections(conn: psycopg.Connection, day: dt.date, settings: Settings)
                 section = builder(conn, day)
         except Unavailable as exc:
             section = Section(key, title, reason=str(exc))
+        if key == "quality" and section.available:
+            section.blocks.extend(_data_docs_notes(conn, day, settings))
         built.append(section)
     return built
+
+
+def _data_docs_notes(conn: psycopg.Connection, day: dt.date, settings: Settings) -> list[Note]:
+    """Return one line per layer linking the GX Data Docs site of its latest gate run."""
+    from lifecycle.quality.gate import data_docs_index
+
+    runs = conn.execute(
+        "select distinct on (layer) layer, run_id from ops.dq_runs where logical_date = %s "
+        "order by layer, recorded_at desc",
+        (day,),
+    ).fetchall()
+    notes = []
+    for layer, run_id in runs:
+        index = data_docs_index(settings, day, layer, run_id)
+        if index is not None:
+            notes.append(
+                Note(f"GX Data Docs of the {layer} gate run {run_id}:", link=index.as_uri())
+            )
+    return notes
 
 
 def build_report(

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from lifecycle.pii import is_pii
 from lifecycle.transform import PROJECT_DIR
 
 DOC = PROJECT_DIR.parent / "docs" / "bi.md"
@@ -92,7 +93,8 @@ def render_catalog(project: Path = PROJECT_DIR) -> str:
         out += ["| column | type | description |", "|---|---|---|"]
         for c in m["columns"]:
             kind = _cell(c.get("data_type")) or "-"
-            out.append(f"| `{c['name']}` | {kind} | {_cell(c.get('description'))} |")
+            pii = "**Personal data: not readable by `lifecycle_bi`.** " if is_pii(c) else ""
+            out.append(f"| `{c['name']}` | {kind} | {pii}{_cell(c.get('description'))} |")
     return "\n".join(out) + "\n"
 
 

@@ -55,6 +55,7 @@ class Note:
 
     text: str
     level: str = "info"
+    link: str | None = None  # a URL the line points to (e.g. a GX Data Docs site)
 
 
 Block = Kpi | Chart | Table | Note

@@ -6,6 +6,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
+from lifecycle.pii import pii_columns
 from lifecycle.quality.cli import validate_command
 from lifecycle.quality.gate import QualityError, gate_and_publish
 from lifecycle.quality.publish import PublishError, publish_marts
@@ -65,15 +66,37 @@ def test_published_marts_are_readable_by_bi_and_the_build_is_not(warehouse) -> N
                 "and relkind in ('r', 'v')"
             )
         ]
+        pii = pii_columns()
         for name in names:
-            assert conn.execute(
-                "select has_table_privilege('lifecycle_bi', %s, 'select')", (f"marts.{name}",)
-            ).fetchone()[0], name
+            columns = [
+                r[0]
+                for r in conn.execute(
+                    "select attname from pg_attribute where attrelid = %s::regclass "
+                    "and attnum > 0 and not attisdropped",
+                    (f"marts.{name}",),
+                )
+            ]
+            for column in columns:  # every column but the PII ones, of every relation
+                assert conn.execute(
+                    "select has_column_privilege('lifecycle_bi', %s, %s, 'select')",
+                    (f"marts.{name}", column),
+                ).fetchone()[0] is (column not in pii.get(name, ())), (name, column)
         assert not conn.execute(
             "select has_schema_privilege('lifecycle_bi', 'marts__build', 'usage')"
         ).fetchone()[0]
         conn.execute("set role lifecycle_bi")
         assert conn.execute("select count(*) from marts.customer_stages_current").fetchone()[0] > 0
+        # every stage and cohort mart works in full; no personal column of customers does
+        for name in sorted(n for n in names if n not in pii):
+            conn.execute(f"select * from marts.{name} limit 1")
+        assert {"stage_counts_daily", "stage_transitions", "cohort_retention"} <= set(names)
+        assert conn.execute("select count(distinct current_stage) from marts.customers").fetchone()
+        conn.commit()
+        for column in ("primary_email", "first_name", "last_name"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"select {column} from marts.customers")
+            conn.rollback()
+            conn.execute("set role lifecycle_bi")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("select count(*) from marts__build.customers")
 

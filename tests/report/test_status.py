@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import psycopg
 
@@ -37,6 +38,9 @@ def test_status_after_a_real_run(report_world) -> None:
     gates = {r["layer"]: r for r in status.part("gates").rows}
     assert set(gates) == {"raw", "marts"}
     assert all(g["verdict"] == "pass" and g["logical_date"] == END for g in gates.values())
+    # each gate run's GX Data Docs site, under the state folder
+    assert all(g["data_docs"] and g["data_docs"].endswith("index.html") for g in gates.values())
+    assert all(Path(g["data_docs"]).is_file() for g in gates.values())
     [scores] = status.part("scores").rows
     assert scores["score_date"] == END and scores["churn"] == "3"
     exports = {r["audience"]: r for r in status.part("exports").rows}

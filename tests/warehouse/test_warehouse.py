@@ -18,7 +18,9 @@ EXPECTED_SCHEMAS = ("raw", "staging", "intermediate", "marts", "ml", "activation
 EXPECTED_ROLES = {
     "lifecycle_loader",
     "lifecycle_transformer",
+    "lifecycle_activator",
     "lifecycle_bi",
+    "lifecycle_pii_analyst",
     "lifecycle_activation_reader",
 }
 
@@ -93,10 +95,12 @@ def _as_role(url: str, role: str, statements: str) -> list[tuple]:
 def test_bi_role_reads_marts_only_and_activation_reader_activation_only(fresh_db: str) -> None:
     wh.bootstrap(fresh_db)
     with psycopg.connect(fresh_db, autocommit=True) as conn:
-        # Created after bootstrap: default privileges must cover future tables too.
+        # Created after bootstrap: default privileges cover the activation reader's future
+        # tables; BI's are granted by publish (or bootstrap) once their PII is known.
         for schema in ("raw", "marts", "activation", "ml"):
             conn.execute(f"create table {schema}.t (x int)")
             conn.execute(f"insert into {schema}.t values (1)")
+        wh.apply_grants(conn, "marts", ["t"])
 
     assert _as_role(fresh_db, "lifecycle_bi", "select x from marts.t") == [(1,)]
     for schema in ("raw", "activation", "ml"):
