@@ -78,6 +78,7 @@ class LoadResult:
     rows_duplicate: int = 0
     rows_out_of_window: int = 0
     extra_columns: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     duration_s: float = 0.0
     run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -89,6 +90,9 @@ class LoadResult:
             if self.extra_columns
             else ""
         )
+        if self.warnings:
+            extra += f", {len(self.warnings)} warning(s): " + "; ".join(self.warnings[:3])
+            extra += " ..." if len(self.warnings) > 3 else ""
         return (
             f"raw.{self.source}__{self.entity} {self.logical_date} {self.status}: "
             f"{self.rows_read} read, {self.rows_loaded} loaded, "
@@ -264,6 +268,10 @@ def _produce(
             state["rows_duplicate"] += checked.rows_duplicate
             state["rows_out_of_window"] += checked.rows_out_of_window
             state["quarantine"].extend(checked.quarantine)
+            state["unplaced"].extend(checked.unplaced)
+            for warning in checked.warnings:
+                log.warning(warning)
+                state["warnings"].append(warning)
             if checked.table.num_rows:
                 for item in segments.items(checked):
                     out.put(item)
@@ -348,12 +356,14 @@ def load_batch(
     max_reject_share: float = 0.05,
     cursor: str | None = None,
     window_filter: bool = True,
+    outcomes: dict[str, str] | None = None,
 ) -> LoadResult:
     """Land `chunks` as the batch of `entity` for `logical_date`, replacing any earlier one.
 
     `files` are source locators this batch claims (so another batch skips them);
     `cursor` overrides the field that places rows in `window`; with `window_filter`
     off every row belongs to the batch (for sources that select by file arrival).
+    `outcomes` says why a claimed file was not read (default: ``read``).
     Raises LoadError when the rejected share passes `max_reject_share`: the batch is
     then not published (its quarantine and run-log entry are, for diagnosis).
     """
@@ -362,7 +372,15 @@ def load_batch(
     result = LoadResult(bid, entity.source, entity.entity, logical_date, window, files=files)
     checker = Checker(entity, window, (cursor or entity.cursor) if window_filter else None)
     started = time.perf_counter()
-    state: dict = {"rows_read": 0, "rows_duplicate": 0, "rows_out_of_window": 0, "quarantine": []}
+    state: dict = {
+        "rows_read": 0,
+        "rows_duplicate": 0,
+        "rows_out_of_window": 0,
+        "quarantine": [],
+        "unplaced": [],
+        "warnings": [],
+        "known": 0,
+    }
     error: BaseException | None = None
     with psycopg.connect(url) as conn:
         ensure_raw_tables(conn)
@@ -376,13 +394,18 @@ def load_batch(
                 cur.execute("delete from ops.load_files where batch_id = %s", (bid,))
                 if files:
                     cur.executemany(
-                        "insert into ops.load_files (locator, batch_id, source, entity) "
-                        "values (%s, %s, %s, %s)",
-                        [(f, bid, entity.source, entity.entity) for f in files],
+                        "insert into ops.load_files (locator, batch_id, source, entity, outcome) "
+                        "values (%s, %s, %s, %s, %s)",
+                        [
+                            (f, bid, entity.source, entity.entity, (outcomes or {}).get(f, "read"))
+                            for f in files
+                        ],
                     )
                 result.rows_loaded = _stream(cur, entity, bid, chunks, checker, state)
+                _settle_unplaced(cur, entity, bid, state)
                 _tally(result, state, checker)
-                considered = result.rows_read - result.rows_out_of_window
+                # Rows already quarantined by an earlier batch are that batch's rejects.
+                considered = result.rows_read - result.rows_out_of_window - state["known"]
                 share = result.rows_quarantined / considered if considered else 0.0
                 if share > max_reject_share:
                     raise LoadError(
@@ -409,12 +432,53 @@ def load_batch(
     return result
 
 
+def _settle_unplaced(cur: psycopg.Cursor, entity: RawEntity, bid: str, state: dict) -> None:
+    """Quarantine the rows no window can place, once: not again in every later batch.
+
+    A source file read whole each day (a CRM export, an orders CSV) holds its unreadable
+    rows every day. The first committed batch that met such a row quarantined it with
+    its reason; a later batch counts the same row (same file, line and text) as a
+    duplicate of that one instead of quarantining it again, so neither the quarantine
+    nor the reject share of every later day grows with one old bad line.
+    """
+    rows = state["unplaced"]
+    state["unplaced"] = []
+    if not rows:
+        return
+    found = cur.execute(
+        "select distinct q._source, q._line, q.payload from raw.quarantine q "
+        "join ops.load_batches b on b.batch_id = q._batch_id "
+        "where q.source = %s and q.entity = %s and q._batch_id <> %s "
+        "and q._line = any(%s) and q._source = any(%s)",
+        (
+            entity.source,
+            entity.entity,
+            bid,
+            sorted({r[1] for r in rows if r[1] is not None}),
+            sorted({r[0] for r in rows}),
+        ),
+    ).fetchall()
+    known = set(found)
+    fresh = [r for r in rows if (r[0], r[1], _clean(r[3])) not in known]
+    state["quarantine"].extend(fresh)
+    if len(fresh) < len(rows):
+        state["rows_duplicate"] += len(rows) - len(fresh)
+        state["known"] = len(rows) - len(fresh)
+        log.info(
+            "%s: %d unreadable row(s) already quarantined by an earlier batch, counted "
+            "as duplicates",
+            entity.qualified,
+            len(rows) - len(fresh),
+        )
+
+
 def _tally(result: LoadResult, state: dict, checker: Checker) -> None:
     result.rows_read = state["rows_read"]
     result.rows_duplicate = state["rows_duplicate"]
     result.rows_out_of_window = state["rows_out_of_window"]
-    result.rows_quarantined = len(state["quarantine"])
+    result.rows_quarantined = len(state["quarantine"]) + len(state["unplaced"])
     result.extra_columns = list(checker.extra_columns)
+    result.warnings = list(state["warnings"])
 
 
 def _commit_bookkeeping(
@@ -531,8 +595,8 @@ def _log_end(
         conn.execute(
             "update ops.load_runs set status = %s, rows_read = %s, rows_loaded = %s, "
             "rows_quarantined = %s, rows_duplicate = %s, rows_out_of_window = %s, "
-            "extra_columns = %s, error = %s, finished_at = now(), duration_s = %s "
-            "where run_id = %s",
+            "extra_columns = %s, warnings = %s, error = %s, finished_at = now(), "
+            "duration_s = %s where run_id = %s",
             (
                 result.status,
                 result.rows_read,
@@ -541,6 +605,7 @@ def _log_end(
                 result.rows_duplicate,
                 result.rows_out_of_window,
                 result.extra_columns,
+                result.warnings,
                 error,
                 result.duration_s,
                 result.run_id,

@@ -63,6 +63,9 @@ class Chunk:
     lines: np.ndarray
     rejects: list[Reject] = field(default_factory=list)
     sources: pa.Array | None = None
+    # Things worth a line in the run log that are not rows (an empty file): the loader
+    # counts them with the batch's result.
+    warnings: list[str] = field(default_factory=list)
 
     def source_of(self, i: int) -> str:
         """Return where row `i` came from."""
@@ -80,7 +83,8 @@ class Chunk:
         ).cast(pa.string())
         lines = np.concatenate([c.lines for c in chunks]) if chunks else np.empty(0, np.int64)
         rejects = [r for c in chunks for r in c.rejects]
-        return cls(table, source, lines, rejects, sources)
+        warnings = [w for c in chunks for w in c.warnings]
+        return cls(table, source, lines, rejects, sources, warnings)
 
     @classmethod
     def from_records(cls, records: list[dict], source: str, lines: np.ndarray) -> Chunk:
@@ -132,6 +136,11 @@ class Checked:
     rows_read: int
     rows_duplicate: int
     rows_out_of_window: int
+    # The quarantine entries of rows an incremental load could not place in its window
+    # (their cursor unreadable, or the record not even split into fields): the same
+    # file read again tomorrow holds them again, so the loader counts them once.
+    unplaced: list[tuple[str, int | None, str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     # The same rows with the contract fields typed (BINARY_TYPES), for a binary COPY; None
     # when some value would not reach PostgreSQL exactly as its text does (see _typed).
     values: pa.Table | None = None
@@ -480,18 +489,27 @@ class Checker:
                 bound = _scalar_for(f.type, self.window.end)
                 failures.append((f, "future", pc.fill_null(pc.greater(value, bound), False)))
 
-        outside = self._outside(values)
+        outside, placed = self._outside(values)
         bad_any = np.zeros(n, dtype=bool)
         for _, _, mask in failures:
             bad_any |= mask.to_numpy(zero_copy_only=False)
-        # A row of another interval is that interval's business, defects included.
+        # A row of another interval is that interval's business, defects included; a row
+        # whose cursor could not be read is nobody else's: it is this batch's to report.
         bad_any &= ~outside
+        incremental = self.cursor is not None and self.window.start is not None
+        unknown_place = ~placed & ~bad_any
+        if incremental and unknown_place.any():
+            bad_any |= unknown_place  # a nullable cursor left empty: no interval holds it
         reasons: dict[int, list[str]] = {}
         if bad_any.any():
             for f, kind, mask in failures:
                 hit = np.flatnonzero(mask.to_numpy(zero_copy_only=False) & bad_any)
                 for i in hit.tolist():
                     reasons.setdefault(i, []).append(self._reason(f, kind, texts[f.name], i))
+            for i in np.flatnonzero(unknown_place & bad_any).tolist():
+                reasons.setdefault(i, []).append(
+                    f"{self.cursor} is empty: the row cannot be placed in a load interval"
+                )
 
         keep = ~bad_any & ~outside
         rows_duplicate = 0
@@ -505,22 +523,14 @@ class Checker:
                         key = ", ".join(f"{k}={texts[k][i].as_py()}" for k in self.entity.key)
                         reasons[i] = [f"duplicate of an earlier row of this batch ({key})"]
 
-        rejects = chunk.rejects
-        unplaced = 0
-        if self.cursor is not None and self.window.start is not None:
-            # Records that could not be split into fields cannot be placed in an interval
-            # either: the load from the beginning reports them, incremental loads of the
-            # same file do not (once, not daily).
-            rejects, unplaced = [], len(rejects)
-        quarantine = [
-            (
-                chunk.source_of(i),
-                int(chunk.lines[i]),
-                "; ".join(reasons[i]),
-                self._payload(table, i),
-            )
-            for i in sorted(reasons)
-        ] + [(r.source, r.line, r.reason, r.payload) for r in rejects]
+        quarantine, unplaced = [], []
+        for i in sorted(reasons):
+            entry = (chunk.source_of(i), int(chunk.lines[i]), "; ".join(reasons[i]))
+            entry += (self._payload(table, i),)
+            (unplaced if incremental and not placed[i] else quarantine).append(entry)
+        # Records that could not be split into fields have no readable cursor either.
+        rejects = [(r.source, r.line, r.reason, r.payload) for r in chunk.rejects]
+        (unplaced if incremental else quarantine).extend(rejects)
         loadable = self._loadable(table, loads, chunk, keep)
         return Checked(
             loadable,
@@ -528,7 +538,9 @@ class Checker:
             quarantine,
             rows_read=n + len(chunk.rejects),
             rows_duplicate=rows_duplicate,
-            rows_out_of_window=int(outside.sum()) + unplaced,
+            rows_out_of_window=int(outside.sum()),
+            unplaced=unplaced,
+            warnings=list(chunk.warnings),
             values=self._typed(loadable, values, keep),
         )
 
@@ -543,17 +555,17 @@ class Checker:
         end = self.window.last_date() if f.type == "date" else self.window.end.isoformat()
         return f"{f.name} {value} is in the future (after the end of the load interval, {end})"
 
-    def _outside(self, values: dict[str, pa.Array]) -> np.ndarray:
-        """Return the mask of rows whose cursor places them outside the batch's window.
+    def _outside(self, values: dict[str, pa.Array]) -> tuple[np.ndarray, np.ndarray]:
+        """Return the masks of rows outside the batch's window, and of rows it can place.
 
         Without a cursor every row belongs to the batch (files are assigned to batches
-        by their arrival instead). A row whose cursor cannot be read cannot be placed:
-        the load that starts at the beginning (window start None) reports it, and
-        incremental loads leave it alone so it is not reported once per day.
+        by their arrival instead). A row whose cursor cannot be read (empty, or not a
+        valid value) cannot be known to be outside: it is never counted so, and the
+        checks quarantine it with its reason in every kind of load.
         """
         n = len(next(iter(values.values())))
         if self.cursor is None:
-            return np.zeros(n, dtype=bool)
+            return np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
         f_type = self.entity.field(self.cursor).type
         cursor = values[self.cursor]
         fallback = self.entity.cursor_fallback
@@ -562,8 +574,9 @@ class Checker:
         outside = pc.fill_null(pc.greater(cursor, _scalar_for(f_type, self.window.end)), False)
         if self.window.start is not None:
             lower = _scalar_for(f_type, self.window.start)
-            outside = pc.or_(outside, pc.fill_null(pc.less_equal(cursor, lower), True))
-        return outside.to_numpy(zero_copy_only=False).copy()
+            outside = pc.or_(outside, pc.fill_null(pc.less_equal(cursor, lower), False))
+        placed = _valid(cursor) if len(cursor) else np.ones(0, dtype=bool)
+        return outside.to_numpy(zero_copy_only=False).copy(), placed
 
     def _duplicates(self, texts: dict[str, pa.Array], keep: np.ndarray) -> np.ndarray:
         """Return the row indices (among `keep`) whose key was already seen in this batch."""

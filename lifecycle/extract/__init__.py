@@ -52,6 +52,7 @@ class Batch:
     chunks: Iterator[Chunk] | None = None
     skip: str | None = None  # the reason nothing is loaded (recorded in the run log)
     files: list[str] = field(default_factory=list)  # locators this batch claims
+    outcomes: dict[str, str] = field(default_factory=dict)  # why a claimed file is not read
     window_filter: bool = True  # False: every row belongs to the batch (files by arrival)
 
 
@@ -112,6 +113,7 @@ def _extract_entity(
         max_reject_share=settings.max_reject_share,
         cursor=emap.cursor,
         window_filter=batch.window_filter,
+        outcomes=batch.outcomes,
     )
 
 
