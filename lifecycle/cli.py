@@ -22,11 +22,53 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: Longest error message printed: a message may quote the input it chokes on (a YAML
+#: alias bomb expands to megabytes), and the first lines say what went wrong.
+MAX_ERROR_CHARS = 500
+
+
+def error_line(exc: BaseException) -> str:
+    """Return the one line that tells the user what failed (capped, no traceback)."""
+    from lifecycle.errors import describe
+
+    text = " ".join(describe(exc).split())
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS] + f"... ({len(text):,} characters in all)"
+    return text
+
+
+class LifecycleGroup(click.Group):
+    """The root group: an exception that escapes a command becomes one ``error:`` line.
+
+    Commands catch the errors they expect and exit with their own codes; whatever else
+    escapes (a file that cannot be created, the warehouse gone mid-COPY, a bad setting)
+    still reaches the user as one line naming the cause, and ``-v`` shows the traceback.
+    """
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except SystemExit:
+            raise
+        except KeyboardInterrupt:
+            click.secho("error: interrupted", fg="red", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            if ctx.obj and ctx.obj.get("verbose"):
+                log.exception("unexpected error")
+            click.secho(f"error: {error_line(exc)}", fg="red", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=LifecycleGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lifecycle")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug output.")
-def main(verbose: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """Lifecycle: customer-lifecycle warehouse, models and audiences."""
+    ctx.obj = {"verbose": verbose}
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
