@@ -81,6 +81,7 @@ class TransformResult:
     parse_s: float = 0.0  # parsing the project first (0 when a parsed manifest was reused)
     marts_schema: str = MARTS_SCHEMA  # where the marts were built
     published: bool = False  # moved into `marts` after the build (write-audit-publish)
+    listed: list[str] | None = None  # what `dbt ls` printed (None for other commands)
 
     @property
     def failed(self) -> list[NodeResult]:
@@ -240,6 +241,8 @@ def run_dbt(
         nodes=nodes,
         parse_s=parse_s,
     )
+    if isinstance(res.result, list):
+        result.listed = [str(x) for x in res.result]
     if res.exception is not None:
         raise TransformError(f"dbt {' '.join(args)} crashed: {res.exception}") from (
             res.exception if isinstance(res.exception, BaseException) else None
@@ -283,6 +286,32 @@ def _failure_message(result: TransformResult) -> str:
     return "\n".join(lines)
 
 
+def check_selection(select: Sequence[str], settings: Settings | None = None) -> int:
+    """Return how many dbt nodes `select` picks; raise TransformError if it is not usable.
+
+    Runs ``dbt ls`` with its logging off first: dbt reports a selection it cannot use
+    (``path:/abs``, ``state:`` without a state, a bad graph operator) with its own stack
+    trace on the console, and one that matches nothing with a build that does nothing.
+    """
+    shown = " ".join(select)
+    try:
+        listed = run_dbt(
+            ["ls", "--select", *select, "--log-level", "none", "--output", "name"],
+            settings,
+            raise_on_failure=False,
+        ).listed
+    except TransformError as exc:
+        cause = str(exc).split(" crashed: ", 1)[-1]
+        cause = " ".join(cause.split())
+        raise TransformError(f"--select {shown}: dbt cannot use this selection: {cause}") from None
+    if not listed:
+        raise TransformError(
+            f"--select {shown}: matches no dbt model, seed or test "
+            "(see `dbt ls` in dbt_project/ for the node names)"
+        )
+    return len(listed)
+
+
 def transform(
     logical_date: dt.date,
     settings: Settings | None = None,
@@ -309,6 +338,8 @@ def transform(
     from lifecycle.quality.publish import mark_built, prepare_build, publish_marts
 
     settings = settings or get_settings()
+    if select:
+        check_selection(select, settings)
     args = ["build"]
     if full_refresh:
         args.append("--full-refresh")
