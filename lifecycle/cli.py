@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from lifecycle import __version__
-from lifecycle.options import parse_date
+from lifecycle.options import allow_future_option, parse_date, refuse_future
 from lifecycle.settings import get_settings
 
 log = logging.getLogger("lifecycle")
@@ -344,8 +344,10 @@ def load_shop(world: Path | None) -> None:
     "--date", "day", callback=parse_date, required=True, help="Logical date (YYYY-MM-DD)."
 )
 @click.option("--full", is_flag=True, help="Reload everything up to the date, not just the day.")
-def extract(sources_: tuple[str, ...], day: dt.date, full: bool) -> None:
+@allow_future_option
+def extract(sources_: tuple[str, ...], day: dt.date, full: bool, allow_future: bool) -> None:
     """Extract sources for one logical date into raw (idempotent: a rerun replaces the day)."""
+    refuse_future(day, allow_future)
     from lifecycle.extract import SOURCES
     from lifecycle.extract import extract as run_extract
     from lifecycle.load import LoadError

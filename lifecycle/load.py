@@ -269,6 +269,8 @@ def _produce(
             state["rows_out_of_window"] += checked.rows_out_of_window
             state["quarantine"].extend(checked.quarantine)
             state["unplaced"].extend(checked.unplaced)
+            if checked.newest is not None:
+                state["newest"] = max(filter(None, (state.get("newest"), checked.newest)))
             for warning in checked.warnings:
                 log.warning(warning)
                 state["warnings"].append(warning)
@@ -415,7 +417,8 @@ def load_batch(
                         f"raw.quarantine where _batch_id = '{bid}'"
                     )
                 _insert_quarantine(cur, entity, bid, state["quarantine"])
-                _commit_bookkeeping(cur, entity, bid, logical_date, window, result)
+                mark = watermark_after(window, state.get("newest"))
+                _commit_bookkeeping(cur, entity, bid, logical_date, window, result, mark)
         except BaseException as exc:  # the transaction has rolled back
             error = exc
         else:
@@ -488,6 +491,7 @@ def _commit_bookkeeping(
     logical_date: dt.date,
     window: Window,
     result: LoadResult,
+    mark: dt.datetime | None,
 ) -> None:
     cur.execute(
         "insert into ops.load_batches (batch_id, source, entity, logical_date, "
@@ -507,14 +511,32 @@ def _commit_bookkeeping(
             result.rows_quarantined,
         ),
     )
+    if mark is None:
+        return
     cur.execute(
         "insert into ops.watermarks (source, entity, value, batch_id) "
         "values (%s, %s, %s, %s) on conflict (source, entity) do update "
         "set value = greatest(ops.watermarks.value, excluded.value), "
         "batch_id = case when excluded.value >= ops.watermarks.value "
         "then excluded.batch_id else ops.watermarks.batch_id end, updated_at = now()",
-        (entity.source, entity.entity, window.end, bid),
+        (entity.source, entity.entity, mark, bid),
     )
+
+
+def watermark_after(window: Window, newest: dt.datetime | None) -> dt.datetime | None:
+    """Return where the watermark of a batch over `window` goes (None: it stays).
+
+    A window that has ended is done: the mark goes to its end. A window that reaches
+    past the present (today's date, or a future date run with ``--allow-future``) is not:
+    the mark goes no further than the newest row it loaded, so days that really come
+    later are still caught up from there (the mark never moves back).
+    """
+    now = dt.datetime.now(dt.UTC)
+    if window.end <= now:
+        return window.end
+    if newest is None:
+        return None
+    return min(window.end, newest)
 
 
 def _insert_quarantine(cur: psycopg.Cursor, entity: RawEntity, bid: str, rows: list[tuple]) -> None:

@@ -141,6 +141,8 @@ class Checked:
     # file read again tomorrow holds them again, so the loader counts them once.
     unplaced: list[tuple[str, int | None, str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # The newest cursor among the loadable rows (a date as the end of its day), or None.
+    newest: dt.datetime | None = None
     # The same rows with the contract fields typed (BINARY_TYPES), for a binary COPY; None
     # when some value would not reach PostgreSQL exactly as its text does (see _typed).
     values: pa.Table | None = None
@@ -541,6 +543,7 @@ class Checker:
             rows_out_of_window=int(outside.sum()),
             unplaced=unplaced,
             warnings=list(chunk.warnings),
+            newest=self._newest(values, keep),
             values=self._typed(loadable, values, keep),
         )
 
@@ -577,6 +580,22 @@ class Checker:
             outside = pc.or_(outside, pc.fill_null(pc.less_equal(cursor, lower), False))
         placed = _valid(cursor) if len(cursor) else np.ones(0, dtype=bool)
         return outside.to_numpy(zero_copy_only=False).copy(), placed
+
+    def _newest(self, values: dict[str, pa.Array], keep: np.ndarray) -> dt.datetime | None:
+        """Return the newest cursor value of the rows kept (a date: the end of its day)."""
+        name = self.cursor or self.entity.cursor
+        if not keep.any() or name not in values:
+            return None
+        cursor = values[name]
+        fallback = self.entity.cursor_fallback
+        if fallback and name == self.entity.cursor:
+            cursor = pc.coalesce(cursor, values[fallback])
+        top = pc.max(cursor.filter(pa.array(keep))).as_py()
+        if top is None:
+            return None
+        if isinstance(top, dt.datetime):
+            return top if top.tzinfo else top.replace(tzinfo=dt.UTC)
+        return dt.datetime.combine(top + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
 
     def _duplicates(self, texts: dict[str, pa.Array], keep: np.ndarray) -> np.ndarray:
         """Return the row indices (among `keep`) whose key was already seen in this batch."""

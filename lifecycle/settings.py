@@ -41,6 +41,7 @@ class Settings:
     web_lookback_days: int = 7
     http_retries: int = 8
     http_backoff_s: float = 0.5
+    lock_wait_s: float = 30.0  # how long a second run of a stage waits for the first
     alert_webhook_url: str | None = field(default=None, repr=False)
     airflow_parallelism: int | None = None
     audiences_file: Path | None = None  # activation: audience definitions (YAML)
@@ -123,6 +124,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             web_lookback_days=_number(env, "LIFECYCLE_WEB_LOOKBACK_DAYS", 7, int, 0, 3660),
             http_retries=_number(env, "LIFECYCLE_HTTP_RETRIES", 8, int, 0, 100),
             http_backoff_s=_number(env, "LIFECYCLE_HTTP_BACKOFF_S", 0.5, float, 0, 3600),
+            lock_wait_s=_number(env, "LIFECYCLE_LOCK_WAIT_S", 30.0, float, 0, 86400),
             alert_webhook_url=env.get("LIFECYCLE_ALERT_WEBHOOK_URL") or None,
             mlflow_tracking_uri=env.get("LIFECYCLE_MLFLOW_TRACKING_URI") or None,
             audiences_file=_path(

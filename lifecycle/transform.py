@@ -29,7 +29,7 @@ from typing import Any
 
 import click
 
-from lifecycle.options import parse_date
+from lifecycle.options import allow_future_option, parse_date, refuse_future
 from lifecycle.settings import Settings, environment, get_settings
 
 log = logging.getLogger(__name__)
@@ -347,20 +347,27 @@ def transform(
         args += ["--select", *select]
     if not unit_tests:
         args += ["--exclude-resource-type", "unit_test"]
-    prepare_build(settings)
-    result = run_dbt(
-        args,
-        settings,
-        logical_date=logical_date,
-        vars={"marts_schema": BUILD_SCHEMA},
-        threads=threads,
-        quiet=quiet,
-    )
-    result.marts_schema = BUILD_SCHEMA
-    mark_built(logical_date, settings)
-    if publish:
-        publish_marts(logical_date, settings)
-        result.published = True
+    from lifecycle.locks import WAREHOUSE, run_lock
+    from lifecycle.warehouse import warehouse_url
+
+    # One build schema, one set of published marts: builds of any date take turns.
+    with run_lock(
+        warehouse_url(settings), "build", logical_date, scope=WAREHOUSE, wait_s=settings.lock_wait_s
+    ):
+        prepare_build(settings)
+        result = run_dbt(
+            args,
+            settings,
+            logical_date=logical_date,
+            vars={"marts_schema": BUILD_SCHEMA},
+            threads=threads,
+            quiet=quiet,
+        )
+        result.marts_schema = BUILD_SCHEMA
+        mark_built(logical_date, settings)
+        if publish:
+            publish_marts(logical_date, settings)
+            result.published = True
     log.info("%s", result.describe())
     return result
 
@@ -393,10 +400,17 @@ def transform(
     help="Move the built marts into `marts`; --no-publish leaves them in marts__build for "
     "`lifecycle validate --layer marts --publish`.",
 )
+@allow_future_option
 def transform_command(
-    day: dt.date, full_refresh: bool, select: tuple[str, ...], unit_tests: bool, publish: bool
+    day: dt.date,
+    full_refresh: bool,
+    select: tuple[str, ...],
+    unit_tests: bool,
+    publish: bool,
+    allow_future: bool,
 ) -> None:
     """Build staging, intermediate and marts with dbt as of a logical date (dbt build)."""
+    refuse_future(day, allow_future)
     try:
         result = transform(
             day,

@@ -70,6 +70,20 @@ def extract(
     settings = settings or get_settings()
     sources = sources or load_sources(settings)
     url = warehouse_url(settings)
+    from lifecycle.locks import run_lock
+
+    with run_lock(url, f"extract-{source}", logical_date, wait_s=settings.lock_wait_s):
+        return _extract_source(source, logical_date, settings, sources, url, full)
+
+
+def _extract_source(
+    source: str,
+    logical_date: dt.date,
+    settings: Settings,
+    sources: SourcesFile,
+    url: str,
+    full: bool,
+) -> list[LoadResult]:
     results = []
     for entity in SOURCES[source]:
         found = sources.entity(entity)
