@@ -45,6 +45,28 @@ class LifecycleGroup(click.Group):
     still reaches the user as one line naming the cause, and ``-v`` shows the traceback.
     """
 
+    def main(self, *args, **kwargs):  # type: ignore[override]
+        """Run the CLI; a usage error is one ``error:`` line too (exit code 2, as click's)."""
+        if kwargs.get("standalone_mode", True) is False:
+            return super().main(*args, **kwargs)
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            hint = ""
+            if exc.ctx is not None:
+                hint = f" (see `{exc.ctx.command_path} --help`)"
+            message = " ".join(exc.format_message().split())
+            click.secho(f"error: {message}{hint}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.secho(f"error: {exc.format_message()}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.secho("error: aborted", fg="red", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)

@@ -143,7 +143,24 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
 
 
 def _checked_paths(settings: Settings) -> Settings:
-    """Fail on a state folder that exists as something other than a folder."""
+    """Fail on a state folder that exists as something other than a folder, or a URL
+    that is not a connection URL."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    for name, url in (
+        ("LIFECYCLE_WAREHOUSE_URL", settings.warehouse_url),
+        ("LIFECYCLE_SHOP_DB_URL", settings.shop_db_url),
+    ):
+        if url:
+            try:
+                conninfo_to_dict(url)
+            except ProgrammingError as exc:
+                why = str(exc).replace(url, "<url>")
+                raise SettingsError(
+                    f"{name} is not a PostgreSQL connection URL "
+                    f"(postgresql://user@host:port/db): {why}"
+                ) from None
     for name, path in (("LIFECYCLE_HOME", settings.home),):
         probe = path
         while not probe.exists() and probe != probe.parent:
