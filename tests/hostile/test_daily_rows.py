@@ -232,3 +232,29 @@ def test_hostile_json_lines_are_quarantined(tmp_path: Path, fresh_db: str) -> No
         (7, "malformed JSON: a str, not an object"),
     ]
     assert len(rows(fresh_db, "select payload from raw.quarantine where _line = 3")[0][0]) < 20_000
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_carriage_returns_inside_fields_cost_their_row_only(
+    full: bool, tmp_path: Path, fresh_db: str
+) -> None:
+    # A CR inside a field, then more rows (pyarrow would split the row and misnumber the
+    # rest); CRLF line ends are fine; a CR inside quotes is a CR inside the line too.
+    body = (
+        ORDERS_HEADER.replace("\n", "\r\n")
+        + day_orders("2024-01-01", 10, "A").replace("\n", "\r\n")
+        + "X1,CX,x\r@x.com,2024-01-01T10:00:00Z,2024-01-01T10:00:00Z,completed,USD,1,1\r\n"
+        + 'X2,CX,"x\r@x.com",2024-01-01T10:00:00Z,2024-01-01T10:00:00Z,completed,USD,1,1\n'
+        + day_orders("2024-01-01", 30, "B")
+    )
+    write(tmp_path / ORDERS, body)
+    s = settings(tmp_path, fresh_db, LIFECYCLE_MAX_REJECT_SHARE="0.1")
+    [res] = extract("orders", D1, s, full=full)[:1]
+    assert (res.rows_read, res.rows_loaded, res.rows_quarantined) == (42, 40, 2)
+    assert balanced(res)
+    assert rows(fresh_db, "select _line, left(reason, 45) from raw.quarantine order by 1") == [
+        (12, "malformed row: a carriage return (CR) inside "),
+        (13, "malformed row: a carriage return (CR) inside "),
+    ]
+    lines = rows(fresh_db, "select min(_line), max(_line) from raw.orders__orders")
+    assert lines == [(2, 43)]
