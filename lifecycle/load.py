@@ -58,6 +58,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+#: How a quarantine reason starts for a whole file that could not be read.
+FILE_NOT_READ = "file not read: "
+
+
 class LoadError(RuntimeError):
     """A load that must not go on; the message says what to fix."""
 
@@ -405,6 +409,17 @@ def load_batch(
                     )
                 result.rows_loaded = _stream(cur, entity, bid, chunks, checker, state)
                 _settle_unplaced(cur, entity, bid, state)
+                unread = [
+                    (q[2], q[0], bid)
+                    for q in state["quarantine"]
+                    if q[1] is None and q[2].startswith(FILE_NOT_READ)
+                ]
+                if unread:  # a claimed file that could not be read says so in load_files
+                    cur.executemany(
+                        "update ops.load_files set outcome = %s where locator = %s "
+                        "and batch_id = %s",
+                        unread,
+                    )
                 _tally(result, state, checker)
                 # Rows already quarantined by an earlier batch are that batch's rejects.
                 considered = result.rows_read - result.rows_out_of_window - state["known"]

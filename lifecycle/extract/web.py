@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from lifecycle.extract.readers import read_csv_chunks, read_jsonl
-from lifecycle.load import LoadError
+from lifecycle.load import FILE_NOT_READ, LoadError
 from lifecycle.parse import Chunk, Reject, Window
 from lifecycle.raw import WEB_EVENTS, RawEntity
 from lifecycle.settings import Settings
@@ -122,7 +122,7 @@ def _read_file(f: EventFile) -> Chunk:
                 return chunks[0] if len(chunks) == 1 else Chunk.concat(chunks, f.url)
             return read_jsonl(fh, f.url, WEB_EVENTS.names)
     except LoadError as exc:
-        reject = Reject(f.url, None, f"file not read: {exc}", "")
+        reject = Reject(f.url, None, f"{FILE_NOT_READ}{exc}", "")
         return Chunk(pa.table({}), f.url, np.empty(0, np.int64), [reject])
 
 

@@ -202,6 +202,11 @@ def test_web_partition_files_each_have_a_stated_outcome(tmp_path: Path, fresh_db
         "cannot be read: the compressed file is truncated (it ends before its end-of-stream marker)"
     )
     assert "not a gzip file" in reasons["e-arrived-20240101.jsonl.gz"]
+    outcomes = {k.rsplit("/", 1)[-1]: v for k, v in files.items()}
+    assert outcomes["a-arrived-20240101.jsonl"] == "read"
+    assert outcomes["b-arrived-20240101.csv"] == "read"
+    assert outcomes["d-arrived-20240101.jsonl.gz"].startswith("file not read: ")
+    assert "not a gzip file" in outcomes["e-arrived-20240101.jsonl.gz"]
     assert len(res.warnings) == 2  # the .txt file, and the empty one
 
 
