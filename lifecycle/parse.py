@@ -521,6 +521,9 @@ class Checker:
             if rows_duplicate:
                 keep[dup] = False
                 if self.entity.duplicates == "quarantine":
+                    # Counted once, as quarantined: read = loaded + quarantined +
+                    # duplicate + outside holds for every batch.
+                    rows_duplicate = 0
                     for i in dup.tolist():
                         key = ", ".join(f"{k}={texts[k][i].as_py()}" for k in self.entity.key)
                         reasons[i] = [f"duplicate of an earlier row of this batch ({key})"]

@@ -3,6 +3,7 @@ quarantined with its reason, never counted "outside"; the reject share gates the
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import json
 from pathlib import Path
@@ -263,3 +264,25 @@ def test_carriage_returns_inside_fields_cost_their_row_only(
     ]
     lines = rows(fresh_db, "select min(_line), max(_line) from raw.orders__orders")
     assert lines == [(2, 43)]
+
+
+def test_every_row_read_is_counted_once_in_a_dirty_world(tmp_path: Path, fresh_db: str) -> None:
+    from lifecycle.sample.world import WorldConfig, generate_world
+
+    config = WorldConfig(customers=150, start=D1, end=dt.date(2024, 2, 15), seed=7, dirty_rate=0.05)
+    generate_world(config, tmp_path / "world")
+    s = settings(tmp_path, fresh_db, LIFECYCLE_MAX_REJECT_SHARE="1")
+    results = []
+    for day in (dt.date(2024, 2, 1), dt.date(2024, 2, 2), dt.date(2024, 2, 3)):
+        for source in ("crm", "web", "orders", "marketing"):
+            results += [r for r in extract(source, day, s) if r.status == "success"]
+    assert len(results) == 15
+    assert [r.describe() for r in results if not balanced(r)] == []
+    assert sum(r.rows_quarantined for r in results[:5]) > 0
+    # an old bad line is quarantined once, by the first batch that met it
+    again = rows(
+        fresh_db,
+        "select _source, _line, count(*) from raw.quarantine where _line is not null "
+        "and reason not like '%%duplicate%%' group by 1, 2 having count(*) > 1",
+    )
+    assert again == []
