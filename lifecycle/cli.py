@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from lifecycle import __version__
-from lifecycle.options import parse_date
+from lifecycle.options import allow_future_option, parse_date, refuse_future
 from lifecycle.redact import install_log_filter, redact
 from lifecycle.settings import get_settings
 
@@ -23,11 +23,75 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: Longest error message printed: a message may quote the input it chokes on (a YAML
+#: alias bomb expands to megabytes), and the first lines say what went wrong.
+MAX_ERROR_CHARS = 500
+
+
+def error_line(exc: BaseException) -> str:
+    """Return the one line that tells the user what failed (capped, no traceback)."""
+    from lifecycle.errors import describe
+
+    text = " ".join(describe(exc).split())
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS] + f"... ({len(text):,} characters in all)"
+    return text
+
+
+class LifecycleGroup(click.Group):
+    """The root group: an exception that escapes a command becomes one ``error:`` line.
+
+    Commands catch the errors they expect and exit with their own codes; whatever else
+    escapes (a file that cannot be created, the warehouse gone mid-COPY, a bad setting)
+    still reaches the user as one line naming the cause, and ``-v`` shows the traceback.
+    """
+
+    def main(self, *args, **kwargs):  # type: ignore[override]
+        """Run the CLI; a usage error is one ``error:`` line too (exit code 2, as click's)."""
+        if kwargs.get("standalone_mode", True) is False:
+            return super().main(*args, **kwargs)
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            hint = ""
+            if exc.ctx is not None:
+                hint = f" (see `{exc.ctx.command_path} --help`)"
+            message = " ".join(exc.format_message().split())
+            click.secho(f"error: {message}{hint}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.secho(f"error: {exc.format_message()}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.secho("error: aborted", fg="red", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except SystemExit:
+            raise
+        except KeyboardInterrupt:
+            click.secho("error: interrupted", fg="red", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            if ctx.obj and ctx.obj.get("verbose"):
+                log.exception("unexpected error")
+            click.secho(f"error: {error_line(exc)}", fg="red", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=LifecycleGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lifecycle")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug output.")
-def main(verbose: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """Lifecycle: customer-lifecycle warehouse, models and audiences."""
+    ctx.obj = {"verbose": verbose}
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -304,8 +368,10 @@ def load_shop(world: Path | None) -> None:
     "--date", "day", callback=parse_date, required=True, help="Logical date (YYYY-MM-DD)."
 )
 @click.option("--full", is_flag=True, help="Reload everything up to the date, not just the day.")
-def extract(sources_: tuple[str, ...], day: dt.date, full: bool) -> None:
+@allow_future_option
+def extract(sources_: tuple[str, ...], day: dt.date, full: bool, allow_future: bool) -> None:
     """Extract sources for one logical date into raw (idempotent: a rerun replaces the day)."""
+    refuse_future(day, allow_future)
     from lifecycle.extract import SOURCES
     from lifecycle.extract import extract as run_extract
     from lifecycle.load import LoadError

@@ -60,6 +60,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+#: How a quarantine reason starts for a whole file that could not be read.
+FILE_NOT_READ = "file not read: "
+
+
 class LoadError(RuntimeError):
     """A load that must not go on; the message says what to fix."""
 
@@ -80,6 +84,7 @@ class LoadResult:
     rows_duplicate: int = 0
     rows_out_of_window: int = 0
     extra_columns: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     duration_s: float = 0.0
     run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -91,6 +96,9 @@ class LoadResult:
             if self.extra_columns
             else ""
         )
+        if self.warnings:
+            extra += f", {len(self.warnings)} warning(s): " + "; ".join(self.warnings[:3])
+            extra += " ..." if len(self.warnings) > 3 else ""
         return (
             f"raw.{self.source}__{self.entity} {self.logical_date} {self.status}: "
             f"{self.rows_read} read, {self.rows_loaded} loaded, "
@@ -290,6 +298,12 @@ def _produce(
             state["rows_duplicate"] += checked.rows_duplicate
             state["rows_out_of_window"] += checked.rows_out_of_window
             state["quarantine"].extend(checked.quarantine)
+            state["unplaced"].extend(checked.unplaced)
+            if checked.newest is not None:
+                state["newest"] = max(filter(None, (state.get("newest"), checked.newest)))
+            for warning in checked.warnings:
+                log.warning(warning)
+                state["warnings"].append(warning)
             if checked.table.num_rows:
                 for item in segments.items(checked):
                     out.put(item)
@@ -375,6 +389,7 @@ def load_batch(
     cursor: str | None = None,
     window_filter: bool = True,
     timezone: str = "UTC",
+    outcomes: dict[str, str] | None = None,
 ) -> LoadResult:
     """Land `chunks` as the batch of `entity` for `logical_date`, replacing any earlier one.
 
@@ -382,6 +397,7 @@ def load_batch(
     `cursor` overrides the field that places rows in `window`; with `window_filter`
     off every row belongs to the batch (for sources that select by file arrival);
     a plain date in a timestamp field is midnight in `timezone`.
+    `outcomes` says why a claimed file was not read (default: ``read``).
     Raises LoadError when the rejected share passes `max_reject_share`: the batch is
     then not published (its quarantine and run-log entry are, for diagnosis).
     """
@@ -392,7 +408,15 @@ def load_batch(
         entity, window, (cursor or entity.cursor) if window_filter else None, timezone
     )
     started = time.perf_counter()
-    state: dict = {"rows_read": 0, "rows_duplicate": 0, "rows_out_of_window": 0, "quarantine": []}
+    state: dict = {
+        "rows_read": 0,
+        "rows_duplicate": 0,
+        "rows_out_of_window": 0,
+        "quarantine": [],
+        "unplaced": [],
+        "warnings": [],
+        "known": 0,
+    }
     error: BaseException | None = None
     with psycopg.connect(url) as conn:
         ensure_raw_tables(conn)
@@ -406,13 +430,29 @@ def load_batch(
                 cur.execute("delete from ops.load_files where batch_id = %s", (bid,))
                 if files:
                     cur.executemany(
-                        "insert into ops.load_files (locator, batch_id, source, entity) "
-                        "values (%s, %s, %s, %s)",
-                        [(f, bid, entity.source, entity.entity) for f in files],
+                        "insert into ops.load_files (locator, batch_id, source, entity, outcome) "
+                        "values (%s, %s, %s, %s, %s)",
+                        [
+                            (f, bid, entity.source, entity.entity, (outcomes or {}).get(f, "read"))
+                            for f in files
+                        ],
                     )
                 result.rows_loaded = _stream(cur, entity, bid, chunks, checker, state)
+                _settle_unplaced(cur, entity, bid, state)
+                unread = [
+                    (q[2], q[0], bid)
+                    for q in state["quarantine"]
+                    if q[1] is None and q[2].startswith(FILE_NOT_READ)
+                ]
+                if unread:  # a claimed file that could not be read says so in load_files
+                    cur.executemany(
+                        "update ops.load_files set outcome = %s where locator = %s "
+                        "and batch_id = %s",
+                        unread,
+                    )
                 _tally(result, state, checker)
-                considered = result.rows_read - result.rows_out_of_window
+                # Rows already quarantined by an earlier batch are that batch's rejects.
+                considered = result.rows_read - result.rows_out_of_window - state["known"]
                 share = result.rows_quarantined / considered if considered else 0.0
                 if share > max_reject_share:
                     raise LoadError(
@@ -422,7 +462,8 @@ def load_batch(
                         f"raw.quarantine where _batch_id = '{bid}'"
                     )
                 _insert_quarantine(cur, entity, bid, state["quarantine"])
-                _commit_bookkeeping(cur, entity, bid, logical_date, window, result)
+                mark = watermark_after(window, state.get("newest"))
+                _commit_bookkeeping(cur, entity, bid, logical_date, window, result, mark)
         except BaseException as exc:  # the transaction has rolled back
             error = exc
         else:
@@ -439,12 +480,53 @@ def load_batch(
     return result
 
 
+def _settle_unplaced(cur: psycopg.Cursor, entity: RawEntity, bid: str, state: dict) -> None:
+    """Quarantine the rows no window can place, once: not again in every later batch.
+
+    A source file read whole each day (a CRM export, an orders CSV) holds its unreadable
+    rows every day. The first committed batch that met such a row quarantined it with
+    its reason; a later batch counts the same row (same file, line and text) as a
+    duplicate of that one instead of quarantining it again, so neither the quarantine
+    nor the reject share of every later day grows with one old bad line.
+    """
+    rows = state["unplaced"]
+    state["unplaced"] = []
+    if not rows:
+        return
+    found = cur.execute(
+        "select distinct q._source, q._line, q.payload from raw.quarantine q "
+        "join ops.load_batches b on b.batch_id = q._batch_id "
+        "where q.source = %s and q.entity = %s and q._batch_id <> %s "
+        "and q._line = any(%s) and q._source = any(%s)",
+        (
+            entity.source,
+            entity.entity,
+            bid,
+            sorted({r[1] for r in rows if r[1] is not None}),
+            sorted({r[0] for r in rows}),
+        ),
+    ).fetchall()
+    known = set(found)
+    fresh = [r for r in rows if (r[0], r[1], _clean(r[3])) not in known]
+    state["quarantine"].extend(fresh)
+    if len(fresh) < len(rows):
+        state["rows_duplicate"] += len(rows) - len(fresh)
+        state["known"] = len(rows) - len(fresh)
+        log.info(
+            "%s: %d unreadable row(s) already quarantined by an earlier batch, counted "
+            "as duplicates",
+            entity.qualified,
+            len(rows) - len(fresh),
+        )
+
+
 def _tally(result: LoadResult, state: dict, checker: Checker) -> None:
     result.rows_read = state["rows_read"]
     result.rows_duplicate = state["rows_duplicate"]
     result.rows_out_of_window = state["rows_out_of_window"]
-    result.rows_quarantined = len(state["quarantine"])
+    result.rows_quarantined = len(state["quarantine"]) + len(state["unplaced"])
     result.extra_columns = list(checker.extra_columns)
+    result.warnings = list(state["warnings"])
 
 
 def _commit_bookkeeping(
@@ -454,6 +536,7 @@ def _commit_bookkeeping(
     logical_date: dt.date,
     window: Window,
     result: LoadResult,
+    mark: dt.datetime | None,
 ) -> None:
     cur.execute(
         "insert into ops.load_batches (batch_id, source, entity, logical_date, "
@@ -473,14 +556,32 @@ def _commit_bookkeeping(
             result.rows_quarantined,
         ),
     )
+    if mark is None:
+        return
     cur.execute(
         "insert into ops.watermarks (source, entity, value, batch_id) "
         "values (%s, %s, %s, %s) on conflict (source, entity) do update "
         "set value = greatest(ops.watermarks.value, excluded.value), "
         "batch_id = case when excluded.value >= ops.watermarks.value "
         "then excluded.batch_id else ops.watermarks.batch_id end, updated_at = now()",
-        (entity.source, entity.entity, window.end, bid),
+        (entity.source, entity.entity, mark, bid),
     )
+
+
+def watermark_after(window: Window, newest: dt.datetime | None) -> dt.datetime | None:
+    """Return where the watermark of a batch over `window` goes (None: it stays).
+
+    A window that has ended is done: the mark goes to its end. A window that reaches
+    past the present (today's date, or a future date run with ``--allow-future``) is not:
+    the mark goes no further than the newest row it loaded, so days that really come
+    later are still caught up from there (the mark never moves back).
+    """
+    now = dt.datetime.now(dt.UTC)
+    if window.end <= now:
+        return window.end
+    if newest is None:
+        return None
+    return min(window.end, newest)
 
 
 def _insert_quarantine(cur: psycopg.Cursor, entity: RawEntity, bid: str, rows: list[tuple]) -> None:
@@ -561,8 +662,8 @@ def _log_end(
         conn.execute(
             "update ops.load_runs set status = %s, rows_read = %s, rows_loaded = %s, "
             "rows_quarantined = %s, rows_duplicate = %s, rows_out_of_window = %s, "
-            "extra_columns = %s, error = %s, finished_at = now(), duration_s = %s "
-            "where run_id = %s",
+            "extra_columns = %s, warnings = %s, error = %s, finished_at = now(), "
+            "duration_s = %s where run_id = %s",
             (
                 result.status,
                 result.rows_read,
@@ -571,6 +672,7 @@ def _log_end(
                 result.rows_duplicate,
                 result.rows_out_of_window,
                 result.extra_columns,
+                result.warnings,
                 redact(error),
                 result.duration_s,
                 result.run_id,

@@ -15,3 +15,48 @@ def parse_date(_ctx: click.Context, _param: click.Parameter, value: str | None) 
         return dt.date.fromisoformat(value)
     except ValueError as exc:
         raise click.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from exc
+
+
+def business_today(settings=None) -> tuple[dt.date, str]:
+    """Return today's date in the business time zone, and the zone's name.
+
+    The zone is the sources file's ``business.timezone`` (default UTC); an unreadable
+    sources file falls back to UTC here (the command itself reports the file).
+    """
+    from zoneinfo import ZoneInfo
+
+    from lifecycle.settings import get_settings
+    from lifecycle.sources_file import SourcesFileError, load_sources
+
+    settings = settings or get_settings()
+    try:
+        zone = str(load_sources(settings).business.timezone or "UTC")
+    except SourcesFileError:
+        zone = "UTC"
+    return dt.datetime.now(ZoneInfo(zone)).date(), zone
+
+
+allow_future_option = click.option(
+    "--allow-future",
+    is_flag=True,
+    help="Run a logical date after today (business time zone); refused otherwise.",
+)
+
+
+def refuse_future(day: dt.date, allow_future: bool, option: str = "--date", settings=None) -> None:
+    """Exit with an error line (code 2) when `day` is after today, unless allowed.
+
+    A future date loads nothing real, yet would publish marts as of that date and (before
+    watermarks were capped) mark every real day before it as done.
+    """
+    if allow_future:
+        return
+    today, zone = business_today(settings)
+    if day > today:
+        click.secho(
+            f"error: {option} {day} is after today ({today} in {zone}, the business time "
+            "zone); pass --allow-future to run it anyway",
+            fg="red",
+            err=True,
+        )
+        raise SystemExit(2)

@@ -68,6 +68,9 @@ class Chunk:
     errors: dict[str, pa.Array] | None = None
     #: The source records as read (before mapping), shown as the quarantine's payload.
     originals: pa.Table | None = None
+    # Things worth a line in the run log that are not rows (an empty file): the loader
+    # counts them with the batch's result.
+    warnings: list[str] = field(default_factory=list)
 
     def source_of(self, i: int) -> str:
         """Return where row `i` came from."""
@@ -85,7 +88,8 @@ class Chunk:
         ).cast(pa.string())
         lines = np.concatenate([c.lines for c in chunks]) if chunks else np.empty(0, np.int64)
         rejects = [r for c in chunks for r in c.rejects]
-        return cls(table, source, lines, rejects, sources)
+        warnings = [w for c in chunks for w in c.warnings]
+        return cls(table, source, lines, rejects, sources, warnings=warnings)
 
     @classmethod
     def from_records(cls, records: list[dict], source: str, lines: np.ndarray) -> Chunk:
@@ -137,6 +141,13 @@ class Checked:
     rows_read: int
     rows_duplicate: int
     rows_out_of_window: int
+    # The quarantine entries of rows an incremental load could not place in its window
+    # (their cursor unreadable, or the record not even split into fields): the same
+    # file read again tomorrow holds them again, so the loader counts them once.
+    unplaced: list[tuple[str, int | None, str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    # The newest cursor among the loadable rows (a date as the end of its day), or None.
+    newest: dt.datetime | None = None
     # The same rows with the contract fields typed (BINARY_TYPES), for a binary COPY; None
     # when some value would not reach PostgreSQL exactly as its text does (see _typed).
     values: pa.Table | None = None
@@ -581,12 +592,17 @@ class Checker:
                 own.append((f, "mapping", unmapped))
             failures += own
 
-        outside = self._outside(values)
+        outside, placed = self._outside(values)
         bad_any = np.zeros(n, dtype=bool)
         for _, _, mask in failures:
             bad_any |= mask.to_numpy(zero_copy_only=False)
-        # A row of another interval is that interval's business, defects included.
+        # A row of another interval is that interval's business, defects included; a row
+        # whose cursor could not be read is nobody else's: it is this batch's to report.
         bad_any &= ~outside
+        incremental = self.cursor is not None and self.window.start is not None
+        unknown_place = ~placed & ~bad_any
+        if incremental and unknown_place.any():
+            bad_any |= unknown_place  # a nullable cursor left empty: no interval holds it
         reasons: dict[int, list[str]] = {}
         if bad_any.any():
             for f, kind, mask in failures:
@@ -598,6 +614,10 @@ class Checker:
                         else self._reason(f, kind, texts[f.name], i)
                     )
                     reasons.setdefault(i, []).append(reason)
+            for i in np.flatnonzero(unknown_place & bad_any).tolist():
+                reasons.setdefault(i, []).append(
+                    f"{self.cursor} is empty: the row cannot be placed in a load interval"
+                )
 
         keep = ~bad_any & ~outside
         rows_duplicate = 0
@@ -607,26 +627,22 @@ class Checker:
             if rows_duplicate:
                 keep[dup] = False
                 if self.entity.duplicates == "quarantine":
+                    # Counted once, as quarantined: read = loaded + quarantined +
+                    # duplicate + outside holds for every batch.
+                    rows_duplicate = 0
                     for i in dup.tolist():
                         key = ", ".join(f"{k}={texts[k][i].as_py()}" for k in self.entity.key)
                         reasons[i] = [f"duplicate of an earlier row of this batch ({key})"]
 
-        rejects = chunk.rejects
-        unplaced = 0
-        if self.cursor is not None and self.window.start is not None:
-            # Records that could not be split into fields cannot be placed in an interval
-            # either: the load from the beginning reports them, incremental loads of the
-            # same file do not (once, not daily).
-            rejects, unplaced = [], len(rejects)
-        quarantine = [
-            (
-                chunk.source_of(i),
-                int(chunk.lines[i]),
-                "; ".join(reasons[i]),
-                self._payload(table if chunk.originals is None else chunk.originals, i),
-            )
-            for i in sorted(reasons)
-        ] + [(r.source, r.line, r.reason, r.payload) for r in rejects]
+        quarantine, unplaced = [], []
+        payloads = table if chunk.originals is None else chunk.originals
+        for i in sorted(reasons):
+            entry = (chunk.source_of(i), int(chunk.lines[i]), "; ".join(reasons[i]))
+            entry += (self._payload(payloads, i),)
+            (unplaced if incremental and not placed[i] else quarantine).append(entry)
+        # Records that could not be split into fields have no readable cursor either.
+        rejects = [(r.source, r.line, r.reason, r.payload) for r in chunk.rejects]
+        (unplaced if incremental else quarantine).extend(rejects)
         loadable = self._loadable(table, loads, chunk, keep)
         return Checked(
             loadable,
@@ -634,7 +650,10 @@ class Checker:
             quarantine,
             rows_read=n + len(chunk.rejects),
             rows_duplicate=rows_duplicate,
-            rows_out_of_window=int(outside.sum()) + unplaced,
+            rows_out_of_window=int(outside.sum()),
+            unplaced=unplaced,
+            warnings=list(chunk.warnings),
+            newest=self._newest(values, keep),
             values=self._typed(loadable, values, keep),
         )
 
@@ -649,17 +668,17 @@ class Checker:
         end = self.window.last_date() if f.type == "date" else self.window.end.isoformat()
         return f"{f.name} {value} is in the future (after the end of the load interval, {end})"
 
-    def _outside(self, values: dict[str, pa.Array]) -> np.ndarray:
-        """Return the mask of rows whose cursor places them outside the batch's window.
+    def _outside(self, values: dict[str, pa.Array]) -> tuple[np.ndarray, np.ndarray]:
+        """Return the masks of rows outside the batch's window, and of rows it can place.
 
         Without a cursor every row belongs to the batch (files are assigned to batches
-        by their arrival instead). A row whose cursor cannot be read cannot be placed:
-        the load that starts at the beginning (window start None) reports it, and
-        incremental loads leave it alone so it is not reported once per day.
+        by their arrival instead). A row whose cursor cannot be read (empty, or not a
+        valid value) cannot be known to be outside: it is never counted so, and the
+        checks quarantine it with its reason in every kind of load.
         """
         n = len(next(iter(values.values())))
         if self.cursor is None:
-            return np.zeros(n, dtype=bool)
+            return np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
         f_type = self.entity.field(self.cursor).type
         cursor = values[self.cursor]
         fallback = self.entity.cursor_fallback
@@ -668,8 +687,25 @@ class Checker:
         outside = pc.fill_null(pc.greater(cursor, _scalar_for(f_type, self.window.end)), False)
         if self.window.start is not None:
             lower = _scalar_for(f_type, self.window.start)
-            outside = pc.or_(outside, pc.fill_null(pc.less_equal(cursor, lower), True))
-        return outside.to_numpy(zero_copy_only=False).copy()
+            outside = pc.or_(outside, pc.fill_null(pc.less_equal(cursor, lower), False))
+        placed = _valid(cursor) if len(cursor) else np.ones(0, dtype=bool)
+        return outside.to_numpy(zero_copy_only=False).copy(), placed
+
+    def _newest(self, values: dict[str, pa.Array], keep: np.ndarray) -> dt.datetime | None:
+        """Return the newest cursor value of the rows kept (a date: the end of its day)."""
+        name = self.cursor or self.entity.cursor
+        if not keep.any() or name not in values:
+            return None
+        cursor = values[name]
+        fallback = self.entity.cursor_fallback
+        if fallback and name == self.entity.cursor:
+            cursor = pc.coalesce(cursor, values[fallback])
+        top = pc.max(cursor.filter(pa.array(keep))).as_py()
+        if top is None:
+            return None
+        if isinstance(top, dt.datetime):
+            return top if top.tzinfo else top.replace(tzinfo=dt.UTC)
+        return dt.datetime.combine(top + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
 
     def _duplicates(self, texts: dict[str, pa.Array], keep: np.ndarray) -> np.ndarray:
         """Return the row indices (among `keep`) whose key was already seen in this batch."""

@@ -290,6 +290,10 @@ create table if not exists ops.load_runs (
     duration_s double precision
 );
 create index if not exists load_runs_batch_idx on ops.load_runs (batch_id, started_at);
+-- what a run noted that is not a row (an empty source file): added after the first release
+alter table ops.load_runs add column if not exists warnings text[];
+-- what became of a claimed file: 'read', or why it was not (added after the first release)
+alter table ops.load_files add column if not exists outcome text;
 """
 
 

@@ -42,6 +42,7 @@ class Settings:
     web_lookback_days: int = 7
     http_retries: int = 8
     http_backoff_s: float = 0.5
+    lock_wait_s: float = 30.0  # how long a second run of a stage waits for the first
     alert_webhook_url: str | None = field(default=None, repr=False)
     airflow_parallelism: int | None = None
     audiences_file: Path | None = None  # activation: audience definitions (YAML)
@@ -74,6 +75,10 @@ class Settings:
         return self.home / "pgdata"
 
 
+class SettingsError(ValueError):
+    """A setting (environment variable) with a value that cannot be used; names it."""
+
+
 def _path(value: str) -> Path:
     return Path(value).expanduser().resolve()
 
@@ -97,9 +102,25 @@ def _role_passwords(env: Mapping[str, str]) -> dict[str, str]:
             try:
                 value = Path(value).read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
-                raise ValueError(f"{name}: cannot read the secrets file {value}: {exc}") from None
+                raise SettingsError(f"{name}: cannot read the secrets file {value}: {exc}") from None
         found[role] = value
     return found
+def _number(env: Mapping[str, str], name: str, default, kind=float, low=None, high=None):
+    """Return the number in `env[name]` (or `default`), or raise SettingsError naming it."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    what = "an integer" if kind is int else "a number"
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be {what}, not {raw!r}") from None
+    if kind is float and value != value:  # NaN compares false with everything
+        raise SettingsError(f"{name} must be {what}, not {raw!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise SettingsError(f"{name} must be {bounds}, not {raw!r}")
+    return value
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -112,47 +133,77 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     shop_db_url = env.get("LIFECYCLE_SHOP_DB_URL") or None
     orders_source = env.get("LIFECYCLE_ORDERS_SOURCE") or ("db" if shop_db_url else "csv")
     if orders_source not in ("db", "csv"):
-        raise ValueError(f"LIFECYCLE_ORDERS_SOURCE must be db or csv, not {orders_source!r}")
-    return Settings(
-        home=home,
-        warehouse_url=env.get("LIFECYCLE_WAREHOUSE_URL") or None,
-        shop_db_url=shop_db_url,
-        crm_api_url=env.get("LIFECYCLE_CRM_API_URL") or None,
-        crm_token=env.get("LIFECYCLE_CRM_TOKEN") or None,
-        world_dir=world,
-        crm_csv=_path(env.get("LIFECYCLE_CRM_CSV") or str(world / "crm" / "contacts.csv")),
-        web_events=env.get("LIFECYCLE_WEB_EVENTS") or str(world / "web" / "events"),
-        orders_source=orders_source,
-        orders_csv_dir=_path(env.get("LIFECYCLE_ORDERS_CSV_DIR") or str(world / "orders")),
-        spend_csv=_path(env.get("LIFECYCLE_SPEND_CSV") or str(world / "marketing" / "spend.csv")),
-        max_reject_share=float(env.get("LIFECYCLE_MAX_REJECT_SHARE") or 0.05),
-        web_lookback_days=int(env.get("LIFECYCLE_WEB_LOOKBACK_DAYS") or 7),
-        http_retries=int(env.get("LIFECYCLE_HTTP_RETRIES") or 8),
-        http_backoff_s=float(env.get("LIFECYCLE_HTTP_BACKOFF_S") or 0.5),
-        alert_webhook_url=env.get("LIFECYCLE_ALERT_WEBHOOK_URL") or None,
-        mlflow_tracking_uri=env.get("LIFECYCLE_MLFLOW_TRACKING_URI") or None,
-        audiences_file=_path(
-            env.get("LIFECYCLE_AUDIENCES_FILE")
-            or str(Path(__file__).resolve().parent.parent / "audiences.yml")
-        ),
-        export_dir=_path(env.get("LIFECYCLE_EXPORT_DIR") or str(home / "exports")),
-        push_token=env.get("LIFECYCLE_PUSH_TOKEN") or None,
-        role_passwords=_role_passwords(env),
-        push_redirect_hosts=tuple(
-            h.strip().lower()
-            for h in (env.get("LIFECYCLE_PUSH_REDIRECT_HOSTS") or "").split(",")
-            if h.strip()
-        ),
-        environ=dict(env),
-        sources_file=(
-            _path(env["LIFECYCLE_SOURCES_FILE"]) if env.get("LIFECYCLE_SOURCES_FILE") else None
-        ),
-        airflow_parallelism=(
-            int(env["LIFECYCLE_AIRFLOW_PARALLELISM"])
-            if env.get("LIFECYCLE_AIRFLOW_PARALLELISM")
-            else None
-        ),
+        raise SettingsError(f"LIFECYCLE_ORDERS_SOURCE must be db or csv, not {orders_source!r}")
+    return _checked_paths(
+        Settings(
+            home=home,
+            warehouse_url=env.get("LIFECYCLE_WAREHOUSE_URL") or None,
+            shop_db_url=shop_db_url,
+            crm_api_url=env.get("LIFECYCLE_CRM_API_URL") or None,
+            crm_token=env.get("LIFECYCLE_CRM_TOKEN") or None,
+            world_dir=world,
+            crm_csv=_path(env.get("LIFECYCLE_CRM_CSV") or str(world / "crm" / "contacts.csv")),
+            web_events=env.get("LIFECYCLE_WEB_EVENTS") or str(world / "web" / "events"),
+            orders_source=orders_source,
+            orders_csv_dir=_path(env.get("LIFECYCLE_ORDERS_CSV_DIR") or str(world / "orders")),
+            spend_csv=_path(
+                env.get("LIFECYCLE_SPEND_CSV") or str(world / "marketing" / "spend.csv")
+            ),
+            max_reject_share=_number(env, "LIFECYCLE_MAX_REJECT_SHARE", 0.05, float, 0, 1),
+            web_lookback_days=_number(env, "LIFECYCLE_WEB_LOOKBACK_DAYS", 7, int, 0, 3660),
+            http_retries=_number(env, "LIFECYCLE_HTTP_RETRIES", 8, int, 0, 100),
+            http_backoff_s=_number(env, "LIFECYCLE_HTTP_BACKOFF_S", 0.5, float, 0, 3600),
+            lock_wait_s=_number(env, "LIFECYCLE_LOCK_WAIT_S", 30.0, float, 0, 86400),
+            alert_webhook_url=env.get("LIFECYCLE_ALERT_WEBHOOK_URL") or None,
+            mlflow_tracking_uri=env.get("LIFECYCLE_MLFLOW_TRACKING_URI") or None,
+            audiences_file=_path(
+                env.get("LIFECYCLE_AUDIENCES_FILE")
+                or str(Path(__file__).resolve().parent.parent / "audiences.yml")
+            ),
+            export_dir=_path(env.get("LIFECYCLE_EXPORT_DIR") or str(home / "exports")),
+            push_token=env.get("LIFECYCLE_PUSH_TOKEN") or None,
+            role_passwords=_role_passwords(env),
+            push_redirect_hosts=tuple(
+                h.strip().lower()
+                for h in (env.get("LIFECYCLE_PUSH_REDIRECT_HOSTS") or "").split(",")
+                if h.strip()
+            ),
+            environ=dict(env),
+            sources_file=(
+                _path(env["LIFECYCLE_SOURCES_FILE"]) if env.get("LIFECYCLE_SOURCES_FILE") else None
+            ),
+            airflow_parallelism=_number(env, "LIFECYCLE_AIRFLOW_PARALLELISM", None, int, 1),
+        )
     )
+
+
+def _checked_paths(settings: Settings) -> Settings:
+    """Fail on a state folder that exists as something other than a folder, or a URL
+    that is not a connection URL."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    for name, url in (
+        ("LIFECYCLE_WAREHOUSE_URL", settings.warehouse_url),
+        ("LIFECYCLE_SHOP_DB_URL", settings.shop_db_url),
+    ):
+        if url:
+            try:
+                conninfo_to_dict(url)
+            except ProgrammingError as exc:
+                why = str(exc).replace(url, "<url>")
+                raise SettingsError(
+                    f"{name} is not a PostgreSQL connection URL "
+                    f"(postgresql://user@host:port/db): {why}"
+                ) from None
+    for name, path in (("LIFECYCLE_HOME", settings.home),):
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if probe.exists() and not probe.is_dir():
+            why = "is a file" if probe == path else f"is under {probe}, which is a file"
+            raise SettingsError(f"{name}={path} cannot be used as a folder: it {why}")
+    return settings
 
 
 @lru_cache(maxsize=1)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lifecycle import warehouse
-from lifecycle.options import parse_date
+from lifecycle.options import allow_future_option, parse_date, refuse_future
 from lifecycle.redact import redact
 from lifecycle.settings import Settings, environment, get_settings
 
@@ -89,6 +89,7 @@ class TransformResult:
     parse_s: float = 0.0  # parsing the project first (0 when a parsed manifest was reused)
     marts_schema: str = MARTS_SCHEMA  # where the marts were built
     published: bool = False  # moved into `marts` after the build (write-audit-publish)
+    listed: list[str] | None = None  # what `dbt ls` printed (None for other commands)
 
     @property
     def failed(self) -> list[NodeResult]:
@@ -318,6 +319,8 @@ def run_dbt(
         nodes=nodes,
         parse_s=parse_s,
     )
+    if isinstance(res.result, list):
+        result.listed = [str(x) for x in res.result]
     if res.exception is not None:
         raise TransformError(f"dbt {' '.join(args)} crashed: {res.exception}") from (
             res.exception if isinstance(res.exception, BaseException) else None
@@ -361,6 +364,32 @@ def _failure_message(result: TransformResult) -> str:
     return "\n".join(lines)
 
 
+def check_selection(select: Sequence[str], settings: Settings | None = None) -> int:
+    """Return how many dbt nodes `select` picks; raise TransformError if it is not usable.
+
+    Runs ``dbt ls`` with its logging off first: dbt reports a selection it cannot use
+    (``path:/abs``, ``state:`` without a state, a bad graph operator) with its own stack
+    trace on the console, and one that matches nothing with a build that does nothing.
+    """
+    shown = " ".join(select)
+    try:
+        listed = run_dbt(
+            ["ls", "--select", *select, "--log-level", "none", "--output", "name"],
+            settings,
+            raise_on_failure=False,
+        ).listed
+    except TransformError as exc:
+        cause = str(exc).split(" crashed: ", 1)[-1]
+        cause = " ".join(cause.split())
+        raise TransformError(f"--select {shown}: dbt cannot use this selection: {cause}") from None
+    if not listed:
+        raise TransformError(
+            f"--select {shown}: matches no dbt model, seed or test "
+            "(see `dbt ls` in dbt_project/ for the node names)"
+        )
+    return len(listed)
+
+
 def transform(
     logical_date: dt.date,
     settings: Settings | None = None,
@@ -387,6 +416,8 @@ def transform(
     from lifecycle.quality.publish import mark_built, prepare_build, publish_marts
 
     settings = settings or get_settings()
+    if select:
+        check_selection(select, settings)
     args = ["build"]
     if full_refresh:
         args.append("--full-refresh")
@@ -396,20 +427,27 @@ def transform(
         args += ["--select", *select]
     if not unit_tests:
         args += ["--exclude-resource-type", "unit_test"]
-    prepare_build(settings)
-    result = run_dbt(
-        args,
-        settings,
-        logical_date=logical_date,
-        vars={"marts_schema": BUILD_SCHEMA},
-        threads=threads,
-        quiet=quiet,
-    )
-    result.marts_schema = BUILD_SCHEMA
-    mark_built(logical_date, settings)
-    if publish:
-        publish_marts(logical_date, settings)
-        result.published = True
+    from lifecycle.locks import WAREHOUSE, run_lock
+    from lifecycle.warehouse import warehouse_url
+
+    # One build schema, one set of published marts: builds of any date take turns.
+    with run_lock(
+        warehouse_url(settings), "build", logical_date, scope=WAREHOUSE, wait_s=settings.lock_wait_s
+    ):
+        prepare_build(settings)
+        result = run_dbt(
+            args,
+            settings,
+            logical_date=logical_date,
+            vars={"marts_schema": BUILD_SCHEMA},
+            threads=threads,
+            quiet=quiet,
+        )
+        result.marts_schema = BUILD_SCHEMA
+        mark_built(logical_date, settings)
+        if publish:
+            publish_marts(logical_date, settings)
+            result.published = True
     log.info("%s", result.describe())
     return result
 
@@ -448,10 +486,17 @@ def _warehouse_url(settings: Settings) -> str:
     help="Move the built marts into `marts`; --no-publish leaves them in marts__build for "
     "`lifecycle validate --layer marts --publish`.",
 )
+@allow_future_option
 def transform_command(
-    day: dt.date, full_refresh: bool, select: tuple[str, ...], unit_tests: bool, publish: bool
+    day: dt.date,
+    full_refresh: bool,
+    select: tuple[str, ...],
+    unit_tests: bool,
+    publish: bool,
+    allow_future: bool,
 ) -> None:
     """Build staging, intermediate and marts with dbt as of a logical date (dbt build)."""
+    refuse_future(day, allow_future)
     try:
         result = transform(
             day,

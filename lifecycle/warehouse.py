@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -127,7 +128,56 @@ def _postmaster(pgdata: Path):  # -> PostmasterInfo | None
     info = PostmasterInfo.read_from_pgdata(pgdata)
     if info is None or not info.is_running():
         return None
+    if _is_zombie(info.process):
+        # A postmaster killed (or crashed) whose parent has not reaped it yet still has
+        # a pid, so it looks alive, but it accepts nothing ("Connection refused") and
+        # PostgreSQL will not start over its lock file until the pid is gone: wait.
+        log.info("the embedded postmaster %s has ended; waiting for it to go", info.pid)
+        deadline = time.monotonic() + ZOMBIE_WAIT_S
+        while time.monotonic() < deadline and _is_zombie(info.process):
+            time.sleep(0.1)
+        if _is_zombie(info.process):
+            raise WarehouseError(
+                f"the embedded PostgreSQL (pid {info.pid}) has ended but its parent process "
+                f"has not reaped it after {ZOMBIE_WAIT_S:.0f}s; end that process, then run "
+                "`lifecycle warehouse up`"
+            )
+        return None
     return info
+
+
+#: How long to wait for an ended postmaster to disappear, or a live one to accept connections.
+ZOMBIE_WAIT_S = 30.0
+READY_WAIT_S = 60.0
+
+
+def _is_zombie(process) -> bool:
+    import psutil
+
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait_ready(admin_url: str) -> None:
+    """Wait (bounded) until the server at `admin_url` accepts connections.
+
+    Right after a crash, PostgreSQL runs crash recovery before it accepts anyone ("the
+    database system is starting up", or "Connection refused" for a moment).
+    """
+    deadline = time.monotonic() + READY_WAIT_S
+    while True:
+        try:
+            psycopg.connect(admin_url, connect_timeout=5).close()
+            return
+        except psycopg.OperationalError as exc:
+            if time.monotonic() >= deadline:
+                raise WarehouseError(
+                    f"the embedded warehouse does not accept connections after "
+                    f"{READY_WAIT_S:.0f}s: {str(exc).strip().splitlines()[0]}"
+                ) from exc
+            time.sleep(0.2)
 
 
 def _start_embedded(settings: Settings) -> str:
@@ -153,7 +203,9 @@ def _start_embedded(settings: Settings) -> str:
 def _embedded_admin_url(settings: Settings, start: bool) -> str | None:
     info = _postmaster(settings.pgdata)
     if info is not None:
-        return info.get_uri()
+        url = info.get_uri()
+        _wait_ready(url)
+        return url
     return _start_embedded(settings) if start else None
 
 

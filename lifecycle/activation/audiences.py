@@ -114,10 +114,37 @@ def load_audiences(path: Path) -> list[Audience]:
             f"audiences file {path} does not exist (set LIFECYCLE_AUDIENCES_FILE to another one)"
         )
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AudienceFileError(f"{path} cannot be read: {_capped(str(exc))}") from None
+    try:
+        doc = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise AudienceFileError(f"{path} is not valid YAML: {exc}") from None
+        raise AudienceFileError(f"{path} is not valid YAML: {_capped(str(exc))}") from None
+    except RecursionError:
+        raise AudienceFileError(f"{path} is nested too deeply to be an audiences file") from None
     return parse_audiences(doc, source=str(path))
+
+
+#: Longest piece of the file an error message quotes (a problem is named, not echoed).
+ECHO_LIMIT = 200
+
+
+def _capped(text: str, limit: int = ECHO_LIMIT) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text):,} characters)"
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """A YAML loader that refuses aliases: an alias bomb (``&a [*a, *a, ...]`` nested)
+    expands to billions of values, and audience definitions have no use for them."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(
+                f"aliases (*{event.anchor}) are not allowed, line {event.start_mark.line + 1}"
+            )
+        return super().compose_node(parent, index)
 
 
 def parse_audiences(doc: Any, source: str = "audiences.yml") -> list[Audience]:
@@ -146,7 +173,9 @@ def parse_audiences(doc: Any, source: str = "audiences.yml") -> list[Audience]:
         seen.add(audience.name)
         out.append(audience)
     if errors:
-        lines = "\n".join(f"  - {e}" for e in errors)
+        lines = "\n".join(f"  - {_capped(e)}" for e in errors[:20])
+        if len(errors) > 20:
+            lines += f"\n  - ... and {len(errors) - 20} more"
         raise AudienceFileError(f"{source} has {len(errors)} problem(s):\n{lines}")
     return out
 

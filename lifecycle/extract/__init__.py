@@ -61,6 +61,7 @@ class Batch:
     chunks: Iterator[Chunk] | None = None
     skip: str | None = None  # the reason nothing is loaded (recorded in the run log)
     files: list[str] = field(default_factory=list)  # locators this batch claims
+    outcomes: dict[str, str] = field(default_factory=dict)  # why a claimed file is not read
     window_filter: bool = True  # False: every row belongs to the batch (files by arrival)
 
 
@@ -78,6 +79,20 @@ def extract(
     settings = settings or get_settings()
     sources = sources or load_sources(settings)
     url = warehouse_url(settings)
+    from lifecycle.locks import run_lock
+
+    with run_lock(url, f"extract-{source}", logical_date, wait_s=settings.lock_wait_s):
+        return _extract_source(source, logical_date, settings, sources, url, full)
+
+
+def _extract_source(
+    source: str,
+    logical_date: dt.date,
+    settings: Settings,
+    sources: SourcesFile,
+    url: str,
+    full: bool,
+) -> list[LoadResult]:
     results = []
     for entity in SOURCES[source]:
         found = sources.entity(entity)
@@ -128,6 +143,7 @@ def _extract_entity(
         cursor=emap.cursor,
         window_filter=batch.window_filter,
         timezone=mapper.timezone,
+        outcomes=batch.outcomes,
     )
 
 

@@ -295,6 +295,7 @@ class Mapper:
             chunk.sources,
             errors=fields.errors or None,
             originals=chunk.table,
+            warnings=chunk.warnings,
         )
 
     def _table(self, fields: _Fields, chunk: Chunk) -> pa.Table:
@@ -653,11 +654,13 @@ class Mapper:
         """
         partials: list[pa.Table] = []
         rejects = []
+        warnings: list[str] = []
         seq = 0
         source = None
         has_sources = False
         for chunk in chunks:
             rejects += chunk.rejects
+            warnings += chunk.warnings
             source = source or chunk.source
             if not chunk.table.num_rows:
                 continue
@@ -666,12 +669,16 @@ class Mapper:
             seq += chunk.table.num_rows
         if not partials:
             if rejects or source:
-                yield Chunk(pa.table({}), source or "", np.empty(0, np.int64), rejects)
+                yield Chunk(
+                    pa.table({}), source or "", np.empty(0, np.int64), rejects, warnings=warnings
+                )
             return
         orders = self._aggregate(pa.concat_tables(partials, promote_options="permissive"))
         for start in range(0, max(orders.num_rows, 1), LINE_ORDERS_PER_CHUNK):
             part = orders.slice(start, LINE_ORDERS_PER_CHUNK)
-            yield self._line_chunk(part, source or "", rejects if start == 0 else [])
+            chunk = self._line_chunk(part, source or "", rejects if start == 0 else [])
+            chunk.warnings = warnings if start == 0 else []
+            yield chunk
 
     _NUMBERS = ("amount", "quantity")
 

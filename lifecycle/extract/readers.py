@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
+from lifecycle.load import LoadError
 from lifecycle.parse import Chunk, Reject
 from lifecycle.sources_file import CsvFormat
 
@@ -72,6 +73,16 @@ def _clean_lines(
     if csv_quotes and bytes([quote]) in data:
         quotes = np.concatenate(([0], np.cumsum(arr == quote, dtype=np.int64)))
         odd = (quotes[ends] - quotes[starts]) % 2 == 1
+    # A carriage return not ending its line: the parsers would take it for a line break
+    # and split one record into two (with the line numbers of the rest off by one).
+    bare_cr = np.zeros(len(starts), dtype=bool)
+    if b"\r" in data:
+        cr = arr == 13
+        cr[:-1] &= arr[1:] != 10
+        cr[-1:] = False
+        if cr.any():
+            crs = np.concatenate(([0], np.cumsum(cr, dtype=np.int64)))
+            bare_cr = (crs[ends] - crs[starts]) > 0
     # ASCII is valid UTF-8 and far cheaper to check than decoding the block.
     utf8_ok = data.isascii()
     if not utf8_ok:
@@ -81,7 +92,7 @@ def _clean_lines(
         except UnicodeDecodeError:
             pass
     numbers = first_line + np.arange(len(starts), dtype=np.int64)
-    if utf8_ok and not odd.any():
+    if utf8_ok and not odd.any() and not bare_cr.any():
         return data, numbers[~blank], [], len(starts)
     good: list[bytes] = []
     kept: list[int] = []
@@ -96,6 +107,9 @@ def _clean_lines(
                 f"broken encoding: byte 0x{line[exc.start]:02x} at position {exc.start} "
                 f"is not valid {encoding}"
             )
+        if reason is None and bare_cr[i]:
+            at = line.replace(b"\r\n", b"  ").find(b"\r")
+            reason = f"malformed row: a carriage return (CR) inside the line, at position {at}"
         if reason is None and odd[i]:
             which = "double quote" if quote == 34 else f"quote character {chr(quote)!r}"
             reason = f"malformed row: unbalanced {which}"
@@ -175,22 +189,29 @@ def read_csv_chunks(
     `fmt` is the file's dialect (default: comma-separated UTF-8 with a header line).
     """
     fmt = fmt or CsvFormat()
-    stream = as_utf8(stream, fmt.encoding)
+    encoding = codecs.lookup(fmt.encoding).name
+    if encoding not in _UTF8:
+        stream = _Transcoded(stream, encoding)  # type: ignore[assignment]
     for _ in range(fmt.skip_rows):
-        stream.readline()
+        _guarded(stream.readline, locator)
     line = 1 + fmt.skip_rows
     if fmt.header:
-        header = stream.readline()
+        header = _guarded(stream.readline, locator)
         if not header.strip():
+            what = "empty file (0 bytes)" if not header else "no header line (blank first line)"
+            yield _empty(locator, f"{locator}: {what}, no rows read")
             return
         header_text = header.decode("utf-8-sig", errors="replace").rstrip("\r\n")
+        if "\r" in header_text:
+            raise LoadError(f"{locator}: line {line}: the header holds a carriage return (CR)")
         dialect = {
             "delimiter": fmt.delimiter,
             "quotechar": fmt.quote_char or '"',
             "quoting": csv.QUOTE_MINIMAL if fmt.quote_char else csv.QUOTE_NONE,
             "escapechar": fmt.escape_char,
         }
-        columns = next(csv.reader([header_text], **dialect))
+        columns = [c.strip() for c in next(csv.reader([header_text], **dialect))]
+        _check_header(columns, locator)
         line += 1
     else:
         assert fmt.column_names, "the sources file validation requires column_names"
@@ -201,7 +222,7 @@ def read_csv_chunks(
     # block while PostgreSQL parses this one.
     size = min(block_bytes, FIRST_BLOCK_BYTES)
     while True:
-        block = stream.read(size)
+        block = _guarded(stream.read, locator, size)
         size = block_bytes
         data = rest + block
         if block:
@@ -219,6 +240,24 @@ def read_csv_chunks(
         line += lines
         if not block:
             break
+
+
+def _empty(locator: str, warning: str) -> Chunk:
+    return Chunk(pa.table({}), locator, np.empty(0, np.int64), warnings=[warning])
+
+
+def _check_header(columns: list[str], locator: str) -> None:
+    """Fail on a header the rows cannot be read by: an empty or repeated column name."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(columns, 1):
+        if not name:
+            raise LoadError(f"{locator}: line 1: column {i} of the header has no name")
+        if name in seen:
+            raise LoadError(
+                f"{locator}: line 1: column {name!r} appears twice in the header "
+                f"(columns {seen[name]} and {i}); each column needs its own name"
+            )
+        seen[name] = i
 
 
 def _parse_csv_block(
@@ -288,10 +327,17 @@ def read_csv_file(path: Path) -> Iterator[Chunk]:
 
 def read_jsonl(stream: BinaryIO, locator: str, fields: tuple[str, ...]) -> Chunk:
     """Return the records of a JSON-lines stream (one object per line) as one text chunk."""
-    data = stream.read()
+    data = read_all(stream, locator)
+    if not data.strip():
+        what = "empty file (0 bytes)" if not data else "no records (only blank lines)"
+        return _empty(locator, f"{locator}: {what}, no rows read")
     good, numbers, rejects, _ = _clean_lines(data, 1, locator)
     schema = pa.schema([(f, pa.string()) for f in fields])
     try:
+        if _may_nest_deeper(good, MAX_JSON_DEPTH):
+            # pyarrow's parser recurses without a bound (a line nested 100,000 deep ends
+            # the process with SIGSEGV): such blocks go line by line, where depth is checked.
+            raise pa.ArrowInvalid("deeply nested")
         table = pajson.read_json(
             io.BytesIO(good),
             # Files are small: a thread pool per file costs more than it saves.
@@ -310,10 +356,18 @@ def read_jsonl(stream: BinaryIO, locator: str, fields: tuple[str, ...]) -> Chunk
     for number, line in zip(numbers.tolist(), lines, strict=True):
         payload = line.decode("utf-8", errors="backslashreplace")
         try:
-            value = json.loads(line)
+            value = _loads(line)
         except json.JSONDecodeError as exc:
             reason = f"malformed JSON: {exc.msg} at column {exc.colno}"
+            rejects.append(Reject(locator, number, reason, _capped(payload)))
+            continue
+        except _DuplicateKey as exc:
+            reason = f"malformed JSON: key {exc.args[0]!r} appears more than once in the object"
             rejects.append(Reject(locator, number, reason, payload))
+            continue
+        except (_TooDeep, RecursionError):
+            reason = f"malformed JSON: nested more than {MAX_JSON_DEPTH} levels deep"
+            rejects.append(Reject(locator, number, reason, _capped(payload)))
             continue
         if not isinstance(value, dict):
             reason = f"malformed JSON: a {type(value).__name__}, not an object"
@@ -324,6 +378,94 @@ def read_jsonl(stream: BinaryIO, locator: str, fields: tuple[str, ...]) -> Chunk
     chunk = Chunk.from_records(records, locator, np.asarray(kept, dtype=np.int64))
     chunk.rejects = rejects
     return chunk
+
+
+#: Deepest nesting of arrays and objects a JSON record may have (events hold a few).
+MAX_JSON_DEPTH = 64
+_OPEN = np.zeros(256, dtype=np.int8)
+_OPEN[[ord("["), ord("{")]] = 1
+_OPEN[[ord("]"), ord("}")]] = -1
+
+
+def _may_nest_deeper(data: bytes, limit: int) -> bool:
+    """True when some line of `data` may nest arrays or objects deeper than `limit`.
+
+    Counts brackets without parsing (one vectorized pass), so brackets inside strings
+    count too: a false alarm only sends the block to the exact line-by-line path.
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    depth = np.cumsum(_OPEN[np.frombuffer(data, dtype=np.uint8)], dtype=np.int64)
+    return bool(depth.max() > limit or depth.min() < -limit)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+class _TooDeep(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKey(k)
+            seen.add(k)
+    return out
+
+
+def _loads(line: bytes) -> object:
+    """Parse one JSON line: a repeated key or nesting past MAX_JSON_DEPTH is an error."""
+    if _may_nest_deeper(line, MAX_JSON_DEPTH):
+        depth = deepest = 0
+        in_str = esc = False
+        for ch in line.decode("utf-8", errors="replace"):  # exact depth, strings skipped
+            if in_str:
+                esc, in_str = (not esc and ch == "\\"), in_str and (esc or ch != '"')
+            elif ch == '"':
+                in_str = True
+            elif ch in "[{":
+                depth += 1
+                deepest = max(deepest, depth)
+            elif ch in "]}":
+                depth -= 1
+        if deepest > MAX_JSON_DEPTH:
+            raise _TooDeep(deepest)
+    return json.loads(line, object_pairs_hook=_unique_keys)
+
+
+def _capped(payload: str, limit: int = 10_000) -> str:
+    """Return `payload` cut to `limit` characters (a quarantined 10 MB line helps nobody)."""
+    return payload if len(payload) <= limit else payload[:limit] + f"... ({len(payload):,} chars)"
+
+
+def read_all(stream: BinaryIO, locator: str) -> bytes:
+    """Return the bytes of `stream`; a compressed file that is broken is a LoadError."""
+    return _guarded(stream.read, locator)
+
+
+def _guarded(read, locator: str, *args: int) -> bytes:
+    import gzip
+    import lzma
+    import zlib
+
+    try:
+        return read(*args)
+    except (gzip.BadGzipFile, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
+        raise LoadError(f"{locator}: cannot be read: {_why_unreadable(exc)}") from exc
+
+
+def _why_unreadable(exc: BaseException) -> str:
+    if isinstance(exc, EOFError):
+        return "the compressed file is truncated (it ends before its end-of-stream marker)"
+    text = str(exc) or type(exc).__name__
+    if "Not a gzipped file" in text:
+        return f"not a gzip file ({text}); the name ends in .gz"
+    return text
 
 
 def _as_text(table: pa.Table) -> pa.Table:
@@ -356,7 +498,11 @@ def read_parquet_chunks(stream: BinaryIO, locator: str) -> Iterator[Chunk]:
     import pyarrow.parquet as pq
 
     done = 0
-    for batch in pq.ParquetFile(stream).iter_batches(batch_size=PARQUET_BATCH_ROWS):
+    try:
+        parquet = pq.ParquetFile(stream)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise LoadError(f"{locator}: cannot be read as Parquet: {exc}") from exc
+    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
         table = _as_text(pa.Table.from_batches([batch]))
         lines = np.arange(done + 1, done + 1 + table.num_rows, dtype=np.int64)
         done += table.num_rows

@@ -17,9 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import fsspec
+import numpy as np
+import pyarrow as pa
 
-from lifecycle.extract.readers import read_jsonl
-from lifecycle.parse import Chunk, Window
+from lifecycle.extract.readers import read_csv_chunks, read_jsonl
+from lifecycle.load import FILE_NOT_READ, LoadError
+from lifecycle.parse import Chunk, Reject, Window
 from lifecycle.raw import WEB_EVENTS, RawEntity
 from lifecycle.settings import Settings
 from lifecycle.sources_file import EntityMap, Source, SourcesFile
@@ -27,6 +30,8 @@ from lifecycle.sources_file import EntityMap, Source, SourcesFile
 PARTITION = re.compile(r"dt=(\d{4}-\d{2}-\d{2})")
 ARRIVED = re.compile(r"arrived-(\d{8})")
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")
+#: Event files exported as CSV (header in the first line) are read too.
+CSV_SUFFIXES = (".csv", ".csv.gz")
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class EventFile:
     url: str
     partition: dt.date
     arrived: dt.date
+    ignored: str | None = None  # why the file is not read (claimed all the same, and logged)
 
 
 def list_files(root: str, first: dt.date | None, last: dt.date) -> list[EventFile]:
@@ -53,9 +59,19 @@ def list_files(root: str, first: dt.date | None, last: dt.date) -> list[EventFil
             continue
         for info in sorted(fs.ls(part, detail=True), key=lambda i: i["name"]):
             name = info["name"]
-            if info.get("type") != "file" or not name.endswith(SUFFIXES):
+            base = name.rsplit("/", 1)[-1]
+            # Hidden files and markers (.crc, _SUCCESS) are the writer's, not data.
+            if info.get("type") != "file" or base.startswith((".", "_")):
                 continue
-            found.append(EventFile(fs.unstrip_protocol(name), day, _arrival(name, info, day)))
+            ignored = None
+            if not name.endswith(SUFFIXES + CSV_SUFFIXES):
+                ignored = (
+                    f"not read: {base} is neither JSON lines ({', '.join(SUFFIXES)}) "
+                    f"nor CSV ({', '.join(CSV_SUFFIXES)})"
+                )
+            found.append(
+                EventFile(fs.unstrip_protocol(name), day, _arrival(name, info, day), ignored)
+            )
     return found
 
 
@@ -81,14 +97,33 @@ def file_chunks(files: list[EventFile]) -> Iterator[Chunk]:
     group: list[Chunk] = []
     rows = 0
     for f in files:
-        with fsspec.open(f.url, "rb", compression="infer") as fh:
-            group.append(read_jsonl(fh, f.url, WEB_EVENTS.names))
+        group.append(_read_file(f))
         rows += group[-1].table.num_rows
         if rows >= ROWS_PER_CHUNK:
             yield _gathered(group)
             group, rows = [], 0
     if group:
         yield _gathered(group)
+
+
+def _read_file(f: EventFile) -> Chunk:
+    """Return the events of one file; a file that cannot be read is one quarantined record.
+
+    One broken file (truncated gzip, not gzip at all) must not hold back every other
+    file of the day, nor be lost: it is quarantined with the reason, and counts against
+    the batch's reject share like any bad record.
+    """
+    if f.ignored:
+        return Chunk(pa.table({}), f.url, np.empty(0, np.int64), warnings=[f"{f.url}: {f.ignored}"])
+    try:
+        with fsspec.open(f.url, "rb", compression="infer") as fh:
+            if f.url.endswith(CSV_SUFFIXES):
+                chunks = list(read_csv_chunks(fh, f.url))
+                return chunks[0] if len(chunks) == 1 else Chunk.concat(chunks, f.url)
+            return read_jsonl(fh, f.url, WEB_EVENTS.names)
+    except LoadError as exc:
+        reject = Reject(f.url, None, f"{FILE_NOT_READ}{exc}", "")
+        return Chunk(pa.table({}), f.url, np.empty(0, np.int64), [reject])
 
 
 def _gathered(group: list[Chunk]) -> Chunk:
@@ -128,4 +163,9 @@ def partition_batch(
             )
         }
     mine = [f for f in files if f.arrived <= day and f.url not in taken]
-    return Batch(chunks=file_chunks(mine), files=[f.url for f in mine], window_filter=False)
+    return Batch(
+        chunks=file_chunks(mine),
+        files=[f.url for f in mine],
+        outcomes={f.url: f.ignored for f in mine if f.ignored},
+        window_filter=False,
+    )

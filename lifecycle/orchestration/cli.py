@@ -20,7 +20,7 @@ import sys
 
 import click
 
-from lifecycle.options import parse_date
+from lifecycle.options import allow_future_option, parse_date, refuse_future
 from lifecycle.orchestration.config import DAILY_DAG_ID
 from lifecycle.redact import install_log_filter, redact
 
@@ -91,8 +91,12 @@ def pipeline() -> None:
 @_conf_option
 @_full_reload_option
 @_verbose_option
-def pipeline_run(day: dt.date, dag_id: str, conf: dict, full_reload: bool, verbose: bool) -> None:
+@allow_future_option
+def pipeline_run(
+    day: dt.date, dag_id: str, conf: dict, full_reload: bool, verbose: bool, allow_future: bool
+) -> None:
     """Run the daily DAG for one logical date (a rerun replaces that day)."""
+    refuse_future(day, allow_future)
     if full_reload:
         conf = {**conf, "full_reload": True}
     _run([day], dag_id, conf, verbose)
@@ -106,9 +110,14 @@ def pipeline_run(day: dt.date, dag_id: str, conf: dict, full_reload: bool, verbo
 @_dag_option
 @_conf_option
 @_verbose_option
-def pipeline_backfill(start: dt.date, end: dt.date, dag_id: str, conf: dict, verbose: bool) -> None:
+@allow_future_option
+def pipeline_backfill(
+    start: dt.date, end: dt.date, dag_id: str, conf: dict, verbose: bool, allow_future: bool
+) -> None:
     """Run the daily DAG for every date from START to END, oldest first; stop at a failure."""
     from lifecycle.orchestration.runner import date_range
+
+    refuse_future(end, allow_future, option="--end")
 
     if end < start:
         raise click.BadParameter("--end is before --start", param_hint="--end")

@@ -200,41 +200,50 @@ def run_dates(
     with environment(env):
         # Settings (LIFECYCLE_HOME) may come from `env`: resolve them inside the block.
         cfg = cfg or load_orchestration_settings()
-        prepare(cfg, echo=echo)
         # Start the warehouse before any capture: an embedded server started inside it
         # would inherit the capture's pipes.
         from lifecycle import warehouse
+        from lifecycle.locks import WAREHOUSE, run_lock
         from lifecycle.settings import load_settings
 
-        warehouse.up(load_settings())
-        # Importing Airflow and parsing the DAGs is chatty: keep it in a log of its own.
-        setup_log = cfg.run_log_folder / dag_id / "setup.log"
-        with logs.capture(setup_log, echo=verbose):
-            try:
-                dag = load_dag(cfg, dag_id)
-            except OrchestrationError as exc:
-                raise OrchestrationError(f"{exc}\n(log: {setup_log})") from exc
-        unknown = sorted(set(conf or {}) - set(dag.params.keys()))
-        if unknown:
-            raise OrchestrationError(
-                f"unknown param(s) {', '.join(unknown)} for {dag_id}; its params are: "
-                f"{', '.join(sorted(dag.params.keys()))}"
-            )
-        first = dag.start_date.date() if dag.start_date else None
-        if first and dates[0] < first:
-            raise OrchestrationError(
-                f"{dates[0]} is before the start_date of {dag_id} ({first}): Airflow would "
-                "create the run without any task"
-            )
-        from lifecycle.orchestration import alerts
+        settings = load_settings()
+        url = warehouse.up(settings)
+        # One pipeline run at a time per warehouse, Airflow's metadata included: a second
+        # waits (bounded) or fails naming the first.
+        with run_lock(url, "pipeline", dates[0], scope=WAREHOUSE, wait_s=settings.lock_wait_s):
+            prepare(cfg, echo=echo)
+            return _run_all(dates, dag_id, conf, cfg, echo, verbose)
 
-        reports = []
-        for index, day in enumerate(dates):
-            report = _run_one(dag, day, conf, cfg, echo, verbose, alerts)
-            reports.append(report)
-            if not report.ok:
-                raise PipelineRunError(report, dates[index + 1 :])
-        return reports
+
+def _run_all(dates, dag_id: str, conf, cfg, echo: Echo, verbose: bool) -> list[RunReport]:
+    # Importing Airflow and parsing the DAGs is chatty: keep it in a log of its own.
+    setup_log = cfg.run_log_folder / dag_id / "setup.log"
+    with logs.capture(setup_log, echo=verbose):
+        try:
+            dag = load_dag(cfg, dag_id)
+        except OrchestrationError as exc:
+            raise OrchestrationError(f"{exc}\n(log: {setup_log})") from exc
+    unknown = sorted(set(conf or {}) - set(dag.params.keys()))
+    if unknown:
+        raise OrchestrationError(
+            f"unknown param(s) {', '.join(unknown)} for {dag_id}; its params are: "
+            f"{', '.join(sorted(dag.params.keys()))}"
+        )
+    first = dag.start_date.date() if dag.start_date else None
+    if first and dates[0] < first:
+        raise OrchestrationError(
+            f"{dates[0]} is before the start_date of {dag_id} ({first}): Airflow would "
+            "create the run without any task"
+        )
+    from lifecycle.orchestration import alerts
+
+    reports = []
+    for index, day in enumerate(dates):
+        report = _run_one(dag, day, conf, cfg, echo, verbose, alerts)
+        reports.append(report)
+        if not report.ok:
+            raise PipelineRunError(report, dates[index + 1 :])
+    return reports
 
 
 def _run_one(dag, day: dt.date, conf, cfg, echo: Echo, verbose: bool, alerts) -> RunReport:

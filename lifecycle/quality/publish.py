@@ -143,9 +143,16 @@ def publish_marts(logical_date: dt.date, settings: Settings | None = None) -> Pu
     Returns what moved. Raises :class:`PublishError` (and changes nothing) when the build
     schema holds no build of that date.
     """
+    from lifecycle.locks import WAREHOUSE, run_lock
+
     settings = settings or get_settings()
     result = PublishResult(logical_date)
-    with connect(warehouse_url(settings)) as conn, conn.transaction():
+    url = warehouse_url(settings)
+    with (
+        run_lock(url, "build", logical_date, scope=WAREHOUSE, wait_s=settings.lock_wait_s),
+        connect(url) as conn,
+        conn.transaction(),
+    ):
         # one publisher at a time; a second waits and then finds nothing pending
         conn.execute("select pg_advisory_xact_lock(hashtext('lifecycle.publish_marts'))")
         built = pending_build(conn)

@@ -22,6 +22,7 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.patches import PathPatch, Rectangle
 from matplotlib.path import Path as MplPath
+from matplotlib.text import Text
 
 #: Stage colours, in lifecycle order (shared by every stage chart and the KPI tiles).
 STAGE_COLORS: dict[str, str] = {
@@ -46,8 +47,18 @@ def _figure(width: float, height: float) -> Figure:
 def to_svg(fig: Figure, name: str) -> str:
     """Return `fig` as an inline ``<svg>`` element (deterministic, ids salted by `name`)."""
     buf = io.StringIO()
+    # Labels come from data (channel and audience names): a `$...$` in one must print
+    # as it is, not be read as math text (which fails on `$\x$`). Texts made so far are
+    # told so; tick labels made while drawing take it from the rc context.
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
     with matplotlib.rc_context(
-        {"svg.hashsalt": f"lifecycle-{name}", "svg.fonttype": "none", "font.size": 9}
+        {
+            "svg.hashsalt": f"lifecycle-{name}",
+            "svg.fonttype": "none",
+            "font.size": 9,
+            "text.parse_math": False,
+        }
     ):
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     text = buf.getvalue()

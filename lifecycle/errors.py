@@ -1,0 +1,38 @@
+"""How an error that reaches the user is told: one line naming the file, setting or cause.
+
+The CLI's root group (:class:`lifecycle.cli.LifecycleGroup`) and the commands that catch
+errors themselves print :func:`describe` of the exception after ``error:``.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+def describe(exc: BaseException) -> str:
+    """Return what went wrong in `exc`, for people: the cause, not the call stack."""
+    import psycopg
+
+    if isinstance(exc, OSError) and not isinstance(exc, psycopg.Error) and exc.filename:
+        what = {
+            errno.ENOENT: "does not exist",
+            errno.ENOTDIR: "is under a path that is a file, not a folder",
+            errno.EACCES: "is not accessible (permission denied)",
+            errno.EPERM: "is not accessible (operation not permitted)",
+            errno.EROFS: "is on a read-only file system",
+            errno.EEXIST: "already exists",
+            errno.EISDIR: "is a folder, not a file",
+            errno.ENOSPC: "cannot be written: no space left on the device",
+        }.get(exc.errno or 0, exc.strerror or str(exc))
+        return f"{exc.filename}: {what}"
+    if isinstance(exc, psycopg.OperationalError):
+        first = (str(exc).strip().splitlines() or ["connection failed"])[0]
+        hint = "is it running? see `lifecycle warehouse status`"
+        return f"the warehouse connection failed: {first} ({hint})"
+    if isinstance(exc, psycopg.Error):
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return f"the warehouse refused a statement: {type(exc).__name__}: {first}"
+    text = str(exc).strip()
+    if isinstance(exc, KeyError | IndexError | AttributeError | TypeError) or not text:
+        return f"{type(exc).__name__}: {text or 'no message'} (internal error: run with -v)"
+    return text
