@@ -102,9 +102,13 @@ def _role_passwords(env: Mapping[str, str]) -> dict[str, str]:
             try:
                 value = Path(value).read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
-                raise SettingsError(f"{name}: cannot read the secrets file {value}: {exc}") from None
+                raise SettingsError(
+                    f"{name}: cannot read the secrets file {value}: {exc}"
+                ) from None
         found[role] = value
     return found
+
+
 def _number(env: Mapping[str, str], name: str, default, kind=float, low=None, high=None):
     """Return the number in `env[name]` (or `default`), or raise SettingsError naming it."""
     raw = env.get(name)
