@@ -13,11 +13,10 @@ from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
 from lifecycle.parse import Chunk, Window
+from lifecycle.sources_file import Endpoint
 
 log = logging.getLogger(__name__)
 
-CONTACTS_PATH = "/crm/v3/objects/contacts"
-PAGE_LIMIT = 100
 RECORDS_PER_CHUNK = 5000
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 
@@ -79,19 +78,32 @@ def iter_contact_pages(
     retries: int = 8,
     backoff_s: float = 0.5,
     timeout_s: float = 30,
+    endpoint: Endpoint | None = None,
+    flatten=None,
 ) -> Iterator[tuple[str, list[dict]]]:
-    """Yield (page locator, contacts) for every page of contacts updated in `window`."""
+    """Yield (page locator, records) for every page of records updated in `window`.
+
+    `endpoint` (the sources file's dlt-style block) names the path, the fixed params,
+    where the records are in the body (``data_selector``), the next-page cursor
+    (``paginator.cursor_path``, sent back as ``paginator.cursor_param``) and the window's
+    query params (``incremental``); the default is the sample CRM's (HubSpot-like) API.
+    """
+    endpoint = endpoint or Endpoint()
     base = base_url.rstrip("/")
-    params: dict[str, str | int] = {"limit": PAGE_LIMIT, "updatedBefore": _iso(window.end)}
+    path = "/" + endpoint.path.lstrip("/")
+    flatten = flatten or _flatten
+    inc = endpoint.incremental
+    params: dict[str, str | int] = {**endpoint.params, inc.end_param: _iso(window.end)}
     if window.start is not None:
-        params["updatedAfter"] = _iso(window.start)
+        params[inc.start_param] = _iso(window.start)
     after: str | None = None
+    pages = 0
     with session(token, retries, backoff_s) as http:
         while True:
-            query = params | ({"after": after} if after else {})
-            locator = f"{base}{CONTACTS_PATH}?{urlencode(query)}"
+            query = params | ({endpoint.paginator.cursor_param: after} if after else {})
+            locator = f"{base}{path}?{urlencode(query)}"
             try:
-                resp = http.get(f"{base}{CONTACTS_PATH}", params=query, timeout=timeout_s)
+                resp = http.get(f"{base}{path}", params=query, timeout=timeout_s)
             except requests.exceptions.RetryError as exc:
                 raise CrmApiError(
                     f"CRM API kept failing after {retries} retries at GET {locator}: {_reason(exc)}"
@@ -110,10 +122,31 @@ def iter_contact_pages(
                     f"CRM API answered {resp.status_code} at GET {locator}: {resp.text[:200]}"
                 )
             body = resp.json()
-            yield locator, [_flatten(r) for r in body.get("results", [])]
-            after = (body.get("paging") or {}).get("next", {}).get("after")
+            records = _select(body, endpoint.data_selector)
+            if not isinstance(records, list):
+                raise CrmApiError(
+                    f"CRM API at GET {locator}: data_selector {endpoint.data_selector!r} "
+                    f"is not a list of records in the response"
+                )
+            yield locator, [flatten(r) for r in records if isinstance(r, dict)]
+            pages += 1
+            after = _select(body, endpoint.paginator.cursor_path)
             if not after:
                 return
+            if pages >= endpoint.max_pages:
+                raise CrmApiError(
+                    f"CRM API at GET {locator}: still more pages after max_pages "
+                    f"({endpoint.max_pages}); raise endpoint.max_pages or narrow the window"
+                )
+
+
+def _select(body: object, path: str) -> object:
+    """Return the value at the dotted `path` of a JSON body (None where it is absent)."""
+    for part in path.split(".") if path else ():
+        if not isinstance(body, dict):
+            return None
+        body = body.get(part)
+    return body
 
 
 def _reason(exc: BaseException) -> str:
@@ -123,14 +156,44 @@ def _reason(exc: BaseException) -> str:
 
 
 def _flatten(record: dict) -> dict:
+    """The sample CRM's (HubSpot-like) record: id, properties, createdAt, updatedAt."""
     props = dict(record.get("properties") or {})
     props.setdefault("created_at", record.get("createdAt"))
     props.setdefault("updated_at", record.get("updatedAt"))
     return {"id": record.get("id"), **props}
 
 
+def flatten_record(record: dict) -> dict:
+    """Return a JSON record with nested objects as dotted keys (``address.city``), the
+    way the sources file names JSON columns; the keys of a ``properties`` object
+    (HubSpot-style APIs) are lifted to plain names (``email``)."""
+    out: dict = {}
+
+    def walk(prefix: str, obj: dict) -> None:
+        for key, value in obj.items():
+            if isinstance(value, dict):
+                walk(f"{prefix}{key}.", value)
+            else:
+                out[f"{prefix}{key}"] = value
+
+    walk("", {k: v for k, v in record.items() if k != "properties"})
+    props = record.get("properties")
+    if isinstance(props, dict):
+        for key, value in props.items():
+            if not isinstance(value, dict):
+                out.setdefault(key, value)
+    return out
+
+
 def api_chunks(
-    base_url: str, token: str, window: Window, *, retries: int = 8, backoff_s: float = 0.5
+    base_url: str,
+    token: str,
+    window: Window,
+    *,
+    retries: int = 8,
+    backoff_s: float = 0.5,
+    endpoint: Endpoint | None = None,
+    flatten=None,
 ) -> Iterator[Chunk]:
     """Yield the contacts updated in `window` from the REST API as text chunks.
 
@@ -141,7 +204,13 @@ def api_chunks(
     walk = None
     done = 0
     for locator, page in iter_contact_pages(
-        base_url, token, window, retries=retries, backoff_s=backoff_s
+        base_url,
+        token,
+        window,
+        retries=retries,
+        backoff_s=backoff_s,
+        endpoint=endpoint,
+        flatten=flatten,
     ):
         walk = walk or locator
         records.extend(page)
@@ -174,7 +243,16 @@ def rest_batch(src, emap, window: Window, sources, settings):  # -> lifecycle.ex
         conn = sources.connections.get(src.connection or "")
         where = conn.token_env if conn and conn.token_env else "the connection's token_env"
         raise LoadError(f"the CRM API at {base_url} needs a bearer token: set {where}")
+    # The built-in source is the sample CRM, whose records keep their fields under
+    # `properties`; a configured API's records are flattened to dotted names.
+    builtin = sources.origin == "built-in"
     chunks = api_chunks(
-        base_url, token, window, retries=settings.http_retries, backoff_s=settings.http_backoff_s
+        base_url,
+        token,
+        window,
+        retries=settings.http_retries,
+        backoff_s=settings.http_backoff_s,
+        endpoint=src.endpoint,
+        flatten=_flatten if builtin else flatten_record,
     )
     return Batch(chunks=chunks)
