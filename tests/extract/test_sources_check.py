@@ -7,6 +7,7 @@ alike; a good mapping is reported field by field without loading anything.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -248,3 +249,41 @@ def test_table_that_does_not_exist_and_bad_sql(tmp_path: Path, sales_db: str) ->
         f"error: {tmp_path / 'sources.yml'}: sources.orders.entities.orders.columns.order_id.sql: "
         "\"'S-' ||| id\" fails in PostgreSQL: "
     ), error
+
+
+def test_example_file_and_its_commented_alternatives_are_valid() -> None:
+    import yaml
+
+    from lifecycle.sources_file import load_sources_file, parse_sources
+
+    example = Path(__file__).resolve().parents[2] / "sources.example.yml"
+    doc = load_sources_file(example)
+    assert set(doc.sources) == {"orders", "crm"}
+    assert doc.sources["orders"].entities["orders"].columns["ordered_at"].format == (
+        "%Y-%m-%d %H:%M:%S %z"
+    )
+    # The commented-out blocks (the postgres orders, the latin-1 spend) are valid too.
+    lines = example.read_text().splitlines()
+    blocks: dict[str, list[str]] = {}
+    name = None
+    for line in lines:
+        head = re.match(r"^  # (\w+):$", line)
+        if head:
+            name = head.group(1)
+            blocks[name] = []
+        elif name and line.startswith("  #   "):
+            blocks[name].append(line[4:])
+        else:
+            name = None
+    assert set(blocks) == {"shop_db", "orders", "marketing"}
+    connections = {"shop_db": yaml.safe_load("\n".join(blocks.pop("shop_db")))}
+    for name, body in blocks.items():
+        doc = parse_sources(
+            {
+                "version": 1,
+                "connections": connections,
+                "sources": {name: yaml.safe_load("\n".join(body))},
+            },
+            "sources.example.yml",
+        )
+        assert name in doc.sources
