@@ -348,19 +348,23 @@ def load_batch(
     max_reject_share: float = 0.05,
     cursor: str | None = None,
     window_filter: bool = True,
+    timezone: str = "UTC",
 ) -> LoadResult:
     """Land `chunks` as the batch of `entity` for `logical_date`, replacing any earlier one.
 
     `files` are source locators this batch claims (so another batch skips them);
     `cursor` overrides the field that places rows in `window`; with `window_filter`
-    off every row belongs to the batch (for sources that select by file arrival).
+    off every row belongs to the batch (for sources that select by file arrival);
+    a plain date in a timestamp field is midnight in `timezone`.
     Raises LoadError when the rejected share passes `max_reject_share`: the batch is
     then not published (its quarantine and run-log entry are, for diagnosis).
     """
     bid = batch_id(entity, logical_date)
     files = list(files)
     result = LoadResult(bid, entity.source, entity.entity, logical_date, window, files=files)
-    checker = Checker(entity, window, (cursor or entity.cursor) if window_filter else None)
+    checker = Checker(
+        entity, window, (cursor or entity.cursor) if window_filter else None, timezone
+    )
     started = time.perf_counter()
     state: dict = {"rows_read": 0, "rows_duplicate": 0, "rows_out_of_window": 0, "quarantine": []}
     error: BaseException | None = None

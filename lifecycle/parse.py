@@ -63,6 +63,11 @@ class Chunk:
     lines: np.ndarray
     rejects: list[Reject] = field(default_factory=list)
     sources: pa.Array | None = None
+    #: What the mapping step could not map, per contract field: a reason per row (null
+    #: where the value mapped). The checker quarantines those rows with these reasons.
+    errors: dict[str, pa.Array] | None = None
+    #: The source records as read (before mapping), shown as the quarantine's payload.
+    originals: pa.Table | None = None
 
     def source_of(self, i: int) -> str:
         """Return where row `i` came from."""
@@ -146,6 +151,79 @@ BINARY_TYPES: dict[str, pa.DataType] = {
     "integer": pa.int64(),
     "boolean": pa.bool_(),
 }
+
+# ------------------------------------------------------------------ time zones
+
+#: Arrow's words for a local time that happens twice (``ambiguous``) or never
+#: (``nonexistent``) at a DST change; ``reject`` is resolved as ``earliest`` and flagged.
+_ARROW_RULE = {"earliest": "earliest", "latest": "latest", "reject": "earliest"}
+
+
+def local_to_utc(
+    naive: pa.Array, zone: str, ambiguous: str = "earliest", nonexistent: str = "latest"
+) -> tuple[pa.Array, np.ndarray]:
+    """Return (`naive` wall-clock times of `zone` as UTC instants, mask of rejected rows).
+
+    `ambiguous` and `nonexistent` are ``earliest``, ``latest`` (pyarrow's
+    ``assume_timezone`` meanings: for a gap, the last instant before it or the first
+    after it) or ``reject``: such rows are flagged in the mask (and come out null).
+    """
+    utc = pa.timestamp("us", tz="UTC")
+    if zone == "UTC":
+        return naive.cast(pa.timestamp("us")).cast(utc), np.zeros(len(naive), dtype=bool)
+    naive = naive.cast(pa.timestamp("us"))
+    out = pc.assume_timezone(
+        naive, zone, ambiguous=_ARROW_RULE[ambiguous], nonexistent=_ARROW_RULE[nonexistent]
+    ).cast(utc)
+    rejected = np.zeros(len(naive), dtype=bool)
+    if "reject" in (ambiguous, nonexistent):
+        early = pc.assume_timezone(naive, zone, ambiguous="earliest", nonexistent="earliest")
+        late = pc.assume_timezone(naive, zone, ambiguous="latest", nonexistent="latest")
+        differ = pc.fill_null(pc.not_equal(early, late), False)
+        if pc.any(differ).as_py():
+            # A time in a gap does not come back from its earliest instant; one in an
+            # overlap does (twice).
+            back = pc.local_timestamp(early).cast(pa.timestamp("us"))
+            gap = pc.and_(differ, pc.fill_null(pc.not_equal(back, naive), False))
+            overlap = pc.and_(differ, pc.invert(gap))
+            if nonexistent == "reject":
+                rejected |= gap.to_numpy(zero_copy_only=False)
+            if ambiguous == "reject":
+                rejected |= overlap.to_numpy(zero_copy_only=False)
+            if rejected.any():
+                out = pc.if_else(pa.array(rejected), pa.scalar(None, utc), out)
+    return out, rejected
+
+
+def utc_text(instants: pa.Array) -> pa.Array:
+    """Return UTC instants as ISO-8601 text with ``Z`` (fractions only where there are)."""
+    instants = instants.cast(pa.timestamp("us", tz="UTC"))
+    micros = pc.cast(instants, pa.int64())
+    whole = pc.fill_null(
+        pc.equal(pc.subtract(micros, pc.multiply(pc.divide(micros, 1_000_000), 1_000_000)), 0), True
+    )
+    if pc.all(whole).as_py():
+        return pc.strftime(instants.cast(pa.timestamp("s", tz="UTC")), format="%Y-%m-%dT%H:%M:%SZ")
+    return pc.strftime(instants, format="%Y-%m-%dT%H:%M:%SZ")
+
+
+def plain_dates_as_midnight(text: pa.Array, zone: str = "UTC") -> pa.Array:
+    """Return `text` with plain dates (``2024-03-05``) as the UTC instant of their
+    midnight in `zone`; other values (and dates that do not exist) are left as they are.
+
+    A date in a timestamp field means the start of that day where the business is: the
+    day boundaries of the pipeline are the business time zone's midnights.
+    """
+    is_date = pc.fill_null(pc.match_substring_regex(text, ISO_DATE), False)
+    if not pc.any(is_date).as_py():
+        return text
+    if zone == "UTC":
+        return pc.if_else(is_date, pc.binary_join_element_wise(text, "T00:00:00Z", ""), text)
+    dates = _cast(pc.if_else(is_date, text, pa.scalar(None, pa.string())), pa.date32())
+    # A midnight that DST skips (a few zones switch at 00:00) is the first instant after.
+    midnight, _ = local_to_utc(dates.cast(pa.timestamp("us")), zone, "earliest", "latest")
+    return pc.coalesce(utc_text(midnight), text)
+
 
 # ------------------------------------------------------------------ typing kernels
 
@@ -250,12 +328,15 @@ def _shaped(text: pa.Array, pattern: str) -> pa.Array:
     return pc.if_else(ok, text, pa.scalar(None, pa.string()))
 
 
-def type_column(f_type: str, raw: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
+def type_column(
+    f_type: str, raw: pa.Array, timezone: str = "UTC"
+) -> tuple[pa.Array, pa.Array, pa.Array]:
     """Return (text to load, typed values, mask of present-but-invalid) for one column.
 
     `raw` is the source text with empty strings as null. Text fields load as they
     came (cleaning is staging's job); typed fields are trimmed first. Fast paths cast
     the whole column at once and fall back to per-value checks only when that fails.
+    A plain date in a timestamp field is midnight in `timezone`.
     """
     present = pc.is_valid(raw)
     if f_type == "text":
@@ -268,6 +349,7 @@ def type_column(f_type: str, raw: pa.Array) -> tuple[pa.Array, pa.Array, pa.Arra
         if _all_utc_seconds(text):
             load = text
         else:
+            text = plain_dates_as_midnight(text, timezone)
             # The shape check keeps to forms PostgreSQL reads exactly as Arrow does.
             load = _shaped(text, ISO_TIMESTAMP)
             has_tz = pc.fill_null(pc.match_substring_regex(load, HAS_OFFSET), False)
@@ -418,10 +500,13 @@ class SeenHashes:
 class Checker:
     """Checks the chunks of one batch against `entity`; remembers keys across chunks."""
 
-    def __init__(self, entity: RawEntity, window: Window, cursor: str | None) -> None:
+    def __init__(
+        self, entity: RawEntity, window: Window, cursor: str | None, timezone: str = "UTC"
+    ) -> None:
         self.entity = entity
         self.window = window
         self.cursor = cursor
+        self.timezone = timezone  # where a plain date's midnight is (timestamp fields)
         self.seen = SeenHashes()
         self.seen_headers: set[tuple[str, ...]] = set()
         self.extra_columns: list[str] = []
@@ -460,6 +545,7 @@ class Checker:
         loads: dict[str, pa.Array] = {}
         values: dict[str, pa.Array] = {}
         failures: list[tuple[Field, str, pa.Array]] = []
+        mapping = chunk.errors or {}
         for f in self.entity.fields:
             if f.name in table.column_names:
                 raw = table.column(f.name).combine_chunks()
@@ -469,16 +555,23 @@ class Checker:
             else:
                 text = pa.nulls(n, pa.string())
             texts[f.name] = text
-            load, value, bad = type_column(f.type, text)
+            load, value, bad = type_column(f.type, text, self.timezone)
             loads[f.name], values[f.name] = load, value
-            failures.append((f, "invalid", bad))
+            own: list[tuple[Field, str, pa.Array]] = [(f, "invalid", bad)]
             if not f.nullable:
-                failures.append((f, "empty", pc.is_null(text)))
+                own.append((f, "empty", pc.is_null(text)))
             if f.non_negative:
-                failures.append((f, "negative", pc.fill_null(pc.less(value, 0), False)))
+                own.append((f, "negative", pc.fill_null(pc.less(value, 0), False)))
             if f.not_future:
                 bound = _scalar_for(f.type, self.window.end)
-                failures.append((f, "future", pc.fill_null(pc.greater(value, bound), False)))
+                own.append((f, "future", pc.fill_null(pc.greater(value, bound), False)))
+            if f.name in mapping:
+                # The mapping step's reason (value and expected format) replaces the
+                # checker's own reasons for the field.
+                unmapped = pc.is_valid(mapping[f.name])
+                own = [(g, k, pc.and_(m, pc.invert(unmapped))) for g, k, m in own]
+                own.append((f, "mapping", unmapped))
+            failures += own
 
         outside = self._outside(values)
         bad_any = np.zeros(n, dtype=bool)
@@ -491,7 +584,12 @@ class Checker:
             for f, kind, mask in failures:
                 hit = np.flatnonzero(mask.to_numpy(zero_copy_only=False) & bad_any)
                 for i in hit.tolist():
-                    reasons.setdefault(i, []).append(self._reason(f, kind, texts[f.name], i))
+                    reason = (
+                        mapping[f.name][i].as_py()
+                        if kind == "mapping"
+                        else self._reason(f, kind, texts[f.name], i)
+                    )
+                    reasons.setdefault(i, []).append(reason)
 
         keep = ~bad_any & ~outside
         rows_duplicate = 0
@@ -517,7 +615,7 @@ class Checker:
                 chunk.source_of(i),
                 int(chunk.lines[i]),
                 "; ".join(reasons[i]),
-                self._payload(table, i),
+                self._payload(table if chunk.originals is None else chunk.originals, i),
             )
             for i in sorted(reasons)
         ] + [(r.source, r.line, r.reason, r.payload) for r in rejects]

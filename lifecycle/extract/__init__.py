@@ -115,6 +115,7 @@ def _extract_entity(
         max_reject_share=settings.max_reject_share,
         cursor=emap.cursor,
         window_filter=batch.window_filter,
+        timezone=mapper.timezone,
     )
 
 

@@ -46,7 +46,8 @@ def _chunks(
     for url in found:
         with fsspec.open(url, "rb", compression=_compression(src, emap, sources)) as fh:
             if src.kind == "csv":
-                yield from readers.read_csv_chunks(fh, _locator(url))
+                fmt = sources.format_of(src, emap)
+                yield from readers.read_csv_chunks(fh, _locator(url), fmt=fmt)
             elif src.kind == "jsonl":
                 yield readers.read_jsonl(fh, _locator(url), entity.names)
             else:

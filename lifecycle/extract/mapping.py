@@ -1,21 +1,122 @@
 """The mapping step: source records, under their own names, to contract fields as text.
 
-It sits between a connector and the loader's checker (:class:`lifecycle.parse.Checker`):
-it renames source columns to contract fields, fills constants, and will recode values,
-parse dates in declared formats and time zones, and build orders from order lines, as
-the sources file (:mod:`lifecycle.sources_file`) says. Its output is a :class:`Chunk` of
-string columns with contract names, exactly what the checker takes, so quarantine,
-batches, windows and watermarks work unchanged. An entity without a mapping (the
-built-in layout) passes through untouched.
+It sits between a connector and the loader's checker (:class:`lifecycle.parse.Checker`)
+and does what the sources file (:mod:`lifecycle.sources_file`) says, vectorized with
+pyarrow compute kernels:
+
+* each contract field takes a source column (renamed), a constant, a concatenation or a
+  product of columns; an unmapped field takes the source column of its own name;
+* ``values`` recodes words (``paid`` -> ``completed``; case and surrounding spaces do not
+  matter), ``default`` takes the rest;
+* numbers lose their thousands separator and take ``.`` for a decimal comma; ``scale``
+  multiplies (cents);
+* dates and times are read in their ``format`` (strptime, ``iso``, ``epoch_s``,
+  ``epoch_ms``, ``excel_serial``; without one, ISO-8601 forms and plain dates), naive ones
+  in the source's time zone (DST overlaps and gaps per ``ambiguous_time`` /
+  ``nonexistent_time``), and written as ISO-8601 UTC text with ``Z``;
+* refunds (negative amounts, marked rows, ``refund_of``) become ``refunded`` orders;
+* ``grain: line`` sums order lines into one order per order id;
+* unmapped source columns go to ``_extra`` per ``extra_columns``.
+
+Its output is a :class:`Chunk` of string columns with contract names, exactly what the
+checker takes, so quarantine, batches, windows and watermarks work unchanged. A value
+that cannot be mapped is not dropped: the chunk carries the reason per row and field
+(:attr:`Chunk.errors`: field, value and the expected format) and the checker
+quarantines the row with it, showing the source record as read. An entity that needs
+nothing of this (the built-in layout) passes through untouched.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
-from lifecycle.parse import Chunk
-from lifecycle.raw import RawEntity
-from lifecycle.sources_file import EntityMap, Source, SourcesFile
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lifecycle.load import LoadError
+from lifecycle.parse import (
+    ISO_DATE,
+    Chunk,
+    _cast,
+    _empty_to_null,
+    local_to_utc,
+    utc_text,
+)
+from lifecycle.raw import Field, RawEntity
+from lifecycle.sources_file import EntityMap, FieldMap, Source, SourcesFile
+
+#: Rows per chunk of orders built from lines (they are emitted at the end of the batch).
+LINE_ORDERS_PER_CHUNK = 100_000
+#: Digits kept of computed numbers (products, scaled and summed amounts): enough for
+#: ``numeric(14, 2)``, and no float noise such as 15.299999999999999 in the loaded text.
+COMPUTED_DIGITS = 9
+#: 1970-01-01 as an Excel serial day number (the 1900 date system, as Excel counts).
+EXCEL_EPOCH_DAY = 25569
+
+_ISO = (
+    r"^(?P<date>\d{4}-\d{2}-\d{2})"
+    r"(?:[T ](?P<time>\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?))?"
+    r"\s*(?P<zone>Z|z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)?$"
+)
+_TEXT = pa.string()
+_UTC = pa.timestamp("us", tz="UTC")
+
+
+class MappingError(LoadError):
+    """The sources file does not fit the data (a mapped column is not there)."""
+
+
+def _null_text(n: int) -> pa.Array:
+    return pa.nulls(n, _TEXT)
+
+
+def _reasons(mask: pa.Array | np.ndarray, message: pa.Array) -> pa.Array:
+    """Return `message` where `mask` holds, null elsewhere."""
+    mask = pa.array(mask) if isinstance(mask, np.ndarray) else pc.fill_null(mask, False)
+    return pc.if_else(mask, message, pa.scalar(None, _TEXT))
+
+
+def _quoted(text: pa.Array) -> pa.Array:
+    """Return each value as Python's repr would show it ('...'), vectorized."""
+    escaped = pc.replace_substring(pc.replace_substring(text, "\\", "\\\\"), "'", "\\'")
+    return pc.binary_join_element_wise("'", escaped, "'", "")
+
+
+def _message(name: str, text: pa.Array, what: str) -> pa.Array:
+    """Return ``name: 'value' what`` per row."""
+    return pc.binary_join_element_wise(f"{name}: ", _quoted(text), f" {what}", "")
+
+
+def _merge(a: pa.Array | None, b: pa.Array | None) -> pa.Array | None:
+    """Return the reasons of `a` and `b` joined per row (either may be None)."""
+    if a is None or b is None:
+        return a if b is None else b
+    joined = pc.binary_join_element_wise(a, b, "; ")
+    return pc.coalesce(joined, a, b)
+
+
+def number_text(values: pa.Array) -> pa.Array:
+    """Return floats as text without float noise (rounded to COMPUTED_DIGITS)."""
+    rounded = pc.round(values, COMPUTED_DIGITS)
+    text = pc.cast(rounded, _TEXT)
+    # Arrow writes a whole float as 15 or 15.0 depending on the version; both load.
+    return pc.replace_substring_regex(text, r"\.0$", "")
+
+
+@dataclass
+class _Fields:
+    """The contract fields of one chunk, as text, with the reasons of what did not map."""
+
+    n: int
+    text: dict[str, pa.Array] = field(default_factory=dict)
+    errors: dict[str, pa.Array] = field(default_factory=dict)
+
+    def fail(self, name: str, reasons: pa.Array | None) -> None:
+        if reasons is not None and reasons.null_count < len(reasons):
+            self.errors[name] = _merge(self.errors.get(name), reasons)
 
 
 class Mapper:
@@ -28,20 +129,544 @@ class Mapper:
         self.src = src
         self.emap = emap
         self.sources = sources
+        self.fmt = sources.format_of(src, emap)
+        self.where = f"sources.{entity.source}.entities.{entity.entity}"
+        self._placed: list[tuple[pa.Array, pa.Array]] = []  # (order_id, ordered_at) seen
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def timezone(self) -> str:
+        """The zone of naive timestamps of this entity (where a plain date's midnight is)."""
+        return self.sources.timezone_of(self.src, self.emap)
 
     @property
     def is_identity(self) -> bool:
-        """True when source columns already carry contract names and nothing is recoded."""
-        return not self.emap.columns and self.emap.refunds is None and self.emap.grain == "order"
+        """True when source columns already carry contract names and nothing is recoded:
+        no mapping, ISO numbers, naive times in UTC, amounts in the staging's default
+        currency, every extra column kept."""
+        return (
+            not self.emap.columns
+            and self.emap.refunds is None
+            and self.emap.grain == "order"
+            and self.emap.extra_columns == "all"
+            and self.fmt.decimal_separator == "."
+            and not self.fmt.thousands_separator
+            and not self.fmt.true_values
+            and not self.fmt.false_values
+            and self.timezone == "UTC"
+            and (
+                "currency" not in self.entity.names
+                or self.sources.currency_of(self.src, self.emap) == "USD"
+            )
+        )
+
+    # --------------------------------------------------------------------- mapping
 
     def map_chunks(self, chunks: Iterable[Chunk]) -> Iterator[Chunk]:
         """Yield `chunks` mapped onto the contract."""
         if self.is_identity:
             yield from chunks
             return
+        if self.emap.grain == "line":
+            yield from self._orders_of_lines(chunks)
+            return
         for chunk in chunks:
             yield self.map(chunk)
 
     def map(self, chunk: Chunk) -> Chunk:
-        """Return one chunk mapped onto the contract."""
-        raise NotImplementedError("column mappings arrive with the mapping step")
+        """Return one chunk mapped onto the contract (order grain)."""
+        fields = self._fields(chunk)
+        if self.emap.refunds is not None:
+            self._refunds(chunk, fields)
+        table = self._table(fields, chunk)
+        return Chunk(
+            table,
+            chunk.source,
+            chunk.lines,
+            chunk.rejects,
+            chunk.sources,
+            errors=fields.errors or None,
+            originals=chunk.table,
+        )
+
+    def _table(self, fields: _Fields, chunk: Chunk) -> pa.Table:
+        cols = dict(fields.text)
+        for name in self._extra_names(chunk):
+            cols[name] = chunk.table.column(name)
+        return pa.table(cols)
+
+    def _extra_names(self, chunk: Chunk) -> list[str]:
+        """Return the source columns that go to _extra (unmapped, per extra_columns)."""
+        names = chunk.table.column_names
+        used = {c for fm in self.emap.columns.values() for c in fm.source_columns}
+        if self.emap.refunds is not None:
+            used |= {c for c in (self.emap.refunds.column, self.emap.refunds.refund_of) if c}
+        contract = set(self.entity.names)
+        if self.emap.extra_columns == "all":
+            # A source column named like a contract field is that field (or, when the
+            # field is mapped from another column, not kept: its name is taken).
+            return [c for c in names if c not in used and c not in contract]
+        missing = [c for c in self.emap.extra_columns if c not in names]
+        if missing and chunk.table.num_columns:
+            self._missing(chunk, "extra_columns", missing[0])
+        return [c for c in self.emap.extra_columns if c in names and c not in contract]
+
+    def _missing(self, chunk: Chunk, key: str, column: str) -> None:
+        found = ", ".join(chunk.table.column_names) or "none"
+        raise MappingError(
+            f"{self.sources.origin}: {self.where}.{key}: column {column!r} is not in "
+            f"{chunk.source} (columns: {found})"
+        )
+
+    def _column(self, chunk: Chunk, name: str, key: str) -> pa.Array:
+        if name not in chunk.table.column_names:
+            self._missing(chunk, key, name)
+        column = chunk.table.column(name).combine_chunks()
+        if not pa.types.is_string(column.type):
+            column = pc.cast(column, _TEXT)
+        return column
+
+    def _fields(self, chunk: Chunk) -> _Fields:
+        """Return the contract fields of `chunk` as text, with what did not map."""
+        n = chunk.table.num_rows
+        out = _Fields(n)
+        for f in self.entity.fields:
+            fmap = self.emap.field_map(f.name)
+            key = f"columns.{f.name}"
+            if fmap is None:
+                if f.name in chunk.table.column_names:
+                    fmap = FieldMap(column=f.name)
+                elif f.name == "currency":
+                    currency = self.sources.currency_of(self.src, self.emap)
+                    out.text[f.name] = pa.repeat(pa.scalar(currency, _TEXT), n)
+                    continue
+                else:
+                    if f.required and chunk.table.num_columns:
+                        found = ", ".join(chunk.table.column_names) or "none"
+                        raise MappingError(
+                            f"{self.sources.origin}: {self.where}.columns: required field "
+                            f"{f.name} is not mapped and {chunk.source} has no column "
+                            f"{f.name!r} (columns: {found})"
+                        )
+                    continue
+            text, errors = self._value(f, fmap, chunk, key)
+            out.text[f.name] = text
+            out.fail(f.name, errors)
+        return out
+
+    def _value(
+        self, f: Field, fmap: FieldMap, chunk: Chunk, key: str
+    ) -> tuple[pa.Array, pa.Array | None]:
+        """Return (the text of field `f`, reasons per row where it did not map)."""
+        n = chunk.table.num_rows
+        errors = None
+        kind = fmap.kind
+        if kind == "constant":
+            value = fmap.constant
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            text = pa.repeat(pa.scalar(None if value is None else str(value), _TEXT), n)
+        elif kind == "sql":
+            # Evaluated by the database: the connector delivers it under the field's name.
+            text = self._column(chunk, f.name, key + ".sql")
+        elif kind == "column":
+            assert fmap.column is not None
+            text = self._column(chunk, fmap.column, key + ".column")
+        elif kind == "concat":
+            parts = [self._column(chunk, c, key + ".concat") for c in fmap.concat or ()]
+            text = pc.binary_join_element_wise(
+                *parts, fmap.separator, null_handling="replace", null_replacement=""
+            )
+        else:  # multiply
+            product = None
+            for c in fmap.multiply or ():
+                number, bad = self._number(f.name, self._column(chunk, c, key + ".multiply"))
+                errors = _merge(errors, bad)
+                product = number if product is None else pc.multiply(product, number)
+            text = number_text(product)
+        text = _empty_to_null(text)
+        if fmap.values is not None:
+            text, bad = self._recode(f.name, text, fmap, key)
+            errors = _merge(errors, bad)
+        if f.type == "timestamp" or (f.type == "date" and fmap.format is not None):
+            text, bad = self._moment(f, text, fmap)
+            errors = _merge(errors, bad)
+        elif f.type in ("numeric", "integer") and kind != "multiply":
+            text, bad = self._numeric_text(f, text, fmap)
+            errors = _merge(errors, bad)
+        elif f.type == "boolean" and (self.fmt.true_values or self.fmt.false_values):
+            text = self._boolean(text)
+        return text, errors
+
+    # ---------------------------------------------------------------------- values
+
+    def _recode(
+        self, name: str, text: pa.Array, fmap: FieldMap, key: str
+    ) -> tuple[pa.Array, pa.Array | None]:
+        assert fmap.values is not None
+        keys = pa.array([k.strip().lower() for k in fmap.values], _TEXT)
+        targets = pa.array(list(fmap.values.values()), _TEXT)
+        idx = pc.index_in(pc.utf8_lower(pc.utf8_trim_whitespace(text)), value_set=keys)
+        recoded = pc.take(targets, idx)
+        unknown = pc.and_(pc.is_valid(text), pc.is_null(idx))
+        if fmap.default is not None:
+            return pc.if_else(unknown, pa.scalar(fmap.default, _TEXT), recoded), None
+        listed = ", ".join(fmap.values)
+        what = f"is not one of {listed} ({self.where}.{key}.values; add it, or a default)"
+        return recoded, _reasons(unknown, _message(name, text, what))
+
+    def _boolean(self, text: pa.Array) -> pa.Array:
+        lowered = pc.utf8_lower(pc.utf8_trim_whitespace(text))
+        out = text
+        for words, word in ((self.fmt.true_values, "true"), (self.fmt.false_values, "false")):
+            if words:
+                hit = pc.fill_null(pc.is_in(lowered, pa.array([w.lower() for w in words])), False)
+                out = pc.if_else(hit, pa.scalar(word, _TEXT), out)
+        return out
+
+    # --------------------------------------------------------------------- numbers
+
+    def _normalized(self, text: pa.Array) -> pa.Array:
+        """Return numbers as text with ``.`` as decimal point and no thousands separator."""
+        text = pc.utf8_trim_whitespace(text)
+        if self.fmt.thousands_separator:
+            text = pc.replace_substring(text, self.fmt.thousands_separator, "")
+        if self.fmt.decimal_separator == ",":
+            text = pc.replace_substring(text, ",", ".")
+        return text
+
+    def _number(self, name: str, text: pa.Array) -> tuple[pa.Array, pa.Array | None]:
+        """Return (the numbers of `text` as floats, reasons where one is not a number)."""
+        text = _empty_to_null(text)
+        number = _cast(self._normalized(text), pa.float64())
+        bad = pc.and_(pc.is_valid(text), pc.is_null(number))
+        if not pc.any(bad).as_py():
+            return number, None
+        return number, _reasons(bad, _message(name, text, self._not_a_number()))
+
+    def _not_a_number(self) -> str:
+        sep = self.fmt.decimal_separator
+        thousands = self.fmt.thousands_separator
+        return f"is not a number (decimal separator {sep!r}" + (
+            f", thousands separator {thousands!r})" if thousands else ")"
+        )
+
+    def _numeric_text(
+        self, f: Field, text: pa.Array, fmap: FieldMap
+    ) -> tuple[pa.Array, pa.Array | None]:
+        if fmap.scale is not None:
+            number, bad = self._number(f.name, text)
+            return number_text(pc.multiply(number, fmap.scale)), bad
+        if self.fmt.decimal_separator == "." and not self.fmt.thousands_separator:
+            return text, None  # the checker reads (and rejects) the text as it is
+        normalized = self._normalized(text)
+        number = _cast(normalized, pa.float64())
+        bad = pc.and_(pc.is_valid(text), pc.is_null(number))
+        if not pc.any(bad).as_py():
+            return normalized, None
+        return normalized, _reasons(bad, _message(f.name, text, self._not_a_number()))
+
+    # ---------------------------------------------------------------- dates, times
+
+    def _moment(self, f: Field, text: pa.Array, fmap: FieldMap) -> tuple[pa.Array, pa.Array | None]:
+        """Return (a timestamp field as UTC ISO text / a date field as ISO date, reasons)."""
+        text = pc.utf8_trim_whitespace(text)
+        fmt = fmap.format or "iso"
+        zone = self.sources.timezone_of(self.src, self.emap, fmap)
+        present = pc.is_valid(text)
+        if fmt == "iso":
+            instant, naive = self._iso(text)
+            expected = "is not an ISO-8601 date or timestamp (e.g. 2024-03-05 14:02:11 -05:00)"
+        elif fmt in ("epoch_s", "epoch_ms"):
+            number = _cast(text, pa.float64())
+            per_unit = 1_000_000 if fmt == "epoch_s" else 1_000
+            micros = _cast(pc.round(pc.multiply(number, per_unit)), pa.int64())
+            instant, naive = micros.cast(pa.timestamp("us")).cast(_UTC), None
+            expected = f"is not a number of {'seconds' if fmt == 'epoch_s' else 'milliseconds'}"
+            expected += " since 1970-01-01 UTC (format " + fmt + ")"
+        elif fmt == "excel_serial":
+            days = pc.subtract(_cast(text, pa.float64()), EXCEL_EPOCH_DAY)
+            micros = _cast(pc.round(pc.multiply(days, 86_400_000_000)), pa.int64())
+            instant, naive = None, micros.cast(pa.timestamp("us"))
+            expected = "is not an Excel serial date number (format excel_serial)"
+        else:
+            parsed = pc.strptime(text, format=fmt, unit="us", error_is_null=True)
+            if parsed.type.tz is not None:
+                instant, naive = parsed.cast(_UTC), None
+            else:
+                instant, naive = None, parsed
+            expected = f"does not match the format {fmt!r}"
+        if f.type == "date":
+            moment = naive if naive is not None else instant
+            out = pc.strftime(moment.cast(pa.timestamp("us")), format="%Y-%m-%d")
+            if instant is not None and naive is not None:
+                out = pc.coalesce(pc.strftime(naive, format="%Y-%m-%d"), out)
+            bad = pc.and_(present, pc.is_null(out))
+            return out, _reasons(bad, _message(f.name, text, expected))
+        reasons = None
+        if naive is not None:
+            rules = self.sources.defaults
+            local, rejected = local_to_utc(
+                naive, zone, rules.ambiguous_time, rules.nonexistent_time
+            )
+            if rejected.any():
+                reasons = _reasons(
+                    rejected,
+                    _message(
+                        f.name,
+                        text,
+                        f"is a local time that {zone} skips or repeats at a DST change "
+                        "(defaults.ambiguous_time / nonexistent_time: reject)",
+                    ),
+                )
+            instant = local if instant is None else pc.coalesce(instant, local)
+        out = utc_text(instant)
+        bad = pc.and_(present, pc.is_null(out))
+        if reasons is not None:
+            bad = pc.and_(bad, pc.invert(pc.is_valid(reasons)))
+        return out, _merge(reasons, _reasons(bad, _message(f.name, text, expected)))
+
+    @staticmethod
+    def _iso(text: pa.Array) -> tuple[pa.Array, pa.Array]:
+        """Return (instants of values with an offset, naive times of those without)."""
+        parts = pc.extract_regex(text, _ISO)
+        date = pc.struct_field(parts, "date")
+        time = pc.struct_field(parts, "time")
+        zone = pc.struct_field(parts, "zone")
+        time = pc.if_else(pc.fill_null(pc.equal(time, ""), True), "00:00:00", time)
+        time = pc.replace_substring_regex(time, r"^(\d):", "0\\1:")
+        time = pc.if_else(
+            pc.equal(pc.utf8_length(time), 5), pc.binary_join_element_wise(time, ":00", ""), time
+        )
+        time = pc.replace_substring(time, ",", ".")
+        naive = _cast(pc.binary_join_element_wise(date, time, "T"), pa.timestamp("us"))
+        has_zone = pc.fill_null(pc.not_equal(zone, ""), False)
+        if not pc.any(has_zone).as_py():
+            return pa.nulls(len(text), _UTC), naive
+        offset = pc.replace_substring(pc.if_else(has_zone, zone, pa.scalar(None, _TEXT)), ":", "")
+        named = pc.is_in(offset, pa.array(["Z", "z", "UTC", "GMT"]))
+        hours = _cast(pc.utf8_slice_codeunits(offset, 1, 3), pa.int64())
+        minutes = pc.fill_null(_cast(pc.utf8_slice_codeunits(offset, 3, 5), pa.int64()), 0)
+        sign = pc.if_else(pc.starts_with(offset, "-"), -1, 1)
+        total = pc.multiply(sign, pc.add(pc.multiply(hours, 60), minutes))
+        total = pc.if_else(named, 0, total)
+        micros = pc.subtract(
+            pc.cast(naive, pa.int64()), pc.multiply(pc.cast(total, pa.int64()), 60_000_000)
+        )
+        instant = micros.cast(pa.timestamp("us")).cast(_UTC)
+        return instant, pc.if_else(has_zone, pa.scalar(None, pa.timestamp("us")), naive)
+
+    # --------------------------------------------------------------------- refunds
+
+    def _refunds(self, chunk: Chunk, fields: _Fields, marked: pa.Array | None = None) -> None:
+        """Turn refund rows into refunded orders (amounts positive), in place."""
+        rules = self.emap.refunds
+        assert rules is not None
+        n = fields.n
+        refund = np.zeros(n, dtype=bool)
+        if marked is not None:
+            refund |= marked.to_numpy(zero_copy_only=False)
+        elif rules.column:
+            refund |= self._marked(chunk).to_numpy(zero_copy_only=False)
+        amount = fields.text.get("amount")
+        negative = None
+        if amount is not None:
+            negative = pc.fill_null(pc.starts_with(pc.utf8_trim_whitespace(amount), "-"), False)
+            if rules.negative_amount:
+                refund |= negative.to_numpy(zero_copy_only=False)
+        of = None
+        if rules.refund_of and marked is None:
+            of = _empty_to_null(self._column(chunk, rules.refund_of, "refunds.refund_of"))
+            refund |= pc.is_valid(of).to_numpy(zero_copy_only=False)
+        if "order_id" in fields.text and "ordered_at" in fields.text and rules.refund_of:
+            self._placed.append(
+                (
+                    fields.text["order_id"].filter(pa.array(~refund)),
+                    fields.text["ordered_at"].filter(pa.array(~refund)),
+                )
+            )
+        if not refund.any():
+            return
+        mask = pa.array(refund)
+        fields.text["status"] = pc.if_else(
+            mask, pa.scalar("refunded", _TEXT), fields.text.get("status", _null_text(n))
+        )
+        for name in ("amount", "quantity"):
+            if name in fields.text:
+                value = pc.utf8_trim_whitespace(fields.text[name])
+                unsigned = pc.replace_substring_regex(value, r"^-", "")
+                fields.text[name] = pc.if_else(mask, unsigned, fields.text[name])
+        if of is not None and pc.any(pc.is_valid(of)).as_py():
+            self._refund_versions(fields, of)
+
+    def _marked(self, chunk: Chunk) -> pa.Array:
+        rules = self.emap.refunds
+        assert rules is not None and rules.column
+        marker = pc.utf8_trim_whitespace(self._column(chunk, rules.column, "refunds.column"))
+        hit = pa.repeat(False, chunk.table.num_rows)
+        if rules.starts_with:
+            hit = pc.or_(hit, pc.fill_null(pc.starts_with(marker, rules.starts_with), False))
+        if rules.equals:
+            hit = pc.or_(hit, pc.fill_null(pc.is_in(marker, pa.array(rules.equals)), False))
+        return hit
+
+    def _refund_versions(self, fields: _Fields, of: pa.Array) -> None:
+        """A refund naming its order is a refunded version of that order: its order_id,
+        updated at the refund's time, placed when the order was (if this batch has it)."""
+        is_version = pc.is_valid(of)
+        when = fields.text.get("ordered_at")
+        if when is not None:
+            updated = fields.text.get("updated_at", _null_text(fields.n))
+            fields.text["updated_at"] = pc.if_else(is_version, pc.coalesce(updated, when), updated)
+            if self._placed:
+                ids = pa.concat_arrays([p[0] for p in self._placed])
+                placed = pa.concat_arrays([p[1] for p in self._placed])
+                original = pc.take(placed, pc.index_in(of, value_set=ids))
+                fields.text["ordered_at"] = pc.if_else(
+                    pc.and_(is_version, pc.is_valid(original)), original, when
+                )
+        ids = fields.text.get("order_id", _null_text(fields.n))
+        fields.text["order_id"] = pc.if_else(is_version, of, ids)
+
+    # ----------------------------------------------------------------- order lines
+
+    def _orders_of_lines(self, chunks: Iterable[Chunk]) -> Iterator[Chunk]:
+        """Yield one order per order id from order lines: amount and quantity summed.
+
+        The lines of an order may lie in any chunk of the batch, in any order, so the
+        orders are held until the end of the batch and emitted then. Memory: one row of
+        text fields per order and chunk it appears in (the lines themselves are not
+        kept), about 200 bytes per order of the batch. The order takes the fields of its
+        first line (its line number too); its mapping errors are those of all its lines.
+        """
+        partials: list[pa.Table] = []
+        rejects = []
+        seq = 0
+        source = None
+        has_sources = False
+        for chunk in chunks:
+            rejects += chunk.rejects
+            source = source or chunk.source
+            if not chunk.table.num_rows:
+                continue
+            partials.append(self._line_partial(chunk, seq))
+            has_sources |= chunk.sources is not None
+            seq += chunk.table.num_rows
+        if not partials:
+            if rejects or source:
+                yield Chunk(pa.table({}), source or "", np.empty(0, np.int64), rejects)
+            return
+        orders = self._aggregate(pa.concat_tables(partials, promote_options="permissive"))
+        for start in range(0, max(orders.num_rows, 1), LINE_ORDERS_PER_CHUNK):
+            part = orders.slice(start, LINE_ORDERS_PER_CHUNK)
+            yield self._line_chunk(part, source or "", rejects if start == 0 else [])
+
+    _NUMBERS = ("amount", "quantity")
+
+    def _line_partial(self, chunk: Chunk, seq: int) -> pa.Table:
+        """Return one row per order id of a chunk of lines (fields of its first line)."""
+        n = chunk.table.num_rows
+        fields = self._fields(chunk)
+        cols: dict[str, pa.Array] = {}
+        cols["__seq"] = pa.array(np.arange(seq, seq + n, dtype=np.int64))
+        cols["__line"] = pa.array(chunk.lines, pa.int64())
+        cols["__source"] = (
+            chunk.sources.cast(_TEXT) if chunk.sources is not None else pa.repeat(chunk.source, n)
+        )
+        ids = fields.text.get("order_id", _null_text(n))
+        # A line without an order id stays a row of its own (the checker rejects it).
+        cols["__group"] = pc.coalesce(
+            pc.binary_join_element_wise("=", ids, ""),
+            pc.binary_join_element_wise("#", pc.cast(cols["__seq"], _TEXT), ""),
+        )
+        for name, text in fields.text.items():
+            cols[name] = text
+            if name in self._NUMBERS:
+                number = _cast(text, pa.float64())
+                cols[f"__sum_{name}"] = number
+                cols[f"__bad_{name}"] = pc.and_(pc.is_valid(text), pc.is_null(number))
+        for name, reasons in fields.errors.items():
+            located = pc.binary_join_element_wise(
+                reasons,
+                pc.binary_join_element_wise(" (line ", pc.cast(cols["__line"], _TEXT), ")", ""),
+                "",
+            )
+            cols[f"__error_{name}"] = located
+        marked = None
+        rules = self.emap.refunds
+        if rules is not None and rules.column:
+            marked = self._marked(chunk)
+        cols["__refund"] = marked if marked is not None else pa.repeat(False, n)
+        table = pa.table(cols)
+        return self._group(table)
+
+    def _group(self, table: pa.Table) -> pa.Table:
+        """Return `table` (lines or partial orders) with one row per __group."""
+        aggs = [("__seq", "min"), ("__refund", "max")]
+        aggs += [(c, "sum") for c in table.column_names if c.startswith("__sum_")]
+        aggs += [(c, "max") for c in table.column_names if c.startswith("__bad_")]
+        aggs += [(c, "min") for c in table.column_names if c.startswith("__error_")]
+        grouped = table.group_by("__group", use_threads=False).aggregate(aggs)
+        first = pc.index_in(grouped.column("__seq_min"), value_set=table.column("__seq"))
+        keep = [
+            c
+            for c in table.column_names
+            if not c.startswith(("__sum_", "__bad_", "__error_", "__refund"))
+        ]
+        out = table.select(keep).take(first)
+        for c in table.column_names:
+            if c.startswith(("__sum_", "__bad_", "__error_")) or c == "__refund":
+                agg = "sum" if c.startswith("__sum_") else ("min" if "__error_" in c else "max")
+                out = out.append_column(c, grouped.column(f"{c}_{agg}"))
+        return out
+
+    def _aggregate(self, partials: pa.Table) -> pa.Table:
+        """Return the orders of the partial orders of every chunk, in first-line order."""
+        orders = self._group(partials)
+        return orders.take(pc.sort_indices(orders.column("__seq")))
+
+    def _line_chunk(self, orders: pa.Table, source: str, rejects: list) -> Chunk:
+        n = orders.num_rows
+        fields = _Fields(n)
+        names = set(orders.column_names)
+        for f in self.entity.fields:
+            if f.name not in names:
+                continue
+            text = orders.column(f.name).combine_chunks()
+            if f.name in self._NUMBERS:
+                total = orders.column(f"__sum_{f.name}").combine_chunks()
+                bad = orders.column(f"__bad_{f.name}").combine_chunks()
+                text = pc.if_else(bad, pa.scalar(None, _TEXT), number_text(total))
+            fields.text[f.name] = text
+            if f"__error_{f.name}" in names:
+                fields.fail(f.name, orders.column(f"__error_{f.name}").combine_chunks())
+        if self.emap.refunds is not None:
+            marked = orders.column("__refund").combine_chunks()
+            self._refunds(Chunk(orders, source, np.empty(0)), fields, marked=marked)
+        sources = orders.column("__source").combine_chunks()
+        single = pc.count_distinct(sources).as_py() <= 1
+        return Chunk(
+            pa.table(fields.text) if fields.text else pa.table({}),
+            source,
+            orders.column("__line").to_numpy(),
+            rejects,
+            None if single else sources,
+            errors=fields.errors or None,
+        )
+
+
+def describe_mapping(mapper: Mapper) -> dict[str, str]:
+    """Return, per contract field, what feeds it (for logs and `lifecycle sources check`)."""
+    out = {}
+    for f in mapper.entity.fields:
+        fmap = mapper.emap.field_map(f.name)
+        if fmap is None:
+            out[f.name] = f"column {f.name!r} (same name)"
+            continue
+        what = json.dumps(fmap.model_dump(exclude_defaults=True, exclude_none=True))
+        out[f.name] = what
+    return out
+
+
+__all__ = ["ISO_DATE", "Mapper", "MappingError", "describe_mapping"]

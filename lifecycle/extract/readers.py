@@ -8,10 +8,16 @@ are :mod:`lifecycle.parse`'s, so one set of rules serves every source.
 
 Records are one per line (no line breaks inside quoted values): that is what makes a
 stray quote cost one row instead of swallowing the rest of the file.
+
+A CSV file's dialect is a :class:`~lifecycle.sources_file.CsvFormat` (delimiter, quote and
+escape characters, encoding, header or given column names, lines to skip, null markers);
+a file in another encoding than UTF-8 is transcoded to UTF-8 as it is read, so a byte the
+encoding does not define still costs one row.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -25,6 +31,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
 from lifecycle.parse import Chunk, Reject
+from lifecycle.sources_file import CsvFormat
 
 BLOCK_BYTES = 2 << 20
 FIRST_BLOCK_BYTES = 256 << 10
@@ -41,12 +48,18 @@ def _line_spans(data: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _clean_lines(
-    data: bytes, first_line: int, locator: str, csv_quotes: bool = False
+    data: bytes,
+    first_line: int,
+    locator: str,
+    csv_quotes: bool = False,
+    quote: int = 34,
+    encoding: str = "UTF-8",
 ) -> tuple[bytes, np.ndarray, list[Reject], int]:
     """Return (the usable lines of `data`, their line numbers, rejects for the rest, lines).
 
-    A line is unusable when it is not valid UTF-8, or (`csv_quotes`) when it has an
-    unbalanced double quote. Line numbers are those of the non-blank lines kept, in
+    A line is unusable when it is not valid UTF-8 (the bytes of a transcoded file that
+    `encoding` does not define stay invalid), or (`csv_quotes`) when it has an
+    unbalanced `quote` character. Line numbers are those of the non-blank lines kept, in
     order, as the parsers count rows. Fast path (vectorized): the block is fine.
     """
     starts, ends = _line_spans(data)
@@ -56,8 +69,8 @@ def _clean_lines(
         cr_only = (ends - starts == 1) & (arr[np.minimum(starts, len(arr) - 1)] == 13)
         blank |= cr_only
     odd = np.zeros(len(starts), dtype=bool)
-    if csv_quotes and b'"' in data:
-        quotes = np.concatenate(([0], np.cumsum(arr == 34, dtype=np.int64)))
+    if csv_quotes and bytes([quote]) in data:
+        quotes = np.concatenate(([0], np.cumsum(arr == quote, dtype=np.int64)))
         odd = (quotes[ends] - quotes[starts]) % 2 == 1
     # ASCII is valid UTF-8 and far cheaper to check than decoding the block.
     utf8_ok = data.isascii()
@@ -81,10 +94,11 @@ def _clean_lines(
         except UnicodeDecodeError as exc:
             reason = (
                 f"broken encoding: byte 0x{line[exc.start]:02x} at position {exc.start} "
-                "is not valid UTF-8"
+                f"is not valid {encoding}"
             )
         if reason is None and odd[i]:
-            reason = "malformed row: unbalanced double quote"
+            which = "double quote" if quote == 34 else f"quote character {chr(quote)!r}"
+            reason = f"malformed row: unbalanced {which}"
         if reason:
             payload = line.decode("utf-8", errors="backslashreplace")
             rejects.append(Reject(locator, int(numbers[i]), reason, payload))
@@ -96,17 +110,88 @@ def _clean_lines(
     return body, np.asarray(kept, dtype=np.int64), rejects, len(starts)
 
 
+_UTF8 = ("utf-8", "utf-8-sig")
+
+
+class _Transcoded(io.RawIOBase):
+    """A binary stream in `encoding`, read as UTF-8 bytes (decoded as it is read).
+
+    Bytes the encoding does not define (five of cp1252's) come through as they were
+    (``surrogateescape``), so the line holding one is rejected as broken, not the file.
+    """
+
+    def __init__(self, raw: BinaryIO, encoding: str) -> None:
+        self._raw = raw
+        self._decoder = codecs.getincrementaldecoder(encoding)(errors="surrogateescape")
+        self._buf = b""
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self, n: int) -> None:
+        while not self._eof and len(self._buf) < n:
+            block = self._raw.read(1 << 16)
+            self._eof = not block
+            text = self._decoder.decode(block, final=self._eof)
+            self._buf += text.encode("utf-8", errors="surrogateescape")
+
+    def read(self, n: int = -1) -> bytes:
+        self._fill(1 << 62 if n is None or n < 0 else n)
+        n = len(self._buf) if n is None or n < 0 else n
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+    def readline(self, limit: int = -1) -> bytes:
+        while b"\n" not in self._buf and not self._eof:
+            self._fill(len(self._buf) + (1 << 16))
+        cut = self._buf.find(b"\n") + 1 or len(self._buf)
+        out, self._buf = self._buf[:cut], self._buf[cut:]
+        return out
+
+
+def _header_bytes(columns: list[str], fmt: CsvFormat) -> bytes:
+    """Return a header line of `columns` in the dialect of `fmt` (UTF-8)."""
+    q = fmt.quote_char
+    if q is None:
+        return fmt.delimiter.join(columns).encode() + b"\n"
+    return fmt.delimiter.join(f"{q}{c.replace(q, q + q)}{q}" for c in columns).encode() + b"\n"
+
+
 def read_csv_chunks(
-    stream: BinaryIO, locator: str, block_bytes: int = BLOCK_BYTES
+    stream: BinaryIO,
+    locator: str,
+    block_bytes: int = BLOCK_BYTES,
+    fmt: CsvFormat | None = None,
 ) -> Iterator[Chunk]:
-    """Yield the records of a CSV stream (header in the first line) as text chunks."""
-    header = stream.readline()
-    if not header.strip():
-        return
-    header_text = header.decode("utf-8-sig", errors="replace").rstrip("\r\n")
-    columns = next(csv.reader([header_text]))
-    header = ",".join(f'"{c}"' for c in columns).encode() + b"\n"
-    line = 2
+    """Yield the records of a CSV stream as text chunks.
+
+    `fmt` is the file's dialect (default: comma-separated UTF-8 with a header line).
+    """
+    fmt = fmt or CsvFormat()
+    encoding = codecs.lookup(fmt.encoding).name
+    if encoding not in _UTF8:
+        stream = _Transcoded(stream, encoding)  # type: ignore[assignment]
+    for _ in range(fmt.skip_rows):
+        stream.readline()
+    line = 1 + fmt.skip_rows
+    if fmt.header:
+        header = stream.readline()
+        if not header.strip():
+            return
+        header_text = header.decode("utf-8-sig", errors="replace").rstrip("\r\n")
+        dialect = {
+            "delimiter": fmt.delimiter,
+            "quotechar": fmt.quote_char or '"',
+            "quoting": csv.QUOTE_MINIMAL if fmt.quote_char else csv.QUOTE_NONE,
+            "escapechar": fmt.escape_char,
+        }
+        columns = next(csv.reader([header_text], **dialect))
+        line += 1
+    else:
+        assert fmt.column_names, "the sources file validation requires column_names"
+        columns = list(fmt.column_names)
+    header = _header_bytes(columns, fmt)
     rest = b""
     # A small first block gets COPY streaming sooner; the loader checks the next
     # block while PostgreSQL parses this one.
@@ -125,7 +210,7 @@ def read_csv_chunks(
             break
         else:
             rest = b""
-        chunk, lines = _parse_csv_block(data, header, columns, line, locator)
+        chunk, lines = _parse_csv_block(data, header, columns, line, locator, fmt)
         yield chunk
         line += lines
         if not block:
@@ -133,10 +218,23 @@ def read_csv_chunks(
 
 
 def _parse_csv_block(
-    data: bytes, header: bytes, columns: list[str], first_line: int, locator: str
+    data: bytes,
+    header: bytes,
+    columns: list[str],
+    first_line: int,
+    locator: str,
+    fmt: CsvFormat,
 ) -> tuple[Chunk, int]:
     """Return the records of a block of whole lines as a chunk, and how many lines it has."""
-    good, numbers, rejects, lines = _clean_lines(data, first_line, locator, csv_quotes=True)
+    good, numbers, rejects, lines = _clean_lines(
+        data,
+        first_line,
+        locator,
+        # With an escape character a quote may stand alone: no balance to check.
+        csv_quotes=fmt.quote_char is not None and fmt.escape_char is None,
+        quote=ord(fmt.quote_char or '"'),
+        encoding="UTF-8" if codecs.lookup(fmt.encoding).name in _UTF8 else fmt.encoding,
+    )
     invalid: list[tuple[int, str, str]] = []
 
     def on_invalid(row) -> str:
@@ -149,10 +247,15 @@ def _parse_csv_block(
         # One block for the whole text: one Arrow chunk per column, which the checker
         # then uses without copying (it combines the chunks of a column otherwise).
         read_options=pacsv.ReadOptions(use_threads=False, block_size=len(body) + 1),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+        parse_options=pacsv.ParseOptions(
+            delimiter=fmt.delimiter,
+            quote_char=fmt.quote_char or False,
+            escape_char=fmt.escape_char or False,
+            invalid_row_handler=on_invalid,
+        ),
         convert_options=pacsv.ConvertOptions(
             column_types={c: pa.string() for c in columns},
-            null_values=[""],
+            null_values=list(fmt.null_values),
             strings_can_be_null=True,
         ),
     )
