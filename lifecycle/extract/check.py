@@ -138,7 +138,8 @@ class FieldReport:
     name: str
     mapping: str
     values: list[str] = field(default_factory=list)
-    present: int = 0  # non-empty values after mapping
+    present: int = 0  # rows with a value in the source (mapped or not)
+    unparsed: int = 0  # rows whose value could not be read (not mapped, not typed)
     quarantined: int = 0  # rows quarantined for this field
     reasons: Counter = field(default_factory=Counter)  # what is wrong -> rows
     examples: dict[str, str] = field(default_factory=dict)  # what is wrong -> a value
@@ -319,6 +320,8 @@ def _take(chunks: Iterator[Chunk], rows: int) -> list[Chunk]:
     return taken
 
 
+#: The mapping step's reasons: ``field: 'value' does not match the format '%d/%m/%Y'``.
+_MAPPING = re.compile(r"^(\w+): ('(?:[^'\\]|\\.)*') ((?:is|does) .*)$", re.S)
 _INVALID = re.compile(r"^(\w+): (.*) is not a valid (\w+)$", re.S)
 _EMPTY = re.compile(r"^(\w+) is empty$")
 _NEGATIVE = re.compile(r"^(\w+) (.*) is negative$", re.S)
@@ -326,7 +329,10 @@ _FUTURE = re.compile(r"^(\w+) (.*) is in the future .*$", re.S)
 
 
 def _split_reason(part: str, names: tuple[str, ...]) -> tuple[str | None, str, str | None]:
-    """Return (field, what is wrong, the offending value) of one checker reason."""
+    """Return (field, what is wrong, the offending value) of one checker or mapping reason."""
+    m = _MAPPING.match(part)
+    if m and m.group(1) in names:
+        return m.group(1), m.group(3), m.group(2)
     m = _INVALID.match(part)
     if m and m.group(1) in names:
         return m.group(1), f"not a valid {m.group(3)}", m.group(2)
@@ -379,9 +385,9 @@ def _check_sample(
                         report.notes.append(
                             f"{fname}: column {missing[0]!r} is in no record of the sample"
                         )
-    # No cursor: every sampled row counts, whatever day it belongs to.
-    checker = Checker(entity, window, None)
     mapper = Mapper(entity, src, emap, sources)
+    # No cursor: every sampled row counts, whatever day it belongs to.
+    checker = Checker(entity, window, None, timezone=mapper.timezone)
     for mapped in mapper.map_chunks(chunks):
         checked = checker.check(mapped)
         report.mapped += mapped.table.num_rows
@@ -399,6 +405,8 @@ def _check_sample(
                     fr.quarantined += 1
                     touched.add(fname)
                 fr.reasons[what] += 1
+                if what not in ("empty", "negative", "in the future"):
+                    fr.unparsed += 1
                 if value is not None:
                     fr.examples.setdefault(what, value)
     _judge(report, entity, emap, sources, settings)
@@ -406,12 +414,18 @@ def _check_sample(
 
 def _tally_values(fields: dict[str, FieldReport], mapped: Chunk, checked) -> None:
     typed = checked.values if checked.values is not None else checked.table
+    errors = getattr(mapped, "errors", None) or {}
     for name, fr in fields.items():
         if name in mapped.table.column_names:
             column = mapped.table.column(name)
             if not pa.types.is_string(column.type):
                 column = column.cast(pa.string())
-            fr.present += sum(1 for v in column.to_pylist() if v not in (None, ""))
+            failed = errors[name].to_pylist() if name in errors else [None] * len(column)
+            fr.present += sum(
+                1
+                for v, e in zip(column.to_pylist(), failed, strict=True)
+                if v not in (None, "") or e is not None
+            )
         if len(fr.values) >= SAMPLE_VALUES or name not in typed.column_names:
             continue
         for v in itertools.islice(typed.column(name).to_pylist(), 0, 200):
@@ -441,16 +455,19 @@ def _judge(
     key = f"{sources.origin}: {entity_key(entity)}"
     for fr in report.fields:
         f = entity.field(fr.name)
-        invalid = fr.reasons.get(f"not a valid {f.type}", 0)
-        if fr.present and invalid >= fr.present:
-            value = fr.examples.get(f"not a valid {f.type}")
+        if fr.present and fr.unparsed >= fr.present:
+            what = next((w for w, _ in fr.reasons.most_common() if w in fr.examples), None)
             fmap = emap.field_map(fr.name)
-            how = f" with format {fmap.format!r}" if fmap is not None and fmap.format else ""
-            hint = "" if how else " (give its format, e.g. format: '%d/%m/%Y %H:%M')"
-            hint = hint if f.type in ("timestamp", "date") else ""
+            hint = ""
+            if f.type in ("timestamp", "date") and (fmap is None or fmap.format is None):
+                hint = "; give the column's format, e.g. format: '%d/%m/%Y %H:%M'"
+            if what is None:
+                said = fr.reasons.most_common(1)[0][0]
+            else:
+                said = f"{fr.examples[what]} {'is ' + what if what.startswith('not ') else what}"
             report.errors.append(
-                f"{key}.columns.{fr.name}: every sampled value fails{how}, e.g. {value} is not "
-                f"a valid {f.type} (from {fr.mapping}){hint}"
+                f"{key}.columns.{fr.name}: every sampled value fails: {said} "
+                f"(from {fr.mapping}){hint}"
             )
         elif not f.nullable and report.mapped and fr.reasons.get("empty", 0) >= report.mapped:
             report.errors.append(

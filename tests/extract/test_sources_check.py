@@ -121,7 +121,8 @@ def test_every_value_failing_the_format_names_field_and_value(tmp_path: Path, sh
     error = _one_error(_run(tmp_path, "sources", "check", yml=yml))
     assert error.startswith(
         f"error: {tmp_path / 'sources.yml'}: sources.orders.entities.orders.columns.ordered_at: "
-        "every sampled value fails with format '%m/%d/%Y %H:%M', e.g. '2024-03-05 14:02:11 -0500'"
+        "every sampled value fails: '2024-03-05 14:02:11 -0500' does not match the format "
+        "'%m/%d/%Y %H:%M' (from column 'Created at' (format '%m/%d/%Y %H:%M'))"
     ), error
 
 
