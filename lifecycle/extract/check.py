@@ -378,6 +378,8 @@ def _check_sample(
             for fr in fields.values():
                 if emap.field_map(fr.name) is None and fr.name not in names:
                     fr.mapping = "- (not mapped, no such column: empty)"
+                    if fr.name == "currency":  # the mapping step fills it in
+                        fr.mapping = f"- (the source's currency, {sources.currency_of(src, emap)})"
             if not strict:
                 for fname, fmap in emap.columns.items():
                     missing = [c for c in fmap.source_columns if c not in names]
@@ -506,9 +508,12 @@ def format_report(report: EntityReport) -> list[str]:
         f"would be quarantined ({report.share:.1%})",
     ]
     width = max(len(fr.name) for fr in report.fields)
-    mwidth = min(max(len(fr.mapping) for fr in report.fields), 48)
-    shown = {fr.name: " | ".join(_clip(v, 26) for v in fr.values) or "-" for fr in report.fields}
-    vwidth = min(max(len(v) for v in shown.values()), 60)
+    mwidth = min(max(len(fr.mapping) for fr in report.fields), 60)
+    shown = {
+        fr.name: _clip(" | ".join(_clip(v, 26) for v in fr.values) or "-", 84)
+        for fr in report.fields
+    }
+    vwidth = max(len(v) for v in shown.values())
     lines.append(f"  {'field':<{width}}  {'from':<{mwidth}}  {'values':<{vwidth}}  quarantined")
     for fr in report.fields:
         values = shown[fr.name]
@@ -521,7 +526,7 @@ def format_report(report: EntityReport) -> list[str]:
                 for what, n in fr.reasons.most_common(3)
             )
         lines.append(
-            f"  {fr.name:<{width}}  {_clip(fr.mapping, 48):<{mwidth}}  {values:<{vwidth}}  {bad}"
+            f"  {fr.name:<{width}}  {_clip(fr.mapping, 60):<{mwidth}}  {values:<{vwidth}}  {bad}"
         )
     for what, n in report.row_reasons.most_common(3):
         lines.append(f"  (whole rows)  {what} x{n}")
