@@ -288,3 +288,50 @@ def test_example_file_and_its_commented_alternatives_are_valid() -> None:
             "sources.example.yml",
         )
         assert name in doc.sources
+
+
+def test_show_prints_the_effective_mapping(tmp_path: Path, shop: Path) -> None:
+    result = _run(tmp_path, "sources", "show", yml=SHOPIFY_YML.format(path=shop))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert (
+        f"raw.orders__orders <- csv {shop} (sync incremental, cursor updated_at, grain order)"
+        in lines
+    )
+    assert "  ordered_at   column 'Created at' (format '%Y-%m-%d %H:%M:%S %z')" in lines
+    assert "  status       column 'Financial Status' (values 3 recoded)" in lines
+    # The source lists only orders: it has no order lines, and crm is not configured.
+    assert "raw.orders__order_items: not configured" in lines
+    assert "raw.crm__contacts: not configured" in lines
+
+
+def test_show_without_a_sources_file_is_the_built_in_layout(tmp_path: Path) -> None:
+    result = _run(tmp_path, "sources", "show")  # LIFECYCLE_SOURCES_FILE names no file ...
+    assert result.exit_code == 1 and "no such sources file" in result.stderr
+    get_settings.cache_clear()
+    env = {"LIFECYCLE_HOME": str(tmp_path / "home"), "LIFECYCLE_SOURCES_FILE": ""}
+    result = CliRunner().invoke(main, ["sources", "show"], env=env)  # ... and here none is set
+    get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert "sources: built-in" in result.stdout
+    assert f"raw.orders__order_items <- csv {tmp_path / 'home/world/orders/order_items.csv'}" in (
+        result.stdout
+    )
+
+
+def test_a_source_without_entities_delivers_its_main_entity() -> None:
+    from lifecycle.raw import CRM_CONTACTS, ORDER_ITEMS, ORDERS
+    from lifecycle.sources_file import parse_sources
+
+    doc = parse_sources(
+        {
+            "version": 1,
+            "sources": {
+                "crm": {"kind": "csv", "path": "contacts.csv"},
+                "orders": {"kind": "csv", "path": "orders.csv"},
+            },
+        }
+    )
+    assert doc.entity(CRM_CONTACTS) is not None
+    assert doc.entity(ORDERS) is not None
+    assert doc.entity(ORDER_ITEMS) is None  # not the orders file read as order lines
