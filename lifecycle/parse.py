@@ -161,21 +161,23 @@ _ARROW_RULE = {"earliest": "earliest", "latest": "latest", "reject": "earliest"}
 
 def local_to_utc(
     naive: pa.Array, zone: str, ambiguous: str = "earliest", nonexistent: str = "latest"
-) -> tuple[pa.Array, np.ndarray]:
-    """Return (`naive` wall-clock times of `zone` as UTC instants, mask of rejected rows).
+) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Return (`naive` wall-clock times of `zone` as UTC instants, masks of the rows
+    rejected because their time does not exist there, and because it happens twice).
 
     `ambiguous` and `nonexistent` are ``earliest``, ``latest`` (pyarrow's
     ``assume_timezone`` meanings: for a gap, the last instant before it or the first
-    after it) or ``reject``: such rows are flagged in the mask (and come out null).
+    after it) or ``reject``: such rows are flagged in the masks (and come out null).
     """
     utc = pa.timestamp("us", tz="UTC")
+    none = np.zeros(len(naive), dtype=bool)
     if zone == "UTC":
-        return naive.cast(pa.timestamp("us")).cast(utc), np.zeros(len(naive), dtype=bool)
+        return naive.cast(pa.timestamp("us")).cast(utc), none, none
     naive = naive.cast(pa.timestamp("us"))
     out = pc.assume_timezone(
         naive, zone, ambiguous=_ARROW_RULE[ambiguous], nonexistent=_ARROW_RULE[nonexistent]
     ).cast(utc)
-    rejected = np.zeros(len(naive), dtype=bool)
+    gaps, overlaps = none, none
     if "reject" in (ambiguous, nonexistent):
         early = pc.assume_timezone(naive, zone, ambiguous="earliest", nonexistent="earliest")
         late = pc.assume_timezone(naive, zone, ambiguous="latest", nonexistent="latest")
@@ -187,12 +189,13 @@ def local_to_utc(
             gap = pc.and_(differ, pc.fill_null(pc.not_equal(back, naive), False))
             overlap = pc.and_(differ, pc.invert(gap))
             if nonexistent == "reject":
-                rejected |= gap.to_numpy(zero_copy_only=False)
+                gaps = gap.to_numpy(zero_copy_only=False)
             if ambiguous == "reject":
-                rejected |= overlap.to_numpy(zero_copy_only=False)
+                overlaps = overlap.to_numpy(zero_copy_only=False)
+            rejected = gaps | overlaps
             if rejected.any():
                 out = pc.if_else(pa.array(rejected), pa.scalar(None, utc), out)
-    return out, rejected
+    return out, gaps, overlaps
 
 
 def utc_text(instants: pa.Array) -> pa.Array:
@@ -221,7 +224,7 @@ def plain_dates_as_midnight(text: pa.Array, zone: str = "UTC") -> pa.Array:
         return pc.if_else(is_date, pc.binary_join_element_wise(text, "T00:00:00Z", ""), text)
     dates = _cast(pc.if_else(is_date, text, pa.scalar(None, pa.string())), pa.date32())
     # A midnight that DST skips (a few zones switch at 00:00) is the first instant after.
-    midnight, _ = local_to_utc(dates.cast(pa.timestamp("us")), zone, "earliest", "latest")
+    midnight, _, _ = local_to_utc(dates.cast(pa.timestamp("us")), zone, "earliest", "latest")
     return pc.coalesce(utc_text(midnight), text)
 
 

@@ -29,6 +29,7 @@ nothing of this (the built-in layout) passes through untouched.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -104,6 +105,77 @@ def number_text(values: pa.Array) -> pa.Array:
     text = pc.cast(rounded, _TEXT)
     # Arrow writes a whole float as 15 or 15.0 depending on the version; both load.
     return pc.replace_substring_regex(text, r"\.0$", "")
+
+
+#: Patterns of the strptime directives (to read the day of the month back, see
+#: _strptime); a directive not listed matches any run of non-space characters.
+_DIRECTIVE_PATTERNS = {
+    "d": r"(?P<day>\d{1,2})",
+    "e": r"\s?(?P<day>\d{1,2})",
+    "z": r"(?P<offset>Z|[+-]\d{2}(?::?\d{2})?)",
+    "Y": r"\d{4}",
+    "p": r"[AaPp][Mm]",
+    "%": "%",
+}
+
+
+def _format_regex(fmt: str) -> str | None:
+    """Return a regex of `fmt` naming the day of the month, or None when it has none."""
+    if "%d" not in fmt and "%e" not in fmt:
+        return None
+    out = ["^"]
+    i = 0
+    while i < len(fmt):
+        c = fmt[i]
+        if c == "%" and i + 1 < len(fmt):
+            d = fmt[i + 1]
+            out.append(_DIRECTIVE_PATTERNS.get(d, r"\d+" if d in "mHIMSyjfUW" else r"\S+?"))
+            i += 2
+        else:
+            out.append(r"\s+" if c.isspace() else re.escape(c))
+            i += 1
+    out.append("$")
+    regex = "".join(out)
+    # A format naming the day twice cannot name both groups the same.
+    return regex if regex.count("(?P<day>") == 1 and regex.count("(?P<offset>") <= 1 else None
+
+
+def _strptime(text: pa.Array, fmt: str) -> pa.Array:
+    """Return `text` parsed with the strptime format `fmt` (null where it does not match).
+
+    Arrow's strptime rolls a day past the end of its month over (31.02.2024 reads as
+    2 March); a value whose parsed day is not the day it says is not a date, so it is
+    null here (the checker then quarantines it with the format).
+    """
+    parsed = pc.strptime(text, format=fmt, unit="us", error_is_null=True)
+    regex = _format_regex(fmt)
+    if regex is None or not parsed.null_count < len(parsed):
+        return parsed
+    parts = pc.extract_regex(text, regex)
+    day = _cast(pc.struct_field(parts, "day"), pa.int64())
+    local = parsed
+    if parsed.type.tz is not None:
+        offset = pc.struct_field(parts, "offset") if "(?P<offset>" in regex else None
+        minutes = _offset_minutes(offset) if offset is not None else None
+        micros = pc.cast(parsed.cast(pa.timestamp("us")), pa.int64())
+        if minutes is not None:
+            micros = pc.add(micros, pc.multiply(pc.cast(minutes, pa.int64()), 60_000_000))
+        local = micros.cast(pa.timestamp("us"))
+    wrong = pc.fill_null(pc.not_equal(pc.day(local), day), False)
+    if not pc.any(wrong).as_py():
+        return parsed
+    return pc.if_else(wrong, pa.scalar(None, parsed.type), parsed)
+
+
+def _offset_minutes(zone: pa.Array) -> pa.Array:
+    """Return UTC offsets (``Z``, ``UTC``, ``+05:30``, ``-0500``, ``+01``) in minutes."""
+    offset = pc.replace_substring(zone, ":", "")
+    named = pc.fill_null(pc.is_in(offset, pa.array(["Z", "z", "UTC", "GMT"])), False)
+    hours = _cast(pc.utf8_slice_codeunits(offset, 1, 3), pa.int64())
+    minutes = pc.fill_null(_cast(pc.utf8_slice_codeunits(offset, 3, 5), pa.int64()), 0)
+    sign = pc.if_else(pc.starts_with(offset, "-"), -1, 1)
+    total = pc.multiply(sign, pc.add(pc.multiply(hours, 60), minutes))
+    return pc.if_else(named, 0, total)
 
 
 @dataclass
@@ -348,6 +420,8 @@ class Mapper:
     def _not_a_number(self) -> str:
         sep = self.fmt.decimal_separator
         thousands = self.fmt.thousands_separator
+        if sep == "." and not thousands:
+            return "is not a number"
         return f"is not a number (decimal separator {sep!r}" + (
             f", thousands separator {thousands!r})" if thousands else ")"
         )
@@ -391,7 +465,7 @@ class Mapper:
             instant, naive = None, micros.cast(pa.timestamp("us"))
             expected = "is not an Excel serial date number (format excel_serial)"
         else:
-            parsed = pc.strptime(text, format=fmt, unit="us", error_is_null=True)
+            parsed = _strptime(text, fmt)
             if parsed.type.tz is not None:
                 instant, naive = parsed.cast(_UTC), None
             else:
@@ -407,19 +481,23 @@ class Mapper:
         reasons = None
         if naive is not None:
             rules = self.sources.defaults
-            local, rejected = local_to_utc(
+            local, gaps, overlaps = local_to_utc(
                 naive, zone, rules.ambiguous_time, rules.nonexistent_time
             )
-            if rejected.any():
-                reasons = _reasons(
-                    rejected,
-                    _message(
-                        f.name,
-                        text,
-                        f"is a local time that {zone} skips or repeats at a DST change "
-                        "(defaults.ambiguous_time / nonexistent_time: reject)",
-                    ),
-                )
+            for mask, what in (
+                (
+                    gaps,
+                    f"does not exist in {zone} (the clocks skip it at a DST change; "
+                    "defaults.nonexistent_time: reject)",
+                ),
+                (
+                    overlaps,
+                    f"happens twice in {zone} (the clocks repeat it at a DST change; "
+                    "defaults.ambiguous_time: reject)",
+                ),
+            ):
+                if mask.any():
+                    reasons = _merge(reasons, _reasons(mask, _message(f.name, text, what)))
             instant = local if instant is None else pc.coalesce(instant, local)
         out = utc_text(instant)
         bad = pc.and_(present, pc.is_null(out))
@@ -444,13 +522,7 @@ class Mapper:
         has_zone = pc.fill_null(pc.not_equal(zone, ""), False)
         if not pc.any(has_zone).as_py():
             return pa.nulls(len(text), _UTC), naive
-        offset = pc.replace_substring(pc.if_else(has_zone, zone, pa.scalar(None, _TEXT)), ":", "")
-        named = pc.is_in(offset, pa.array(["Z", "z", "UTC", "GMT"]))
-        hours = _cast(pc.utf8_slice_codeunits(offset, 1, 3), pa.int64())
-        minutes = pc.fill_null(_cast(pc.utf8_slice_codeunits(offset, 3, 5), pa.int64()), 0)
-        sign = pc.if_else(pc.starts_with(offset, "-"), -1, 1)
-        total = pc.multiply(sign, pc.add(pc.multiply(hours, 60), minutes))
-        total = pc.if_else(named, 0, total)
+        total = _offset_minutes(pc.if_else(has_zone, zone, pa.scalar(None, _TEXT)))
         micros = pc.subtract(
             pc.cast(naive, pa.int64()), pc.multiply(pc.cast(total, pa.int64()), 60_000_000)
         )
@@ -584,8 +656,11 @@ class Mapper:
             cols[name] = text
             if name in self._NUMBERS:
                 number = _cast(text, pa.float64())
+                bad = pc.and_(pc.is_valid(text), pc.is_null(number))
                 cols[f"__sum_{name}"] = number
-                cols[f"__bad_{name}"] = pc.and_(pc.is_valid(text), pc.is_null(number))
+                cols[f"__bad_{name}"] = bad
+                if name not in fields.errors:
+                    fields.fail(name, _reasons(bad, _message(name, text, "is not a number")))
         for name, reasons in fields.errors.items():
             located = pc.binary_join_element_wise(
                 reasons,
@@ -593,6 +668,8 @@ class Mapper:
                 "",
             )
             cols[f"__error_{name}"] = located
+        for name in self._extra_names(chunk):
+            cols[f"__extra_{name}"] = chunk.table.column(name).combine_chunks()
         marked = None
         rules = self.emap.refunds
         if rules is not None and rules.column:
@@ -644,10 +721,14 @@ class Mapper:
         if self.emap.refunds is not None:
             marked = orders.column("__refund").combine_chunks()
             self._refunds(Chunk(orders, source, np.empty(0)), fields, marked=marked)
+        cols = dict(fields.text)
+        for name in orders.column_names:
+            if name.startswith("__extra_"):
+                cols[name.removeprefix("__extra_")] = orders.column(name)
         sources = orders.column("__source").combine_chunks()
         single = pc.count_distinct(sources).as_py() <= 1
         return Chunk(
-            pa.table(fields.text) if fields.text else pa.table({}),
+            pa.table(cols),
             source,
             orders.column("__line").to_numpy(),
             rejects,
