@@ -44,7 +44,7 @@ def entity_key(entity: RawEntity) -> str:
 
 def _names(columns: Iterable[str]) -> str:
     columns = list(columns)
-    shown = ", ".join(repr(c) for c in columns[:LIST_LIMIT])
+    shown = ", ".join(columns[:LIST_LIMIT])
     more = f", ... ({len(columns) - LIST_LIMIT} more)" if len(columns) > LIST_LIMIT else ""
     return (shown + more) or "none"
 
@@ -75,9 +75,8 @@ def check_header(
             if col not in present:
                 hint = _near(col, names)
                 raise SourcesFileError(
-                    f"{where}.columns.{fname}: column {col!r} is not in {locator}"
-                    + (f" (did you mean {hint!r}?)" if hint else "")
-                    + f" (columns: {_names(names)})"
+                    f"{where}.columns.{fname}.{fmap.kind}: column {col!r} is not in {locator} "
+                    f"(columns: {_names(names)})" + (f"; did you mean {hint!r}?" if hint else "")
                 )
     if emap.refunds is not None:
         for key in ("column", "refund_of"):

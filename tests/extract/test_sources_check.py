@@ -143,7 +143,7 @@ def test_missing_required_mapping_in_check(tmp_path: Path, shop: Path) -> None:
         f"error: {tmp_path / 'sources.yml'}: sources.orders.entities.orders.columns.customer_id: "
         f"required field 'customer_id' is not mapped and {shop} has no column 'customer_id'"
     ), error
-    assert "'Name', 'Email', 'Created at'" in error
+    assert "(columns: Name, Email, Created at, Total, Financial Status, Tags)" in error
 
 
 def test_missing_required_mapping_in_extract(tmp_path: Path, shop: Path, fresh_db: str) -> None:
@@ -161,8 +161,9 @@ def test_column_not_in_the_file(tmp_path: Path, shop: Path) -> None:
     yml = SHOPIFY_YML.format(path=shop).replace("column: Created at", "column: created_at")
     error = _one_error(_run(tmp_path, "sources", "check", yml=yml))
     assert error.startswith(
-        f"error: {tmp_path / 'sources.yml'}: sources.orders.entities.orders.columns.ordered_at: "
-        f"column 'created_at' is not in {shop} (did you mean 'Created at'?)"
+        f"error: {tmp_path / 'sources.yml'}: sources.orders.entities.orders.columns.ordered_at."
+        f"column: column 'created_at' is not in {shop} (columns: Name, Email, Created at, "
+        "Total, Financial Status, Tags); did you mean 'Created at'?"
     ), error
 
 
@@ -228,9 +229,9 @@ def test_column_not_in_the_table(tmp_path: Path, sales_db: str) -> None:
     error = _one_error(_run(tmp_path, "sources", "check", "--entity", "orders", yml=yml,
                             SHOP_URL=sales_db))  # fmt: skip
     assert error == (
-        f"error: {tmp_path / 'sources.yml'}: sources.orders.entities.orders.columns.customer_id: "
-        "column 'client' is not in public.sales (columns: 'id', 'client_ref', 'sale_time', "
-        "'total_eur')"
+        f"error: {tmp_path / 'sources.yml'}: sources.orders.entities.orders.columns.customer_id."
+        "column: column 'client' is not in public.sales (columns: id, client_ref, sale_time, "
+        "total_eur)"
     )
 
 
