@@ -433,13 +433,20 @@ class SourcesFile(_Strict):
     def entity(self, raw: RawEntity) -> tuple[Source, EntityMap] | None:
         """Return (source, entity mapping) of a raw entity, or None when it is absent.
 
-        An entity a configured source does not list maps field by field onto same-named
-        columns; ``skip: true`` or an unconfigured source means absent.
+        A source with one location (a file path, a REST base URL) delivers its main
+        entity (the first of :data:`SOURCE_ENTITIES`: orders, not order lines) even when
+        it does not list it, field by field under same-named columns. ``skip: true``, an
+        unconfigured source, or another entity the source does not list means absent.
         """
         src = self.source(raw.source)
         if src is None:
             return None
-        emap = src.entities.get(raw.entity, EntityMap())
+        emap = src.entities.get(raw.entity)
+        if emap is None:
+            main = SOURCE_ENTITIES[raw.source][0] == raw.entity
+            if not main or not (src.path or src.kind == "rest"):
+                return None
+            emap = EntityMap()
         return None if emap.skip else (src, emap)
 
     def timezone_of(self, src: Source, emap: EntityMap, fmap: FieldMap | None = None) -> str:

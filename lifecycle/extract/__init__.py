@@ -124,6 +124,7 @@ def _extract_entity(
     sources: SourcesFile,
     settings: Settings,
 ) -> LoadResult:
+    from lifecycle.extract.check import headers_checked
     from lifecycle.extract.mapping import Mapper
 
     url = warehouse_url(settings)
@@ -132,12 +133,14 @@ def _extract_entity(
         return record_skip(url, entity, day, window, batch.skip)
     assert batch.chunks is not None
     mapper = Mapper(entity, src, emap, sources)
+    # The source's columns are checked against the mapping before any row is mapped.
+    chunks = headers_checked(batch.chunks, entity, src, emap, sources)
     return load_batch(
         url,
         entity,
         day,
         window,
-        mapper.map_chunks(batch.chunks),
+        mapper.map_chunks(chunks),
         files=batch.files,
         max_reject_share=settings.max_reject_share,
         cursor=emap.cursor,

@@ -82,6 +82,7 @@ def iter_contact_pages(
     retries: int = 8,
     backoff_s: float = 0.5,
     timeout_s: float = 30,
+    flatten=None,
 ) -> Iterator[tuple[str, list[dict]]]:
     """Yield (page locator, contacts) for every page of contacts updated in `window`.
 
@@ -91,9 +92,10 @@ def iter_contact_pages(
     CrmApiError naming the request; nothing in the message carries the token.
     """
     endpoint = endpoint or Endpoint()
+    flatten = flatten or _flatten
     remember(token)
     base = base_url.rstrip("/")
-    url = f"{base}{endpoint.path}"
+    url = f"{base}/{endpoint.path.lstrip('/')}"
     params: dict[str, str | int] = {
         **endpoint.params,
         endpoint.incremental.end_param: _iso(window.end),
@@ -116,7 +118,7 @@ def iter_contact_pages(
                 )
             body = _get_page(http, url, query, locator, retries, timeout_s)
             pages += 1
-            yield locator, [_flatten(r) for r in _records(body, endpoint.data_selector, locator)]
+            yield locator, [flatten(r) for r in _records(body, endpoint.data_selector, locator)]
             after = _cursor(body, endpoint.paginator.cursor_path, locator)
             if after is None:
                 return
@@ -236,10 +238,33 @@ def _reason(exc: BaseException) -> str:
 
 
 def _flatten(record: dict) -> dict:
+    """The sample CRM's (HubSpot-like) record: id, properties, createdAt, updatedAt."""
     props = dict(record.get("properties") or {})
     props.setdefault("created_at", record.get("createdAt"))
     props.setdefault("updated_at", record.get("updatedAt"))
     return {"id": record.get("id"), **props}
+
+
+def flatten_record(record: dict) -> dict:
+    """Return a JSON record with nested objects as dotted keys (``address.city``), the
+    way the sources file names JSON columns; the keys of a ``properties`` object
+    (HubSpot-style APIs) are lifted to plain names (``email``)."""
+    out: dict = {}
+
+    def walk(prefix: str, obj: dict) -> None:
+        for key, value in obj.items():
+            if isinstance(value, dict):
+                walk(f"{prefix}{key}.", value)
+            else:
+                out[f"{prefix}{key}"] = value
+
+    walk("", {k: v for k, v in record.items() if k != "properties"})
+    props = record.get("properties")
+    if isinstance(props, dict):
+        for key, value in props.items():
+            if not isinstance(value, dict):
+                out.setdefault(key, value)
+    return out
 
 
 def api_chunks(
@@ -247,9 +272,10 @@ def api_chunks(
     token: str,
     window: Window,
     *,
-    endpoint: Endpoint | None = None,
     retries: int = 8,
     backoff_s: float = 0.5,
+    endpoint: Endpoint | None = None,
+    flatten=None,
 ) -> Iterator[Chunk]:
     """Yield the contacts updated in `window` from the REST API as text chunks.
 
@@ -260,7 +286,13 @@ def api_chunks(
     walk = None
     done = 0
     for locator, page in iter_contact_pages(
-        base_url, token, window, endpoint=endpoint, retries=retries, backoff_s=backoff_s
+        base_url,
+        token,
+        window,
+        retries=retries,
+        backoff_s=backoff_s,
+        endpoint=endpoint,
+        flatten=flatten,
     ):
         walk = walk or locator
         records.extend(page)
@@ -293,12 +325,16 @@ def rest_batch(src, emap, window: Window, sources, settings):  # -> lifecycle.ex
         conn = sources.connections.get(src.connection or "")
         where = conn.token_env if conn and conn.token_env else "the connection's token_env"
         raise LoadError(f"the CRM API at {base_url} needs a bearer token: set {where}")
+    # The built-in source is the sample CRM, whose records keep their fields under
+    # `properties`; a configured API's records are flattened to dotted names.
+    builtin = sources.origin == "built-in"
     chunks = api_chunks(
         base_url,
         token,
         window,
-        endpoint=src.endpoint,
         retries=settings.http_retries,
         backoff_s=settings.http_backoff_s,
+        endpoint=src.endpoint,
+        flatten=_flatten if builtin else flatten_record,
     )
     return Batch(chunks=chunks)

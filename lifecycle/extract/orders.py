@@ -1,26 +1,63 @@
 """PostgreSQL sources: a table or a query of an operational database (the orders DB).
 
-The entity's rows are read incrementally by its cursor (orders: ``updated_at``, since
-orders change after creation: refunds), streamed out with ``COPY (query) TO STDOUT`` and
-parsed like a CSV file. Which table, which columns and the cursor come from the sources
-file (the built-in mapping reads ``shop.orders`` and ``shop.order_items``).
+The SELECT is built from the entity's mapping in the sources file: a ``column`` mapping
+reads that column (under its own name, for the mapping step), a ``sql`` mapping is
+evaluated by PostgreSQL as ``(<expression>) AS "<field>"``, and every other column of
+the table comes along (unmapped ones land in ``_extra``). The load window is pushed
+into a WHERE on the column the cursor field maps to (orders: ``updated_at``, falling
+back to ``ordered_at`` when the table has no ``updated_at``), unless that column needs
+a ``format`` to be read as a time; ``sync: full_refresh`` reads everything each run.
+Identifiers are quoted and the window bounds are literals (psycopg.sql); a ``sql``
+expression or a ``query`` is SQL the file's author wrote, run as written, like a dbt
+model. Rows stream out with ``COPY (query) TO STDOUT`` and are parsed like a CSV file.
+
+Before the first row is read, the columns of the table or query are compared with the
+mapping, so a mapped column that does not exist, a required field with no column, or
+an expression PostgreSQL rejects fails with a message naming the key and the value.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 from collections.abc import Iterator
 
 import psycopg
+from psycopg import sql
 
 from lifecycle.extract.readers import read_csv_chunks
 from lifecycle.parse import Chunk, Window
 from lifecycle.raw import RawEntity
 from lifecycle.settings import Settings
-from lifecycle.sources_file import EntityMap, Source, SourcesFile, resolve_connection
+from lifecycle.sources_file import (
+    EntityMap,
+    Source,
+    SourcesFile,
+    SourcesFileError,
+    resolve_connection,
+)
 
 COPY_CHUNK_BYTES = 8 << 20
+
+
+def connection_url(src: Source, sources: SourcesFile, settings: Settings) -> str:
+    """Return the URL of the source's connection, or raise naming what to set."""
+    assert src.connection, "the sources file validation requires it"
+    url, _ = resolve_connection(sources, src.connection, settings)
+    if url is None and src.connection == "shop_db" and sources.origin == "built-in":
+        from lifecycle.warehouse import shop_db_url
+
+        url = shop_db_url(settings)  # the embedded server's shop database
+    if url is None:
+        conn = sources.connections[src.connection]
+        ways = [f"the environment variable {conn.env}"] if conn.env else []
+        if conn.airflow_conn_id:
+            ways.append(f"the Airflow Connection {conn.airflow_conn_id!r}")
+        key = "env" if conn.env else "airflow_conn_id"
+        raise SourcesFileError(
+            f"{sources.origin}: connections.{src.connection}.{key}: no URL for connection "
+            f"{src.connection!r}: set {' or '.join(ways) or 'env'}"
+        )
+    return url
 
 
 def db_batch(
@@ -30,53 +67,198 @@ def db_batch(
     window: Window,
     sources: SourcesFile,
     settings: Settings,
+    *,
+    limit: int | None = None,
 ):  # -> lifecycle.extract.Batch
-    """Return the batch of the rows of the entity's table changed in `window`."""
+    """Return the batch of the entity's rows in `window` (at most `limit` rows)."""
     from lifecycle.extract import Batch
 
-    assert src.connection and emap.table, "the sources file validation requires them"
-    url, _ = resolve_connection(sources, src.connection, settings)
-    if url is None and src.connection == "shop_db" and sources.origin == "built-in":
-        from lifecycle.warehouse import shop_db_url
-
-        url = shop_db_url(settings)  # the embedded server's shop database
-    if url is None:
+    url = connection_url(src, sources, settings)
+    where = f"sources.{entity.source}.entities.{entity.entity}"
+    relation, locator = _relation(emap)
+    try:
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            columns = _columns(conn, relation, emap, where, sources.origin)
+            _check_columns(conn, entity, emap, relation, columns, where, sources, locator)
+    except psycopg.OperationalError as exc:
         from lifecycle.load import LoadError
+        from lifecycle.warehouse import redact
 
-        conn = sources.connections[src.connection]
         raise LoadError(
-            f"{sources.origin}: connection {src.connection!r} has no URL: set "
-            f"{conn.env or 'its env variable'}"
-            + (
-                f" or the Airflow Connection {conn.airflow_conn_id!r}"
-                if conn.airflow_conn_id
-                else ""
-            )
-        )
-    schema, _, table = emap.table.rpartition(".")
-    return Batch(chunks=db_chunks(url, entity, window, schema or "public", table))
+            f"{sources.origin}: connections.{src.connection}: cannot connect to {redact(url)}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}"
+        ) from None
+    query, zone = select_query(entity, emap, sources, src, columns, window, limit=limit)
+    return Batch(chunks=db_chunks(url, query, f"{locator} {window.describe()}", zone))
 
 
-def db_chunks(
-    url: str, entity: RawEntity, window: Window, schema: str, table: str
-) -> Iterator[Chunk]:
-    """Yield the rows of `schema.table` updated in `window` as text chunks."""
-    columns = ", ".join(f'"{c}"' for c in entity.names)
-    where = "updated_at <= {end}"
-    params: dict[str, dt.datetime] = {"end": window.end}
-    if window.start is not None:
-        where += " and updated_at > {start}"
-        params["start"] = window.start
-    relation = psycopg.sql.Identifier(schema, table).as_string(None)
-    query = psycopg.sql.SQL(
-        f"copy (select {columns} from {relation} where {where} "
-        f"order by updated_at, {entity.key[0]}) to stdout with (format csv, header)"
-    ).format(**{k: psycopg.sql.Literal(v) for k, v in params.items()})
-    locator = f"{schema}.{table} {window.describe()}"
+def _relation(emap: EntityMap) -> tuple[sql.Composable, str]:
+    """Return (what to select from, how to name it in _source) of the entity."""
+    if emap.query:
+        return sql.SQL("({}) as q").format(sql.SQL(emap.query.strip().rstrip(";"))), "query"
+    assert emap.table, "the sources file validation requires table or query"
+    return sql.Identifier(*emap.table.split(".")), emap.table
+
+
+def _columns(
+    conn: psycopg.Connection, relation: sql.Composable, emap: EntityMap, where: str, origin: str
+) -> list[str]:
+    """Return the column names of the table or query (reading no rows)."""
+    key, value = ("query", emap.query) if emap.query else ("table", emap.table)
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(sql.SQL("select * from {} limit 0").format(relation))
+            return [d.name for d in cur.description or ()]
+    except psycopg.errors.UndefinedTable:
+        raise SourcesFileError(f"{origin}: {where}.{key}: {value!r} does not exist") from None
+    except psycopg.Error as exc:
+        if isinstance(exc, psycopg.OperationalError):
+            raise
+        raise SourcesFileError(
+            f"{origin}: {where}.{key}: {_echo(value)} fails in PostgreSQL: {_first_line(exc)}"
+        ) from None
+
+
+def _check_columns(
+    conn: psycopg.Connection,
+    entity: RawEntity,
+    emap: EntityMap,
+    relation: sql.Composable,
+    columns: list[str],
+    where: str,
+    sources: SourcesFile,
+    locator: str,
+) -> None:
+    """Fail naming the key when the mapping reads a column the relation lacks, or an
+    expression PostgreSQL rejects."""
+    from lifecycle.extract.check import check_header
+
+    check_header(entity, emap, sources, columns, locator)
+    for name, fmap in emap.columns.items():
+        if fmap.sql is None:
+            continue
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(
+                    sql.SQL("select ({}) from {} limit 0").format(sql.SQL(fmap.sql), relation)
+                )
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError):
+                raise
+            raise SourcesFileError(
+                f"{sources.origin}: {where}.columns.{name}.sql: {_echo(fmap.sql)} fails in "
+                f"PostgreSQL: {_first_line(exc)}"
+            ) from None
+
+
+def cursor_column(
+    entity: RawEntity, emap: EntityMap, columns: list[str]
+) -> tuple[str, sql.Composable | None]:
+    """Return (cursor field, the SQL that reads it) for the window's WHERE.
+
+    The SQL is None when the window cannot be pushed down: the field is not there, or
+    its column needs a ``format`` (text PostgreSQL cannot compare as a time).
+    """
+
+    def source_of(name: str) -> sql.Composable | None:
+        fmap = emap.field_map(name)
+        if fmap is None:
+            return sql.Identifier(name) if name in columns else None
+        if fmap.format is not None:
+            return None
+        if fmap.column:
+            return sql.Identifier(fmap.column)
+        if fmap.sql:
+            return sql.SQL("({})").format(sql.SQL(fmap.sql))
+        return None
+
+    name = emap.cursor or entity.cursor
+    expr = source_of(name)
+    available = emap.field_map(name) is not None or name in columns
+    if not available and emap.cursor is None and entity.cursor_fallback:
+        name = entity.cursor_fallback
+        expr = source_of(name)
+    return name, expr
+
+
+def _wanted_columns(entity: RawEntity, emap: EntityMap, columns: list[str]) -> set[str]:
+    """Return the columns to read: mapped, contract-named, and the ``extra_columns``."""
+    if emap.extra_columns == "all":
+        return set(columns)
+    wanted = {c for f in emap.columns.values() for c in f.source_columns}
+    wanted |= {c for c in columns if c in entity.names and c not in emap.columns}
+    if emap.refunds is not None:
+        wanted |= {c for c in (emap.refunds.column, emap.refunds.refund_of) if c}
+    return wanted | set(emap.extra_columns)
+
+
+def select_query(
+    entity: RawEntity,
+    emap: EntityMap,
+    sources: SourcesFile,
+    src: Source,
+    columns: list[str],
+    window: Window,
+    *,
+    limit: int | None = None,
+) -> tuple[sql.Composed, str]:
+    """Return (the COPY statement of the entity's rows in `window`, the session zone).
+
+    The session time zone is the one naive timestamps of the cursor column are in, so
+    the window compares with them as the mapping step reads them; columns with a zone
+    print with their offset.
+    """
+    relation, _ = _relation(emap)
+    computed = {n: f for n, f in emap.columns.items() if f.sql is not None}
+    wanted = _wanted_columns(entity, emap, columns)
+    items = [sql.Identifier(c) for c in columns if c in wanted and c not in computed]
+    items += [
+        sql.SQL("({}) as {}").format(sql.SQL(f.sql), sql.Identifier(n))
+        for n, f in computed.items()
+        if f.sql is not None
+    ]
+    name, cursor = cursor_column(entity, emap, columns)
+    conditions = []
+    if cursor is not None:
+        conditions.append(sql.SQL("{} <= {}").format(cursor, sql.Literal(window.end)))
+        if window.start is not None:
+            conditions.append(sql.SQL("{} > {}").format(cursor, sql.Literal(window.start)))
+    query = sql.SQL("select {} from {}").format(sql.SQL(", ").join(items), relation)
+    if conditions:
+        query += sql.SQL(" where ") + sql.SQL(" and ").join(conditions)
+    if cursor is not None:
+        order = [cursor]
+        key = emap.field_map(entity.key[0])
+        if key is not None and key.sql:
+            order.append(sql.Identifier(entity.key[0]))  # the output column of the expression
+        elif key is not None and key.column:
+            order.append(sql.Identifier(key.column))
+        elif key is None and entity.key[0] in columns:
+            order.append(sql.Identifier(entity.key[0]))
+        query += sql.SQL(" order by {}").format(sql.SQL(", ").join(order))
+    if limit is not None:
+        query += sql.SQL(" limit {}").format(sql.Literal(int(limit)))
+    copy = sql.SQL("copy ({}) to stdout with (format csv, header)").format(query)
+    zone = sources.timezone_of(src, emap, emap.field_map(name))
+    return copy, zone
+
+
+def db_chunks(url: str, query: sql.Composable, locator: str, zone: str = "UTC") -> Iterator[Chunk]:
+    """Yield the rows `query` (a COPY ... TO STDOUT statement) streams out as text chunks."""
     with psycopg.connect(url) as conn, conn.cursor() as cur:
-        cur.execute("set time zone 'UTC'")
+        cur.execute(sql.SQL("set time zone {}").format(sql.Literal(zone)))
         with cur.copy(query) as copy:
             yield from read_csv_chunks(_CopyStream(copy), locator)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _echo(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "...(truncated)"
 
 
 class _CopyStream(io.RawIOBase):

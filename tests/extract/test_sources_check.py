@@ -1,0 +1,338 @@
+"""`lifecycle sources check` and the errors of a wrong sources file, through the CLI.
+
+Each wrong file must fail with exactly one ``error:`` line naming the file, the key and
+the value (no traceback), from `lifecycle sources check` and from `lifecycle extract`
+alike; a good mapping is reported field by field without loading anything.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from lifecycle.cli import main
+from lifecycle.settings import get_settings
+
+SHOPIFY_CSV = (
+    "Name,Email,Created at,Total,Financial Status,Tags\n"
+    "#1001,ana@example.com,2024-03-05 14:02:11 -0500,25.00,paid,vip\n"
+    "#1002,bo@example.com,2024-03-05 16:10:00 -0500,12.50,refunded,\n"
+    "#1003,cy@example.com,2024-03-06 09:00:00 -0500,40.00,paid,\n"
+)
+
+SHOPIFY_YML = """
+version: 1
+sources:
+  orders:
+    kind: csv
+    entities:
+      orders:
+        path: {path}
+        columns:
+          order_id: Name
+          customer_id: Email
+          email: Email
+          ordered_at: {{column: Created at, format: "%Y-%m-%d %H:%M:%S %z"}}
+          amount: Total
+          status:
+            column: Financial Status
+            values: {{paid: completed, refunded: refunded, voided: cancelled}}
+          currency: {{constant: USD}}
+"""
+
+
+def _run(tmp_path: Path, *args: str, yml: str | None = None, **env: str):
+    if yml is not None:
+        (tmp_path / "sources.yml").write_text(textwrap.dedent(yml))
+    environ = {
+        "LIFECYCLE_HOME": str(tmp_path / "home"),
+        "LIFECYCLE_SOURCES_FILE": str(tmp_path / "sources.yml"),
+        **env,
+    }
+    get_settings.cache_clear()  # the CLI reads the settings once per process
+    try:
+        return CliRunner().invoke(main, list(args), env=environ, catch_exceptions=False)
+    finally:
+        get_settings.cache_clear()
+
+
+def _one_error(result) -> str:
+    """Return the single error line of a failed command (and that it is the only line)."""
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return errors[0]
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Path:
+    path = tmp_path / "orders_export.csv"
+    path.write_text(SHOPIFY_CSV)
+    return path
+
+
+def test_good_mapping_is_reported_field_by_field_and_loads_nothing(
+    tmp_path: Path, shop: Path, fresh_db: str
+) -> None:
+    result = _run(
+        tmp_path,
+        "sources", "check", "--entity", "orders",
+        yml=SHOPIFY_YML.format(path=shop),
+        LIFECYCLE_WAREHOUSE_URL=fresh_db,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert f"raw.orders__orders <- csv {shop}" in out
+    assert "3 rows sampled, 3 after mapping, 0 would be quarantined (0.0%)" in out
+    fields = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert "column 'Name'" in fields["order_id"] and "#1001 | #1002 | #1003" in fields["order_id"]
+    # -0500 is read as an offset: 14:02:11 there is 19:02:11 UTC.
+    assert "2024-03-05T19:02:11+00:00" in fields["ordered_at"]
+    assert "completed | refunded" in fields["status"]
+    assert "25.00 | 12.50 | 40.00" in fields["amount"]
+    assert fields["quantity"].split()[1:3] == ["-", "(not"]
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("select to_regclass('raw.orders__orders')").fetchone() == (None,)
+
+
+def test_bad_rows_are_counted_with_their_reason(tmp_path: Path, shop: Path) -> None:
+    shop.write_text(SHOPIFY_CSV + "#1004,di@example.com,2024-03-06 10:00:00 -0500,-5.00,paid,\n")
+    result = _run(tmp_path, "sources", "check", "--rows", "10",
+                  yml=SHOPIFY_YML.format(path=shop))  # fmt: skip
+    # 1 of 4 rows is more than an extract allows (5%): the check says so and fails.
+    error = _one_error(result)
+    assert error == (
+        f"error: {tmp_path / 'sources.yml'}: sources.orders.entities.orders.columns.amount: "
+        "25.0% of 4 sampled rows would be quarantined, more than an extract allows (5.0%, "
+        "LIFECYCLE_MAX_REJECT_SHARE); most: amount: negative, e.g. -5.00"
+    )
+    amount = next(line for line in result.stdout.splitlines() if line.startswith("  amount"))
+    assert amount.endswith("25.0%  negative x1 (e.g. -5.00)")
+
+
+def test_every_value_failing_the_format_names_field_and_value(tmp_path: Path, shop: Path) -> None:
+    yml = SHOPIFY_YML.format(path=shop).replace("%Y-%m-%d %H:%M:%S %z", "%m/%d/%Y %H:%M")
+    error = _one_error(_run(tmp_path, "sources", "check", yml=yml))
+    assert error.startswith(
+        f"error: {tmp_path / 'sources.yml'}: sources.orders.entities.orders.columns.ordered_at: "
+        "every sampled value fails: '2024-03-05 14:02:11 -0500' does not match the format "
+        "'%m/%d/%Y %H:%M' (from column 'Created at' (format '%m/%d/%Y %H:%M'))"
+    ), error
+
+
+@pytest.mark.parametrize("command", [("sources", "check"), ("extract", "--date", "2024-03-06")])
+def test_unknown_key(tmp_path: Path, shop: Path, command: tuple[str, ...]) -> None:
+    yml = SHOPIFY_YML.format(path=shop).replace("columns:", "colums:")
+    error = _one_error(_run(tmp_path, *command, yml=yml))
+    assert error == (
+        f"error: {tmp_path / 'sources.yml'}: sources.orders.entities.orders.colums: "
+        "unknown key (a typo?)"
+    )
+
+
+def test_missing_required_mapping_in_check(tmp_path: Path, shop: Path) -> None:
+    yml = SHOPIFY_YML.format(path=shop).replace("          customer_id: Email\n", "")
+    error = _one_error(_run(tmp_path, "sources", "check", yml=yml))
+    assert error.startswith(
+        f"error: {tmp_path / 'sources.yml'}: sources.orders.entities.orders.columns.customer_id: "
+        f"required field 'customer_id' is not mapped and {shop} has no column 'customer_id'"
+    ), error
+    assert "(columns: Name, Email, Created at, Total, Financial Status, Tags)" in error
+
+
+def test_missing_required_mapping_in_extract(tmp_path: Path, shop: Path, fresh_db: str) -> None:
+    yml = SHOPIFY_YML.format(path=shop).replace("          customer_id: Email\n", "")
+    result = _run(tmp_path, "extract", "--source", "orders", "--date", "2024-03-06", yml=yml,
+                  LIFECYCLE_WAREHOUSE_URL=fresh_db)  # fmt: skip
+    error = _one_error(result)
+    assert "sources.orders.entities.orders.columns.customer_id: required field 'customer_id' " \
+        "is not mapped" in error  # fmt: skip
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("select count(*) from raw.orders__orders").fetchone() == (0,)
+
+
+def test_column_not_in_the_file(tmp_path: Path, shop: Path) -> None:
+    yml = SHOPIFY_YML.format(path=shop).replace("column: Created at", "column: created_at")
+    error = _one_error(_run(tmp_path, "sources", "check", yml=yml))
+    assert error.startswith(
+        f"error: {tmp_path / 'sources.yml'}: sources.orders.entities.orders.columns.ordered_at."
+        f"column: column 'created_at' is not in {shop} (columns: Name, Email, Created at, "
+        "Total, Financial Status, Tags); did you mean 'Created at'?"
+    ), error
+
+
+def test_bad_format_string(tmp_path: Path, shop: Path) -> None:
+    yml = SHOPIFY_YML.format(path=shop).replace("%Y-%m-%d %H:%M:%S %z", "%Y-%m-%d %Q")
+    error = _one_error(_run(tmp_path, "sources", "check", yml=yml))
+    assert error == (
+        f"error: {tmp_path / 'sources.yml'}: sources.orders.entities.orders.columns.ordered_at: "
+        "'%Y-%m-%d %Q': %Q is not a strptime directive"
+    )
+
+
+POSTGRES_YML = """
+version: 1
+connections:
+  shop:
+    env: SHOP_URL
+sources:
+  orders:
+    kind: postgres
+    connection: {connection}
+    entities:
+      orders:
+        table: public.sales
+        columns:
+          order_id: id
+          customer_id: {customer}
+          ordered_at: sale_time
+          amount: total_eur
+"""
+
+
+def test_unknown_connection(tmp_path: Path) -> None:
+    yml = POSTGRES_YML.format(connection="shop_db", customer="client_ref")
+    error = _one_error(_run(tmp_path, "sources", "check", yml=yml))
+    assert error == (
+        f"error: {tmp_path / 'sources.yml'}: sources.orders.connection: 'shop_db' is not in "
+        "connections (defined: shop)"
+    )
+
+
+def test_missing_env_var_of_a_connection(tmp_path: Path) -> None:
+    yml = POSTGRES_YML.format(connection="shop", customer="client_ref")
+    error = _one_error(_run(tmp_path, "sources", "check", "--entity", "orders", yml=yml))
+    assert error == (
+        f"error: {tmp_path / 'sources.yml'}: connections.shop.env: no URL for connection "
+        "'shop': set the environment variable SHOP_URL"
+    )
+
+
+@pytest.fixture
+def sales_db(external_db: str) -> str:
+    with psycopg.connect(external_db) as conn:
+        conn.execute(
+            "create table public.sales (id int, client_ref text, sale_time timestamptz, "
+            "total_eur numeric); insert into public.sales values (1, 'C1', now(), 5)"
+        )
+    return external_db
+
+
+def test_column_not_in_the_table(tmp_path: Path, sales_db: str) -> None:
+    yml = POSTGRES_YML.format(connection="shop", customer="client")
+    error = _one_error(_run(tmp_path, "sources", "check", "--entity", "orders", yml=yml,
+                            SHOP_URL=sales_db))  # fmt: skip
+    assert error == (
+        f"error: {tmp_path / 'sources.yml'}: sources.orders.entities.orders.columns.customer_id."
+        "column: column 'client' is not in public.sales (columns: id, client_ref, sale_time, "
+        "total_eur)"
+    )
+
+
+def test_table_that_does_not_exist_and_bad_sql(tmp_path: Path, sales_db: str) -> None:
+    yml = POSTGRES_YML.format(connection="shop", customer="client_ref")
+    missing = yml.replace("public.sales", "public.sale")
+    error = _one_error(_run(tmp_path, "sources", "check", "--entity", "orders", yml=missing,
+                            SHOP_URL=sales_db))  # fmt: skip
+    assert error == (
+        f"error: {tmp_path / 'sources.yml'}: sources.orders.entities.orders.table: "
+        "'public.sale' does not exist"
+    )
+    bad_sql = yml.replace("order_id: id", "order_id: {sql: \"'S-' ||| id\"}")
+    error = _one_error(_run(tmp_path, "sources", "check", "--entity", "orders", yml=bad_sql,
+                            SHOP_URL=sales_db))  # fmt: skip
+    assert error.startswith(
+        f"error: {tmp_path / 'sources.yml'}: sources.orders.entities.orders.columns.order_id.sql: "
+        "\"'S-' ||| id\" fails in PostgreSQL: "
+    ), error
+
+
+def test_example_file_and_its_commented_alternatives_are_valid() -> None:
+    import yaml
+
+    from lifecycle.sources_file import load_sources_file, parse_sources
+
+    example = Path(__file__).resolve().parents[2] / "sources.example.yml"
+    doc = load_sources_file(example)
+    assert set(doc.sources) == {"orders", "crm"}
+    assert doc.sources["orders"].entities["orders"].columns["ordered_at"].format == (
+        "%Y-%m-%d %H:%M:%S %z"
+    )
+    # The commented-out blocks (the postgres orders, the latin-1 spend) are valid too.
+    lines = example.read_text().splitlines()
+    blocks: dict[str, list[str]] = {}
+    name = None
+    for line in lines:
+        head = re.match(r"^  # (\w+):$", line)
+        if head:
+            name = head.group(1)
+            blocks[name] = []
+        elif name and line.startswith("  #   "):
+            blocks[name].append(line[4:])
+        else:
+            name = None
+    assert set(blocks) == {"shop_db", "orders", "marketing"}
+    connections = {"shop_db": yaml.safe_load("\n".join(blocks.pop("shop_db")))}
+    for name, body in blocks.items():
+        doc = parse_sources(
+            {
+                "version": 1,
+                "connections": connections,
+                "sources": {name: yaml.safe_load("\n".join(body))},
+            },
+            "sources.example.yml",
+        )
+        assert name in doc.sources
+
+
+def test_show_prints_the_effective_mapping(tmp_path: Path, shop: Path) -> None:
+    result = _run(tmp_path, "sources", "show", yml=SHOPIFY_YML.format(path=shop))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert (
+        f"raw.orders__orders <- csv {shop} (sync incremental, cursor updated_at, grain order)"
+        in lines
+    )
+    assert "  ordered_at   column 'Created at' (format '%Y-%m-%d %H:%M:%S %z')" in lines
+    assert "  status       column 'Financial Status' (values 3 recoded)" in lines
+    # The source lists only orders: it has no order lines, and crm is not configured.
+    assert "raw.orders__order_items: not configured" in lines
+    assert "raw.crm__contacts: not configured" in lines
+
+
+def test_show_without_a_sources_file_is_the_built_in_layout(tmp_path: Path) -> None:
+    result = _run(tmp_path, "sources", "show")  # LIFECYCLE_SOURCES_FILE names no file ...
+    assert result.exit_code == 1 and "no such sources file" in result.stderr
+    get_settings.cache_clear()
+    env = {"LIFECYCLE_HOME": str(tmp_path / "home"), "LIFECYCLE_SOURCES_FILE": ""}
+    result = CliRunner().invoke(main, ["sources", "show"], env=env)  # ... and here none is set
+    get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert "sources: built-in" in result.stdout
+    assert f"raw.orders__order_items <- csv {tmp_path / 'home/world/orders/order_items.csv'}" in (
+        result.stdout
+    )
+
+
+def test_a_source_without_entities_delivers_its_main_entity() -> None:
+    from lifecycle.raw import CRM_CONTACTS, ORDER_ITEMS, ORDERS
+    from lifecycle.sources_file import parse_sources
+
+    doc = parse_sources(
+        {
+            "version": 1,
+            "sources": {
+                "crm": {"kind": "csv", "path": "contacts.csv"},
+                "orders": {"kind": "csv", "path": "orders.csv"},
+            },
+        }
+    )
+    assert doc.entity(CRM_CONTACTS) is not None
+    assert doc.entity(ORDERS) is not None
+    assert doc.entity(ORDER_ITEMS) is None  # not the orders file read as order lines
