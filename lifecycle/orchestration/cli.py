@@ -21,7 +21,7 @@ import sys
 import click
 
 from lifecycle.options import parse_date
-from lifecycle.orchestration.config import DAILY_DAG_ID
+from lifecycle.orchestration.config import DAILY_DAG_ID, EXECUTORS
 
 
 def _conf(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dict:
@@ -149,23 +149,58 @@ def airflow_env_command() -> None:
 
 @airflow_group.command("serve")
 @click.option("--port", type=int, default=8080, show_default=True, help="API server / UI port.")
-def airflow_serve(port: int) -> None:
-    """Run the scheduler, DAG processor and API server on 127.0.0.1 until Ctrl-C."""
+@click.option(
+    "--executor",
+    type=click.Choice(sorted(EXECUTORS)),
+    default="local",
+    show_default=True,
+    help="local: LocalExecutor; celery: CeleryExecutor with --workers Celery workers.",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Celery workers."
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Task slots of each Celery worker.",
+)
+def airflow_serve(port: int, executor: str, workers: int, concurrency: int) -> None:
+    """Run the scheduler, DAG processor and API server on 127.0.0.1 until Ctrl-C.
+
+    With --executor celery, also N `airflow celery worker` processes (worker1..N). The
+    metadata DB, broker and result backend come from AIRFLOW__DATABASE__SQL_ALCHEMY_CONN,
+    AIRFLOW__CELERY__BROKER_URL and AIRFLOW__CELERY__RESULT_BACKEND (as in
+    docker-compose.yml), and every store the tasks share must be reachable by all workers.
+    """
+    import dataclasses
     import time
 
     from lifecycle.orchestration.config import load_orchestration_settings
     from lifecycle.orchestration.home import OrchestrationError
     from lifecycle.orchestration.server import API_USER, LocalAirflow, password_file
+    from lifecycle.orchestration.shared_state import check_shared_state
+    from lifecycle.settings import load_settings
 
-    cfg = load_orchestration_settings()
-    airflow = LocalAirflow(cfg, port=port)
+    settings = load_settings()
+    cfg = dataclasses.replace(load_orchestration_settings(settings), executor=EXECUTORS[executor])
+    airflow = LocalAirflow(cfg, port=port, workers=workers, worker_concurrency=concurrency)
     try:
+        if executor == "celery" and not cfg.broker_url:
+            raise OrchestrationError(
+                "--executor celery needs AIRFLOW__CELERY__BROKER_URL "
+                "(e.g. redis://127.0.0.1:6379/0)"
+            )
+        check_shared_state(settings, cfg)
         airflow.start()
     except OrchestrationError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(2)
     click.echo(f"Airflow UI and REST API: {airflow.url} (user {API_USER!r}, password in")
     click.echo(f"  {password_file(cfg)}); service logs: {airflow.log_dir}")
+    if executor == "celery":
+        click.echo(f"{cfg.executor}: workers {', '.join(airflow.worker_pids())}")
     click.echo("DAGs start paused: unpause lifecycle_daily in the UI to let it run. Ctrl-C stops.")
     try:
         while all(p.poll() is None for p in airflow.processes.values()):
