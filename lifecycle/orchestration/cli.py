@@ -152,9 +152,9 @@ def airflow_env_command() -> None:
 @click.option(
     "--executor",
     type=click.Choice(sorted(EXECUTORS)),
-    default="local",
-    show_default=True,
-    help="local: LocalExecutor; celery: CeleryExecutor with --workers Celery workers.",
+    default=None,
+    help="local: LocalExecutor; celery: CeleryExecutor with --workers Celery workers "
+    "(default: AIRFLOW__CORE__EXECUTOR, else local).",
 )
 @click.option(
     "--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Celery workers."
@@ -166,7 +166,7 @@ def airflow_env_command() -> None:
     show_default=True,
     help="Task slots of each Celery worker.",
 )
-def airflow_serve(port: int, executor: str, workers: int, concurrency: int) -> None:
+def airflow_serve(port: int, executor: str | None, workers: int, concurrency: int) -> None:
     """Run the scheduler, DAG processor and API server on 127.0.0.1 until Ctrl-C.
 
     With --executor celery, also N `airflow celery worker` processes (worker1..N). The
@@ -177,6 +177,7 @@ def airflow_serve(port: int, executor: str, workers: int, concurrency: int) -> N
     import dataclasses
     import time
 
+    from lifecycle import warehouse
     from lifecycle.orchestration.config import load_orchestration_settings
     from lifecycle.orchestration.home import OrchestrationError
     from lifecycle.orchestration.server import API_USER, LocalAirflow, password_file
@@ -184,22 +185,33 @@ def airflow_serve(port: int, executor: str, workers: int, concurrency: int) -> N
     from lifecycle.settings import load_settings
 
     settings = load_settings()
-    cfg = dataclasses.replace(load_orchestration_settings(settings), executor=EXECUTORS[executor])
+    cfg = load_orchestration_settings(settings)
+    if executor:
+        cfg = dataclasses.replace(cfg, executor=EXECUTORS[executor])
+    celery = cfg.executor == EXECUTORS["celery"]
     airflow = LocalAirflow(cfg, port=port, workers=workers, worker_concurrency=concurrency)
     try:
-        if executor == "celery" and not cfg.broker_url:
+        if cfg.executor not in EXECUTORS.values():
+            raise OrchestrationError(
+                f"AIRFLOW__CORE__EXECUTOR={cfg.executor} is not one this command runs "
+                f"({', '.join(EXECUTORS.values())})"
+            )
+        if celery and not cfg.broker_url:
             raise OrchestrationError(
                 "--executor celery needs AIRFLOW__CELERY__BROKER_URL "
                 "(e.g. redis://127.0.0.1:6379/0)"
             )
         check_shared_state(settings, cfg)
+        # As compose's airflow-init does: the tasks expect the schemas and roles to exist
+        # (and an embedded warehouse to be running).
+        warehouse.up(settings)
         airflow.start()
-    except OrchestrationError as exc:
+    except (OrchestrationError, warehouse.WarehouseError) as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(2)
     click.echo(f"Airflow UI and REST API: {airflow.url} (user {API_USER!r}, password in")
     click.echo(f"  {password_file(cfg)}); service logs: {airflow.log_dir}")
-    if executor == "celery":
+    if celery:
         click.echo(f"{cfg.executor}: workers {', '.join(airflow.worker_pids())}")
     click.echo("DAGs start paused: unpause lifecycle_daily in the UI to let it run. Ctrl-C stops.")
     try:

@@ -17,7 +17,8 @@ Two knobs are new settings of this layer. Until they move into
 
 A distributed deployment (``lifecycle airflow serve --executor celery``, and
 ``docker-compose.yml``) is configured with Airflow's own variable names, read from the
-same environment: ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` (the metadata DB; unset: the
+same environment: ``AIRFLOW__CORE__EXECUTOR`` (what ``lifecycle airflow serve`` starts
+unless ``--executor`` says), ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` (the metadata DB; unset: the
 local SQLite file), ``AIRFLOW__CELERY__BROKER_URL`` and ``AIRFLOW__CELERY__RESULT_BACKEND``
 (default: ``db+`` and the metadata DB URL, as compose sets it).
 """
@@ -39,6 +40,7 @@ TRAIN_DAG_ID = "lifecycle_train"
 #: The executors `lifecycle airflow serve` runs, by their CLI name.
 EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
 #: Airflow variables of a deployment, shared with docker-compose.yml.
+EXECUTOR_VAR = "AIRFLOW__CORE__EXECUTOR"
 METADATA_DB_VAR = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
 BROKER_VAR = "AIRFLOW__CELERY__BROKER_URL"
 RESULT_BACKEND_VAR = "AIRFLOW__CELERY__RESULT_BACKEND"
@@ -112,6 +114,7 @@ def load_orchestration_settings(
         dags_folder=DAGS_FOLDER,
         alert_webhook_url=_env_value(settings, env, "LIFECYCLE_ALERT_WEBHOOK_URL"),
         parallelism=int(parallelism) if parallelism else max(2, min(cpus, 8)),
+        executor=source.get(EXECUTOR_VAR) or "LocalExecutor",
         metadata_db_url=source.get(METADATA_DB_VAR) or None,
         broker_url=source.get(BROKER_VAR) or None,
         result_backend=source.get(RESULT_BACKEND_VAR) or None,

@@ -192,6 +192,8 @@ class LocalAirflow:
                         cwd=self.cfg.airflow_home,
                         start_new_session=True,  # its own process group: stop() kills all
                     )
+                # For operators and tests: `kill -- -$(cat <name>.pid)` stops that service.
+                (self.log_dir / f"{name}.pid").write_text(f"{self.processes[name].pid}\n")
             self._wait_healthy()
         except BaseException:
             self.stop()
@@ -264,6 +266,8 @@ class LocalAirflow:
         for proc in self.processes.values():
             with suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+        for name in self.processes:
+            (self.log_dir / f"{name}.pid").unlink(missing_ok=True)
         self.processes.clear()
 
     def client(self) -> AirflowClient:
