@@ -215,9 +215,18 @@ def airflow_serve(port: int, executor: str | None, workers: int, concurrency: in
         click.echo(f"{cfg.executor}: workers {', '.join(airflow.worker_pids())}")
     click.echo("DAGs start paused: unpause lifecycle_daily in the UI to let it run. Ctrl-C stops.")
     try:
-        while all(p.poll() is None for p in airflow.processes.values()):
+        # A lost Celery worker is what the others are there for: its tasks are retried on
+        # them. Stop when a core service stops, or the last worker.
+        lost: set[str] = set()
+        while True:
+            stopped = {n for n, p in airflow.processes.items() if p.poll() is not None}
+            for name in sorted(stopped - lost):
+                click.secho(f"{name} stopped; see {airflow.log_dir / name}.log", fg="red", err=True)
+            lost = stopped
+            workers = {n for n in airflow.processes if n.startswith("celery-")}
+            if stopped - workers or (workers and workers <= stopped):
+                break
             time.sleep(1)
-        click.secho(f"a service stopped; see {airflow.log_dir}", fg="red", err=True)
     except KeyboardInterrupt:
         pass
     finally:
