@@ -272,3 +272,46 @@ def test_the_warehouse_and_exports_end_as_in_process(deployment, reference) -> N
     differ = {t: (tables[t], ref_tables[t]) for t in tables if tables[t] != ref_tables[t]}
     assert not differ, differ
     assert files and files == ref_files
+
+
+def _serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("LIFECYCLE_", "AIRFLOW"))}
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "lifecycle"), "airflow", "serve", "--executor"]
+        + ["celery", "--workers", "2"],
+        env={**base, "LIFECYCLE_HOME": str(tmp_path), **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_serve_with_celery_needs_a_broker(tmp_path: Path) -> None:
+    proc = _serve(tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(
+        "error: --executor celery needs AIRFLOW__CELERY__BROKER_URL (e.g. redis://127.0.0.1:6379/0)"
+    )
+    assert not (tmp_path / "airflow" / "logs" / "services").exists()  # nothing started
+
+
+def test_serve_with_celery_refuses_machine_local_stores(tmp_path: Path) -> None:
+    proc = _serve(tmp_path, AIRFLOW__CELERY__BROKER_URL="redis://127.0.0.1:6379/15")
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert lines[0] == (
+        "error: CeleryExecutor runs tasks on several workers, but 6 store(s) are local to "
+        "this machine:"
+    )
+    assert [line.split()[1] for line in lines[1:7]] == [
+        "LIFECYCLE_WAREHOUSE_URL",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "LIFECYCLE_MLFLOW_TRACKING_URI",
+        "LIFECYCLE_EXPORT_DIR",
+        "LIFECYCLE_REPORT_DIR",
+        "LIFECYCLE_WORLD_DIR",
+    ]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "pgdata").exists()  # the embedded warehouse was not started
