@@ -18,10 +18,13 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
 
@@ -99,11 +102,27 @@ def _wait_running(api: AirflowClient, run_id: str, task_id: str, timeout_s: floa
 
 
 @pytest.fixture(scope="module")
-def reference(embedded_settings, airflow_cfg, tmp_path_factory, celery_world):
+def scratch() -> Iterator[Callable[[str], Path]]:
+    """Folders for this module, outside pytest's base folder: a pytest session started
+    meanwhile (another checkout's) may prune that one while the deployment runs."""
+    made: list[Path] = []
+
+    def make(prefix: str) -> Path:
+        made.append(Path(tempfile.mkdtemp(prefix=f"lifecycle-{prefix}-")))
+        made[-1].chmod(0o755)
+        return made[-1]
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def reference(embedded_settings, airflow_cfg, scratch, celery_world):
     """The three runs in-process (``dag.test``): the end state the deployment must reach."""
     from lifecycle.orchestration.runner import run_dates
 
-    state = tmp_path_factory.mktemp("celery-ref")
+    state = scratch("celery-ref")
     quiet = lambda _m: None  # noqa: E731
     with scratch_database(EXTERNAL_ADMIN_URL, "t_cel_ref") as url:
         env = {
@@ -121,23 +140,23 @@ def reference(embedded_settings, airflow_cfg, tmp_path_factory, celery_world):
 
 
 @pytest.fixture(scope="module")
-def celery_world(tmp_path_factory):
+def celery_world(scratch):
     if not external_available():
         pytest.skip("no PostgreSQL server on 127.0.0.1:5432: the Celery deployment needs one")
     if _redis_db() is None:
         pytest.skip(f"no Redis at {REDIS_URL} (or no free database number): Celery's broker")
     from lifecycle.sample.world import WorldConfig, generate_world
 
-    world = tmp_path_factory.mktemp("celery-world") / "world"
+    world = scratch("celery-world") / "world"
     generate_world(WorldConfig(customers=500, start=START, end=END, seed=11), world)
     return world
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory, celery_world, reference):
+def deployment(scratch, celery_world, reference):
     """Run daily → train → daily on the Celery deployment; yield what the runs reported."""
-    state = tmp_path_factory.mktemp("celery-home")
-    shared = tmp_path_factory.mktemp("celery-shared")
+    state = scratch("celery-home")
+    shared = scratch("celery-shared")
     redis_db = _redis_db()
     with (
         scratch_database(EXTERNAL_ADMIN_URL, "t_cel_wh") as warehouse,
