@@ -10,6 +10,8 @@ that stopping it stops every child (the scheduler ignores a lone SIGTERM to its 
 
 It is what ``lifecycle airflow serve`` runs for a person (open the UI, trigger, watch), and
 what the integration test uses to trigger ``lifecycle_daily`` through the REST API.
+``airflow standalone`` would do the same but always pre-forks a triggerer and serves task
+logs on 0.0.0.0; starting the components ourselves keeps everything on 127.0.0.1.
 
 With ``CeleryExecutor`` (``lifecycle airflow serve --executor celery --workers N``) the
 scheduler queues tasks on the broker (``AIRFLOW__CELERY__BROKER_URL``) and N
@@ -19,8 +21,6 @@ run shows which worker ran what. The metadata DB must then be a server
 (``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``), and every store the tasks share must be
 reachable by every worker: :mod:`lifecycle.orchestration.shared_state` checks that
 before anything starts.
-``airflow standalone`` would do the same but always pre-forks a triggerer and serves task
-logs on 0.0.0.0; starting the components ourselves keeps everything on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ class LocalAirflow:
         )
 
     def _workers_ready(self) -> bool:
-        # A Celery worker logs "celery@<hostname> ready." once it consumes from the broker.
+        # A Celery worker logs "<worker>@<host> ready." once it consumes from the broker.
         for name in self.processes:
             if name.startswith("celery-"):
                 with open(self.log_dir / f"{name}.log", "rb") as fh:
