@@ -50,7 +50,7 @@ format: install ## Format the code (ruff)
 
 lock: | $(BIN)/python ## Re-resolve requirements.lock from pyproject.toml
 	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
-	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra celery --python-version 3.11 -o requirements.lock
 
 bench: install ## Run the benchmarks (they print their figures)
 	$(BIN)/python bench/bench_generate.py

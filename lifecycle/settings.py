@@ -55,6 +55,10 @@ class Settings:
     # one are NOLOGIN
     role_passwords: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     mlflow_tracking_uri: str | None = None  # MLflow tracking store/server (None: local)
+    # Where a DB tracking store puts new experiments' artifacts (a URL every worker reaches:
+    # s3://..., or file:// on a shared folder). None: the local folder, or the server's.
+    mlflow_artifact_uri: str | None = None
+    report_dir: Path | None = None  # the daily HTML reports (None: $LIFECYCLE_HOME/reports)
     sources_file: Path | None = None  # the sources file (None: ./sources.yml or built-in)
     # The environment the settings were read from: the sources file names the variables
     # that hold connection URLs and tokens, looked up here (never stored in the file).
@@ -160,6 +164,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             lock_wait_s=_number(env, "LIFECYCLE_LOCK_WAIT_S", 30.0, float, 0, 86400),
             alert_webhook_url=env.get("LIFECYCLE_ALERT_WEBHOOK_URL") or None,
             mlflow_tracking_uri=env.get("LIFECYCLE_MLFLOW_TRACKING_URI") or None,
+            mlflow_artifact_uri=env.get("LIFECYCLE_MLFLOW_ARTIFACT_URI") or None,
+            report_dir=_path(env.get("LIFECYCLE_REPORT_DIR") or str(home / "reports")),
             audiences_file=_path(
                 env.get("LIFECYCLE_AUDIENCES_FILE")
                 or str(Path(__file__).resolve().parent.parent / "audiences.yml")

@@ -3,7 +3,9 @@
 Local default: a SQLite tracking store ``$LIFECYCLE_HOME/mlflow/mlflow.db`` and artifacts
 under ``$LIFECYCLE_HOME/mlflow/artifacts/<experiment>`` (MLflow 3 refuses the plain file
 store). ``LIFECYCLE_MLFLOW_TRACKING_URI`` points everything at another store or a tracking
-server (``http://...``) instead; nothing else changes. Telemetry is off.
+server (``http://...``) instead; nothing else changes. With a database tracking store
+(``postgresql://...``), ``LIFECYCLE_MLFLOW_ARTIFACT_URI`` says where new experiments keep
+their artifacts (S3, or a folder every worker mounts). Telemetry is off.
 
 Registered models ``lifecycle_churn``, ``lifecycle_segmentation`` and ``lifecycle_clv``
 carry the aliases ``champion`` (what scoring loads: ``models:/<name>@champion``) and
@@ -90,7 +92,9 @@ def experiment_id(settings: Settings, client, registered_model: str) -> str:
     if found is not None:
         return found.experiment_id
     location = None
-    if _is_local(settings):
+    if settings.mlflow_artifact_uri:  # e.g. a DB tracking store with artifacts on S3
+        location = f"{settings.mlflow_artifact_uri.rstrip('/')}/{name}"
+    elif _is_local(settings):
         location = (settings.home / "mlflow" / "artifacts" / name).resolve().as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)

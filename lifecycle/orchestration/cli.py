@@ -21,7 +21,7 @@ import sys
 import click
 
 from lifecycle.options import allow_future_option, parse_date, refuse_future
-from lifecycle.orchestration.config import DAILY_DAG_ID
+from lifecycle.orchestration.config import DAILY_DAG_ID, EXECUTORS
 from lifecycle.redact import install_log_filter, redact
 
 
@@ -159,28 +159,84 @@ def airflow_env_command() -> None:
 
 @airflow_group.command("serve")
 @click.option("--port", type=int, default=8080, show_default=True, help="API server / UI port.")
-def airflow_serve(port: int) -> None:
-    """Run the scheduler, DAG processor and API server on 127.0.0.1 until Ctrl-C."""
+@click.option(
+    "--executor",
+    type=click.Choice(sorted(EXECUTORS)),
+    default=None,
+    help="local: LocalExecutor; celery: CeleryExecutor with --workers Celery workers "
+    "(default: AIRFLOW__CORE__EXECUTOR, else local).",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Celery workers."
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Task slots of each Celery worker.",
+)
+def airflow_serve(port: int, executor: str | None, workers: int, concurrency: int) -> None:
+    """Run the scheduler, DAG processor and API server on 127.0.0.1 until Ctrl-C.
+
+    With --executor celery, also N `airflow celery worker` processes (worker1..N). The
+    metadata DB, broker and result backend come from AIRFLOW__DATABASE__SQL_ALCHEMY_CONN,
+    AIRFLOW__CELERY__BROKER_URL and AIRFLOW__CELERY__RESULT_BACKEND (as in
+    docker-compose.yml), and every store the tasks share must be reachable by all workers.
+    """
+    import dataclasses
     import time
 
+    from lifecycle import warehouse
     from lifecycle.orchestration.config import load_orchestration_settings
     from lifecycle.orchestration.home import OrchestrationError
     from lifecycle.orchestration.server import API_USER, LocalAirflow, password_file
+    from lifecycle.orchestration.shared_state import check_shared_state
+    from lifecycle.settings import load_settings
 
-    cfg = load_orchestration_settings()
-    airflow = LocalAirflow(cfg, port=port)
+    settings = load_settings()
+    cfg = load_orchestration_settings(settings)
+    if executor:
+        cfg = dataclasses.replace(cfg, executor=EXECUTORS[executor])
+    celery = cfg.executor == EXECUTORS["celery"]
+    airflow = LocalAirflow(cfg, port=port, workers=workers, worker_concurrency=concurrency)
     try:
+        if cfg.executor not in EXECUTORS.values():
+            raise OrchestrationError(
+                f"AIRFLOW__CORE__EXECUTOR={cfg.executor} is not one this command runs "
+                f"({', '.join(EXECUTORS.values())})"
+            )
+        if celery and not cfg.broker_url:
+            raise OrchestrationError(
+                "--executor celery needs AIRFLOW__CELERY__BROKER_URL "
+                "(e.g. redis://127.0.0.1:6379/0)"
+            )
+        check_shared_state(settings, cfg)
+        # As compose's airflow-init does: the tasks expect the schemas and roles to exist
+        # (and an embedded warehouse to be running).
+        warehouse.up(settings)
         airflow.start()
-    except OrchestrationError as exc:
+    except (OrchestrationError, warehouse.WarehouseError) as exc:
         click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
         sys.exit(2)
     click.echo(f"Airflow UI and REST API: {airflow.url} (user {API_USER!r}, password in")
     click.echo(f"  {password_file(cfg)}); service logs: {airflow.log_dir}")
+    if celery:
+        click.echo(f"{cfg.executor}: workers {', '.join(airflow.worker_pids())}")
     click.echo("DAGs start paused: unpause lifecycle_daily in the UI to let it run. Ctrl-C stops.")
     try:
-        while all(p.poll() is None for p in airflow.processes.values()):
+        # A lost Celery worker is what the others are there for: its tasks are retried on
+        # them. Stop when a core service stops, or the last worker.
+        lost: set[str] = set()
+        while True:
+            stopped = {n for n, p in airflow.processes.items() if p.poll() is not None}
+            for name in sorted(stopped - lost):
+                click.secho(f"{name} stopped; see {airflow.log_dir / name}.log", fg="red", err=True)
+            lost = stopped
+            workers = {n for n in airflow.processes if n.startswith("celery-")}
+            if stopped - workers or (workers and workers <= stopped):
+                break
             time.sleep(1)
-        click.secho(f"a service stopped; see {airflow.log_dir}", fg="red", err=True)
     except KeyboardInterrupt:
         pass
     finally:

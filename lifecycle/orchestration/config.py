@@ -14,6 +14,13 @@ Two knobs are new settings of this layer. Until they move into
     where the on-failure callback POSTs a JSON report (unset: log only);
 ``LIFECYCLE_AIRFLOW_PARALLELISM``
     task slots of the local Airflow (default: the number of CPUs, at most 8).
+
+A distributed deployment (``lifecycle airflow serve --executor celery``, and
+``docker-compose.yml``) is configured with Airflow's own variable names, read from the
+same environment: ``AIRFLOW__CORE__EXECUTOR`` (what ``lifecycle airflow serve`` starts
+unless ``--executor`` says), ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` (the metadata DB; unset: the
+local SQLite file), ``AIRFLOW__CELERY__BROKER_URL`` and ``AIRFLOW__CELERY__RESULT_BACKEND``
+(default: ``db+`` and the metadata DB URL, as compose sets it).
 """
 
 from __future__ import annotations
@@ -30,6 +37,13 @@ DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
 DAILY_DAG_ID = "lifecycle_daily"
 #: Id of the training DAG.
 TRAIN_DAG_ID = "lifecycle_train"
+#: The executors `lifecycle airflow serve` runs, by their CLI name.
+EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
+#: Airflow variables of a deployment, shared with docker-compose.yml.
+EXECUTOR_VAR = "AIRFLOW__CORE__EXECUTOR"
+METADATA_DB_VAR = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
+BROKER_VAR = "AIRFLOW__CELERY__BROKER_URL"
+RESULT_BACKEND_VAR = "AIRFLOW__CELERY__RESULT_BACKEND"
 
 
 @dataclass(frozen=True)
@@ -42,11 +56,29 @@ class OrchestrationSettings:
     alert_webhook_url: str | None = field(repr=False)
     alert_timeout_s: float = 10.0
     parallelism: int = 2
+    executor: str = "LocalExecutor"
+    metadata_db_url: str | None = field(default=None, repr=False)  # None: the SQLite file
+    broker_url: str | None = field(default=None, repr=False)  # CeleryExecutor's broker
+    result_backend: str | None = field(default=None, repr=False)  # None: db+metadata DB
 
     @property
     def metadata_db(self) -> Path:
-        """SQLite file of Airflow's metadata database."""
+        """SQLite file of Airflow's metadata database (when no metadata DB URL is set)."""
         return self.airflow_home / "airflow.db"
+
+    @property
+    def sql_alchemy_conn(self) -> str:
+        """Return the metadata database's SQLAlchemy URL."""
+        return self.metadata_db_url or f"sqlite:///{self.metadata_db}"
+
+    @property
+    def celery_result_backend(self) -> str | None:
+        """Return Celery's result backend: the setting, else the metadata DB (``db+``)."""
+        if self.result_backend:
+            return self.result_backend
+        if self.metadata_db_url:
+            return "db+" + self.metadata_db_url
+        return None
 
     @property
     def log_folder(self) -> Path:
@@ -75,12 +107,17 @@ def load_orchestration_settings(
     settings = settings or load_settings(env)
     cpus = os.cpu_count() or 2
     parallelism = _env_value(settings, env, "LIFECYCLE_AIRFLOW_PARALLELISM")
+    source = settings.environ if env is None else env
     return OrchestrationSettings(
         home=settings.home,
         airflow_home=settings.home / "airflow",
         dags_folder=DAGS_FOLDER,
         alert_webhook_url=_env_value(settings, env, "LIFECYCLE_ALERT_WEBHOOK_URL"),
         parallelism=int(parallelism) if parallelism else max(2, min(cpus, 8)),
+        executor=source.get(EXECUTOR_VAR) or "LocalExecutor",
+        metadata_db_url=source.get(METADATA_DB_VAR) or None,
+        broker_url=source.get(BROKER_VAR) or None,
+        result_backend=source.get(RESULT_BACKEND_VAR) or None,
     )
 
 
@@ -90,7 +127,7 @@ def airflow_env(cfg: OrchestrationSettings, jwt_secret: str | None = None) -> di
         "AIRFLOW_HOME": str(cfg.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(cfg.dags_folder),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{cfg.metadata_db}",
+        METADATA_DB_VAR: cfg.sql_alchemy_conn,
         # Small machines: a handful of task slots, not the default 32 pre-forked workers.
         "AIRFLOW__CORE__PARALLELISM": str(cfg.parallelism),
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(cfg.parallelism),
@@ -111,4 +148,8 @@ def airflow_env(cfg: OrchestrationSettings, jwt_secret: str | None = None) -> di
     }
     if jwt_secret:
         env["AIRFLOW__API_AUTH__JWT_SECRET"] = jwt_secret
+    if cfg.broker_url:
+        env[BROKER_VAR] = cfg.broker_url
+    if cfg.celery_result_backend and cfg.executor == "CeleryExecutor":
+        env[RESULT_BACKEND_VAR] = cfg.celery_result_backend
     return env

@@ -3,8 +3,9 @@
 :func:`activate` must run before the first ``import airflow`` of a process: Airflow reads
 ``AIRFLOW_HOME`` and its database URL once, when it is imported (importing it without
 ``AIRFLOW_HOME`` creates ``~/airflow``). :func:`ensure_initialized` runs
-``airflow db migrate`` only when the SQLite database is missing or was migrated by
-another Airflow version, under a file lock so two processes never migrate at once.
+``airflow db migrate`` only when the metadata database (the SQLite file, or the database
+of ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``) is missing or was migrated by another Airflow
+version, under a file lock so two processes never migrate at once.
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ def activate(cfg: OrchestrationSettings) -> dict[str, str]:
     return env
 
 
-def _db_revision(db: Path) -> str | None:
+def _db_revision(cfg: OrchestrationSettings) -> str | None:
+    if cfg.metadata_db_url:
+        return _server_db_revision(cfg.metadata_db_url)
+    db = cfg.metadata_db
     if not db.exists():
         return None
     try:
@@ -86,13 +90,40 @@ def _db_revision(db: Path) -> str | None:
     return row[0] if row else None
 
 
+def _server_db_revision(url: str) -> str | None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table("alembic_version"):
+                return None
+            return conn.execute(sa.text("select version_num from alembic_version")).scalar()
+    except sa.exc.OperationalError as exc:
+        raise OrchestrationError(
+            f"cannot connect to Airflow's metadata database (AIRFLOW__DATABASE__SQL_ALCHEMY_CONN): "
+            f"{str(exc.orig).strip().splitlines()[0]}"
+        ) from exc
+    finally:
+        engine.dispose()
+
+
 def is_initialized(cfg: OrchestrationSettings) -> bool:
     """True when the metadata DB exists and was migrated by the installed Airflow version."""
     stamp = cfg.airflow_home / STAMP_FILE
     if not stamp.exists():
         return False
     version, _, revision = stamp.read_text().strip().partition(" ")
-    return version == airflow_version() and revision == _db_revision(cfg.metadata_db)
+    return version == airflow_version() and revision == _db_revision(cfg)
+
+
+def _db_name(cfg: OrchestrationSettings) -> str:
+    """Return the metadata DB for messages (a server URL without its password)."""
+    if not cfg.metadata_db_url:
+        return str(cfg.metadata_db)
+    import sqlalchemy as sa
+
+    return sa.make_url(cfg.metadata_db_url).render_as_string(hide_password=True)
 
 
 @contextmanager
@@ -115,7 +146,7 @@ def ensure_initialized(
         if is_initialized(cfg):
             return False
         if echo:
-            echo(f"airflow: migrating the metadata database {cfg.metadata_db}")
+            echo(f"airflow: migrating the metadata database {_db_name(cfg)}")
         log_file = cfg.log_folder / "db-migrate.log"
         started = time.perf_counter()
         with open(log_file, "w") as out:
@@ -130,14 +161,13 @@ def ensure_initialized(
         if proc.returncode != 0:
             tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-15:])
             raise OrchestrationError(
-                f"`airflow db migrate` failed (exit {proc.returncode}) for {cfg.metadata_db}; "
+                f"`airflow db migrate` failed (exit {proc.returncode}) for {_db_name(cfg)}; "
                 f"full log: {log_file}\n{tail}"
             )
-        revision = _db_revision(cfg.metadata_db)
+        revision = _db_revision(cfg)
         if revision is None:
             raise OrchestrationError(
-                f"`airflow db migrate` left no alembic revision in {cfg.metadata_db}; "
-                f"see {log_file}"
+                f"`airflow db migrate` left no alembic revision in {_db_name(cfg)}; see {log_file}"
             )
         (cfg.airflow_home / STAMP_FILE).write_text(f"{airflow_version()} {revision}\n")
         if echo:

@@ -12,6 +12,15 @@ It is what ``lifecycle airflow serve`` runs for a person (open the UI, trigger, 
 what the integration test uses to trigger ``lifecycle_daily`` through the REST API.
 ``airflow standalone`` would do the same but always pre-forks a triggerer and serves task
 logs on 0.0.0.0; starting the components ourselves keeps everything on 127.0.0.1.
+
+With ``CeleryExecutor`` (``lifecycle airflow serve --executor celery --workers N``) the
+scheduler queues tasks on the broker (``AIRFLOW__CELERY__BROKER_URL``) and N
+``airflow celery worker`` processes run them, each under its own Celery hostname
+(``worker<i>@<host>``) and recording that name as the task instances' hostname, so that a
+run shows which worker ran what. The metadata DB must then be a server
+(``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``), and every store the tasks share must be
+reachable by every worker: :mod:`lifecycle.orchestration.shared_state` checks that
+before anything starts.
 """
 
 from __future__ import annotations
@@ -45,6 +54,25 @@ COMPONENTS: dict[str, list[str]] = {
 #: once into the Airflow home (mode 0600).
 API_USER = "admin"
 TERMINAL_STATES = frozenset({"success", "failed"})
+#: Environment variable naming a Celery worker of this machine (read by worker_hostname).
+WORKER_NAME_VAR = "LIFECYCLE_AIRFLOW_WORKER_NAME"
+
+
+def worker_hostname() -> str:
+    """Return the hostname a task instance records: ``<worker name>@<host>`` on a worker.
+
+    Airflow's ``[core] hostname_callable``: the Celery workers of one machine would all
+    record the machine's FQDN, so each worker started here names itself. Read from the
+    environment (not :mod:`lifecycle.settings`): Airflow calls it inside the task process.
+    """
+    host = socket.getfqdn()
+    name = os.environ.get(WORKER_NAME_VAR)
+    return f"{name}@{host}" if name else host
+
+
+def worker_names(count: int) -> list[str]:
+    """Return the names of `count` local Celery workers."""
+    return [f"worker{i}" for i in range(1, count + 1)]
 
 
 def free_port() -> int:
@@ -79,7 +107,7 @@ def server_env(cfg: OrchestrationSettings, port: int) -> dict[str, str]:
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": base,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTOR": cfg.executor,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{API_USER}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(password_file(cfg)),
         # Pick up DAG files quickly (a person editing a DAG, a test triggering one).
@@ -101,7 +129,10 @@ class LocalAirflow:
     env: Mapping[str, str] = field(default_factory=dict)
     port: int = 0
     start_timeout_s: float = 180.0
+    workers: int = 0  # Celery workers (CeleryExecutor only)
+    worker_concurrency: int = 1  # task slots of each Celery worker
     processes: dict[str, subprocess.Popen] = field(default_factory=dict, init=False)
+    _log_offsets: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def url(self) -> str:
@@ -113,25 +144,56 @@ class LocalAirflow:
         """Return the folder of the services' own logs."""
         return self.cfg.log_folder / "services"
 
+    def commands(self) -> dict[str, tuple[list[str], dict[str, str]]]:
+        """Return each service's ``airflow`` arguments and extra environment, in order."""
+        out = {name: (args, {}) for name, args in COMPONENTS.items()}
+        if self.cfg.executor != "CeleryExecutor":
+            return out
+        for name in worker_names(self.workers):
+            args = [
+                "celery",
+                "worker",
+                "--celery-hostname",
+                f"{name}@%h",
+                "--concurrency",
+                str(self.worker_concurrency),
+                # Every worker of this machine writes task logs into the same log folder,
+                # which the api-server reads: no log server (they would all want :8793).
+                "--skip-serve-logs",
+                "--without-mingle",
+                "--without-gossip",
+            ]
+            extra = {
+                WORKER_NAME_VAR: name,
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.worker_hostname",
+            }
+            out[f"celery-{name}"] = (args, extra)
+        return out
+
     def start(self) -> LocalAirflow:
-        """Start the services and wait until the API answers; return self."""
+        """Start the services and wait until the API (and every worker) answers; return self."""
+        if self.cfg.executor == "CeleryExecutor" and self.workers < 1:
+            raise OrchestrationError("CeleryExecutor needs at least one worker (--workers N)")
         home.ensure_initialized(self.cfg)
         self.port = self.port or free_port()
         api_password(self.cfg)
         env = {**os.environ, **self.env, **server_env(self.cfg, self.port)}
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
-            for name, args in COMPONENTS.items():
+            for name, (args, extra) in self.commands().items():
                 with open(self.log_dir / f"{name}.log", "ab") as out:
+                    self._log_offsets[name] = out.tell()  # the log is appended to
                     self.processes[name] = subprocess.Popen(
                         [sys.executable, "-m", "airflow", *args],
-                        env=env,
+                        env={**env, **extra},
                         stdout=out,
                         stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL,
                         cwd=self.cfg.airflow_home,
                         start_new_session=True,  # its own process group: stop() kills all
                     )
+                # For operators and tests: `kill -- -$(cat <name>.pid)` stops that service.
+                (self.log_dir / f"{name}.pid").write_text(f"{self.processes[name].pid}\n")
             self._wait_healthy()
         except BaseException:
             self.stop()
@@ -153,9 +215,10 @@ class LocalAirflow:
             try:
                 health = requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
                 states = {k: (v or {}).get("status") for k, v in health.items()}
-                if states.get("scheduler") == "healthy" and states.get("metadatabase") in (
-                    "healthy",
-                    None,
+                if (
+                    states.get("scheduler") == "healthy"
+                    and states.get("metadatabase") in ("healthy", None)
+                    and self._workers_ready()
                 ):
                     return
                 last = json.dumps(states)
@@ -166,6 +229,24 @@ class LocalAirflow:
             f"the local Airflow did not become healthy in {self.start_timeout_s:.0f}s "
             f"({last}); logs in {self.log_dir}"
         )
+
+    def _workers_ready(self) -> bool:
+        # A Celery worker logs "<worker>@<host> ready." once it consumes from the broker.
+        for name in self.processes:
+            if name.startswith("celery-"):
+                with open(self.log_dir / f"{name}.log", "rb") as fh:
+                    fh.seek(self._log_offsets.get(name, 0))
+                    if b" ready." not in fh.read():
+                        return False
+        return True
+
+    def worker_pids(self) -> dict[str, int]:
+        """Return the process id of each Celery worker, by worker name."""
+        return {
+            name.removeprefix("celery-"): proc.pid
+            for name, proc in self.processes.items()
+            if name.startswith("celery-")
+        }
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop every service and its children (SIGTERM to the group, then SIGKILL)."""
@@ -185,6 +266,8 @@ class LocalAirflow:
         for proc in self.processes.values():
             with suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+        for name in self.processes:
+            (self.log_dir / f"{name}.pid").unlink(missing_ok=True)
         self.processes.clear()
 
     def client(self) -> AirflowClient:

@@ -105,7 +105,8 @@ class ReportResult:
 
 def default_path(day: dt.date, settings: Settings) -> Path:
     """Return where the report of `day` goes by default."""
-    return settings.home / "reports" / f"lifecycle-report-{day.isoformat()}.html"
+    folder = settings.report_dir or settings.home / "reports"
+    return folder / f"lifecycle-report-{day.isoformat()}.html"
 
 
 def _is_number(value: Any) -> bool:
