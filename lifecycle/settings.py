@@ -190,14 +190,15 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
 def _checked_paths(settings: Settings) -> Settings:
     """Fail on a state folder that exists as something other than a folder, or a URL
     that is not a connection URL."""
-    from psycopg import ProgrammingError
-    from psycopg.conninfo import conninfo_to_dict
-
     for name, url in (
         ("LIFECYCLE_WAREHOUSE_URL", settings.warehouse_url),
         ("LIFECYCLE_SHOP_DB_URL", settings.shop_db_url),
     ):
         if url:
+            # Imported only here: DAG files read the settings at parse time, cheaply.
+            from psycopg import ProgrammingError
+            from psycopg.conninfo import conninfo_to_dict
+
             try:
                 conninfo_to_dict(url)
             except ProgrammingError as exc:

@@ -45,9 +45,7 @@ def test_every_injected_defect_is_quarantined_with_its_reason(
 ) -> None:
     results = _full_load(dirty_world, fresh_db, tmp_path / "home", LIFECYCLE_MAX_REJECT_SHARE="0.2")
     # The sample world has no rates file: the fx source is skipped, every other loads.
-    assert {(r.source, r.status) for r in results if r.status != "success"} == {
-        ("fx", "skipped")
-    }
+    assert {(r.source, r.status) for r in results if r.status != "success"} == {("fx", "skipped")}
     defects = pd.read_csv(dirty_world / "truth" / "dirty.csv")
     assert set(defects.kind) == set(REASONS)  # the world has every kind
     with psycopg.connect(fresh_db) as conn:
