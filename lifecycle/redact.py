@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import re
+import sys
 import threading
 from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
@@ -97,6 +98,10 @@ def mask_in_airflow(settings) -> None:
     passwords reach a task through the environment, which its masker does not know about.
     """
     remember_settings(settings)
+    if "airflow" not in sys.modules:
+        # Not inside an Airflow task: importing Airflow here would fix its home for the
+        # whole process (the local runner later needs its own).
+        return
     try:
         from airflow.sdk.log import mask_secret
     except ImportError:  # not under Airflow

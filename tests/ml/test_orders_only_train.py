@@ -104,7 +104,9 @@ def test_churn_and_segmentation_drop_the_absent_sources_features(trained):
     from ml.churn import load_churn_spec
 
     _, home, sources = trained
-    settings = load_settings({"LIFECYCLE_HOME": str(home), "LIFECYCLE_WAREHOUSE_URL": "x"})
+    settings = load_settings(
+        {"LIFECYCLE_HOME": str(home), "LIFECYCLE_WAREHOUSE_URL": "postgresql://unused@127.0.0.1/x"}
+    )
     client = tracking.configure(settings)
     params = {}
     for name in (tracking.CHURN_MODEL, tracking.SEGMENTATION_MODEL):

@@ -21,17 +21,19 @@ def test_extract_reports_each_source_and_a_total(report_world, fresh_db, tmp_pat
         loaded, quarantined = conn.execute(
             "select sum(rows_loaded), sum(rows_quarantined) from ops.load_runs"
         ).fetchone()
-    assert progress[:4] == [
-        f"[1/4] extracting crm (crm__contacts) for {END}...",
-        f"[2/4] extracting web (web__events) for {END}...",
-        f"[3/4] extracting orders (orders__orders, orders__order_items) for {END}...",
-        f"[4/4] extracting marketing (marketing__spend) for {END}...",
+    # The sample world has no rates file: fx is extracted as a skipped batch.
+    assert progress[:5] == [
+        f"[1/5] extracting crm (crm__contacts) for {END}...",
+        f"[2/5] extracting web (web__events) for {END}...",
+        f"[3/5] extracting orders (orders__orders, orders__order_items) for {END}...",
+        f"[4/5] extracting marketing (marketing__spend) for {END}...",
+        f"[5/5] extracting fx (fx__rates) for {END}...",
     ]
-    assert progress[4].startswith(
-        f"extract {END}: 4 source(s), {loaded:,} rows loaded, {quarantined:,} quarantined in "
+    assert progress[5].startswith(
+        f"extract {END}: 5 source(s), {loaded:,} rows loaded, {quarantined:,} quarantined in "
     )
     # stdout keeps one line per batch, for scripts
-    assert len(done.stdout.splitlines()) == 5
+    assert len(done.stdout.splitlines()) == 6
 
 
 def test_generate_logs_progress_lines(tmp_path) -> None:

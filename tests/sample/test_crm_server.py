@@ -477,7 +477,9 @@ def test_token_never_logged(
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name == SERVER_LOGGER)
     out, err = capfd.readouterr()
     assert f"GET {CONTACTS}?limit=3" in logged  # the request lines are logged...
-    assert "[REDACTED]" in logged
+    # the server masks the token in its request lines ([REDACTED]); once the process
+    # knows the token, lifecycle's log filter may mask it first (***)
+    assert "access_token=[REDACTED]" in logged or "access_token=***" in logged
     for secret in (TOKEN, "wrong-xyz"):  # ...but never a token
         assert secret not in logged and secret not in out and secret not in err
 
