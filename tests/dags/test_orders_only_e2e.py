@@ -97,7 +97,10 @@ def test_training_uses_only_order_features_and_says_why(pipeline):
     assert set(_states(report).values()) == {"success"}, _states(report)
     orders_only = load_churn_spec()["features"]["orders_only"]
     run_id = {t.task_id: t.result for t in report.tasks}["train_churn"]
-    with lifecycle_env(LIFECYCLE_HOME=str(pipeline["state"]), LIFECYCLE_WAREHOUSE_URL="x"):
+    with lifecycle_env(
+        LIFECYCLE_HOME=str(pipeline["state"]),
+        LIFECYCLE_WAREHOUSE_URL="postgresql://unused@127.0.0.1/x",
+    ):
         from lifecycle.settings import load_settings
         from ml import tracking
 
