@@ -50,6 +50,7 @@ from pydantic import (
     model_validator,
 )
 
+from lifecycle.config_yaml import load_config
 from lifecycle.raw import ENTITIES, RawEntity
 from lifecycle.settings import Settings
 
@@ -625,18 +626,6 @@ def parse_sources(doc: Any, origin: str = "sources.yml") -> SourcesFile:
         raise SourcesFileError(_pydantic_message(exc, origin)) from None
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """A YAML loader that refuses aliases (no alias bombs in a config file)."""
-
-    def compose_node(self, parent, index):  # type: ignore[override]
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.YAMLError(
-                f"aliases (*{event.anchor}) are not allowed, line {event.start_mark.line + 1}"
-            )
-        return super().compose_node(parent, index)
-
-
 def load_sources_file(path: Path) -> SourcesFile:
     """Return the validated sources file at `path`."""
     try:
@@ -646,7 +635,7 @@ def load_sources_file(path: Path) -> SourcesFile:
     except (OSError, UnicodeDecodeError) as exc:
         raise SourcesFileError(f"{path}: cannot be read: {exc}") from None
     try:
-        doc = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+        doc = load_config(text)
     except yaml.YAMLError as exc:
         raise SourcesFileError(f"{path}: not valid YAML: {str(exc)[:ECHO_LIMIT]}") from None
     return parse_sources(doc, str(path))

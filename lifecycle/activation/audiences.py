@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 from psycopg import sql
 
+from lifecycle.config_yaml import load_config
+
 #: Columns a filter may name, with their type (see ``activation.customer_scores``).
 FILTER_COLUMNS: dict[str, str] = {
     "stage": "text",
@@ -118,7 +120,7 @@ def load_audiences(path: Path) -> list[Audience]:
     except (OSError, UnicodeDecodeError) as exc:
         raise AudienceFileError(f"{path} cannot be read: {_capped(str(exc))}") from None
     try:
-        doc = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+        doc = load_config(text)
     except yaml.YAMLError as exc:
         raise AudienceFileError(f"{path} is not valid YAML: {_capped(str(exc))}") from None
     except RecursionError:
@@ -132,19 +134,6 @@ ECHO_LIMIT = 200
 
 def _capped(text: str, limit: int = ECHO_LIMIT) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text):,} characters)"
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """A YAML loader that refuses aliases: an alias bomb (``&a [*a, *a, ...]`` nested)
-    expands to billions of values, and audience definitions have no use for them."""
-
-    def compose_node(self, parent, index):  # type: ignore[override]
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.YAMLError(
-                f"aliases (*{event.anchor}) are not allowed, line {event.start_mark.line + 1}"
-            )
-        return super().compose_node(parent, index)
 
 
 def parse_audiences(doc: Any, source: str = "audiences.yml") -> list[Audience]:
