@@ -27,6 +27,27 @@ def make_settings(home: Path, **env: str) -> Settings:
     return load_settings({"LIFECYCLE_HOME": str(home), **env})
 
 
+#: The orders CSV header of the built-in mapping (contract names as column names).
+ORDERS_HEADER = "order_id,customer_id,email,ordered_at,updated_at,status,currency,amount,quantity\n"
+
+
+def world_settings(tmp_path: Path, url: str, **env: str) -> Settings:
+    """Return settings for a state folder and a world folder under `tmp_path`, on `url`."""
+    return make_settings(
+        tmp_path / "home",
+        LIFECYCLE_WAREHOUSE_URL=url,
+        LIFECYCLE_WORLD_DIR=str(tmp_path / "world"),
+        **env,
+    )
+
+
+def write_file(path: Path, data: str | bytes) -> Path:
+    """Write `data` (text as UTF-8) to `path`, creating folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
 def server_home() -> Iterator[Path]:
     """Yield a state folder for an embedded server, removed afterwards.
 

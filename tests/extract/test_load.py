@@ -17,25 +17,11 @@ import pytest
 
 from lifecycle.extract import extract
 from lifecycle.load import LoadError
-from tests.conftest import make_settings
+from tests.conftest import ORDERS_HEADER
+from tests.conftest import world_settings as _settings
+from tests.conftest import write_file as _write
 
 D1, D2, D3 = dt.date(2024, 1, 1), dt.date(2024, 1, 2), dt.date(2024, 1, 3)
-ORDERS_HEADER = "order_id,customer_id,email,ordered_at,updated_at,status,currency,amount,quantity\n"
-
-
-def _settings(tmp_path: Path, url: str, **env: str):
-    return make_settings(
-        tmp_path / "home",
-        LIFECYCLE_WAREHOUSE_URL=url,
-        LIFECYCLE_WORLD_DIR=str(tmp_path / "world"),
-        **env,
-    )
-
-
-def _write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(text.encode() if isinstance(text, str) else text)
-    return path
 
 
 def _rows(url: str, sql: str) -> list[tuple]:

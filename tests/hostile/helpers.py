@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from pathlib import Path
 
 import psycopg
 
 from lifecycle.load import LoadResult
-from tests.conftest import make_settings
+from tests.conftest import ORDERS_HEADER, world_settings, write_file  # noqa: F401 - re-exported
+
+#: The hostile tests' names for the shared helpers.
+settings, write = world_settings, write_file
 
 D1, D2, D3 = dt.date(2024, 1, 1), dt.date(2024, 1, 2), dt.date(2024, 1, 3)
-ORDERS_HEADER = "order_id,customer_id,email,ordered_at,updated_at,status,currency,amount,quantity\n"
 
 
 def order(oid: str, when: str, amount: str = "10.00") -> str:
@@ -23,21 +24,6 @@ def order(oid: str, when: str, amount: str = "10.00") -> str:
 def day_orders(day: str, n: int, prefix: str) -> str:
     """Return `n` clean orders of `day` (YYYY-MM-DD), one per minute from 10:00."""
     return "".join(order(f"{prefix}{i}", f"{day}T10:{i:02d}:00Z") for i in range(n))
-
-
-def settings(tmp_path: Path, url: str, **env: str):
-    return make_settings(
-        tmp_path / "home",
-        LIFECYCLE_WAREHOUSE_URL=url,
-        LIFECYCLE_WORLD_DIR=str(tmp_path / "world"),
-        **env,
-    )
-
-
-def write(path: Path, data: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data.encode() if isinstance(data, str) else data)
-    return path
 
 
 def rows(url: str, sql: str, args: tuple = ()) -> list[tuple]:
