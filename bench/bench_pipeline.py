@@ -45,15 +45,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lifecycle.extract import SOURCES as EXTRACT_SOURCES  # noqa: E402 - after the path
+
 START, END = dt.date(2023, 1, 1), dt.date(2024, 12, 31)
 DAY0, DAY1 = END - dt.timedelta(days=1), END
 FEATURES_TABLE = "ml.bench_features"
 
 DAILY_TASKS = (
-    "extract_crm",
-    "extract_web",
-    "extract_orders",
-    "extract_marketing",
+    # one extract task per source, as the daily DAG has (fx included)
+    *(f"extract_{source}" for source in EXTRACT_SOURCES),
     "validate_raw",
     "transform",
     "validate_marts",
