@@ -31,6 +31,20 @@ def make_settings(home: Path, **env: str) -> Settings:
 ORDERS_HEADER = "order_id,customer_id,email,ordered_at,updated_at,status,currency,amount,quantity\n"
 
 
+#: A sources file with orders only (no CRM, web or spend): `{orders}` is the CSV's path.
+ORDERS_ONLY_SOURCES = """\
+version: 1
+sources:
+  orders:
+    kind: csv
+    entities:
+      orders:
+        path: {orders}
+      order_items:
+        skip: true
+"""
+
+
 def world_settings(tmp_path: Path, url: str, **env: str) -> Settings:
     """Return settings for a state folder and a world folder under `tmp_path`, on `url`."""
     return make_settings(

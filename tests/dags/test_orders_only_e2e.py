@@ -18,22 +18,11 @@ import psycopg
 import pytest
 
 from lifecycle.orchestration.config import TRAIN_DAG_ID
+from tests.conftest import ORDERS_ONLY_SOURCES
 from tests.dags.conftest import lifecycle_env, scratch_database
 
 START, END = dt.date(2023, 1, 1), dt.date(2024, 3, 31)
 FIRST, LATER = dt.date(2024, 3, 30), dt.date(2024, 3, 31)
-
-SOURCES_YML = """\
-version: 1
-sources:
-  orders:
-    kind: csv
-    entities:
-      orders:
-        path: {orders}
-      order_items:
-        skip: true
-"""
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +38,7 @@ def pipeline(embedded_settings, airflow_cfg, tmp_path_factory):
         shutil.rmtree(world / name, ignore_errors=True)
     (world / "orders" / "order_items.csv").unlink()
     sources = world.parent / "sources.yml"
-    sources.write_text(SOURCES_YML.format(orders=orders), encoding="utf-8")
+    sources.write_text(ORDERS_ONLY_SOURCES.format(orders=orders), encoding="utf-8")
     state = tmp_path_factory.mktemp("orders-only-state")
     quiet = lambda _m: None  # noqa: E731
     with scratch_database(embedded_settings, "t_orders_only") as url:

@@ -13,20 +13,10 @@ import sys
 import pytest
 
 from lifecycle.transform import transform
+from tests.conftest import ORDERS_ONLY_SOURCES
 from tests.transform.conftest import land, scratch_database, settings_for, write
 
 AS_OF = dt.date(2024, 6, 30)
-SOURCES_YML = """\
-version: 1
-sources:
-  orders:
-    kind: csv
-    entities:
-      orders:
-        path: {orders}
-      order_items:
-        skip: true
-"""
 
 
 def _orders() -> str:
@@ -49,7 +39,7 @@ def _orders() -> str:
 def trained(embedded_settings, tmp_path_factory):
     world = tmp_path_factory.mktemp("orders_only_train")
     orders = write(world / "orders" / "orders.csv", _orders())
-    sources = write(world / "sources.yml", SOURCES_YML.format(orders=orders))
+    sources = write(world / "sources.yml", ORDERS_ONLY_SOURCES.format(orders=orders))
     home = tmp_path_factory.mktemp("orders_only_home")
     with scratch_database(embedded_settings) as url:
         settings = settings_for(home, url, world)
