@@ -25,15 +25,13 @@ def business_today(settings=None) -> tuple[dt.date, str]:
     """
     from zoneinfo import ZoneInfo
 
-    from lifecycle.settings import get_settings
-    from lifecycle.sources_file import SourcesFileError, load_sources
+    from lifecycle.sources_file import SourcesFileError, business_zone
 
-    settings = settings or get_settings()
     try:
-        zone = str(load_sources(settings).business.timezone or "UTC")
+        zone = business_zone(settings)
     except SourcesFileError:
-        zone = "UTC"
-    return dt.datetime.now(ZoneInfo(zone)).date(), zone
+        zone = ZoneInfo("UTC")
+    return dt.datetime.now(zone).date(), zone.key
 
 
 allow_future_option = click.option(

@@ -52,7 +52,7 @@ from pydantic import (
 
 from lifecycle.config_yaml import load_config
 from lifecycle.raw import ENTITIES, RawEntity
-from lifecycle.settings import Settings
+from lifecycle.settings import Settings, get_settings
 
 #: The extract sources and the raw entities each one feeds.
 SOURCE_ENTITIES: dict[str, tuple[str, ...]] = {
@@ -697,6 +697,12 @@ def load_sources(settings: Settings) -> SourcesFile:
     """Return the sources file of `settings`, or the built-in mapping when there is none."""
     path = sources_file_path(settings)
     return builtin_sources(settings) if path is None else load_sources_file(path)
+
+
+def business_zone(settings: Settings | None = None) -> zoneinfo.ZoneInfo:
+    """Return the business time zone of the sources file (UTC without one): its midnights
+    are the days of the pipeline. Raises SourcesFileError for a wrong sources file."""
+    return zoneinfo.ZoneInfo(load_sources(settings or get_settings()).business.timezone)
 
 
 # -------------------------------------------------------------------- connections

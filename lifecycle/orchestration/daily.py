@@ -91,9 +91,9 @@ def business_zone() -> zoneinfo.ZoneInfo:
     """Return the business time zone of the sources file (UTC without one): its midnights
     are the days of the pipeline, and the daily DAG's schedule runs on them."""
     from lifecycle.settings import load_settings
-    from lifecycle.sources_file import load_sources
+    from lifecycle.sources_file import business_zone as zone_of
 
-    return zoneinfo.ZoneInfo(load_sources(load_settings()).business.timezone)
+    return zone_of(load_settings())
 
 
 def _settings():
