@@ -282,9 +282,12 @@ def test_report_on_a_database_without_marts(embedded_settings, fresh_db, tmp_pat
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    # Not the AIRFLOW_* variables the DAG tests' session Airflow set in this process: the
+    # command would take that Airflow's metadata DB for its own.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     return subprocess.run(
         [sys.executable, "-m", "lifecycle.cli", *args],
-        env={**os.environ, **env},
+        env={**inherited, **env},
         cwd=REPO,
         capture_output=True,
         text=True,
