@@ -52,7 +52,9 @@ from lifecycle.orchestration import alerts, daily
     # A data-interval timetable: the run for day D has logical date D and interval [D, D+1).
     # Its midnights are the business zone's: a day of the pipeline is the company's day.
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone=daily.business_zone().key),
-    start_date=dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
+    # Any day of a company's history can be run (a 1990s export too); with catchup off
+    # the start date only bounds explicit runs and backfills.
+    start_date=dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
     catchup=False,  # past days are loaded by explicit backfills, not on first deploy
     max_active_runs=1,  # day D+1's incremental windows start where D's ended
     dagrun_timeout=dt.timedelta(hours=6),

@@ -35,7 +35,9 @@ from lifecycle.orchestration import alerts, training
     dag_id="lifecycle_train",
     description="Weekly: training sets, churn/CLV/segmentation, evaluation, registry, promotion",
     schedule=CronTriggerTimetable("0 6 * * 1", timezone="UTC"),
-    start_date=dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
+    # Any day of a company's history can be run (a 1990s export too); with catchup off
+    # the start date only bounds explicit runs and backfills.
+    start_date=dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,  # two trainings must not promote over each other
     dagrun_timeout=dt.timedelta(hours=8),

@@ -46,6 +46,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -146,10 +147,18 @@ Currency = Annotated[
 TimeRule = Literal["earliest", "latest", "reject"]
 
 
+#: The `delimiter` word for fields separated by runs of spaces or tabs.
+WHITESPACE = "whitespace"
+
+
 class CsvFormat(_Strict):
     """The dialect of delimited text files (Airbyte's CsvFormat / tap-csv words)."""
 
-    delimiter: str = Field(",", description="one character; '\\t' for tab-separated")
+    delimiter: str = Field(
+        ",",
+        description="one character ('\\t' for tab-separated), or 'whitespace': fields "
+        "separated by runs of spaces or tabs, as in aligned text exports (no quoting)",
+    )
     quote_char: str | None = Field('"', description="one character, or null for none")
     escape_char: str | None = Field(None, description="one character, or null for none")
     encoding: str = Field("utf-8", description="any Python codec: utf-8, latin-1, cp1252, ...")
@@ -165,7 +174,9 @@ class CsvFormat(_Strict):
 
     @field_validator("delimiter", "quote_char", "escape_char")
     @classmethod
-    def _one_char(cls, v: str | None) -> str | None:
+    def _one_char(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if info.field_name == "delimiter" and v == WHITESPACE:
+            return v
         if v is not None and len(v.encode("utf-8")) != 1:
             raise ValueError(f"{v!r} must be exactly one (single-byte) character")
         return v

@@ -119,6 +119,11 @@ _DIRECTIVE_PATTERNS = {
     "Y": r"\d{4}",
     "p": r"[AaPp][Mm]",
     "%": "%",
+    # Bounded widths, as strptime reads them: with no separator between directives
+    # (%Y%m%d) an unbounded \d+ would swallow the day's first digit.
+    **dict.fromkeys("mHIMSyUW", r"\d{1,2}"),
+    "j": r"\d{1,3}",
+    "f": r"\d{1,9}",
 }
 
 
@@ -132,7 +137,7 @@ def _format_regex(fmt: str) -> str | None:
         c = fmt[i]
         if c == "%" and i + 1 < len(fmt):
             d = fmt[i + 1]
-            out.append(_DIRECTIVE_PATTERNS.get(d, r"\d+" if d in "mHIMSyjfUW" else r"\S+?"))
+            out.append(_DIRECTIVE_PATTERNS.get(d, r"\S+?"))
             i += 2
         else:
             out.append(r"\s+" if c.isspace() else re.escape(c))

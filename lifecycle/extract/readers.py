@@ -21,6 +21,7 @@ import codecs
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -32,7 +33,7 @@ import pyarrow.json as pajson
 
 from lifecycle.load import LoadError
 from lifecycle.parse import Chunk, Reject
-from lifecycle.sources_file import CsvFormat
+from lifecycle.sources_file import WHITESPACE, CsvFormat
 
 BLOCK_BYTES = 2 << 20
 FIRST_BLOCK_BYTES = 256 << 10
@@ -178,6 +179,27 @@ def _header_bytes(columns: list[str], fmt: CsvFormat) -> bytes:
     return fmt.delimiter.join(f"{q}{c.replace(q, q + q)}{q}" for c in columns).encode() + b"\n"
 
 
+_EDGE_BLANKS = re.compile(rb"^[ \t]+|[ \t]+(?=\r?$)", re.MULTILINE)
+_INNER_BLANKS = re.compile(rb"[ \t]+")
+
+
+def _aligned_to_tabs(data: bytes) -> bytes:
+    """Return whitespace-aligned lines as tab-separated ones, line for line.
+
+    pyarrow's CSV reader takes one delimiter byte, not a pattern such as pandas'
+    ``delim_whitespace``: runs of spaces and tabs become one tab and blanks at either end
+    of a line go, so the line count (and every line number) stays as in the file.
+    """
+    return _INNER_BLANKS.sub(b"\t", _EDGE_BLANKS.sub(b"", data))
+
+
+def _tabbed(fmt: CsvFormat) -> CsvFormat:
+    """Return the dialect the parser reads `fmt` with: tabs, unquoted, for whitespace."""
+    if fmt.delimiter != WHITESPACE:
+        return fmt
+    return fmt.model_copy(update={"delimiter": "\t", "quote_char": None, "escape_char": None})
+
+
 def read_csv_chunks(
     stream: BinaryIO,
     locator: str,
@@ -189,6 +211,8 @@ def read_csv_chunks(
     `fmt` is the file's dialect (default: comma-separated UTF-8 with a header line).
     """
     fmt = fmt or CsvFormat()
+    aligned = fmt.delimiter == WHITESPACE
+    fmt = _tabbed(fmt)
     encoding = codecs.lookup(fmt.encoding).name
     if encoding not in _UTF8:
         stream = _Transcoded(stream, encoding)  # type: ignore[assignment]
@@ -201,6 +225,8 @@ def read_csv_chunks(
             what = "empty file (0 bytes)" if not header else "no header line (blank first line)"
             yield _empty(locator, f"{locator}: {what}, no rows read")
             return
+        if aligned:
+            header = _aligned_to_tabs(header)
         header_text = header.decode("utf-8-sig", errors="replace").rstrip("\r\n")
         if "\r" in header_text:
             raise LoadError(f"{locator}: line {line}: the header holds a carriage return (CR)")
@@ -235,6 +261,8 @@ def read_csv_chunks(
             break
         else:
             rest = b""
+        if aligned:
+            data = _aligned_to_tabs(data)
         chunk, lines = _parse_csv_block(data, header, columns, line, locator, fmt)
         yield chunk
         line += lines

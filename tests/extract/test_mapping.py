@@ -440,6 +440,87 @@ def test_us_dates_and_epoch_milliseconds(tmp_path: Path, fresh_db: str) -> None:
     }
 
 
+# -------------------------------------- (f) CDNOW: aligned text, 1990s, no order id
+
+CDNOW = """
+version: 1
+sources:
+  orders:
+    kind: csv
+    format:
+      delimiter: whitespace        # columns aligned with runs of spaces (or tabs)
+      header: false
+      column_names: [customer, date, cds, dollars]
+    entities:
+      orders:
+        path: {path}
+        grain: line                # one purchase a line; a customer's lines of a day: one order
+        columns:
+          order_id: {{concat: [customer, date], separator: "-"}}
+          customer_id: customer
+          ordered_at: {{column: date, format: "%Y%m%d"}}
+          amount: dollars
+          quantity: cds
+          status: {{constant: completed}}
+      order_items: {{skip: true}}
+"""
+
+
+def test_cdnow_aligned_text_from_the_1990s(tmp_path: Path, fresh_db: str) -> None:
+    path = EXPORTS / "cdnow_master.txt"
+    src = sources_file(tmp_path, CDNOW.format(path=path))
+    out = extract(tmp_path, fresh_db, "1998-06-30", src, LIFECYCLE_MAX_REJECT_SHARE="0.2")
+    # 14 lines (and a blank one) of 13 customer-days: 11 orders loaded, 2 quarantined
+    assert "raw.orders__orders 1998-06-30 success: 13 read, 11 loaded, 2 quarantined" in out
+    got = orders(fresh_db)
+    assert sorted(got) == [
+        "00001-19970101",
+        "00001-19970112",
+        "00001-19970602",
+        "00001-19971105",
+        "00001-19980105",
+        "00001-19980325",
+        "00001-19980601",
+        "00002-19970112",
+        "00003-19980610",
+        "00004-19970301",
+        "00004-19980115",
+    ]
+    # two lines of customer 00002 on 12 Jan 1997 are one order; %Y%m%d reads the day
+    assert got["00002-19970112"][:7] == (
+        "00002",
+        utc(1997, 1, 12),
+        None,
+        "completed",
+        "USD",
+        Decimal("109.50"),
+        8,
+    )
+    assert got["00004-19980115"][1] == utc(1998, 1, 15)  # a tab-separated line
+    assert got["00001-19980325"][5] == Decimal("20.00")  # trailing blanks
+    assert quarantine(fresh_db) == {
+        7: "ordered_at: '19971332' does not match the format '%Y%m%d' (line 7)",
+        12: "malformed row: expected 4 fields, got 3",
+    }
+
+    gate = lifecycle(tmp_path, fresh_db, "validate", "--layer", "raw", "--date", "1998-06-30")
+    assert gate.returncode == 0, gate.stdout[-3000:] + gate.stderr[-3000:]
+    done = lifecycle(tmp_path, fresh_db, "transform", "--date", "1998-06-30")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with psycopg.connect(fresh_db) as conn:
+        stages = dict(
+            conn.execute("select customer_key, current_stage from marts.customers").fetchall()
+        )
+    # 00001: 4 orders in the last 365 days, the last 29 days ago; 00002: last order
+    # 534 days ago; 00003: first order 20 days ago; 00004: last order 166 days ago
+    assert stages == {
+        key("00001"): "loyal",
+        key("00002"): "churned",
+        key("00003"): "new",
+        key("00004"): "at_risk",
+    }
+
+
 @pytest.mark.parametrize("column", ["Totl", "Created"])
 def test_a_mapped_column_that_is_not_in_the_file_is_a_clear_error(
     tmp_path: Path, fresh_db: str, column: str

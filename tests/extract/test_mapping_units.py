@@ -188,6 +188,33 @@ def test_a_date_field_takes_its_format_and_stays_a_date() -> None:
     assert bad == {3: "date: '30.02.2024' does not match the format '%d.%m.%Y'"}
 
 
+@pytest.mark.parametrize(
+    ("fmt", "text", "day"),
+    [
+        ("%Y%m%d", "19970118", "1997-01-18"),  # no separators: %m must not eat the day
+        ("%Y%m%d", "19971007", "1997-10-07"),
+        ("%y%m%d", "970118", "1997-01-18"),
+        ("%Y%j", "1997018", "1997-01-18"),
+        ("%d%m%Y", "18011997", "1997-01-18"),
+        ("%Y%m%d%H%M", "199701180930", "1997-01-18"),
+    ],
+)
+def test_formats_without_separators_read_the_day(fmt: str, text: str, day: str) -> None:
+    m = mapper(
+        {
+            "columns": {
+                "order_id": "id",
+                "customer_id": "c",
+                "amount": "a",
+                "ordered_at": {"column": "t", "format": fmt},
+            }
+        }
+    )
+    rows, bad = checked(m, chunk(f"id,c,t,a\n1,c,{text},1\n2,c,{text}9,1\n"))
+    assert bad == {3: f"ordered_at: '{text}9' does not match the format '{fmt}'"}
+    assert [r["ordered_at"][:10] for r in rows] == [day]
+
+
 def test_rejecting_ambiguous_local_times() -> None:
     m = mapper(
         {"columns": {"order_id": "id", "customer_id": "c", "ordered_at": "t", "amount": "a"}},
@@ -236,6 +263,26 @@ def test_dialect_headerless_skip_rows_quote_escape_and_nulls() -> None:
         {"id": "2", "name": "O'Brien", "note": "it's"},
     ]
     assert c.lines.tolist() == [3, 4]
+
+
+def test_whitespace_aligned_columns() -> None:
+    fmt = CsvFormat(delimiter="whitespace", header=True)
+    text = "  id   name  amount\n1  Ann    1.5  \n\n   \n2\tBob\t \t2\n3 Cy\n 4   Di   4.25\r\n"
+    (c,) = chunk(text, fmt)
+    assert c.table.to_pylist() == [
+        {"id": "1", "name": "Ann", "amount": "1.5"},
+        {"id": "2", "name": "Bob", "amount": "2"},
+        {"id": "4", "name": "Di", "amount": "4.25"},
+    ]
+    assert c.lines.tolist() == [2, 5, 7]  # blank and blanks-only lines keep their numbers
+    assert [(r.line, r.reason) for r in c.rejects] == [
+        (6, "malformed row: expected 3 fields, got 2")
+    ]
+
+
+def test_whitespace_is_the_one_delimiter_word() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        CsvFormat(delimiter="spaces")
 
 
 def test_cp1252_bom_and_undefined_bytes(tmp_path: Path) -> None:
