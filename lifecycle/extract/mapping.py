@@ -110,6 +110,9 @@ def number_text(values: pa.Array) -> pa.Array:
     return pc.replace_substring_regex(text, r"\.0$", "")
 
 
+#: What marks a number as written money: a currency sign, or accounting parentheses.
+_MONEY_MARKS = r"\p{Sc}|^\(.*\)$"
+
 #: Patterns of the strptime directives (to read the day of the month back, see
 #: _strptime); a directive not listed matches any run of non-space characters.
 _DIRECTIVE_PATTERNS = {
@@ -445,8 +448,19 @@ class Mapper:
     # --------------------------------------------------------------------- numbers
 
     def _normalized(self, text: pa.Array) -> pa.Array:
-        """Return numbers as text with ``.`` as decimal point and no thousands separator."""
+        """Return numbers as text with ``.`` as decimal point and no thousands separator.
+
+        Spreadsheet and point-of-sale exports write money as ``$1,234.56``, ``12,50 €``
+        or, for a negative amount, ``(12.00)``: a currency sign before or after the
+        number is dropped (it does not say which currency: ``$`` is also CAD or AUD, so
+        the mapping's ``currency`` still does) and accounting parentheses are a minus.
+        """
         text = pc.utf8_trim_whitespace(text)
+        if pc.any(pc.match_substring_regex(text, _MONEY_MARKS)).as_py():
+            text = pc.replace_substring_regex(text, r"^\((.*)\)$", "-\\1")
+            text = pc.replace_substring_regex(text, r"^([-+]?)\s*\p{Sc}\s*", "\\1")
+            text = pc.replace_substring_regex(text, r"\s*\p{Sc}\s*$", "")
+            text = pc.replace_substring_regex(text, r"^-\s+", "-")
         if self.fmt.thousands_separator:
             text = pc.replace_substring(text, self.fmt.thousands_separator, "")
         if self.fmt.decimal_separator == ",":
@@ -477,7 +491,11 @@ class Mapper:
         if fmap.scale is not None:
             number, bad = self._number(f.name, text)
             return number_text(pc.multiply(number, fmap.scale)), bad
-        if self.fmt.decimal_separator == "." and not self.fmt.thousands_separator:
+        if (
+            self.fmt.decimal_separator == "."
+            and not self.fmt.thousands_separator
+            and not pc.any(pc.match_substring_regex(text, _MONEY_MARKS)).as_py()
+        ):
             return text, None  # the checker reads (and rejects) the text as it is
         normalized = self._normalized(text)
         number = _cast(normalized, pa.float64())

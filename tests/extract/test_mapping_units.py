@@ -215,6 +215,42 @@ def test_formats_without_separators_read_the_day(fmt: str, text: str, day: str) 
     assert [r["ordered_at"][:10] for r in rows] == [day]
 
 
+def test_money_written_with_currency_signs_and_accounting_parentheses() -> None:
+    m = mapper(
+        {
+            "refunds": {"negative_amount": True},
+            "columns": {"order_id": "id", "customer_id": "c", "ordered_at": "t", "amount": "a"},
+        },
+        {"format": {"thousands_separator": ","}},
+    )
+    text = (
+        'id,c,t,a\n1,c,2024-01-01,"$1,234.56"\n2,c,2024-01-01,€12\n3,c,2024-01-01,12.00 £\n'
+        "4,c,2024-01-01,(12.00)\n5,c,2024-01-01,-$3.50\n6,c,2024-01-01,($5)\n"
+        "7,c,2024-01-01,12.00 USD\n8,c,2024-01-01,$\n9,c,2024-01-01,7\n"
+    )
+    rows, bad = checked(m, chunk(text))
+    assert [(r["order_id"], r["amount"], r["status"]) for r in rows] == [
+        ("1", "1234.56", None),
+        ("2", "12", None),
+        ("3", "12.00", None),
+        ("4", "12.00", "refunded"),  # (12.00) is -12.00: a refund
+        ("5", "3.50", "refunded"),
+        ("6", "5", "refunded"),
+        ("9", "7", None),
+    ]
+    assert bad == {
+        8: "amount: '12.00 USD' is not a number (decimal separator '.', thousands separator ',')",
+        9: "amount: '$' is not a number (decimal separator '.', thousands separator ',')",
+    }
+    # the default dialect too: the sign is dropped, a word still is not a number
+    plain = mapper(
+        {"columns": {"order_id": "id", "customer_id": "c", "ordered_at": "t", "amount": "a"}}
+    )
+    rows, bad = checked(plain, chunk("id,c,t,a\n1,c,2024-01-01,$12.50\n2,c,2024-01-01,abc\n"))
+    assert [r["amount"] for r in rows] == ["12.50"]
+    assert bad == {3: "amount: 'abc' is not a number"}
+
+
 def test_rejecting_ambiguous_local_times() -> None:
     m = mapper(
         {"columns": {"order_id": "id", "customer_id": "c", "ordered_at": "t", "amount": "a"}},
