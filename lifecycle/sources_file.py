@@ -147,6 +147,9 @@ Currency = Annotated[
 TimeRule = Literal["earliest", "latest", "reject"]
 
 
+#: The kinds of sources read from files (a path, a glob or an fsspec URL).
+FILE_KINDS = ("csv", "excel", "jsonl", "parquet")
+
 #: The `delimiter` word for fields separated by runs of spaces or tabs.
 WHITESPACE = "whitespace"
 
@@ -171,6 +174,9 @@ class CsvFormat(_Strict):
     true_values: list[str] | None = None
     false_values: list[str] | None = None
     compression: Literal["infer", "none", "gzip", "bz2", "zstd"] = "infer"
+    sheet: str | int | None = Field(
+        None, description="excel: the sheet, by name or position from 0; default the first"
+    )
 
     @field_validator("delimiter", "quote_char", "escape_char")
     @classmethod
@@ -345,7 +351,7 @@ class Endpoint(_Strict):
 class Source(_Strict):
     """One source system."""
 
-    kind: Literal["postgres", "csv", "jsonl", "parquet", "rest"]
+    kind: Literal["postgres", "csv", "excel", "jsonl", "parquet", "rest"]
     connection: str | None = Field(None, description="name in connections (postgres, rest)")
     path: str | None = Field(None, description="files: file, glob or fsspec URL")
     partitioned: bool = Field(
@@ -534,17 +540,17 @@ class SourcesFile(_Strict):
 
 def _check_kind(name: str, src: Source, where: str, errors: list[str]) -> None:
     allowed = {
-        "crm": ("rest", "csv", "jsonl", "parquet"),
+        "crm": ("rest", "csv", "excel", "jsonl", "parquet"),
         "web": ("jsonl", "csv", "parquet"),
-        "orders": ("postgres", "csv", "jsonl", "parquet"),
-        "marketing": ("csv", "postgres", "jsonl", "parquet"),
-        "fx": ("csv", "postgres", "jsonl", "parquet"),
+        "orders": ("postgres", "csv", "excel", "jsonl", "parquet"),
+        "marketing": ("csv", "excel", "postgres", "jsonl", "parquet"),
+        "fx": ("csv", "excel", "postgres", "jsonl", "parquet"),
     }[name]
     if src.kind not in allowed:
         errors.append(f"{where}.kind: {name} cannot be {src.kind!r} (one of: {', '.join(allowed)})")
     if src.kind == "postgres" and not src.connection:
         errors.append(f"{where}: kind postgres needs connection")
-    if src.kind in ("csv", "jsonl", "parquet") and not (
+    if src.kind in FILE_KINDS and not (
         src.path or all(e.path or e.skip for e in src.entities.values()) and src.entities
     ):
         errors.append(f"{where}: kind {src.kind} needs path (a file, glob or fsspec URL)")

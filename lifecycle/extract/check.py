@@ -29,7 +29,14 @@ import pyarrow as pa
 from lifecycle.parse import Checker, Chunk, Window
 from lifecycle.raw import RawEntity
 from lifecycle.settings import Settings
-from lifecycle.sources_file import EntityMap, FieldMap, Source, SourcesFile, SourcesFileError
+from lifecycle.sources_file import (
+    FILE_KINDS,
+    EntityMap,
+    FieldMap,
+    Source,
+    SourcesFile,
+    SourcesFileError,
+)
 
 #: Columns a message lists at most (a wide export has hundreds).
 LIST_LIMIT = 25
@@ -118,7 +125,7 @@ def headers_checked(
         yield from chunks
         return
     seen: set[tuple[str, ...]] = set()
-    strict = src.kind in ("csv", "parquet", "postgres")
+    strict = src.kind in ("csv", "excel", "parquet", "postgres")
     for chunk in chunks:
         names = tuple(chunk.table.column_names)
         if names not in seen and (chunk.table.num_rows or names):
@@ -242,7 +249,7 @@ def check_entity(
         if isinstance(chunks, str):
             listed = entity.entity in src.entities
             if listed:
-                key = "path" if src.kind in ("csv", "jsonl", "parquet") else "table"
+                key = "path" if src.kind in FILE_KINDS else "table"
                 report.errors.append(f"{sources.origin}: {entity_key(entity)}.{key}: {chunks}")
             else:
                 report.skipped = chunks
@@ -363,7 +370,7 @@ def _check_sample(
     from lifecycle.extract.mapping import Mapper
 
     report.rows = sum(c.table.num_rows + len(c.rejects) for c in chunks)
-    strict = src.kind in ("csv", "parquet", "postgres")
+    strict = src.kind in ("csv", "excel", "parquet", "postgres")
     fields = {
         f.name: FieldReport(f.name, describe_mapping(entity, emap, f.name)) for f in entity.fields
     }

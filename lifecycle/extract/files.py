@@ -1,4 +1,4 @@
-"""Files: CSV, JSON lines or Parquet, at a path, a glob or any fsspec URL.
+"""Files: CSV, Excel workbooks, JSON lines or Parquet, at a path, a glob or any fsspec URL.
 
 Every file the entity's ``path`` matches is read, in name order, into text chunks under
 the source's own column names; the mapping step and the loader do the rest. (Web event
@@ -48,6 +48,9 @@ def _chunks(
             if src.kind == "csv":
                 fmt = sources.format_of(src, emap)
                 yield from readers.read_csv_chunks(fh, _locator(url), fmt=fmt)
+            elif src.kind == "excel":
+                fmt = sources.format_of(src, emap)
+                yield from readers.read_excel_chunks(fh, _locator(url), fmt=fmt)
             elif src.kind == "jsonl":
                 stream = readers.as_utf8(fh, sources.format_of(src, emap).encoding)
                 yield readers.read_jsonl(stream, _locator(url), entity.names)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import datetime as dt
 import io
 import json
 import re
@@ -535,3 +536,136 @@ def read_parquet_chunks(stream: BinaryIO, locator: str) -> Iterator[Chunk]:
         lines = np.arange(done + 1, done + 1 + table.num_rows, dtype=np.int64)
         done += table.num_rows
         yield Chunk(table, locator, lines)
+
+
+#: Rows per chunk of an Excel sheet.
+EXCEL_BATCH_ROWS = 50_000
+
+
+def _cell_text(value: object) -> str | None:
+    """Return an Excel cell's value as the text a CSV export of it would hold.
+
+    Date cells are ISO text (naive: read in the mapping's zone, no ``format`` needed);
+    whole numbers lose the ``.0`` a float would print (a customer id 13085 stays 13085).
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    return str(value)
+
+
+def read_excel_chunks(
+    stream: BinaryIO,
+    locator: str,
+    fmt: CsvFormat | None = None,
+    rows_per_chunk: int = EXCEL_BATCH_ROWS,
+) -> Iterator[Chunk]:
+    """Yield the rows of one sheet of an Excel workbook (.xlsx, .xlsm) as text chunks.
+
+    openpyxl's read-only mode streams the sheet's XML, so memory stays bounded by the
+    chunk, not the sheet. Row numbers are the sheet's own (what Excel shows). `fmt`
+    gives the sheet, the rows above the header, the header or column names and the
+    null markers.
+    """
+    from zipfile import BadZipFile
+
+    from openpyxl import load_workbook
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    fmt = fmt or CsvFormat()
+    try:
+        book = load_workbook(stream, read_only=True, data_only=True)
+    except (BadZipFile, InvalidFileException, KeyError, OSError, ValueError) as exc:
+        raise LoadError(f"{locator}: cannot be read as an Excel workbook (.xlsx): {exc}") from exc
+    try:
+        yield from _sheet_chunks(book, locator, fmt, rows_per_chunk)
+    finally:
+        book.close()
+
+
+def _sheet_chunks(book, locator: str, fmt: CsvFormat, rows_per_chunk: int) -> Iterator[Chunk]:
+    names = book.sheetnames
+    if fmt.sheet is None:
+        sheet = book.worksheets[0]
+    elif isinstance(fmt.sheet, int):
+        if not 0 <= fmt.sheet < len(names):
+            raise LoadError(
+                f"{locator}: sheet {fmt.sheet} does not exist: the workbook has "
+                f"{len(names)} sheet(s) ({', '.join(names)}; counted from 0)"
+            )
+        sheet = book.worksheets[fmt.sheet]
+    elif fmt.sheet in names:
+        sheet = book[fmt.sheet]
+    else:
+        raise LoadError(f"{locator}: no sheet named {fmt.sheet!r} (sheets: {', '.join(names)})")
+    rows = sheet.iter_rows(values_only=True)
+    number = 0
+    for _ in range(fmt.skip_rows):
+        next(rows, None)
+        number += 1
+    if fmt.header:
+        first = next(rows, None)
+        number += 1
+        header = [_cell_text(v) for v in first or ()]
+        while header and not (header[-1] or "").strip():
+            header.pop()  # formatted but empty columns at the right
+        if not header:
+            yield _empty(
+                locator, f"{locator}: sheet {sheet.title!r} has no header row, no rows read"
+            )
+            return
+        columns = [(c or "").strip() for c in header]
+        _check_header(columns, locator)
+    else:
+        assert fmt.column_names, "the sources file validation requires column_names"
+        columns = list(fmt.column_names)
+    width = len(columns)
+    nulls = set(fmt.null_values)
+    values: list[list[str | None]] = [[] for _ in columns]
+    lines: list[int] = []
+    rejects: list[Reject] = []
+
+    def chunk() -> Chunk:
+        table = pa.table(
+            {c: pa.array(v, pa.string()) for c, v in zip(columns, values, strict=True)}
+        )
+        out = Chunk(table, locator, np.array(lines, dtype=np.int64), list(rejects))
+        for column in values:
+            column.clear()
+        lines.clear()
+        rejects.clear()
+        return out
+
+    for row in rows:
+        number += 1
+        texts = [_cell_text(v) for v in row]
+        while texts and (texts[-1] is None or texts[-1] == ""):
+            texts.pop()
+        if not texts:
+            continue  # a blank row, as a blank line of a CSV file
+        if len(texts) > width:
+            rejects.append(
+                Reject(
+                    locator,
+                    number,
+                    f"malformed row: expected {width} fields, got {len(texts)}",
+                    "\t".join(t or "" for t in texts),
+                )
+            )
+            continue
+        texts += [None] * (width - len(texts))
+        for column, text in zip(values, texts, strict=True):
+            column.append(None if text is None or text in nulls else text)
+        lines.append(number)
+        if len(lines) >= rows_per_chunk:
+            yield chunk()
+    yield chunk()

@@ -1,0 +1,144 @@
+"""Excel workbooks as a file source: UCI Online Retail II is published as an .xlsx.
+
+The workbook is written here with openpyxl the way Excel stores that export: two sheets
+(one per year), invoice dates as date cells, customer ids as numbers (13085.0), a
+cancellation invoice `C…`, a line with no customer, a quantity typed as a word, a blank
+row. ``lifecycle sources check`` and ``lifecycle extract`` read it as a user would.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from openpyxl import Workbook
+
+from tests.extract.test_mapping import extract, lifecycle, orders, quarantine, sources_file
+from tests.extract.test_mapping import utc as utc_at
+
+HEADER = ["Invoice", "StockCode", "Description", "Quantity", "InvoiceDate", "Price",
+          "Customer ID", "Country"]  # fmt: skip
+
+YEAR_2010 = [
+    ["489434", "85048", "15CM CHRISTMAS GLASS BALL", 12, dt.datetime(2009, 12, 1, 7, 45), 6.95,
+     13085.0, "United Kingdom"],
+]  # fmt: skip
+
+YEAR_2011 = [
+    ["536365", "85123A", "WHITE HANGING HEART T-LIGHT HOLDER", 6, dt.datetime(2010, 12, 1, 8, 26),
+     2.55, 17850.0, "United Kingdom"],
+    ["536365", "71053", "WHITE METAL LANTERN", 6, dt.datetime(2010, 12, 1, 8, 26), 3.39, 17850.0,
+     "United Kingdom"],
+    ["536367", "84879", "ASSORTED COLOUR BIRD ORNAMENT", 32, dt.datetime(2010, 12, 1, 8, 34), 1.69,
+     13047.0, "United Kingdom"],
+    [None] * 8,
+    ["536370", "22728", "ALARM CLOCK BAKELIKE PINK", 24, dt.datetime(2010, 12, 1, 8, 45), 3.75,
+     12583.0, "France"],
+    ["536414", "22139", None, 56, dt.datetime(2010, 12, 1, 11, 52), 0.0, None, "United Kingdom"],
+    ["C536379", "D", "Discount", -1, dt.datetime(2010, 12, 1, 9, 41), 27.5, 14527.0,
+     "United Kingdom"],
+    ["536380", "22961", "JAM MAKING SET PRINTED", "six", dt.datetime(2010, 12, 1, 9, 41), 1.45,
+     17809.0, "United Kingdom"],
+    ["536367", "22745", "POPPY'S PLAYHOUSE BEDROOM", 6, dt.datetime(2010, 12, 1, 8, 34), 2.1,
+     13047.0, "United Kingdom"],
+]  # fmt: skip
+
+SOURCES = """
+version: 1
+business: {{timezone: Europe/London, currency: GBP}}
+sources:
+  orders:
+    kind: excel
+    format: {{sheet: {sheet}}}
+    entities:
+      orders:
+        path: {path}
+        grain: line
+        refunds: {{negative_amount: true, column: Invoice, starts_with: C}}
+        columns:
+          order_id: Invoice
+          customer_id: Customer ID
+          ordered_at: InvoiceDate
+          amount: {{multiply: [Quantity, Price]}}
+          quantity: Quantity
+          status: {{constant: completed}}
+        extra_columns: [Country]
+      order_items: {{skip: true}}
+"""
+
+
+def workbook(path: Path) -> Path:
+    book = Workbook()
+    first = book.active
+    first.title = "Year 2009-2010"
+    for row in [HEADER, *YEAR_2010]:
+        first.append(row)
+    second = book.create_sheet("Year 2010-2011")
+    for row in [HEADER, *YEAR_2011]:
+        second.append(row)
+    book.save(path)
+    return path
+
+
+def test_online_retail_workbook_by_sheet_name(tmp_path: Path, fresh_db: str) -> None:
+    path = workbook(tmp_path / "online_retail_II.xlsx")
+    src = sources_file(tmp_path, SOURCES.format(path=path, sheet="Year 2010-2011"))
+    check = lifecycle(tmp_path, fresh_db, "sources", "check", "--entity", "orders",
+                      LIFECYCLE_SOURCES_FILE=src, LIFECYCLE_MAX_REJECT_SHARE="0.5")  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "raw.orders__orders <- excel " in check.stdout
+    assert "2010-12-01T08:26:00+00:00" in check.stdout  # a date cell, London winter time
+
+    out = extract(tmp_path, fresh_db, "2010-12-09", src, LIFECYCLE_MAX_REJECT_SHARE="0.5")
+    # 9 lines (and a blank row) of 6 invoices: 4 orders loaded, 2 quarantined
+    assert "raw.orders__orders 2010-12-09 success: 6 read, 4 loaded, 2 quarantined" in out
+    got = orders(fresh_db)
+    assert sorted(got) == ["536365", "536367", "536370", "C536379"]
+    assert got["536365"][:7] == (
+        "17850",  # the number cell 17850.0 is the id 17850
+        utc_at(2010, 12, 1, 8, 26),
+        None,
+        "completed",
+        "GBP",
+        Decimal("35.64"),  # 6 × 2.55 + 6 × 3.39
+        12,
+    )
+    # the second line of 536367 is at the end of the sheet
+    assert got["536367"][5:8] == (Decimal("66.68"), 38, {"Country": "United Kingdom"})
+    assert got["C536379"][3:6] == ("refunded", "GBP", Decimal("27.50"))
+    # quarantined lines are the sheet's row numbers, as Excel shows them
+    assert quarantine(fresh_db) == {
+        7: "customer_id is empty",
+        9: "amount: 'six' is not a number (line 9); quantity: 'six' is not a number (line 9)",
+    }
+
+
+@pytest.mark.parametrize(
+    ("sheet", "message"),
+    [
+        ("Year 2012", "no sheet named 'Year 2012' (sheets: Year 2009-2010, Year 2010-2011)"),
+        ("7", "sheet 7 does not exist: the workbook has 2 sheet(s)"),
+    ],
+)
+def test_a_missing_sheet_is_one_error_line(
+    tmp_path: Path, fresh_db: str, sheet: str, message: str
+) -> None:
+    path = workbook(tmp_path / "online_retail_II.xlsx")
+    src = sources_file(tmp_path, SOURCES.format(path=path, sheet=sheet))
+    out = lifecycle(tmp_path, fresh_db, "extract", "--source", "orders", "--date", "2010-12-09",
+                    "--full", LIFECYCLE_SOURCES_FILE=src)  # fmt: skip
+    assert out.returncode == 1
+    assert message in out.stderr + out.stdout
+    assert "Traceback" not in out.stderr
+
+
+def test_a_csv_named_xlsx_is_one_error_line(tmp_path: Path, fresh_db: str) -> None:
+    path = tmp_path / "orders.xlsx"
+    path.write_text("Invoice,Customer ID\n1,2\n")
+    src = sources_file(tmp_path, SOURCES.format(path=path, sheet=0))
+    out = lifecycle(tmp_path, fresh_db, "sources", "check", LIFECYCLE_SOURCES_FILE=src)
+    assert out.returncode == 1
+    assert f"{path}: cannot be read as an Excel workbook (.xlsx)" in out.stderr + out.stdout
+    assert "Traceback" not in out.stderr
