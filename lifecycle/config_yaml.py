@@ -24,6 +24,30 @@ class NoAliasLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+#: How deep a configuration file may nest (sources.yml needs about 8 levels).
+MAX_DEPTH = 64
+
+
 def load_config(text: str) -> Any:
-    """Return the YAML document `text`; raise yaml.YAMLError for bad YAML or an alias."""
-    return yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    """Return the YAML document `text`; raise yaml.YAMLError for bad YAML, an alias or
+    nesting deeper than MAX_DEPTH (PyYAML would recurse until Python's own limit)."""
+    try:
+        return yaml.load(text, Loader=_DepthLimited)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise yaml.YAMLError(f"nested more than {MAX_DEPTH} levels deep") from None
+
+
+class _DepthLimited(NoAliasLoader):
+    """Refuses collections nested more than MAX_DEPTH levels."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.YAMLError(
+                    f"nested more than {MAX_DEPTH} levels deep, line {mark.line + 1}"
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1

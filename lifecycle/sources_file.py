@@ -556,6 +556,9 @@ def _check_kind(name: str, src: Source, where: str, errors: list[str]) -> None:
         errors.append(f"{where}: kind {src.kind} needs path (a file, glob or fsspec URL)")
     if src.kind == "rest" and not (src.base_url or src.connection):
         errors.append(f"{where}: kind rest needs base_url or connection")
+    sheets = [src.format] + [e.format for e in src.entities.values()]
+    if src.kind != "excel" and any(f is not None and f.sheet is not None for f in sheets):
+        errors.append(f"{where}: format.sheet is for kind excel (this source is {src.kind})")
     if src.partitioned and src.kind != "jsonl":
         errors.append(f"{where}.partitioned: only kind jsonl has day partitions")
 

@@ -263,7 +263,10 @@ def check_entity(
 
         if not isinstance(exc, LoadError | CrmApiError | OSError | ValueError):
             raise
-        report.errors.append(f"{sources.origin}: {entity_key(entity)}: {exc}")
+        text = str(exc)
+        # A connector's error that already names the sources file's key stands as it is.
+        located = text.startswith(f"{sources.origin}: ")
+        report.errors.append(text if located else f"{sources.origin}: {entity_key(entity)}: {text}")
     return report
 
 

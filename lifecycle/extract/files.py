@@ -28,11 +28,37 @@ def matching_files(path: str) -> list[str]:
     return [fs.unstrip_protocol(p) for p in sorted(fs.glob(root)) if fs.isfile(p)]
 
 
+def _is_dir(path: str) -> bool:
+    """True when `path` is a folder (False when that cannot even be asked)."""
+    try:
+        fs, root = fsspec.core.url_to_fs(path)
+        return bool(fs.isdir(root))
+    except Exception:  # noqa: BLE001 - only chooses the wording of an error
+        return False
+
+
 def file_batch(entity: RawEntity, src: Source, emap: EntityMap, sources: SourcesFile) -> Batch:
     """Return the batch of the files of `entity` (every row, placed by the loader's window)."""
     path = sources.path_of(src, emap)
     assert path, "the sources file validation requires a path"
-    found = matching_files(path)
+    key = f"sources.{entity.source}.entities.{entity.entity}.path"
+    try:
+        found = matching_files(path)
+    except (ImportError, ValueError, OSError) as exc:
+        # fsspec's words for an unknown scheme, a missing driver (s3fs, gcsfs) or an
+        # unreachable host: said against the key that names the path.
+        from lifecycle.load import LoadError
+
+        raise LoadError(f"{sources.origin}: {key}: cannot list {path}: {exc}") from exc
+    if not found and sources.origin != "built-in" and not any(c in path for c in "*?["):
+        # A glob may match nothing yet (files still to come); a file named in the user's
+        # sources file that is not there is a mistake, not an empty source.
+        from lifecycle.load import LoadError
+
+        raise LoadError(
+            f"{sources.origin}: {key}: no file at {path}"
+            + (" (a folder: name the file or a glob)" if _is_dir(path) else "")
+        )
     if not found:
         return Batch(skip=f"no file matches {path}")
     return Batch(chunks=_chunks(entity, src, emap, sources, found))
@@ -42,9 +68,14 @@ def _chunks(
     entity: RawEntity, src: Source, emap: EntityMap, sources: SourcesFile, found: list[str]
 ) -> Iterator[Chunk]:
     from lifecycle.extract import readers
+    from lifecycle.load import LoadError
 
     for url in found:
-        with fsspec.open(url, "rb", compression=_compression(src, emap, sources)) as fh:
+        try:
+            fh = fsspec.open(url, "rb", compression=_compression(src, emap, sources)).open()
+        except Exception as exc:  # noqa: BLE001 - any filesystem's failure to open, one line
+            raise LoadError(f"{_locator(url)}: cannot be opened: {exc}") from exc
+        with fh:
             if src.kind == "csv":
                 fmt = sources.format_of(src, emap)
                 yield from readers.read_csv_chunks(fh, _locator(url), fmt=fmt)

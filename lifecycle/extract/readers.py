@@ -217,8 +217,14 @@ def read_csv_chunks(
     encoding = codecs.lookup(fmt.encoding).name
     if encoding not in _UTF8:
         stream = _Transcoded(stream, encoding)  # type: ignore[assignment]
-    for _ in range(fmt.skip_rows):
-        _guarded(stream.readline, locator)
+    for skipped in range(fmt.skip_rows):
+        if not _guarded(stream.readline, locator):
+            yield _empty(
+                locator,
+                f"{locator}: the file ends after {skipped} of its {fmt.skip_rows} skip_rows "
+                "lines, no rows read",
+            )
+            return
     line = 1 + fmt.skip_rows
     if fmt.header:
         header = _guarded(stream.readline, locator)
@@ -486,6 +492,9 @@ def _guarded(read, locator: str, *args: int) -> bytes:
         return read(*args)
     except (gzip.BadGzipFile, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
         raise LoadError(f"{locator}: cannot be read: {_why_unreadable(exc)}") from exc
+    except UnicodeError as exc:
+        # A transcoding stream that cannot even start (UTF-16 without its BOM).
+        raise LoadError(f"{locator}: cannot be read: {exc} (see format.encoding)") from exc
 
 
 def _why_unreadable(exc: BaseException) -> str:

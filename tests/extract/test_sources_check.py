@@ -176,6 +176,76 @@ def test_bad_format_string(tmp_path: Path, shop: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("command", [("sources", "check"), ("extract", "--date", "2024-03-06")])
+@pytest.mark.parametrize(
+    ("path", "said"),
+    [
+        ("{tmp}/no_such_export.csv", "no file at {tmp}/no_such_export.csv"),
+        ("{tmp}", "no file at {tmp} (a folder: name the file or a glob)"),
+        ("nosuchproto://bucket/orders.csv", "cannot list nosuchproto://bucket/orders.csv: "),
+    ],
+    ids=["missing-file", "folder", "unknown-scheme"],
+)
+def test_a_path_that_names_no_file_is_one_error_line(
+    tmp_path: Path, shop: Path, command: tuple[str, ...], path: str, said: str
+) -> None:
+    path = path.format(tmp=tmp_path)
+    yml = SHOPIFY_YML.format(path=shop).replace(str(shop), path)
+    error = _one_error(_run(tmp_path, *command, yml=yml))
+    assert error.startswith(
+        f"error: {tmp_path / 'sources.yml'}: sources.orders.entities.orders.path: "
+        + said.format(tmp=tmp_path)
+    ), error
+
+
+def test_a_glob_that_matches_nothing_yet_is_a_skip_in_extract(
+    tmp_path: Path, shop: Path, fresh_db: str
+) -> None:
+    yml = SHOPIFY_YML.format(path=tmp_path / "exports" / "orders_*.csv")
+    result = _run(tmp_path, "extract", "--source", "orders", "--date", "2024-03-06", yml=yml,
+                  LIFECYCLE_WAREHOUSE_URL=fresh_db)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "raw.orders__orders 2024-03-06 skipped" in result.output
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (
+            ("    kind: csv\n", "    kind: csv\n    format: {encoding: utf-16}\n"),
+            "{shop}: cannot be read: UTF-16 stream does not start with BOM (see format.encoding)",
+        ),
+        (
+            ("    kind: csv\n", "    kind: csv\n    format: {sheet: 1}\n"),
+            "{yml}: sources.orders: format.sheet is for kind excel (this source is csv)",
+        ),
+        (
+            ("version: 1\n", "version: 1\nx: " + "[" * 100 + "]" * 100 + "\n"),
+            "{yml}: not valid YAML: nested more than 64 levels deep, line 3",
+        ),
+    ],
+    ids=["utf16-without-bom", "sheet-on-csv", "nested-yaml"],
+)
+def test_wrong_dialects_and_yaml_are_one_error_line(
+    tmp_path: Path, shop: Path, change: tuple[str, str], said: str
+) -> None:
+    yml = SHOPIFY_YML.format(path=shop).replace(*change)
+    error = _one_error(_run(tmp_path, "sources", "check", yml=yml))
+    assert said.format(shop=shop, yml=tmp_path / "sources.yml") in error, error
+
+
+def test_a_file_shorter_than_its_skip_rows_is_a_warning_not_a_hang(
+    tmp_path: Path, shop: Path, fresh_db: str
+) -> None:
+    yml = SHOPIFY_YML.format(path=shop).replace(
+        "    kind: csv\n", "    kind: csv\n    format: {skip_rows: 1000000000}\n"
+    )
+    result = _run(tmp_path, "extract", "--source", "orders", "--date", "2024-03-06", yml=yml,
+                  LIFECYCLE_WAREHOUSE_URL=fresh_db)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"{shop}: the file ends after 4 of its 1000000000 skip_rows lines" in result.output
+
+
 POSTGRES_YML = """
 version: 1
 connections:
