@@ -581,6 +581,12 @@ class Checker:
                 own.append((f, "empty", pc.is_null(text)))
             if f.non_negative:
                 own.append((f, "negative", pc.fill_null(pc.less(value, 0), False)))
+            if f.currency_code:
+                # Any ISO 4217 code passes (transform converts each at its day's rate);
+                # a word or a symbol is no code. Stored upper-case: brl is BRL.
+                own.append((f, "currency", pc.invert(pc.fill_null(
+                    pc.match_substring_regex(text, r"^[A-Za-z]{3}$"), True))))  # fmt: skip
+                loads[f.name] = pc.utf8_upper(load)
             if f.not_future:
                 bound = _scalar_for(f.type, self.window.end)
                 own.append((f, "future", pc.fill_null(pc.greater(value, bound), False)))
@@ -665,6 +671,8 @@ class Checker:
             return f"{f.name} is empty"
         if kind == "negative":
             return f"{f.name} {value} is negative"
+        if kind == "currency":
+            return f"{f.name}: {value!r} is not an ISO 4217 currency code (three letters, e.g. EUR)"
         end = self.window.last_date() if f.type == "date" else self.window.end.isoformat()
         return f"{f.name} {value} is in the future (after the end of the load interval, {end})"
 

@@ -41,6 +41,7 @@ class Field:
     non_negative: bool = False  # numbers only
     not_future: bool = False  # timestamps/dates: not after the end of the load interval
     pg_type: str | None = None  # the column type when PG_TYPES' is too coarse (rates)
+    currency_code: bool = False  # text: an ISO 4217 code (three letters, stored upper-case)
 
     @property
     def column_type(self) -> str:
@@ -160,7 +161,7 @@ ORDERS = RawEntity(
         _T("ordered_at", "timestamp", required=True, nullable=False, not_future=True),
         _T("updated_at", "timestamp", not_future=True),
         _T("status"),
-        _T("currency"),
+        _T("currency", currency_code=True),
         _T("amount", "numeric", required=True, nullable=False, non_negative=True),
         _T("quantity", "integer", non_negative=True),
     ),
@@ -195,7 +196,7 @@ MARKETING_SPEND = RawEntity(
         _T("date", "date", required=True, nullable=False, not_future=True),
         _T("channel", required=True, nullable=False),
         _T("spend", "numeric", required=True, nullable=False, non_negative=True),
-        _T("currency"),
+        _T("currency", currency_code=True),
     ),
     key=("date", "channel"),
     cursor="date",
@@ -207,7 +208,7 @@ FX_RATES = RawEntity(
     "rates",
     (
         _T("date", "date", required=True, nullable=False),
-        _T("currency", required=True, nullable=False),
+        _T("currency", required=True, nullable=False, currency_code=True),
         # units of the reporting currency per unit of `currency`; rates need more than
         # the two decimals of money (PostgreSQL keeps what the text gives, up to 10)
         _T(

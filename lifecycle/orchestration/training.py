@@ -43,12 +43,15 @@ def _settings():
 
 
 def _guard(step: str, fn, *args):
-    """Run an ml.stages function; turn data errors (TrainError) into a hard failure."""
+    """Run an ml.stages function; turn data errors into a hard failure (a retry would
+    give the same answer: missing marts, a wrong spec, data a model cannot be fitted on)."""
+    from ml.churn import ChurnSpecError
+    from ml.features import FeatureError
     from ml.train import TrainError
 
     try:
         return fn(*args)
-    except TrainError as exc:
+    except (TrainError, FeatureError, ChurnSpecError) as exc:
         raise AirflowFailException(f"{step}: {exc}") from exc
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.conftest import ORDERS_ONLY_SOURCES
+
 EXPORTS = Path(__file__).parents[1] / "fixtures" / "exports"
 UTC = dt.UTC
 
@@ -519,6 +521,23 @@ def test_cdnow_aligned_text_from_the_1990s(tmp_path: Path, fresh_db: str) -> Non
         key("00003"): "new",
         key("00004"): "at_risk",
     }
+
+
+def test_any_iso_currency_passes_the_raw_gate(tmp_path: Path, fresh_db: str) -> None:
+    """A Brazilian or Japanese shop's orders land and pass the raw gate (its currency
+    check once listed USD, EUR and GBP only, refusing every BRL order)."""
+    (tmp_path / "orders.csv").write_text(
+        "customer_id,order_id,ordered_at,amount,currency\n"
+        "C1,O1,2018-10-01,120.50,BRL\nC2,O2,2018-10-02,3400,JPY\nC3,O3,2018-10-03,9.99,brl\n"
+        "C4,O4,2018-10-03,5,REAIS\n"
+    )
+    src = sources_file(tmp_path, ORDERS_ONLY_SOURCES.format(orders=tmp_path / "orders.csv"))
+    out = extract(tmp_path, fresh_db, "2018-10-17", src, LIFECYCLE_MAX_REJECT_SHARE="0.5")
+    assert "success: 4 read, 3 loaded, 1 quarantined" in out
+    assert {k: v[4] for k, v in orders(fresh_db).items()} == {"O1": "BRL", "O2": "JPY", "O3": "BRL"}
+    gate = lifecycle(tmp_path, fresh_db, "validate", "--layer", "raw", "--date", "2018-10-17",
+                     LIFECYCLE_SOURCES_FILE=src)  # fmt: skip
+    assert gate.returncode == 0, gate.stdout[-3000:] + gate.stderr[-3000:]
 
 
 @pytest.mark.parametrize("column", ["Totl", "Created"])
