@@ -17,6 +17,7 @@ an extract allows) is an error naming the field and the offending value.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import itertools
 import re
@@ -399,9 +400,13 @@ def _check_sample(
     mapper = Mapper(entity, src, emap, sources)
     # No cursor: every sampled row counts, whatever day it belongs to.
     checker = Checker(entity, window, None, timezone=mapper.timezone)
+    order_ids: collections.Counter[str] = collections.Counter()
     for mapped in mapper.map_chunks(chunks):
         checked = checker.check(mapped)
         report.mapped += mapped.table.num_rows
+        lines_as_orders = entity.entity == "orders" and emap.grain == "order"
+        if lines_as_orders and "order_id" in mapped.table.column_names:
+            order_ids.update(v for v in mapped.table.column("order_id").to_pylist() if v)
         _tally_values(fields, mapped, checked)
         for _source, _line, reason, _payload in checked.quarantine:
             report.quarantined += 1
@@ -420,6 +425,13 @@ def _check_sample(
                     fr.unparsed += 1
                 if value is not None:
                     fr.examples.setdefault(what, value)
+    repeats = sum(n - 1 for n in order_ids.values() if n > 1)
+    if repeats:
+        report.notes.append(
+            f"order_id repeats on {repeats} of {report.mapped} sampled rows: if each row is an "
+            "order line (a Shopify export has one row per item, the order's fields on its "
+            "first), set grain: line to sum the lines into one order"
+        )
     _judge(report, entity, emap, sources, settings)
 
 
