@@ -18,11 +18,13 @@ file (``bench/bench_load.py`` prints the figures side by side).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import io
 import logging
 import queue
+import re
 import sys
 import threading
 import time
@@ -458,8 +460,9 @@ def load_batch(
                     raise LoadError(
                         f"{entity.qualified} {logical_date}: {result.rows_quarantined} of "
                         f"{considered} rows rejected ({share:.1%}), more than the allowed "
-                        f"{max_reject_share:.1%}; nothing was published. See "
-                        f"raw.quarantine where _batch_id = '{bid}'"
+                        f"{max_reject_share:.1%}; nothing was published"
+                        + _most_rejected(state["quarantine"] + state["unplaced"])
+                        + f". See raw.quarantine where _batch_id = '{bid}'"
                     )
                 _insert_quarantine(cur, entity, bid, state["quarantine"])
                 mark = watermark_after(window, state.get("newest"))
@@ -518,6 +521,35 @@ def _settle_unplaced(cur: psycopg.Cursor, entity: RawEntity, bid: str, state: di
             entity.qualified,
             len(rows) - len(fresh),
         )
+
+
+_VALUES = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|0x[0-9a-f]+|\d+")
+
+
+def _most_rejected(rejected: list[tuple]) -> str:
+    """Return ``; most: <reason> (n rows)`` for the commonest kind of reason, with a hint
+    when that is a file in another encoding than UTF-8."""
+    if not rejected:
+        return ""
+    kinds = collections.Counter(
+        _VALUES.sub("…", part) for *_, reason, _payload in rejected for part in reason.split("; ")
+    )
+    kind, n = kinds.most_common(1)[0]
+    example = next(
+        part for *_, reason, _payload in rejected for part in reason.split("; ")
+        if _VALUES.sub("…", part) == kind
+    )  # fmt: skip
+    return f"; most: {example} ({n} row{'s' if n != 1 else ''} alike){encoding_hint(example)}"
+
+
+def encoding_hint(reason: str) -> str:
+    """Return what to do about rows rejected as broken UTF-8 ("" for other reasons)."""
+    if reason.startswith("broken encoding") and reason.endswith("UTF-8"):
+        return (
+            "; the file is not UTF-8: set format.encoding in the sources file (cp1252 or "
+            "latin-1 for most Western European exports)"
+        )
+    return ""
 
 
 def _tally(result: LoadResult, state: dict, checker: Checker) -> None:

@@ -475,6 +475,8 @@ def _judge(
     settings: Settings,
 ) -> None:
     """Turn what the sample shows into errors naming the field and the offending value."""
+    from lifecycle.load import encoding_hint
+
     key = f"{sources.origin}: {entity_key(entity)}"
     for fr in report.fields:
         f = entity.field(fr.name)
@@ -512,6 +514,7 @@ def _judge(
             f"{where}: {report.share:.1%} of {report.mapped + sum(report.row_reasons.values())} "
             f"sampled rows would be quarantined, more than an extract allows "
             f"({settings.max_reject_share:.1%}, LIFECYCLE_MAX_REJECT_SHARE); most: {top}"
+            + encoding_hint(top)
         )
 
 

@@ -423,6 +423,26 @@ sources:
 """
 
 
+def test_a_latin1_export_read_as_utf8_says_to_set_the_encoding(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    path = EXPORTS / "webshop_de_latin1.csv"
+    src = sources_file(tmp_path, GERMAN.format(path=path).replace("      encoding: latin-1\n", ""))
+    hint = (
+        "the file is not UTF-8: set format.encoding in the sources file (cp1252 or latin-1 "
+        "for most Western European exports)"
+    )
+    check = lifecycle(tmp_path, fresh_db, "sources", "check", LIFECYCLE_SOURCES_FILE=src)
+    assert check.returncode == 1
+    assert hint in check.stderr
+    out = lifecycle(tmp_path, fresh_db, "extract", "--source", "orders", "--date", "2024-10-31",
+                    "--full", LIFECYCLE_SOURCES_FILE=src)  # fmt: skip
+    assert out.returncode == 1
+    (error,) = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert "; most: broken encoding: byte 0xfc at position " in error
+    assert "is not valid UTF-8 (8 rows alike); " + hint + ". See raw.quarantine" in error
+
+
 def test_us_dates_and_epoch_milliseconds(tmp_path: Path, fresh_db: str) -> None:
     path = EXPORTS / "us_orders_epoch.csv"
     src = sources_file(tmp_path, US.format(path=path))
