@@ -20,6 +20,7 @@ stored in ``activation.push_log`` and raised go through :func:`lifecycle.redact.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -269,38 +270,18 @@ def push_audience(
             if batch.key in done:
                 continue
             where = f"audience {audience} {day} batch {batch.batch_no} to POST {push.url}"
+            record = functools.partial(_record, conn, audience, day, batch, push.url, run_id)
             try:
                 resp = _post(http, push.url, batch, timeout_s, redirect_hosts)
             except _RedirectRefused as exc:
                 attempts += 1
                 message = redact(str(exc))
-                _record(
-                    conn,
-                    audience,
-                    day,
-                    batch,
-                    push.url,
-                    run_id,
-                    status="failed",
-                    attempts=1,
-                    http_status=exc.status,
-                    error=message,
-                )
+                record(status="failed", attempts=1, http_status=exc.status, error=message)
                 raise PushError(f"{message} ({where})") from None
             except requests.exceptions.RequestException as exc:
                 attempts += retries + 1
                 message = redact(str(exc))
-                _record(
-                    conn,
-                    audience,
-                    day,
-                    batch,
-                    push.url,
-                    run_id,
-                    status="failed",
-                    attempts=retries + 1,
-                    error=message[:2000],
-                )
+                record(status="failed", attempts=retries + 1, error=message[:2000])
                 raise PushError(
                     f"push failed after {retries} retries: {where}: {message}"
                 ) from None
@@ -308,13 +289,7 @@ def push_audience(
             tries = len(history) + 1
             attempts += tries
             if not 200 <= resp.status_code < 300:
-                _record(
-                    conn,
-                    audience,
-                    day,
-                    batch,
-                    push.url,
-                    run_id,
+                record(
                     status="failed",
                     attempts=tries,
                     http_status=resp.status_code,
@@ -322,17 +297,7 @@ def push_audience(
                 )
                 excerpt = " ".join((redact(resp.text[:65_536]) or "").split())[:200]
                 raise PushError(f"push refused ({resp.status_code}): {where}: {excerpt}")
-            _record(
-                conn,
-                audience,
-                day,
-                batch,
-                push.url,
-                run_id,
-                status="delivered",
-                attempts=tries,
-                http_status=resp.status_code,
-            )
+            record(status="delivered", attempts=tries, http_status=resp.status_code)
             delivered += 1
             rows += batch.rows
     return PushFacts(audience, len(batches), delivered, len(done), rows, attempts)
