@@ -165,3 +165,8 @@ def ensure_activation_tables(conn) -> None:
     """Create the activation schema and tables if missing (idempotent); return nothing."""
     for statement in DDL:
         conn.execute(statement)
+    # dbt builds marts.audience_outcomes from these two (lifecycle.warehouse.LIFT_INPUTS);
+    # the owner of the tables may grant it, the schema's usage comes from bootstrap
+    if conn.execute("select to_regrole('lifecycle_transformer')").fetchone()[0]:
+        for name in ("export_log", "audience_membership"):
+            conn.execute(f"grant select on activation.{name} to lifecycle_transformer")

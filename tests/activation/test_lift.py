@@ -311,3 +311,21 @@ def test_lift_is_idempotent_and_stored(loop) -> None:
         rows(loop["url"], "select count(*) from activation.audience_lift where as_of_date = %s",
              (EARLY,))[0][0] == 4
     )  # fmt: skip
+
+
+def test_the_transformer_reads_only_the_lift_inputs_of_activation(fresh_db) -> None:
+    from lifecycle import warehouse as wh
+    from lifecycle.activation.tables import ensure_activation_tables
+
+    wh.bootstrap(fresh_db)
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        ensure_activation_tables(conn)
+        conn.execute("set role lifecycle_transformer")
+        for table in ("export_log", "audience_membership"):
+            assert conn.execute(f"select count(*) from activation.{table}").fetchone() == (0,)
+        for table in ("export_members", "customer_scores", "audience_lift"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"select count(*) from activation.{table}")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("insert into activation.audience_membership values ('a', 'k', "
+                         "'2024-01-01', null, false)")  # fmt: skip
