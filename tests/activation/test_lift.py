@@ -10,7 +10,7 @@ probability 0.3), landed in full and built as of E + 31, and the lift is measure
 Size and power, computed before choosing them: lapsed customers convert ~5% in 30 days on
 their own, so the true conversion lift is about 0.3 × 0.95 ≈ 0.28; the two-proportion
 standard error with n members per group is sqrt((0.05·0.95 + 0.33·0.67) / n) ≈ 0.52/√n,
-and 80% power at the 5% level needs lift / se ≥ 2.8, i.e. n ≥ 35 per group. The world gives
+and 80% power at the 5% level needs lift / se ≥ 2.8, i.e. n ≥ 27 per group. The world gives
 ~250 per group (se ≈ 0.033, lift/se ≈ 8: power ≈ 1). `lapsed_twin` has the same members
 split by another hash, so `lapsed`'s treated members fall evenly into its treatment and
 control: its true lift is 0 and its interval must cover 0.
@@ -329,3 +329,24 @@ def test_the_transformer_reads_only_the_lift_inputs_of_activation(fresh_db) -> N
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("insert into activation.audience_membership values ('a', 'k', "
                          "'2024-01-01', null, false)")  # fmt: skip
+
+
+def test_report_charts_lift_per_audience_and_flags_too_early(loop, tmp_path) -> None:
+    from lifecycle.report.build import build_report
+    from lifecycle.report.sections import lift
+
+    result = build_report(EARLY, loop["settings"], out=tmp_path / "early.html")
+    assert "lift" in result.rendered and result.facts["lift"] == {"cohorts": 2, "too_early": 2}
+    html = (tmp_path / "early.html").read_text("utf-8")
+    assert "Campaign lift on 2024-05-11" in html and "too early" in html
+    with psycopg.connect(loop["url"]) as conn:
+        section = lift(conn, MEASURE)
+    assert [c.name for c in section.charts] == ["lift-lapsed", "lift-lapsed_twin"]
+    assert section.facts == {"cohorts": 2, "too_early": 0}
+    (table,) = [b for b in section.blocks if getattr(b, "key", "") == "lift"]
+    assert [(r["audience"], r["cohort"], r["status"]) for r in table.rows] == [
+        ("lapsed", "2024-05-01", "complete"),
+        ("lapsed", "complete, pooled", "complete"),
+        ("lapsed_twin", "2024-05-01", "complete"),
+        ("lapsed_twin", "complete, pooled", "complete"),
+    ]
