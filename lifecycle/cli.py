@@ -208,6 +208,27 @@ def warehouse_url(sqlalchemy: bool) -> None:
     help="Output folder [default: $LIFECYCLE_HOME/world].",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--campaign-export",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Campaign effect: an audience's export folder (EXPORTS/DATE/AUDIENCE) of this same "
+    "world; its treatment members get the effect (lifecycle/sample/campaign.py).",
+)
+@click.option(
+    "--campaign-boost",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.2,
+    show_default=True,
+    help="Campaign effect: chance a treatment member places one extra order in the window.",
+)
+@click.option(
+    "--campaign-window",
+    type=click.IntRange(1, 365),
+    default=30,
+    show_default=True,
+    help="Campaign effect: days after the export day the extra orders fall in.",
+)
 def generate(
     customers: int,
     start: dt.date,
@@ -216,12 +237,22 @@ def generate(
     dirty_rate: float,
     out: Path | None,
     quiet: bool,
+    campaign_export: Path | None,
+    campaign_boost: float,
+    campaign_window: int,
 ) -> None:
     """Generate a sample world: CRM contacts, orders, web events, spend, ground truth."""
+    from lifecycle.sample.campaign import CampaignError, load_campaign
     from lifecycle.sample.world import WorldConfig, generate_world
 
     if end < start:
         raise click.BadParameter("--end is before --start", param_hint="--end")
+    campaign = None
+    if campaign_export is not None:
+        try:
+            campaign = load_campaign(campaign_export, campaign_boost, campaign_window)
+        except CampaignError as exc:
+            _fail(str(exc))
     out = out or get_settings().world_dir
     config = WorldConfig(
         customers=customers, start=start, end=end, seed=seed, dirty_rate=dirty_rate
@@ -237,7 +268,7 @@ def generate(
                 click.echo(f"generating: {n:,}/{total:,} people ({n * 100 // max(total, 1)}%)",
                            err=True)  # fmt: skip
 
-        summary = generate_world(config, out, progress=log_progress)
+        summary = generate_world(config, out, progress=log_progress, campaign=campaign)
         click.echo(summary.describe() if hasattr(summary, "describe") else str(summary))
         return
     with click.progressbar(
@@ -249,7 +280,7 @@ def generate(
             bar.update(n - done[0])
             done[0] = n
 
-        summary = generate_world(config, out, progress=progress)
+        summary = generate_world(config, out, progress=progress, campaign=campaign)
     click.echo(summary.describe() if hasattr(summary, "describe") else str(summary))
 
 
@@ -522,7 +553,7 @@ def demo(customers: int, seed: int) -> None:
 
 
 # Commands defined beside the code they run (importing them loads neither dbt nor Airflow).
-from lifecycle.activation.cli import export_command  # noqa: E402
+from lifecycle.activation.cli import export_command, lift_command  # noqa: E402
 from lifecycle.orchestration.cli import airflow_group, pipeline  # noqa: E402
 from lifecycle.quality.cli import validate_command  # noqa: E402
 from lifecycle.report.cli import report_command  # noqa: E402
@@ -533,6 +564,7 @@ from ml.cli import score_command, train_command  # noqa: E402
 main.add_command(transform_command)
 main.add_command(validate_command)
 main.add_command(export_command)
+main.add_command(lift_command)
 main.add_command(pipeline)
 main.add_command(airflow_group)
 main.add_command(report_command)

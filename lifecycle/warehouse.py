@@ -328,6 +328,7 @@ def bootstrap(url: str, passwords: dict[str, str] | None = None) -> None:
                             )
             for schema in SCHEMAS:
                 apply_grants(conn, schema)
+            _grant_lift_inputs(conn)
             # the build schema of write-audit-publish, if a build is pending: the roles
             # that write marts build there (lifecycle.quality.publish.prepare_build)
             if conn.execute("select to_regnamespace(%s)", (BUILD_SCHEMA,)).fetchone()[0]:
@@ -340,6 +341,24 @@ def bootstrap(url: str, passwords: dict[str, str] | None = None) -> None:
                         )
             # Nobody but the owners may create objects in public.
             conn.execute("revoke create on schema public from public")
+
+
+#: The activation tables dbt reads to build marts.audience_outcomes (who was in which
+#: group on which export day; no contact data): the transformer may read these two and
+#: nothing else of activation. They exist after the first export; activation grants them
+#: when it creates them (lifecycle.activation.tables), bootstrap again here.
+LIFT_INPUTS: tuple[str, ...] = ("export_log", "audience_membership")
+
+
+def _grant_lift_inputs(conn: psycopg.Connection) -> None:
+    """Let the transformer read the activation tables of :data:`LIFT_INPUTS`."""
+    role = sql.Identifier("lifecycle_transformer")
+    conn.execute(sql.SQL("grant usage on schema activation to {}").format(role))
+    for name in LIFT_INPUTS:
+        if conn.execute("select to_regclass(%s)", (f"activation.{name}",)).fetchone()[0]:
+            conn.execute(
+                sql.SQL("grant select on {} to {}").format(sql.Identifier("activation", name), role)
+            )
 
 
 def _set_login(conn: psycopg.Connection, role: str, password: str | None) -> None:

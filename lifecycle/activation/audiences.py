@@ -64,6 +64,9 @@ OPS: tuple[str, ...] = (*COMPARISONS, "in", "not_in", "is_null", "not_null", "co
 #: Export layouts (see lifecycle/activation/exports.py).
 LAYOUTS: tuple[str, ...] = ("generic", "mailchimp", "hubspot", "klaviyo", "google_ads", "meta")
 
+#: Days after an export day over which treatment and control are compared, by default.
+LIFT_WINDOW_DAYS = 30
+
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 PUSH_MODES = ("delta", "full")
 
@@ -91,6 +94,7 @@ class Audience:
     control_share: float = 0.0
     layouts: tuple[str, ...] = LAYOUTS
     push: Push | None = None
+    lift_window_days: int = 30  # days after an export day over which lift is measured
     definition: dict = field(default_factory=dict, compare=False)  # as written in the file
 
     def definition_sha256(self) -> str:
@@ -171,7 +175,15 @@ def parse_audiences(doc: Any, source: str = "audiences.yml") -> list[Audience]:
 
 def _parse_audience(item: dict, where: str, errors: list[str]) -> Audience | None:
     n_before = len(errors)
-    allowed = {"name", "description", "filter", "control_share", "layouts", "push"}
+    allowed = {
+        "name",
+        "description",
+        "filter",
+        "control_share",
+        "layouts",
+        "push",
+        "lift_window_days",
+    }
     extra = sorted(set(item) - allowed)
     if extra:
         errors.append(f"{where}: unknown key(s) {extra} (allowed: {sorted(allowed)})")
@@ -207,6 +219,11 @@ def _parse_audience(item: dict, where: str, errors: list[str]) -> Audience | Non
         )
         layouts = list(LAYOUTS)
     push = _parse_push(item.get("push"), where, errors) if item.get("push") is not None else None
+    window = item.get("lift_window_days", LIFT_WINDOW_DAYS)
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= 365:
+        errors.append(
+            f"{where}: lift_window_days must be a whole number of days in [1, 365], got {window!r}"
+        )
     if len(errors) > n_before:
         return None
     return Audience(
@@ -216,6 +233,7 @@ def _parse_audience(item: dict, where: str, errors: list[str]) -> Audience | Non
         control_share=float(share),
         layouts=tuple(dict.fromkeys(layouts)),
         push=push,
+        lift_window_days=window,
         definition=item,
     )
 

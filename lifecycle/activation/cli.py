@@ -35,3 +35,30 @@ def export_command(day: dt.date, audience: str | None, run_id: str | None, as_js
         click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
         sys.exit(1)
     click.echo(json.dumps(result.facts(), indent=2) if as_json else result.summary())
+
+
+@click.command("lift")
+@click.option(
+    "--date",
+    "day",
+    required=True,
+    callback=parse_date,
+    help="Logical date (YYYY-MM-DD): marts.audience_outcomes must be built as of it.",
+)
+@click.option("--audience", default=None, help="Only this audience (default: every one).")
+@click.option("--json", "as_json", is_flag=True, help="Print the lifts as JSON.")
+def lift_command(day: dt.date, audience: str | None, as_json: bool) -> None:
+    """Measured campaign lift (treatment vs control) as of a date, into activation.audience_lift."""
+    from lifecycle.activation.lift import LiftError, measure_lift, summary
+    from lifecycle.warehouse import WarehouseError, connect, warehouse_url
+
+    try:
+        with connect(warehouse_url(get_settings()), autocommit=True) as conn:
+            lifts = measure_lift(conn, day, audience)
+    except (LiftError, WarehouseError) as exc:
+        click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps([x.facts() for x in lifts], indent=2))
+    else:
+        click.echo(summary(lifts, day))

@@ -456,7 +456,9 @@ def export_audience(
         for kind, members_ in (("send", send), ("control", control)):
             for r in members_:
                 copy.write_row((audience.name, day, r["customer_key"], r["email"], kind))
-    log_export(conn, facts, run_id, "ok", audience.definition_sha256())
+    log_export(
+        conn, facts, run_id, "ok", audience.definition_sha256(), window=audience.lift_window_days
+    )
     _write_folder(facts.folder, blobs)
     return facts
 
@@ -468,6 +470,7 @@ def log_export(
     status: str,
     definition_sha256: str | None,
     error: str | None = None,
+    window: int | None = None,
 ) -> None:
     """Append one row to activation.export_log; return nothing."""
     conn.execute(
@@ -475,8 +478,8 @@ def log_export(
         insert into activation.export_log (
             audience, as_of_date, run_id, status, previous_export_date, count_members,
             count_control, count_sent, count_adds, count_removes, count_no_consent,
-            count_no_email, folder, files, definition_sha256, error
-        ) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            count_no_email, folder, files, definition_sha256, error, lift_window_days
+        ) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         """,
         (
             facts.audience,
@@ -495,6 +498,7 @@ def log_export(
             Jsonb([f.as_dict() for f in facts.files]),
             definition_sha256,
             error,
+            window,
         ),
     )
 

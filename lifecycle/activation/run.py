@@ -71,6 +71,7 @@ class ActivationResult:
     scores: ScoresFacts
     audiences: dict[str, AudienceOutcome] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # per step, for the task log
+    lift: str | None = None  # the lift summary, or why it was not measured
 
     def summary(self) -> str:
         """Return a short, readable text for a task log."""
@@ -90,6 +91,8 @@ class ActivationResult:
             if p is not None:
                 line += f"; push {p.delivered} batch(es) sent, {p.skipped} already delivered"
             lines.append(line)
+        if self.lift:
+            lines.extend("  " + line for line in self.lift.splitlines())
         if self.seconds:
             lines.append("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()))
         return "\n".join(lines)
@@ -104,6 +107,7 @@ class ActivationResult:
             "score_date": self.scores.score_date.isoformat() if self.scores.score_date else None,
             "audiences": {n: o.facts() for n, o in self.audiences.items()},
             "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+            "lift": self.lift,
         }
 
 
@@ -115,6 +119,18 @@ def _select(audiences: list[Audience], name: str | None) -> list[Audience]:
         known = ", ".join(a.name for a in audiences) or "none"
         raise ActivationError(f"no audience named {name!r} (known: {known})")
     return chosen
+
+
+def _measure_lift(conn, day: dt.date, audience: str | None) -> str:
+    """Measure the lift as of `day` into activation.audience_lift; return its summary (or
+    why it was skipped: the mart is built by `lifecycle transform --date D` before)."""
+    from lifecycle.activation.lift import LiftError, measure_lift, summary
+
+    try:
+        return summary(measure_lift(conn, day, audience), day)
+    except LiftError as exc:
+        log.warning("lift not measured: %s", exc)
+        return f"lift not measured: {exc}"
 
 
 def export_root(settings: Settings) -> Path:
@@ -190,6 +206,9 @@ def run_activation(
                     redirect_hosts=settings.push_redirect_hosts,
                 )
             result.seconds["push"] = time.perf_counter() - t3
+            t4 = time.perf_counter()
+            result.lift = _measure_lift(lock_conn, day, audience)
+            result.seconds["lift"] = time.perf_counter() - t4
         finally:
             lock_conn.execute(_UNLOCK_SQL)
     log.info("%s", result.summary())

@@ -110,9 +110,36 @@ DDL: tuple[str, ...] = (
         logged_at timestamptz not null default now()  -- bookkeeping only, never used in logic
     )
     """,
+    # the audience's lift window when exported (marts.audience_outcomes reads it);
+    # added to export logs created before lift measurement existed
+    "alter table activation.export_log add column if not exists lift_window_days integer",
     """
     create index if not exists export_log_audience_date
         on activation.export_log (audience, as_of_date)
+    """,
+    """
+    create table if not exists activation.audience_lift (
+        as_of_date date not null,       -- the logical date the lift was measured on
+        audience text not null,
+        cohort_date date,               -- the export day; null: every complete cohort pooled
+        metric text not null check (metric in ('conversion', 'revenue_per_member')),
+        lift_window_days integer not null,
+        is_window_complete boolean not null,  -- false: "too early", read with care
+        count_treatment integer not null,
+        count_control integer not null,
+        treatment_value double precision,     -- rate or revenue per member
+        control_value double precision,
+        absolute_lift double precision,       -- treatment - control
+        absolute_lift_low double precision,   -- 95% interval
+        absolute_lift_high double precision,
+        relative_lift double precision,       -- absolute / control
+        relative_lift_low double precision,
+        relative_lift_high double precision,
+        incremental_revenue double precision, -- revenue_per_member lift x treatment members
+        incremental_revenue_low double precision,
+        incremental_revenue_high double precision,
+        unique nulls not distinct (as_of_date, audience, cohort_date, metric)
+    )
     """,
     """
     create table if not exists activation.push_log (
@@ -138,3 +165,8 @@ def ensure_activation_tables(conn) -> None:
     """Create the activation schema and tables if missing (idempotent); return nothing."""
     for statement in DDL:
         conn.execute(statement)
+    # dbt builds marts.audience_outcomes from these two (lifecycle.warehouse.LIFT_INPUTS);
+    # the owner of the tables may grant it, the schema's usage comes from bootstrap
+    if conn.execute("select to_regrole('lifecycle_transformer')").fetchone()[0]:
+        for name in ("export_log", "audience_membership"):
+            conn.execute(f"grant select on activation.{name} to lifecycle_transformer")

@@ -47,6 +47,7 @@ SECTIONS: tuple[tuple[str, str, SectionBuilder], ...] = (
     ("model", "Churn model evaluation", None),  # reads MLflow, not the warehouse
     ("segments", "Customer segments", sections.segments),
     ("audiences", "Audiences", sections.audiences),
+    ("lift", "Campaign lift", sections.lift),
     ("quality", "Data quality", sections.quality),
     ("loads", "Load runs", sections.loads),
 )

@@ -341,3 +341,37 @@ def histogram(
     ax.set_title(title, fontsize=10)
     _style(ax)
     return to_svg(fig, name)
+
+
+def intervals(
+    labels: Sequence[str],
+    values: Sequence[float],
+    lows: Sequence[float],
+    highs: Sequence[float],
+    complete: Sequence[bool],
+    name: str,
+    title: str,
+    ylabel: str,
+) -> str:
+    """Return a dot-and-interval chart (one row per label) around a zero line; rows whose
+    `complete` is False are drawn hollow and grey, labelled "too early"."""
+    import numpy as np
+
+    fig = _figure(5, 0.6 + 0.42 * max(len(labels), 1))
+    ax = fig.add_subplot()
+    y = np.arange(len(labels))
+    for i, (v, lo, hi, ok) in enumerate(zip(values, lows, highs, complete, strict=True)):
+        color = "#1f77b4" if ok else "#adb5bd"
+        ax.plot([lo, hi], [y[i], y[i]], color=color, linewidth=2)
+        ax.plot([v], [y[i]], "o", color=color, markerfacecolor=color if ok else "white")
+    ax.axvline(0, color="#495057", linewidth=0.8, linestyle="--")
+    ax.set_yticks(
+        y, [lab if ok else f"{lab} (too early)" for lab, ok in zip(labels, complete, strict=True)]
+    )
+    ax.invert_yaxis()
+    ax.set_xlabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(axis="x", color="#e9ecef", linewidth=0.8)
+    ax.set_axisbelow(True)
+    return to_svg(fig, name)

@@ -893,3 +893,127 @@ def loads(
     section.blocks += [Note(f"{why}.", "warn") for _, why in sorted((absent or {}).items())]
     section.facts = {"runs": len(rows), "failed": sum(r["status"] == "failed" for r in rows)}
     return section
+
+
+LIFT = "run `lifecycle lift --date {day}` (the daily activation step does) after the transform"
+
+
+def lift(conn: psycopg.Connection, day: dt.date) -> Section:
+    """Return the measured campaign lift on `day`: per audience, the conversion lift of each
+    export day (and of the complete cohorts pooled) with its 95% interval."""
+    require(conn, "activation.audience_lift", LIFT, day)
+    rows = _rows(
+        conn,
+        "select audience, cohort_date, metric, is_window_complete, lift_window_days, "
+        "count_treatment, count_control, treatment_value, control_value, absolute_lift, "
+        "absolute_lift_low, absolute_lift_high, relative_lift, incremental_revenue, "
+        "incremental_revenue_low, incremental_revenue_high "
+        "from activation.audience_lift where as_of_date = %(day)s "
+        "order by audience, cohort_date nulls last, metric",
+        {"day": day},
+    )
+    section = Section("lift", f"Campaign lift on {day}")
+    if not rows:
+        section.blocks.append(
+            Note(
+                f"No lift measured on {day}: there is no export day before it yet (lift is "
+                "measured from the day after an audience's first export), or "
+                + LIFT.format(day=day)
+                + "."
+            )
+        )
+        section.facts = {"cohorts": 0, "too_early": 0}
+        return section
+    conversion = [r for r in rows if r["metric"] == "conversion"]
+    revenue = {(r["audience"], r["cohort_date"]): r for r in rows if r["metric"] != "conversion"}
+    early = sum(1 for r in conversion if not r["is_window_complete"])
+    if early:
+        section.blocks.append(
+            Note(
+                f"{early} export day(s) are too early: their window is still open, so their "
+                "lift will move (grey, hollow). Read the complete ones; see docs/activation.md "
+                '"Reading lift; how long to wait".',
+                level="warning",
+            )
+        )
+    table_rows = []
+    for audience in dict.fromkeys(r["audience"] for r in conversion):
+        mine = [r for r in conversion if r["audience"] == audience and r["absolute_lift_low"]
+                is not None]  # fmt: skip
+        if mine:
+            section.blocks.append(
+                Chart(
+                    f"lift-{audience}",
+                    charts.intervals(
+                        [str(r["cohort_date"] or "pooled") for r in mine],
+                        [100 * r["absolute_lift"] for r in mine],
+                        [100 * r["absolute_lift_low"] for r in mine],
+                        [100 * r["absolute_lift_high"] for r in mine],
+                        [r["is_window_complete"] for r in mine],
+                        f"lift-{audience}",
+                        f"{audience}: conversion lift, treatment - control",
+                        "percentage points (95% interval)",
+                    ),
+                    f"{audience}: conversion of treatment minus control members in the "
+                    f"{mine[0]['lift_window_days']} days after each export day "
+                    "(marts.audience_outcomes); an interval clear of the dashed zero line is a "
+                    "measured effect.",
+                )
+            )
+        for r in (r for r in conversion if r["audience"] == audience):
+            rev = revenue.get((audience, r["cohort_date"])) or {}
+            table_rows.append(
+                {
+                    "audience": audience,
+                    "cohort": str(r["cohort_date"] or "complete, pooled"),
+                    "status": "complete" if r["is_window_complete"] else "too early",
+                    "treatment": r["count_treatment"],
+                    "control": r["count_control"],
+                    "conv_t": r["treatment_value"],
+                    "conv_c": r["control_value"],
+                    "lift": r["absolute_lift"],
+                    "interval": _interval(
+                        r["absolute_lift_low"], r["absolute_lift_high"], 100, " pts"
+                    ),
+                    "incremental": rev.get("incremental_revenue"),
+                    "incremental_interval": _interval(
+                        rev.get("incremental_revenue_low"),
+                        rev.get("incremental_revenue_high"),
+                        1,
+                        "",
+                    ),
+                }
+            )
+    section.blocks.append(
+        Table(
+            "lift",
+            "Measured lift per audience and export day (activation.audience_lift)",
+            [
+                ("audience", "audience"),
+                ("cohort", "export day"),
+                ("status", "window"),
+                ("treatment", "treatment"),
+                ("control", "control"),
+                ("conv_t", "conversion (treatment)"),
+                ("conv_c", "conversion (control)"),
+                ("lift", "lift"),
+                ("interval", "95% interval"),
+                ("incremental", "incremental revenue"),
+                ("incremental_interval", "95% interval"),
+            ],
+            table_rows,
+            units={"conv_t": "pct", "conv_c": "pct", "lift": "pct", "incremental": "usd"},
+        )
+    )
+    section.facts = {
+        "cohorts": len([r for r in conversion if r["cohort_date"] is not None]),
+        "too_early": early,
+    }
+    return section
+
+
+def _interval(low: float | None, high: float | None, scale: float, unit: str) -> str:
+    """Return "[low, high]" scaled, or "-" when not estimable."""
+    if low is None or high is None:
+        return "-"
+    return f"[{low * scale:+.1f}, {high * scale:+.1f}]{unit}"

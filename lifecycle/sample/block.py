@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lifecycle.sample import dirty
+from lifecycle.sample.campaign import add_campaign_orders
 from lifecycle.sample.context import RNG_BLOCK, Context, Table, concat_tables, take_rows
 from lifecycle.sample.orders import make_orders
 from lifecycle.sample.people import make_people
@@ -66,6 +67,8 @@ def make_block(ctx: Context, block: int) -> Block:
     people["n_orders"] = n_orders
     people["first_order"] = np.where(n_orders > 0, people["first_t"], -1)
     people["last_order"] = last
+    if ctx.campaign is not None:  # after the people's facts: they describe organic orders
+        orders, items = add_campaign_orders(ctx, block, people, orders, items)
     del orders["local"]
     del items["order_row"]
 

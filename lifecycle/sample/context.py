@@ -28,6 +28,7 @@ from lifecycle.sample.orders import Catalog, build_catalog
 from lifecycle.sample.text import SECONDS_PER_DAY, hash_uniform, splitmix64
 
 if TYPE_CHECKING:
+    from lifecycle.sample.campaign import Campaign
     from lifecycle.sample.world import WorldConfig
 
 RNG_BLOCK = 500  # people per RNG block
@@ -57,6 +58,7 @@ class Context:
     key_email: int
     key_account: int
     key_order: int
+    campaign: Campaign | None = None  # a known treatment effect (lifecycle/sample/campaign.py)
 
     def block_rngs(self, block: int) -> tuple[np.random.Generator, ...]:
         """Return the (people, orders, web, dirty) generators of block ``block``."""
@@ -88,7 +90,7 @@ def _key(seed: int, k: int) -> int:
     return int(splitmix64(np.array([seed * 7919 + k], dtype=np.uint64))[0] >> np.uint64(32))
 
 
-def build_context(config: WorldConfig) -> Context:
+def build_context(config: WorldConfig, campaign: Campaign | None = None) -> Context:
     """Return the shared world tables for ``config``."""
     start_day = (config.start - datetime.date(1970, 1, 1)).days
     n_days = (config.end - config.start).days + 1
@@ -123,6 +125,7 @@ def build_context(config: WorldConfig) -> Context:
         key_email=_key(config.seed, 1),
         key_account=_key(config.seed, 2),
         key_order=_key(config.seed, 3),
+        campaign=campaign,
     )
 
 

@@ -69,7 +69,7 @@ def build_catalog(rng: np.random.Generator, size: int) -> Catalog:
 
 def make_orders(ctx: Context, rng: np.random.Generator, people: Table) -> tuple[Table, Table]:
     """Return (orders, order_items) of a block of people, sorted by person then time."""
-    cfg, cal, cat = ctx.config, ctx.cal, ctx.catalog
+    cal = ctx.cal
     buyer = np.flatnonzero(~people["is_prospect"] & (people["first_t"] < cal.end_ts))
     first_t = people["first_t"][buyer]
     stop = np.minimum(people["dropout_t"][buyer], cal.end_ts)
@@ -82,6 +82,20 @@ def make_orders(ctx: Context, rng: np.random.Generator, people: Table) -> tuple[
     seq = np.arange(local.size) - starts
     keep = seq < MAX_ORDERS_PER_PERSON
     local, t, seq = local[keep], t[keep], seq[keep]
+    return orders_at(ctx, rng, people, local, t, seq)
+
+
+def orders_at(
+    ctx: Context,
+    rng: np.random.Generator,
+    people: Table,
+    local: np.ndarray,
+    t: np.ndarray,
+    seq: np.ndarray,
+) -> tuple[Table, Table]:
+    """Return (orders, order_items) placed by block people ``local`` at times ``t``, the
+    ``seq``-th order of each: values, items and statuses drawn from ``rng``."""
+    cfg, cal, cat = ctx.config, ctx.cal, ctx.catalog
     n_orders = local.size
 
     # Gamma-Gamma order value (USD target), then items that approximate it from the catalog

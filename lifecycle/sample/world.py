@@ -14,6 +14,10 @@ import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lifecycle.sample.campaign import Campaign
 
 GENERATOR = "lifecycle.sample"
 GENERATOR_VERSION = "1.0.0"
@@ -237,8 +241,13 @@ def generate_world(
     config: WorldConfig,
     out: Path,
     progress: Callable[[int, int], None] | None = None,
+    campaign: Campaign | None = None,
 ) -> WorldSummary:
-    """Write a sample world under `out` and return what was written."""
+    """Write a sample world under `out` and return what was written.
+
+    `campaign` (lifecycle/sample/campaign.py) adds a known treatment effect on the members
+    of an earlier export; without it the world is exactly what the config and seed give.
+    """
     from lifecycle.sample.writer import WorldWriter
 
     out = Path(out)
@@ -249,8 +258,10 @@ def generate_world(
         "config": config.to_dict(),
         "complete": False,
     }
+    if campaign is not None:
+        meta["campaign"] = campaign.to_dict()
     (out / "world.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", "utf-8")
-    writer = WorldWriter(config, out)
+    writer = WorldWriter(config, out, campaign)
     try:
         for lo, hi in writer.chunks():
             writer.write_chunk(lo, hi)

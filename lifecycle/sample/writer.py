@@ -22,6 +22,7 @@ from lifecycle.sample import dirty
 from lifecycle.sample import text as tx
 from lifecycle.sample.block import Block, concat_blocks, make_block
 from lifecycle.sample.calendar import CHANNELS, PAID_CHANNELS
+from lifecycle.sample.campaign import Campaign, finish_campaign_truth, write_campaign_truth
 from lifecycle.sample.context import RNG_BLOCK, Context, Table, build_context, take_rows
 from lifecycle.sample.names import EMAIL_DOMAINS, ascii_fold
 from lifecycle.sample.orders import STATUSES
@@ -87,11 +88,12 @@ def _quoted_table(values: list[str | None]) -> pa.Array:
 class WorldWriter:
     """Writes one world, chunk by chunk; see :func:`lifecycle.sample.world.generate_world`."""
 
-    def __init__(self, config: WorldConfig, out: Path) -> None:
+    def __init__(self, config: WorldConfig, out: Path, campaign: Campaign | None = None) -> None:
         """Open every output file, write headers and the spend file."""
         self.config = config
         self.out = out
-        self.ctx: Context = build_context(config)
+        self.ctx: Context = build_context(config, campaign)
+        self._campaign_rows: list[list] = []
         for sub in ("crm", "orders", "web/events", "marketing", "truth"):
             (out / sub).mkdir(parents=True, exist_ok=True)
         self._files = {
@@ -178,6 +180,8 @@ class WorldWriter:
         self._write_orders(chunk.orders, p, email, lo)
         self._write_items(chunk.items)
         self._write_truth(p, email)
+        if self.ctx.campaign is not None:
+            self._campaign_rows += write_campaign_truth(self.ctx, self.out, chunk.orders, p)
         del chunk, email
         # sort by file, then arrival; rebinding drops the unsorted copy (memory)
         if events["t"].size:
@@ -196,6 +200,8 @@ class WorldWriter:
     def finish(self) -> None:
         """Close every output file and write truth/dirty.csv from the spooled defects."""
         self._close_files()
+        if self.ctx.campaign is not None:
+            finish_campaign_truth(self.ctx, self.out, self._campaign_rows)
         with open(self.out / DIRTY_FILE, "wb") as out:
             out.write((",".join(DIRTY_COLUMNS) + "\n").encode("ascii"))
             for path in self._spool_paths:

@@ -40,8 +40,8 @@ def test_publish_moves_everything_and_views_follow_their_tables(warehouse) -> No
         "and relkind in ('r', 'v')",
     )
     result = gate_and_publish(DAY, settings)
-    assert len(result.published.relations) == built == 15
-    assert "published 15 relation(s) of 2024-03-31" in result.summary()
+    assert len(result.published.relations) == built == 16
+    assert "published 16 relation(s) of 2024-03-31" in result.summary()
     assert (
         _one(url, "select count(*) from pg_class where relnamespace = 'marts__build'::regnamespace")
         == 0

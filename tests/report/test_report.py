@@ -37,7 +37,7 @@ def test_bare_report_says_what_is_missing(report_world) -> None:
     page = read_page(report_world.bare_html)
     assert list(page.sections) == [key for key, _, _ in SECTIONS]
     missing = {k for k, s in page.sections.items() if not s["available"]}
-    assert missing == {"churn", "model", "segments", "audiences", "quality"}
+    assert missing == {"churn", "model", "segments", "audiences", "lift", "quality"}
     assert set(report_world.bare.unavailable) == missing
     text = page.sections["churn"]["text"]
     assert "not available: ml.scores_history does not exist yet" in text
@@ -237,7 +237,7 @@ def test_rebuild_gives_the_same_file(report_world, tmp_path) -> None:
     again = build_report(END, report_world.settings, out=tmp_path / "again.html")
     assert again.path.read_text(encoding="utf-8") == report_world.full_html
     assert again.rendered == report_world.full.rendered
-    assert "lifecycle report 2024-06-30: 12 sections, 13 charts" in again.summary()
+    assert "lifecycle report 2024-06-30: 13 sections, 13 charts" in again.summary()
     assert "not available: model: no MLflow tracking store" in again.summary()
     json.dumps(again.to_dict())  # JSON-able facts for XCom
 

@@ -89,6 +89,9 @@ def test_day_by_day_equals_full_refresh(world) -> None:
     assert "marts.customer_stage_history" in full and "marts.cohort_retention" in full
     for table in full:
         assert incremental[table] == full[table], f"{table} differs after the full refresh"
+        if table == "marts.audience_outcomes":  # follows export days: none in this world
+            assert full[table] == []
+            continue
         assert full[table], f"{table} is empty"
 
 
