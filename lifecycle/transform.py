@@ -322,7 +322,10 @@ def run_dbt(
     if isinstance(res.result, list):
         result.listed = [str(x) for x in res.result]
     if res.exception is not None:
-        raise TransformError(f"dbt {' '.join(args)} crashed: {res.exception}") from (
+        # dbt's database errors put the cause on the lines after "Database Error": keep
+        # them on the one line the CLI prints (e.g. the server ending the connection)
+        cause = " / ".join(x.strip() for x in str(res.exception).splitlines() if x.strip())
+        raise TransformError(f"dbt {' '.join(args)} crashed: {cause}") from (
             res.exception if isinstance(res.exception, BaseException) else None
         )
     if not result.success and raise_on_failure:

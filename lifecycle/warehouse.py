@@ -60,7 +60,8 @@ ROLES: dict[str, dict] = {
     # the rare analyst who needs names and emails: the marts in full (grant it by name)
     "lifecycle_pii_analyst": {"write": (), "read": ("marts",), "pii": True},
     # reverse-ETL tools: activation's tables, whose only personal columns are the contact
-    # fields the exports carry (lifecycle.pii.ACTIVATION_PII)
+    # fields the exports carry (lifecycle.pii.ACTIVATION_PII); the score tables' rows only
+    # of people an export sent to (row security: lifecycle.activation.tables.READER_ROWS)
     "lifecycle_activation_reader": {"write": (), "read": ("activation",), "pii": True},
 }
 
@@ -329,6 +330,9 @@ def bootstrap(url: str, passwords: dict[str, str] | None = None) -> None:
             for schema in SCHEMAS:
                 apply_grants(conn, schema)
             _grant_lift_inputs(conn)
+            from lifecycle.activation.tables import ensure_row_policies
+
+            ensure_row_policies(conn)  # activation's tables may predate the roles
             # the build schema of write-audit-publish, if a build is pending: the roles
             # that write marts build there (lifecycle.quality.publish.prepare_build)
             if conn.execute("select to_regnamespace(%s)", (BUILD_SCHEMA,)).fetchone()[0]:

@@ -161,6 +161,23 @@ DDL: tuple[str, ...] = (
 )
 
 
+#: Tables holding the contact fields (lifecycle.pii.ACTIVATION_PII) of every customer,
+#: exported or not: row-level security shows the activation reader only the rows of people
+#: an export sent to on that row's date (:data:`READER_ROWS`).
+READER_ROW_TABLES: tuple[str, ...] = ("customer_scores", "customer_scores_history")
+#: The rows `lifecycle_activation_reader` sees: consented and in that date's send list.
+READER_ROWS = (
+    "has_marketing_consent and exists (select 1 from activation.export_members m "
+    "where m.customer_key = {table}.customer_key and m.as_of_date = {table}.as_of_date "
+    "and m.list = 'send')"
+)
+#: Row policies: (name, role, command, USING, WITH CHECK).
+_POLICIES = (
+    ("activator_all_rows", "lifecycle_activator", "all", "true", "true"),
+    ("reader_exported_rows", "lifecycle_activation_reader", "select", READER_ROWS, None),
+)
+
+
 def ensure_activation_tables(conn) -> None:
     """Create the activation schema and tables if missing (idempotent); return nothing."""
     for statement in DDL:
@@ -170,3 +187,47 @@ def ensure_activation_tables(conn) -> None:
     if conn.execute("select to_regrole('lifecycle_transformer')").fetchone()[0]:
         for name in ("export_log", "audience_membership"):
             conn.execute(f"grant select on activation.{name} to lifecycle_transformer")
+    ensure_row_policies(conn)
+
+
+def ensure_row_policies(conn) -> None:
+    """Restrict the rows of :data:`READER_ROW_TABLES` per role (idempotent).
+
+    The activation reader (reverse-ETL tools) sees a customer's scores and contact fields
+    only where an export sent to them; the activator sees every row; owners and
+    superusers (the pipeline's own connection) are not subject to row security. Needs the
+    table's owner: skipped for a table the current user does not own, and for roles not
+    created yet (:func:`lifecycle.warehouse.bootstrap` calls this again).
+    """
+    roles = {
+        r[0]
+        for r in conn.execute(
+            "select rolname from pg_roles where rolname = any(%s)",
+            ([p[1] for p in _POLICIES],),
+        )
+    }
+    for table in READER_ROW_TABLES:
+        owned = conn.execute(
+            "select pg_has_role(current_user, relowner, 'USAGE') from pg_class "
+            "where oid = to_regclass(%s)",
+            (f"activation.{table}",),
+        ).fetchone()
+        if not owned or not owned[0]:
+            continue
+        conn.execute(f"alter table activation.{table} enable row level security")
+        present = {
+            r[0]
+            for r in conn.execute(
+                "select policyname from pg_policies where schemaname = 'activation' "
+                "and tablename = %s",
+                (table,),
+            )
+        }
+        for name, role, command, using, check in _POLICIES:
+            if name in present or role not in roles:
+                continue
+            statement = (
+                f"create policy {name} on activation.{table} for {command} to {role} "
+                f"using ({using.format(table=f'activation.{table}')})"
+            )
+            conn.execute(statement + (f" with check ({check})" if check else ""))

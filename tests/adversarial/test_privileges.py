@@ -239,3 +239,79 @@ def test_roles_are_nologin_unless_a_password_comes_from_the_settings(fresh_db, t
             ).fetchone()[0]
             == 0
         )
+
+
+#: Hand-built score rows: (customer_key, consent, send list on that date?, control list?)
+SCORE_ROWS = [
+    ("k_sent", True, True, False),
+    ("k_consent_not_exported", True, False, False),
+    ("k_no_consent_listed", False, True, False),  # inconsistent on purpose: consent rules
+    ("k_control", True, False, True),
+]
+
+
+def _visible(conn: psycopg.Connection, role: str, table: str) -> list[tuple]:
+    with conn.transaction():
+        conn.execute(f"set local role {role}")
+        got = conn.execute(
+            f"select customer_key, email from activation.{table} order by 1"
+        ).fetchall()
+        conn.execute("reset role")
+    return got
+
+
+def test_activation_reader_sees_contact_fields_only_of_people_exports_sent_to(
+    fresh_db, figures
+) -> None:
+    from lifecycle.activation.tables import READER_ROW_TABLES, ensure_activation_tables
+
+    day, other_day = "2024-03-31", "2024-03-30"
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        ensure_activation_tables(conn)  # tables before the roles exist: bootstrap adds rows rules
+    wh.bootstrap(fresh_db)
+    cells = 0
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        ensure_activation_tables(conn)  # again: idempotent
+        for table in READER_ROW_TABLES:
+            for key, consent, _sent, _control in SCORE_ROWS:
+                conn.execute(
+                    f"insert into activation.{table} (customer_key, email, first_name, "
+                    "has_marketing_consent, stage, stage_since, days_in_stage, "
+                    "recommended_action, is_scored, as_of_date, run_id) "
+                    "values (%s, %s, 'Zoë', %s, 'active', %s, 1, 'none', false, %s, 'r')",
+                    (key, f"{key}@x.example", consent, day, day),
+                )
+        for key, _, sent, control in SCORE_ROWS:
+            for flag, name in ((sent, "send"), (control, "control")):
+                if flag:
+                    conn.execute(
+                        "insert into activation.export_members values ('a', %s, %s, %s, %s)",
+                        (day, key, f"{key}@x.example", name),
+                    )
+        # sent on another date only: not a reason to see this date's row
+        conn.execute(
+            "insert into activation.export_members values ('b', %s, 'k_consent_not_exported', "
+            "'k@x.example', 'send')",
+            (other_day,),
+        )
+        for table in READER_ROW_TABLES:
+            assert _visible(conn, "lifecycle_activation_reader", table) == [
+                ("k_sent", "k_sent@x.example")
+            ]
+            assert len(_visible(conn, "lifecycle_activator", table)) == len(SCORE_ROWS)
+            assert len(conn.execute(f"select 1 from activation.{table}").fetchall()) == 4
+            # the reader cannot write, nor lift its own restriction
+            assert not attempt(
+                conn, "lifecycle_activation_reader", f"delete from activation.{table}"
+            )
+            assert not attempt(
+                conn,
+                "lifecycle_activation_reader",
+                f"alter table activation.{table} disable row level security",
+            )
+            # the activator still writes every row (activation runs as it may)
+            assert attempt(
+                conn, "lifecycle_activator", f"update activation.{table} set run_id = 'r2'"
+            )
+            cells += len(SCORE_ROWS) * 2 + 3
+    figures["activation row-security cells checked"] += cells
