@@ -11,9 +11,13 @@ from typing import Any
 
 import yaml
 
+#: How deep a configuration file may nest (sources.yml needs about 8 levels).
+MAX_DEPTH = 64
 
-class NoAliasLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses aliases."""
+
+class ConfigLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses aliases and collections nested more than
+    MAX_DEPTH levels (PyYAML would otherwise recurse until Python's own limit)."""
 
     def compose_node(self, parent, index):  # type: ignore[override]
         if self.check_event(yaml.AliasEvent):
@@ -21,26 +25,6 @@ class NoAliasLoader(yaml.SafeLoader):
             raise yaml.YAMLError(
                 f"aliases (*{event.anchor}) are not allowed, line {event.start_mark.line + 1}"
             )
-        return super().compose_node(parent, index)
-
-
-#: How deep a configuration file may nest (sources.yml needs about 8 levels).
-MAX_DEPTH = 64
-
-
-def load_config(text: str) -> Any:
-    """Return the YAML document `text`; raise yaml.YAMLError for bad YAML, an alias or
-    nesting deeper than MAX_DEPTH (PyYAML would recurse until Python's own limit)."""
-    try:
-        return yaml.load(text, Loader=_DepthLimited)  # noqa: S506 - a SafeLoader subclass
-    except RecursionError:
-        raise yaml.YAMLError(f"nested more than {MAX_DEPTH} levels deep") from None
-
-
-class _DepthLimited(NoAliasLoader):
-    """Refuses collections nested more than MAX_DEPTH levels."""
-
-    def compose_node(self, parent, index):  # type: ignore[override]
         self._depth = getattr(self, "_depth", 0) + 1
         try:
             if self._depth > MAX_DEPTH:
@@ -51,3 +35,9 @@ class _DepthLimited(NoAliasLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+
+def load_config(text: str) -> Any:
+    """Return the YAML document `text`; raise yaml.YAMLError for bad YAML, an alias or
+    nesting deeper than MAX_DEPTH."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass

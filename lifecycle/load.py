@@ -527,18 +527,19 @@ _VALUES = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|0x[0-9a-f]+|\d+")
 
 
 def _most_rejected(rejected: list[tuple]) -> str:
-    """Return ``; most: <reason> (n rows)`` for the commonest kind of reason, with a hint
-    when that is a file in another encoding than UTF-8."""
-    if not rejected:
+    """Return ``; most: <reason> (n rows alike)`` for the commonest kind of reason (its
+    values masked), with a hint when that is a file in another encoding than UTF-8."""
+    kinds: collections.Counter[str] = collections.Counter()
+    examples: dict[str, str] = {}
+    for *_, reason, _payload in rejected:
+        for part in reason.split("; "):
+            kind = _VALUES.sub("…", part)
+            kinds[kind] += 1
+            examples.setdefault(kind, part)
+    if not kinds:
         return ""
-    kinds = collections.Counter(
-        _VALUES.sub("…", part) for *_, reason, _payload in rejected for part in reason.split("; ")
-    )
     kind, n = kinds.most_common(1)[0]
-    example = next(
-        part for *_, reason, _payload in rejected for part in reason.split("; ")
-        if _VALUES.sub("…", part) == kind
-    )  # fmt: skip
+    example = examples[kind]
     return f"; most: {example} ({n} row{'s' if n != 1 else ''} alike){encoding_hint(example)}"
 
 

@@ -39,6 +39,8 @@ def _is_dir(path: str) -> bool:
 
 def file_batch(entity: RawEntity, src: Source, emap: EntityMap, sources: SourcesFile) -> Batch:
     """Return the batch of the files of `entity` (every row, placed by the loader's window)."""
+    from lifecycle.load import LoadError
+
     path = sources.path_of(src, emap)
     assert path, "the sources file validation requires a path"
     key = f"sources.{entity.source}.entities.{entity.entity}.path"
@@ -47,14 +49,10 @@ def file_batch(entity: RawEntity, src: Source, emap: EntityMap, sources: Sources
     except (ImportError, ValueError, OSError) as exc:
         # fsspec's words for an unknown scheme, a missing driver (s3fs, gcsfs) or an
         # unreachable host: said against the key that names the path.
-        from lifecycle.load import LoadError
-
         raise LoadError(f"{sources.origin}: {key}: cannot list {path}: {exc}") from exc
     if not found and sources.origin != "built-in" and not any(c in path for c in "*?["):
         # A glob may match nothing yet (files still to come); a file named in the user's
         # sources file that is not there is a mistake, not an empty source.
-        from lifecycle.load import LoadError
-
         raise LoadError(
             f"{sources.origin}: {key}: no file at {path}"
             + (" (a folder: name the file or a glob)" if _is_dir(path) else "")

@@ -113,6 +113,12 @@ def number_text(values: pa.Array) -> pa.Array:
 #: What marks a number as written money: a currency sign, or accounting parentheses.
 _MONEY_MARKS = r"\p{Sc}|^\(.*\)$"
 
+
+def _written_as_money(text: pa.Array) -> bool:
+    """True when any value of `text` carries a currency sign or accounting parentheses."""
+    return bool(pc.any(pc.match_substring_regex(text, _MONEY_MARKS)).as_py())
+
+
 #: Patterns of the strptime directives (to read the day of the month back, see
 #: _strptime); a directive not listed matches any run of non-space characters.
 _DIRECTIVE_PATTERNS = {
@@ -447,7 +453,7 @@ class Mapper:
 
     # --------------------------------------------------------------------- numbers
 
-    def _normalized(self, text: pa.Array) -> pa.Array:
+    def _normalized(self, text: pa.Array, money: bool | None = None) -> pa.Array:
         """Return numbers as text with ``.`` as decimal point and no thousands separator.
 
         Spreadsheet and point-of-sale exports write money as ``$1,234.56``, ``12,50 €``
@@ -456,7 +462,7 @@ class Mapper:
         the mapping's ``currency`` still does) and accounting parentheses are a minus.
         """
         text = pc.utf8_trim_whitespace(text)
-        if pc.any(pc.match_substring_regex(text, _MONEY_MARKS)).as_py():
+        if _written_as_money(text) if money is None else money:
             text = pc.replace_substring_regex(text, r"^\((.*)\)$", "-\\1")
             text = pc.replace_substring_regex(text, r"^([-+]?)\s*\p{Sc}\s*", "\\1")
             text = pc.replace_substring_regex(text, r"\s*\p{Sc}\s*$", "")
@@ -491,13 +497,10 @@ class Mapper:
         if fmap.scale is not None:
             number, bad = self._number(f.name, text)
             return number_text(pc.multiply(number, fmap.scale)), bad
-        if (
-            self.fmt.decimal_separator == "."
-            and not self.fmt.thousands_separator
-            and not pc.any(pc.match_substring_regex(text, _MONEY_MARKS)).as_py()
-        ):
+        money = _written_as_money(text)
+        if self.fmt.decimal_separator == "." and not self.fmt.thousands_separator and not money:
             return text, None  # the checker reads (and rejects) the text as it is
-        normalized = self._normalized(text)
+        normalized = self._normalized(text, money)
         number = _cast(normalized, pa.float64())
         bad = pc.and_(pc.is_valid(text), pc.is_null(number))
         if not pc.any(bad).as_py():
