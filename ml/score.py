@@ -25,7 +25,7 @@ from psycopg import sql
 
 from lifecycle.settings import Settings
 from ml import features as ft
-from ml.tables import RISK_BANDS, SCORE_COLUMNS, ensure_ml_tables
+from ml.tables import CLV_VALUE_COLUMNS, RISK_BANDS, SCORE_COLUMNS, ensure_ml_tables
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,11 @@ class ScoreError(RuntimeError):
 
 @dataclass
 class Champions:
-    """The three champion models and their registered versions."""
+    """The champion models and their registered versions; `clv` is None when there is no CLV
+    champion (the data could not fit BG/NBD): customers are scored without CLV columns."""
 
     churn: Any
-    clv: Any
+    clv: Any | None
     segmentation: Any
     versions: dict[str, str]
 
@@ -69,6 +70,10 @@ class ScoreResult:
         """Return a short readable report for a task log or the CLI."""
         bands = ", ".join(f"{b} {self.risk_bands.get(b, 0)}" for b in RISK_BANDS)
         versions = ", ".join(f"{k} v{v}" for k, v in self.versions.items())
+        from ml.tracking import CLV_MODEL
+
+        if CLV_MODEL not in self.versions:
+            versions += ", no CLV champion (p_alive and CLV left empty)"
         return (
             f"scored {self.rows} customers as of {self.score_date} in {self.chunks} chunk(s), "
             f"{self.elapsed_s:.1f}s ({self.customers_per_s:.0f}/s); risk bands: {bands}; "
@@ -95,20 +100,21 @@ def load_champions(settings: Settings) -> Champions:
 
     try:
         churn, v_churn = tracking.load_champion(settings, tracking.CHURN_MODEL, sklearn=True)
-        clv, v_clv = tracking.load_champion(settings, tracking.CLV_MODEL)
         seg, v_seg = tracking.load_champion(settings, tracking.SEGMENTATION_MODEL)
     except tracking.NoChampionError as exc:
         raise ScoreError(str(exc)) from exc
-    return Champions(
-        churn,
-        clv,
-        seg,
-        {
-            tracking.CHURN_MODEL: v_churn,
-            tracking.CLV_MODEL: v_clv,
-            tracking.SEGMENTATION_MODEL: v_seg,
-        },
-    )
+    versions = {tracking.CHURN_MODEL: v_churn, tracking.SEGMENTATION_MODEL: v_seg}
+    try:
+        clv, versions[tracking.CLV_MODEL] = tracking.load_champion(settings, tracking.CLV_MODEL)
+    except tracking.NoChampionError:
+        # orders with too few repeat buyers for BG/NBD (`lifecycle train` said so): churn risk
+        # and segments are still worth exporting, so score without the CLV columns
+        log.warning(
+            "no champion of %s: scoring without p_alive, expected purchases and CLV",
+            tracking.CLV_MODEL,
+        )
+        clv = None
+    return Champions(churn, clv, seg, versions)
 
 
 def score_chunk(
@@ -121,7 +127,10 @@ def score_chunk(
     p = champions.churn.churn_probability(features)
     reasons = champions.churn.explain(features, p)
     indexed = features.set_index("customer_key")
-    clv = champions.clv.predict(indexed[list(ft.RFM_COLUMNS)])
+    if champions.clv is None:
+        clv = pd.DataFrame(index=indexed.index, columns=list(CLV_VALUE_COLUMNS), dtype="float64")
+    else:
+        clv = champions.clv.predict(indexed[list(ft.RFM_COLUMNS)])
     seg_cols = list(champions.segmentation.features)
     segments = champions.segmentation.predict(indexed[seg_cols].astype("float64").fillna(0.0))
     return pd.DataFrame(
@@ -139,7 +148,7 @@ def score_chunk(
             "clv_12m": clv["clv_12m"].to_numpy(),
             "churn_model_version": champions.versions[tracking.CHURN_MODEL],
             "segmentation_model_version": champions.versions[tracking.SEGMENTATION_MODEL],
-            "clv_model_version": champions.versions[tracking.CLV_MODEL],
+            "clv_model_version": champions.versions.get(tracking.CLV_MODEL),
             "run_id": run_id,
         },
         columns=list(SCORE_COLUMNS),

@@ -29,6 +29,17 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "run_id",
 )
 
+#: What the CLV champion predicts per customer (ml.scores_history columns of the same names).
+CLV_VALUE_COLUMNS: tuple[str, ...] = (
+    "p_alive",
+    "expected_purchases_12m",
+    "expected_order_value",
+    "clv_12m",
+)
+#: Columns of ml.scores_history that come from the CLV champion: all null on every row of a
+#: score date when there is none (the data could not fit BG/NBD; churn and segments still are).
+CLV_SCORE_COLUMNS: tuple[str, ...] = (*CLV_VALUE_COLUMNS, "clv_model_version")
+
 SCORES_HISTORY_DDL = """
 create table if not exists ml.scores_history (
     score_date date not null,              -- the logical date the scores are as of
@@ -39,13 +50,13 @@ create table if not exists ml.scores_history (
     top_reasons text not null,             -- human-readable, '; '-separated, strongest first
     segment_id integer not null,           -- stable across retrains
     segment_name text not null,
-    p_alive double precision not null check (p_alive >= 0 and p_alive <= 1),
-    expected_purchases_12m double precision not null check (expected_purchases_12m >= 0),
-    expected_order_value double precision not null check (expected_order_value >= 0),
-    clv_12m double precision not null check (clv_12m >= 0),
+    p_alive double precision check (p_alive >= 0 and p_alive <= 1),
+    expected_purchases_12m double precision check (expected_purchases_12m >= 0),
+    expected_order_value double precision check (expected_order_value >= 0),
+    clv_12m double precision check (clv_12m >= 0),
     churn_model_version text not null,     -- registered model version of each champion used
     segmentation_model_version text not null,
-    clv_model_version text not null,
+    clv_model_version text,                -- null with the four CLV columns: no CLV champion
     run_id text not null,                  -- the scoring run (e.g. Airflow run id or uuid)
     primary key (score_date, customer_key)
 )
@@ -56,3 +67,15 @@ def ensure_ml_tables(conn) -> None:
     """Create the ``ml`` tables of the contract if missing (idempotent); return nothing."""
     conn.execute("create schema if not exists ml")
     conn.execute(SCORES_HISTORY_DDL)
+    # a warehouse made before scoring could run without a CLV champion has these not null:
+    # relax them once (an ALTER takes an exclusive lock, so only when one is still not null)
+    strict = conn.execute(
+        "select column_name from information_schema.columns where table_schema = 'ml' "
+        "and table_name = 'scores_history' and is_nullable = 'NO' and column_name = any(%s)",
+        (list(CLV_SCORE_COLUMNS),),
+    ).fetchall()
+    if strict:
+        conn.execute(
+            "alter table ml.scores_history "
+            + ", ".join(f"alter column {name} drop not null" for (name,) in strict)
+        )

@@ -69,11 +69,11 @@ def trained(embedded_settings, tmp_path_factory):
             text=True,
             timeout=600,
         )
-        yield proc, home, sources
+        yield proc, home, sources, settings_for(home, url, world)
 
 
 def test_train_reports_the_clv_fit_the_data_cannot_support_and_trains_the_rest(trained):
-    proc, _, _ = trained
+    proc, *_ = trained
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if "not trained" in ln]
@@ -93,7 +93,7 @@ def test_churn_and_segmentation_drop_the_absent_sources_features(trained):
     from ml import tracking
     from ml.churn import load_churn_spec
 
-    _, home, sources = trained
+    _, home, sources, _ = trained
     settings = load_settings(
         {"LIFECYCLE_HOME": str(home), "LIFECYCLE_WAREHOUSE_URL": "postgresql://unused@127.0.0.1/x"}
     )
@@ -139,3 +139,54 @@ def test_churn_and_segmentation_drop_the_absent_sources_features(trained):
     ]
     assert seg["roles.engagement"] == "None"  # no cluster is named after web visits
     assert seg["dropped_features"] == "sessions_90d"
+
+
+def test_customers_are_scored_gated_and_activated_without_a_clv_champion(trained):
+    """Orders with too few repeat buyers for BG/NBD still give churn risk and segments: the
+    daily score task must not wait forever for a CLV champion that the data cannot fit."""
+    import psycopg
+
+    from lifecycle.activation.run import run_activation
+    from lifecycle.quality.gate import validate_layer
+    from ml.score import score
+
+    *_, settings = trained
+    result = score(AS_OF, settings)
+    assert result.rows == 44
+    assert set(result.versions) == {"lifecycle_churn", "lifecycle_segmentation"}
+    assert (
+        "models: lifecycle_churn v1, lifecycle_segmentation v1, "
+        "no CLV champion (p_alive and CLV left empty)"
+    ) in result.summary()
+    with psycopg.connect(settings.warehouse_url) as conn:
+        counts = conn.execute(
+            "select count(*), count(churn_probability), count(segment_name), count(p_alive), "
+            "count(expected_purchases_12m), count(expected_order_value), count(clv_12m), "
+            "count(clv_model_version), min(churn_model_version) "
+            "from ml.scores_history where score_date = %s",
+            (AS_OF,),
+        ).fetchone()
+    assert counts == (44, 44, 44, 0, 0, 0, 0, 0, "1")
+    verdict = validate_layer("scores", AS_OF, settings)
+    assert verdict.passed, [str(vars(o)) for o in verdict.failures]
+    with psycopg.connect(settings.warehouse_url) as conn:  # a CLV value with no CLV model
+        conn.execute(
+            "update ml.scores_history set clv_12m = 1 where score_date = %s "
+            "and customer_key = (select min(customer_key) from ml.scores_history)",
+            (AS_OF,),
+        )
+    mixed = validate_layer("scores", AS_OF, settings)
+    assert [(o.expectation, o.observed_value) for o in mixed.failures] == [
+        ("unexpected_rows_expectation", 1)
+    ]
+    again = score(AS_OF, settings)  # a rerun replaces the partition: same rows
+    assert again.rows == 44
+    assert validate_layer("scores", AS_OF, settings).passed
+    run_activation(AS_OF, settings)
+    with psycopg.connect(settings.warehouse_url) as conn:
+        scored = conn.execute(
+            "select count(*) filter (where is_scored), count(clv_12m) "
+            "from activation.customer_scores_history where as_of_date = %s",
+            (AS_OF,),
+        ).fetchone()
+    assert scored == (44, 0)
