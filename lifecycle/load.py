@@ -460,7 +460,7 @@ def load_batch(
                     raise LoadError(
                         f"{entity.qualified} {logical_date}: {result.rows_quarantined} of "
                         f"{considered} rows rejected ({share:.1%}), more than the allowed "
-                        f"{max_reject_share:.1%}; nothing was published"
+                        f"{max_reject_share:.1%} (max_reject_share); nothing was published"
                         + _most_rejected(state["quarantine"] + state["unplaced"])
                         + f". See raw.quarantine where _batch_id = '{bid}'"
                     )
@@ -540,15 +540,27 @@ def _most_rejected(rejected: list[tuple]) -> str:
         return ""
     kind, n = kinds.most_common(1)[0]
     example = examples[kind]
-    return f"; most: {example} ({n} row{'s' if n != 1 else ''} alike){encoding_hint(example)}"
+    return f"; most: {example} ({n} row{'s' if n != 1 else ''} alike){reject_hint(example)}"
 
 
-def encoding_hint(reason: str) -> str:
-    """Return what to do about rows rejected as broken UTF-8 ("" for other reasons)."""
+#: Fields without which a row cannot be attributed to anyone (guest checkouts, say).
+_WHO_FIELDS = ("customer_id", "anonymous_id", "user_id")
+
+
+def reject_hint(reason: str) -> str:
+    """Return what to do about the commonest reason rows were rejected ("" when nothing
+    general helps): a file in another encoding than UTF-8, or rows with no customer."""
     if reason.startswith("broken encoding") and reason.endswith("UTF-8"):
         return (
             "; the file is not UTF-8: set format.encoding in the sources file (cp1252 or "
             "latin-1 for most Western European exports)"
+        )
+    field = reason.removesuffix(" is empty").removesuffix(": empty")
+    if field != reason and field in _WHO_FIELDS:
+        return (
+            f"; rows without {field} (guest checkouts, say) cannot be attributed to a "
+            "customer: if the export has them, allow their share with max_reject_share on "
+            "this entity in the sources file (they stay in raw.quarantine, counted)"
         )
     return ""
 

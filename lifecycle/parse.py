@@ -587,6 +587,11 @@ class Checker:
                 own.append((f, "currency", pc.invert(pc.fill_null(
                     pc.match_substring_regex(text, r"^[A-Za-z]{3}$"), True))))  # fmt: skip
                 loads[f.name] = pc.utf8_upper(load)
+            if f.identifier:
+                # the float's ".0" would make 17850.0 and 17850 two customers
+                loads[f.name] = values[f.name] = pc.replace_substring_regex(
+                    load, r"^(-?\d+)\.0+$", r"\1"
+                )
             if f.not_future:
                 bound = _scalar_for(f.type, self.window.end)
                 own.append((f, "future", pc.fill_null(pc.greater(value, bound), False)))

@@ -42,6 +42,9 @@ class Field:
     not_future: bool = False  # timestamps/dates: not after the end of the load interval
     pg_type: str | None = None  # the column type when PG_TYPES' is too coarse (rates)
     currency_code: bool = False  # text: an ISO 4217 code (three letters, stored upper-case)
+    # text: an identifier; a whole number written as a float (``17850.0``, as pandas and
+    # spreadsheets write an id column that has blanks) is stored as ``17850``
+    identifier: bool = False
 
     @property
     def column_type(self) -> str:
@@ -107,7 +110,7 @@ CRM_CONTACTS = RawEntity(
     "crm",
     "contacts",
     (
-        _T("id", required=True, nullable=False),
+        _T("id", required=True, nullable=False, identifier=True),
         _T("email"),
         _T("first_name"),
         _T("last_name"),
@@ -131,7 +134,7 @@ WEB_EVENTS = RawEntity(
     (
         _T("event_id", required=True, nullable=False),
         _T("anonymous_id"),
-        _T("user_id"),
+        _T("user_id", identifier=True),
         _T("email"),
         _T("event", required=True, nullable=False),
         _T("timestamp", "timestamp", required=True, nullable=False, not_future=True),
@@ -141,7 +144,7 @@ WEB_EVENTS = RawEntity(
         _T("utm_source"),
         _T("utm_medium"),
         _T("utm_campaign"),
-        _T("order_id"),
+        _T("order_id", identifier=True),
         _T("product_id"),
     ),
     key=("event_id",),
@@ -155,8 +158,8 @@ ORDERS = RawEntity(
     "orders",
     "orders",
     (
-        _T("order_id", required=True, nullable=False),
-        _T("customer_id", required=True, nullable=False),
+        _T("order_id", required=True, nullable=False, identifier=True),
+        _T("customer_id", required=True, nullable=False, identifier=True),
         _T("email"),
         _T("ordered_at", "timestamp", required=True, nullable=False, not_future=True),
         _T("updated_at", "timestamp", not_future=True),
@@ -177,8 +180,8 @@ ORDER_ITEMS = RawEntity(
     "orders",
     "order_items",
     (
-        _T("order_item_id", required=True, nullable=False),
-        _T("order_id", required=True, nullable=False),
+        _T("order_item_id", required=True, nullable=False, identifier=True),
+        _T("order_id", required=True, nullable=False, identifier=True),
         _T("product_id"),
         _T("quantity", "integer", non_negative=True),
         _T("unit_price", "numeric", non_negative=True),

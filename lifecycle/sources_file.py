@@ -302,6 +302,19 @@ class EntityMap(_Strict):
     )
     timezone: Zone | None = None
     currency: Currency | None = None
+    max_reject_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="share of a batch's rows that may be quarantined before the batch is "
+        "refused (default: LIFECYCLE_MAX_REJECT_SHARE)",
+    )
+
+    def reject_limit(self, settings: Settings) -> float:
+        """Return the share of rows a load of this entity may quarantine."""
+        if self.max_reject_share is not None:
+            return self.max_reject_share
+        return settings.max_reject_share
 
     @field_validator("columns", mode="before")
     @classmethod

@@ -30,6 +30,7 @@ Conventions (those of ``lifetimes``):
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Mapping
@@ -40,6 +41,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import optimize, special, stats
+
+log = logging.getLogger(__name__)
 
 #: Days per internal time unit of the BG/NBD (weeks).
 TIME_UNIT_DAYS = 7.0
@@ -279,10 +282,15 @@ def _penalised(
 
 
 def _minimize(
-    fun_and_grad: Any, x0: np.ndarray, what: str, names: tuple[str, ...]
+    fun_and_grad: Any,
+    x0: np.ndarray,
+    what: str,
+    names: tuple[str, ...],
+    limit_ok: tuple[str, ...] = (),
 ) -> optimize.OptimizeResult:
     """Return the optimum of `fun_and_grad` (value, gradient) over bounded log-parameters,
-    or raise CLVFitError."""
+    or raise CLVFitError. The parameters of `limit_ok` alone may end on the upper bound:
+    the caller knows the limit there is a model of its own (and says so)."""
     bounds = [(-_LOG_BOUND, _LOG_BOUND)] * len(x0)
 
     def objective(params: np.ndarray) -> float:
@@ -327,7 +335,8 @@ def _minimize(
             "check the input for extreme values"
         )
     at_bound = [n for n, v in zip(names, res.x, strict=True) if abs(v) >= _LOG_BOUND - 1e-3]
-    if at_bound:
+    at_limit = [n for n, v in zip(names, res.x, strict=True) if v >= _LOG_BOUND - 1e-3]
+    if at_bound and not (at_bound == at_limit and set(at_bound) <= set(limit_ok)):
         values = ", ".join(f"{n}={math.exp(v):.3g}" for n, v in zip(names, res.x, strict=True))
         raise CLVFitError(
             f"{what} fit is degenerate: parameter(s) {at_bound} ran to the edge of the "
@@ -602,9 +611,20 @@ def fit_gamma_gamma(
         ll, grad = _gg_ll_and_grad(log_params, xu, mu_scaled)
         return _penalised(ll, grad, weights, log_params, penalizer)
 
-    res = _minimize(objective, np.zeros(3), "Gamma-Gamma", ("p", "q", "v"))
+    # q -> infinity (v following, p v / (q - 1) finite) is the limit where every customer
+    # has the same mean spend: a real answer for a shop whose order values do not differ by
+    # customer, in which each expected order value is the population mean. It is kept at
+    # the bound, where the shrinkage weight p x / (p x + q - 1) is already below 1e-5.
+    res = _minimize(objective, np.zeros(3), "Gamma-Gamma", ("p", "q", "v"), limit_ok=("q",))
     p, q, v = (float(val) for val in np.exp(res.x))
     v *= scale
+    if res.x[1] >= _LOG_BOUND - 1e-3:
+        log.warning(
+            "Gamma-Gamma: order values do not vary by customer beyond chance (q ran to %.3g); "
+            "every expected order value is the population mean %.4g",
+            q,
+            p * v / (q - 1),
+        )
     if q <= 1:
         raise CLVFitError(
             f"Gamma-Gamma fit gave q = {q:.3g} <= 1: spend is so heavy-tailed that the mean "

@@ -142,7 +142,7 @@ def _extract_entity(
         window,
         mapper.map_chunks(chunks),
         files=batch.files,
-        max_reject_share=settings.max_reject_share,
+        max_reject_share=emap.reject_limit(settings),
         cursor=emap.cursor,
         window_filter=batch.window_filter,
         timezone=mapper.timezone,

@@ -475,7 +475,7 @@ def _judge(
     settings: Settings,
 ) -> None:
     """Turn what the sample shows into errors naming the field and the offending value."""
-    from lifecycle.load import encoding_hint
+    from lifecycle.load import reject_hint
 
     key = f"{sources.origin}: {entity_key(entity)}"
     for fr in report.fields:
@@ -500,7 +500,7 @@ def _judge(
             )
     if report.errors or not (report.mapped or report.row_reasons):
         return
-    if report.share > settings.max_reject_share:
+    if report.share > (limit := emap.reject_limit(settings)):
         worst = max(report.fields, key=lambda fr: fr.quarantined)
         if worst.quarantined:
             what, _ = worst.reasons.most_common(1)[0]
@@ -513,8 +513,8 @@ def _judge(
         report.errors.append(
             f"{where}: {report.share:.1%} of {report.mapped + sum(report.row_reasons.values())} "
             f"sampled rows would be quarantined, more than an extract allows "
-            f"({settings.max_reject_share:.1%}, LIFECYCLE_MAX_REJECT_SHARE); most: {top}"
-            + encoding_hint(top)
+            f"({limit:.1%}, {entity_key(entity)}.max_reject_share or LIFECYCLE_MAX_REJECT_SHARE); "
+            f"most: {top}" + reject_hint(top)
         )
 
 

@@ -110,7 +110,8 @@ def test_bad_rows_are_counted_with_their_reason(tmp_path: Path, shop: Path) -> N
     assert error == (
         f"error: {tmp_path / 'sources.yml'}: sources.orders.entities.orders.columns.amount: "
         "25.0% of 4 sampled rows would be quarantined, more than an extract allows (5.0%, "
-        "LIFECYCLE_MAX_REJECT_SHARE); most: amount: negative, e.g. -5.00"
+        "sources.orders.entities.orders.max_reject_share or LIFECYCLE_MAX_REJECT_SHARE); "
+        "most: amount: negative, e.g. -5.00"
     )
     amount = next(line for line in result.stdout.splitlines() if line.startswith("  amount"))
     assert amount.endswith("25.0%  negative x1 (e.g. -5.00)")

@@ -322,6 +322,22 @@ def test_fits_refuse_empty_and_degenerate_data() -> None:
         fit_bgnbd(np.full(n, 100), np.full(n, 700.0), T)
 
 
+def test_gamma_gamma_without_spend_heterogeneity_predicts_the_population_mean() -> None:
+    """Every customer's orders drawn around the same mean (one shop, one basket): the
+    likelihood's optimum is the limit q -> infinity, which is a model (everyone's expected
+    order value is the mean), not a failure to fit."""
+    rng = np.random.default_rng(3)  # a draw whose optimum is the limit (about half are)
+    frequency = 1 + rng.poisson(2.0, 1_500)
+    # the mean of x repeat order values of Gamma(4, scale 10): mean 40 for every customer
+    monetary = np.array([rng.gamma(4.0, 10.0, k).mean() for k in frequency])
+    params = fit_gamma_gamma(frequency, monetary)
+    assert params.q > 3e6  # ran to the limit (e^15), which used to fail the fit
+    expected = gg_expected_order_value(params, frequency, monetary)
+    population = params.p * params.v / (params.q - 1)
+    assert population == pytest.approx(40.0, rel=0.03)
+    assert np.allclose(expected, population, rtol=1e-4)
+
+
 def test_gamma_gamma_refuses_infinite_mean_spend() -> None:
     """Customers' mean spend with a Pareto tail of index 0.6 (no finite mean): the fit finds
     q < 1 and says why instead of returning an infinite expected order value."""
