@@ -261,7 +261,9 @@ def test_a_pandas_written_export_with_guest_rows_loads_with_its_own_reject_limit
         "has them, allow their share with max_reject_share on this entity in the sources file "
         "(they stay in raw.quarantine, counted)"
     ) in refused.stderr
-    allowed = text.replace("        grain: line", "        grain: line\n        max_reject_share: 0.6")
+    allowed = text.replace(
+        "        grain: line", "        grain: line\n        max_reject_share: 0.6"
+    )
     out = extract(tmp_path, fresh_db, "2011-12-09", sources_file(tmp_path, allowed))
     assert "raw.orders__orders 2011-12-09 success: 14 read, 6 loaded, 8 quarantined" in out
     got = orders(fresh_db)
