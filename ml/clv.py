@@ -54,6 +54,8 @@ _NOT_FINITE = 1e300
 #: Largest gradient component (of the mean log-likelihood per customer, in log-parameters)
 #: a fit may end with: beyond it the search stalled rather than converged.
 _GRADIENT_TOL = 1e-3
+#: Gamma-Gamma's q beyond which the fit is the no-spend-heterogeneity limit (see the fit).
+_NO_SPEND_HETEROGENEITY_Q = 1e4
 #: Purchase processes CLVModel knows: BG/NBD and the modified BG/NBD.
 PROCESSES = ("bgnbd", "mbgnbd")
 #: Columns ``CLVModel.predict`` returns, in order.
@@ -298,8 +300,11 @@ def _minimize(
 
     def converged(result: optimize.OptimizeResult) -> bool:
         """Return whether `result` is a finite point where the gradient vanishes (or points
-        out of the search box on a bound): a real optimum, not a stalled search."""
-        if not (result.success and np.isfinite(result.fun) and np.all(np.isfinite(result.x))):
+        out of the search box on a bound): a real optimum, not a stalled search. The
+        optimiser's own flag is not asked: on a flat ridge (Gamma-Gamma with spend alike
+        across customers) L-BFGS-B ends "ABNORMAL" and Nelder-Mead runs out of iterations at
+        a point whose gradient is zero all the same."""
+        if not (np.isfinite(result.fun) and np.all(np.isfinite(result.x))):
             return False
         grad = np.asarray(fun_and_grad(result.x)[1])
         free = np.abs(result.x) < _LOG_BOUND - 1e-3
@@ -611,14 +616,20 @@ def fit_gamma_gamma(
         ll, grad = _gg_ll_and_grad(log_params, xu, mu_scaled)
         return _penalised(ll, grad, weights, log_params, penalizer)
 
-    # q -> infinity (v following, p v / (q - 1) finite) is the limit where every customer
-    # has the same mean spend: a real answer for a shop whose order values do not differ by
-    # customer, in which each expected order value is the population mean. It is kept at
-    # the bound, where the shrinkage weight p x / (p x + q - 1) is already below 1e-5.
-    res = _minimize(objective, np.zeros(3), "Gamma-Gamma", ("p", "q", "v"), limit_ok=("q",))
+    # q, v -> infinity together (p v / (q - 1) finite) is the limit where every customer has
+    # the same mean spend: a real answer for a shop whose order values do not differ by
+    # customer, in which each expected order value is the population mean. It is kept where
+    # the search stopped (q or v on the bound, the other following), where the shrinkage
+    # weight p x / (p x + q - 1) is already below 1e-3.
+    res = _minimize(objective, np.zeros(3), "Gamma-Gamma", ("p", "q", "v"), limit_ok=("q", "v"))
     p, q, v = (float(val) for val in np.exp(res.x))
     v *= scale
-    if res.x[1] >= _LOG_BOUND - 1e-3:
+    if max(res.x[1], res.x[2]) >= _LOG_BOUND - 1e-3:
+        if q < _NO_SPEND_HETEROGENEITY_Q:
+            raise CLVFitError(
+                f"Gamma-Gamma fit is degenerate: v ran to the edge of the search space "
+                f"(p={p:.3g}, q={q:.3g}, v={v:.3g}); the data cannot identify it"
+            )
         log.warning(
             "Gamma-Gamma: order values do not vary by customer beyond chance (q ran to %.3g); "
             "every expected order value is the population mean %.4g",
