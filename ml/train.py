@@ -181,12 +181,28 @@ def load_frames(as_of: dt.date, settings: Settings, spec: Mapping[str, Any]) -> 
         current = ft.compute_features(conn, [as_of], horizon_days=horizon, data_as_of=as_of)
         absent = absent_entities(settings, conn, set(ft.FEATURE_SOURCES.values()))
     by_date = {d: labelled[labelled["snapshot_date"] == d] for d in dates}
-    empty = [str(d) for d, f in by_date.items() if f.empty]
-    if empty:
+    reached = [d for d in dates if not by_date[d].empty]
+    if len(reached) >= 3 and reached == dates[: len(reached)]:
+        # a history that starts after the oldest snapshots (a shop of under a year) trains
+        # on the snapshots it reaches instead of asking every user to tune snapshots.count
+        if len(reached) < len(dates):
+            log.warning(
+                "the data starts after snapshot(s) %s: training on the %d of %d snapshots "
+                "it reaches",
+                ", ".join(str(d) for d in dates[len(reached) :]),
+                len(reached),
+                len(dates),
+            )
+        dates = reached
+    if len(reached) < len(dates):
+        empty = [str(d) for d, f in by_date.items() if f.empty]
+        step = spec["snapshots"]["step_days"]
         raise TrainError(
-            f"no eligible customers at snapshot(s) {', '.join(empty)}: the data does not reach "
-            f"back far enough for {len(dates)} snapshots {spec['snapshots']['step_days']} days "
-            "apart (lower snapshots.count or step_days)"
+            f"no eligible customers at snapshot(s) {', '.join(empty)}: training needs 3 "
+            f"snapshots {step} days apart (holdout, calibration, training), the latest "
+            f"{horizon} days before {as_of} (the churn horizon), so a customer with a completed "
+            f"order by {dates[2]}; the data does not reach back that far (lower "
+            "snapshots.step_days or label.horizon_days with `lifecycle train --set`)"
         )
     if current.empty:
         raise TrainError(f"no customer with a completed order by {as_of}")

@@ -190,3 +190,38 @@ def test_customers_are_scored_gated_and_activated_without_a_clv_champion(trained
             (AS_OF,),
         ).fetchone()
     assert scored == (44, 0)
+
+
+def test_training_takes_the_snapshots_a_short_history_reaches(trained, caplog):
+    """A shop with less history than snapshots.count × step_days trains on the snapshots its
+    data reaches (at least 3), saying so, rather than asking the user to tune the spec."""
+    import logging
+
+    from ml import train as tr
+    from ml.churn import load_churn_spec
+    from ml.train import TrainError
+
+    *_, settings = trained
+    spec = load_churn_spec(None)
+    spec["snapshots"].update(count=9, step_days=30)  # back to A-330; the data starts at A-277
+    tr.build_training_sets(AS_OF, settings, spec)
+    with caplog.at_level(logging.WARNING, logger="ml.train"):
+        frames = tr.load_frames(AS_OF, settings, spec)
+    day = lambda n: AS_OF - dt.timedelta(days=n)  # noqa: E731
+    assert frames.holdout_date == day(90) and frames.calibration_date == day(120)
+    assert frames.train_dates == [day(150), day(180), day(210), day(240), day(270)]
+    assert (
+        f"the data starts after snapshot(s) {day(300)}, {day(330)}: training on the 7 of 9 "
+        "snapshots it reaches"
+    ) in caplog.messages
+    spec["snapshots"].update(count=3, step_days=100)  # A-90, A-190, A-290: only 2 reached
+    tr.build_training_sets(AS_OF, settings, spec)
+    with pytest.raises(TrainError) as refused:
+        tr.load_frames(AS_OF, settings, spec)
+    assert str(refused.value) == (
+        f"no eligible customers at snapshot(s) {day(290)}: training needs 3 snapshots 100 days "
+        f"apart (holdout, calibration, training), the latest 90 days before {AS_OF} (the churn "
+        f"horizon), so a customer with a completed order by {day(290)}; the data does not "
+        "reach back that far (lower snapshots.step_days or label.horizon_days with "
+        "`lifecycle train --set`)"
+    )
