@@ -120,5 +120,5 @@ def test_status_reads_a_metadata_db_server_read_only(tmp_path, external_db) -> N
     part = collect_status(make_settings(tmp_path, **env)).part("airflow")
     shown = "postgresql+psycopg2://airflow:***@127.0.0.1:1/airflow"
     assert part.title == f"Airflow runs ({shown})"
-    assert part.note.startswith(f"cannot read {shown}: connection to server at \"127.0.0.1\"")
+    assert part.note.startswith(f'cannot read {shown}: connection to server at "127.0.0.1"')
     assert "s3cret-pw" not in part.note
