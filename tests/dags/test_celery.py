@@ -5,11 +5,14 @@ person runs it: api-server, scheduler, dag-processor and two ``airflow celery wo
 processes (``worker1``, ``worker2``), Airflow's metadata and Celery's results in a scratch
 database of the PostgreSQL on 127.0.0.1:5432, the broker on the Redis of 127.0.0.1:6379
 (a database number of its own), MLflow on a PostgreSQL store with artifacts, exports and
-reports in folders both workers reach. ``lifecycle_daily`` → ``lifecycle_train`` →
+reports in folders both workers reach. The warehouse is given only as the Airflow
+Connection ``AIRFLOW_CONN_LIFECYCLE_WAREHOUSE``. ``lifecycle_daily`` → ``lifecycle_train`` →
 ``lifecycle_daily`` are triggered over the REST API; during the last run the worker that
 runs ``transform`` is killed (SIGKILL of its process group), so the scheduler's heartbeat
-timeout hands the task to the other worker. The warehouse and the export files must end
-identical to the same three runs executed in-process (``dag.test``).
+timeout hands the task to the other worker after ``LIFECYCLE_RETRY_DELAY_SECONDS``. The
+warehouse and the export files must end identical to the same three runs executed
+in-process (``dag.test``); the assets carry the warehouse's ``postgres://`` URIs, and
+``lifecycle status`` reads the runs from the PostgreSQL metadata DB.
 """
 
 from __future__ import annotations
