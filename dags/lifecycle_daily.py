@@ -43,7 +43,7 @@ import datetime as dt
 
 from airflow.sdk import CronDataIntervalTimetable, Param, chain, dag
 
-from lifecycle.orchestration import alerts, daily
+from lifecycle.orchestration import alerts, config, daily
 
 
 @dag(
@@ -61,7 +61,7 @@ from lifecycle.orchestration import alerts, daily
     default_args={
         "owner": "data-engineering",
         "retries": 2,
-        "retry_delay": dt.timedelta(minutes=2),
+        "retry_delay": config.retry_delay(dt.timedelta(minutes=2)),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": dt.timedelta(minutes=20),
         "on_failure_callback": alerts.on_task_failure,
@@ -87,10 +87,10 @@ def lifecycle_daily():
         [daily.extract(source) for source in daily.SOURCES],
         daily.validate_raw(),
         daily.transform(),
-        daily.validate_marts.override(outlets=[daily.MARTS_ASSET])(),
-        daily.score.override(outlets=[daily.SCORES_ASSET])(),
+        daily.validate_marts.override(outlets=[daily.marts_asset()])(),
+        daily.score.override(outlets=[daily.scores_asset()])(),
         daily.validate_scores(),
-        daily.activate.override(outlets=[daily.ACTIVATION_ASSET])(),
+        daily.activate.override(outlets=[daily.activation_asset()])(),
         daily.validate_activation(),
         daily.report(),
     )

@@ -28,7 +28,7 @@ import datetime as dt
 
 from airflow.sdk import CronTriggerTimetable, Param, dag
 
-from lifecycle.orchestration import alerts, training
+from lifecycle.orchestration import alerts, config, training
 
 
 @dag(
@@ -44,7 +44,7 @@ from lifecycle.orchestration import alerts, training
     default_args={
         "owner": "data-science",
         "retries": 2,
-        "retry_delay": dt.timedelta(minutes=5),
+        "retry_delay": config.retry_delay(dt.timedelta(minutes=5)),
         "on_failure_callback": alerts.on_task_failure,
     },
     params={

@@ -60,6 +60,13 @@ class Settings:
     mlflow_artifact_uri: str | None = None
     report_dir: Path | None = None  # the daily HTML reports (None: $LIFECYCLE_HOME/reports)
     sources_file: Path | None = None  # the sources file (None: ./sources.yml or built-in)
+    # Airflow Connections that hold the warehouse URL and the push token when the DAGs run
+    # under Airflow (lifecycle.orchestration.connections); the URL and token settings
+    # above are the fallback, and what every command outside Airflow reads.
+    warehouse_conn_id: str = "lifecycle_warehouse"
+    push_conn_id: str = "lifecycle_push"
+    # Delay before a failed task's retry (None: each DAG's own, 2 min daily, 5 min train).
+    retry_delay_s: float | None = None
     # The environment the settings were read from: the sources file names the variables
     # that hold connection URLs and tokens, looked up here (never stored in the file).
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -183,6 +190,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
                 _path(env["LIFECYCLE_SOURCES_FILE"]) if env.get("LIFECYCLE_SOURCES_FILE") else None
             ),
             airflow_parallelism=_number(env, "LIFECYCLE_AIRFLOW_PARALLELISM", None, int, 1),
+            warehouse_conn_id=env.get("LIFECYCLE_WAREHOUSE_CONN_ID") or "lifecycle_warehouse",
+            push_conn_id=env.get("LIFECYCLE_PUSH_CONN_ID") or "lifecycle_push",
+            retry_delay_s=_number(env, "LIFECYCLE_RETRY_DELAY_SECONDS", None, float, 0, 86400),
         )
     )
 

@@ -765,18 +765,15 @@ def resolve_connection(
 
 def _airflow_connection(conn_id: str, settings: Settings) -> tuple[str | None, str | None]:
     """Return (URI, password) of an Airflow Connection, or (None, None) when none is defined."""
-    uri = settings.variable(f"AIRFLOW_CONN_{conn_id.upper()}")
-    if uri is None and not settings.variable("AIRFLOW_CTX_DAG_ID"):
-        return None, None  # not inside an Airflow task: no secrets backend to ask
-    try:
-        from airflow.sdk import Connection as AirflowConnection
+    from lifecycle.orchestration.connections import find_connection
 
-        found = (
-            AirflowConnection.from_uri(uri, conn_id=conn_id)
-            if uri and "://" in uri
-            else AirflowConnection.get(conn_id)
-        )
-    except Exception:  # noqa: BLE001 - no such connection (the SDK raises its own types)
+    # Outside an Airflow task only AIRFLOW_CONN_<ID> counts: no secrets backend to ask.
+    in_task = bool(settings.variable("AIRFLOW_CTX_DAG_ID"))
+    try:
+        found = find_connection(conn_id, settings, backends=in_task)
+    except Exception:  # noqa: BLE001 - unreadable: the variables are the fallback
+        return None, None
+    if found is None:
         return None, None
     password = found.password or None
     if found.conn_type in ("postgres", "postgresql"):

@@ -1,11 +1,13 @@
 """``lifecycle status``: a data engineer's first look at the pipeline's state.
 
-What ran last (the local Airflow's DAG runs and ``ops.load_runs``), the watermark of
-each source, the data-quality gates' latest verdicts, the champion model versions, the
-last scores and exports, and the newest report. Every part tolerates the absence of what
-it reads (no Airflow home yet, no MLflow store, tables not created) and says "none yet"
-with the command that produces it. Nothing is started: a stopped embedded warehouse is
-reported as such, never started by looking.
+What ran last (the DAG runs in Airflow's metadata DB: the local SQLite file, or the
+server of ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` of a distributed deployment; and
+``ops.load_runs``), the watermark of each source, the data-quality gates' latest
+verdicts, the champion model versions, the last scores and exports, and the newest
+report. Every part tolerates the absence of what it reads (no Airflow home yet, no
+MLflow store, tables not created) and says "none yet" with the command that produces it.
+Nothing is started: a stopped embedded warehouse is reported as such, never started by
+looking.
 """
 
 from __future__ import annotations
@@ -96,47 +98,87 @@ def _exists(conn: psycopg.Connection, relation: str) -> bool:
 # ------------------------------------------------------------------------------ parts
 
 
-def airflow_part(settings: Settings) -> Part:
-    """Return the latest run of each DAG of the local Airflow, with its failed tasks."""
-    part = Part("airflow", "Airflow runs (local)")
-    db = settings.home / "airflow" / "airflow.db"
+_LAST_RUNS = (
+    "select dag_id, run_id, date(logical_date), state, start_date, end_date from dag_run d "
+    "where logical_date = (select max(logical_date) from dag_run where dag_id = d.dag_id) "
+    "order by dag_id"
+)
+_FAILED_TASKS = (
+    "select task_id from task_instance where dag_id = :dag_id and run_id = :run_id "
+    "and state in ('failed', 'upstream_failed') order by task_id"
+)
+
+
+def _metadata_engine(settings: Settings):
+    """Return (SQLAlchemy engine, name, note) of Airflow's metadata DB, read-only: the
+    server of ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` (a distributed deployment), else the
+    local SQLite file. The engine is None (and the note says why) when there is nothing."""
+    import sqlalchemy as sa
+
+    from lifecycle.orchestration.config import load_orchestration_settings
+
+    cfg = load_orchestration_settings(settings)
+    if cfg.metadata_db_url and not cfg.metadata_db_url.startswith("sqlite"):
+        url = sa.make_url(cfg.metadata_db_url)
+        name = url.render_as_string(hide_password=True)
+        # a server answers in seconds or is reported as unreachable, never waited for
+        timeout = {"connect_timeout": 5} if url.get_backend_name() == "postgresql" else {}
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=timeout)
+        return engine, name, None
+    db = cfg.metadata_db
     if not db.exists():
-        part.note = (
-            f"{NONE_YET}: no local Airflow at {db.parent} (`lifecycle pipeline run --date D`)"
-        )
+        note = f"{NONE_YET}: no local Airflow at {db.parent} (`lifecycle pipeline run --date D`)"
+        return None, str(db), note
+    # read-only: looking never locks or migrates Airflow's database
+    engine = sa.create_engine(
+        "sqlite://",
+        creator=lambda: sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5),
+        poolclass=sa.pool.NullPool,
+    )
+    return engine, str(db), None
+
+
+def airflow_part(settings: Settings) -> Part:
+    """Return the latest run of each DAG in Airflow's metadata DB, with its failed tasks."""
+    import sqlalchemy as sa
+
+    engine, name, note = _metadata_engine(settings)
+    local = engine is None or engine.dialect.name == "sqlite"
+    part = Part("airflow", "Airflow runs (local)" if local else f"Airflow runs ({name})")
+    if engine is None:
+        part.note = note
         return part
     try:
-        # read-only: looking never locks or migrates Airflow's database
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            runs = conn.execute(
-                "select dag_id, run_id, date(logical_date), state, start_date, end_date "
-                "from dag_run d where logical_date = (select max(logical_date) from dag_run "
-                "where dag_id = d.dag_id) order by dag_id"
-            ).fetchall()
-            for dag_id, run_id, logical, state, start, end in runs:
-                failed = [
-                    r[0]
-                    for r in conn.execute(
-                        "select task_id from task_instance where dag_id = ? and run_id = ? "
-                        "and state in ('failed', 'upstream_failed') order by task_id",
-                        (dag_id, run_id),
-                    )
-                ]
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.exec_driver_sql("set transaction read only")
+            if not sa.inspect(conn).has_table("dag_run"):
+                part.note = (
+                    f"{NONE_YET}: {name} holds no Airflow metadata (`lifecycle airflow init`)"
+                )
+                return part
+            for dag_id, run_id, logical, state, start, end in conn.execute(sa.text(_LAST_RUNS)):
+                failed = conn.execute(
+                    sa.text(_FAILED_TASKS), {"dag_id": dag_id, "run_id": run_id}
+                ).scalars()
                 part.rows.append(
                     {
                         "dag": dag_id,
-                        "logical_date": logical,
+                        "logical_date": str(logical) if logical is not None else None,
                         "state": state,
                         "started": start,
                         "ended": end,
                         "failed_tasks": ",".join(failed) or None,
                     }
                 )
-    except sqlite3.Error as exc:
-        part.note = f"cannot read {db}: {exc}"
+    except sa.exc.DBAPIError as exc:
+        first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else str(exc)
+        part.note = f"cannot read {name}: {first}"
         return part
+    finally:
+        engine.dispose()
     if not part.rows:
-        part.note = f"{NONE_YET}: the local Airflow has no DAG run"
+        part.note = f"{NONE_YET}: {'the local Airflow' if local else name} has no DAG run"
     return part
 
 
@@ -278,7 +320,9 @@ def models_part(settings: Settings) -> Part:
 def report_part(settings: Settings) -> Part:
     """Return the newest report file under ``$LIFECYCLE_HOME/reports``."""
     part = Part("report", "Report")
-    files = sorted((settings.home / "reports").glob("lifecycle-report-*.html"))
+    files = sorted(
+        (settings.report_dir or settings.home / "reports").glob("lifecycle-report-*.html")
+    )
     if not files:
         part.note = f"{NONE_YET} (`lifecycle report --date D`)"
     else:

@@ -5,6 +5,10 @@
 - :mod:`~lifecycle.orchestration.home` — set up and migrate that home, idempotently;
 - :mod:`~lifecycle.orchestration.daily` — the tasks of ``lifecycle_daily`` (thin calls into
   ``lifecycle.extract`` / ``lifecycle.transform``) and the assets they emit;
+- :mod:`~lifecycle.orchestration.connections` — credentials from Airflow Connections under
+  Airflow (warehouse, push token), the ``LIFECYCLE_*`` variables as the fallback;
+- :mod:`~lifecycle.orchestration.assets` — asset URIs that name the warehouse
+  (``postgres://host:port/db/schema/table``, or ``x-lifecycle://`` for the embedded one);
 - :mod:`~lifecycle.orchestration.alerts` — the on-failure callback (log + webhook);
 - :mod:`~lifecycle.orchestration.runner` — run a DAG in-process with ``dag.test()`` for one
   logical date or a range, with per-task reports;

@@ -188,7 +188,9 @@ def airflow_serve(port: int, executor: str | None, workers: int, concurrency: in
     import time
 
     from lifecycle import warehouse
+    from lifecycle.orchestration import home
     from lifecycle.orchestration.config import load_orchestration_settings
+    from lifecycle.orchestration.connections import airflow_settings
     from lifecycle.orchestration.home import OrchestrationError
     from lifecycle.orchestration.server import API_USER, LocalAirflow, password_file
     from lifecycle.orchestration.shared_state import check_shared_state
@@ -211,6 +213,10 @@ def airflow_serve(port: int, executor: str | None, workers: int, concurrency: in
                 "--executor celery needs AIRFLOW__CELERY__BROKER_URL "
                 "(e.g. redis://127.0.0.1:6379/0)"
             )
+        # The tasks read the warehouse from its Airflow Connection when one is defined:
+        # check and bootstrap that one (Airflow's home first: the lookup imports Airflow).
+        home.activate(cfg)
+        settings = airflow_settings(settings)
         check_shared_state(settings, cfg)
         # As compose's airflow-init does: the tasks expect the schemas and roles to exist
         # (and an embedded warehouse to be running).

@@ -25,6 +25,7 @@ local SQLite file), ``AIRFLOW__CELERY__BROKER_URL`` and ``AIRFLOW__CELERY__RESUL
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,13 @@ class OrchestrationSettings:
     def run_log_folder(self) -> Path:
         """Folder of the runner's per-run log files (``<dag_id>/<date>.log``)."""
         return self.log_folder / "local-runs"
+
+
+def retry_delay(default: dt.timedelta) -> dt.timedelta:
+    """Return the DAGs' retry delay: ``LIFECYCLE_RETRY_DELAY_SECONDS`` when set, else
+    `default` (read when the DAG file is parsed, like every default_args value)."""
+    seconds = load_settings().retry_delay_s
+    return default if seconds is None else dt.timedelta(seconds=seconds)
 
 
 def _env_value(settings: Settings, env: dict[str, str] | None, name: str) -> str | None:

@@ -26,6 +26,7 @@ from typing import Any
 from airflow.sdk import Asset, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from lifecycle.orchestration.assets import warehouse_asset
 from lifecycle.raw import CRM_CONTACTS, FX_RATES, MARKETING_SPEND, ORDER_ITEMS, ORDERS, WEB_EVENTS
 
 #: The raw tables each source lands in (must match ``lifecycle.extract.SOURCES``, which
@@ -47,24 +48,34 @@ ACTIVATE_TIMEOUT = dt.timedelta(hours=1)
 
 log = logging.getLogger(__name__)
 
-#: The assets the DAG publishes: the marts (after the gate), the scores, the activation.
-MARTS_ASSET = Asset(name="marts", uri="x-lifecycle://warehouse/marts", group="marts")
-SCORES_ASSET = Asset(
-    name="ml.scores_history", uri="x-lifecycle://warehouse/ml/scores_history", group="ml"
-)
-ACTIVATION_ASSET = Asset(
-    name="activation.customer_scores",
-    uri="x-lifecycle://warehouse/activation/customer_scores",
-    group="activation",
-)
+#: The assets the DAG publishes (by name): the marts (after the gate), the scores, the
+#: activation. Their URIs name the warehouse (lifecycle.orchestration.assets).
+MARTS = "marts"
+SCORES = "ml.scores_history"
+ACTIVATION = "activation.customer_scores"
 
 
 # ------------------------------------------------------------------------------ assets
 
 
+def marts_asset() -> Asset:
+    """Return the asset of the published marts (the whole `marts` schema)."""
+    return warehouse_asset(MARTS, "marts", None)
+
+
+def scores_asset() -> Asset:
+    """Return the asset of ``ml.scores_history``."""
+    return warehouse_asset(SCORES, "ml", "scores_history")
+
+
+def activation_asset() -> Asset:
+    """Return the asset of ``activation.customer_scores``."""
+    return warehouse_asset(ACTIVATION, "activation", "customer_scores")
+
+
 def raw_asset(table: str) -> Asset:
     """Return the Airflow asset of the raw table `table` (e.g. ``orders__orders``)."""
-    return Asset(name=f"raw.{table}", uri=f"x-lifecycle://warehouse/raw/{table}", group="raw")
+    return warehouse_asset(f"raw.{table}", "raw", table)
 
 
 def raw_assets(source: str) -> list[Asset]:
@@ -97,14 +108,10 @@ def business_zone() -> zoneinfo.ZoneInfo:
 
 
 def _settings():
-    # Read per task, not cached per process: a worker (or the local runner) may run many
-    # tasks with different environments.
-    from lifecycle.redact import mask_in_airflow
-    from lifecycle.settings import load_settings
+    # The task's environment with its Airflow Connections' credentials, read per task.
+    from lifecycle.orchestration.connections import task_settings
 
-    settings = load_settings()
-    mask_in_airflow(settings)  # no token or password in the task logs
-    return settings
+    return task_settings()
 
 
 def _annotate_assets(context: Any, extras: dict[str, dict[str, Any]]) -> None:
@@ -239,7 +246,7 @@ def validate_marts() -> dict[str, Any]:
         raise _gate_failed(exc) from exc
     log.info("%s", result.summary())
     facts = _facts(result)
-    _annotate_assets(context, {MARTS_ASSET.name: {"logical_date": day.isoformat()}})
+    _annotate_assets(context, {MARTS: {"logical_date": day.isoformat()}})
     return facts
 
 
@@ -265,7 +272,7 @@ def score() -> dict[str, Any]:
         raise AirflowFailException(f"scoring as of {day} failed: {exc}") from exc
     log.info("%s", result.summary())
     facts = _facts(result)
-    _annotate_assets(context, {SCORES_ASSET.name: {"logical_date": day.isoformat()}})
+    _annotate_assets(context, {SCORES: {"logical_date": day.isoformat()}})
     return facts
 
 
@@ -284,7 +291,7 @@ def activate() -> dict[str, Any]:
     day = logical_day(context)
     result = run_activation(day, _settings())  # run id keyed on the day, as for scores
     log.info("%s", result.summary())
-    _annotate_assets(context, {ACTIVATION_ASSET.name: {"logical_date": day.isoformat()}})
+    _annotate_assets(context, {ACTIVATION: {"logical_date": day.isoformat()}})
     return _facts(result)
 
 

@@ -27,6 +27,7 @@ from lifecycle.orchestration.config import (
     OrchestrationSettings,
     load_orchestration_settings,
 )
+from lifecycle.orchestration.connections import airflow_settings
 from lifecycle.orchestration.home import OrchestrationError
 from lifecycle.settings import environment
 
@@ -206,7 +207,10 @@ def run_dates(
         from lifecycle.locks import WAREHOUSE, run_lock
         from lifecycle.settings import load_settings
 
-        settings = load_settings()
+        # The tasks connect to the warehouse of its Airflow Connection when one is
+        # defined: start, bootstrap and lock that one (Airflow's home first).
+        home.activate(cfg)
+        settings = airflow_settings(load_settings())
         url = warehouse.up(settings)
         # One pipeline run at a time per warehouse, Airflow's metadata included: a second
         # waits (bounded) or fails naming the first.

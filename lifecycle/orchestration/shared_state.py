@@ -32,25 +32,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from psycopg.conninfo import conninfo_to_dict
-
+from lifecycle.orchestration.assets import socket_host
 from lifecycle.orchestration.config import METADATA_DB_VAR, OrchestrationSettings
+from lifecycle.orchestration.connections import env_name
 from lifecycle.orchestration.home import OrchestrationError
 from lifecycle.settings import Settings
 
 #: Executors that may run the tasks of one run on different machines.
 DISTRIBUTED_EXECUTORS = frozenset({"CeleryExecutor", "KubernetesExecutor", "EdgeExecutor"})
-
-
-def _socket_host(url: str) -> str | None:
-    """Return the Unix-socket directory a PostgreSQL URL connects through, or None."""
-    try:
-        host = str(conninfo_to_dict(url).get("host") or "")
-    except Exception:  # noqa: BLE001 - not a libpq URL: the driver will say why
-        return None
-    if not host:
-        return "(the default socket)"
-    return host if host.startswith("/") else None
 
 
 def _under_home(path: Path | None, settings: Settings) -> bool:
@@ -65,15 +54,16 @@ def machine_local_stores(settings: Settings, cfg: OrchestrationSettings) -> list
     problems = []
     if not settings.warehouse_url:
         problems.append(
-            "LIFECYCLE_WAREHOUSE_URL is not set: the embedded warehouse listens on a Unix "
-            f"socket under {settings.pgdata.parent}; set a PostgreSQL URL with a TCP host"
+            f"LIFECYCLE_WAREHOUSE_URL is not set, nor {env_name(settings.warehouse_conn_id)}: "
+            f"the embedded warehouse listens on a Unix socket under {settings.pgdata.parent}; "
+            "set a PostgreSQL URL (or Airflow Connection) with a TCP host"
         )
-    elif socket := _socket_host(settings.warehouse_url):
+    elif socket := socket_host(settings.warehouse_url):
         problems.append(
             f"LIFECYCLE_WAREHOUSE_URL connects through the Unix socket {socket}; "
             "use a TCP host every worker reaches"
         )
-    if settings.shop_db_url and (socket := _socket_host(settings.shop_db_url)):
+    if settings.shop_db_url and (socket := socket_host(settings.shop_db_url)):
         problems.append(
             f"LIFECYCLE_SHOP_DB_URL connects through the Unix socket {socket}; "
             "use a TCP host every worker reaches"

@@ -37,9 +37,9 @@ def as_of_day(context: Any) -> dt.date:
 
 
 def _settings():
-    from lifecycle.settings import load_settings
+    from lifecycle.orchestration.connections import task_settings
 
-    return load_settings()
+    return task_settings()
 
 
 def _guard(step: str, fn, *args):

@@ -5,11 +5,14 @@ person runs it: api-server, scheduler, dag-processor and two ``airflow celery wo
 processes (``worker1``, ``worker2``), Airflow's metadata and Celery's results in a scratch
 database of the PostgreSQL on 127.0.0.1:5432, the broker on the Redis of 127.0.0.1:6379
 (a database number of its own), MLflow on a PostgreSQL store with artifacts, exports and
-reports in folders both workers reach. ``lifecycle_daily`` → ``lifecycle_train`` →
+reports in folders both workers reach. The warehouse is given only as the Airflow
+Connection ``AIRFLOW_CONN_LIFECYCLE_WAREHOUSE``. ``lifecycle_daily`` → ``lifecycle_train`` →
 ``lifecycle_daily`` are triggered over the REST API; during the last run the worker that
 runs ``transform`` is killed (SIGKILL of its process group), so the scheduler's heartbeat
-timeout hands the task to the other worker. The warehouse and the export files must end
-identical to the same three runs executed in-process (``dag.test``).
+timeout hands the task to the other worker after ``LIFECYCLE_RETRY_DELAY_SECONDS``. The
+warehouse and the export files must end identical to the same three runs executed
+in-process (``dag.test``); the assets carry the warehouse's ``postgres://`` URIs, and
+``lifecycle status`` reads the runs from the PostgreSQL metadata DB.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from contextlib import suppress
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from lifecycle.orchestration.config import DAILY_DAG_ID, TRAIN_DAG_ID
+from lifecycle.orchestration.connections import env_name
 from lifecycle.orchestration.server import API_USER, AirflowClient, free_port
 from tests.conftest import EXTERNAL_ADMIN_URL, external_available, scratch_database
 from tests.dags.conftest import lifecycle_env, table_checksums
@@ -44,6 +49,9 @@ COMPARED = ("marts", "ml", "activation")
 LOG_TABLES = ("activation.export_log", "activation.push_log")
 KILLED_TASK = "transform"
 RUN_TIMEOUT_S = 900
+#: The tasks' Airflow Connection of the warehouse, and their retry delay (default 2 min).
+CONN_ID = "lifecycle_warehouse"
+RETRY_DELAY_S = 5
 
 
 def _redis_db() -> int | None:
@@ -87,6 +95,21 @@ def _stop(serve: subprocess.Popen, services: Path) -> None:
     for pid_file in services.glob("*.pid"):
         with suppress(ProcessLookupError, PermissionError, ValueError):
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def _status(env: dict[str, str], cwd: Path) -> dict:
+    """Return `lifecycle status --json` as the deployment's operator sees it."""
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "lifecycle"), "status", "--json"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
 
 
 def _wait_running(api: AirflowClient, run_id: str, task_id: str, timeout_s: float) -> dict:
@@ -169,7 +192,11 @@ def deployment(scratch, celery_world, reference):
         env.update(
             {
                 "LIFECYCLE_HOME": str(state),
-                "LIFECYCLE_WAREHOUSE_URL": warehouse,
+                # The warehouse only as an Airflow Connection (URI form), as a deployment
+                # with a secrets backend has it: serve bootstraps it, the DAG processor
+                # names the assets after it, the tasks connect to it.
+                "LIFECYCLE_WAREHOUSE_CONN_ID": CONN_ID,
+                env_name(CONN_ID): warehouse.replace("postgresql://", "postgres://", 1),
                 "LIFECYCLE_WORLD_DIR": str(celery_world),
                 "LIFECYCLE_EXPORT_DIR": str(shared / "exports"),
                 "LIFECYCLE_REPORT_DIR": str(shared / "reports"),
@@ -181,6 +208,7 @@ def deployment(scratch, celery_world, reference):
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
                 "AIRFLOW__CELERY__BROKER_URL": f"{REDIS_URL}/{redis_db}",
                 # Only the triggered runs, and a killed worker's task retried in seconds.
+                "LIFECYCLE_RETRY_DELAY_SECONDS": str(RETRY_DELAY_S),
                 "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
@@ -228,7 +256,14 @@ def deployment(scratch, celery_world, reference):
             }
             elapsed = time.perf_counter() - started
             print(f"celery deployment: started in {startup_s:.0f}s, three runs in {elapsed:.0f}s")
+            assets = api.request("GET", "/assets", params={"limit": 100})["assets"]
+            # `lifecycle status` is a command outside Airflow: it reads the URL variable
+            status_env = {**env, "LIFECYCLE_WAREHOUSE_URL": warehouse}
             yield {
+                "warehouse": warehouse,
+                "metadata": airflow_db,
+                "assets": {a["name"]: a["uri"] for a in assets},
+                "status": _status(status_env, state),
                 "runs": runs,
                 "instances": instances,
                 "killed": (run_id, victim, worker),
@@ -293,6 +328,34 @@ def test_the_warehouse_and_exports_end_as_in_process(deployment, reference) -> N
     assert files and files == ref_files
 
 
+@pytest.mark.slow
+@pytest.mark.external
+def test_assets_name_the_warehouse_of_the_connection(deployment) -> None:
+    info = conninfo_to_dict(deployment["warehouse"])
+    location = f"postgres://{info['host']}:{info['port']}/{info['dbname']}"
+    assets = deployment["assets"]
+    assert assets["marts"] == f"{location}/marts/*"
+    assert assets["ml.scores_history"] == f"{location}/ml/scores_history"
+    assert assets["activation.customer_scores"] == f"{location}/activation/customer_scores"
+    assert assets["raw.orders__orders"] == f"{location}/raw/orders__orders"
+    assert len(assets) == 9, sorted(assets)
+
+
+@pytest.mark.slow
+@pytest.mark.external
+def test_status_reads_the_runs_from_the_postgresql_metadata_db(deployment) -> None:
+    status = deployment["status"]
+    rows = {r["dag"]: r for r in status["airflow"]["rows"]}
+    assert status["airflow"]["note"] is None
+    assert {d: (r["logical_date"], r["state"], r["failed_tasks"]) for d, r in rows.items()} == {
+        DAILY_DAG_ID: (str(SECOND), "success", None),
+        TRAIN_DAG_ID: (str(FIRST), "success", None),
+    }
+    assert all(r["started"] and r["ended"] for r in rows.values())
+    assert status["warehouse"]["rows"][0]["mode"] == "external"
+    assert status["report"]["rows"][0]["latest"].endswith(f"lifecycle-report-{SECOND}.html")
+
+
 def _serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("LIFECYCLE_", "AIRFLOW"))}
     return subprocess.run(
@@ -334,3 +397,19 @@ def test_serve_with_celery_refuses_machine_local_stores(tmp_path: Path) -> None:
     ]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "pgdata").exists()  # the embedded warehouse was not started
+
+
+def test_serve_with_a_connection_id_defined_nowhere_is_one_error_line(tmp_path: Path) -> None:
+    proc = _serve(
+        tmp_path,
+        AIRFLOW__CELERY__BROKER_URL="redis://127.0.0.1:6379/15",
+        LIFECYCLE_WAREHOUSE_CONN_ID="lifecycle_nowhere",
+        LIFECYCLE_WAREHOUSE_URL="postgresql://postgres@127.0.0.1:5432/postgres",
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "error: LIFECYCLE_WAREHOUSE_CONN_ID=lifecycle_nowhere: no Airflow Connection "
+        "'lifecycle_nowhere' is defined (set AIRFLOW_CONN_LIFECYCLE_NOWHERE, or add it to "
+        "the secrets backend)"
+    ]
+    assert not (tmp_path / "airflow" / "logs" / "services").exists()  # nothing started

@@ -9,6 +9,7 @@ as ``make install`` (through requirements.lock).
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -17,7 +18,9 @@ import pytest
 import yaml
 
 from lifecycle.orchestration import config as orch_config
+from lifecycle.orchestration.assets import warehouse_location
 from lifecycle.orchestration.config import load_orchestration_settings
+from lifecycle.orchestration.connections import env_name, with_connections
 from lifecycle.orchestration.server import LocalAirflow
 from lifecycle.orchestration.shared_state import check_shared_state, machine_local_stores
 from lifecycle.settings import load_settings
@@ -73,13 +76,39 @@ def test_compose_sets_the_airflow_variables_the_deployment_code_reads(compose: d
     assert orch_config.airflow_env(cfg)[orch_config.BROKER_VAR] == env[orch_config.BROKER_VAR]
 
 
-def test_the_compose_environment_passes_the_distributed_check(compose: dict) -> None:
+def test_the_compose_environment_passes_the_distributed_check(compose: dict, airflow_cfg) -> None:
     for name in ("airflow-worker", "airflow-scheduler"):
         env = _resolved(compose["services"][name]["environment"])
-        settings = load_settings(env)
+        settings = with_connections(load_settings(env))
         cfg = load_orchestration_settings(settings, env)
         assert machine_local_stores(settings, cfg) == [], name
         check_shared_state(settings, cfg)  # does not raise
+
+
+def test_compose_gives_the_tasks_the_warehouse_as_an_airflow_connection(
+    compose: dict, airflow_cfg
+) -> None:
+    services = compose["services"]
+    init = _resolved(services["airflow-init"]["environment"])
+    for name in ("airflow-worker", "airflow-scheduler", "airflow-dag-processor"):
+        env = _resolved(services[name]["environment"])
+        conn_id = env["LIFECYCLE_WAREHOUSE_CONN_ID"]
+        assert conn_id == load_settings(env).warehouse_conn_id == "lifecycle_warehouse"
+        conn = json.loads(env[env_name(conn_id)])
+        assert conn == {
+            "conn_type": "postgres",
+            "host": "postgres",
+            "port": 5432,
+            "schema": "lifecycle",
+            "login": "lifecycle",
+            "password": "x",  # ${WAREHOUSE_PASSWORD:?...}
+        }
+        # the Airflow services have no URL to fall back on: the Connection or an error
+        assert "LIFECYCLE_WAREHOUSE_URL" not in env, name
+        settings = with_connections(load_settings(env))
+        # the warehouse airflow-init bootstraps (`lifecycle warehouse up`, outside Airflow)
+        assert settings.warehouse_url == init["LIFECYCLE_WAREHOUSE_URL"], name
+        assert warehouse_location(settings) == "postgres://postgres:5432/lifecycle"
 
 
 def test_celery_with_local_defaults_is_refused_naming_each_setting(tmp_path: Path) -> None:

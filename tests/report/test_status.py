@@ -104,3 +104,21 @@ def test_status_reads_a_real_local_airflow(tmp_path) -> None:
     part = collect_status(make_settings(tmp_path)).part("airflow")
     assert part.note == "none yet: the local Airflow has no DAG run"
     assert part.rows == []
+
+
+def test_status_reads_a_metadata_db_server_read_only(tmp_path, external_db) -> None:
+    # AIRFLOW__DATABASE__SQL_ALCHEMY_CONN (a distributed deployment) instead of the local
+    # SQLite file: an empty database, then one that does not answer. The end-to-end read
+    # of real runs is tests/dags/test_celery.py.
+    url = external_db.replace("postgresql://", "postgresql+psycopg2://", 1)
+    env = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url}
+    part = collect_status(make_settings(tmp_path, **env)).part("airflow")
+    assert part.title == f"Airflow runs ({url})"
+    assert part.note == f"none yet: {url} holds no Airflow metadata (`lifecycle airflow init`)"
+    down = "postgresql+psycopg2://airflow:s3cret-pw@127.0.0.1:1/airflow"
+    env = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": down}
+    part = collect_status(make_settings(tmp_path, **env)).part("airflow")
+    shown = "postgresql+psycopg2://airflow:***@127.0.0.1:1/airflow"
+    assert part.title == f"Airflow runs ({shown})"
+    assert part.note.startswith(f'cannot read {shown}: connection to server at "127.0.0.1"')
+    assert "s3cret-pw" not in part.note
