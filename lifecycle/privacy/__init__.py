@@ -607,10 +607,11 @@ def rewrite_exports(
         dropped: dict[str, list[list[str]]] = {}
         for entry in manifest["files"]:
             header, *rows = list(csv.reader(io.StringIO(blobs[entry["name"]].decode("utf-8"))))
-            keep = [r for r in rows if not any(_matches(c, key, hashes) for c in r)]
-            if len(keep) == len(rows):
+            theirs = [any(_matches(c, key, hashes) for c in r) for r in rows]
+            if not any(theirs):
                 continue
-            dropped[entry["name"]] = [r for r in rows if r not in keep]
+            keep = [r for r, t in zip(rows, theirs, strict=True) if not t]
+            dropped[entry["name"]] = [r for r, t in zip(rows, theirs, strict=True) if t]
             data = render_csv(header, keep)
             blobs[entry["name"]] = data
             entry.update(rows=len(keep), bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
