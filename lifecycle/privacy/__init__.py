@@ -75,6 +75,8 @@ IDENTIFIER_COLUMNS = frozenset(
         "anchor_identifier_value",
     }
 )
+#: Columns that name who used a device in the same row as its anonymous id.
+DEVICE_USERS = ("user_id", "email")
 #: Identifier columns whose name says nothing outside their table.
 TABLE_IDENTIFIER_COLUMNS = {("raw", "crm__contacts"): frozenset({"id"})}
 #: Columns of *other* people's rows that point at the person: blanked, the row stays.
@@ -332,8 +334,17 @@ def _plan(schema: str, table: str, columns: Iterable[str]) -> _Plan | None:
     ids = IDENTIFIER_COLUMNS | TABLE_IDENTIFIER_COLUMNS.get((schema, table), frozenset())
     delete_when: list[sql.Composable] = []
     blank: list[tuple[str, sql.Composable]] = []
+    columns = list(columns)
+    # A device (anonymous id) can be shared: an event on the person's device that names
+    # someone else (a login) is that other person's, and stays.
+    others = [c for c in DEVICE_USERS if c in columns]
     for c in columns:
-        if c in ids:
+        if c == "anonymous_id" and others:
+            named = sql.SQL(" and ").join(
+                sql.SQL("{} is null").format(sql.Identifier(o)) for o in others
+            )
+            delete_when.append(sql.SQL("({} and {})").format(_column_matches(c), named))
+        elif c in ids:
             delete_when.append(_column_matches(c))
         elif c in POINTER_COLUMNS:
             blank.append((c, _column_matches(c)))

@@ -187,3 +187,54 @@ def test_cli_forgets_and_reports_and_refuses_another_key(
     assert refused.stderr.startswith(
         "error: LIFECYCLE_ERASURE_SECRET is not the key the erasure ledger was written with"
     )
+
+
+def _event(eid: str, anonymous_id: str, user_id: str | None = None, **kw: str) -> str:
+    return json.dumps(
+        {
+            "event_id": eid,
+            "anonymous_id": anonymous_id,
+            "user_id": user_id,
+            "event": "logged_in" if user_id else "page_viewed",
+            "timestamp": "2024-01-01T10:00:00Z",
+            "session_id": f"s-{eid}",
+        }
+        | kw
+    )
+
+
+def test_a_shared_device_keeps_the_other_persons_events(
+    tmp_path: Path, fresh_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIFECYCLE_ERASURE_SECRET", KEY)
+    events = [
+        _event("e1", "dev-1"),  # the forgotten person's device, before they log in
+        _event("e2", "dev-1", "C1"),  # their login
+        _event("e3", "dev-1", "C2"),  # someone else logs in on the same device
+        _event("e4", "dev-2", None, email="c1@x.com"),  # their identify on another device
+        _event("e5", "dev-3", "C2"),
+    ]
+    _write(
+        tmp_path / "world/web/events/dt=2024-01-01/part-0000-arrived-20240101.jsonl",
+        "\n".join(events) + "\n",
+    )
+    s = _settings(tmp_path, fresh_db)
+    with psycopg.connect(fresh_db) as conn:
+        file_requests(
+            conn,
+            KEY,
+            [
+                Request("customer_id", "C1"),
+                Request("anonymous_id", "dev-1"),
+                Request("email", "c1@x.com"),
+            ],
+        )
+    apply_pending(fresh_db, {"LIFECYCLE_ERASURE_SECRET": KEY}, None)
+    [web] = extract("web", D1, s)
+    assert (web.rows_loaded, web.rows_erased) == (2, 3)
+    assert _rows(
+        fresh_db, "select event_id, anonymous_id, user_id from raw.web__events order by 1"
+    ) == [
+        ("e3", "dev-1", "C2"),
+        ("e5", "dev-3", "C2"),
+    ]
