@@ -469,6 +469,18 @@ on conflict (identifier_hash) do nothing
 )
 
 
+_ORDERS_SQL = (
+    _ADD_IDENTIFIERS
+    + """
+select distinct on (1) {h_order}, 'order_id', e.request_id
+from raw.orders__orders as o
+inner join ops.erasure_identifiers as e on e.identifier_hash in ({forms})
+order by 1, e.request_id
+on conflict (identifier_hash) do nothing
+"""
+)
+
+
 def _resolve(cur: psycopg.Cursor, key: str, request_ids: list[str]) -> dict[str, set[str]]:
     """Add every identifier of the requested people to the ledger; return their keys."""
     params: dict[str, Any] = {"key": key, "ids": request_ids}
@@ -502,15 +514,16 @@ def _resolve(cur: psycopg.Cursor, key: str, request_ids: list[str]) -> dict[str,
         )
     # the orders they placed: their lines (order_items) carry only the order id
     if _relation_exists(cur.connection, "raw.orders__orders"):
-        plan = _plan("raw", "orders__orders", ("customer_id", "email"))
-        assert plan is not None
+        forms = [
+            _sql_hash(sql.SQL(form).format(sql.Identifier("o", column)))
+            for column in ("customer_id", "email")
+            for form in ("trim({})", "lower(trim({}))")
+        ]
         cur.execute(
-            sql.SQL(
-                _ADD_IDENTIFIERS
-                + "select distinct {}, 'order_id', %(owner)s from raw.orders__orders "
-                "where {} on conflict (identifier_hash) do nothing"
-            ).format(_sql_hash(sql.SQL("trim(order_id)")), sql.SQL(" or ").join(plan.delete_when)),
-            {**params, "owner": request_ids[0]},
+            sql.SQL(_ORDERS_SQL).format(
+                h_order=_sql_hash(sql.SQL("trim(o.order_id)")), forms=sql.SQL(", ").join(forms)
+            ),
+            params,
         )
     return keys
 
