@@ -5,6 +5,8 @@ One run per **day D** of the business time zone (the sources file's `business.ti
 UTC without one; D is its logical date, and the run starts after D has ended, at 00:00
 of D+1 in that zone) and everything in it reads and writes the partition of D:
 
+0. `apply_erasures`: pending erasure requests (`lifecycle privacy forget`) applied: the
+   people deleted everywhere, so the loads after it already drop their rows.
 1. `extract_crm`, `extract_web`, `extract_orders`, `extract_marketing`, `extract_fx` (in parallel):
    land what each source delivered for D in `raw.<source>__<entity>`; a rerun of D
    replaces D's batches, never adds to them. Sources that are not configured are skipped
@@ -84,6 +86,7 @@ from lifecycle.orchestration import alerts, config, daily
 )
 def lifecycle_daily():
     chain(
+        daily.apply_erasures(),
         [daily.extract(source) for source in daily.SOURCES],
         daily.validate_raw(),
         daily.transform(),

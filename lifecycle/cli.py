@@ -555,6 +555,7 @@ def demo(customers: int, seed: int) -> None:
 # Commands defined beside the code they run (importing them loads neither dbt nor Airflow).
 from lifecycle.activation.cli import export_command, lift_command  # noqa: E402
 from lifecycle.orchestration.cli import airflow_group, pipeline  # noqa: E402
+from lifecycle.privacy.cli import privacy_group  # noqa: E402
 from lifecycle.quality.cli import validate_command  # noqa: E402
 from lifecycle.report.cli import report_command  # noqa: E402
 from lifecycle.status import status_command  # noqa: E402
@@ -571,6 +572,7 @@ main.add_command(report_command)
 main.add_command(status_command)
 main.add_command(train_command)
 main.add_command(score_command)
+main.add_command(privacy_group)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from lifecycle.parse import Checked, Checker, Chunk, Reject, Window
+from lifecycle.privacy import drop_forgotten
 from lifecycle.raw import RawEntity, raw_ddl
 from lifecycle.redact import redact
 
@@ -85,6 +86,7 @@ class LoadResult:
     rows_quarantined: int = 0
     rows_duplicate: int = 0
     rows_out_of_window: int = 0
+    rows_erased: int = 0  # rows of people forgotten by an erasure request, dropped on purpose
     extra_columns: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
@@ -98,6 +100,8 @@ class LoadResult:
             if self.extra_columns
             else ""
         )
+        if self.rows_erased:
+            extra += f", {self.rows_erased} row(s) of forgotten people dropped"
         if self.warnings:
             extra += f", {len(self.warnings)} warning(s): " + "; ".join(self.warnings[:3])
             extra += " ..." if len(self.warnings) > 3 else ""
@@ -441,6 +445,11 @@ def load_batch(
                     )
                 result.rows_loaded = _stream(cur, entity, bid, chunks, checker, state)
                 _settle_unplaced(cur, entity, bid, state)
+                # forgotten people (lifecycle.privacy) never land, not even on a full reload
+                dropped, result.rows_erased, state["quarantine"] = drop_forgotten(
+                    cur, entity.table, bid, state["quarantine"]
+                )
+                result.rows_loaded -= dropped
                 unread = [
                     (q[2], q[0], bid)
                     for q in state["quarantine"]

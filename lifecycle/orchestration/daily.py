@@ -164,6 +164,24 @@ def extract(source: str):
     )
 
 
+@task(task_id="apply_erasures", multiple_outputs=False, execution_timeout=EXTRACT_TIMEOUT)
+def apply_erasures() -> dict[str, Any]:
+    """Apply pending erasure requests (lifecycle.privacy) before anything is loaded."""
+    from lifecycle import warehouse
+    from lifecycle.activation.run import export_root
+    from lifecycle.privacy import ErasureError, apply_pending
+
+    settings = _settings()
+    try:
+        result = apply_pending(
+            warehouse.warehouse_url(settings), settings.environ, export_root(settings)
+        )
+    except ErasureError as exc:
+        raise AirflowFailException(f"erasure requests not applied: {exc}") from exc
+    log.info("%s", result.summary())
+    return result.facts()
+
+
 def _run_id(context: Any) -> str:
     return str(context.get("run_id") or f"manual__{logical_day(context).isoformat()}")
 

@@ -98,6 +98,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def compared_columns(conn: psycopg.Connection, schema: str, table: str) -> list[str]:
+    """Return the columns of `schema.table` that runs must reproduce: all but load times."""
+    return [
+        r[0]
+        for r in conn.execute(
+            "select column_name from information_schema.columns where table_schema = %s "
+            "and table_name = %s and column_name not like '%%loaded\\_at' "
+            "order by ordinal_position",
+            (schema, table),
+        )
+    ]
+
+
 def table_checksums(url: str, schemas: tuple[str, ...] = COMPARED_SCHEMAS) -> dict[str, tuple]:
     """Return (row count, md5 of all rows) per table of `schemas`.
 
@@ -113,15 +126,7 @@ def table_checksums(url: str, schemas: tuple[str, ...] = COMPARED_SCHEMAS) -> di
             (list(schemas),),
         ).fetchall()
         for schema, table in tables:
-            cols = [
-                r[0]
-                for r in conn.execute(
-                    "select column_name from information_schema.columns where table_schema = %s "
-                    "and table_name = %s and column_name not like '%%loaded\\_at' "
-                    "order by ordinal_position",
-                    (schema, table),
-                )
-            ]
+            cols = compared_columns(conn, schema, table)
             select = ", ".join(f'"{c}"' for c in cols)
             out[f"{schema}.{table}"] = conn.execute(
                 f"select count(*), md5(coalesce(string_agg(t::text, E'\\n' order by t::text), '')) "

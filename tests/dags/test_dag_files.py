@@ -137,8 +137,10 @@ def test_daily_dag_shape(probes) -> None:
         "validate_activation",
         "report",
     ]
-    assert set(dag["upstream"]) == extracts | set(after)
-    assert all(dag["upstream"][t] == [] for t in extracts)  # the sources run in parallel
+    assert set(dag["upstream"]) == {"apply_erasures"} | extracts | set(after)
+    assert dag["upstream"]["apply_erasures"] == []  # forgotten people go before any load
+    # then the sources run in parallel
+    assert all(dag["upstream"][t] == ["apply_erasures"] for t in extracts)
     assert dag["upstream"]["validate_raw"] == sorted(extracts)  # the raw gate waits for all
     for before, task in zip(after, after[1:], strict=False):
         assert dag["upstream"][task] == [before], task  # then one step after the other

@@ -31,7 +31,7 @@ RAW_TABLES = (
 )
 EXTRACTS = {"extract_crm", "extract_web", "extract_orders", "extract_marketing", "extract_fx"}
 #: Without a champion model: what runs, and what skips because scoring has nothing to use.
-SUCCEEDED = EXTRACTS | {"validate_raw", "transform", "validate_marts", "report"}
+SUCCEEDED = EXTRACTS | {"apply_erasures", "validate_raw", "transform", "validate_marts", "report"}
 SKIPPED = {"score", "validate_scores", "activate", "validate_activation"}
 EXPECTED_TASKS = SUCCEEDED | SKIPPED
 
