@@ -25,11 +25,13 @@ import psycopg
 import pytest
 
 from lifecycle.orchestration.config import TRAIN_DAG_ID
+from lifecycle.privacy import Request, file_requests
 from tests.dags.conftest import DAYS, compared_columns, lifecycle_env, scratch_database
 
 START, END = dt.date(2023, 1, 1), dt.date(2024, 3, 31)
 D1, D2 = DAYS[0], DAYS[1]
 SECRET = "erasure-test-site-key-0123456789"
+UNKNOWN = "nobody-we-know@example.com"
 #: Relations compared for everyone else, before and after (per-person facts). Population-
 #: relative columns are not per-person facts and are left out of this comparison: RFM
 #: quintiles and everything ranked against the whole customer base.
@@ -349,6 +351,10 @@ def erased(embedded_settings, airflow_cfg, tmp_path_factory):
                 "where status = 'ok' and as_of_date = %s order by audience",
                 (D2,),
             )
+            # a request filed while the warehouse could not apply it stays pending: the
+            # daily run's first task applies it (here: someone the data never knew)
+            with psycopg.connect(url) as conn:
+                [out["pending_id"]] = file_requests(conn, SECRET, [Request("email", UNKNOWN)])
             out["reload"] = run_dates([D2], conf={"full_reload": True}, cfg=airflow_cfg, echo=quiet)
             out["after"] = {r: _others(url, r, forgotten) for r in COMPARED}
             out["revenue_after"] = _query(url, "select sum(total_revenue) from marts.customers")[0]
@@ -366,7 +372,8 @@ def erased(embedded_settings, airflow_cfg, tmp_path_factory):
             out["report_json"] = _cli(env, "privacy", "report", "--json")
             out["ledger"] = _query(
                 url,
-                "select kind, identifier_hash, status, count_customers from ops.erasure_requests",
+                "select kind, identifier_hash, status, count_customers, request_id "
+                "from ops.erasure_requests order by requested_at, kind",
             )
         yield out
 
@@ -384,9 +391,13 @@ def test_forget_applies_at_once_and_rewrites_the_exports(erased) -> None:
 
 
 def test_ledger_holds_hashes_only(erased) -> None:
-    ledger = erased["ledger"]
+    *ledger, unknown = erased["ledger"]
     assert sorted(r[0] for r in ledger) == ["anonymous_id", "customer_id", "email"]
     assert all(r[2] == "applied" and r[3] == 1 for r in ledger)
+    # the pending request was applied by the daily run, before its loads
+    assert unknown[4] == erased["pending_id"] and unknown[2:4] == ("applied", 0)
+    [reload] = erased["reload"]
+    assert {t.task_id: t.state for t in reload.tasks}["apply_erasures"] == "success"
     for _kind, digest, *_ in ledger:
         assert len(digest) == 64 and digest not in erased["forgotten"]
 
@@ -426,7 +437,7 @@ def test_aggregates_change_by_exactly_their_contribution(erased) -> None:
 def test_report_says_what_was_removed_where(erased) -> None:
     text = erased["report"].stdout
     assert erased["report"].returncode == 0, erased["report"].stderr
-    assert text.startswith("erasure requests: 3 (3 applied, 0 pending)")
+    assert text.startswith("erasure requests: 4 (4 applied, 0 pending)")
     facts = json.loads(erased["report_json"].stdout)
     removed = {r["location"]: r["rows"] for r in facts["applied"]}
     assert removed["marts.customers"] == 3
