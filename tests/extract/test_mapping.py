@@ -57,11 +57,18 @@ def sources_file(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
-def extract(tmp_path: Path, db: str, day: str, sources: str | None, **env: str) -> str:
-    """Run ``lifecycle extract --source orders --date day --full``; return its stdout."""
+def run_extract(
+    tmp_path: Path, db: str, day: str, sources: str | None, **env: str
+) -> subprocess.CompletedProcess:
+    """Run ``lifecycle extract --source orders --date day --full`` and return the process."""
     if sources is not None:
         env["LIFECYCLE_SOURCES_FILE"] = sources
-    out = lifecycle(tmp_path, db, "extract", "--source", "orders", "--date", day, "--full", **env)
+    return lifecycle(tmp_path, db, "extract", "--source", "orders", "--date", day, "--full", **env)
+
+
+def extract(tmp_path: Path, db: str, day: str, sources: str | None, **env: str) -> str:
+    """Run ``lifecycle extract --source orders --date day --full``; return its stdout."""
+    out = run_extract(tmp_path, db, day, sources, **env)
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -241,17 +248,7 @@ def test_a_pandas_written_export_with_guest_rows_loads_with_its_own_reject_limit
     export = tmp_path / "online_retail_pandas.csv"
     export.write_text("\n".join([header, *out_rows]) + "\n", encoding="utf-8")
     text = UCI.format(path=export)
-    refused = lifecycle(
-        tmp_path,
-        fresh_db,
-        "extract",
-        "--source",
-        "orders",
-        "--date",
-        "2011-12-09",
-        "--full",
-        LIFECYCLE_SOURCES_FILE=sources_file(tmp_path, text),
-    )
+    refused = run_extract(tmp_path, fresh_db, "2011-12-09", sources_file(tmp_path, text))
     assert refused.returncode == 1
     assert "Traceback" not in refused.stderr
     assert (
