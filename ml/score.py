@@ -146,6 +146,17 @@ def score_chunk(
     )
 
 
+def scores_csv(scored: pd.DataFrame) -> str:
+    """Return the rows of `scored` as CSV text for ``COPY ... (format csv)``.
+
+    pandas' writer (far faster than row-by-row ``write_row``) with numpy's shortest
+    round-trip text for floats: PostgreSQL parses it back to the very same double. (A
+    ``float_format`` such as ``%.17g`` is exact too, but formats value by value in
+    Python: it took half the time of scoring.)
+    """
+    return scored.to_csv(header=False, index=False)
+
+
 def _stored_features(
     conn: psycopg.Connection, relation: str, chunk_size: int
 ) -> Iterator[pd.DataFrame]:
@@ -211,8 +222,7 @@ def score(
                 scored = score_chunk(chunk, champions, day, run_id)
                 t2 = time.perf_counter()
                 t_models += t2 - t1
-                # CSV text from pandas' C writer: far faster than row-by-row write_row
-                copy.write(scored.to_csv(header=False, index=False, float_format="%.17g"))
+                copy.write(scores_csv(scored))
                 t0 = time.perf_counter()
                 t_write += t0 - t2
                 rows += len(scored)
