@@ -118,8 +118,7 @@ def score_chunk(
     from ml import tracking
 
     features = chunk.reset_index(drop=True)
-    p = champions.churn.churn_probability(features)
-    reasons = champions.churn.explain(features, p)
+    p, reasons = champions.churn.probability_and_reasons(features)
     indexed = features.set_index("customer_key")
     clv = champions.clv.predict(indexed[list(ft.RFM_COLUMNS)])
     seg_cols = list(champions.segmentation.features)

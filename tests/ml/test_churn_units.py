@@ -214,3 +214,17 @@ def test_vectorized_explain_equals_the_rowwise_logic_exactly(calibration: str) -
     assert fast[0] == "typical customer profile"
     assert REASON_MIN_DELTA == 0.005
     assert model.explain(scored.iloc[:0], p[:0]) == []
+    # what scoring calls: the probability and the reasons from one pass over the trees
+    both, reasons = model.probability_and_reasons(scored)
+    assert both.tobytes() == p.tobytes() and reasons == fast
+    # a booster without categorical columns (the orders-only variant) keeps its own order
+    numeric_only = fit_churn(
+        _customers(3000, 1), _customers(1500, 2), spec, features=spec["features"]["orders_only"]
+    )
+    q = numeric_only.churn_probability(scored)
+    pd.testing.assert_frame_equal(
+        numeric_only.reason_deltas(scored, q),
+        _reason_deltas_on_frames(numeric_only, scored, q),
+        rtol=0,
+        atol=0,
+    )
