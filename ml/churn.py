@@ -165,31 +165,6 @@ class ChurnModel:
             probability >= self.high, high, np.where(probability >= self.medium, medium, low)
         )
 
-    def _prepared(self) -> tuple[Any, Any]:
-        """Return (the pipeline's prepare step, the calibrated classifier reading its output).
-
-        Both are views of the fitted model (shallow copies; nothing is refitted): the
-        calibrated classifier's frozen pipeline is replaced by its last step, so
-        ``on_prepared.predict_proba(prepare.transform(frame))`` computes exactly
-        ``calibrated.predict_proba(frame)`` (sklearn's own calibration code) while the
-        rows are encoded once (the ordinal encoding of the categories cost a third of the
-        reason deltas when each of the eleven variants of a row was encoded again).
-        """
-        pipelines = [
-            cc.estimator.estimator if isinstance(cc.estimator, FrozenEstimator) else cc.estimator
-            for cc in self.calibrated.calibrated_classifiers_
-        ]
-        prepare = pipelines[0].named_steps["prepare"]
-        on_prepared = copy.copy(self.calibrated)
-        on_prepared.calibrated_classifiers_ = []
-        for cc, pipeline in zip(self.calibrated.calibrated_classifiers_, pipelines, strict=True):
-            if pipeline.named_steps["prepare"] is not prepare:
-                raise ValueError("the calibrated classifiers do not share one fitted pipeline")
-            view = copy.copy(cc)
-            view.estimator = FrozenEstimator(pipeline.steps[-1][1])
-            on_prepared.calibrated_classifiers_.append(view)
-        return prepare, on_prepared
-
     def reason_deltas(self, X: pd.DataFrame, base: np.ndarray | None = None) -> pd.DataFrame:
         """Return, per row and reason group, P(churn) minus P(churn) with the group typical."""
         return self._deltas(X, base)[1]
@@ -214,9 +189,9 @@ class ChurnModel:
         groups = {group: cols for group, cols in groups.items() if cols}
         if frame.empty:
             return np.empty(0), pd.DataFrame({group: np.zeros(0) for group in groups})
-        prepare, on_prepared = self._prepared()
+        trees = _TreeSums(self.calibrated)
+        prepare = trees.prepare
         encoded = np.asarray(prepare.transform(frame), dtype="float64")
-        trees = _TreeSums(on_prepared)
         leaves = trees.leaf_values(encoded)
         if base is None:
             base = trees.probability(leaves)
@@ -309,13 +284,20 @@ class _TreeSums:
     compares with the public prediction bit for bit).
     """
 
-    def __init__(self, on_prepared: Any) -> None:
+    def __init__(self, calibrated: Any) -> None:
         from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
 
-        boosters = {id(cc.estimator.estimator) for cc in on_prepared.calibrated_classifiers_}
-        self.booster = on_prepared.calibrated_classifiers_[0].estimator.estimator
-        if len(boosters) != 1 or self.booster.n_trees_per_iteration_ != 1:
-            raise ValueError("expected one binary booster under the calibration")
+        pipelines = [
+            cc.estimator.estimator if isinstance(cc.estimator, FrozenEstimator) else cc.estimator
+            for cc in calibrated.calibrated_classifiers_
+        ]
+        if any(p is not pipelines[0] for p in pipelines):
+            raise ValueError("the calibrated classifiers do not share one fitted pipeline")
+        #: the pipeline's encoding step: the rows are encoded once, then varied
+        self.prepare = pipelines[0].named_steps["prepare"]
+        self.booster = pipelines[0].steps[-1][1]
+        if self.booster.n_trees_per_iteration_ != 1:
+            raise ValueError("expected a binary booster under the calibration")
         self.predictors = [iteration[0] for iteration in self.booster._predictors]
         self.known, self.f_idx_map = self.booster._bin_mapper.make_known_categories_bitsets()
         self.n_threads = _openmp_effective_n_threads()
@@ -332,9 +314,11 @@ class _TreeSums:
             {int(order[f]) for f in p.nodes["feature_idx"][~p.nodes["is_leaf"].astype(bool)]}
             for p in self.predictors
         ]
-        self.calibrated = copy.copy(on_prepared)
+        # the calibrated classifier itself (shallow copies, nothing refitted), reading
+        # decision values instead of rows: sklearn's own calibration code
+        self.calibrated = copy.copy(calibrated)
         self.calibrated.calibrated_classifiers_ = []
-        for cc in on_prepared.calibrated_classifiers_:
+        for cc in calibrated.calibrated_classifiers_:
             view = copy.copy(cc)
             view.estimator = _Decisions(self.booster.classes_)
             self.calibrated.calibrated_classifiers_.append(view)
