@@ -285,8 +285,6 @@ class _TreeSums:
     """
 
     def __init__(self, calibrated: Any) -> None:
-        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
-
         pipelines = [
             cc.estimator.estimator if isinstance(cc.estimator, FrozenEstimator) else cc.estimator
             for cc in calibrated.calibrated_classifiers_
@@ -300,7 +298,12 @@ class _TreeSums:
             raise ValueError("expected a binary booster under the calibration")
         self.predictors = [iteration[0] for iteration in self.booster._predictors]
         self.known, self.f_idx_map = self.booster._bin_mapper.make_known_categories_bitsets()
-        self.n_threads = _openmp_effective_n_threads()
+        # One OpenMP thread per call: a chunk makes ~700 calls of ~50k rows, and each
+        # parallel call's fork/join and spin-waiting cost more than a second core gives.
+        # Measured (98k rows, 2-core machine under load): CPU 12.5-14.5 s and wall 13-25 s
+        # with 2 threads, 6.1-6.3 s and 8-11 s with 1 (and 12.7-13.8 s / 15-24 s for the
+        # stacked predictions this replaced).
+        self.n_threads = 1
         # a tree's feature index is a column of the booster's own preprocessing, which
         # puts the categorical columns first: map it back to the input column
         categorical = self.booster.is_categorical_
