@@ -124,8 +124,7 @@ def score_chunk(
     from ml import tracking
 
     features = chunk.reset_index(drop=True)
-    p = champions.churn.churn_probability(features)
-    reasons = champions.churn.explain(features, p)
+    p, reasons = champions.churn.probability_and_reasons(features)
     indexed = features.set_index("customer_key")
     if champions.clv is None:
         clv = pd.DataFrame(index=indexed.index, columns=list(CLV_VALUE_COLUMNS), dtype="float64")
@@ -153,6 +152,17 @@ def score_chunk(
         },
         columns=list(SCORE_COLUMNS),
     )
+
+
+def scores_csv(scored: pd.DataFrame) -> str:
+    """Return the rows of `scored` as CSV text for ``COPY ... (format csv)``.
+
+    pandas' writer (far faster than row-by-row ``write_row``) with numpy's shortest
+    round-trip text for floats: PostgreSQL parses it back to the very same double. (A
+    ``float_format`` such as ``%.17g`` is exact too, but formats value by value in
+    Python: it took half the time of scoring.)
+    """
+    return scored.to_csv(header=False, index=False)
 
 
 def _stored_features(
@@ -220,8 +230,7 @@ def score(
                 scored = score_chunk(chunk, champions, day, run_id)
                 t2 = time.perf_counter()
                 t_models += t2 - t1
-                # CSV text from pandas' C writer: far faster than row-by-row write_row
-                copy.write(scored.to_csv(header=False, index=False, float_format="%.17g"))
+                copy.write(scores_csv(scored))
                 t0 = time.perf_counter()
                 t_write += t0 - t2
                 rows += len(scored)

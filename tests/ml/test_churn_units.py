@@ -6,8 +6,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.churn import ChurnSpecError, describe_column, load_churn_spec
+from ml.churn import (
+    REASON_GROUPS,
+    REASON_MIN_DELTA,
+    ChurnModel,
+    ChurnSpecError,
+    describe_column,
+    fit_churn,
+    load_churn_spec,
+)
 from ml.evaluate import classification_metrics, expected_calibration_error, lift_at
+from ml.features import NUMERIC_FEATURES
 from ml.tracking import decide
 
 
@@ -102,4 +111,120 @@ def test_promotion_decision_rules() -> None:
     assert not tie.promoted
     assert tie.reason == (
         "roc_auc 0.7505 does not beat champion v2 (0.7500) by the required 0.002 (gain +0.0005)"
+    )
+
+
+def _customers(n: int, seed: int) -> pd.DataFrame:
+    """Return `n` made-up feature rows: skewed counts, missing values, a few categories."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {col: rng.gamma(1.5, 20.0, n).round() for col in NUMERIC_FEATURES}, dtype="float64"
+    )
+    for col in ("mean_gap_days", "last_gap_days", "gap_trend", "days_since_last_visit"):
+        frame.loc[rng.random(n) < 0.3, col] = np.nan
+    frame["is_marketing_opt_in"] = rng.choice([0.0, 1.0, np.nan], n)
+    frame["acquisition_channel"] = rng.choice(["organic", "paid_search", "email", None], n)
+    frame["country_code"] = rng.choice(["US", "DE", "JP", None], n)
+    # churn driven by recency and web activity, so the groups' deltas differ in size
+    risk = frame["days_since_last_order"] / 40 - frame["sessions_30d"] / 30
+    frame["churned"] = rng.random(n) < 1 / (1 + np.exp(-(risk - 0.8)))
+    return frame
+
+
+def _reason_deltas_on_frames(model: ChurnModel, X: pd.DataFrame, base: np.ndarray) -> pd.DataFrame:
+    """The reason deltas as first written: every variant a data frame through the whole
+    calibrated pipeline (kept as the reference of the encode-once version)."""
+    frame = model._frame(X).reset_index(drop=True)
+    deltas = {}
+    for group, all_cols in REASON_GROUPS.items():
+        cols = [c for c in all_cols if c in model.features]
+        if not cols:
+            continue
+        differs = np.zeros(len(frame), dtype=bool)
+        for col in cols:
+            ref = model.reference[col]
+            if ref is None or (isinstance(ref, float) and np.isnan(ref)):
+                differs |= frame[col].notna().to_numpy()
+            else:
+                differs |= (frame[col] != ref).to_numpy() | frame[col].isna().to_numpy()
+        typical = frame.loc[differs].copy()
+        for col in cols:
+            typical[col] = model.reference[col]
+        delta = np.zeros(len(frame))
+        if differs.any():
+            delta[differs] = base[differs] - model.churn_probability(typical)
+        deltas[group] = delta
+    return pd.DataFrame(deltas)
+
+
+def _explain_rowwise(model: ChurnModel, X: pd.DataFrame, base: np.ndarray) -> list[str]:
+    """The row-by-row explain that ChurnModel.explain replaced, kept as the reference."""
+    deltas = _reason_deltas_on_frames(model, X, base)
+    records = X.reset_index(drop=True)
+    texts = np.stack([describe_column(g, records) for g in deltas.columns], axis=1)
+    values = deltas.to_numpy()
+    top = np.argsort(-np.abs(values), axis=1, kind="stable")[:, : model.top_reasons]
+    rows = np.arange(len(values))[:, None]
+    chosen_values = values[rows, top]
+    chosen_texts = texts[rows, top]
+    effect = np.where(chosen_values > 0, " (raises risk)", " (lowers risk)")
+    out = []
+    for vals, txts, effs in zip(chosen_values, chosen_texts, effect, strict=True):
+        parts = [t + e for v, t, e in zip(vals, txts, effs, strict=True) if abs(v) >= 0.005]
+        out.append("; ".join(parts) if parts else "typical customer profile")
+    return out
+
+
+@pytest.mark.parametrize("calibration", ["sigmoid", "isotonic"])
+def test_vectorized_explain_equals_the_rowwise_logic_exactly(calibration: str) -> None:
+    spec = load_churn_spec(
+        {
+            "model": {
+                "params": {"max_iter": 30, "min_samples_leaf": 20},
+                "calibration": calibration,
+            }
+        }
+    )
+    model = fit_churn(_customers(3000, 1), _customers(1500, 2), spec)
+    scored = _customers(4000, 3)
+    scored.loc[7, "country_code"] = "XX"  # a category never seen in training
+    scored.loc[8, "acquisition_channel"] = None
+    # rows equal to the typical customer in every group: no reason clears the threshold
+    for i in range(5):
+        for col in model.features:
+            scored.at[i, col] = model.reference[col]
+    scored.index = scored.index * 7 + 3  # a chunk's index is not 0..n-1
+    p = model.churn_probability(scored)
+    # encoding once, then swapping in the typical encoded values: the very same numbers
+    pd.testing.assert_frame_equal(
+        model.reason_deltas(scored, p), _reason_deltas_on_frames(model, scored, p), rtol=0, atol=0
+    )
+    pd.testing.assert_frame_equal(
+        model.reason_deltas(scored), _reason_deltas_on_frames(model, scored, p), rtol=0, atol=0
+    )
+    for top in (3, 1, 5):
+        model.top_reasons = top
+        fast = model.explain(scored, p)
+        assert fast == _explain_rowwise(model, scored, p)
+    # the sample covers every shape: no reason, one, two and three shown
+    shown = pd.Series(fast).map(
+        lambda t: 0 if t == "typical customer profile" else t.count("; ") + 1
+    )
+    assert set(shown) >= {0, 1, 2, 3}
+    assert fast[0] == "typical customer profile"
+    assert REASON_MIN_DELTA == 0.005
+    assert model.explain(scored.iloc[:0], p[:0]) == []
+    # what scoring calls: the probability and the reasons from one pass over the trees
+    both, reasons = model.probability_and_reasons(scored)
+    assert both.tobytes() == p.tobytes() and reasons == fast
+    # a booster without categorical columns (the orders-only variant) keeps its own order
+    numeric_only = fit_churn(
+        _customers(3000, 1), _customers(1500, 2), spec, features=spec["features"]["orders_only"]
+    )
+    q = numeric_only.churn_probability(scored)
+    pd.testing.assert_frame_equal(
+        numeric_only.reason_deltas(scored, q),
+        _reason_deltas_on_frames(numeric_only, scored, q),
+        rtol=0,
+        atol=0,
     )

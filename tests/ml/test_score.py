@@ -8,10 +8,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pandas as pd
+import psycopg
 import pytest
 
-from ml.score import ScoreError, score
-from ml.tables import RISK_BANDS
+from ml.score import ScoreError, score, scores_csv
+from ml.tables import RISK_BANDS, SCORE_COLUMNS, ensure_ml_tables
 from tests.ml.conftest import temp_home
 from tests.transform.conftest import rows, snapshot
 
@@ -175,3 +178,51 @@ def test_cli_scores_a_date(scored) -> None:
         check=False,
     )
     assert bad.returncode == 2 and "not a date" in bad.stderr
+
+
+def test_scores_csv_round_trips_every_double_exactly(fresh_db: str) -> None:
+    rng = np.random.default_rng(5)
+    tricky = [0.1, 0.1 + 0.2, 1 / 3, 5e-324, 2.2250738585072014e-308, 1 - 2**-53, 0.0, 1.0]
+    floats = np.concatenate(
+        [tricky, rng.random(2000), rng.random(2000) * 10.0 ** rng.integers(-8, 9, 2000)]
+    )
+    n = len(floats)
+    scored = pd.DataFrame(
+        {
+            "score_date": dt.date(2024, 12, 31),
+            "customer_key": [f"k{i}" for i in range(n)],
+            "churn_probability": np.clip(floats, 0, 1),
+            "risk_band": "low",
+            "top_reasons": 'last order 3 days ago (lowers risk); a, "quoted" reason',
+            "segment_id": 1,
+            "segment_name": "Loyal",
+            "p_alive": np.clip(floats[::-1], 0, 1),
+            "expected_purchases_12m": floats,
+            "expected_order_value": floats * 1e6,
+            "clv_12m": floats / 7,
+            "churn_model_version": "1",
+            "segmentation_model_version": "2",
+            "clv_model_version": "3",
+            "run_id": "r",
+        },
+        columns=list(SCORE_COLUMNS),
+    )
+    with psycopg.connect(fresh_db) as conn:
+        ensure_ml_tables(conn)
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                f"copy ml.scores_history ({', '.join(SCORE_COLUMNS)}) from stdin (format csv)"
+            ) as copy,
+        ):
+            copy.write(scores_csv(scored))
+        back = pd.DataFrame(
+            conn.execute(
+                f"select {', '.join(SCORE_COLUMNS)} from ml.scores_history order by "
+                "substr(customer_key, 2)::int"
+            ).fetchall(),
+            columns=list(SCORE_COLUMNS),
+        )
+    pd.testing.assert_frame_equal(back, scored, check_dtype=False, rtol=0, atol=0)
+    for col in ("churn_probability", "expected_purchases_12m", "clv_12m"):
+        assert back[col].to_numpy().tobytes() == scored[col].to_numpy().tobytes()

@@ -385,3 +385,50 @@ def test_opted_out_contact_in_an_export_fails_the_activation_gate(warehouse) -> 
     assert "without marketing consent" in str(failed)
     # the published customer table says the same: reported as a warning
     assert [w.suite for w in failed.verdict.warnings] == ["activation.export_members"]
+
+
+def test_the_raw_gate_fetches_counts_and_bounded_examples_never_the_batch(warehouse) -> None:
+    """GX probes a query asset's columns by running its query: that probe returns no row,
+    and no statement of the gate brings back more rows than the examples kept (20)."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    url, settings = warehouse
+    b = BATCH.format(entity="web__events")
+    # 30 events of the day with an unknown name: more unexpected values than examples kept
+    assert (
+        execute(
+            url,
+            f"update raw.web__events set event = 'page_vewed' where ctid in "
+            f"(select ctid from raw.web__events where _batch_id = {b} limit 30)",
+        )
+        == 30
+    )
+    with psycopg.connect(url) as conn:
+        [(batch_rows,)] = conn.execute(
+            f"select count(*) from raw.web__events where _batch_id = {b}"
+        ).fetchall()
+    assert batch_rows > 100
+    fetched: list[tuple[int, str]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+        if cursor.description is not None:
+            fetched.append((cursor.rowcount, " ".join(statement.split())[:200]))
+
+    event.listen(Engine, "after_cursor_execute", record)
+    try:
+        verdict = validate_layer("raw", DAY, settings, run_id="bounded")
+    finally:
+        event.remove(Engine, "after_cursor_execute", record)
+    assert len(fetched) > 50  # every suite's metrics ran in the database
+    assert max(fetched)[0] <= 20, max(fetched)
+    web = {(o.expectation, o.column): o for o in verdict.outcomes if o.suite == "raw.web__events"}
+    in_set = web[("expect_column_values_to_be_in_set", "event")]
+    assert (in_set.success, in_set.unexpected_count, in_set.element_count) == (
+        False,
+        30,
+        batch_rows,
+    )
+    assert in_set.partial_unexpected == ["page_vewed"] * 20
+    assert web[("expect_table_row_count_to_be_between", None)].observed_value == batch_rows
+    assert verdict.failing() == {("raw.web__events", "expect_column_values_to_be_in_set", "event")}
