@@ -740,3 +740,21 @@ def test_airflow_retries_a_transform_whose_warehouse_session_ended(
     runner.run("validate_marts")
     got = snapshot(world["url"])
     assert [t for t in got if got[t] != world["ref"][t]] == []
+
+
+def test_a_marts_gate_retried_after_its_publish_committed_succeeds(world: dict, runner) -> None:
+    # A kill after the publish's commit but before Airflow records the task's success
+    # leaves nothing pending in marts__build: the retry gates the published marts again.
+    # (Last: the gate's rows in ops then name `marts`, which the other cases compare.)
+    _catch_up(world, runner, "report")
+    runner.run("validate_marts")
+    got = snapshot(world["url"])
+    gates = ("ops.dq_runs", "ops.dq_results")  # the gate's rows now name the schema `marts`
+    assert [t for t in got if t not in gates and got[t] != world["ref"][t]] == []
+    with psycopg.connect(world["url"]) as conn:
+        runs = conn.execute(
+            "select schema_name, passed from ops.dq_runs where layer = 'marts' "
+            "and logical_date = %s",
+            (D1,),
+        ).fetchall()
+    assert runs == [("marts", True)]
