@@ -667,8 +667,15 @@ def _after_failure(
                 cur.execute("delete from raw.quarantine where _batch_id = %s", (bid,))
                 _insert_quarantine(cur, entity, bid, state["quarantine"])
         _log_end(url, result, error=f"{type(exc).__name__}: {exc}")
-    except psycopg.Error:  # the original error matters more
-        log.exception("could not record the failed run %s", result.run_id)
+    except psycopg.Error as lost:
+        # The original error matters more, and is raised next; a traceback here would be
+        # the second of two for one cause (the warehouse gone mid-load). The run stays
+        # `running` in ops.load_runs until the next run of the batch marks it abandoned.
+        log.warning(
+            "could not record the failed run %s in ops.load_runs: %s",
+            result.run_id,
+            " ".join(str(lost).split()),
+        )
 
 
 # ------------------------------------------------------------------------- run log

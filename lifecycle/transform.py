@@ -65,6 +65,50 @@ class TransformError(RuntimeError):
     """dbt could not build the warehouse; the message lists the failed nodes."""
 
 
+class WarehouseUnavailable(TransformError):
+    """The warehouse went away during dbt (stopped, restarting, the session ended).
+
+    Not a data problem: nothing was published, and the same build succeeds once the
+    warehouse is back (the daily DAG's task retries it instead of failing at once).
+    """
+
+
+#: What libpq says, in dbt's errors, when the warehouse is gone or cannot be reached.
+CONNECTION_LOST = (
+    "terminating connection",
+    "server closed the connection",
+    "connection refused",
+    "could not connect to server",
+    "connection to server",
+    "the database system is shutting down",
+    "the database system is starting up",
+    "the database system is in recovery mode",
+    "ssl syscall error",
+    "connection already closed",
+    "no connection to the server",
+)
+
+
+def _connection_lost(text: str) -> str | None:
+    """Return the cause when `text` (a dbt error) says the connection was lost, else None."""
+    lines = [" ".join(x.split()) for x in text.splitlines() if x.strip()]
+    for n, line in enumerate(lines):
+        if any(p in line.lower() for p in CONNECTION_LOST):
+            # libpq: 'connection to server on socket "..." failed: FATAL:  the database
+            # system is shutting down' (and a hint on the next line): the cause is what
+            # follows "failed:"
+            return " / ".join([line.split(" failed: ", 1)[-1], *lines[n + 1 : n + 2]])
+    return None
+
+
+def _unavailable(args: Sequence[str], day: dt.date | None, cause: str) -> WarehouseUnavailable:
+    of = f" as of {day}" if day else ""
+    return WarehouseUnavailable(
+        f"the warehouse connection failed during dbt {args[0]}{of}: {cause} (is it running? "
+        "see `lifecycle warehouse status`); nothing was published: rerun when it is back"
+    )
+
+
 @dataclass(frozen=True)
 class NodeResult:
     """What dbt did with one node (model, seed, test, unit test)."""
@@ -322,13 +366,21 @@ def run_dbt(
     if isinstance(res.result, list):
         result.listed = [str(x) for x in res.result]
     if res.exception is not None:
+        origin = res.exception if isinstance(res.exception, BaseException) else None
+        lost = _connection_lost(str(res.exception))
+        if lost:  # e.g. a node could not open its connection: the server is down
+            raise _unavailable(args, logical_date, lost) from origin
         # dbt's database errors put the cause on the lines after "Database Error": keep
-        # them on the one line the CLI prints (e.g. the server ending the connection)
+        # them on the one line the CLI prints
         cause = " / ".join(x.strip() for x in str(res.exception).splitlines() if x.strip())
-        raise TransformError(f"dbt {' '.join(args)} crashed: {cause}") from (
-            res.exception if isinstance(res.exception, BaseException) else None
-        )
+        raise TransformError(f"dbt {' '.join(args)} crashed: {cause}") from origin
     if not result.success and raise_on_failure:
+        # a node whose session the server ended (a stop, a restart) failed for no fault
+        # of the data: say so, once, rather than list every node the outage failed
+        for node in result.failed:
+            lost = _connection_lost(node.message or "")
+            if lost:
+                raise _unavailable(args, logical_date, lost)
         raise TransformError(_failure_message(result))
     return result
 

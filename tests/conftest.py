@@ -77,9 +77,9 @@ def server_home() -> Iterator[Path]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def embedded_settings() -> Iterator[Settings]:
-    """Settings whose embedded warehouse runs for the whole test session."""
+def embedded_server() -> Iterator[Settings]:
+    """Yield settings of an embedded server started in a new state folder; stop and
+    remove it afterwards."""
     for home in server_home():
         settings = make_settings(home)
         wh.up(settings)
@@ -87,6 +87,12 @@ def embedded_settings() -> Iterator[Settings]:
             yield settings
         finally:
             wh.down(settings)
+
+
+@pytest.fixture(scope="session")
+def embedded_settings() -> Iterator[Settings]:
+    """Settings whose embedded warehouse runs for the whole test session."""
+    yield from embedded_server()
 
 
 @pytest.fixture

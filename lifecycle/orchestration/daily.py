@@ -231,7 +231,7 @@ def validate_raw() -> dict[str, Any]:
 @task(task_id="transform", multiple_outputs=False, execution_timeout=TRANSFORM_TIMEOUT)
 def transform() -> dict[str, Any]:
     """Build staging, intermediate and marts (into marts__build) as of the day; return counts."""
-    from lifecycle.transform import TransformError
+    from lifecycle.transform import TransformError, WarehouseUnavailable
     from lifecycle.transform import transform as build
 
     context = get_current_context()
@@ -246,6 +246,8 @@ def transform() -> dict[str, Any]:
             select=select,
             publish=False,  # write-audit-publish: validate_marts publishes
         )
+    except WarehouseUnavailable:
+        raise  # not the data: the task's retries wait for the warehouse to come back
     except TransformError as exc:
         raise AirflowFailException(f"dbt build as of {day} failed:\n{exc}") from exc
     return {"as_of_date": day.isoformat(), **result.counts(), "seconds": round(result.elapsed_s, 1)}

@@ -662,6 +662,16 @@ class GateResult:
         return {**self.verdict.facts(), **self.published.facts()}
 
 
+def _latest_publication(conn: psycopg.Connection) -> dt.date | None:
+    """Return the logical date of the marts published last (None before any publish)."""
+    if conn.execute("select to_regclass('ops.marts_publications')").fetchone()[0] is None:
+        return None
+    row = conn.execute(
+        "select logical_date from ops.marts_publications order by published_at desc limit 1"
+    ).fetchone()
+    return row[0] if row else None
+
+
 def gate_and_publish(
     day: dt.date, settings: Settings | None = None, *, run_id: str | None = None
 ) -> GateResult:
@@ -674,6 +684,13 @@ def gate_and_publish(
     settings = settings or get_settings()
     with connect(warehouse_url(settings)) as conn:
         built = pending_build(conn)
+        latest = _latest_publication(conn)
+    if built is None and latest == day:
+        # An earlier attempt published this build, then died before its task was marked
+        # done (a retry after a crash): gate the published marts again, publish nothing.
+        verdict = run_validate(day, settings, layer="marts", schema="marts", run_id=run_id)
+        log.info("the marts of %s were already published by an earlier attempt", day)
+        return GateResult(verdict, PublishResult(day))
     if built != day:
         what = f"a build of {built}" if built else "no pending build"
         raise QualityError(
