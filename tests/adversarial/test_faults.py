@@ -140,6 +140,14 @@ _GATE = Trigger(  # after Great Expectations ran, while its results are being st
     "lock table ops.dq_runs in share mode", "ops.dq_runs", "delete from ops.dq_runs"
 )
 TRIGGERS = {
+    # mid-sweep: one erasure request pending (filed before D1), its transaction has deleted
+    # the person from the activation and marts tables, the raw orders' delete waits
+    "apply_erasures": Trigger(
+        "lock table raw.orders__orders in share mode",
+        "raw.orders__orders",
+        "delete from",
+        "marts.customers",
+    ),
     "extract_crm": _load("crm__contacts"),
     "extract_web": _load("web__events"),
     "extract_orders": _load("orders__orders"),
@@ -197,6 +205,7 @@ def _env(home: Path, url: str, world: Path, name: str) -> dict[str, str]:
         "LIFECYCLE_EXPORT_DIR": str(home / f"exports-{name}"),
         "LIFECYCLE_REPORT_DIR": str(home / f"reports-{name}"),
         "LIFECYCLE_LOCK_WAIT_S": "10",  # a lock nobody releases fails a rerun fast
+        "LIFECYCLE_ERASURE_SECRET": "faults-test-site-key",  # the ledger's hash key
         "PYTHONPATH": str(REPO),
     }
 
@@ -492,6 +501,13 @@ def world(server) -> Iterator[dict]:
         runner = stack.enter_context(closing(TaskRunner(env, home / "task-logs")))
         _cli(ref, "score", "--date", str(D0))
         _cli(ref, "export", "--date", str(D0))
+        # a pending erasure request (filed, not applied): D1's apply_erasures has a person
+        # to sweep, in the clean run and on the clone alike
+        from lifecycle.privacy import Request, file_requests, site_key
+
+        with psycopg.connect(ref_url) as conn:
+            (someone,) = conn.execute("select min(customer_id) from raw.orders__orders").fetchone()
+            file_requests(conn, site_key(ref), [Request("customer_id", someone)])
         url = _create_database(admin, "faults_run", template="faults_reference")
         runner.ready()  # before the clean run: one writer of Airflow's metadata at a time
         done = _cli(ref, "pipeline", "run", "--date", str(D1))
@@ -512,6 +528,7 @@ def world(server) -> Iterator[dict]:
             "runner": runner,
             "done": [],  # the tasks of D1 run to their end on the clone
             "abandoned": [],  # the batches whose load was killed
+            "forgotten": someone,  # the customer id of the pending erasure request
         }
 
 
@@ -579,6 +596,18 @@ def test_a_task_killed_mid_step_leaves_nothing_half_written_and_reruns(
 
     runner.run(task)  # LIFECYCLE_LOCK_WAIT_S=10: a lock left behind would fail this
     world["done"].append(task)
+    if task == "apply_erasures":
+        # what it swept, the day's later tasks load and rebuild again: its rerun is judged
+        # by the request applied and the person gone (the day's end is compared below)
+        with psycopg.connect(url) as conn:
+            assert conn.execute(
+                "select status, count_customers from ops.erasure_requests"
+            ).fetchall() == [("applied", 1)]
+            assert conn.execute(
+                "select count(*) from raw.orders__orders where customer_id = %s",
+                (world["forgotten"],),
+            ).fetchone() == (0,)
+        return
     rerun = snapshot(url)
     differ = sorted(
         t
