@@ -10,8 +10,12 @@ are swapped in as one schema, are ``.../<database>/marts/*``.
 
 The embedded warehouse listens on a Unix socket of this machine, which no other tool can
 name: its assets keep the private scheme ``x-lifecycle://warehouse/<schema>/<table>``.
-Asset names (``raw.<table>``, ``marts``, ``ml.scores_history``, ...) are the same in
-both forms; only the URI changes.
+An embedded warehouse's assets are named after their tables (``raw.<table>``,
+``marts``, ``ml.scores_history``, ...); a server's are named by their URIs, as Airflow
+names an asset given only a URI, because Airflow keeps one active asset per name: with
+table names, moving the warehouse in the same Airflow home left the new URIs inactive and
+failed every task that emits them. The table name is in each asset's extra
+(``lifecycle_table``) either way.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from lifecycle.settings import Settings, load_settings
 
 #: Scheme of the embedded warehouse's assets (private: ``x-`` is never normalised).
 PRIVATE_LOCATION = "x-lifecycle://warehouse"
+#: Key of an asset's extra holding its table name (``raw.orders__orders``, ``marts``): the
+#: name the tasks know it by, whatever the asset's name.
+TABLE_KEY = "lifecycle_table"
 #: The postgres provider's default port, which its sanitizer writes when a URI has none.
 DEFAULT_PORT = 5432
 
@@ -73,5 +80,11 @@ def warehouse_asset(name: str, schema: str, table: str | None):
     """Return the Airflow asset `name` of `schema`.`table` in the configured warehouse."""
     from airflow.sdk import Asset
 
-    uri = asset_uri(warehouse_location(parse_time_settings()), schema, table)
-    return Asset(name=name, uri=uri, group=schema)
+    location = warehouse_location(parse_time_settings())
+    uri = asset_uri(location, schema, table)
+    # Airflow keeps one active asset per name: a table of a warehouse with a host is named
+    # by its URI (Airflow's own default), so moving the warehouse (embedded -> a server,
+    # one server -> another) in the same Airflow home does not leave the new URIs inactive
+    # behind the old assets of the same name (every task with them failed)
+    private = location == PRIVATE_LOCATION
+    return Asset(name=name if private else uri, uri=uri, group=schema, extra={TABLE_KEY: name})

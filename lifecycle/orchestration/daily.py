@@ -116,9 +116,11 @@ def _settings():
 
 def _annotate_assets(context: Any, extras: dict[str, dict[str, Any]]) -> None:
     """Attach small facts (row counts, date) to the asset events this task emits."""
+    from lifecycle.orchestration.assets import TABLE_KEY
+
     events = context["outlet_events"]
     for asset in context["task"].outlets:
-        name = getattr(asset, "name", None)
+        name = (getattr(asset, "extra", None) or {}).get(TABLE_KEY, getattr(asset, "name", None))
         if name in extras:
             events[asset].extra = extras[name]
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from lifecycle.orchestration.assets import TABLE_KEY
 from lifecycle.orchestration.config import DAILY_DAG_ID, TRAIN_DAG_ID
 from lifecycle.orchestration.connections import env_name
 from lifecycle.orchestration.server import API_USER, AirflowClient, free_port
@@ -262,7 +263,8 @@ def deployment(scratch, celery_world, reference):
             yield {
                 "warehouse": warehouse,
                 "metadata": airflow_db,
-                "assets": {a["name"]: a["uri"] for a in assets},
+                # named by their URIs (one active asset per name), known by their table
+                "assets": {(a.get("extra") or {}).get(TABLE_KEY): a["uri"] for a in assets},
                 "status": _status(status_env, state),
                 "runs": runs,
                 "instances": instances,

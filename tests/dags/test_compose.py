@@ -7,6 +7,7 @@ the PostgreSQL init script runs for real against the embedded server.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -105,7 +106,13 @@ def test_compose_has_every_service_with_health_checks(compose: dict) -> None:
     # One PostgreSQL serves the warehouse, Airflow's metadata and MLflow's backend.
     env = services["airflow-apiserver"]["environment"]
     assert "@postgres:5432/airflow" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
-    assert "@postgres:5432/" in env["LIFECYCLE_WAREHOUSE_URL"]
+    # the tasks' warehouse is the Airflow Connection (JSON), on the same server
+    warehouse = json.loads(env["AIRFLOW_CONN_LIFECYCLE_WAREHOUSE"])
+    assert (warehouse["conn_type"], warehouse["host"], warehouse["port"]) == (
+        "postgres",
+        "postgres",
+        5432,
+    )
     assert "@postgres:5432/mlflow" in services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     # Published ports listen on loopback only.

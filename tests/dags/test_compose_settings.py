@@ -26,7 +26,11 @@ from lifecycle.orchestration.shared_state import check_shared_state, machine_loc
 from lifecycle.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
-READERS = (REPO / "lifecycle" / "settings.py", REPO / "lifecycle" / "orchestration" / "config.py")
+READERS = (
+    REPO / "lifecycle" / "settings.py",
+    REPO / "lifecycle" / "orchestration" / "config.py",
+    REPO / "lifecycle" / "privacy" / "__init__.py",  # the erasure ledger's site key
+)
 #: ${NAME:-default}, ${NAME:?message}, ${NAME}
 INTERPOLATION = re.compile(r"\$\{([A-Z0-9_]+)(?::-([^}]*)|:\?[^}]*)?\}")
 

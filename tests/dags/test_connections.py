@@ -206,7 +206,13 @@ def _parse(cfg: OrchestrationSettings, lifecycle: dict, airflow: dict | None = N
 
 
 def _outlets(dag) -> dict[str, str]:
-    return {o.name: o.uri for t in dag.tasks for o in t.outlets}
+    """Return table -> URI of the DAG's outlets (a server's assets are named by their URI,
+    an embedded warehouse's by their table; the table is in the extra either way)."""
+    from lifecycle.orchestration.assets import PRIVATE_LOCATION, TABLE_KEY
+
+    outlets = [o for t in dag.tasks for o in t.outlets]
+    assert all(o.name == o.uri or o.uri.startswith(PRIVATE_LOCATION) for o in outlets)
+    return {o.extra[TABLE_KEY]: o.uri for o in outlets}
 
 
 HOSTED = {
