@@ -537,7 +537,7 @@ _VALUES = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|0x[0-9a-f]+|\d+")
 
 def _most_rejected(rejected: list[tuple]) -> str:
     """Return ``; most: <reason> (n rows alike)`` for the commonest kind of reason (its
-    values masked), with a hint when that is a file in another encoding than UTF-8."""
+    values masked), with what to do about it where :func:`reject_hint` knows."""
     kinds: collections.Counter[str] = collections.Counter()
     examples: dict[str, str] = {}
     for *_, reason, _payload in rejected:

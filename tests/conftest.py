@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +22,25 @@ from lifecycle.settings import Settings, load_settings
 EXTERNAL_ADMIN_URL = os.environ.get(
     "LIFECYCLE_TEST_EXTERNAL_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+
+
+def run_cli(
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    cwd: Path | str | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
+    """Run ``python -m lifecycle.cli <args>`` in a process of its own with exactly `env`;
+    return it (output captured as text)."""
+    return subprocess.run(
+        [sys.executable, "-m", "lifecycle.cli", *args],
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def make_settings(home: Path, **env: str) -> Settings:

@@ -56,7 +56,7 @@ import psycopg
 import pytest
 
 from lifecycle import warehouse as wh
-from tests.conftest import embedded_server
+from tests.conftest import embedded_server, run_cli
 from tests.dags.conftest import table_checksums
 
 REPO = Path(__file__).resolve().parents[2]
@@ -211,14 +211,7 @@ def _env(home: Path, url: str, world: Path, name: str) -> dict[str, str]:
 
 
 def _cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, "-m", "lifecycle.cli", *args],
-        env=env,
-        cwd=env["LIFECYCLE_HOME"],  # no .env there
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-    )
+    done = run_cli(args, env, cwd=env["LIFECYCLE_HOME"], timeout=RUN_TIMEOUT_S)  # no .env there
     if check:
         assert done.returncode == 0, (args, done.stdout[-3000:], done.stderr[-3000:])
     return done

@@ -18,7 +18,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
@@ -26,6 +25,7 @@ import pytest
 
 from lifecycle.orchestration.config import TRAIN_DAG_ID
 from lifecycle.privacy import Request, file_requests
+from tests.conftest import run_cli
 from tests.dags.conftest import DAYS, compared_columns, lifecycle_env, scratch_database
 
 START, END = dt.date(2023, 1, 1), dt.date(2024, 3, 31)
@@ -116,13 +116,7 @@ def _others(url: str, relation: str, forgotten: set[str]) -> tuple[int, str]:
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")} | env
-    return subprocess.run(
-        [sys.executable, "-m", "lifecycle.cli", *args],
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_cli(args, full)
 
 
 def _pick(url: str) -> dict[str, str]:
