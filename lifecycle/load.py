@@ -120,7 +120,7 @@ def batch_id(entity: RawEntity, logical_date: dt.date) -> str:
 
 
 def day_window(logical_date: dt.date, timezone: str = "UTC") -> Window:
-    """Return the interval of one logical date: (D 00:00, D+1 00:00] in the business zone.
+    """Return the interval of one logical date: [D 00:00, D+1 00:00) in the business zone.
 
     The bounds are the zone's midnights, so a day across a daylight-saving change is 23
     or 25 hours long.

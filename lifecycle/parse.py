@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import zoneinfo
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,15 +117,22 @@ def _as_text(v: object) -> str | None:
 
 @dataclass(frozen=True)
 class Window:
-    """A load interval over the entity's cursor: ``(start, end]``; start None = everything."""
+    """A load interval over the entity's cursor: ``[start, end)``; start None = everything.
+
+    Half-open like Airflow's data intervals: a day's window holds its own midnight and
+    not the next one, so a plain date (midnight of its day, when read as a timestamp)
+    belongs to its own day. A date cursor compares by calendar day: the window holds the
+    dates from its start's to ``last_date()``.
+    """
 
     start: dt.datetime | None
     end: dt.datetime
 
     def describe(self) -> str:
         """Return the interval as text."""
-        start = self.start.isoformat() if self.start else "-inf"
-        return f"({start}, {self.end.isoformat()}]"
+        if self.start is None:
+            return f"(-inf, {self.end.isoformat()})"
+        return f"[{self.start.isoformat()}, {self.end.isoformat()})"
 
     def last_date(self) -> dt.date:
         """Return the last date inside the window (a date stands for its whole day)."""
@@ -476,9 +484,17 @@ _EMPTY_HASH = hash_strings(pa.array([""]))[0]
 
 
 def _scalar_for(f_type: str, moment: dt.datetime) -> pa.Scalar:
+    """Return a window bound as a value of `f_type`: a date is the last day before it."""
     if f_type == "date":
         return pa.scalar((moment - dt.timedelta(microseconds=1)).date(), pa.date32())
     return pa.scalar(moment, pa.timestamp("us", tz="UTC"))
+
+
+def _at_or_after_end(f_type: str, value: pa.Array, end: dt.datetime) -> pa.Array:
+    """Return the mask of values past a window's end (a date: after its last day)."""
+    bound = _scalar_for(f_type, end)
+    past = pc.greater(value, bound) if f_type == "date" else pc.greater_equal(value, bound)
+    return pc.fill_null(past, False)
 
 
 class SeenHashes:
@@ -593,8 +609,7 @@ class Checker:
                     load, r"^(-?\d+)\.0+$", r"\1"
                 )
             if f.not_future:
-                bound = _scalar_for(f.type, self.window.end)
-                own.append((f, "future", pc.fill_null(pc.greater(value, bound), False)))
+                own.append((f, "future", _at_or_after_end(f.type, value, self.window.end)))
             if f.name in mapping:
                 # The mapping step's reason (value and expected format) replaces the
                 # checker's own reasons for the field.
@@ -697,15 +712,22 @@ class Checker:
         fallback = self.entity.cursor_fallback
         if fallback and self.cursor == self.entity.cursor:
             cursor = pc.coalesce(cursor, values[fallback])
-        outside = pc.fill_null(pc.greater(cursor, _scalar_for(f_type, self.window.end)), False)
+        outside = _at_or_after_end(f_type, cursor, self.window.end)
         if self.window.start is not None:
+            # before the window: a timestamp before its start, a date before its first day
             lower = _scalar_for(f_type, self.window.start)
-            outside = pc.or_(outside, pc.fill_null(pc.less_equal(cursor, lower), False))
+            before = pc.less_equal(cursor, lower) if f_type == "date" else pc.less(cursor, lower)
+            outside = pc.or_(outside, pc.fill_null(before, False))
         placed = _valid(cursor) if len(cursor) else np.ones(0, dtype=bool)
         return outside.to_numpy(zero_copy_only=False).copy(), placed
 
     def _newest(self, values: dict[str, pa.Array], keep: np.ndarray) -> dt.datetime | None:
-        """Return the newest cursor value of the rows kept (a date: the end of its day)."""
+        """Return where the rows kept end: just past their newest cursor value.
+
+        The first instant after it (windows are half-open), so a window starting there
+        holds what came later and not the newest rows again; a date: the end of its day
+        in the business zone.
+        """
         name = self.cursor or self.entity.cursor
         if not keep.any() or name not in values:
             return None
@@ -717,8 +739,10 @@ class Checker:
         if top is None:
             return None
         if isinstance(top, dt.datetime):
-            return top if top.tzinfo else top.replace(tzinfo=dt.UTC)
-        return dt.datetime.combine(top + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+            top = top if top.tzinfo else top.replace(tzinfo=dt.UTC)
+            return top + dt.timedelta(microseconds=1)
+        zone = zoneinfo.ZoneInfo(self.timezone)
+        return dt.datetime.combine(top + dt.timedelta(days=1), dt.time(), tzinfo=zone)
 
     def _duplicates(self, texts: dict[str, pa.Array], keep: np.ndarray) -> np.ndarray:
         """Return the row indices (among `keep`) whose key was already seen in this batch."""

@@ -96,12 +96,17 @@ def iter_contact_pages(
     remember(token)
     base = base_url.rstrip("/")
     url = f"{base}/{endpoint.path.lstrip('/')}"
+    # The window is [start, end); APIs name their bounds "after" (exclusive) and "before"
+    # (inclusive, as the sample CRM does, or exclusive): asking for (start - 1 us, end -
+    # 1 us] returns exactly the window from the first and at most rows of that last
+    # microsecond's from the second. The checker places every row returned anyway.
+    tick = dt.timedelta(microseconds=1)
     params: dict[str, str | int] = {
         **endpoint.params,
-        endpoint.incremental.end_param: _iso(window.end),
+        endpoint.incremental.end_param: _iso(window.end - tick),
     }
     if window.start is not None:
-        params[endpoint.incremental.start_param] = _iso(window.start)
+        params[endpoint.incremental.start_param] = _iso(window.start - tick)
     cursor_param = endpoint.paginator.cursor_param
     after: str | None = None
     seen: set[str] = set()

@@ -220,9 +220,10 @@ def select_query(
     name, cursor = cursor_column(entity, emap, columns)
     conditions = []
     if cursor is not None:
-        conditions.append(sql.SQL("{} <= {}").format(cursor, sql.Literal(window.end)))
+        # [start, end), as the checker places rows (a date column compares as its midnight)
+        conditions.append(sql.SQL("{} < {}").format(cursor, sql.Literal(window.end)))
         if window.start is not None:
-            conditions.append(sql.SQL("{} > {}").format(cursor, sql.Literal(window.start)))
+            conditions.append(sql.SQL("{} >= {}").format(cursor, sql.Literal(window.start)))
     query = sql.SQL("select {} from {}").format(sql.SQL(", ").join(items), relation)
     if conditions:
         query += sql.SQL(" where ") + sql.SQL(" and ").join(conditions)

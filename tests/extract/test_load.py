@@ -61,12 +61,13 @@ def test_orders_csv_full_then_incremental_loads_exact_rows(tmp_path: Path, fresh
     s = _settings(tmp_path, fresh_db)
 
     [first] = extract("orders", D1, s)[:1]
-    # First load: everything up to the end of D1, i.e. (-inf, 2024-01-02 00:00].
-    # O3's updated_at is exactly 2024-01-02T00:00:00Z: the interval end is inclusive.
-    assert (first.rows_loaded, first.rows_quarantined, first.rows_out_of_window) == (3, 0, 3)
+    # First load: everything up to the end of D1, i.e. (-inf, 2024-01-02 00:00).
+    # O3's updated_at is exactly 2024-01-02T00:00:00Z: the interval end is exclusive (a
+    # day holds its own midnight, as a plain date 2024-01-02 is), so O3 is D2's.
+    assert (first.rows_loaded, first.rows_quarantined, first.rows_out_of_window) == (2, 0, 4)
     assert first.window.start is None
     [second] = extract("orders", D2, s)[:1]
-    assert (second.rows_loaded, second.rows_out_of_window) == (2, 4)
+    assert (second.rows_loaded, second.rows_out_of_window) == (3, 3)
     [third] = extract("orders", D3, s)[:1]
     assert third.rows_loaded == 1
 
@@ -79,7 +80,7 @@ def test_orders_csv_full_then_incremental_loads_exact_rows(tmp_path: Path, fresh
         ("O1", "completed", "10.50", "orders__orders:2024-01-01"),
         ("O2", "completed", "20.00", "orders__orders:2024-01-01"),
         ("O2", "refunded", "20.00", "orders__orders:2024-01-02"),
-        ("O3", "completed", "5.25", "orders__orders:2024-01-01"),
+        ("O3", "completed", "5.25", "orders__orders:2024-01-02"),
         ("O4", "cancelled", "7.00", "orders__orders:2024-01-02"),
         ("O5", "completed", "1.00", "orders__orders:2024-01-03"),
     ]
@@ -113,7 +114,7 @@ def test_skipped_days_are_caught_up_from_the_watermark(tmp_path: Path, fresh_db:
     extract("orders", D1, s)
     [late] = extract("orders", D3, s)[:1]  # D2 was never run
     assert late.window.start == dt.datetime(2024, 1, 2, tzinfo=dt.UTC)
-    assert late.rows_loaded == 3
+    assert late.rows_loaded == 4  # D2's and D3's: O2's refund, O3 (D2 00:00), O4, O5
     assert _rows(fresh_db, "select count(*) from raw.orders__orders") == [(6,)]
 
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -379,6 +380,91 @@ def test_plain_dates_are_midnight_in_the_business_time_zone(tmp_path: Path, fres
         9: "ordered_at: '05/03/2024' is not an ISO-8601 date or timestamp "
         "(e.g. 2024-03-05 14:02:11 -05:00)",
     }
+
+
+DAILY_EXPORT = {
+    # the export as it stands on each run's date: what a shop writes out every night
+    "2024-06-03": "C1,O1,2024-06-01,10.00\nC2,O2,2024-06-02,20.00\nC1,O3,2024-06-03,30.00\n",
+    "2024-06-04": "C3,O4,2024-06-04,40.00\nC3,O5,2024-06-04,forty\n",
+    "2024-06-05": "C2,O6,2024-06-05T00:00:00,50.00\nC4,O7,2024-06-05,5.00\n",
+    "2024-06-06": "",  # nothing sold
+    "2024-06-07": "C1,O8,2024-06-07,70.00\nC5,O9,2024-06-08,1.00\n",  # O9: tomorrow's
+}
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York"])
+def test_a_growing_plain_date_export_loaded_day_by_day_equals_a_full_load(
+    tmp_path: Path, fresh_db: str, embedded_settings, zone: str
+) -> None:
+    """Each day's run loads that day's rows, as a full load of the last day does.
+
+    A plain date is its day's midnight, and a day's interval is [D 00:00, D+1 00:00): the
+    order dated D is D's (never the day before's, where a daily run after D-1 would miss
+    it), its malformed row is quarantined by D's run, and tomorrow's row waits for it.
+    """
+    from lifecycle import warehouse as wh
+    from tests.conftest import scratch_database
+
+    export = tmp_path / "orders.csv"
+    src = sources_file(
+        tmp_path,
+        f"version: 1\nbusiness: {{timezone: {zone}}}\n"
+        f"sources:\n  orders:\n    kind: csv\n    path: {export}\n"
+        "    entities: {orders: {max_reject_share: 0.5}, order_items: {skip: true}}\n",
+    )
+    text = "customer_id,order_id,ordered_at,amount\n"
+    summaries = []
+    for n, (day, rows) in enumerate(DAILY_EXPORT.items()):
+        text += rows
+        export.write_text(text, encoding="utf-8")
+        args = ["extract", "--source", "orders", "--date", day] + (["--full"] if n == 0 else [])
+        out = lifecycle(tmp_path, fresh_db, *args, LIFECYCLE_SOURCES_FILE=src)
+        assert out.returncode == 0, out.stderr
+        summaries.append(next(line for line in out.stdout.splitlines() if "raw.orders__" in line))
+    counts = [s.split("success: ")[1].split(" outside")[0] for s in summaries]
+    assert counts == [
+        "3 read, 3 loaded, 0 quarantined, 0 duplicate, 0",
+        "5 read, 1 loaded, 1 quarantined, 0 duplicate, 3",
+        "7 read, 2 loaded, 0 quarantined, 0 duplicate, 5",
+        "7 read, 0 loaded, 0 quarantined, 0 duplicate, 7",
+        "9 read, 1 loaded, 0 quarantined, 0 duplicate, 8",
+    ], summaries
+
+    def landed(db: str) -> tuple[dict, dict]:
+        with psycopg.connect(db) as conn:
+            rows = conn.execute(
+                "select order_id, customer_id, ordered_at, amount from raw.orders__orders"
+            ).fetchall()
+            bad = conn.execute(
+                "select _line, reason, _batch_id from raw.quarantine where entity = 'orders'"
+            ).fetchall()
+        return {r[0]: r[1:] for r in rows}, {r[0]: r[1:] for r in bad}
+
+    daily, daily_bad = landed(fresh_db)
+    midnight = {d: dt.datetime.fromisoformat(f"{d}T00:00").replace(tzinfo=ZoneInfo(zone))
+                for d in ("2024-06-01", "2024-06-02", "2024-06-03", "2024-06-04",
+                          "2024-06-05", "2024-06-07")}  # fmt: skip
+    assert {k: (v[0], v[1]) for k, v in daily.items()} == {
+        "O1": ("C1", midnight["2024-06-01"]),
+        "O2": ("C2", midnight["2024-06-02"]),
+        "O3": ("C1", midnight["2024-06-03"]),
+        "O4": ("C3", midnight["2024-06-04"]),
+        "O6": ("C2", midnight["2024-06-05"]),
+        "O7": ("C4", midnight["2024-06-05"]),
+        "O8": ("C1", midnight["2024-06-07"]),
+    }
+    assert daily_bad == {
+        6: ("amount: 'forty' is not a valid numeric", "orders__orders:2024-06-04"),
+    }
+    with scratch_database(wh.warehouse_url(embedded_settings, start=False)) as full_db:
+        out = lifecycle(
+            tmp_path, full_db, "extract", "--source", "orders", "--date", "2024-06-07", "--full",
+            LIFECYCLE_SOURCES_FILE=src,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        full, full_bad = landed(full_db)
+    assert full == daily
+    assert {k: v[0] for k, v in full_bad.items()} == {k: v[0] for k, v in daily_bad.items()}
 
 
 # -------------------------------------------------- (d) ; latin-1 decimal commas

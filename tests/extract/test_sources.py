@@ -77,13 +77,14 @@ def test_crm_api_full_and_incremental_loads_through_30_percent_faults(
     with make_server(store, token=TOKEN, fault_rate=0.3, fault_seed=7, retry_after=0) as server:
         s = _crm_settings(tmp_path, fresh_db, server.url)
         full = extract("crm", dt.date(2024, 1, 2), s)[0]
-        # Full load: every contact updated in (-inf, 2024-01-03T00:00Z] (the end is
-        # inclusive, the start exclusive: consecutive days never overlap).
-        expected_full = sum(r["updated_at"] <= "2024-01-03T00:00:00Z" for r in rows)
-        assert full.rows_loaded == expected_full == 298
+        # Full load: every contact updated in (-inf, 2024-01-03T00:00Z) (the start is
+        # inclusive, the end exclusive: consecutive days never overlap). The 6 contacts
+        # updated at exactly 2024-01-03T00:00Z are the 3rd's.
+        expected_full = sum(r["updated_at"] < "2024-01-03T00:00:00Z" for r in rows)
+        assert full.rows_loaded == expected_full == 292
         third = extract("crm", dt.date(2024, 1, 3), s)[0]
         assert third.rows_loaded == sum(
-            "2024-01-03T00:00:00Z" < r["updated_at"] <= "2024-01-04T00:00:00Z" for r in rows
+            "2024-01-03T00:00:00Z" <= r["updated_at"] < "2024-01-04T00:00:00Z" for r in rows
         )
         again = extract("crm", dt.date(2024, 1, 3), s)[0]  # rerun
         assert again.rows_loaded == third.rows_loaded

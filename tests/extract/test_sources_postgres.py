@@ -159,3 +159,42 @@ def test_sales_query_full_refresh_and_sources_check(tmp_path: Path, dbs) -> None
         ("S-1", "orders__orders:2024-03-06"),
         ("S-3", "orders__orders:2024-03-06"),
     ]
+
+
+DATED = """
+create table public.sales (id integer primary key, client_ref text not null,
+                           sale_date date not null, total_eur numeric(10, 2) not null);
+insert into public.sales values (1, 'C-100', '2024-03-04', 12.50), (2, 'C-200', '2024-03-05', 7);
+"""
+
+
+def test_a_date_column_is_read_day_by_day_at_its_own_date(tmp_path: Path, dbs) -> None:
+    """A `date` column (a sale's plain day) pushed down as [D 00:00, D+1 00:00) in the zone.
+
+    The sale dated D is the batch of D: a daily run after the full load finds it on its
+    day (under (start, end] it belonged to the day before, already run, and was missed).
+    """
+    sales, warehouse = dbs
+    with psycopg.connect(sales) as conn:
+        conn.execute("drop table public.sales")
+        conn.execute(DATED)
+    text = SOURCES_YML.format(where="table: public.sales").replace("sale_time", "sale_date")
+    text = text.replace("timezone: UTC", "timezone: Asia/Tokyo")
+    (tmp_path / "sources.yml").write_text(text)
+    got = []
+    for day, row in [("2024-03-05", None), ("2024-03-06", "(3, 'C-300', '2024-03-06', 20)"),
+                     ("2024-03-07", "(4, 'C-100', '2024-03-07', 30), (5, 'C-9', '2024-03-08', 1)")]:  # fmt: skip
+        if row:
+            with psycopg.connect(sales) as conn:
+                conn.execute(f"insert into public.sales values {row}")
+        full = ["--full"] if day == "2024-03-05" else []
+        run = _lifecycle(tmp_path, sales, warehouse, "extract", "--source", "orders",
+                         "--date", day, *full)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        got.append(run.stdout)
+    assert [(r[0], r[2], r[-1]) for r in _raw(warehouse)] == [
+        ("S-1", "2024-03-03 15:00:00+00", "orders__orders:2024-03-05"),  # Tokyo midnight
+        ("S-2", "2024-03-04 15:00:00+00", "orders__orders:2024-03-05"),
+        ("S-3", "2024-03-05 15:00:00+00", "orders__orders:2024-03-06"),
+        ("S-4", "2024-03-06 15:00:00+00", "orders__orders:2024-03-07"),
+    ]  # tomorrow's S-5 waits for its day

@@ -119,7 +119,9 @@ def test_rest_endpoint_block_drives_paths_pages_and_window(
     _Api.seen = []
     second = extract("crm", dt.date(2024, 1, 3), s, sources=sources)[0]
     assert second.rows_loaded == 1
-    assert _Api.seen[0]["since"].startswith("2024-01-03T00:00:00")
+    # the window [Jan 3, Jan 4) asked as (since, until] = (start - 1 us, end - 1 us]
+    assert _Api.seen[0]["since"] == "2024-01-02T23:59:59.999999Z"
+    assert _Api.seen[0]["until"] == "2024-01-03T23:59:59.999999Z"
     with psycopg.connect(fresh_db) as conn:
         rows = conn.execute(
             "select id, email, country, _extra::text from raw.crm__contacts order by id"
