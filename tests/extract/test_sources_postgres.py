@@ -182,8 +182,12 @@ def test_a_date_column_is_read_day_by_day_at_its_own_date(tmp_path: Path, dbs) -
     text = text.replace("timezone: UTC", "timezone: Asia/Tokyo")
     (tmp_path / "sources.yml").write_text(text)
     got = []
-    for day, row in [("2024-03-05", None), ("2024-03-06", "(3, 'C-300', '2024-03-06', 20)"),
-                     ("2024-03-07", "(4, 'C-100', '2024-03-07', 30), (5, 'C-9', '2024-03-08', 1)")]:  # fmt: skip
+    days = [
+        ("2024-03-05", None),
+        ("2024-03-06", "(3, 'C-300', '2024-03-06', 20)"),
+        ("2024-03-07", "(4, 'C-100', '2024-03-07', 30), (5, 'C-9', '2024-03-08', 1)"),
+    ]
+    for day, row in days:
         if row:
             with psycopg.connect(sales) as conn:
                 conn.execute(f"insert into public.sales values {row}")
