@@ -603,6 +603,12 @@ class Checker:
                 own.append((f, "currency", pc.invert(pc.fill_null(
                     pc.match_substring_regex(text, r"^[A-Za-z]{3}$"), True))))  # fmt: skip
                 loads[f.name] = pc.utf8_upper(load)
+            if f.one_of:
+                # "Completed" is completed (as staging reads it); "Shipped" is no status
+                word = pc.utf8_lower(pc.utf8_trim_whitespace(load))
+                known = pc.is_in(word, value_set=pa.array(f.one_of, pa.string()))
+                own.append((f, "one_of", pc.and_(pc.is_valid(text), pc.invert(known))))
+                loads[f.name] = values[f.name] = word
             if f.identifier:
                 # the float's ".0" would make 17850.0 and 17850 two customers
                 loads[f.name] = values[f.name] = pc.replace_substring_regex(
@@ -691,6 +697,12 @@ class Checker:
             return f"{f.name} is empty"
         if kind == "negative":
             return f"{f.name} {value} is negative"
+        if kind == "one_of":
+            return (
+                f"{f.name}: {value!r} is not one of {', '.join(f.one_of)} (map the export's "
+                f"words onto them with {f.name}: {{column: ..., values: {{...}}}} in the "
+                "sources file)"
+            )
         if kind == "currency":
             return f"{f.name}: {value!r} is not an ISO 4217 currency code (three letters, e.g. EUR)"
         end = self.window.last_date() if f.type == "date" else self.window.end.isoformat()

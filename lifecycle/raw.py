@@ -45,6 +45,9 @@ class Field:
     # text: an identifier; a whole number written as a float (``17850.0``, as pandas and
     # spreadsheets write an id column that has blanks) is stored as ``17850``
     identifier: bool = False
+    # text: the words the marts know (compared and stored lower-case, trimmed); a source's
+    # own words are mapped onto them with ``values`` in the sources file
+    one_of: tuple[str, ...] = ()
 
     @property
     def column_type(self) -> str:
@@ -106,6 +109,9 @@ META_COLUMNS: tuple[tuple[str, str], ...] = (
 
 _T = Field  # brevity in the table below
 
+#: The order statuses of the contract (what stg_orders__orders and the raw gate know).
+ORDER_STATUSES = ("completed", "refunded", "cancelled")
+
 CRM_CONTACTS = RawEntity(
     "crm",
     "contacts",
@@ -163,7 +169,7 @@ ORDERS = RawEntity(
         _T("email"),
         _T("ordered_at", "timestamp", required=True, nullable=False, not_future=True),
         _T("updated_at", "timestamp", not_future=True),
-        _T("status"),
+        _T("status", one_of=ORDER_STATUSES),
         _T("currency", currency_code=True),
         _T("amount", "numeric", required=True, nullable=False, non_negative=True),
         _T("quantity", "integer", non_negative=True),

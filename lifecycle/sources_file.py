@@ -66,7 +66,7 @@ SOURCE_ENTITIES: dict[str, tuple[str, ...]] = {
 
 #: Values a recoded field may take after mapping (what the marts and gates accept).
 CANONICAL_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("orders__orders", "status"): ("completed", "refunded", "cancelled"),
+    (e.table, f.name): f.one_of for e in ENTITIES.values() for f in e.fields if f.one_of
 }
 
 #: Planning rates (units of the reporting currency per unit) used when neither the

@@ -431,8 +431,11 @@ class Mapper:
         self, name: str, text: pa.Array, fmap: FieldMap, key: str
     ) -> tuple[pa.Array, pa.Array | None]:
         assert fmap.values is not None
-        keys = pa.array([k.strip().lower() for k in fmap.values], _TEXT)
-        targets = pa.array(list(fmap.values.values()), _TEXT)
+        words = {k.strip().lower(): v for k, v in fmap.values.items()}
+        # the contract's own words stand for themselves beside the export's
+        words |= {w: w for w in self.entity.field(name).one_of if w not in words}
+        keys = pa.array(list(words), _TEXT)
+        targets = pa.array(list(words.values()), _TEXT)
         idx = pc.index_in(pc.utf8_lower(pc.utf8_trim_whitespace(text)), value_set=keys)
         recoded = pc.take(targets, idx)
         unknown = pc.and_(pc.is_valid(text), pc.is_null(idx))

@@ -309,6 +309,82 @@ def test_sources_check_says_to_read_line_items_as_lines(tmp_path: Path) -> None:
     ) in out.stdout
 
 
+SALES_SAMPLE = (  # the shape of Kaggle's sales_data_sample.csv: order lines, own words
+    "ORDERNUMBER,QUANTITYORDERED,SALES,ORDERDATE,STATUS,CUSTOMERNAME\n"
+    "10101,31,2917.72,5/7/2003 0:00,Shipped,Land of Toys Inc.\n"
+    "10101,35,2583.0,5/7/2003 0:00,Shipped,Land of Toys Inc.\n"
+    "10102,20,1000.00,5/8/2003 0:00,Disputed,Reims Collectables\n"
+    "10103,10,500.00,5/9/2003 0:00, Completed ,Mini Gifts\n"
+    "10104,12,600.00,5/9/2003 0:00,Cancelled,Mini Gifts\n"
+)
+SALES_SOURCES = """
+version: 1
+sources:
+  orders:
+    kind: csv
+    entities:
+      orders:
+        path: {path}
+        grain: line
+        columns:
+          order_id: ORDERNUMBER
+          customer_id: CUSTOMERNAME
+          ordered_at: {{column: ORDERDATE, format: "%m/%d/%Y %H:%M"}}
+          amount: SALES
+          quantity: QUANTITYORDERED
+          status: {status}
+      order_items: {{skip: true}}
+"""
+
+
+def test_status_words_of_an_export_are_mapped_or_quarantined_with_the_way_to_map_them(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """A status the marts do not know ("Shipped") never reaches the raw gate.
+
+    Unmapped, `sources check` fails naming the field, the contract's words and how to map
+    them, and a load quarantines the row with that reason; the contract's own words pass
+    whatever their case. Mapped with `values`, every row loads.
+    """
+    (tmp_path / "sales.csv").write_text(SALES_SAMPLE, encoding="utf-8")
+    src = sources_file(tmp_path, SALES_SOURCES.format(path=tmp_path / "sales.csv", status="STATUS"))
+    check = lifecycle(tmp_path, fresh_db, "sources", "check", "--entity", "orders",
+                      LIFECYCLE_SOURCES_FILE=src)  # fmt: skip
+    assert check.returncode == 1
+    why = (
+        "is not one of completed, refunded, cancelled (map the export's words onto them "
+        "with status: {column: ..., values: {...}} in the sources file)"
+    )
+    assert check.stderr.strip().splitlines()[-1] == (
+        f"error: {src}: sources.orders.entities.orders.columns.status: 50.0% of 4 sampled "
+        "rows would be quarantined, more than an extract allows (5.0%, "
+        "sources.orders.entities.orders.max_reject_share or LIFECYCLE_MAX_REJECT_SHARE); "
+        f"most: status: {why}, e.g. 'Shipped'"
+    )
+    extract(tmp_path, fresh_db, "2003-05-31", src, LIFECYCLE_MAX_REJECT_SHARE="0.6")
+    assert {k: v[3] for k, v in orders(fresh_db).items()} == {
+        "10103": "completed",
+        "10104": "cancelled",
+    }
+    assert quarantine(fresh_db) == {
+        2: f"status: 'Shipped' {why}",
+        4: f"status: 'Disputed' {why}",
+    }
+
+    mapped = "{column: STATUS, values: {Shipped: completed, Disputed: completed}}"
+    src = sources_file(tmp_path, SALES_SOURCES.format(path=tmp_path / "sales.csv", status=mapped))
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("drop schema raw cascade")
+    extract(tmp_path, fresh_db, "2003-05-31", src)
+    got = orders(fresh_db)
+    assert {k: (v[3], str(v[5]), v[6]) for k, v in got.items()} == {
+        "10101": ("completed", "5500.72", 66),
+        "10102": ("completed", "1000.00", 20),
+        "10103": ("completed", "500.00", 10),
+        "10104": ("cancelled", "600.00", 12),
+    }
+
+
 # ---------------------------------------------------------------- (c) plain dates
 
 PLAIN = (
