@@ -188,11 +188,12 @@ def test_bad_format_string(tmp_path: Path, shop: Path) -> None:
     ids=["missing-file", "folder", "unknown-scheme"],
 )
 def test_a_path_that_names_no_file_is_one_error_line(
-    tmp_path: Path, shop: Path, command: tuple[str, ...], path: str, said: str
+    tmp_path: Path, shop: Path, command: tuple[str, ...], path: str, said: str, fresh_db: str
 ) -> None:
     path = path.format(tmp=tmp_path)
     yml = SHOPIFY_YML.format(path=shop).replace(str(shop), path)
-    error = _one_error(_run(tmp_path, *command, yml=yml))
+    # a warehouse of the test's own, so extract starts no embedded server that outlives it
+    error = _one_error(_run(tmp_path, *command, yml=yml, LIFECYCLE_WAREHOUSE_URL=fresh_db))
     assert error.startswith(
         f"error: {tmp_path / 'sources.yml'}: sources.orders.entities.orders.path: "
         + said.format(tmp=tmp_path)
