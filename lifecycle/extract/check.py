@@ -52,9 +52,37 @@ def entity_key(entity: RawEntity) -> str:
 
 def _names(columns: Iterable[str]) -> str:
     columns = list(columns)
-    shown = ", ".join(columns[:LIST_LIMIT])
+    shown = ", ".join(_shown(c) for c in columns[:LIST_LIMIT])
     more = f", ... ({len(columns) - LIST_LIMIT} more)" if len(columns) > LIST_LIMIT else ""
     return (shown + more) or "none"
+
+
+#: How much of one column name an error message shows.
+NAME_LIMIT = 60
+
+
+def _shown(name: str) -> str:
+    """Return a column name fit for a one-line message: printable, at most NAME_LIMIT."""
+    if name.isprintable() and len(name) <= NAME_LIMIT:
+        return name
+    text = repr(name)[1:-1] if not name.isprintable() else name
+    return text[:NAME_LIMIT] + "..." if len(text) > NAME_LIMIT else text
+
+
+def _header_hint(names: list[str]) -> str:
+    """Return why a header may hold none of the mapped columns ("" when nothing shows)."""
+    joined = "".join(names)
+    odd = sum((not ch.isprintable() and ch != "\t") or ch == "\ufffd" for ch in joined)
+    if joined and odd > len(joined) / 10:
+        return (
+            "; the header is not text: is the file a CSV (see format.encoding and "
+            "format.compression)?"
+        )
+    if len(names) == 1:
+        for sep, word in ((";", '";"'), ("\t", '"\\t"'), ("|", '"|"')):
+            if sep in names[0]:
+                return f"; the header is one column: set format.delimiter: {word}?"
+    return ""
 
 
 def check_header(
@@ -84,7 +112,8 @@ def check_header(
                 hint = _near(col, names)
                 raise SourcesFileError(
                     f"{where}.columns.{fname}.{fmap.kind}: column {col!r} is not in {locator} "
-                    f"(columns: {_names(names)})" + (f"; did you mean {hint!r}?" if hint else "")
+                    f"(columns: {_names(names)})"
+                    + (f"; did you mean {hint!r}?" if hint else _header_hint(names))
                 )
     if emap.refunds is not None:
         for key in ("column", "refund_of"):
@@ -101,7 +130,7 @@ def check_header(
         raise SourcesFileError(
             f"{where}.columns.{fname}: required field {fname!r} is not mapped and "
             f"{locator} has no column {fname!r}: map it, e.g. `{fname}: <column>`{also} "
-            f"(columns: {_names(names)})"
+            f"(columns: {_names(names)}){_header_hint(names)}"
         )
 
 

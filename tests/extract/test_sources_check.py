@@ -168,6 +168,34 @@ def test_column_not_in_the_file(tmp_path: Path, shop: Path) -> None:
     ), error
 
 
+@pytest.mark.parametrize(
+    ("data", "columns", "hint"),
+    [
+        (SHOPIFY_CSV.replace(",", ";").encode(), "Name;Email;Created at;Total;Financial Status;Tags",
+         'the header is one column: set format.delimiter: ";"?'),
+        (SHOPIFY_CSV.replace(",", "\t").encode(),
+         "Name\\tEmail\\tCreated at\\tTotal\\tFinancial Status\\tTags",
+         'the header is one column: set format.delimiter: "\\t"?'),
+        (bytes(range(256)) * 4, None,
+         "the header is not text: is the file a CSV (see format.encoding and format.compression)?"),
+    ],
+    ids=["semicolons", "tabs", "binary"],
+)  # fmt: skip
+def test_a_header_that_holds_no_mapped_column_says_why(
+    tmp_path: Path, data: bytes, columns: str | None, hint: str
+) -> None:
+    """One `error:` line, each column name printable and short, and what to look at."""
+    path = tmp_path / "export.csv"
+    path.write_bytes(data)
+    error = _one_error(_run(tmp_path, "sources", "check", yml=SHOPIFY_YML.format(path=path)))
+    head = f"error: {tmp_path / 'sources.yml'}: sources.orders.entities.orders.columns."
+    assert error.startswith(head) and error.endswith("; " + hint), error
+    listed = error.split("(columns: ", 1)[1].rsplit("); ", 1)[0]
+    if columns is not None:
+        assert listed == columns
+    assert listed.isprintable() and all(len(n) <= 63 for n in listed.split(", ")), listed
+
+
 def test_bad_format_string(tmp_path: Path, shop: Path) -> None:
     yml = SHOPIFY_YML.format(path=shop).replace("%Y-%m-%d %H:%M:%S %z", "%Y-%m-%d %Q")
     error = _one_error(_run(tmp_path, "sources", "check", yml=yml))
