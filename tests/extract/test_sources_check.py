@@ -171,7 +171,8 @@ def test_column_not_in_the_file(tmp_path: Path, shop: Path) -> None:
 @pytest.mark.parametrize(
     ("data", "columns", "hint"),
     [
-        (SHOPIFY_CSV.replace(",", ";").encode(), "Name;Email;Created at;Total;Financial Status;Tags",
+        (SHOPIFY_CSV.replace(",", ";").encode(),
+         "Name;Email;Created at;Total;Financial Status;Tags",
          'the header is one column: set format.delimiter: ";"?'),
         (SHOPIFY_CSV.replace(",", "\t").encode(),
          "Name\\tEmail\\tCreated at\\tTotal\\tFinancial Status\\tTags",
