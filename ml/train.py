@@ -178,6 +178,8 @@ def load_frames(as_of: dt.date, settings: Settings, spec: Mapping[str, Any]) -> 
 
     with _connect(settings) as conn:
         labelled = ft.read_training_set(conn, dates)
+        if not labelled.empty and labelled["churned"].astype(bool).all():
+            _no_orders_after(conn, as_of, dates[0])
         current = ft.compute_features(conn, [as_of], horizon_days=horizon, data_as_of=as_of)
         absent = absent_entities(settings, conn, set(ft.FEATURE_SOURCES.values()))
     by_date = {d: labelled[labelled["snapshot_date"] == d] for d in dates}
@@ -219,6 +221,24 @@ def load_frames(as_of: dt.date, settings: Settings, spec: Mapping[str, Any]) -> 
         dropped=ft.dropped_features(
             [*ft.NUMERIC_FEATURES, *ft.CATEGORICAL_FEATURES], absent, train
         ),
+    )
+
+
+def _no_orders_after(conn, as_of: dt.date, newest_snapshot: dt.date) -> None:
+    """Raise TrainError when nobody orders after the snapshots: the data ends before them.
+
+    Every label is "churned" then, and a churn model has one class to learn from: the
+    usual cause is a training date past the end of an export (run for "today" on a file
+    of last year), said with the date the data does reach.
+    """
+    newest = conn.execute("select max(last_order_date) from marts.customers").fetchone()[0]
+    if newest is None or newest > newest_snapshot:
+        return
+    raise TrainError(
+        f"every customer is labelled churned at every snapshot: the newest order in the data "
+        f"is of {newest}, {(as_of - newest).days} days before {as_of}, and the newest snapshot "
+        f"({newest_snapshot}) looks for orders after it; train as of a day the data reaches "
+        f"(--date {newest})"
     )
 
 

@@ -1,0 +1,50 @@
+"""Training as of a day long after the data ends (a newcomer's "today" on last year's export)
+is one error naming the newest order and the date to train as of, not "a single class"."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from lifecycle.transform import transform
+from tests.conftest import ORDERS_ONLY_SOURCES
+from tests.transform.conftest import land, scratch_database, settings_for, write
+
+LAST_ORDER = dt.date(2024, 3, 1)
+AS_OF = dt.date(2025, 3, 1)  # a year after the export's newest order
+
+
+def _orders() -> str:
+    lines = ["customer_id,order_id,ordered_at,amount"]
+    for i in range(30):
+        first = LAST_ORDER - dt.timedelta(days=400 - 9 * i)
+        lines.append(f"C{i},C{i}-1,{first}T10:00:00Z,{20 + i}.00")
+        lines.append(f"C{i},C{i}-2,{LAST_ORDER - dt.timedelta(days=i)}T10:00:00Z,30.00")
+    return "\n".join(lines) + "\n"
+
+
+def test_training_past_the_end_of_the_data_names_the_newest_order(embedded_settings, tmp_path):
+    from ml import train as tr
+    from ml.churn import load_churn_spec
+    from ml.train import TrainError
+
+    orders = write(tmp_path / "world" / "orders" / "orders.csv", _orders())
+    sources = write(tmp_path / "world" / "sources.yml", ORDERS_ONLY_SOURCES.format(orders=orders))
+    assert sources.exists()
+    with scratch_database(embedded_settings) as url:
+        settings = settings_for(tmp_path / "home", url, tmp_path / "world")
+        land(settings, AS_OF, full=True, sources=("orders",))
+        transform(AS_OF, settings, quiet=True)
+        spec = load_churn_spec(None)
+        spec["snapshots"].update(count=3)
+        tr.build_training_sets(AS_OF, settings, spec)
+        with pytest.raises(TrainError) as refused:
+            tr.load_frames(AS_OF, settings, spec)
+    newest_snapshot = AS_OF - dt.timedelta(days=90)
+    assert str(refused.value) == (
+        f"every customer is labelled churned at every snapshot: the newest order in the data "
+        f"is of {LAST_ORDER}, 365 days before {AS_OF}, and the newest snapshot "
+        f"({newest_snapshot}) looks for orders after it; train as of a day the data reaches "
+        f"(--date {LAST_ORDER})"
+    )
