@@ -252,19 +252,19 @@ future_buyers as (
         and (v.valid_to_date is null or v.valid_to_date > v.valid_from_date)
 ),
 
--- web: sessions cut by event day and receipt day, so "visible at D" is exact
+-- web: sessions cut by event day and receipt day, so "visible at D" is exact (built
+-- incrementally by dbt: only devices with new events are re-aggregated each day)
 session_days as (
     select
         anonymous_id,
-        coalesce(session_id, event_id) as session_key,
+        session_key,
         event_date,
-        greatest(event_date, {received_date}) as visible_date,
-        min(user_id) as user_id,
-        count(*) filter (where event_name = 'product_viewed') as product_views,
-        count(*) filter (where event_name = 'added_to_cart') as carts
-    from staging.stg_web__events
+        visible_date,
+        user_id,
+        count_product_views as product_views,
+        count_carts as carts
+    from intermediate.int_web_session_days_aggregated
     where event_date <= %(max_snapshot)s
-    group by 1, 2, 3, 4
 ),
 
 -- who identified on which device, and when we knew it (event happened and was received)
@@ -417,6 +417,35 @@ select * from final
 )
 
 
+# The web sessions as the query built them before int_web_session_days_aggregated (issue
+# 14): every event re-aggregated for each run. Kept as the reference that
+# tests/ml/test_features.py and bench/bench_features.py compare the dbt model against.
+_SESSION_DAYS_FROM_EVENTS = """session_days as (
+    select
+        anonymous_id,
+        coalesce(session_id, event_id) as session_key,
+        event_date,
+        greatest(event_date, cast((received_at at time zone %(business_timezone)s) as date))
+            as visible_date,
+        min(user_id) as user_id,
+        count(*) filter (where event_name = 'product_viewed') as product_views,
+        count(*) filter (where event_name = 'added_to_cart') as carts
+    from staging.stg_web__events
+    where event_date <= %(max_snapshot)s
+    group by 1, 2, 3, 4
+),
+"""
+
+
+def reference_features_sql() -> str:
+    """Return FEATURES_SQL with its web sessions aggregated from every event, not the model."""
+    start = FEATURES_SQL.index("session_days as (")
+    end = FEATURES_SQL.index("\n),\n", start) + len("\n),\n")
+    if "int_web_session_days_aggregated" not in FEATURES_SQL[start:end]:
+        raise AssertionError("FEATURES_SQL no longer reads the session-day model")
+    return FEATURES_SQL[:start] + _SESSION_DAYS_FROM_EVENTS + FEATURES_SQL[end:]
+
+
 def business_timezone() -> str:
     """Return the business time zone of the sources file (UTC without one)."""
     from lifecycle.settings import get_settings
@@ -443,6 +472,7 @@ def _require_warehouse(conn: psycopg.Connection) -> None:
         "intermediate.int_orders_versioned",
         "intermediate.int_identifiers_clustered",
         "staging.stg_web__events",
+        "intermediate.int_web_session_days_aggregated",
         "staging.stg_crm__contacts",
     )
     missing = [
