@@ -267,17 +267,12 @@ session_days as (
     where event_date <= %(max_snapshot)s
 ),
 
--- who identified on which device, and when we knew it (event happened and was received)
+-- who identified on which device, and when we knew it (event happened and was received;
+-- built incrementally by dbt)
 device_identities as (
-    select
-        anonymous_id,
-        user_id,
-        email,
-        min(event_at) as first_observed_at,
-        min(greatest(event_date, {received_date})) as known_date
-    from staging.stg_web__events
-    where anonymous_id is not null and (user_id is not null or email is not null)
-    group by anonymous_id, user_id, email
+    select anonymous_id, user_id, email, first_observed_at, known_date
+    from intermediate.int_web_identities_observed
+    where anonymous_id is not null
 ),
 
 -- a device belongs to the first identity known on it by D (user_id before email)
@@ -411,14 +406,14 @@ final as (
 select * from final
 """.format(
     # calendar dates in the business zone, like the dates dbt derives (var business_timezone)
-    received_date="cast((received_at at time zone %(business_timezone)s) as date)",
     updated_date="cast((c.updated_at at time zone %(business_timezone)s) as date)",
     recorded_date="cast((r.updated_at at time zone %(business_timezone)s) as date)",
 )
 
 
-# The web sessions as the query built them before int_web_session_days_aggregated (issue
-# 14): every event re-aggregated for each run. Kept as the reference that
+# The web sessions and device identities as the query built them before it read
+# int_web_session_days_aggregated and int_web_identities_observed (issue 14): every event
+# re-aggregated for each run. Kept as the reference that
 # tests/ml/test_features.py and bench/bench_features.py compare the dbt model against.
 _SESSION_DAYS_FROM_EVENTS = """session_days as (
     select
@@ -435,15 +430,35 @@ _SESSION_DAYS_FROM_EVENTS = """session_days as (
     group by 1, 2, 3, 4
 ),
 """
+_DEVICE_IDENTITIES_FROM_EVENTS = """device_identities as (
+    select
+        anonymous_id,
+        user_id,
+        email,
+        min(event_at) as first_observed_at,
+        min(greatest(event_date, cast((received_at at time zone %(business_timezone)s) as date)))
+            as known_date
+    from staging.stg_web__events
+    where anonymous_id is not null and (user_id is not null or email is not null)
+    group by anonymous_id, user_id, email
+),
+"""
 
 
 def reference_features_sql() -> str:
-    """Return FEATURES_SQL with its web sessions aggregated from every event, not the model."""
-    start = FEATURES_SQL.index("session_days as (")
-    end = FEATURES_SQL.index("\n),\n", start) + len("\n),\n")
-    if "int_web_session_days_aggregated" not in FEATURES_SQL[start:end]:
-        raise AssertionError("FEATURES_SQL no longer reads the session-day model")
-    return FEATURES_SQL[:start] + _SESSION_DAYS_FROM_EVENTS + FEATURES_SQL[end:]
+    """Return FEATURES_SQL with its web sessions and device identities aggregated from
+    every event, not read from the dbt models."""
+    sql = FEATURES_SQL
+    for cte, model, reference in (
+        ("session_days", "int_web_session_days_aggregated", _SESSION_DAYS_FROM_EVENTS),
+        ("device_identities", "int_web_identities_observed", _DEVICE_IDENTITIES_FROM_EVENTS),
+    ):
+        start = sql.index(f"{cte} as (")
+        end = sql.index("\n),\n", start) + len("\n),\n")
+        if model not in sql[start:end]:
+            raise AssertionError(f"FEATURES_SQL no longer reads {cte} from {model}")
+        sql = sql[:start] + reference + sql[end:]
+    return sql
 
 
 def business_timezone() -> str:
@@ -471,8 +486,8 @@ def _require_warehouse(conn: psycopg.Connection) -> None:
     needed = (
         "intermediate.int_orders_versioned",
         "intermediate.int_identifiers_clustered",
-        "staging.stg_web__events",
         "intermediate.int_web_session_days_aggregated",
+        "intermediate.int_web_identities_observed",
         "staging.stg_crm__contacts",
     )
     missing = [

@@ -25,7 +25,7 @@ from lifecycle.sample.world import WorldConfig, generate_world
 from lifecycle.transform import transform
 from ml import features as ft
 from tests.ml.conftest import temp_home
-from tests.transform.conftest import land, rows, scratch_database, settings_for
+from tests.transform.conftest import land, rows, scratch_database, settings_for, snapshot
 
 START, CUT, END = dt.date(2023, 7, 1), dt.date(2024, 3, 31), dt.date(2024, 6, 30)
 SNAPSHOTS = [dt.date(2023, 11, 30), dt.date(2024, 1, 31), CUT]
@@ -140,8 +140,9 @@ def leakage(embedded_settings, tmp_path_factory):
             }
             with psycopg.connect(url) as conn:
                 after = ft.compute_features(conn, SNAPSHOTS, horizon_days=90, data_as_of=END)
-                sessions = _session_features(conn)
-            yield url, before, after, later, (first, again, table_once, table_twice), sessions
+                web = dict(zip(("from_model", "from_events"), _session_features(conn), strict=True))
+            web["upgrade"] = _upgrade_known_dates(url, settings)
+            yield url, before, after, later, (first, again, table_once, table_twice), web
 
 
 #: Snapshots around the late web file (events of CUT received two days later) and after.
@@ -152,6 +153,7 @@ def _session_features(conn: psycopg.Connection) -> tuple[pd.DataFrame, pd.DataFr
     """Return the features at SESSION_SNAPSHOTS from the dbt model and from every event."""
     reference = ft.reference_features_sql()
     assert "int_web_session_days_aggregated" not in reference
+    assert "int_web_identities_observed" not in reference
     params = ft._params(SESSION_SNAPSHOTS, 90, END)
     with conn.transaction():
         ft._plan(conn)
@@ -164,10 +166,22 @@ def _session_features(conn: psycopg.Connection) -> tuple[pd.DataFrame, pd.DataFr
     return frames[0], frames[1]
 
 
+def _upgrade_known_dates(url: str, settings) -> tuple[int, bool]:
+    """Blank known_date as a warehouse built before the column existed has it, build again
+    with no new data; return (rows blanked, whether the table is again what it was)."""
+    table = "intermediate.int_web_identities_observed"
+    built = snapshot(url, table)
+    with psycopg.connect(url) as conn:
+        blanked = conn.execute(f"update {table} set known_date = null").rowcount
+    transform(END, settings, quiet=True)
+    return blanked, snapshot(url, table) == built
+
+
 def test_session_days_model_gives_the_features_of_every_event_bit_for_bit(leakage) -> None:
-    """The incremental session-day model (built at CUT, then on new and late events) gives
-    exactly the features the query gave when it re-aggregated every event."""
-    url, *_, (from_model, from_events) = leakage
+    """The incremental web models (built at CUT, then on new and late events) give exactly
+    the features the query gave when it re-aggregated every event."""
+    url, *_, web = leakage
+    from_model, from_events = web["from_model"], web["from_events"]
     assert len(from_model) > 1000
     assert from_model.columns.equals(from_events.columns)
     pd.testing.assert_frame_equal(from_model, from_events, check_exact=True)
@@ -188,6 +202,13 @@ def test_session_days_model_gives_the_features_of_every_event_bit_for_bit(leakag
         "count(*) filter (where event_name = 'added_to_cart') from staging.stg_web__events",
     )[0]
     assert counts == events
+
+
+def test_identities_built_before_known_date_get_it_on_the_next_build(leakage) -> None:
+    *_, web = leakage
+    blanked, restored = web["upgrade"]
+    assert blanked > 100
+    assert restored
 
 
 def test_later_data_was_really_added(leakage) -> None:
