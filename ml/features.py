@@ -8,7 +8,10 @@ For a snapshot date D a feature uses only what was visible at the end of D:
   shows it refunded) does not exist yet at D;
 * **web** — events that happened by D *and* were received by D (late deliveries count from
   the day they arrived), attributed to a customer by their ``user_id`` or by the device's
-  first identification known by D;
+  first identification known by D; read from two incremental dbt models
+  (``int_web_session_days_aggregated``, ``int_web_identities_observed``) so that a run
+  does not re-aggregate every event (:func:`reference_features_sql` still does, for the
+  tests and bench/bench_features.py that compare the two);
 * **CRM** — channel, country and marketing opt-in of the latest contact version recorded
   by D (a contact first exported after D is unknown at D).
 
