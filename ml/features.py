@@ -8,7 +8,10 @@ For a snapshot date D a feature uses only what was visible at the end of D:
   shows it refunded) does not exist yet at D;
 * **web** — events that happened by D *and* were received by D (late deliveries count from
   the day they arrived), attributed to a customer by their ``user_id`` or by the device's
-  first identification known by D;
+  first identification known by D; read from two incremental dbt models
+  (``int_web_session_days_aggregated``, ``int_web_identities_observed``) so that a run
+  does not re-aggregate every event (:func:`reference_features_sql` still does, for the
+  tests and bench/bench_features.py that compare the two);
 * **CRM** — channel, country and marketing opt-in of the latest contact version recorded
   by D (a contact first exported after D is unknown at D).
 
@@ -252,32 +255,27 @@ future_buyers as (
         and (v.valid_to_date is null or v.valid_to_date > v.valid_from_date)
 ),
 
--- web: sessions cut by event day and receipt day, so "visible at D" is exact
+-- web: sessions cut by event day and receipt day, so "visible at D" is exact (built
+-- incrementally by dbt: only devices with new events are re-aggregated each day)
 session_days as (
     select
         anonymous_id,
-        coalesce(session_id, event_id) as session_key,
+        session_key,
         event_date,
-        greatest(event_date, {received_date}) as visible_date,
-        min(user_id) as user_id,
-        count(*) filter (where event_name = 'product_viewed') as product_views,
-        count(*) filter (where event_name = 'added_to_cart') as carts
-    from staging.stg_web__events
+        visible_date,
+        user_id,
+        count_product_views as product_views,
+        count_carts as carts
+    from intermediate.int_web_session_days_aggregated
     where event_date <= %(max_snapshot)s
-    group by 1, 2, 3, 4
 ),
 
--- who identified on which device, and when we knew it (event happened and was received)
+-- who identified on which device, and when we knew it (event happened and was received;
+-- built incrementally by dbt)
 device_identities as (
-    select
-        anonymous_id,
-        user_id,
-        email,
-        min(event_at) as first_observed_at,
-        min(greatest(event_date, {received_date})) as known_date
-    from staging.stg_web__events
-    where anonymous_id is not null and (user_id is not null or email is not null)
-    group by anonymous_id, user_id, email
+    select anonymous_id, user_id, email, first_observed_at, known_date
+    from intermediate.int_web_identities_observed
+    where anonymous_id is not null
 ),
 
 -- a device belongs to the first identity known on it by D (user_id before email)
@@ -411,10 +409,59 @@ final as (
 select * from final
 """.format(
     # calendar dates in the business zone, like the dates dbt derives (var business_timezone)
-    received_date="cast((received_at at time zone %(business_timezone)s) as date)",
     updated_date="cast((c.updated_at at time zone %(business_timezone)s) as date)",
     recorded_date="cast((r.updated_at at time zone %(business_timezone)s) as date)",
 )
+
+
+# The web sessions and device identities as the query built them before it read
+# int_web_session_days_aggregated and int_web_identities_observed (issue 14): every event
+# re-aggregated for each run. Kept as the reference that
+# tests/ml/test_features.py and bench/bench_features.py compare the dbt model against.
+_SESSION_DAYS_FROM_EVENTS = """session_days as (
+    select
+        anonymous_id,
+        coalesce(session_id, event_id) as session_key,
+        event_date,
+        greatest(event_date, cast((received_at at time zone %(business_timezone)s) as date))
+            as visible_date,
+        min(user_id) as user_id,
+        count(*) filter (where event_name = 'product_viewed') as product_views,
+        count(*) filter (where event_name = 'added_to_cart') as carts
+    from staging.stg_web__events
+    where event_date <= %(max_snapshot)s
+    group by 1, 2, 3, 4
+),
+"""
+_DEVICE_IDENTITIES_FROM_EVENTS = """device_identities as (
+    select
+        anonymous_id,
+        user_id,
+        email,
+        min(event_at) as first_observed_at,
+        min(greatest(event_date, cast((received_at at time zone %(business_timezone)s) as date)))
+            as known_date
+    from staging.stg_web__events
+    where anonymous_id is not null and (user_id is not null or email is not null)
+    group by anonymous_id, user_id, email
+),
+"""
+
+
+def reference_features_sql() -> str:
+    """Return FEATURES_SQL with its web sessions and device identities aggregated from
+    every event, not read from the dbt models."""
+    sql = FEATURES_SQL
+    for cte, model, reference in (
+        ("session_days", "int_web_session_days_aggregated", _SESSION_DAYS_FROM_EVENTS),
+        ("device_identities", "int_web_identities_observed", _DEVICE_IDENTITIES_FROM_EVENTS),
+    ):
+        start = sql.index(f"{cte} as (")
+        end = sql.index("\n),\n", start) + len("\n),\n")
+        if model not in sql[start:end]:
+            raise AssertionError(f"FEATURES_SQL no longer reads {cte} from {model}")
+        sql = sql[:start] + reference + sql[end:]
+    return sql
 
 
 def business_timezone() -> str:
@@ -442,7 +489,8 @@ def _require_warehouse(conn: psycopg.Connection) -> None:
     needed = (
         "intermediate.int_orders_versioned",
         "intermediate.int_identifiers_clustered",
-        "staging.stg_web__events",
+        "intermediate.int_web_session_days_aggregated",
+        "intermediate.int_web_identities_observed",
         "staging.stg_crm__contacts",
     )
     missing = [

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import psycopg
 import pytest
 
@@ -24,7 +25,7 @@ from lifecycle.sample.world import WorldConfig, generate_world
 from lifecycle.transform import transform
 from ml import features as ft
 from tests.ml.conftest import temp_home
-from tests.transform.conftest import land, rows, scratch_database, settings_for
+from tests.transform.conftest import land, rows, scratch_database, settings_for, snapshot
 
 START, CUT, END = dt.date(2023, 7, 1), dt.date(2024, 3, 31), dt.date(2024, 6, 30)
 SNAPSHOTS = [dt.date(2023, 11, 30), dt.date(2024, 1, 31), CUT]
@@ -139,16 +140,84 @@ def leakage(embedded_settings, tmp_path_factory):
             }
             with psycopg.connect(url) as conn:
                 after = ft.compute_features(conn, SNAPSHOTS, horizon_days=90, data_as_of=END)
-            yield url, before, after, later, (first, again, table_once, table_twice)
+                web = dict(zip(("from_model", "from_events"), _session_features(conn), strict=True))
+            web["upgrade"] = _upgrade_known_dates(url, settings)
+            yield url, before, after, later, (first, again, table_once, table_twice), web
+
+
+#: Snapshots around the late web file (events of CUT received two days later) and after.
+SESSION_SNAPSHOTS = [*SNAPSHOTS, CUT + dt.timedelta(days=1), CUT + dt.timedelta(days=2), END]
+
+
+def _session_features(conn: psycopg.Connection) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return the features at SESSION_SNAPSHOTS from the dbt model and from every event."""
+    reference = ft.reference_features_sql()
+    assert "int_web_session_days_aggregated" not in reference
+    assert "int_web_identities_observed" not in reference
+    params = ft._params(SESSION_SNAPSHOTS, 90, END)
+    with conn.transaction():
+        ft._plan(conn)
+        frames = []
+        for sql in (ft.FEATURES_SQL, reference):
+            with conn.cursor() as cur:
+                cur.execute(f"select * from ({sql}) as f order by 1, 2", params)
+                names = [d.name for d in cur.description]
+                frames.append(pd.DataFrame(cur.fetchall(), columns=names))
+    return frames[0], frames[1]
+
+
+def _upgrade_known_dates(url: str, settings) -> tuple[int, bool]:
+    """Blank known_date as a warehouse built before the column existed has it, build again
+    with no new data; return (rows blanked, whether the table is again what it was)."""
+    table = "intermediate.int_web_identities_observed"
+    built = snapshot(url, table)
+    with psycopg.connect(url) as conn:
+        blanked = conn.execute(f"update {table} set known_date = null").rowcount
+    transform(END, settings, quiet=True)
+    return blanked, snapshot(url, table) == built
+
+
+def test_session_days_model_gives_the_features_of_every_event_bit_for_bit(leakage) -> None:
+    """The incremental web models (built at CUT, then on new and late events) give exactly
+    the features the query gave when it re-aggregated every event."""
+    url, *_, web = leakage
+    from_model, from_events = web["from_model"], web["from_events"]
+    assert len(from_model) > 1000
+    assert from_model.columns.equals(from_events.columns)
+    pd.testing.assert_frame_equal(from_model, from_events, check_exact=True)
+    # the web features are not trivially empty on the day the late file arrived
+    arrived = from_model[from_model["snapshot_date"] == CUT + dt.timedelta(days=2)]
+    assert arrived["sessions_7d"].gt(0).sum() > 20
+    # the model itself equals a full aggregation of the events (what a full refresh builds)
+    counts = rows(
+        url,
+        "select count(*), sum(count_events), sum(count_product_views), sum(count_carts) "
+        "from intermediate.int_web_session_days_aggregated",
+    )[0]
+    events = rows(
+        url,
+        "select count(distinct (anonymous_id, coalesce(session_id, event_id), event_date, "
+        "greatest(event_date, (received_at at time zone 'UTC')::date))), count(*), "
+        "count(*) filter (where event_name = 'product_viewed'), "
+        "count(*) filter (where event_name = 'added_to_cart') from staging.stg_web__events",
+    )[0]
+    assert counts == events
+
+
+def test_identities_built_before_known_date_get_it_on_the_next_build(leakage) -> None:
+    *_, web = leakage
+    blanked, restored = web["upgrade"]
+    assert blanked > 100
+    assert restored
 
 
 def test_later_data_was_really_added(leakage) -> None:
-    _, _, _, later, _ = leakage
+    _, _, _, later, _, _ = leakage
     assert all(n > 0 for n in later.values()), later
 
 
 def test_features_at_d_do_not_change_when_later_data_arrives(leakage) -> None:
-    _, before, after, _, _ = leakage
+    _, before, after, _, _, _ = leakage
     assert len(before) > 300
     assert before[["snapshot_date", "customer_key"]].equals(
         after[["snapshot_date", "customer_key"]]
@@ -167,7 +236,7 @@ def test_features_at_d_do_not_change_when_later_data_arrives(leakage) -> None:
 
 
 def test_labels_appear_only_when_their_window_is_complete(leakage) -> None:
-    _, before, after, _, _ = leakage
+    _, before, after, _, _, _ = leakage
     complete = before["snapshot_date"].map(lambda d: d + dt.timedelta(days=90) <= CUT)
     assert before.loc[complete, "churned"].notna().all()
     assert before.loc[~complete, "churned"].isna().all()
@@ -180,7 +249,7 @@ def test_labels_appear_only_when_their_window_is_complete(leakage) -> None:
 
 
 def test_eligibility_matches_an_independent_count(leakage) -> None:
-    url, _, after, _, _ = leakage
+    url, _, after, _, _, _ = leakage
     # customers whose latest order version recorded by D is completed for some order by D
     for day in SNAPSHOTS:
         [(expected,)] = rows(
@@ -205,7 +274,7 @@ def test_eligibility_matches_an_independent_count(leakage) -> None:
 
 
 def test_training_set_partition_is_replaced_not_duplicated(leakage) -> None:
-    _, before, _, _, (first, again, table_once, table_twice) = leakage
+    _, before, _, _, (first, again, table_once, table_twice), _ = leakage
     n = int((before["snapshot_date"] == SNAPSHOTS[0]).sum())
     assert first == again == {SNAPSHOTS[0]: n}
     assert table_once == table_twice

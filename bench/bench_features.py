@@ -1,0 +1,159 @@
+"""The point-in-time feature query of scoring: web sessions from the dbt model vs every event.
+
+    .venv/bin/python bench/bench_features.py [--customers 20000] [--world DIR] [--repeat 3]
+
+Generates a sample world (or reuses --world) ending on END, starts a private embedded
+PostgreSQL (or uses LIFECYCLE_WAREHOUSE_URL: a scratch database is created there), lands
+every source as of END - 1 day and builds the warehouse (full refresh), then lands END
+and builds it incrementally. On each of the two days it times, side by side and
+alternating (best of --repeat), the feature query of one scoring run (one snapshot, every
+eligible customer, rows fetched):
+
+- ``model``: ``ml.features.FEATURES_SQL``, which reads the web sessions from the
+  incremental dbt model ``intermediate.int_web_session_days_aggregated``;
+- ``events``: ``ml.features.reference_features_sql()``, the same query aggregating the
+  sessions from every event of ``staging.stg_web__events`` (the query before issue 14).
+
+It checks the two return the same rows, and prints the dbt time of the session-day model
+in the full and the incremental build (what the model costs the daily transform). Nothing
+is asserted beyond the equal rows: the figures are the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psycopg  # noqa: E402
+
+from lifecycle import warehouse as wh  # noqa: E402
+from lifecycle.extract import SOURCES, extract  # noqa: E402
+from lifecycle.settings import load_settings  # noqa: E402
+from lifecycle.transform import TransformResult, transform  # noqa: E402
+
+START, END = dt.date(2023, 1, 1), dt.date(2024, 12, 31)
+MODEL = "int_web_session_days_aggregated"
+
+
+def _world(customers: int, out: Path) -> Path:
+    from lifecycle.sample.world import WorldConfig, generate_world
+
+    t0 = time.perf_counter()
+    summary = generate_world(WorldConfig(customers=customers, start=START, end=END), out)
+    print(f"generated   {summary} in {time.perf_counter() - t0:.1f}s")
+    return out
+
+
+def _land(settings, day: dt.date, full: bool) -> None:
+    t0 = time.perf_counter()
+    for source in SOURCES:
+        extract(source, day, settings, full=full)
+    print(f"landed as of {day} in {time.perf_counter() - t0:.1f}s")
+
+
+def _model_seconds(result: TransformResult) -> float:
+    return next(n.execution_time_s for n in result.nodes if n.unique_id.endswith(f".{MODEL}"))
+
+
+def _timed(url: str, sql: str, params: dict) -> tuple[float, list]:
+    from ml import features as ft
+
+    with psycopg.connect(url) as conn:
+        ft._plan(conn)  # the planner setting the scoring and training queries run with
+        t0 = time.perf_counter()
+        rows = conn.execute(f"select * from ({sql}) as f order by customer_key", params).fetchall()
+        return time.perf_counter() - t0, rows
+
+
+def _compare(url: str, day: dt.date, repeat: int, settings) -> tuple[float, float, int]:
+    from ml import features as ft
+
+    os.environ["LIFECYCLE_HOME"] = str(settings.home)  # business_timezone() reads settings
+    params = ft._params([day], 90, day)
+    best = {"model": float("inf"), "events": float("inf")}
+    results = {}
+    for _ in range(repeat):
+        for name, sql in (("model", ft.FEATURES_SQL), ("events", ft.reference_features_sql())):
+            seconds, rows = _timed(url, sql, params)
+            best[name] = min(best[name], seconds)
+            results[name] = rows
+    if results["model"] != results["events"]:
+        raise SystemExit(f"error: the two queries differ as of {day}")
+    return best["model"], best["events"], len(results["model"])
+
+
+def main() -> None:
+    """Run the benchmark and print its figures."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--customers", type=int, default=20_000)
+    ap.add_argument("--world", type=Path, help="reuse a generated world (ending 2024-12-31)")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="lifecycle-bench-features-"))
+    tmp.chmod(0o755)
+    external = os.environ.get("LIFECYCLE_WAREHOUSE_URL")
+    server = load_settings(
+        {"LIFECYCLE_HOME": str(tmp / "home")}
+        | ({"LIFECYCLE_WAREHOUSE_URL": external} if external else {})
+    )
+    dbname = f"bench_features_{uuid.uuid4().hex[:8]}"
+    admin = None
+    try:
+        world = args.world or _world(args.customers, tmp / "world")
+        base = wh.up(server)
+        admin = wh.with_database(base, "postgres")
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'create database "{dbname}"')
+        url = wh.with_database(base, dbname)
+        env = {
+            "LIFECYCLE_HOME": str(tmp / "home"),
+            "LIFECYCLE_WAREHOUSE_URL": url,
+            "LIFECYCLE_WORLD_DIR": str(world),
+        }
+        os.environ.update(env)
+        settings = load_settings(env)
+        day0, day1 = END - dt.timedelta(days=1), END
+        _land(settings, day0, full=True)
+        full = transform(day0, settings, full_refresh=True, quiet=True)
+        print(f"full build     {full.describe()}")
+        first = _compare(url, day0, args.repeat, settings)
+        _land(settings, day1, full=False)
+        incr = transform(day1, settings, quiet=True)
+        print(f"incremental    {incr.describe()}")
+        second = _compare(url, day1, args.repeat, settings)
+
+        with psycopg.connect(url) as conn:
+            events = conn.execute("select count(*) from staging.stg_web__events").fetchone()[0]
+            sessions = conn.execute(f"select count(*) from intermediate.{MODEL}").fetchone()[0]
+        print(f"\n{events} web events, {sessions} session-day rows")
+        print(
+            f"{MODEL}: {_model_seconds(full):.2f}s in the full build, "
+            f"{_model_seconds(incr):.2f}s in the incremental one (one new day)"
+        )
+        for day, (model, events_s, rows) in ((day0, first), (day1, second)):
+            print(
+                f"features as of {day} ({rows} customers, same rows): "
+                f"model {model:6.2f}s   every event {events_s:6.2f}s   "
+                f"model / events {model / events_s:5.2f}"
+            )
+    finally:
+        if admin:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'drop database if exists "{dbname}" with (force)')
+        if not external:
+            wh.down(server)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

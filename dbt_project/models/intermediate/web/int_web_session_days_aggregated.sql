@@ -1,0 +1,86 @@
+{{
+    config(
+        unique_key='device_key',
+        incremental_strategy='delete+insert',
+        on_schema_change='sync_all_columns',
+        indexes=[
+            {'columns': ['device_key']},
+            {'columns': ['event_date']},
+            {'columns': ['max_loaded_at']},
+        ],
+    )
+}}
+
+-- Web sessions cut by event day and by the day the events became visible (received): one
+-- row per device, session, event date and visible date, with the session's user_id and
+-- its product views and carts. The point-in-time features (ml/features.py) read it instead
+-- of re-sorting every event for each scoring run: a session's events seen at D are exactly
+-- the rows with event_date <= D and visible_date <= D. Incremental: devices with newly
+-- loaded events are recomputed from all their events (delete+insert by device_key), so
+-- late and duplicate deliveries give the same rows as a full refresh. Events without an
+-- anonymous_id form a device per session ('session:<session_key>').
+with
+
+events as (
+    select * from {{ ref('stg_web__events') }}
+),
+
+{% if is_incremental() %}
+new_events as (
+    select *
+    from events
+    where
+        _loaded_at > (
+            select coalesce(max(max_loaded_at), '-infinity'::timestamptz) from {{ this }}
+        ) - interval '{{ var("incremental_lookback_hours") }} hours'
+),
+
+-- every event of a device with new events; without a device, every event of the session
+device_events as (
+    select events.*
+    from events
+    where events.anonymous_id in (
+        select new_events.anonymous_id from new_events where new_events.anonymous_id is not null
+    )
+    union all
+    select events.*
+    from events
+    where
+        events.anonymous_id is null
+        and coalesce(events.session_id, events.event_id) in (
+            select coalesce(new_events.session_id, new_events.event_id)
+            from new_events
+            where new_events.anonymous_id is null
+        )
+),
+{% else %}
+device_events as (
+    select * from events
+),
+{% endif %}
+
+keyed as (
+    select
+        *,
+        coalesce(session_id, event_id) as session_key,
+        greatest(event_date, {{ business_date('received_at') }}) as visible_date
+    from device_events
+),
+
+final as (
+    select
+        coalesce(anonymous_id, 'session:' || session_key) as device_key,
+        anonymous_id,
+        session_key,
+        event_date,
+        visible_date,
+        min(user_id) as user_id,
+        count(*) as count_events,
+        count(*) filter (where event_name = 'product_viewed') as count_product_views,
+        count(*) filter (where event_name = 'added_to_cart') as count_carts,
+        max(_loaded_at) as max_loaded_at
+    from keyed
+    group by anonymous_id, session_key, event_date, visible_date
+)
+
+select * from final
