@@ -13,8 +13,6 @@ import io
 import json
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
@@ -22,6 +20,7 @@ import pytest
 
 from lifecycle.redact import MASK, RedactingFilter, redact, remember
 from tests.adversarial.hostile_http import Request, serve
+from tests.conftest import run_cli
 
 TOKEN = "crm-tok-7Hq2-echo-me"
 ROLE_PASSWORD = "loader-pw-K3x9!z"
@@ -96,14 +95,7 @@ def _cli(tmp_path: Path, db: str, url: str, *args: str):
         "LIFECYCLE_HTTP_RETRIES": "0",
         "LIFECYCLE_HTTP_BACKOFF_S": "0",
     }
-    return subprocess.run(
-        [sys.executable, "-m", "lifecycle.cli", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return run_cli(args, env, cwd=tmp_path, timeout=180)
 
 
 def _warehouse_rows_with(db: str, needle: str) -> list[str]:

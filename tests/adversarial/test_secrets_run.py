@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import pytest
 import yaml
 
 from tests.adversarial.hostile_http import serve
-from tests.conftest import scratch_database
+from tests.conftest import run_cli, scratch_database
 
 START, END = dt.date(2023, 7, 1), dt.date(2024, 3, 31)
 D0, D1 = END - dt.timedelta(days=1), END
@@ -40,13 +39,7 @@ ALL_SECRETS = [*SECRETS.values(), FILE_SECRET]
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, "-m", "lifecycle.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    done = run_cli(args, env, timeout=900)
     assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-3000:])
     return done
 

@@ -9,14 +9,12 @@ it, in a subprocess.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import EXTERNAL_ADMIN_URL, external_available, scratch_database
+from tests.conftest import EXTERNAL_ADMIN_URL, external_available, run_cli, scratch_database
 
 SALES = """
 create table public.sales (
@@ -79,13 +77,7 @@ def _lifecycle(tmp_path: Path, sales: str, warehouse: str, *args: str):
         "LIFECYCLE_SOURCES_FILE": str(tmp_path / "sources.yml"),
         "SALES_DB_URL": sales,
     }
-    return subprocess.run(
-        [sys.executable, "-m", "lifecycle.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(args, env, timeout=300)
 
 
 def _raw(url: str) -> list[tuple]:

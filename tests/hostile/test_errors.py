@@ -16,6 +16,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from lifecycle.cli import main
 from lifecycle.settings import get_settings
+from tests.conftest import run_cli
 from tests.hostile.helpers import ORDERS_HEADER, checksum, day_orders, rows, write
 
 
@@ -134,12 +135,9 @@ def test_chart_labels_with_dollars_print_as_text() -> None:
 
 def test_an_unusable_dbt_selection_is_one_line(base: dict[str, str]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")} | base
-    out = subprocess.run(
-        [sys.executable, "-m", "lifecycle.cli", "transform", "--date", "2024-01-01"]
-        + ["--select", "path:/etc", "--select", "nosuch"],
-        env=env,
-        capture_output=True,
-        text=True,
+    out = run_cli(
+        ["transform", "--date", "2024-01-01", "--select", "path:/etc", "--select", "nosuch"],
+        env,
         timeout=300,
     )
     assert out.returncode == 1 and "Traceback" not in out.stderr + out.stdout

@@ -16,6 +16,7 @@ import pytest
 from lifecycle.extract import extract
 from lifecycle.load import watermark_after
 from lifecycle.parse import Window
+from tests.conftest import run_cli
 from tests.hostile.helpers import ORDERS_HEADER, day_orders, rows, settings, write
 
 HOLD = """
@@ -53,13 +54,7 @@ def _hold(url: str, stage: str, day: str, scope: str, seconds: float) -> subproc
 
 
 def _lifecycle(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "lifecycle.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(args, env, timeout=300)
 
 
 IN_PROGRESS = re.compile(

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from decimal import Decimal
 
 import psycopg
@@ -15,6 +14,7 @@ import pytest
 
 from lifecycle.report import ReportError, build_report
 from lifecycle.report.build import SECTIONS
+from tests.conftest import run_cli
 from tests.report.conftest import END, REPO
 from tests.report.page import read_page
 
@@ -285,14 +285,7 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     # Not the AIRFLOW_* variables the DAG tests' session Airflow set in this process: the
     # command would take that Airflow's metadata DB for its own.
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    return subprocess.run(
-        [sys.executable, "-m", "lifecycle.cli", *args],
-        env={**inherited, **env},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(args, {**inherited, **env}, cwd=REPO, timeout=300)
 
 
 def test_cli_report(report_world, tmp_path) -> None:
