@@ -86,7 +86,34 @@ def make_orders(ctx: Context, rng: np.random.Generator, people: Table) -> tuple[
     seq = np.arange(local.size) - starts
     keep = seq < MAX_ORDERS_PER_PERSON
     local, t, seq = local[keep], t[keep], seq[keep]
-    return orders_at(ctx, rng, people, local, t, seq)
+    orders, items = orders_at(ctx, rng, people, local, t, seq)
+    if ctx.config.refund_dropout > 0:  # extra draws only then: the default world is kept
+        orders, items = _drop_out_after_refunds(rng, people, orders, items, ctx.config)
+    return orders, items
+
+
+def _drop_out_after_refunds(
+    rng: np.random.Generator, people: Table, orders: Table, items: Table, cfg
+) -> tuple[Table, Table]:
+    """Return the orders without those placed after a refund their buyer reacted to.
+
+    Each refunded order makes its buyer drop out when the refund happens with probability
+    ``refund_dropout`` (order experience drives churn: what a BTYD model cannot see). The
+    buyer's later orders are removed (a suffix: the kept ones keep their sequence numbers)
+    and the truth's ``dropout_t`` moves to the refund, so web activity fades then too.
+    """
+    n = orders["t"].size
+    reacts = (orders["status"] == REFUNDED) & (rng.random(n) < cfg.refund_dropout)
+    cut = np.full(people["idx"].size, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(cut, orders["local"][reacts], orders["updated"][reacts])
+    keep = orders["t"] <= cut[orders["local"]]
+    people["dropout_t"] = np.minimum(people["dropout_t"], cut)  # cut is max: no reaction
+    kept_items = keep[items["order_row"]]
+    new_row = np.cumsum(keep) - 1
+    orders = {k: v[keep] for k, v in orders.items()}
+    items = {k: v[kept_items] for k, v in items.items()}
+    items["order_row"] = new_row[items["order_row"]]
+    return orders, items
 
 
 def _bgnbd_repeats(

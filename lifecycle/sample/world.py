@@ -82,6 +82,9 @@ class WorldConfig:
     order_value_p: float = 6.0  # Gamma-Gamma p: per-order shape (larger = less order noise)
     order_value_q: float = 4.0  # Gamma-Gamma q: customer heterogeneity (larger = less); > 1
     refund_rate: float = 0.04
+    # probability that a buyer drops out when one of their orders is refunded (order
+    # experience drives churn); 0 = refunds do not change behaviour
+    refund_dropout: float = 0.0
     cancel_rate: float = 0.02
     eur_share: float = 0.3  # share of euro-zone buyers who shop in the EUR storefront
     catalog_size: int = 400
@@ -116,6 +119,7 @@ class WorldConfig:
             "opt_in_rate",
             "same_day_first_order",
             "refund_rate",
+            "refund_dropout",
             "cancel_rate",
             "eur_share",
             "browse_share",

@@ -335,20 +335,23 @@ def test_btyd_features_are_empty_not_an_error_when_bgnbd_cannot_be_fitted() -> N
     from ml.features import RECENT_FREQUENCY, add_btyd_features, btyd_features
 
     day = dt.date(2024, 6, 30)
-    # 3 repeat buyers of 40 at the first snapshot (BG/NBD needs 10), 12 at the second
+    rng = np.random.default_rng(3)
     rows = []
-    for snapshot, repeaters in ((day, 3), (day + dt.timedelta(days=30), 12)):
-        for i in range(40):
-            f = 2 if i < repeaters else 0
+    # 3 repeat buyers of 40 at the first snapshot (BG/NBD needs 10), about 200 of 400 later
+    for snapshot, n, repeat_share in ((day, 40, 3 / 40), (day + dt.timedelta(days=30), 400, 0.5)):
+        t = rng.uniform(60, 700, n).round()
+        f = np.where(np.arange(n) < round(n * repeat_share), rng.poisson(2.0, n) + 1, 0)
+        rec = np.where(f > 0, (t * rng.uniform(0.2, 1.0, n)).round(), 0)
+        for i in range(n):
             rows.append(
                 {
                     "snapshot_date": snapshot,
                     "customer_key": f"c{i}",
-                    "frequency": float(f),
-                    "recency": float(30 + 5 * i if f else 0),
-                    "t": float(200 + 3 * i),
-                    "monetary_value": float(40 + i if f else 0),
-                    RECENT_FREQUENCY: float(1 if f and i % 2 else 0),
+                    "frequency": float(f[i]),
+                    "recency": float(rec[i]),
+                    "t": float(t[i]),
+                    "monetary_value": float(rng.gamma(4.0, 15.0) if f[i] else 0.0),
+                    RECENT_FREQUENCY: float(min(f[i], 1) if rec[i] > t[i] - 90 else 0),
                 }
             )
     frame = pd.DataFrame(rows)
@@ -361,4 +364,4 @@ def test_btyd_features_are_empty_not_an_error_when_bgnbd_cannot_be_fitted() -> N
     assert (second["btyd_p_alive"][second["frequency"] == 0] == 1.0).all()  # BG/NBD's rule
     assert out[list(frame.columns)].equals(frame)  # the inputs untouched
     empty = btyd_features(frame, None, horizon_days=90)
-    assert empty.shape == (80, len(BTYD_FEATURES)) and empty.isna().all().all()
+    assert empty.shape == (440, len(BTYD_FEATURES)) and empty.isna().all().all()
