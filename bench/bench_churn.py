@@ -6,8 +6,11 @@ For each purchase-process regime of the sample generator (``WorldConfig.purchase
 
 * ``pareto_nbd`` — the default sample world: Pareto/NBD buying with the calendar's
   seasonality (weekly, Q4 peak), refunds and cancellations;
-* ``bgnbd`` — a pure BG/NBD world with the CDNOW parameters of Fader, Hardie & Lee (2005):
-  BG/NBD is the true model there, so the honest answer is "a tie with BG/NBD".
+* ``bgnbd`` — a pure BG/NBD world with the CDNOW parameters of Fader, Hardie & Lee (2005),
+  no refunds or cancellations: BG/NBD is the true model there, so the honest answer is "a
+  tie with BG/NBD";
+* ``experience`` — the default world where a refund makes its buyer leave with probability
+  0.5 (10% of orders refunded): order experience drives part of the churn.
 
 it generates ``--customers`` people over 2022-2024, lands the **orders only** (a sources file
 with nothing else: web, CRM and marketing are absent, their features dropped) into a
@@ -50,7 +53,9 @@ START, END = dt.date(2022, 1, 1), dt.date(2024, 12, 31)
 #: WorldConfig fields of each regime (the rest: the defaults)
 REGIMES = {
     "pareto_nbd": {},
-    "bgnbd": {"purchase_process": "bgnbd"},
+    # pure: no refunds or cancellations either (a refunded drop-out order would hide the
+    # drop-out from the completed orders, information BG/NBD's RFM summary lacks)
+    "bgnbd": {"purchase_process": "bgnbd", "refund_rate": 0.0, "cancel_rate": 0.0},
     # order experience drives churn: 10% of orders refunded, half of those buyers leave
     "experience": {"refund_rate": 0.10, "refund_dropout": 0.5},
 }

@@ -60,7 +60,7 @@ REASON_GROUPS: dict[str, tuple[str, ...]] = {
     "season": ("orders_same_window_last_year",),
     "tenure": ("days_since_first_order",),
     "value": ("revenue", "avg_order_value", "btyd_expected_order_value", "value_trend"),
-    "refunds": ("count_refunds", "refund_share", "refunded_value_share"),
+    "refunds": ("count_refunds", "refund_share", "refunded_value_share", "days_since_last_refund"),
     "web_recent": ("sessions_7d", "sessions_30d", "product_views_30d", "carts_30d"),
     "web_quarter": ("sessions_90d", "product_views_90d", "carts_90d"),
     "last_visit": ("days_since_last_visit",),

@@ -76,6 +76,7 @@ NUMERIC_FEATURES: tuple[str, ...] = (
     "orders_same_window_last_year",
     "value_trend",
     "refunded_value_share",
+    "days_since_last_refund",
 )
 #: Categorical feature columns.
 CATEGORICAL_FEATURES: tuple[str, ...] = ("acquisition_channel", "country_code")
@@ -177,6 +178,7 @@ TRAINING_SET_ADDED = {
     "orders_same_window_last_year": "integer",
     "value_trend": "double precision",
     "refunded_value_share": "double precision",
+    "days_since_last_refund": "integer",
     RECENT_FREQUENCY: "integer",
 }
 
@@ -293,7 +295,8 @@ order_features as (
 
 refunds as (
     select snapshot_date, customer_key, count(*) as count_refunds,
-        sum(reporting_amount) as refunded_value
+        sum(reporting_amount) as refunded_value,
+        snapshot_date - max(order_date) as days_since_last_refund
     from orders_at
     where status = 'refunded'
     group by snapshot_date, customer_key
@@ -446,6 +449,7 @@ final as (
             (coalesce(r.refunded_value, 0) / nullif(o.revenue + coalesce(r.refunded_value, 0), 0)),
             0
         )::double precision as refunded_value_share,
+        r.days_since_last_refund::integer as days_since_last_refund,
         coalesce(w.sessions_7d, 0)::integer as sessions_7d,
         coalesce(w.sessions_30d, 0)::integer as sessions_30d,
         coalesce(w.sessions_90d, 0)::integer as sessions_90d,

@@ -116,6 +116,7 @@ def test_churn_and_segmentation_drop_the_absent_sources_features(trained):
         "days_to_usual_next",
         "orders_same_window_last_year",
         "value_trend",
+        "days_since_last_refund",
     ]
     btyd = [
         "btyd_p_alive",
