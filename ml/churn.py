@@ -40,12 +40,27 @@ from ml.tables import RISK_BANDS
 
 #: Feature groups explained together, in a fixed order (ties broken by this order).
 REASON_GROUPS: dict[str, tuple[str, ...]] = {
-    "recency": ("days_since_last_order", "recency_over_gap"),
+    "recency": ("days_since_last_order", "recency_over_gap", "days_to_usual_next"),
     "frequency": ("count_orders", "count_orders_90d", "count_orders_365d"),
-    "gaps": ("mean_gap_days", "last_gap_days", "gap_trend"),
+    "gaps": (
+        "mean_gap_days",
+        "last_gap_days",
+        "gap_trend",
+        "gap_p25_days",
+        "gap_median_days",
+        "gap_p75_days",
+        "gap_slope",
+    ),
+    "btyd": (
+        "btyd_p_alive",
+        "btyd_expected_purchases",
+        "btyd_purchases_residual",
+        "btyd_p_no_purchase",
+    ),
+    "season": ("orders_same_window_last_year",),
     "tenure": ("days_since_first_order",),
-    "value": ("revenue", "avg_order_value"),
-    "refunds": ("count_refunds", "refund_share"),
+    "value": ("revenue", "avg_order_value", "btyd_expected_order_value", "value_trend"),
+    "refunds": ("count_refunds", "refund_share", "refunded_value_share", "days_since_last_refund"),
     "web_recent": ("sessions_7d", "sessions_30d", "product_views_30d", "carts_30d"),
     "web_quarter": ("sessions_90d", "product_views_90d", "carts_90d"),
     "last_visit": ("days_since_last_visit",),
@@ -105,6 +120,26 @@ def load_churn_spec(
             f"feature(s) {', '.join(unsourced)} are neither in features.orders_only nor read "
             "from a source of ml.features.FEATURE_SOURCES"
         )
+    # a candidate may name features a narrowed spec (overrides) leaves out: they are skipped
+    categorical = set(feats.get("categorical", []))
+    names: set[str] = set()
+    for cand in spec.get("candidates") or [{"name": "hgb"}]:
+        if not isinstance(cand, Mapping) or not cand.get("name"):
+            raise ChurnSpecError(f"candidates: each needs a name, got {cand!r}")
+        if cand["name"] in names:
+            raise ChurnSpecError(f"candidates: {cand['name']} is declared twice")
+        names.add(cand["name"])
+        for f, direction in (cand.get("monotonic") or {}).items():
+            if f not in known or f in categorical or direction not in (-1, 1):
+                raise ChurnSpecError(
+                    f"candidates.{cand['name']}.monotonic.{f}: needs a numeric feature and "
+                    f"-1 or 1, got {direction!r}"
+                )
+        unknown = [f for f in cand.get("exclude") or [] if f not in known]
+        if unknown:
+            raise ChurnSpecError(
+                f"candidates.{cand['name']}.exclude: unknown feature(s) {', '.join(unknown)}"
+            )
     bands = spec.get("risk_bands", {})
     if not 0 < float(bands.get("medium", 0)) < float(bands.get("high", 0)) < 1:
         raise ChurnSpecError(f"risk_bands need 0 < medium < high < 1, got {bands}")
@@ -129,6 +164,19 @@ class ChurnModel:
     medium: float
     high: float
     top_reasons: int = 3
+    #: the label horizon, which the BTYD features' expected purchases cover
+    horizon_days: int = 90
+    #: models/clv.yaml's params for the BTYD features' fit (scoring fits the same way)
+    btyd_params: dict[str, Any] | None = None
+    #: the spec candidate this model is (``candidates`` of models/churn.yaml)
+    candidate: str = "hgb"
+    #: every candidate's validation and holdout ROC AUC from the run that chose this one
+    candidates: dict[str, dict[str, float]] | None = None
+
+    @property
+    def uses_btyd(self) -> bool:
+        """Return whether the model reads BTYD features (scoring then fits BG/NBD first)."""
+        return any(f.startswith("btyd_") for f in self.features)
 
     @property
     def features(self) -> list[str]:
@@ -387,6 +435,22 @@ def describe_column(group: str, frame: pd.DataFrame) -> np.ndarray:
             + mean.fillna(0).round().astype("int64").astype(str)
             + ")"
         ).where(mean.notna(), "no repeat purchase yet")
+    elif group == "btyd":
+        alive = pd.to_numeric(f["btyd_p_alive"], errors="coerce")
+        expected = pd.to_numeric(f["btyd_expected_purchases"], errors="coerce")
+        text = (
+            "purchase model: "
+            + (alive.fillna(0) * 100).round().astype("int64").astype(str)
+            + "% likely still active, "
+            + expected.fillna(0).round(1).astype(str)
+            + " purchases expected"
+        ).where(alive.notna(), "purchase model not fitted")
+    elif group == "season":
+        n = pd.to_numeric(f["orders_same_window_last_year"], errors="coerce")
+        text = (
+            _count(_ints(f, "orders_same_window_last_year"), "order")
+            + " in the same season last year"
+        ).where(n.notna(), "no purchase history a year ago")
     elif group == "tenure":
         text = "customer for " + _count(_ints(f, "days_since_first_order"), "day")
     elif group == "value":
@@ -426,8 +490,17 @@ def describe_column(group: str, frame: pd.DataFrame) -> np.ndarray:
     return np.asarray(text, dtype=object)
 
 
-def make_pipeline(numeric: Sequence[str], categorical: Sequence[str], params: Mapping) -> Pipeline:
-    """Return an unfitted Pipeline: ordinal-encode categories, then HistGradientBoosting."""
+def make_pipeline(
+    numeric: Sequence[str],
+    categorical: Sequence[str],
+    params: Mapping,
+    monotonic: Mapping[str, int] | None = None,
+) -> Pipeline:
+    """Return an unfitted Pipeline: ordinal-encode categories, then HistGradientBoosting.
+
+    `monotonic` maps numeric features to +1 (P(churn) may only rise with it) or -1 (only
+    fall); features not named, and categories, are unconstrained.
+    """
     transformer = ColumnTransformer(
         [
             ("numeric", "passthrough", list(numeric)),
@@ -445,8 +518,14 @@ def make_pipeline(numeric: Sequence[str], categorical: Sequence[str], params: Ma
     )
     n_num, n_cat = len(numeric), len(categorical)
     categorical_mask = [False] * n_num + [True] * n_cat
+    constraints = None
+    if monotonic and any(f in monotonic for f in numeric):
+        # positional (the ColumnTransformer hands the booster an array): numeric, then categories
+        constraints = [int(monotonic.get(f, 0)) for f in numeric] + [0] * n_cat
     classifier = HistGradientBoostingClassifier(
-        categorical_features=categorical_mask if n_cat else None, **dict(params)
+        categorical_features=categorical_mask if n_cat else None,
+        monotonic_cst=constraints,
+        **dict(params),
     )
     return Pipeline([("prepare", transformer), ("classify", classifier)])
 
@@ -468,11 +547,25 @@ def fit_churn(
     spec: Mapping[str, Any],
     *,
     features: Sequence[str] | None = None,
+    candidate: Mapping[str, Any] | None = None,
+    btyd_params: Mapping[str, Any] | None = None,
 ) -> ChurnModel:
     """Return a ChurnModel fitted on `train` and calibrated on `calibration` (labelled rows).
 
-    `features` narrows the spec's feature list (e.g. the orders-only variant).
+    `features` narrows the spec's feature list (e.g. the orders-only variant); `candidate`
+    (one of the spec's ``candidates``) narrows it further (``exclude``), overrides
+    parameters (``params``) and constrains directions (``monotonic``).
     """
+    candidate = dict(candidate or {"name": "hgb"})
+    excluded = set(candidate.get("exclude") or [])
+    if features is not None:
+        features = [f for f in features if f not in excluded]
+    else:
+        features = [
+            f
+            for f in [*spec["features"]["numeric"], *spec["features"].get("categorical", [])]
+            if f not in excluded
+        ]
     numeric = [f for f in spec["features"]["numeric"] if features is None or f in features]
     categorical = [
         f for f in spec["features"].get("categorical", []) if features is None or f in features
@@ -486,7 +579,9 @@ def fit_churn(
                 f"the {name} rows have a single class ({len(frame)} rows): "
                 "too few customers or snapshots to train a churn model"
             )
-    pipeline = make_pipeline(numeric, categorical, spec["model"]["params"])
+    params = {**spec["model"]["params"], **(candidate.get("params") or {})}
+    monotonic = candidate.get("monotonic") or {}
+    pipeline = make_pipeline(numeric, categorical, params, monotonic)
     x_train = train[[*numeric, *categorical]]
     pipeline.fit(x_train, train["churned"].astype(int).to_numpy())
     calibrated = CalibratedClassifierCV(
@@ -503,4 +598,7 @@ def fit_churn(
         medium=float(spec["risk_bands"]["medium"]),
         high=float(spec["risk_bands"]["high"]),
         top_reasons=int(spec.get("reasons", {}).get("top", 3)),
+        horizon_days=int(spec["label"]["horizon_days"]),
+        btyd_params=dict(btyd_params or {}),
+        candidate=str(candidate.get("name", "hgb")),
     )

@@ -88,6 +88,44 @@ def classification_metrics(
     }
 
 
+def bootstrap_auc_difference(
+    y: np.ndarray,
+    score_a: np.ndarray,
+    score_b: np.ndarray,
+    *,
+    resamples: int = 300,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Return ROC AUC(a) - ROC AUC(b) on the same rows and its paired bootstrap interval.
+
+    Rows are resampled with replacement (`resamples` times, fixed `seed`), both scorers
+    scored on the same resample: the percentile interval at `level` of the difference.
+    ``diff``, ``low``, ``high``, ``p_not_better`` (the share of resamples where a is not
+    above b). Resamples with one class only are skipped.
+    """
+    y = np.asarray(y, dtype=int)
+    a, b = np.asarray(score_a, dtype=float), np.asarray(score_b, dtype=float)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    n = len(y)
+    for _ in range(int(resamples)):
+        idx = rng.integers(0, n, n)
+        yy = y[idx]
+        if yy.min() == yy.max():
+            continue
+        diffs.append(roc_auc_score(yy, a[idx]) - roc_auc_score(yy, b[idx]))
+    d = np.asarray(diffs)
+    tail = (1.0 - level) / 2.0
+    return {
+        "diff": float(roc_auc_score(y, a) - roc_auc_score(y, b)),
+        "low": float(np.quantile(d, tail)),
+        "high": float(np.quantile(d, 1.0 - tail)),
+        "p_not_better": float((d <= 0).mean()),
+        "resamples": float(len(d)),
+    }
+
+
 # ------------------------------------------------------------------------- baselines
 
 

@@ -34,8 +34,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import psycopg
 
@@ -67,6 +70,16 @@ NUMERIC_FEATURES: tuple[str, ...] = (
     "carts_90d",
     "days_since_last_visit",
     "is_marketing_opt_in",
+    # purchase timing and value, from orders alone (what BTYD models ignore)
+    "gap_p25_days",
+    "gap_median_days",
+    "gap_p75_days",
+    "gap_slope",
+    "days_to_usual_next",
+    "orders_same_window_last_year",
+    "value_trend",
+    "refunded_value_share",
+    "days_since_last_refund",
 )
 #: Categorical feature columns.
 CATEGORICAL_FEATURES: tuple[str, ...] = ("acquisition_channel", "country_code")
@@ -95,6 +108,18 @@ FEATURE_SOURCES: dict[str, str] = {
 }
 #: Columns BG/NBD and Gamma-Gamma need (days; repeat order days; mean value of repeats).
 RFM_COLUMNS: tuple[str, ...] = ("frequency", "recency", "t", "monetary_value")
+#: Repeat order days in the last `horizon` days up to D (the observed side of
+#: ``btyd_purchases_residual``; not a model feature itself).
+RECENT_FREQUENCY = "recent_frequency"
+#: Features computed in Python from a BG/NBD + Gamma-Gamma fit on the snapshot's own RFM
+#: summary (every eligible customer at D, data <= D): :func:`add_btyd_features`.
+BTYD_FEATURES: tuple[str, ...] = (
+    "btyd_p_alive",
+    "btyd_expected_purchases",
+    "btyd_expected_order_value",
+    "btyd_purchases_residual",
+    "btyd_p_no_purchase",
+)
 #: Every column of ml.training_set, in order.
 COLUMNS: tuple[str, ...] = (
     "snapshot_date",
@@ -102,6 +127,7 @@ COLUMNS: tuple[str, ...] = (
     *NUMERIC_FEATURES,
     *CATEGORICAL_FEATURES,
     *RFM_COLUMNS,
+    RECENT_FREQUENCY,
     "horizon_days",
     "churned",
 )
@@ -143,6 +169,21 @@ create table if not exists ml.training_set (
     primary key (snapshot_date, customer_key)
 )
 """
+
+#: Columns added to ml.training_set after its first release (a warehouse made before gets
+#: them with ``add column if not exists``; the partitions are rewritten on every build).
+TRAINING_SET_ADDED = {
+    "gap_p25_days": "double precision",
+    "gap_median_days": "double precision",
+    "gap_p75_days": "double precision",
+    "gap_slope": "double precision",
+    "days_to_usual_next": "double precision",
+    "orders_same_window_last_year": "integer",
+    "value_trend": "double precision",
+    "refunded_value_share": "double precision",
+    "days_since_last_refund": "integer",
+    RECENT_FREQUENCY: "integer",
+}
 
 # One query for any set of snapshot dates: %(snapshots)s (date[]), %(horizon)s (days),
 # %(data_as_of)s (the date the data is complete to: labels after it are null).
@@ -225,6 +266,25 @@ order_features as (
         end as mean_gap_days,
         max(gap_days) filter (where day_number = count_days)::double precision
             as last_gap_days,
+        -- purchase timing: gap quantiles, their trend (days per further order day)
+        percentile_cont(0.25) within group (order by gap_days) as gap_p25_days,
+        percentile_cont(0.5) within group (order by gap_days) as gap_median_days,
+        percentile_cont(0.75) within group (order by gap_days) as gap_p75_days,
+        regr_slope(gap_days, day_number) as gap_slope,
+        -- seasonality of the customer's own history: orders in the window a year before
+        -- the label window (null when they were not a customer a year ago)
+        case when min(order_date) <= snapshot_date - 365 then coalesce(sum(count_orders)
+            filter (where order_date > snapshot_date - 365
+                and order_date <= snapshot_date - 365 + %(horizon)s), 0)
+        end::integer as orders_same_window_last_year,
+        -- last order day's value over the mean order day's value
+        case when count(*) > 1 then
+            (max(revenue) filter (where day_number = count_days))
+            / nullif(sum(revenue) / count(*), 0)
+        end::double precision as value_trend,
+        count(*) filter (
+            where day_number > 1 and order_date > snapshot_date - %(horizon)s
+        )::integer as recent_frequency,
         -- BG/NBD's summary in days: repeat order days, first to last, first to D
         (count(*) - 1)::integer as frequency,
         (max(order_date) - min(order_date))::integer as recency,
@@ -237,7 +297,9 @@ order_features as (
 ),
 
 refunds as (
-    select snapshot_date, customer_key, count(*) as count_refunds
+    select snapshot_date, customer_key, count(*) as count_refunds,
+        sum(reporting_amount) as refunded_value,
+        snapshot_date - max(order_date) as days_since_last_refund
     from orders_at
     where status = 'refunded'
     group by snapshot_date, customer_key
@@ -374,6 +436,18 @@ final as (
         coalesce(r.count_refunds, 0)::integer as count_refunds,
         (coalesce(r.count_refunds, 0)::double precision
             / (o.count_orders + coalesce(r.count_refunds, 0))) as refund_share,
+        o.gap_p25_days,
+        o.gap_median_days,
+        o.gap_p75_days,
+        o.gap_slope,
+        (o.gap_median_days - o.days_since_last_order)::double precision as days_to_usual_next,
+        o.orders_same_window_last_year,
+        o.value_trend,
+        coalesce(
+            (coalesce(r.refunded_value, 0) / nullif(o.revenue + coalesce(r.refunded_value, 0), 0)),
+            0
+        )::double precision as refunded_value_share,
+        r.days_since_last_refund::integer as days_since_last_refund,
         coalesce(w.sessions_7d, 0)::integer as sessions_7d,
         coalesce(w.sessions_30d, 0)::integer as sessions_30d,
         coalesce(w.sessions_90d, 0)::integer as sessions_90d,
@@ -390,6 +464,7 @@ final as (
         o.recency,
         o.t,
         o.monetary_value,
+        o.recent_frequency,
         %(horizon)s::integer as horizon_days,
         case
             when o.snapshot_date + %(horizon)s > %(data_as_of)s::date then null
@@ -541,7 +616,7 @@ def typed(frame: pd.DataFrame) -> pd.DataFrame:
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
     for col in CATEGORICAL_FEATURES:
         frame[col] = frame[col].astype("object").where(frame[col].notna(), None)
-    for col in RFM_COLUMNS:
+    for col in (*RFM_COLUMNS, RECENT_FREQUENCY):
         frame[col] = pd.to_numeric(frame[col]).astype("float64")
     return frame
 
@@ -607,6 +682,8 @@ def build_training_set(
         _plan(conn)
         conn.execute("create schema if not exists ml")
         conn.execute(TRAINING_SET_DDL)
+        for column, kind in TRAINING_SET_ADDED.items():
+            conn.execute(f"alter table ml.training_set add column if not exists {column} {kind}")
         conn.execute(
             "delete from ml.training_set where snapshot_date = any(%s::date[])",
             (sorted(set(snapshots)),),
@@ -657,3 +734,167 @@ def dropped_features(
         elif rows is not None and name in rows.columns and rows[name].notna().sum() == 0:
             out[name] = f"no value in any of the {len(rows)} training rows"
     return out
+
+
+@dataclass(frozen=True)
+class BtydFit:
+    """BG/NBD (and Gamma-Gamma, when it fits) parameters of one snapshot's RFM summary."""
+
+    bgnbd: Any  # ml.clv.BetaGeoParams
+    gamma_gamma: Any  # ml.clv.GammaGammaParams | None
+    modified: bool
+
+
+def fit_btyd(
+    rfm: pd.DataFrame, clv_params: Mapping[str, Any] | None = None, *, label: object = ""
+) -> BtydFit | None:
+    """Return the BTYD fit of `rfm` (every customer eligible at one date), or None when the
+    data cannot fit BG/NBD (logged: the BTYD features are then left empty, never an error).
+
+    `clv_params` are models/clv.yaml's ``params`` (process, penalizers, min_repeat_buyers).
+    """
+    from ml.clv import CLVFitError, fit_bgnbd, fit_gamma_gamma
+
+    params = dict(clv_params or {})
+    modified = params.get("process", "bgnbd") == "mbgnbd"
+    min_repeat = int(params.get("min_repeat_buyers", 10))
+    f, rec, t = (rfm[c].to_numpy(dtype=float) for c in ("frequency", "recency", "t"))
+    try:
+        bg = fit_bgnbd(
+            f,
+            rec,
+            t,
+            penalizer=float(params.get("penalizer", 0.0)),
+            min_repeat_buyers=min_repeat,
+            modified=modified,
+        )
+    except CLVFitError as exc:
+        log.warning("BTYD features at %s left empty: %s", label, exc)
+        return None
+    try:
+        gg = fit_gamma_gamma(
+            f,
+            np.maximum(rfm["monetary_value"].to_numpy(dtype=float), 0.0),
+            penalizer=float(params.get("gg_penalizer", 0.0)),
+            min_repeat_buyers=min_repeat,
+        )
+    except CLVFitError as exc:
+        log.warning("BTYD order value at %s left empty: %s", label, exc)
+        gg = None
+    return BtydFit(bg, gg, modified)
+
+
+def btyd_features(frame: pd.DataFrame, fit: BtydFit | None, *, horizon_days: int) -> pd.DataFrame:
+    """Return the :data:`BTYD_FEATURES` of the rows of `frame` under `fit` (same index;
+    all null when `fit` is None)."""
+    from ml.clv import (
+        TIME_UNIT_DAYS,
+        bgnbd_expected_purchases,
+        bgnbd_p_alive,
+        gg_expected_order_value,
+    )
+
+    out = pd.DataFrame(np.nan, index=frame.index, columns=list(BTYD_FEATURES), dtype="float64")
+    if fit is None or frame.empty:
+        return out
+    f, rec, t = (frame[c].to_numpy(dtype=float) for c in ("frequency", "recency", "t"))
+    bg, modified = fit.bgnbd, fit.modified
+    out["btyd_p_alive"] = bgnbd_p_alive(bg, f, rec, t, modified=modified)
+    out["btyd_expected_purchases"] = bgnbd_expected_purchases(
+        bg, horizon_days, f, rec, t, modified=modified
+    )
+    expected_recent = _unconditional_purchases(bg, t) - _unconditional_purchases(
+        bg, np.maximum(t - horizon_days, 0.0)
+    )
+    # P(no purchase in (T, T + h]): dead, or alive with no arrival; the rate given alive is
+    # Gamma(r + x, alpha + T) a posteriori, so P(no arrival) = ((a+T)/(a+T+h))^(r+x)
+    weeks, horizon = t / TIME_UNIT_DAYS, horizon_days / TIME_UNIT_DAYS
+    p_alive = out["btyd_p_alive"].to_numpy()
+    quiet = np.exp((bg.r + f) * (np.log(bg.alpha + weeks) - np.log(bg.alpha + weeks + horizon)))
+    out["btyd_p_no_purchase"] = 1.0 - p_alive + p_alive * quiet
+    recent = frame[RECENT_FREQUENCY].to_numpy(dtype=float)
+    out["btyd_purchases_residual"] = np.where(
+        np.isfinite(expected_recent), recent - expected_recent, np.nan
+    )
+    if fit.gamma_gamma is not None:
+        out["btyd_expected_order_value"] = gg_expected_order_value(
+            fit.gamma_gamma, f, np.maximum(frame["monetary_value"].to_numpy(dtype=float), 0.0)
+        )
+    return out
+
+
+def add_btyd_features(
+    frame: pd.DataFrame, *, horizon_days: int, clv_params: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
+    """Return `frame` with :data:`BTYD_FEATURES` added, from a fit per snapshot date.
+
+    For each snapshot D of `frame`, BG/NBD and Gamma-Gamma are fitted on the RFM summary of
+    *every* row of D (all customers eligible at D, built from data <= D only), so the
+    features are point-in-time like the SQL ones: adding later data changes nothing at D.
+    `frame` must hold whole snapshots (every eligible customer), as ``compute_features``
+    and ``read_training_set`` give them; scoring fits once on the day's summary and applies
+    the fit chunk by chunk (``ml.score``), the same computation.
+
+    * ``btyd_p_alive`` — P(alive) at D;
+    * ``btyd_expected_purchases`` — conditional expected purchases in (D, D + horizon];
+    * ``btyd_expected_order_value`` — Gamma-Gamma's expected order value;
+    * ``btyd_p_no_purchase`` — BG/NBD's own probability of no purchase in (D, D + horizon],
+      the churn label's event: 1 - P(alive) + P(alive) x P(no arrival | alive);
+    * ``btyd_purchases_residual`` — repeat order days in the last `horizon_days` minus what
+      BG/NBD expects of a customer of that age in that window (unconditional
+      E[X(T)] - E[X(T - h)]): above 0 buys faster than the model's average, below 0 slower.
+
+    A snapshot whose data cannot fit BG/NBD (too few repeat buyers, a degenerate optimum)
+    gets null BTYD features (logged, see :func:`fit_btyd`): the trees handle missing
+    values, and a feature null in every training row is dropped (:func:`dropped_features`).
+    """
+    out = frame.copy()
+    for col in BTYD_FEATURES:
+        out[col] = np.nan
+    if out.empty:
+        return out
+    for day, rows in out.groupby("snapshot_date", sort=True).groups.items():
+        part = out.loc[rows]
+        values = btyd_features(
+            part, fit_btyd(part, clv_params, label=day), horizon_days=horizon_days
+        )
+        out.loc[rows, list(BTYD_FEATURES)] = values.to_numpy()
+    return out
+
+
+def _unconditional_purchases(params: Any, t_days: np.ndarray) -> np.ndarray:
+    """Return BG/NBD's E[X(t)], the expected repeat purchases of a new customer in (0, t]
+    (Fader, Hardie & Lee 2005, eq. 9), t in days; NaN where the closed form is not finite."""
+    from scipy import special
+
+    from ml.clv import TIME_UNIT_DAYS
+
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    t = np.asarray(t_days, dtype=float) / TIME_UNIT_DAYS
+    if abs(a - 1.0) < 1e-4:  # 0/0 at a = 1: the form is smooth in a, step just off it
+        a = 1.0 + 1e-4
+    z = t / (alpha + t)
+    with np.errstate(all="ignore"):
+        value = (
+            (a + b - 1)
+            / (a - 1)
+            * (1 - (alpha / (alpha + t)) ** r * special.hyp2f1(r, b, a + b - 1, z))
+        )
+    return np.where(np.isfinite(value) & (t > 0), value, np.where(t > 0, np.nan, 0.0))
+
+
+def rfm_at(conn: psycopg.Connection, day: dt.date, *, horizon_days: int = 90) -> pd.DataFrame:
+    """Return the RFM summary at `day` of every eligible customer (the feature query's own
+    columns, so scoring's BTYD fit sees exactly what training's per-snapshot fit saw)."""
+    _require_warehouse(conn)
+    _plan(conn)
+    cols = ("customer_key", *RFM_COLUMNS)
+    with conn.cursor() as cur:
+        cur.execute(
+            f"select {', '.join(cols)} from ({FEATURES_SQL}) as f",
+            _params([day], horizon_days, day),
+        )
+        frame = pd.DataFrame(cur.fetchall(), columns=list(cols))
+    for col in RFM_COLUMNS:
+        frame[col] = pd.to_numeric(frame[col]).astype("float64")
+    return frame

@@ -181,6 +181,17 @@ def _stored_features(
             yield ft.typed(pd.DataFrame(rows, columns=cols))
 
 
+def _stored_rfm(conn: psycopg.Connection, relation: str) -> pd.DataFrame:
+    """Return the RFM columns of every row of a precomputed feature table."""
+    query = sql.SQL("select {cols} from {rel}").format(
+        cols=sql.SQL(", ").join(map(sql.Identifier, ft.RFM_COLUMNS)),
+        rel=sql.Identifier(*relation.split(".")),
+    )
+    return pd.DataFrame(conn.execute(query).fetchall(), columns=list(ft.RFM_COLUMNS)).astype(
+        "float64"
+    )
+
+
 def score(
     day: dt.date,
     settings: Settings,
@@ -212,11 +223,28 @@ def score(
     with wh.connect(url) as reader, wh.connect(url) as writer, writer.transaction():
         ensure_ml_tables(writer)
         writer.execute("delete from ml.scores_history where score_date = %s", (day,))
+        churn = champions.churn
+        horizon = int(getattr(churn, "horizon_days", 90))
+        btyd = None
+        if getattr(churn, "uses_btyd", False):
+            # the BTYD features need a fit on every customer's RFM at `day`, as training's
+            # per-snapshot fit had: one pass over the RFM first, then chunk by chunk
+            rfm = (
+                _stored_rfm(reader, features_relation)
+                if features_relation
+                else ft.rfm_at(reader, day, horizon_days=horizon)
+            )
+            btyd = ft.fit_btyd(rfm, churn.btyd_params, label=day)
         source = (
             _stored_features(reader, features_relation, chunk_size)
             if features_relation
-            else ft.stream_features(reader, day, chunk_size=chunk_size)
+            else ft.stream_features(reader, day, chunk_size=chunk_size, horizon_days=horizon)
         )
+        if getattr(churn, "uses_btyd", False):
+            source = (
+                pd.concat([c, ft.btyd_features(c, btyd, horizon_days=horizon)], axis=1)
+                for c in source
+            )
         with (
             writer.cursor() as cur,
             cur.copy(

@@ -156,6 +156,7 @@ def evaluate(as_of: dt.date, settings: Settings, churn_run_id: str) -> dict[str,
         mlflow.log_metrics(dict(metrics["churn_model"]))
         if oracle:
             mlflow.log_metrics({f"oracle.{k}": v for k, v in oracle.items()})
+        tr.log_uncertainty_and_candidates(curves, model)
         plot_dir = tracking.artifacts_dir(settings) / churn_run_id
         y = frames.holdout["churned"].astype(int).to_numpy()
         for path in save_plots(y, curves["probabilities"], curves["scores"], plot_dir):
@@ -184,14 +185,27 @@ def promote(
 ) -> dict[str, dict[str, Any]]:
     """Set the aliases: the churn version becomes champion only if it beats the current
     champion on the same holdout by the configured margin; return the decisions."""
+    import mlflow
+
     from ml import tracking
 
     spec, _, _ = _specs()
     client = tracking.configure(settings)
     decisions: dict[str, dict[str, Any]] = {}
     frames = tr.load_frames(as_of, settings, spec)
-    champion_version, champion_value = tr.champion_holdout_auc(settings, frames.holdout)
+    champion_version, champion_value, champion_p = tr.champion_holdout_scores(
+        settings, frames.holdout
+    )
     metric = spec["promotion"]["metric"]
+    run_id = run_ids[tracking.CHURN_MODEL]
+    new = mlflow.sklearn.load_model(f"runs:/{run_id}/model")
+    with mlflow.start_run(run_id=run_id):
+        gain_interval = tr.promotion_interval(
+            spec,
+            frames.holdout["churned"].astype(int).to_numpy(),
+            new.churn_probability(frames.holdout),
+            champion_p,
+        )
     churn = tracking.decide(
         tracking.CHURN_MODEL,
         versions[tracking.CHURN_MODEL],
@@ -200,6 +214,7 @@ def promote(
         champion_version=champion_version,
         champion_value=champion_value,
         min_improvement=float(spec["promotion"]["min_improvement"]),
+        gain_interval=gain_interval,
     )
     tracking.apply_promotion(client, churn, run_ids[tracking.CHURN_MODEL])
     if champion_value is not None:  # the report shows it beside the new model's metrics

@@ -178,8 +178,14 @@ def decide(
     champion_value: float | None,
     min_improvement: float,
     greater_is_better: bool = True,
+    gain_interval: tuple[float, float] | None = None,
 ) -> Promotion:
-    """Return whether `version` replaces the champion: first ever, or better by the margin."""
+    """Return whether `version` replaces the champion: first ever, or better by the margin.
+
+    With `gain_interval` (a bootstrap interval of the gain, e.g. of the ROC AUC difference
+    on the same holdout), the *lower end* of the interval must reach the margin: a gain
+    within the noise never replaces a champion.
+    """
     if champion_version is None:
         return Promotion(model, version, True, "first model: no champion yet", None, metric, value)
     if champion_value is None:
@@ -193,6 +199,24 @@ def decide(
             value,
         )
     gain = value - champion_value if greater_is_better else champion_value - value
+    if gain_interval is not None:
+        low, high = gain_interval
+        verdict = "beats" if low >= min_improvement else "does not beat"
+        reason = (
+            f"{metric} {value:.4f} {verdict} champion v{champion_version} "
+            f"({champion_value:.4f}): gain {gain:+.4f}, bootstrap interval [{low:+.4f}, "
+            f"{high:+.4f}], whose lower end must reach {min_improvement}"
+        )
+        return Promotion(
+            model,
+            version,
+            low >= min_improvement,
+            reason,
+            champion_version,
+            metric,
+            value,
+            champion_value,
+        )
     if gain >= min_improvement:
         reason = (
             f"{metric} {value:.4f} beats champion v{champion_version} ({champion_value:.4f}) "

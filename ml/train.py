@@ -37,7 +37,12 @@ from lifecycle.settings import Settings
 from ml import features as ft
 from ml import tracking
 from ml.churn import ChurnModel, fit_churn, load_churn_spec
-from ml.evaluate import classification_metrics, evaluate_scorers, oracle_churn_probability
+from ml.evaluate import (
+    bootstrap_auc_difference,
+    classification_metrics,
+    evaluate_scorers,
+    oracle_churn_probability,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +85,11 @@ class TrainResult:
     stage_s: dict[str, float] = field(default_factory=dict)
     #: registered model -> why it was not trained this run (its champion, if any, stays)
     not_trained: dict[str, str] = field(default_factory=dict)
+    #: "<scorer>_vs_<other>" -> ROC AUC difference and its bootstrap interval on the holdout
+    uncertainty: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: candidate -> validation and holdout ROC AUC; the chosen one is the model
+    candidates: dict[str, dict[str, float]] = field(default_factory=dict)
+    chosen: str | None = None
 
     def summary(self) -> str:
         """Return a short readable report for a task log or the CLI."""
@@ -94,6 +104,17 @@ class TrainResult:
             lines.append(
                 f"{name:<16} {m['roc_auc']:>8.4f} {m['pr_auc']:>7.4f} {m['brier']:>6.4f} "
                 f"{m['log_loss']:>7.4f} {m['ece']:>6.4f} {m['lift_top_decile']:>8.2f}"
+            )
+        for name, c in self.candidates.items():
+            mark = " (chosen)" if name == self.chosen else ""
+            lines.append(
+                f"candidate {name}: validation ROC AUC {c['validation_roc_auc']:.4f}, "
+                f"holdout {c['holdout_roc_auc']:.4f}{mark}"
+            )
+        for name, u in self.uncertainty.items():
+            lines.append(
+                f"{name}: ROC AUC difference {u['diff']:+.4f}, {u['level']:.0%} bootstrap "
+                f"interval [{u['low']:+.4f}, {u['high']:+.4f}]"
             )
         if self.oracle:
             lines.append(
@@ -123,6 +144,9 @@ class TrainResult:
                     "promotions": self.promotions,
                     "run_ids": self.run_ids,
                     "not_trained": self.not_trained,
+                    "uncertainty": self.uncertainty,
+                    "candidates": self.candidates,
+                    "chosen": self.chosen,
                     "elapsed_s": round(self.elapsed_s, 2),
                 },
                 default=str,
@@ -182,6 +206,9 @@ def load_frames(as_of: dt.date, settings: Settings, spec: Mapping[str, Any]) -> 
             _no_orders_after(conn, as_of, dates[0])
         current = ft.compute_features(conn, [as_of], horizon_days=horizon, data_as_of=as_of)
         absent = absent_entities(settings, conn, set(ft.FEATURE_SOURCES.values()))
+    # BG/NBD + Gamma-Gamma fitted per snapshot on that snapshot's RFM (data <= D only)
+    labelled = ft.add_btyd_features(labelled, horizon_days=horizon, clv_params=btyd_params())
+    current = ft.add_btyd_features(current, horizon_days=horizon, clv_params=btyd_params())
     by_date = {d: labelled[labelled["snapshot_date"] == d] for d in dates}
     reached = [d for d in dates if not by_date[d].empty]
     if len(reached) >= 3 and reached == dates[: len(reached)]:
@@ -219,7 +246,7 @@ def load_frames(as_of: dt.date, settings: Settings, spec: Mapping[str, Any]) -> 
         holdout=by_date[dates[0]].reset_index(drop=True),
         current=current,
         dropped=ft.dropped_features(
-            [*ft.NUMERIC_FEATURES, *ft.CATEGORICAL_FEATURES], absent, train
+            [*ft.NUMERIC_FEATURES, *ft.BTYD_FEATURES, *ft.CATEGORICAL_FEATURES], absent, train
         ),
     )
 
@@ -240,6 +267,13 @@ def _no_orders_after(conn, as_of: dt.date, newest_snapshot: dt.date) -> None:
         f"({newest_snapshot}) looks for orders after it; train as of a day the data reaches "
         f"(--date {newest})"
     )
+
+
+def btyd_params() -> dict[str, Any]:
+    """Return models/clv.yaml's params: the BTYD features are fitted like the CLV model."""
+    from ml.specs import load_spec
+
+    return dict(load_spec("clv").get("params") or {})
 
 
 def churn_features(frames: Frames, spec: Mapping[str, Any]) -> tuple[list[str], dict[str, str]]:
@@ -266,17 +300,57 @@ def train_churn(frames: Frames, spec: Mapping[str, Any]) -> tuple[ChurnModel, Ch
     features whose sources are present (the others dropped, see :func:`churn_features`)."""
     kept, dropped = churn_features(frames, spec)
     log_dropped("churn", dropped)
+    params = btyd_params()
+    y_val = frames.calibration["churned"].astype(int).to_numpy()
+    y_hold = frames.holdout["churned"].astype(int).to_numpy()
+    fitted: dict[str, ChurnModel] = {}
+    figures: dict[str, dict[str, float]] = {}
     try:
-        model = fit_churn(frames.train, frames.calibration, spec, features=kept)
+        for candidate in spec.get("candidates") or [{"name": "hgb"}]:
+            name = candidate["name"]
+            m = fit_churn(
+                frames.train,
+                frames.calibration,
+                spec,
+                features=kept,
+                candidate=candidate,
+                btyd_params=params,
+            )
+            fitted[name] = m
+            # the calibration snapshot is out of time for the trees (never trained on): it
+            # chooses; the holdout figure is logged only, so the holdout stays unbiased
+            figures[name] = {
+                "validation_roc_auc": _auc(y_val, m.churn_probability(frames.calibration)),
+                "holdout_roc_auc": _auc(y_hold, m.churn_probability(frames.holdout)),
+            }
+            log.info(
+                "churn candidate %s: validation ROC AUC %.4f, holdout %.4f",
+                name,
+                figures[name]["validation_roc_auc"],
+                figures[name]["holdout_roc_auc"],
+            )
+        best = max(figures, key=lambda n: figures[n]["validation_roc_auc"])  # first on ties
+        model = fitted[best]
+        model.candidates = figures
+        chosen = next(c for c in spec.get("candidates") or [{"name": "hgb"}] if c["name"] == best)
         orders_only = fit_churn(
             frames.train,
             frames.calibration,
             spec,
             features=[f for f in spec["features"]["orders_only"] if f in kept],
+            candidate=chosen,
+            btyd_params=params,
         )
     except ValueError as exc:
         raise TrainError(str(exc)) from exc
+    log.info("churn: candidate %s chosen on the validation snapshot", best)
     return model, orders_only
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, p)) if len(set(y.tolist())) == 2 else float("nan")
 
 
 def rfm_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -373,7 +447,38 @@ def evaluate(
     oracle = None
     if truth_csv is not None and Path(truth_csv).is_file() and settings is not None:
         oracle = oracle_comparison(frames, p_model, truth_csv, horizon, settings)
-    return metrics, oracle, {"probabilities": probabilities, "scores": scores}
+    return (
+        metrics,
+        oracle,
+        {
+            "probabilities": probabilities,
+            "scores": scores,
+            "uncertainty": uncertainty(frames.holdout, scores, spec),
+        },
+    )
+
+
+def uncertainty(
+    holdout: pd.DataFrame, scores: Mapping[str, np.ndarray], spec: Mapping[str, Any]
+) -> dict[str, dict[str, float]]:
+    """Return the bootstrap intervals of the models' ROC AUC minus BG/NBD's on the holdout
+    (``churn_model_vs_bgnbd``, ``orders_only_vs_bgnbd``; none without a BG/NBD baseline)."""
+    if "bgnbd" not in scores:
+        return {}
+    cfg = spec.get("uncertainty") or {}
+    y = holdout["churned"].astype(int).to_numpy()
+    out = {}
+    for name in ("churn_model", "orders_only"):
+        u = bootstrap_auc_difference(
+            y,
+            scores[name],
+            scores["bgnbd"],
+            resamples=int(cfg.get("bootstrap", 300)),
+            level=float(cfg.get("level", 0.95)),
+            seed=int(cfg.get("seed", 0)),
+        )
+        out[f"{name}_vs_bgnbd"] = {**u, "level": float(cfg.get("level", 0.95))}
+    return out
 
 
 def oracle_comparison(
@@ -431,18 +536,74 @@ def champion_holdout_auc(
     settings: Settings, holdout: pd.DataFrame
 ) -> tuple[str | None, float | None]:
     """Return (version, ROC AUC on `holdout`) of the current churn champion, or (None, None)."""
+    version, auc, _ = champion_holdout_scores(settings, holdout)
+    return version, auc
+
+
+def champion_holdout_scores(
+    settings: Settings, holdout: pd.DataFrame
+) -> tuple[str | None, float | None, np.ndarray | None]:
+    """Return (version, ROC AUC, probabilities) of the churn champion on `holdout`, or Nones."""
     client = tracking.configure(settings)
     mv = tracking.version_by_alias(client, tracking.CHURN_MODEL, tracking.CHAMPION)
     if mv is None:
-        return None, None
+        return None, None, None
     try:
         champion, _ = tracking.load_champion(settings, tracking.CHURN_MODEL, sklearn=True)
         p = champion.churn_probability(holdout)
         y = holdout["churned"].astype(int).to_numpy()
-        return str(mv.version), classification_metrics(y, p)["roc_auc"]
+        return str(mv.version), classification_metrics(y, p)["roc_auc"], p
     except Exception as exc:  # a champion that cannot score this holdout loses its place
         log.warning("champion v%s could not score the holdout: %s", mv.version, exc)
-        return str(mv.version), None
+        return str(mv.version), None, None
+
+
+def log_uncertainty_and_candidates(curves: Mapping[str, Any], model: ChurnModel) -> None:
+    """Log to the active MLflow run the bootstrap intervals against BG/NBD and every
+    candidate's validation and holdout ROC AUC (``candidate`` param: the chosen one)."""
+    import mlflow
+
+    for name, u in (curves.get("uncertainty") or {}).items():
+        # e.g. churn_model_vs_bgnbd.roc_auc_diff, .roc_auc_diff_low, .roc_auc_diff_high
+        mlflow.log_metrics(
+            {
+                f"{name}.roc_auc_diff": u["diff"],
+                f"{name}.roc_auc_diff_low": u["low"],
+                f"{name}.roc_auc_diff_high": u["high"],
+                f"{name}.p_not_better": u["p_not_better"],
+            }
+        )
+    mlflow.log_param("candidate", getattr(model, "candidate", "hgb"))
+    for name, c in (getattr(model, "candidates", None) or {}).items():
+        mlflow.log_metrics({f"candidate.{name}.{k}": v for k, v in c.items()})
+
+
+def promotion_interval(
+    spec: Mapping[str, Any], y: np.ndarray, p_new: np.ndarray, champion_p: np.ndarray | None
+) -> tuple[float, float] | None:
+    """Return the bootstrap interval of ROC AUC(new) - ROC AUC(champion) on the holdout
+    (logged as ``vs_champion.*`` in the active run), or None without a champion's scores."""
+    import mlflow
+
+    if champion_p is None or spec["promotion"]["metric"] != "roc_auc":
+        return None
+    cfg = spec.get("uncertainty") or {}
+    u = bootstrap_auc_difference(
+        y,
+        p_new,
+        champion_p,
+        resamples=int(cfg.get("bootstrap", 300)),
+        level=float(cfg.get("level", 0.95)),
+        seed=int(cfg.get("seed", 0)),
+    )
+    mlflow.log_metrics(
+        {
+            "vs_champion.roc_auc_diff": u["diff"],
+            "vs_champion.roc_auc_diff_low": u["low"],
+            "vs_champion.roc_auc_diff_high": u["high"],
+        }
+    )
+    return u["low"], u["high"]
 
 
 def register_churn(
@@ -464,7 +625,7 @@ def register_churn(
     client = tracking.configure(settings)
     tags = {"as_of": frames.as_of.isoformat()}
     # -- churn
-    champion_version, champion_auc = champion_holdout_auc(settings, frames.holdout)
+    champion_version, champion_auc, champion_p = champion_holdout_scores(settings, frames.holdout)
     exp = tracking.experiment_id(settings, client, tracking.CHURN_MODEL)
     with mlflow.start_run(experiment_id=exp, run_name=f"churn-{frames.as_of}", tags=tags) as run:
         mlflow.log_params(churn_run_params(frames, spec, model))
@@ -473,6 +634,7 @@ def register_churn(
         mlflow.log_metrics({k: v for k, v in metrics["churn_model"].items()})
         if oracle:
             mlflow.log_metrics({f"oracle.{k}": v for k, v in oracle.items()})
+        log_uncertainty_and_candidates(curves, model)
         plot_dir = tracking.artifacts_dir(settings) / run.info.run_id
         y = frames.holdout["churned"].astype(int).to_numpy()
         for path in save_plots(y, curves["probabilities"], curves["scores"], plot_dir):
@@ -482,6 +644,7 @@ def register_churn(
         version = tracking.register(
             client, tracking.CHURN_MODEL, info.model_uri, run.info.run_id, tags
         )
+        gain_interval = promotion_interval(spec, y, curves["scores"]["churn_model"], champion_p)
         decision = tracking.decide(
             tracking.CHURN_MODEL,
             version,
@@ -490,6 +653,7 @@ def register_churn(
             champion_version=champion_version,
             champion_value=champion_auc,
             min_improvement=float(spec["promotion"]["min_improvement"]),
+            gain_interval=gain_interval,
         )
         tracking.apply_promotion(client, decision, run.info.run_id)
         mlflow.log_param("promoted", decision.promoted)
@@ -680,4 +844,7 @@ def train(
         elapsed_s=time.perf_counter() - started,
         stage_s=stage_s,
         not_trained=not_trained,
+        uncertainty=curves.get("uncertainty") or {},
+        candidates=model.candidates or {},
+        chosen=model.candidate,
     )

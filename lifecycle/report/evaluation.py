@@ -104,6 +104,22 @@ def model_section(settings: Settings, day: dt.date, scored_version: str | None =
                     auc.get(c) is not None), default=None)  # fmt: skip
         if best is not None:
             section.blocks.append(Kpi("best-baseline-auc", "best other ROC AUC", best))
+    diff = metrics.get("churn_model_vs_bgnbd.roc_auc_diff")
+    if diff is not None:
+        low = metrics.get("churn_model_vs_bgnbd.roc_auc_diff_low", float("nan"))
+        high = metrics.get("churn_model_vs_bgnbd.roc_auc_diff_high", float("nan"))
+        section.blocks.append(Kpi("auc-vs-bgnbd", "ROC AUC minus BG/NBD's", diff))
+        verdict = (
+            "better than BG/NBD beyond the noise"
+            if low > 0
+            else "not distinguishable from BG/NBD on this holdout"
+        )
+        section.blocks.append(
+            Note(
+                f"ROC AUC difference with BG/NBD expected purchases on the holdout: {diff:+.4f}, "
+                f"bootstrap 95% interval [{low:+.4f}, {high:+.4f}]: {verdict}."
+            )
+        )
     if auc:
         names = [c for c in candidates if auc.get(c) is not None]
         section.blocks.append(

@@ -73,7 +73,11 @@ def make_orders(ctx: Context, rng: np.random.Generator, people: Table) -> tuple[
     buyer = np.flatnonzero(~people["is_prospect"] & (people["first_t"] < cal.end_ts))
     first_t = people["first_t"][buyer]
     stop = np.minimum(people["dropout_t"][buyer], cal.end_ts)
-    seg, t_rep = thin(rng, cal, first_t + 1, stop, people["lam"][buyer])
+    if ctx.config.purchase_process == "bgnbd":
+        seg, t_rep = _bgnbd_repeats(rng, first_t, people["dropout_t"][buyer], cal.end_ts,
+                                    people["lam"][buyer], people["bg_repeats"][buyer])  # fmt: skip
+    else:
+        seg, t_rep = thin(rng, cal, first_t + 1, stop, people["lam"][buyer])
     local = np.concatenate([buyer, buyer[seg]])
     t = np.concatenate([first_t, t_rep])
     order = np.lexsort((t, local))
@@ -82,7 +86,68 @@ def make_orders(ctx: Context, rng: np.random.Generator, people: Table) -> tuple[
     seq = np.arange(local.size) - starts
     keep = seq < MAX_ORDERS_PER_PERSON
     local, t, seq = local[keep], t[keep], seq[keep]
-    return orders_at(ctx, rng, people, local, t, seq)
+    orders, items = orders_at(ctx, rng, people, local, t, seq)
+    if ctx.config.refund_dropout > 0:  # extra draws only then: the default world is kept
+        orders, items = _drop_out_after_refunds(rng, people, orders, items, ctx.config)
+    return orders, items
+
+
+def _drop_out_after_refunds(
+    rng: np.random.Generator, people: Table, orders: Table, items: Table, cfg
+) -> tuple[Table, Table]:
+    """Return the orders without those placed after a refund their buyer reacted to.
+
+    Each refunded order makes its buyer drop out when the refund happens with probability
+    ``refund_dropout`` (order experience drives churn: what a BTYD model cannot see). The
+    buyer's later orders are removed (a suffix: the kept ones keep their sequence numbers)
+    and the truth's ``dropout_t`` moves to the refund, so web activity fades then too.
+    """
+    n = orders["t"].size
+    reacts = (orders["status"] == REFUNDED) & (rng.random(n) < cfg.refund_dropout)
+    cut = np.full(people["idx"].size, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(cut, orders["local"][reacts], orders["updated"][reacts])
+    keep = orders["t"] <= cut[orders["local"]]
+    people["dropout_t"] = np.minimum(people["dropout_t"], cut)  # cut is max: no reaction
+    kept_items = keep[items["order_row"]]
+    new_row = np.cumsum(keep) - 1
+    orders = {k: v[keep] for k, v in orders.items()}
+    items = {k: v[kept_items] for k, v in items.items()}
+    items["order_row"] = new_row[items["order_row"]]
+    return orders, items
+
+
+def _bgnbd_repeats(
+    rng: np.random.Generator,
+    first_t: np.ndarray,
+    dropout_t: np.ndarray,
+    end_ts: int,
+    rate_per_year: np.ndarray,
+    k: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (segment, epoch seconds) of BG/NBD repeat orders, sorted by segment then time.
+
+    The K-th repeat order is the drop-out (people.py drew its time): before the world's end,
+    K - 1 repeats uniform on (first, drop-out) and one at it; after it, N repeats uniform on
+    (first, end) with N ~ Poisson(rate x span) conditioned on N < K (the inverse CDF of the
+    truncated Poisson), which is the law of the count given that the K-th came later.
+    """
+    from scipy import stats
+
+    dropped = dropout_t < end_ts
+    span = np.where(dropped, dropout_t, end_ts) - first_t - 1
+    span = np.maximum(span, 0)
+    mean = rate_per_year * span / (365.25 * SECONDS_PER_DAY)
+    u = rng.random(first_t.size)
+    truncated = stats.poisson.ppf(u * stats.poisson.cdf(k - 1, mean), mean)
+    count = np.where(dropped, k - 1, np.nan_to_num(truncated)).astype(np.int64)
+    count = np.clip(count, 0, MAX_ORDERS_PER_PERSON)
+    seg = np.repeat(np.arange(first_t.size), count)
+    t = first_t[seg] + 1 + np.floor(rng.random(seg.size) * span[seg]).astype(np.int64)
+    last = np.flatnonzero(dropped & (span > 0))
+    seg = np.concatenate([seg, last])
+    t = np.concatenate([t, dropout_t[last]])
+    order = np.lexsort((t, seg))
+    return seg[order], t[order]
 
 
 def orders_at(

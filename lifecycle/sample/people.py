@@ -68,6 +68,9 @@ def make_people(ctx: Context, rng: np.random.Generator, idx: np.ndarray) -> Tabl
     lam = rng.gamma(cfg.purchase_rate_shape, cfg.purchase_rate_mean / cfg.purchase_rate_shape, n)
     mu = rng.gamma(cfg.dropout_rate_shape, cfg.dropout_rate_mean / cfg.dropout_rate_shape, n)
     lifetime_years = np.minimum(rng.exponential(1.0, n) / mu, 200.0)
+    bg_repeats = np.zeros(n, dtype=np.int64)
+    if cfg.purchase_process == "bgnbd":  # extra draws only in this regime: the default is kept
+        lam, lifetime_years, bg_repeats = _bgnbd_process(rng, n, cfg.bgnbd_params)
     same_day = rng.random(n) < cfg.same_day_first_order
     delay = np.where(
         same_day,
@@ -148,6 +151,7 @@ def make_people(ctx: Context, rng: np.random.Generator, idx: np.ndarray) -> Tabl
         "crm_id": ctx.crm_id(idx),
         "account": permute(idx, ctx.account_digits, ctx.key_account),
         "lam": np.where(is_prospect, 0.0, lam),
+        "bg_repeats": bg_repeats,
         "first_t": np.where(is_prospect, -1, first_t),
         "dropout_t": np.where(is_prospect, -1, dropout_t),
         "mean_value": np.where(is_prospect, 0.0, mean_value),
@@ -170,3 +174,23 @@ def make_people(ctx: Context, rng: np.random.Generator, idx: np.ndarray) -> Tabl
         "stage_lag": stage_lag,
         "referred_by": referred_by,
     }
+
+
+def _bgnbd_process(
+    rng: np.random.Generator, n: int, params: tuple[float, float, float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (rate per year, years to the drop-out, repeat orders made) of BG/NBD buyers.
+
+    Rate ~ Gamma(r, alpha) per week; after each repeat order the buyer drops out with
+    probability p ~ Beta(a, b), so they make K ~ Geometric(p) repeat orders at most and drop
+    out at the K-th, which comes Gamma(K, rate) after the first order (Fader, Hardie & Lee
+    2005). Orders place the repeats (ml/orders.py): K - 1 uniform before the drop-out and
+    one at it, or, when the K-th falls after the world's end, a Poisson count truncated
+    below K.
+    """
+    r, alpha, a, b = params
+    rate = rng.gamma(r, 1.0 / alpha, n) * (365.25 / 7.0)
+    p = np.clip(rng.beta(a, b, n), 1e-9, 1.0)
+    k = rng.geometric(p, n).astype(np.int64)
+    years = rng.gamma(k.astype(float), 1.0, n) / np.maximum(rate, 1e-12)
+    return rate, np.minimum(years, 200.0), k

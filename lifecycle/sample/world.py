@@ -45,6 +45,10 @@ DEFECT_KINDS = (
 )
 
 
+#: Purchase processes of the sample world (WorldConfig.purchase_process).
+PURCHASE_PROCESSES = ("pareto_nbd", "bgnbd")
+
+
 @dataclass(frozen=True)
 class WorldConfig:
     """What to generate; every field is documented in lifecycle/sample/README.md."""
@@ -67,12 +71,20 @@ class WorldConfig:
     purchase_rate_shape: float = 1.2  # Gamma shape of the purchase rate (smaller = wider)
     dropout_rate_mean: float = 0.8  # drop-outs per year while alive, population mean
     dropout_rate_shape: float = 2.0  # Gamma shape of the drop-out rate
+    # "pareto_nbd": the above, orders thinned by the calendar's seasonality; "bgnbd": a pure
+    # BG/NBD world (no seasonality in repeat orders), drop-out right after a repeat order
+    # with probability p ~ Beta(a, b), rate ~ Gamma(r, alpha) per week: bgnbd_params
+    purchase_process: str = "pareto_nbd"
+    bgnbd_params: tuple[float, float, float, float] = (0.243, 4.414, 0.793, 2.426)  # CDNOW fit
     same_day_first_order: float = 0.4  # buyers whose first order is within hours of acquisition
     first_order_days: float = 10.0  # mean delay (days) to the first order for the others
     order_value_mean: float = 72.0  # USD, population mean of the per-customer mean order value
     order_value_p: float = 6.0  # Gamma-Gamma p: per-order shape (larger = less order noise)
     order_value_q: float = 4.0  # Gamma-Gamma q: customer heterogeneity (larger = less); > 1
     refund_rate: float = 0.04
+    # probability that a buyer drops out when one of their orders is refunded (order
+    # experience drives churn); 0 = refunds do not change behaviour
+    refund_dropout: float = 0.0
     cancel_rate: float = 0.02
     eur_share: float = 0.3  # share of euro-zone buyers who shop in the EUR storefront
     catalog_size: int = 400
@@ -107,6 +119,7 @@ class WorldConfig:
             "opt_in_rate",
             "same_day_first_order",
             "refund_rate",
+            "refund_dropout",
             "cancel_rate",
             "eur_share",
             "browse_share",
@@ -120,6 +133,13 @@ class WorldConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 problems.append(f"{name} must be in [0, 1], got {value}")
+        if self.purchase_process not in PURCHASE_PROCESSES:
+            problems.append(
+                f"purchase_process must be one of {PURCHASE_PROCESSES}, got "
+                f"{self.purchase_process!r}"
+            )
+        if len(self.bgnbd_params) != 4 or any(v <= 0 for v in self.bgnbd_params):
+            problems.append(f"bgnbd_params needs r, alpha, a, b > 0, got {self.bgnbd_params}")
         if self.refund_rate + self.cancel_rate > 1:
             problems.append("refund_rate + cancel_rate must be <= 1")
         for name in (
@@ -161,6 +181,8 @@ class WorldConfig:
                 value = value.isoformat()
             elif f.name in ("channel_mix", "cac"):
                 value = {k: v for k, v in value}
+            elif f.name == "bgnbd_params":
+                value = list(value)
             out[f.name] = value
         return out
 

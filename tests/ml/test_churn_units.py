@@ -15,8 +15,13 @@ from ml.churn import (
     fit_churn,
     load_churn_spec,
 )
-from ml.evaluate import classification_metrics, expected_calibration_error, lift_at
-from ml.features import NUMERIC_FEATURES
+from ml.evaluate import (
+    bootstrap_auc_difference,
+    classification_metrics,
+    expected_calibration_error,
+    lift_at,
+)
+from ml.features import BTYD_FEATURES, NUMERIC_FEATURES
 from ml.tracking import decide
 
 
@@ -128,6 +133,13 @@ def _customers(n: int, seed: int) -> pd.DataFrame:
     # churn driven by recency and web activity, so the groups' deltas differ in size
     risk = frame["days_since_last_order"] / 40 - frame["sessions_30d"] / 30
     frame["churned"] = rng.random(n) < 1 / (1 + np.exp(-(risk - 0.8)))
+    # the BTYD fit's outputs (ml.features.add_btyd_features), some null (fit not possible)
+    frame["btyd_p_alive"] = rng.random(n)
+    frame["btyd_expected_purchases"] = rng.gamma(1.0, 0.5, n)
+    frame["btyd_expected_order_value"] = rng.gamma(4.0, 20.0, n)
+    frame["btyd_purchases_residual"] = rng.normal(0.0, 1.0, n)
+    frame["btyd_p_no_purchase"] = rng.random(n)
+    frame.loc[rng.random(n) < 0.1, list(BTYD_FEATURES)] = np.nan
     return frame
 
 
@@ -228,3 +240,128 @@ def test_vectorized_explain_equals_the_rowwise_logic_exactly(calibration: str) -
         rtol=0,
         atol=0,
     )
+
+
+def test_promotion_with_an_interval_needs_its_lower_end_above_the_margin() -> None:
+    common = dict(metric="roc_auc", champion_version="2", min_improvement=0.002)
+    noisy = decide(
+        "m", "3", value=0.78, champion_value=0.77, gain_interval=(-0.004, 0.024), **common
+    )
+    assert not noisy.promoted  # a +0.01 point gain inside the noise keeps the champion
+    assert noisy.reason == (
+        "roc_auc 0.7800 does not beat champion v2 (0.7700): gain +0.0100, bootstrap interval "
+        "[-0.0040, +0.0240], whose lower end must reach 0.002"
+    )
+    clear = decide(
+        "m", "3", value=0.80, champion_value=0.77, gain_interval=(0.021, 0.039), **common
+    )
+    assert clear.promoted
+    first = decide(
+        "m",
+        "1",
+        value=0.7,
+        champion_value=None,
+        **{**common, "champion_version": None},
+    )
+    assert first.promoted and first.reason == "first model: no champion yet"
+
+
+def test_bootstrap_interval_of_the_auc_difference() -> None:
+    rng = np.random.default_rng(4)
+    y = rng.random(4000) < 0.4
+    signal = y + rng.normal(0, 1.0, y.size)
+    better = signal + 0.0 * rng.normal(0, 1, y.size)
+    worse = signal + rng.normal(0, 1.5, y.size)
+    u = bootstrap_auc_difference(y, better, worse, resamples=200, seed=1)
+    assert u["diff"] == pytest.approx(
+        classification_metrics(y, better)["roc_auc"] - classification_metrics(y, worse)["roc_auc"]
+    )
+    assert 0 < u["low"] < u["diff"] < u["high"]
+    assert u["p_not_better"] == 0.0 and u["resamples"] == 200
+    assert bootstrap_auc_difference(y, better, worse, resamples=200, seed=1) == u  # seeded
+    same = bootstrap_auc_difference(y, better, better.copy(), resamples=50, seed=1)
+    assert same["diff"] == same["low"] == same["high"] == 0.0
+    # two scorers of equal quality: the interval straddles 0
+    twin = signal + rng.normal(0, 1.5, y.size)
+    tie = bootstrap_auc_difference(y, twin, worse, resamples=200, seed=1)
+    assert tie["low"] < 0 < tie["high"]
+
+
+def test_unconditional_bgnbd_purchases_match_a_simulation() -> None:
+    from ml.clv import BetaGeoParams
+    from ml.features import _unconditional_purchases
+
+    params = BetaGeoParams(r=0.243, alpha=4.414, a=0.793, b=2.426)  # CDNOW, weeks
+    rng = np.random.default_rng(0)
+    n, weeks = 200_000, 39.0
+    lam = rng.gamma(params.r, 1 / params.alpha, n)
+    p = rng.beta(params.a, params.b, n)
+    count, t, alive = np.zeros(n), np.zeros(n), np.ones(n, dtype=bool)
+    for _ in range(200):  # repeat purchases; drop-out after each with probability p
+        t = t + rng.exponential(1 / np.maximum(lam, 1e-12))
+        bought = alive & (t <= weeks)
+        count += bought
+        alive = bought & (rng.random(n) >= p)
+    expected = _unconditional_purchases(params, np.array([0.0, weeks * 7]))
+    assert expected[0] == 0.0
+    assert expected[1] == pytest.approx(count.mean(), abs=0.01)  # 1.1967 vs 1.1962
+
+
+def test_monotone_candidate_keeps_the_declared_direction() -> None:
+    spec = load_churn_spec({"model": {"params": {"max_iter": 40, "min_samples_leaf": 20}}})
+    monotone = {"name": "m", "monotonic": {"count_orders_90d": -1, "btyd_p_alive": -1}}
+    model = fit_churn(_customers(3000, 1), _customers(1500, 2), spec, candidate=monotone)
+    assert model.candidate == "m"
+    rows = _customers(200, 5)
+    for col in ("count_orders_90d", "btyd_p_alive"):
+        grid = np.linspace(0, rows[col].max() if col != "btyd_p_alive" else 1.0, 12)
+        curves = []
+        for v in grid:
+            varied = rows.copy()
+            varied[col] = v
+            curves.append(model.churn_probability(varied))
+        steps = np.diff(np.vstack(curves), axis=0)
+        assert (steps <= 1e-12).all(), col
+    no_btyd = {"name": "x", "exclude": list(BTYD_FEATURES)}
+    excluded = fit_churn(_customers(3000, 1), _customers(1500, 2), spec, candidate=no_btyd)
+    assert not excluded.uses_btyd and model.uses_btyd
+    with pytest.raises(ChurnSpecError, match="monotonic.acquisition_channel"):
+        load_churn_spec({"candidates": [{"name": "c", "monotonic": {"acquisition_channel": 1}}]})
+
+
+def test_btyd_features_are_empty_not_an_error_when_bgnbd_cannot_be_fitted() -> None:
+    import datetime as dt
+
+    from ml.features import RECENT_FREQUENCY, add_btyd_features, btyd_features
+
+    day = dt.date(2024, 6, 30)
+    rng = np.random.default_rng(3)
+    rows = []
+    # 3 repeat buyers of 40 at the first snapshot (BG/NBD needs 10), about 200 of 400 later
+    for snapshot, n, repeat_share in ((day, 40, 3 / 40), (day + dt.timedelta(days=30), 400, 0.5)):
+        t = rng.uniform(60, 700, n).round()
+        f = np.where(np.arange(n) < round(n * repeat_share), rng.poisson(2.0, n) + 1, 0)
+        rec = np.where(f > 0, (t * rng.uniform(0.2, 1.0, n)).round(), 0)
+        for i in range(n):
+            rows.append(
+                {
+                    "snapshot_date": snapshot,
+                    "customer_key": f"c{i}",
+                    "frequency": float(f[i]),
+                    "recency": float(rec[i]),
+                    "t": float(t[i]),
+                    "monetary_value": float(rng.gamma(4.0, 15.0) if f[i] else 0.0),
+                    RECENT_FREQUENCY: float(min(f[i], 1) if rec[i] > t[i] - 90 else 0),
+                }
+            )
+    frame = pd.DataFrame(rows)
+    out = add_btyd_features(frame, horizon_days=90, clv_params={"min_repeat_buyers": 10})
+    first = out[out["snapshot_date"] == day]
+    second = out[out["snapshot_date"] != day]
+    assert first[list(BTYD_FEATURES)].isna().all().all()
+    fitted = ["btyd_p_alive", "btyd_expected_purchases", "btyd_p_no_purchase"]
+    assert second[fitted].notna().all().all()
+    assert (second["btyd_p_alive"][second["frequency"] == 0] == 1.0).all()  # BG/NBD's rule
+    assert out[list(frame.columns)].equals(frame)  # the inputs untouched
+    empty = btyd_features(frame, None, horizon_days=90)
+    assert empty.shape == (440, len(BTYD_FEATURES)) and empty.isna().all().all()

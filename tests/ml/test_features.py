@@ -24,12 +24,19 @@ from lifecycle.extract import extract
 from lifecycle.sample.world import WorldConfig, generate_world
 from lifecycle.transform import transform
 from ml import features as ft
+from ml.specs import load_spec
 from tests.ml.conftest import temp_home
 from tests.transform.conftest import land, rows, scratch_database, settings_for, snapshot
 
 START, CUT, END = dt.date(2023, 7, 1), dt.date(2024, 3, 31), dt.date(2024, 6, 30)
 SNAPSHOTS = [dt.date(2023, 11, 30), dt.date(2024, 1, 31), CUT]
-FEATURES = [*ft.NUMERIC_FEATURES, *ft.CATEGORICAL_FEATURES, *ft.RFM_COLUMNS]
+FEATURES = [
+    *ft.NUMERIC_FEATURES,
+    *ft.CATEGORICAL_FEATURES,
+    *ft.RFM_COLUMNS,
+    ft.RECENT_FREQUENCY,
+    *ft.BTYD_FEATURES,
+]
 
 
 def _refund_some_orders_after(orders_csv: Path, cut: dt.date, n: int = 8) -> list[str]:
@@ -218,6 +225,11 @@ def test_later_data_was_really_added(leakage) -> None:
 
 def test_features_at_d_do_not_change_when_later_data_arrives(leakage) -> None:
     _, before, after, _, _, _ = leakage
+    # the BTYD features come from a BG/NBD + Gamma-Gamma fit per snapshot on data <= D
+    # (models/clv.yaml's params, as training fits them): rebuilt with the later data too
+    params = load_spec("clv")["params"]
+    before = ft.add_btyd_features(before, horizon_days=90, clv_params=params)
+    after = ft.add_btyd_features(after, horizon_days=90, clv_params=params)
     assert len(before) > 300
     assert before[["snapshot_date", "customer_key"]].equals(
         after[["snapshot_date", "customer_key"]]
@@ -233,6 +245,12 @@ def test_features_at_d_do_not_change_when_later_data_arrives(leakage) -> None:
     assert at_cut["sessions_90d"].gt(0).sum() > 50
     assert at_cut["is_marketing_opt_in"].notna().sum() > 100
     assert before["count_refunds"].gt(0).sum() > 5
+    # the timing and BTYD features are not trivially empty either
+    assert at_cut["gap_median_days"].notna().sum() > 50
+    assert at_cut["orders_same_window_last_year"].notna().sum() == 0  # world starts 2023-07
+    assert before["refunded_value_share"].gt(0).sum() > 5
+    for col in ft.BTYD_FEATURES:
+        assert at_cut[col].notna().all(), col
 
 
 def test_labels_appear_only_when_their_window_is_complete(leakage) -> None:

@@ -106,8 +106,29 @@ def test_churn_and_segmentation_drop_the_absent_sources_features(trained):
     # the one training snapshot has no repeat buyer yet: the gap features have no
     # value in any of its 44 rows and are dropped too, rather than faked
     gaps = ["mean_gap_days", "last_gap_days", "gap_trend", "recency_over_gap"]
+    # so have the timing features of repeat buyers, and a year-old history; BG/NBD cannot
+    # be fitted at any snapshot (4 repeat buyers): its features are empty and dropped
+    timing = [
+        "gap_p25_days",
+        "gap_median_days",
+        "gap_p75_days",
+        "gap_slope",
+        "days_to_usual_next",
+        "orders_same_window_last_year",
+        "value_trend",
+        "days_since_last_refund",
+    ]
+    btyd = [
+        "btyd_p_alive",
+        "btyd_expected_purchases",
+        "btyd_expected_order_value",
+        "btyd_purchases_residual",
+        "btyd_p_no_purchase",
+    ]
     orders_only = load_churn_spec()["features"]["orders_only"]
-    assert churn["features"].split(",") == [f for f in orders_only if f not in gaps]
+    assert churn["features"].split(",") == [
+        f for f in orders_only if f not in [*gaps, *timing, *btyd]
+    ]
     assert churn["dropped_features"].split(",") == [
         *gaps,
         "sessions_7d",
@@ -119,9 +140,12 @@ def test_churn_and_segmentation_drop_the_absent_sources_features(trained):
         "carts_90d",
         "days_since_last_visit",
         "is_marketing_opt_in",
+        *timing,
+        *btyd,
         "acquisition_channel",
         "country_code",
     ]
+    assert churn["dropped_reason.btyd_p_alive"] == "no value in any of the 44 training rows"
     assert churn["dropped_reason.sessions_7d"] == (
         f"no such source: web events (raw.web__events) is not configured in {sources}"
     )

@@ -226,3 +226,30 @@ def test_scores_csv_round_trips_every_double_exactly(fresh_db: str) -> None:
     pd.testing.assert_frame_equal(back, scored, check_dtype=False, rtol=0, atol=0)
     for col in ("churn_probability", "expected_purchases_12m", "clv_12m"):
         assert back[col].to_numpy().tobytes() == scored[col].to_numpy().tobytes()
+
+
+def test_scoring_computes_the_btyd_features_as_training_does(ml_world) -> None:
+    """Training fits BG/NBD per snapshot on the whole snapshot; scoring fits once on the day's
+    RFM (``rfm_at``) and applies the fit chunk by chunk: the very same numbers."""
+    from ml import features as ft
+    from ml.specs import load_spec
+
+    params = load_spec("clv")["params"]
+    day = ml_world.end
+    with psycopg.connect(ml_world.url) as conn:
+        whole = ft.compute_features(conn, [day], horizon_days=90, data_as_of=day)
+        training_way = ft.add_btyd_features(whole, horizon_days=90, clv_params=params)
+        fit = ft.fit_btyd(ft.rfm_at(conn, day, horizon_days=90), params, label=day)
+        chunks = [
+            pd.concat([c, ft.btyd_features(c, fit, horizon_days=90)], axis=1)
+            for c in ft.stream_features(conn, day, chunk_size=400, horizon_days=90)
+        ]
+    scoring_way = pd.concat(chunks).sort_values("customer_key", ignore_index=True)
+    training_way = training_way.sort_values("customer_key", ignore_index=True)
+    assert len(chunks) > 3 and len(scoring_way) == len(training_way) > 1500
+    assert scoring_way["customer_key"].equals(training_way["customer_key"])
+    for col in ft.BTYD_FEATURES:
+        assert training_way[col].notna().all(), col
+        np.testing.assert_array_equal(
+            scoring_way[col].to_numpy(), training_way[col].to_numpy(), err_msg=col
+        )

@@ -76,6 +76,33 @@ def test_everything_is_registered_with_aliases_and_artifacts(trained) -> None:
     assert str(tracking.tracking_uri(settings)).startswith("sqlite:///")
 
 
+def test_interval_against_bgnbd_and_the_candidates_are_logged(trained) -> None:
+    result = trained.result
+    m = result.metrics
+    full = result.uncertainty["churn_model_vs_bgnbd"]
+    assert full["diff"] == pytest.approx(m["churn_model"]["roc_auc"] - m["bgnbd"]["roc_auc"])
+    assert 0 < full["low"] < full["diff"] < full["high"]  # web + CRM: beyond the noise
+    assert full["resamples"] == 300 and full["level"] == 0.95
+    orders = result.uncertainty["orders_only_vs_bgnbd"]
+    assert orders["low"] < 0 < orders["high"]  # orders alone on 1,450 customers: a tie
+    assert set(result.candidates) == {"hgb", "hgb_btyd", "hgb_btyd_monotone"}
+    assert result.chosen == max(
+        result.candidates, key=lambda n: result.candidates[n]["validation_roc_auc"]
+    )
+    assert result.candidates[result.chosen]["holdout_roc_auc"] == pytest.approx(
+        m["churn_model"]["roc_auc"]
+    )
+    client = tracking.configure(trained.settings)
+    run = client.get_run(result.run_ids[tracking.CHURN_MODEL])
+    assert run.data.params["candidate"] == result.chosen
+    assert run.data.metrics["churn_model_vs_bgnbd.roc_auc_diff_low"] == pytest.approx(full["low"])
+    for name, figures in result.candidates.items():
+        assert run.data.metrics[f"candidate.{name}.validation_roc_auc"] == pytest.approx(
+            figures["validation_roc_auc"]
+        )
+    assert "churn_model_vs_bgnbd: ROC AUC difference" in result.summary()
+
+
 def test_champion_explains_and_bands_its_scores(trained) -> None:
     model, version = tracking.load_champion(trained.settings, tracking.CHURN_MODEL, sklearn=True)
     assert version == "1"
@@ -134,3 +161,8 @@ def test_promotion_both_ways(trained) -> None:
         assert tags["promotion"] == "challenger"
         assert tags["promotion_reason"] == worse.reason
         assert client.get_run(run_id).data.tags["promotion_reason"] == worse.reason
+        # the champion's twin: the same ROC AUC on every resample, so the interval is
+        # [0, 0] and its lower end never reaches the margin — the champion stays
+        v4, twin, _ = _register(settings, frames, full_spec)
+        assert v4 == "4" and not twin.promoted
+        assert "gain +0.0000, bootstrap interval [+0.0000, +0.0000]" in twin.reason

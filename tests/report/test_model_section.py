@@ -62,6 +62,9 @@ def mlflow_home(report_world, tmp_path_factory):
             for metric, value in values.items():
                 v = auc if (scorer, metric) == ("churn_model", "roc_auc") else value
                 client.log_metric(rid, f"{scorer}.{metric}", v)
+        # the bootstrap interval of ROC AUC(model) - ROC AUC(BG/NBD) on the holdout
+        for key, value in (("", 0.0468), ("_low", 0.0312), ("_high", 0.0621)):
+            client.log_metric(rid, f"churn_model_vs_bgnbd.roc_auc_diff{key}", value)
         client.log_param(rid, "as_of", END.isoformat())
         client.log_param(rid, "holdout_date", "2024-03-31")
         client.log_artifact(rid, str(roc), artifact_path="plots")
@@ -93,6 +96,11 @@ def test_model_section_shows_the_logged_metrics_of_the_scoring_model(
     assert {"model-auc", "model-roc"} <= set(page.charts)
     assert page.charts["model-roc"] >= 1  # the logged PNG, inline
     assert "Promotion of v3: roc_auc 0.8123 beats champion v2" in page.sections["model"]["text"]
+    assert Decimal(page.kpis["kpi-auc-vs-bgnbd"]) == Decimal("0.0468")
+    assert (
+        "ROC AUC difference with BG/NBD expected purchases on the holdout: +0.0468, bootstrap "
+        "95% interval [+0.0312, +0.0621]: better than BG/NBD beyond the noise."
+    ) in page.sections["model"]["text"]
     assert page.external == []
 
 

@@ -637,11 +637,74 @@ def test_rewrites_a_previous_world_but_refuses_other_folders(tmp_path: Path) -> 
         {"chunk_size": 0},
         {"channel_mix": (("tv", 1.0),)},
         {"order_value_q": 1.0},
+        {"purchase_process": "pareto"},
+        {"bgnbd_params": (0.2, 4.0, 0.8)},
+        {"refund_dropout": 1.2},
     ],
 )
 def test_invalid_config_is_rejected(changes: dict) -> None:
     with pytest.raises(ValueError, match="invalid WorldConfig"):
         replace(BASE, **changes)
+
+
+# ------------------------------------------------------------------------------ regimes
+
+
+def _order_rows(root: Path) -> list[dict[str, str]]:
+    with (root / "orders" / "orders.csv").open(encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_bgnbd_world_is_a_bgnbd_world(tmp_path: Path) -> None:
+    """A BG/NBD fit of the orders of a `bgnbd` world recovers the parameters it was made with,
+    and every buyer stops ordering at their truth drop-out."""
+    from ml.clv import fit_bgnbd
+
+    config = WorldConfig(
+        customers=12_000,
+        start=dt.date(2021, 1, 1),
+        end=dt.date(2024, 12, 31),
+        seed=3,
+        purchase_process="bgnbd",
+        refund_rate=0.0,
+        cancel_rate=0.0,
+    )
+    generate_world(config, tmp_path)
+    days: dict[str, set[dt.date]] = defaultdict(set)
+    last_order: dict[str, str] = {}
+    for row in _order_rows(tmp_path):
+        days[row["customer_id"]].add(dt.date.fromisoformat(row["ordered_at"][:10]))
+        customer = row["customer_id"]
+        last_order[customer] = max(last_order.get(customer, ""), row["ordered_at"])
+    end = config.end
+    f = np.array([len(d) - 1 for d in days.values()], dtype=float)
+    rec = np.array([(max(d) - min(d)).days for d in days.values()], dtype=float)
+    t = np.array([(end - min(d)).days for d in days.values()], dtype=float)
+    fitted = fit_bgnbd(f, rec, t)
+    got = (fitted.r, fitted.alpha, fitted.a, fitted.b)
+    assert got == pytest.approx(config.bgnbd_params, rel=0.2)
+    with (tmp_path / "truth" / "customers.csv").open(encoding="utf-8") as fh:
+        truth = {r["customer_id"]: r["dropout_at"] for r in csv.DictReader(fh)}
+    assert all(last_order[c] <= truth[c] for c in last_order)  # nothing after the drop-out
+
+
+def test_refund_dropout_ends_the_buyers_orders_at_the_refund(tmp_path: Path) -> None:
+    """With refund_dropout 1, no buyer places an order after their first refund."""
+    base = replace(BASE, refund_rate=0.2)
+    generate_world(replace(base, refund_dropout=1.0), tmp_path / "on")
+    orders = _order_rows(tmp_path / "on")
+    first_refund: dict[str, str] = {}
+    for row in orders:
+        if row["status"] == "refunded":
+            prior = first_refund.get(row["customer_id"], row["updated_at"])
+            first_refund[row["customer_id"]] = min(prior, row["updated_at"])
+    assert len(first_refund) > 50
+    assert not [
+        r for r in orders if r["customer_id"] in first_refund
+        and r["ordered_at"] > first_refund[r["customer_id"]]
+    ]  # fmt: skip
+    generate_world(base, tmp_path / "off")
+    assert len(_order_rows(tmp_path / "off")) > len(orders)
 
 
 # ------------------------------------------------------------------------------ text helpers
