@@ -95,9 +95,12 @@ def test_training_uses_only_order_features_and_says_why(pipeline):
 
         tracking.configure(load_settings())
         params = mlflow.get_run(run_id).data.params
-    assert params["features"].split(",") == list(orders_only)
     dropped = params["dropped_features"].split(",")
     assert "sessions_90d" in dropped and "acquisition_channel" in dropped
+    # the orders-only features, less those this world cannot feed, each with its reason
+    kept = params["features"].split(",")
+    assert kept == [f for f in orders_only if f not in dropped], (kept, dropped)
+    assert all(params.get(f"dropped_reason.{f}") for f in orders_only if f not in kept), params
     sources = pipeline["sources"]
     assert params["dropped_reason.sessions_90d"] == (
         f"no such source: web events (raw.web__events) is not configured in {sources}"
