@@ -9,6 +9,7 @@ through :func:`lifecycle.orchestration.runner.run_dates` (``dag.test()``), in-pr
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import shutil
 import tempfile
@@ -133,3 +134,22 @@ def table_checksums(url: str, schemas: tuple[str, ...] = COMPARED_SCHEMAS) -> di
                 f'from (select {select} from "{schema}"."{table}") t'
             ).fetchone()
     return out
+
+
+#: Append-only logs of attempts (every rerun adds its row, by design): not compared.
+LOG_TABLES = ("activation.export_log", "activation.push_log")
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    """Return the sha256 of every file under `root`, by its relative path."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def run_state(url: str, exports: Path) -> tuple[dict, dict]:
+    """Return what a run must reproduce: the tables' checksums (logs aside) and the exports."""
+    sums = {k: v for k, v in table_checksums(url).items() if k not in LOG_TABLES}
+    return sums, file_digests(exports)

@@ -21,20 +21,16 @@ them that day: the case an incremental build that only looked at new rows would 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from lifecycle.orchestration.config import TRAIN_DAG_ID
-from tests.dags.conftest import lifecycle_env, scratch_database, table_checksums
+from tests.dags.conftest import lifecycle_env, run_state, scratch_database
 
 START, END = dt.date(2023, 1, 1), dt.date(2024, 3, 31)
 FIRST = dt.date(2024, 3, 26)
 DAYS = [FIRST + dt.timedelta(days=i) for i in range(1, 6)]
-#: Append-only logs of attempts (every rerun adds its row, by design): not compared.
-LOG_TABLES = ("activation.export_log", "activation.push_log")
 #: Stages a customer enters only by time passing (DESIGN.md §6), never by an order.
 TIMED_STAGES = ("active", "at_risk", "churned")
 
@@ -74,19 +70,6 @@ order by 1
 """
 
 
-def _files(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-def _state(url: str, exports: Path) -> tuple[dict, dict]:
-    sums = {k: v for k, v in table_checksums(url).items() if k not in LOG_TABLES}
-    return sums, _files(exports)
-
-
 @pytest.fixture(scope="module")
 def runs(embedded_settings, airflow_cfg, tmp_path_factory):
     """Five days run one by one after training, then the last day with a full refresh."""
@@ -115,11 +98,11 @@ def runs(embedded_settings, airflow_cfg, tmp_path_factory):
                     ).fetchall()
                     for day in DAYS
                 }
-            incremental = _state(url, state / "exports")
+            incremental = run_state(url, state / "exports")
             [refreshed] = run_dates(
                 [DAYS[-1]], conf={"dbt_full_refresh": True}, cfg=airflow_cfg, echo=quiet
             )
-            full = _state(url, state / "exports")
+            full = run_state(url, state / "exports")
         yield {
             "url": url,
             "first": first,

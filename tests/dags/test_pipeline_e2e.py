@@ -9,32 +9,16 @@ and write the report. Rerunning a day leaves every table and export file as it w
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from lifecycle.orchestration.config import TRAIN_DAG_ID
-from tests.dags.conftest import lifecycle_env, scratch_database, table_checksums
+from tests.dags.conftest import lifecycle_env, run_state, scratch_database
 
 START, END = dt.date(2023, 1, 1), dt.date(2024, 3, 31)
 FIRST, LATER = dt.date(2024, 3, 29), [dt.date(2024, 3, 30), dt.date(2024, 3, 31)]
-#: Append-only logs of attempts (every rerun adds its row, by design): not compared.
-LOG_TABLES = ("activation.export_log", "activation.push_log")
-
-
-def _files(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-def _state(url: str, exports: Path) -> tuple[dict, dict]:
-    sums = {k: v for k, v in table_checksums(url).items() if k not in LOG_TABLES}
-    return sums, _files(exports)
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +41,9 @@ def pipeline(embedded_settings, airflow_cfg, tmp_path_factory):
             first = run_dates([FIRST], cfg=airflow_cfg, echo=quiet)
             train = run_dates([FIRST], dag_id=TRAIN_DAG_ID, cfg=airflow_cfg, echo=quiet)
             later = run_dates(LATER, cfg=airflow_cfg, echo=quiet)
-            before = _state(url, state / "exports")
+            before = run_state(url, state / "exports")
             [again] = run_dates([LATER[-1]], cfg=airflow_cfg, echo=quiet)
-            after = _state(url, state / "exports")
+            after = run_state(url, state / "exports")
         yield {
             "url": url,
             "state": state,
