@@ -172,6 +172,32 @@ def as_utf8(stream: BinaryIO, encoding: str) -> BinaryIO:
     return stream if name in _UTF8 else _Transcoded(stream, name)  # type: ignore[return-value]
 
 
+class _Utf16Refused:
+    """`stream` as it is, failing on its first bytes when they are a UTF-16 byte order mark.
+
+    Read as UTF-8, a UTF-16 file (Excel's "Unicode Text") is a header of mojibake and NULs
+    that maps no column; its BOM says what it is, so the error can say what to set.
+    """
+
+    def __init__(self, raw: BinaryIO, locator: str, encoding: str) -> None:
+        self._raw, self._locator, self._encoding, self._first = raw, locator, encoding, True
+
+    def _checked(self, data: bytes) -> bytes:
+        if self._first and data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+            raise LoadError(
+                f"{self._locator}: line 1: the file starts with a UTF-16 byte order mark, "
+                f"but format.encoding is {self._encoding}: set format.encoding: utf-16"
+            )
+        self._first = self._first and not data
+        return data
+
+    def read(self, n: int = -1) -> bytes:
+        return self._checked(self._raw.read(n))
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self._checked(self._raw.readline(limit))
+
+
 def _header_bytes(columns: list[str], fmt: CsvFormat) -> bytes:
     """Return a header line of `columns` in the dialect of `fmt` (UTF-8)."""
     q = fmt.quote_char
@@ -217,6 +243,8 @@ def read_csv_chunks(
     encoding = codecs.lookup(fmt.encoding).name
     if encoding not in _UTF8:
         stream = _Transcoded(stream, encoding)  # type: ignore[assignment]
+    else:
+        stream = _Utf16Refused(stream, locator, fmt.encoding)  # type: ignore[assignment]
     for skipped in range(fmt.skip_rows):
         if not _guarded(stream.readline, locator):
             yield _empty(
