@@ -391,6 +391,15 @@ def read_csv_file(path: Path) -> Iterator[Chunk]:
 def read_jsonl(stream: BinaryIO, locator: str, fields: tuple[str, ...]) -> Chunk:
     """Return the records of a JSON-lines stream (one object per line) as one text chunk."""
     data = read_all(stream, locator)
+    if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        # Its BOM says what it is: read as UTF-8 line by line, every line would be broken.
+        try:
+            data = data.decode("utf-16").encode("utf-8", errors="surrogateescape")
+        except UnicodeDecodeError as exc:
+            raise LoadError(
+                f"{locator}: cannot be read: it starts with a UTF-16 byte order mark but "
+                f"is not UTF-16 (byte {exc.start}: {exc.reason})"
+            ) from exc
     if not data.strip():
         what = "empty file (0 bytes)" if not data else "no records (only blank lines)"
         return _empty(locator, f"{locator}: {what}, no rows read")
@@ -568,6 +577,8 @@ def read_parquet_chunks(stream: BinaryIO, locator: str) -> Iterator[Chunk]:
         parquet = pq.ParquetFile(stream)
     except (pa.ArrowInvalid, OSError) as exc:
         raise LoadError(f"{locator}: cannot be read as Parquet: {exc}") from exc
+    # Parquet allows two columns of one name; a mapping could not tell them apart.
+    _check_header(parquet.schema_arrow.names, locator)
     for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
         table = _as_text(pa.Table.from_batches([batch]))
         lines = np.arange(done + 1, done + 1 + table.num_rows, dtype=np.int64)

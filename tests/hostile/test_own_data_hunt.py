@@ -237,3 +237,71 @@ def test_a_ten_thousand_character_id_and_emoji_load_as_written(
         ("O2", "\U0001f600"),
         ("\U0001f600", "C3"),
     ]
+
+
+# --- JSON lines and Parquet ---------------------------------------------------------------
+
+RECORDS = [
+    {"order_id": "O1", "customer_id": "C1", "ordered_at": "2024-01-01", "amount": 10},
+    {"order_id": "O2", "customer_id": "C2", "ordered_at": "2024-01-01", "amount": 20},
+]
+
+
+def _kind_sources(tmp_path: Path, kind: str, name: str) -> None:
+    text = ORDERS_YML.format(path=tmp_path / name, format="").replace("kind: csv", f"kind: {kind}")
+    write(tmp_path / "sources.yml", text)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le-bom", "utf-16-be-bom"])
+def test_json_lines_in_utf_16_with_a_bom_load(encoding: str, tmp_path: Path, fresh_db: str):
+    import json
+
+    text = "".join(json.dumps(r) + "\n" for r in RECORDS)
+    data = {
+        "utf-16": text.encode("utf-16"),
+        "utf-16-le-bom": b"\xff\xfe" + text.encode("utf-16-le"),
+        "utf-16-be-bom": b"\xfe\xff" + text.encode("utf-16-be"),
+    }[encoding]
+    _kind_sources(tmp_path, "jsonl", "orders.jsonl")
+    write(tmp_path / "orders.jsonl", data)
+    result = _invoke(
+        tmp_path, ["extract", "--date", "2024-01-01", "--full"], LIFECYCLE_WAREHOUSE_URL=fresh_db
+    )
+    assert result.exit_code == 0, result.output
+    assert rows(fresh_db, "select order_id, amount::text from raw.orders__orders order by 1") == [
+        ("O1", "10.00"),
+        ("O2", "20.00"),
+    ]
+
+
+def test_a_broken_utf_16_json_lines_file_is_one_error_line(tmp_path: Path, fresh_db: str):
+    _kind_sources(tmp_path, "jsonl", "orders.jsonl")
+    path = write(tmp_path / "orders.jsonl", b"\xff\xfe{\x00\x00\xd8")  # a lone surrogate
+    result = _invoke(
+        tmp_path, ["extract", "--date", "2024-01-01", "--full"], LIFECYCLE_WAREHOUSE_URL=fresh_db
+    )
+    line = _one_error(result)
+    assert line.startswith(
+        f"error: {path}: cannot be read: it starts with a UTF-16 byte order mark but is not UTF-16"
+    ), line
+
+
+@pytest.mark.parametrize("command", [["sources", "check"], ["extract", "--date", "2024-01-01"]])
+def test_a_parquet_file_with_a_column_twice_is_one_error_line(
+    command: list[str], tmp_path: Path, fresh_db: str
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _kind_sources(tmp_path, "parquet", "orders.parquet")
+    path = tmp_path / "orders.parquet"
+    names = ["order_id", "order_id", "customer_id", "ordered_at", "amount"]
+    values = ["O1", "O9", "C1", "2024-01-01", "10"]
+    pq.write_table(pa.Table.from_arrays([pa.array([v]) for v in values], names=names), path)
+    line = _one_error(_invoke(tmp_path, command, LIFECYCLE_WAREHOUSE_URL=fresh_db))
+    assert line.endswith(
+        f"{path}: line 1: column 'order_id' appears twice in the header (columns 1 and 2); "
+        "each column needs its own name"
+    ), line
+    if command[0] == "extract":
+        assert rows(fresh_db, "select count(*) from raw.orders__orders") == [(0,)]
