@@ -559,6 +559,11 @@ def _as_text(table: pa.Table) -> pa.Table:
                 ],
                 type=pa.string(),
             )
+        elif pa.types.is_timestamp(column.type) and column.type.unit == "ns":
+            # pandas writes nanoseconds; their nine-digit fraction is not a timestamp the
+            # mapping reads (nor PostgreSQL keeps): microseconds, as every other unit is.
+            micro = pa.timestamp("us", tz=column.type.tz)
+            cols[name] = column.cast(micro, safe=False).cast(pa.string())
         else:
             cols[name] = column.cast(pa.string())
     return pa.table(cols)

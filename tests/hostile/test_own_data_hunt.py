@@ -305,3 +305,35 @@ def test_a_parquet_file_with_a_column_twice_is_one_error_line(
     ), line
     if command[0] == "extract":
         assert rows(fresh_db, "select count(*) from raw.orders__orders") == [(0,)]
+
+
+@pytest.mark.parametrize("tz", [None, "UTC"])
+def test_parquet_nanosecond_timestamps_as_pandas_writes_them_load(
+    tz: str | None, tmp_path: Path, fresh_db: str
+) -> None:
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _kind_sources(tmp_path, "parquet", "orders.parquet")
+    when = [dt.datetime(2024, 1, 1, 10), dt.datetime(2024, 1, 1, 11, 0, 0, 123456)]
+    table = pa.table(
+        {
+            "order_id": ["O1", "O2"],
+            "customer_id": ["C1", "C2"],
+            "ordered_at": pa.array(when, pa.timestamp("ns", tz=tz)),
+            "amount": [1.0, 2.5],
+        }
+    )
+    pq.write_table(table, tmp_path / "orders.parquet")
+    result = _invoke(
+        tmp_path, ["extract", "--date", "2024-01-01", "--full"], LIFECYCLE_WAREHOUSE_URL=fresh_db
+    )
+    assert result.exit_code == 0, result.output
+    got = rows(
+        fresh_db,
+        "select order_id, to_char(ordered_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') "
+        "from raw.orders__orders order by 1",
+    )
+    assert got == [("O1", "2024-01-01 10:00:00.000000"), ("O2", "2024-01-01 11:00:00.123456")]
