@@ -2,7 +2,8 @@
 
 Both are read with a safe loader that also refuses aliases: an alias bomb
 (``&a [*a, *a, ...]`` nested) expands to billions of values, and a configuration file
-has no use for them.
+has no use for them. It refuses a key written twice in one mapping too: PyYAML keeps
+the last silently, so a second ``orders:`` block would quietly replace the first.
 """
 
 from __future__ import annotations
@@ -35,6 +36,21 @@ class ConfigLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise yaml.YAMLError(
+                        f"key {key!r} is written twice in one mapping, lines {seen[key]} and {line}"
+                    )
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_config(text: str) -> Any:

@@ -172,6 +172,32 @@ def as_utf8(stream: BinaryIO, encoding: str) -> BinaryIO:
     return stream if name in _UTF8 else _Transcoded(stream, name)  # type: ignore[return-value]
 
 
+class _Utf16Refused:
+    """`stream` as it is, failing on its first bytes when they are a UTF-16 byte order mark.
+
+    Read as UTF-8, a UTF-16 file (Excel's "Unicode Text") is a header of mojibake and NULs
+    that maps no column; its BOM says what it is, so the error can say what to set.
+    """
+
+    def __init__(self, raw: BinaryIO, locator: str, encoding: str) -> None:
+        self._raw, self._locator, self._encoding, self._first = raw, locator, encoding, True
+
+    def _checked(self, data: bytes) -> bytes:
+        if self._first and data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+            raise LoadError(
+                f"{self._locator}: line 1: the file starts with a UTF-16 byte order mark, "
+                f"but format.encoding is {self._encoding}: set format.encoding: utf-16"
+            )
+        self._first = self._first and not data
+        return data
+
+    def read(self, n: int = -1) -> bytes:
+        return self._checked(self._raw.read(n))
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self._checked(self._raw.readline(limit))
+
+
 def _header_bytes(columns: list[str], fmt: CsvFormat) -> bytes:
     """Return a header line of `columns` in the dialect of `fmt` (UTF-8)."""
     q = fmt.quote_char
@@ -217,6 +243,8 @@ def read_csv_chunks(
     encoding = codecs.lookup(fmt.encoding).name
     if encoding not in _UTF8:
         stream = _Transcoded(stream, encoding)  # type: ignore[assignment]
+    else:
+        stream = _Utf16Refused(stream, locator, fmt.encoding)  # type: ignore[assignment]
     for skipped in range(fmt.skip_rows):
         if not _guarded(stream.readline, locator):
             yield _empty(
@@ -363,6 +391,15 @@ def read_csv_file(path: Path) -> Iterator[Chunk]:
 def read_jsonl(stream: BinaryIO, locator: str, fields: tuple[str, ...]) -> Chunk:
     """Return the records of a JSON-lines stream (one object per line) as one text chunk."""
     data = read_all(stream, locator)
+    if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        # Its BOM says what it is: read as UTF-8 line by line, every line would be broken.
+        try:
+            data = data.decode("utf-16").encode("utf-8", errors="surrogateescape")
+        except UnicodeDecodeError as exc:
+            raise LoadError(
+                f"{locator}: cannot be read: it starts with a UTF-16 byte order mark but "
+                f"is not UTF-16 (byte {exc.start}: {exc.reason})"
+            ) from exc
     if not data.strip():
         what = "empty file (0 bytes)" if not data else "no records (only blank lines)"
         return _empty(locator, f"{locator}: {what}, no rows read")
@@ -522,6 +559,11 @@ def _as_text(table: pa.Table) -> pa.Table:
                 ],
                 type=pa.string(),
             )
+        elif pa.types.is_timestamp(column.type) and column.type.unit == "ns":
+            # pandas writes nanoseconds; their nine-digit fraction is not a timestamp the
+            # mapping reads (nor PostgreSQL keeps): microseconds, as every other unit is.
+            micro = pa.timestamp("us", tz=column.type.tz)
+            cols[name] = column.cast(micro, safe=False).cast(pa.string())
         else:
             cols[name] = column.cast(pa.string())
     return pa.table(cols)
@@ -540,6 +582,8 @@ def read_parquet_chunks(stream: BinaryIO, locator: str) -> Iterator[Chunk]:
         parquet = pq.ParquetFile(stream)
     except (pa.ArrowInvalid, OSError) as exc:
         raise LoadError(f"{locator}: cannot be read as Parquet: {exc}") from exc
+    # Parquet allows two columns of one name; a mapping could not tell them apart.
+    _check_header(parquet.schema_arrow.names, locator)
     for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
         table = _as_text(pa.Table.from_batches([batch]))
         lines = np.arange(done + 1, done + 1 + table.num_rows, dtype=np.int64)
