@@ -168,6 +168,14 @@ class ChurnModel:
     horizon_days: int = 90
     #: models/clv.yaml's params for the BTYD features' fit (scoring fits the same way)
     btyd_params: dict[str, Any] | None = None
+    #: the BTYD fit at the training date (the population's BG/NBD and Gamma-Gamma
+    #: parameters; None when the data could not fit them), which scoring applies to each
+    #: customer's RFM of its day: learned once with the model, like its trees, so another
+    #: person's data (erased, or a day's arrivals) does not move everyone's features
+    #: until the next training. ``btyd_frozen`` False: a model from before, which
+    #: scoring's own fit on the day serves.
+    btyd_fit: Any = None
+    btyd_frozen: bool = False
     #: the spec candidate this model is (``candidates`` of models/churn.yaml)
     candidate: str = "hgb"
     #: every candidate's validation and holdout ROC AUC from the run that chose this one

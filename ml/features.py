@@ -832,8 +832,9 @@ def add_btyd_features(
     *every* row of D (all customers eligible at D, built from data <= D only), so the
     features are point-in-time like the SQL ones: adding later data changes nothing at D.
     `frame` must hold whole snapshots (every eligible customer), as ``compute_features``
-    and ``read_training_set`` give them; scoring fits once on the day's summary and applies
-    the fit chunk by chunk (``ml.score``), the same computation.
+    and ``read_training_set`` give them. Scoring applies the fit saved with the model at
+    training (a model from before: one fit on the day's summary) chunk by chunk
+    (``ml.score``), the same computation.
 
     * ``btyd_p_alive`` — P(alive) at D;
     * ``btyd_expected_purchases`` — conditional expected purchases in (D, D + horizon];

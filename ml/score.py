@@ -225,8 +225,8 @@ def score(
         writer.execute("delete from ml.scores_history where score_date = %s", (day,))
         churn = champions.churn
         horizon = int(getattr(churn, "horizon_days", 90))
-        btyd = None
-        if getattr(churn, "uses_btyd", False):
+        btyd = getattr(churn, "btyd_fit", None)
+        if getattr(churn, "uses_btyd", False) and not getattr(churn, "btyd_frozen", False):
             # the BTYD features need a fit on every customer's RFM at `day`, as training's
             # per-snapshot fit had: one pass over the RFM first, then chunk by chunk
             rfm = (

@@ -52,6 +52,10 @@ CHURN_TRUSTED_TYPES = [
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.utils.validation.check_array",
     "functools.partial",
+    # the BTYD fit saved with a churn model that reads BTYD features (frozen dataclasses)
+    "ml.features.BtydFit",
+    "ml.clv.BetaGeoParams",
+    "ml.clv.GammaGammaParams",
 ]
 
 

@@ -343,6 +343,11 @@ def train_churn(frames: Frames, spec: Mapping[str, Any]) -> tuple[ChurnModel, Ch
         )
     except ValueError as exc:
         raise TrainError(str(exc)) from exc
+    if model.uses_btyd or orders_only.uses_btyd:
+        # the population's BTYD fit at the training date travels with the models
+        fit = ft.fit_btyd(frames.current, params, label=frames.as_of)
+        for m in (model, orders_only):
+            m.btyd_fit, m.btyd_frozen = fit, True
     log.info("churn: candidate %s chosen on the validation snapshot", best)
     return model, orders_only
 
