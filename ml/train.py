@@ -65,6 +65,8 @@ class Frames:
     current: pd.DataFrame
     #: feature -> why the models leave it out (its source is absent, or it has no value)
     dropped: dict[str, str] = field(default_factory=dict)
+    #: the BTYD fit of `current` (None: the data could not fit it), saved with the churn model
+    btyd_fit: Any = None
 
 
 @dataclass
@@ -207,8 +209,11 @@ def load_frames(as_of: dt.date, settings: Settings, spec: Mapping[str, Any]) -> 
         current = ft.compute_features(conn, [as_of], horizon_days=horizon, data_as_of=as_of)
         absent = absent_entities(settings, conn, set(ft.FEATURE_SOURCES.values()))
     # BG/NBD + Gamma-Gamma fitted per snapshot on that snapshot's RFM (data <= D only)
-    labelled = ft.add_btyd_features(labelled, horizon_days=horizon, clv_params=btyd_params())
-    current = ft.add_btyd_features(current, horizon_days=horizon, clv_params=btyd_params())
+    params = btyd_params()
+    labelled = ft.add_btyd_features(labelled, horizon_days=horizon, clv_params=params)
+    # the fit at the training date is kept: it travels with the churn models (train_churn)
+    current_fit = None if current.empty else ft.fit_btyd(current, params, label=as_of)
+    current = current.assign(**ft.btyd_features(current, current_fit, horizon_days=horizon))
     by_date = {d: labelled[labelled["snapshot_date"] == d] for d in dates}
     reached = [d for d in dates if not by_date[d].empty]
     if len(reached) >= 3 and reached == dates[: len(reached)]:
@@ -245,6 +250,7 @@ def load_frames(as_of: dt.date, settings: Settings, spec: Mapping[str, Any]) -> 
         calibration=by_date[dates[1]].reset_index(drop=True),
         holdout=by_date[dates[0]].reset_index(drop=True),
         current=current,
+        btyd_fit=current_fit,
         dropped=ft.dropped_features(
             [*ft.NUMERIC_FEATURES, *ft.BTYD_FEATURES, *ft.CATEGORICAL_FEATURES], absent, train
         ),
@@ -345,9 +351,8 @@ def train_churn(frames: Frames, spec: Mapping[str, Any]) -> tuple[ChurnModel, Ch
         raise TrainError(str(exc)) from exc
     if model.uses_btyd or orders_only.uses_btyd:
         # the population's BTYD fit at the training date travels with the models
-        fit = ft.fit_btyd(frames.current, params, label=frames.as_of)
         for m in (model, orders_only):
-            m.btyd_fit, m.btyd_frozen = fit, True
+            m.btyd_fit, m.btyd_frozen = frames.btyd_fit, True
     log.info("churn: candidate %s chosen on the validation snapshot", best)
     return model, orders_only
 
