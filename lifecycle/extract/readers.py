@@ -6,8 +6,10 @@ lines that are not valid UTF-8, rows with the wrong number of fields or an unbal
 quote, lines that are not JSON objects. Every value stays text here; typing and checks
 are :mod:`lifecycle.parse`'s, so one set of rules serves every source.
 
-Records are one per line (no line breaks inside quoted values): that is what makes a
-stray quote cost one row instead of swallowing the rest of the file.
+A quoted CSV value may hold line breaks (a note, an address); such a record is numbered by
+its first line. A quote that is not closed within MAX_RECORD_LINES, or whose lines do not
+read as one record of the header's field count, is a stray one: it costs its own line, not
+the rows after it.
 
 A CSV file's dialect is a :class:`~lifecycle.sources_file.CsvFormat` (delimiter, quote and
 escape characters, encoding, header or given column names, lines to skip, null markers);
@@ -24,6 +26,7 @@ import io
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -50,6 +53,24 @@ def _line_spans(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     return starts, ends
 
 
+#: The most lines and bytes one quoted value may span. Past them a quote that is not closed
+#: is a stray one: its line is quarantined alone and reading goes on at the next line.
+MAX_RECORD_LINES = 200
+MAX_RECORD_BYTES = 256 << 10
+
+
+@dataclass
+class _Cleaned:
+    """What :func:`_clean_lines` keeps of a block, and where it stopped."""
+
+    body: bytes  #: the usable records, one after the other
+    numbers: np.ndarray  #: the line each kept non-blank record starts on
+    rejects: list[Reject]
+    lines: int  #: lines of the block read (a record still open at its end is left)
+    size: int  #: bytes of the block read
+    multiline: bool = False  #: some record of `body` spans lines (a quoted line break)
+
+
 def _clean_lines(
     data: bytes,
     first_line: int,
@@ -57,13 +78,24 @@ def _clean_lines(
     csv_quotes: bool = False,
     quote: int = 34,
     encoding: str = "UTF-8",
-) -> tuple[bytes, np.ndarray, list[Reject], int]:
-    """Return (the usable lines of `data`, their line numbers, rejects for the rest, lines).
+    *,
+    delimiter: str = ",",
+    fields: int | None = None,
+    final: bool = True,
+) -> _Cleaned:
+    """Return the usable records of `data`, their line numbers, and rejects for the rest.
 
     A line is unusable when it is not valid UTF-8 (the bytes of a transcoded file that
-    `encoding` does not define stay invalid), or (`csv_quotes`) when it has an
-    unbalanced `quote` character. Line numbers are those of the non-blank lines kept, in
-    order, as the parsers count rows. Fast path (vectorized): the block is fine.
+    `encoding` does not define stay invalid), or holds a carriage return that does not end
+    it. With `csv_quotes`, a line that leaves a `quote` open starts a record that runs to
+    the line that closes it: a value written over several lines (a note, an address).
+    That record is kept when it reads as one CSV record of `fields` fields within
+    MAX_RECORD_LINES and MAX_RECORD_BYTES; otherwise the quote is a stray one, and only
+    its line is quarantined (``unbalanced double quote``), so a stray quote costs one row
+    instead of swallowing the rows after it. A record still open at the end of a block
+    that is not `final` is left for the next block (`lines` and `size` stop before it).
+    Line numbers are those of the non-blank records kept, in order, as the parsers count
+    rows. Fast path (vectorized): the block is fine and one line is one record.
     """
     starts, ends = _line_spans(data)
     arr = np.frombuffer(data, dtype=np.uint8)
@@ -95,35 +127,110 @@ def _clean_lines(
             pass
     numbers = first_line + np.arange(len(starts), dtype=np.int64)
     if utf8_ok and not odd.any() and not bare_cr.any():
-        return data, numbers[~blank], [], len(starts)
+        return _Cleaned(data, numbers[~blank], [], len(starts), len(data))
     good: list[bytes] = []
     kept: list[int] = []
     rejects: list[Reject] = []
-    for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
-        line = data[s:e]
-        reason = None
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            reason = (
-                f"broken encoding: byte 0x{line[exc.start]:02x} at position {exc.start} "
-                f"is not valid {encoding}"
-            )
-        if reason is None and bare_cr[i]:
-            at = line.replace(b"\r\n", b"  ").find(b"\r")
-            reason = f"malformed row: a carriage return (CR) inside the line, at position {at}"
-        if reason is None and odd[i]:
-            which = "double quote" if quote == 34 else f"quote character {chr(quote)!r}"
-            reason = f"malformed row: unbalanced {which}"
+    odd_lines = np.flatnonzero(odd)
+    lines, size, multiline = len(starts), len(data), False
+    which = "double quote" if quote == 34 else f"quote character {chr(quote)!r}"
+
+    def reject(i: int, j: int, reason: str) -> None:
+        payload = data[starts[i] : ends[j]].decode("utf-8", errors="backslashreplace")
+        rejects.append(Reject(locator, int(numbers[i]), reason, payload))
+
+    i = 0
+    while i < len(starts):
+        reason = _line_fault(data[starts[i] : ends[i]], bool(bare_cr[i]), encoding)
+        if odd[i]:
+            at = int(np.searchsorted(odd_lines, i, side="right"))
+            j = int(odd_lines[at]) if at < len(odd_lines) else None
+            if j is None and not final and _may_span(i, len(starts), starts[i], len(data)):
+                lines, size = i, int(starts[i])  # open at the end: the next block closes it
+                break
+            if j is not None and _may_span(i, j + 1, starts[i], ends[j]):
+                record = data[starts[i] : ends[j]]
+                lines_of = [data[starts[k] : ends[k]] for k in range(i, j + 1)]
+                if (
+                    fields is not None
+                    and not _rows_on_their_own(lines_of, delimiter, chr(quote), fields)
+                    and _fields(record, delimiter, chr(quote)) == fields
+                ):
+                    # One record over lines j - i + 1: kept whole, or quarantined whole
+                    # with the first line's fault (a broken byte in a note).
+                    faults = (
+                        _line_fault(data[starts[k] : ends[k]], bool(bare_cr[k]), encoding)
+                        for k in range(i, j + 1)
+                    )
+                    fault = next((f for f in faults if f), None)
+                    if fault:
+                        reject(i, j, fault)
+                    else:
+                        good.append(record)
+                        kept.append(int(numbers[i]))
+                        multiline = True
+                    i = j + 1
+                    continue
+            reason = reason or f"malformed row: unbalanced {which}"
         if reason:
-            payload = line.decode("utf-8", errors="backslashreplace")
-            rejects.append(Reject(locator, int(numbers[i]), reason, payload))
-            continue
-        good.append(line)
-        if not blank[i]:
-            kept.append(int(numbers[i]))
+            reject(i, i, reason)
+        else:
+            good.append(data[starts[i] : ends[i]])
+            if not blank[i]:
+                kept.append(int(numbers[i]))
+        i += 1
     body = b"\n".join(good) + (b"\n" if good else b"")
-    return body, np.asarray(kept, dtype=np.int64), rejects, len(starts)
+    return _Cleaned(body, np.asarray(kept, dtype=np.int64), rejects, lines, size, multiline)
+
+
+def _may_span(first: int, after_last: int, start: int, end: int) -> bool:
+    """True when lines [first, after_last) over bytes [start, end) may be one record."""
+    return after_last - first <= MAX_RECORD_LINES and end - start <= MAX_RECORD_BYTES
+
+
+def _line_fault(line: bytes, bare_cr: bool, encoding: str) -> str | None:
+    """Return why one line cannot be read (bad encoding, a CR inside it), or None."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (
+            f"broken encoding: byte 0x{line[exc.start]:02x} at position {exc.start} "
+            f"is not valid {encoding}"
+        )
+    if bare_cr:
+        at = line.replace(b"\r\n", b"  ").find(b"\r")
+        return f"malformed row: a carriage return (CR) inside the line, at position {at}"
+    return None
+
+
+def _rows_on_their_own(lines: list[bytes], delimiter: str, quote: str, fields: int) -> bool:
+    """True when `lines`, read as one record over lines, look like rows of their own.
+
+    Two stray quotes make a valid CSV record of every row between them. A value typed
+    over lines rarely holds a line that is a whole row of `fields` fields, nor starts and
+    ends on lines that each have the row's delimiters (quotes aside): those are rows.
+    """
+    d = delimiter.encode()
+    if lines[0].count(d) + 1 == fields and lines[-1].count(d) + 1 == fields:
+        return True
+    return any(_fields(line, delimiter, quote) == fields for line in lines[1:-1])
+
+
+def _fields(record: bytes, delimiter: str, quote: str) -> int | None:
+    """Return the field count of `record` when it reads as exactly one CSV record.
+
+    Python's csv module (strict: a closing quote must end its field) tells a value written
+    over lines from a stray quote that would join rows; it runs on those candidates only.
+    """
+    text = record.decode("utf-8", errors="replace")
+    reader = csv.reader(
+        io.StringIO(text, newline=""), delimiter=delimiter, quotechar=quote, strict=True
+    )
+    try:
+        rows = list(reader)
+    except csv.Error:
+        return None
+    return len(rows[0]) if len(rows) == 1 else None
 
 
 _UTF8 = ("utf-8", "utf-8-sig")
@@ -298,9 +405,15 @@ def read_csv_chunks(
             rest = b""
         if aligned:
             data = _aligned_to_tabs(data)
-        chunk, lines = _parse_csv_block(data, header, columns, line, locator, fmt)
-        yield chunk
-        line += lines
+        chunk, cleaned = _parse_csv_block(
+            data, header, columns, line, locator, fmt, final=not block
+        )
+        if cleaned.size < len(data):
+            # A quoted value runs past this block: its record starts the next one.
+            rest = data[cleaned.size :] + rest
+        if cleaned.size or not block:
+            yield chunk
+        line += cleaned.lines
         if not block:
             break
 
@@ -330,9 +443,14 @@ def _parse_csv_block(
     first_line: int,
     locator: str,
     fmt: CsvFormat,
-) -> tuple[Chunk, int]:
-    """Return the records of a block of whole lines as a chunk, and how many lines it has."""
-    good, numbers, rejects, lines = _clean_lines(
+    final: bool = True,
+) -> tuple[Chunk, _Cleaned]:
+    """Return the records of a block of whole lines as a chunk, and what was read of it.
+
+    A record still open at the end of a block that is not `final` is not read: the
+    returned `lines` and `size` stop before it, for the caller to read it with the next.
+    """
+    cleaned = _clean_lines(
         data,
         first_line,
         locator,
@@ -340,7 +458,11 @@ def _parse_csv_block(
         csv_quotes=fmt.quote_char is not None and fmt.escape_char is None,
         quote=ord(fmt.quote_char or '"'),
         encoding="UTF-8" if codecs.lookup(fmt.encoding).name in _UTF8 else fmt.encoding,
+        delimiter=fmt.delimiter,
+        fields=len(columns),
+        final=final,
     )
+    good, numbers, rejects = cleaned.body, cleaned.numbers, cleaned.rejects
     invalid: list[tuple[int, str, str]] = []
 
     def on_invalid(row) -> str:
@@ -357,6 +479,8 @@ def _parse_csv_block(
             delimiter=fmt.delimiter,
             quote_char=fmt.quote_char or False,
             escape_char=fmt.escape_char or False,
+            # Only a block with a record over lines (which _clean_lines checked) pays for it.
+            newlines_in_values=cleaned.multiline,
             invalid_row_handler=on_invalid,
         ),
         convert_options=pacsv.ConvertOptions(
@@ -375,7 +499,7 @@ def _parse_csv_block(
             if 0 <= at < len(numbers):
                 dropped[at] = True
         numbers = numbers[~dropped]
-    return Chunk(table, locator, numbers[: table.num_rows], rejects), lines
+    return Chunk(table, locator, numbers[: table.num_rows], rejects), cleaned
 
 
 def _why(row) -> str:
@@ -403,7 +527,8 @@ def read_jsonl(stream: BinaryIO, locator: str, fields: tuple[str, ...]) -> Chunk
     if not data.strip():
         what = "empty file (0 bytes)" if not data else "no records (only blank lines)"
         return _empty(locator, f"{locator}: {what}, no rows read")
-    good, numbers, rejects, _ = _clean_lines(data, 1, locator)
+    cleaned = _clean_lines(data, 1, locator)
+    good, numbers, rejects = cleaned.body, cleaned.numbers, cleaned.rejects
     schema = pa.schema([(f, pa.string()) for f in fields])
     try:
         if _may_nest_deeper(good, MAX_JSON_DEPTH):

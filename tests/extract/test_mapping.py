@@ -297,6 +297,62 @@ def test_the_example_files_shopify_block_reads_an_export_of_line_items(
     assert quarantine(fresh_db) == {8: "customer_id is empty"}
 
 
+SHOPIFY_NOTES = """
+version: 1
+sources:
+  orders:
+    kind: csv
+    path: {path}
+    entities:
+      orders:
+        columns:
+          order_id: Name
+          customer_id: Email
+          email: Email
+          ordered_at: {{column: Created at, format: "%Y-%m-%d %H:%M:%S %z"}}
+          status: {{column: Financial Status, values: {{paid: completed, refunded: refunded}}}}
+          amount: Total
+          quantity: Lineitem quantity
+          currency: Currency
+        grain: line
+        cursor: ordered_at
+        extra_columns: [Shipping Street, Notes]
+      order_items: {{skip: true}}
+"""
+
+
+def test_a_shopify_export_with_notes_over_several_lines_reads_them_whole(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """Shopify quotes a note or an address typed over several lines, line breaks kept
+    (CRLF here): each such record is one order, numbered by its first line; a stray
+    quote (`Frame 8" wide`) still costs its own line only, not the orders after it."""
+    src = sources_file(tmp_path, SHOPIFY_NOTES.format(path=EXPORTS / "shopify_orders_notes.csv"))
+    check = lifecycle(tmp_path, fresh_db, "sources", "check", LIFECYCLE_SOURCES_FILE=src)
+    # 7 records (the item row of #1001 among them) over 12 lines; 5 orders once summed
+    assert "7 rows sampled, 5 after mapping, 1 would be quarantined" in check.stdout
+    assert "malformed row: unbalanced double quote x1" in check.stdout
+    out = extract(tmp_path, fresh_db, "2024-03-31", src, LIFECYCLE_MAX_REJECT_SHARE="0.3")
+    assert "raw.orders__orders 2024-03-31 success: 6 read, 5 loaded, 1 quarantined" in out
+    got = orders(fresh_db)
+    assert {k: (v[5], v[6], v[8]) for k, v in got.items()} == {
+        "#1001": (Decimal("57.00"), 3, 2),
+        "#1002": (Decimal("18.50"), 2, 5),
+        "#1003": (Decimal("65.00"), 1, 7),
+        "#1005": (Decimal("22.00"), 1, 11),
+        "#1006": (Decimal("31.00"), 1, 12),
+    }
+    assert got["#1001"][7] == {
+        "Shipping Street": "12 Elm Road",
+        "Notes": "Leave it at the back door.\r\nRing twice.",
+    }
+    assert got["#1002"][7]["Shipping Street"] == "Flat 2\r\n10 High Street"
+    assert got["#1003"][7]["Notes"] == 'Gift wrap, please.\r\n\r\nCard: "Happy birthday, Jo!"'
+    assert got["#1006"][7]["Notes"] == "Merci beaucoup —\r\nà bientôt"
+    assert got["#1003"][3] == "refunded"
+    assert quarantine(fresh_db) == {10: "malformed row: unbalanced double quote"}
+
+
 def test_sources_check_says_to_read_line_items_as_lines(tmp_path: Path) -> None:
     src = sources_file(tmp_path, SHOPIFY.format(path=EXPORTS / "shopify_orders_lines.csv"))
     out = lifecycle(tmp_path, "postgresql://unused@127.0.0.1:1/x", "sources", "check",

@@ -429,3 +429,95 @@ def test_order_lines_whose_sum_is_negative_are_a_refund() -> None:
         ("R1", "refunded", "8.5", "1"),
         ("S1", None, "10", "2"),
     ]
+
+
+# A quoted value over lines (Shopify notes and addresses), among the faults it must not hide.
+NOTES = (
+    "id,note,amount\n"
+    '1,"first line\nsecond line",3\n'  # lines 2-3
+    "2,plain,4\n"  # 4
+    '3,"a ""quoted"" word,\n\nand a blank line",5\n'  # 5-7
+    '4,TV 5" screen,6\n'  # 8: a stray quote, its line alone
+    "5,too,many,fields\n"  # 9
+    '6,"x\ny",7,8\n'  # 10-11: balanced over lines but 4 fields: line 10 alone
+    "7,ok,9\n"  # 12
+)
+
+
+def _records(text: bytes, block_bytes: int = 1 << 20) -> tuple[list[tuple], dict[int, str]]:
+    """Return ((line, id, note, amount) per record, {line: reason}) of a CSV text."""
+    rows, bad = [], {}
+    for c in read_csv_chunks(io.BytesIO(text), "mem.csv", block_bytes):
+        t = c.table.to_pydict()
+        rows += list(zip(c.lines.tolist(), t["id"], t["note"], t["amount"], strict=True))
+        bad |= {r.line: r.reason for r in c.rejects}
+    return rows, bad
+
+
+@pytest.mark.parametrize("block", [16, 40, 1 << 20])
+def test_a_quoted_value_over_lines_is_one_record_numbered_by_its_first_line(block: int) -> None:
+    rows, bad = _records(NOTES.encode(), block)
+    assert rows == [
+        (2, "1", "first line\nsecond line", "3"),
+        (4, "2", "plain", "4"),
+        (5, "3", 'a "quoted" word,\n\nand a blank line', "5"),
+        (12, "7", "ok", "9"),
+    ]
+    assert bad == {
+        8: "malformed row: unbalanced double quote",
+        9: "malformed row: expected 3 fields, got 4",
+        10: "malformed row: unbalanced double quote",
+        11: "malformed row: unbalanced double quote",
+    }
+
+
+def test_a_stray_quote_does_not_swallow_the_rows_up_to_the_next_one() -> None:
+    # Two stray quotes 50 lines apart: the rows between them load, each on its line.
+    body = ['1,"open,1\n'] + [f"{i},n{i},{i}\n" for i in range(2, 52)] + ['52,5",52\n']
+    rows, bad = _records(("id,note,amount\n" + "".join(body)).encode(), 64)
+    assert [r[1] for r in rows] == [str(i) for i in range(2, 52)]
+    assert [r[0] for r in rows] == list(range(3, 53))
+    assert bad == {
+        2: "malformed row: unbalanced double quote",
+        53: "malformed row: unbalanced double quote",
+    }
+    # Adjacent, the two would read as one record: each line is a row by its delimiters.
+    rows, bad = _records(b'id,note,amount\n1,"open,1\n2,5",2\n3,x,3\n')
+    assert rows == [(4, "3", "x", "3")]
+    assert bad == {
+        2: "malformed row: unbalanced double quote",
+        3: "malformed row: unbalanced double quote",
+    }
+
+
+def test_a_quote_left_open_costs_its_line_past_the_record_limit(monkeypatch) -> None:
+    from lifecycle.extract import readers
+
+    monkeypatch.setattr(readers, "MAX_RECORD_LINES", 3)
+    within = '1,"a\nb\nc",1\n2,x,2\n'
+    beyond = '1,"a\nb\nc\nd",1\n2,x,2\n'
+    assert _records(("id,note,amount\n" + within).encode(), 8)[0] == [
+        (2, "1", "a\nb\nc", "1"),
+        (5, "2", "x", "2"),
+    ]
+    rows, bad = _records(("id,note,amount\n" + beyond).encode(), 8)
+    # the note's inner lines are read as what they are: rows of one field
+    assert rows == [(6, "2", "x", "2")]
+    assert bad == {
+        2: "malformed row: unbalanced double quote",
+        3: "malformed row: expected 3 fields, got 1",
+        4: "malformed row: expected 3 fields, got 1",
+        5: "malformed row: unbalanced double quote",
+    }
+
+
+def test_a_broken_byte_in_a_value_over_lines_quarantines_the_whole_record() -> None:
+    rows, bad = _records(b'id,note,amount\n1,"ok\nbad \xff here",1\n2,x,2\n')
+    assert rows == [(4, "2", "x", "2")]
+    assert bad == {2: "broken encoding: byte 0xff at position 4 is not valid UTF-8"}
+
+
+def test_a_quote_open_at_the_end_of_the_file_is_a_stray_one() -> None:
+    rows, bad = _records(b'id,note,amount\n1,x,1\n2,"never closed,2\n3,y,3\n')
+    assert [r[0] for r in rows] == [2, 4]
+    assert bad == {3: "malformed row: unbalanced double quote"}
