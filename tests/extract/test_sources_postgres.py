@@ -194,3 +194,28 @@ def test_a_date_column_is_read_day_by_day_at_its_own_date(tmp_path: Path, dbs) -
         ("S-3", "2024-03-05 15:00:00+00", "orders__orders:2024-03-06"),
         ("S-4", "2024-03-06 15:00:00+00", "orders__orders:2024-03-07"),
     ]  # tomorrow's S-5 waits for its day
+
+
+def test_a_text_column_holding_line_breaks_loads_whole(tmp_path: Path, dbs) -> None:
+    """COPY quotes a value holding a line break (a note typed over lines): it is one
+    record, loaded with its line breaks, not quarantined as an unbalanced quote."""
+    sales, warehouse = dbs
+    with psycopg.connect(sales) as conn:
+        conn.execute(
+            "update public.sales set channel = E'web\\nvia \"partner\", 2nd line\\r\\nend' "
+            "where id = 1"
+        )
+    (tmp_path / "sources.yml").write_text(SOURCES_YML.format(where="table: public.sales"))
+    out = _lifecycle(tmp_path, sales, warehouse, "extract", "--source", "orders",
+                     "--date", "2024-03-06", "--full")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "3 read, 3 loaded, 0 quarantined" in out.stdout
+    with psycopg.connect(warehouse) as conn:
+        got = conn.execute(
+            "select order_id, _extra->>'channel' from raw.orders__orders order by order_id"
+        ).fetchall()
+    assert got == [
+        ("S-1", 'web\nvia "partner", 2nd line\r\nend'),
+        ("S-2", "store"),
+        ("S-3", "web"),
+    ]
