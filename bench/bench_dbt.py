@@ -20,41 +20,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import shutil
 import sys
-import tempfile
-import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg  # noqa: E402
 
-from lifecycle import warehouse as wh  # noqa: E402
-from lifecycle.extract import SOURCES, extract  # noqa: E402
+from bench.scratch import END, bench_env, land, make_world, scratch_warehouse  # noqa: E402
 from lifecycle.settings import load_settings  # noqa: E402
 from lifecycle.transform import DEFAULT_THREADS, TransformResult, transform  # noqa: E402
-
-START, END = dt.date(2023, 1, 1), dt.date(2024, 12, 31)
-
-
-def _world(customers: int, out: Path) -> Path:
-    from lifecycle.sample.world import WorldConfig, generate_world
-
-    t0 = time.perf_counter()
-    summary = generate_world(WorldConfig(customers=customers, start=START, end=END), out)
-    print(f"generated   {summary} in {time.perf_counter() - t0:.1f}s")
-    return out
-
-
-def _land(settings, day: dt.date, full: bool) -> float:
-    t0 = time.perf_counter()
-    for source in SOURCES:
-        for res in extract(source, day, settings, full=full):
-            print(f"  {res.describe()}")
-    return time.perf_counter() - t0
 
 
 def _slowest(result: TransformResult, n: int = 6) -> str:
@@ -70,38 +45,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="lifecycle-bench-dbt-"))
-    tmp.chmod(0o755)
-    external = os.environ.get("LIFECYCLE_WAREHOUSE_URL")
-    server = load_settings(
-        {"LIFECYCLE_HOME": str(tmp / "home")}
-        | ({"LIFECYCLE_WAREHOUSE_URL": external} if external else {})
-    )
-    dbname = f"bench_dbt_{uuid.uuid4().hex[:8]}"
-    admin = None
-    try:
-        world = args.world or _world(args.customers, tmp / "world")
-        base = wh.up(server)
-        admin = wh.with_database(base, "postgres")
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'create database "{dbname}"')
-        url = wh.with_database(base, dbname)
-        settings = load_settings(
-            {
-                "LIFECYCLE_HOME": str(tmp / "home"),
-                "LIFECYCLE_WAREHOUSE_URL": url,
-                "LIFECYCLE_WORLD_DIR": str(world),
-            }
-        )
+    with scratch_warehouse("dbt") as (tmp, url):
+        world = args.world or make_world(args.customers, tmp / "world")
+        settings = load_settings(bench_env(tmp, url, world))
         day0, day1 = END - dt.timedelta(days=1), END
         print(f"landing every source as of {day0} (full)")
-        print(f"landed in {_land(settings, day0, full=True):.1f}s")
+        print(f"landed in {land(settings, day0, full=True, verbose=True):.1f}s")
 
         full = transform(day0, settings, full_refresh=True, threads=args.threads, quiet=True)
         print(f"\nfull refresh   {full.describe()}\n{_slowest(full)}")
 
         print(f"\nlanding one new day, {day1}")
-        print(f"landed in {_land(settings, day1, full=False):.1f}s")
+        print(f"landed in {land(settings, day1, full=False, verbose=True):.1f}s")
         incr = transform(day1, settings, threads=args.threads, quiet=True)
         print(f"\nincremental    {incr.describe()}\n{_slowest(incr)}")
 
@@ -114,13 +69,6 @@ def main() -> None:
             f"dbt build incremental:  {incr.elapsed_s:7.1f}s (one new day)\n"
             f"incremental / full:     {incr.elapsed_s / full.elapsed_s:7.2f}"
         )
-    finally:
-        if admin:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'drop database if exists "{dbname}" with (force)')
-        if not external:
-            wh.down(server)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

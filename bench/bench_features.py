@@ -24,40 +24,19 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import shutil
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg  # noqa: E402
 
-from lifecycle import warehouse as wh  # noqa: E402
-from lifecycle.extract import SOURCES, extract  # noqa: E402
+from bench.scratch import END, bench_env, land, make_world, scratch_warehouse  # noqa: E402
 from lifecycle.settings import load_settings  # noqa: E402
 from lifecycle.transform import TransformResult, transform  # noqa: E402
 
-START, END = dt.date(2023, 1, 1), dt.date(2024, 12, 31)
 MODEL = "int_web_session_days_aggregated"
-
-
-def _world(customers: int, out: Path) -> Path:
-    from lifecycle.sample.world import WorldConfig, generate_world
-
-    t0 = time.perf_counter()
-    summary = generate_world(WorldConfig(customers=customers, start=START, end=END), out)
-    print(f"generated   {summary} in {time.perf_counter() - t0:.1f}s")
-    return out
-
-
-def _land(settings, day: dt.date, full: bool) -> None:
-    t0 = time.perf_counter()
-    for source in SOURCES:
-        extract(source, day, settings, full=full)
-    print(f"landed as of {day} in {time.perf_counter() - t0:.1f}s")
 
 
 def _model_seconds(result: TransformResult) -> float:
@@ -99,35 +78,17 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="lifecycle-bench-features-"))
-    tmp.chmod(0o755)
-    external = os.environ.get("LIFECYCLE_WAREHOUSE_URL")
-    server = load_settings(
-        {"LIFECYCLE_HOME": str(tmp / "home")}
-        | ({"LIFECYCLE_WAREHOUSE_URL": external} if external else {})
-    )
-    dbname = f"bench_features_{uuid.uuid4().hex[:8]}"
-    admin = None
-    try:
-        world = args.world or _world(args.customers, tmp / "world")
-        base = wh.up(server)
-        admin = wh.with_database(base, "postgres")
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'create database "{dbname}"')
-        url = wh.with_database(base, dbname)
-        env = {
-            "LIFECYCLE_HOME": str(tmp / "home"),
-            "LIFECYCLE_WAREHOUSE_URL": url,
-            "LIFECYCLE_WORLD_DIR": str(world),
-        }
+    with scratch_warehouse("features") as (tmp, url):
+        world = args.world or make_world(args.customers, tmp / "world")
+        env = bench_env(tmp, url, world)
         os.environ.update(env)
         settings = load_settings(env)
         day0, day1 = END - dt.timedelta(days=1), END
-        _land(settings, day0, full=True)
+        print(f"landed as of {day0} in {land(settings, day0, full=True):.1f}s")
         full = transform(day0, settings, full_refresh=True, quiet=True)
         print(f"full build     {full.describe()}")
         first = _compare(url, day0, args.repeat, settings)
-        _land(settings, day1, full=False)
+        print(f"landed as of {day1} in {land(settings, day1, full=False):.1f}s")
         incr = transform(day1, settings, quiet=True)
         print(f"incremental    {incr.describe()}")
         second = _compare(url, day1, args.repeat, settings)
@@ -146,13 +107,6 @@ def main() -> None:
                 f"model {model:6.2f}s   every event {events_s:6.2f}s   "
                 f"model / events {model / events_s:5.2f}"
             )
-    finally:
-        if admin:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'drop database if exists "{dbname}" with (force)')
-        if not external:
-            wh.down(server)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -20,25 +20,20 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import shutil
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg  # noqa: E402
 
+from bench.scratch import END, bench_env, make_world, scratch_warehouse  # noqa: E402
 from lifecycle import warehouse as wh  # noqa: E402
 from lifecycle.extract import SOURCES, extract  # noqa: E402
 from lifecycle.quality import publish_marts, validate_layer  # noqa: E402
 from lifecycle.settings import load_settings  # noqa: E402
 from lifecycle.transform import transform  # noqa: E402
-
-START, END = dt.date(2023, 1, 1), dt.date(2024, 12, 31)
 
 
 def main() -> None:
@@ -48,32 +43,10 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=8)
     args = ap.parse_args()
 
-    from lifecycle.sample.world import WorldConfig, generate_world
-
-    tmp = Path(tempfile.mkdtemp(prefix="lifecycle-bench-quality-"))
-    tmp.chmod(0o755)
-    external = os.environ.get("LIFECYCLE_WAREHOUSE_URL")
-    server = load_settings(
-        {"LIFECYCLE_HOME": str(tmp / "home")}
-        | ({"LIFECYCLE_WAREHOUSE_URL": external} if external else {})
-    )
-    dbname = f"bench_quality_{uuid.uuid4().hex[:8]}"
-    admin = None
-    try:
-        generate_world(WorldConfig(customers=args.customers, start=START, end=END), tmp / "world")
-        base = wh.up(server)
-        admin = wh.with_database(base, "postgres")
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'create database "{dbname}"')
-        url = wh.with_database(base, dbname)
+    with scratch_warehouse("quality") as (tmp, url):
+        world = make_world(args.customers, tmp / "world")
         wh.bootstrap(url)
-        settings = load_settings(
-            {
-                "LIFECYCLE_HOME": str(tmp / "home"),
-                "LIFECYCLE_WAREHOUSE_URL": url,
-                "LIFECYCLE_WORLD_DIR": str(tmp / "world"),
-            }
-        )
+        settings = load_settings(bench_env(tmp, url, world))
         first = END - dt.timedelta(days=args.days - 1)
         day = first
         while day <= END:
@@ -104,13 +77,6 @@ def main() -> None:
         print(f"\n{customers} customers, {history[0]} stage intervals, {events} raw web events")
         for label, elapsed, _ in figures:
             print(f"{label:28s} {elapsed:7.2f}s")
-    finally:
-        if admin:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'drop database if exists "{dbname}" with (force)')
-        if not external:
-            wh.down(server)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
