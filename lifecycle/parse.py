@@ -16,7 +16,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import zoneinfo
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -170,6 +172,18 @@ BINARY_TYPES: dict[str, pa.DataType] = {
     "integer": pa.int64(),
     "boolean": pa.bool_(),
 }
+
+
+def split_reasons(reason: str, names: Iterable[str]) -> list[str]:
+    """Return the reasons of one quarantined row, which the checker joins with ``; ``.
+
+    Each reason starts with the field it is about, so the text is cut only where a field
+    name follows: a message or a value holding ``; `` itself (``...values; add it, or a
+    default``) stays whole.
+    """
+    fields = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return re.split(rf"; (?=(?:{fields})\b)", reason) if fields else [reason]
+
 
 # ------------------------------------------------------------------ time zones
 

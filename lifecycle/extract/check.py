@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from lifecycle.parse import Checker, Chunk, Window
+from lifecycle.parse import Checker, Chunk, Window, split_reasons
 from lifecycle.raw import RawEntity
 from lifecycle.settings import Settings
 from lifecycle.sources_file import (
@@ -401,6 +401,7 @@ def _check_sample(
     window: Window,
 ) -> None:
     from lifecycle.extract.mapping import Mapper
+    from lifecycle.load import reject_hint
 
     report.rows = sum(c.table.num_rows + len(c.rejects) for c in chunks)
     strict = src.kind in ("csv", "excel", "parquet", "postgres")
@@ -440,7 +441,7 @@ def _check_sample(
         for _source, _line, reason, _payload in checked.quarantine:
             report.quarantined += 1
             touched: set[str] = set()
-            for part in reason.split("; "):
+            for part in split_reasons(reason, entity.names):
                 fname, what, value = _split_reason(part, entity.names)
                 if fname is None:
                     report.row_reasons[what] += 1
@@ -454,6 +455,11 @@ def _check_sample(
                     fr.unparsed += 1
                 if value is not None:
                     fr.examples.setdefault(what, value)
+    broken = [w for w in report.row_reasons if w.startswith("broken encoding")]
+    if hint := next((reject_hint(w) for w in broken if reject_hint(w)), ""):
+        # Below the reject limit such lines are quarantined quietly: say what to do.
+        n = sum(report.row_reasons[w] for w in broken)
+        report.notes.append(f"{n} sampled line(s) are not valid UTF-8{hint}")
     repeats = sum(n - 1 for n in order_ids.values() if n > 1)
     if repeats:
         report.notes.append(

@@ -29,6 +29,7 @@ nothing of this (the built-in layout) passes through untouched.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -48,7 +49,7 @@ from lifecycle.parse import (
     utc_text,
 )
 from lifecycle.raw import Field, RawEntity
-from lifecycle.sources_file import EntityMap, FieldMap, Source, SourcesFile
+from lifecycle.sources_file import WHITESPACE, EntityMap, FieldMap, Source, SourcesFile
 
 #: Rows per chunk of orders built from lines (they are emitted at the end of the batch).
 LINE_ORDERS_PER_CHUNK = 100_000
@@ -687,10 +688,12 @@ class Mapper:
         seq = 0
         source = None
         has_sources = False
+        header: list[str] = []
         for chunk in chunks:
             rejects += chunk.rejects
             warnings += chunk.warnings
             source = source or chunk.source
+            header = header or chunk.table.column_names
             if not chunk.table.num_rows:
                 continue
             partials.append(self._line_partial(chunk, seq))
@@ -703,13 +706,53 @@ class Mapper:
                 )
             return
         orders = self._aggregate(pa.concat_tables(partials, promote_options="permissive"))
+        unread = self._unread_lines(rejects, header)
         for start in range(0, max(orders.num_rows, 1), LINE_ORDERS_PER_CHUNK):
             part = orders.slice(start, LINE_ORDERS_PER_CHUNK)
-            chunk = self._line_chunk(part, source or "", rejects if start == 0 else [])
+            chunk = self._line_chunk(part, source or "", rejects if start == 0 else [], unread)
             chunk.warnings = warnings if start == 0 else []
             yield chunk
 
     _NUMBERS = ("amount", "quantity")
+
+    def _unread_lines(self, rejects: list, header: list[str]) -> dict[str, str]:
+        """Return, per order id, why a line of that order could not be read at all.
+
+        A line the reader rejected (a byte the encoding does not define, a stray quote,
+        a field too many) is quarantined on its own; its order must not load with the
+        sum of its other lines. Its order id is read from the line as written, where
+        the mapping takes it from columns (a column, or a concat of columns).
+        """
+        fmap = self.emap.field_map("order_id") or FieldMap(column="order_id")
+        if fmap.kind not in ("column", "concat") or not header:
+            return {}
+        try:
+            at = [header.index(c) for c in fmap.source_columns]
+        except ValueError:
+            return {}
+        out: dict[str, str] = {}
+        for r in rejects:
+            if r.line is None:
+                continue
+            if self.fmt.delimiter == WHITESPACE:
+                values = r.payload.split()
+            else:
+                reader = csv.reader(
+                    [r.payload.rstrip("\r\n")],
+                    delimiter=self.fmt.delimiter,
+                    quotechar=self.fmt.quote_char or '"',
+                    quoting=csv.QUOTE_MINIMAL if self.fmt.quote_char else csv.QUOTE_NONE,
+                    escapechar=self.fmt.escape_char,
+                )
+                try:
+                    values = next(reader, [])
+                except csv.Error:
+                    continue
+            if max(at) >= len(values) or not all(values[i] for i in at):
+                continue
+            order_id = fmap.separator.join(values[i] for i in at)
+            out.setdefault(order_id, f"line {r.line} of this order could not be read ({r.reason})")
+        return out
 
     def _line_partial(self, chunk: Chunk, seq: int) -> pa.Table:
         """Return one row per order id of a chunk of lines (fields of its first line)."""
@@ -778,7 +821,9 @@ class Mapper:
         orders = self._group(partials)
         return orders.take(pc.sort_indices(orders.column("__seq")))
 
-    def _line_chunk(self, orders: pa.Table, source: str, rejects: list) -> Chunk:
+    def _line_chunk(
+        self, orders: pa.Table, source: str, rejects: list, unread: dict[str, str]
+    ) -> Chunk:
         n = orders.num_rows
         fields = _Fields(n)
         names = set(orders.column_names)
@@ -793,6 +838,14 @@ class Mapper:
             fields.text[f.name] = text
             if f"__error_{f.name}" in names:
                 fields.fail(f.name, orders.column(f"__error_{f.name}").combine_chunks())
+        if unread and "order_id" in fields.text:
+            ids = pa.array(list(unread), _TEXT)
+            at = pc.index_in(fields.text["order_id"], value_set=ids)
+            why = pc.take(pa.array(list(unread.values()), _TEXT), at)
+            fields.fail(
+                "amount",
+                pc.binary_join_element_wise("amount: ", why, ", so its sum is not known", ""),
+            )
         if self.emap.refunds is not None:
             marked = orders.column("__refund").combine_chunks()
             self._refunds(Chunk(orders, source, np.empty(0)), fields, marked=marked)
