@@ -74,8 +74,10 @@ CANONICAL_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
 #: apply only while the reporting currency is USD.
 USD_PLANNING_RATES: dict[str, float] = {"USD": 1.0, "EUR": 1.08, "GBP": 1.27}
 
-#: strptime directives pyarrow's C strptime understands (and what they mean here).
-_STRPTIME_DIRECTIVES = set("aAbBcdHIjmMpSUwWyYzZ%") | {"f", "e", "h", "n", "t", "T", "D", "R"}
+#: strptime directives pyarrow's C strptime understands (and what they mean here). Not
+#: %Z: it matches any word (PST, CET, UTC) and ignores it, so the time would silently be
+#: read in the field's zone instead of the one it names.
+_STRPTIME_DIRECTIVES = set("aAbBcdHIjmMpSUwWyYz%") | {"f", "e", "h", "n", "t", "T", "D", "R"}
 #: Formats that are not strptime patterns.
 SPECIAL_FORMATS = ("iso", "epoch_s", "epoch_ms", "excel_serial")
 #: The file a sources file is looked for under when LIFECYCLE_SOURCES_FILE is not set.
@@ -127,6 +129,13 @@ def check_format(fmt: str) -> str:
             f"or one of {', '.join(SPECIAL_FORMATS)}"
         )
     for m in re.finditer(r"%(.)", fmt.replace("%%", "")):
+        if m.group(1) == "Z":
+            raise ValueError(
+                f"{fmt!r}: %Z (a zone name such as PST or CET) cannot be read: a name "
+                "does not say which zone it is (CST is Chicago or Shanghai). Leave the name "
+                "out and give the zone its times are in with timezone: (e.g. "
+                "America/Los_Angeles for PST/PDT); %z reads numeric offsets (-0800)"
+            )
         if m.group(1) not in _STRPTIME_DIRECTIVES:
             raise ValueError(f"{fmt!r}: %{m.group(1)} is not a strptime directive")
     try:
@@ -205,6 +214,10 @@ class CsvFormat(_Strict):
         return self
 
 
+#: The keys that say where a field's value comes from (a mapping gives exactly one).
+_SOURCE_KEYS = ("column", "sql", "constant", "concat", "multiply")
+
+
 class FieldMap(_Strict):
     """How one contract field gets its value: exactly one of column, sql, constant,
     concat or multiply, then optional parsing (format, timezone) and recoding."""
@@ -223,11 +236,10 @@ class FieldMap(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> FieldMap:
-        given = [k for k in ("column", "sql", "constant", "concat", "multiply") if self._has(k)]
+        given = [k for k in _SOURCE_KEYS if self._has(k)]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one of column, sql, constant, concat, multiply "
-                f"(got {', '.join(given) or 'none'})"
+                f"give exactly one of {', '.join(_SOURCE_KEYS)} (got {', '.join(given) or 'none'})"
             )
         if self.format is not None:
             check_format(self.format)
@@ -241,7 +253,7 @@ class FieldMap(_Strict):
     @property
     def kind(self) -> str:
         """Which of column, sql, constant, concat, multiply this mapping uses."""
-        for k in ("column", "sql", "constant", "concat", "multiply"):
+        for k in _SOURCE_KEYS:
             if self._has(k):
                 return k
         raise AssertionError(self)  # pragma: no cover - the validator rules it out

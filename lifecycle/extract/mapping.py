@@ -68,6 +68,10 @@ _TEXT = pa.string()
 _UTC = pa.timestamp("us", tz="UTC")
 
 
+#: What a refunded version of an order takes from the order itself, when the batch has it.
+_ORIGINAL = ("ordered_at", "customer_id", "email")
+
+
 class MappingError(LoadError):
     """The sources file does not fit the data (a mapped column is not there)."""
 
@@ -251,7 +255,8 @@ class Mapper:
         self.sources = sources
         self.fmt = sources.format_of(src, emap)
         self.where = f"sources.{entity.source}.entities.{entity.entity}"
-        self._placed: list[tuple[pa.Array, pa.Array]] = []  # (order_id, ordered_at) seen
+        # (order_id, its _ORIGINAL fields) of the orders seen, for the refunds naming them
+        self._placed: list[tuple[pa.Array, dict[str, pa.Array]]] = []
 
     # ------------------------------------------------------------------ properties
 
@@ -622,10 +627,11 @@ class Mapper:
             of = _empty_to_null(self._column(chunk, rules.refund_of, "refunds.refund_of"))
             refund |= pc.is_valid(of).to_numpy(zero_copy_only=False)
         if "order_id" in fields.text and "ordered_at" in fields.text and rules.refund_of:
+            kept = pa.array(~refund)
             self._placed.append(
                 (
-                    fields.text["order_id"].filter(pa.array(~refund)),
-                    fields.text["ordered_at"].filter(pa.array(~refund)),
+                    fields.text["order_id"].filter(kept),
+                    {f: fields.text[f].filter(kept) for f in _ORIGINAL if f in fields.text},
                 )
             )
         if not refund.any():
@@ -655,7 +661,8 @@ class Mapper:
 
     def _refund_versions(self, fields: _Fields, of: pa.Array) -> None:
         """A refund naming its order is a refunded version of that order: its order_id,
-        updated at the refund's time, placed when the order was (if this batch has it)."""
+        updated at the refund's time, placed when the order was and the order's customer
+        (if this batch has the order: a PayPal refund comes from the shop's own address)."""
         is_version = pc.is_valid(of)
         when = fields.text.get("ordered_at")
         if when is not None:
@@ -663,11 +670,13 @@ class Mapper:
             fields.text["updated_at"] = pc.if_else(is_version, pc.coalesce(updated, when), updated)
             if self._placed:
                 ids = pa.concat_arrays([p[0] for p in self._placed])
-                placed = pa.concat_arrays([p[1] for p in self._placed])
-                original = pc.take(placed, pc.index_in(of, value_set=ids))
-                fields.text["ordered_at"] = pc.if_else(
-                    pc.and_(is_version, pc.is_valid(original)), original, when
-                )
+                at = pc.index_in(of, value_set=ids)
+                found = pc.and_(is_version, pc.is_valid(at))
+                for name in _ORIGINAL:
+                    if name not in fields.text or name not in self._placed[0][1]:
+                        continue
+                    placed = pa.concat_arrays([p[1][name] for p in self._placed])
+                    fields.text[name] = pc.if_else(found, pc.take(placed, at), fields.text[name])
         ids = fields.text.get("order_id", _null_text(fields.n))
         fields.text["order_id"] = pc.if_else(is_version, of, ids)
 
