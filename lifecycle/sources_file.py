@@ -215,12 +215,12 @@ class CsvFormat(_Strict):
 
 
 #: The keys that say where a field's value comes from (a mapping gives exactly one).
-_SOURCE_KEYS = ("column", "sql", "constant", "concat", "multiply")
+_SOURCE_KEYS = ("column", "sql", "constant", "concat", "multiply", "coalesce")
 
 
 class FieldMap(_Strict):
     """How one contract field gets its value: exactly one of column, sql, constant,
-    concat or multiply, then optional parsing (format, timezone) and recoding."""
+    concat, multiply or coalesce, then optional parsing (format, timezone) and recoding."""
 
     column: str | None = Field(None, description="source column (JSON: a dotted path)")
     sql: str | None = Field(None, description="SQL expression evaluated in the source DB")
@@ -228,6 +228,9 @@ class FieldMap(_Strict):
     concat: list[str] | None = Field(None, description="source columns joined by separator")
     separator: str = ""
     multiply: list[str] | None = Field(None, description="product of numeric columns")
+    coalesce: list[str] | None = Field(
+        None, description="source columns: the first one that is not empty, row by row"
+    )
     format: str | None = Field(None, description="strptime format, iso, epoch_s, epoch_ms")
     timezone: Zone | None = Field(None, description="zone of naive timestamps in this column")
     values: dict[str, str] | None = Field(None, description="recoding: source value -> value")
@@ -252,7 +255,7 @@ class FieldMap(_Strict):
 
     @property
     def kind(self) -> str:
-        """Which of column, sql, constant, concat, multiply this mapping uses."""
+        """Which of column, sql, constant, concat, multiply, coalesce this mapping uses."""
         for k in _SOURCE_KEYS:
             if self._has(k):
                 return k
@@ -263,7 +266,7 @@ class FieldMap(_Strict):
         """The source columns this mapping reads (none for sql and constant)."""
         if self.column:
             return (self.column,)
-        return tuple(self.concat or self.multiply or ())
+        return tuple(self.concat or self.multiply or self.coalesce or ())
 
 
 class Refunds(_Strict):

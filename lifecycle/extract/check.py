@@ -221,6 +221,8 @@ def _describe(fmap: FieldMap) -> str:
         text = f"constant {fmap.constant!r}"
     elif kind == "concat":
         text = f"concat {fmap.concat!r}" + (f" by {fmap.separator!r}" if fmap.separator else "")
+    elif kind == "coalesce":
+        text = f"first non-empty of {fmap.coalesce!r}"
     else:
         text = f"multiply {fmap.multiply!r}"
     extras = []

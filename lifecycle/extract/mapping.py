@@ -5,7 +5,8 @@ and does what the sources file (:mod:`lifecycle.sources_file`) says, vectorized 
 pyarrow compute kernels:
 
 * each contract field takes a source column (renamed), a constant, a concatenation or a
-  product of columns; an unmapped field takes the source column of its own name;
+  product of columns, or the first non-empty of several columns; an unmapped field takes
+  the source column of its own name;
 * ``values`` recodes words (``paid`` -> ``completed``; case and surrounding spaces do not
   matter), ``default`` takes the rest;
 * numbers lose their thousands separator and take ``.`` for a decimal comma; ``scale``
@@ -410,6 +411,13 @@ class Mapper:
             text = pc.binary_join_element_wise(
                 *parts, fmap.separator, null_handling="replace", null_replacement=""
             )
+        elif kind == "coalesce":
+            # the first non-empty column: Stripe's Customer ID, else (a guest) the email
+            parts = [
+                _empty_to_null(self._column(chunk, c, key + ".coalesce"))
+                for c in fmap.coalesce or ()
+            ]
+            text = pc.coalesce(*parts)
         else:  # multiply
             product = None
             for c in fmap.multiply or ():

@@ -254,6 +254,121 @@ def test_a_zone_name_in_a_date_format_is_refused_naming_the_key(
         )
 
 
+# ------------------------------------------------------------------------ Etsy
+
+ETSY = """
+version: 1
+business: {{timezone: America/Los_Angeles, currency: USD}}
+sources:
+  orders:
+    kind: csv
+    entities:
+      orders:
+        path: {path}
+        max_reject_share: 0.25
+        columns:
+          order_id: Order ID
+          customer_id: Buyer User ID
+          ordered_at: {{column: Sale Date, format: "%m/%d/%y"}}   # 03/05/24
+          amount: {{coalesce: [Adjusted Order Total, Order Total]}}  # after a partial refund
+          currency: Currency
+          quantity: Number of Items
+          status: {{constant: completed}}
+        extra_columns: [Full Name, Order Net]
+      order_items: {{skip: true}}
+"""
+
+
+def test_etsy_sold_orders_with_two_digit_years(tmp_path: Path, fresh_db: str) -> None:
+    src = sources_file(tmp_path, ETSY.format(path=EXPORTS / "etsy_sold_orders.csv"))
+    out = extract(tmp_path, fresh_db, "2024-06-30", src)
+    assert "raw.orders__orders 2024-06-30 success: 9 read, 7 loaded, 2 quarantined" in out
+    got = orders(fresh_db)
+    assert {k: v[:7] for k, v in got.items()} == {
+        "3150012345": ("412345678", utc(2024, 1, 4, 8), None, "completed", "USD",
+                       Decimal("32.05"), 1),
+        "3150023456": ("523456789", utc(2024, 1, 19, 8), None, "completed", "USD",
+                       Decimal("46.66"), 2),
+        "3160034567": ("412345678", utc(2024, 2, 2, 8), None, "completed", "USD",
+                       Decimal("1296.00"), 1),
+        # partly refunded: the adjusted total
+        "3160045678": ("634567890", utc(2024, 2, 14, 8), None, "completed", "EUR",
+                       Decimal("21.00"), 3),
+        "3170067890": ("745678901", utc(2024, 3, 10, 8), None, "completed", "USD",
+                       Decimal("27.45"), 1),
+        "3170078901": ("523456789", utc(2024, 3, 31, 7), None, "completed", "USD",
+                       Decimal("21.15"), 1),
+        "3180090123": ("856789012", utc(2024, 5, 6, 7), None, "completed", "GBP",
+                       Decimal("30.50"), 2),
+    }  # fmt: skip
+    assert got["3170067890"][7] == {"Full Name": "Dan O'Neil", "Order Net": "21.84"}
+    assert got["3160045678"][7] == {"Full Name": "Chloé Martin", "Order Net": "35.05"}
+    assert quarantine(fresh_db) == {
+        6: "customer_id is empty",  # a guest checkout
+        9: "ordered_at: '04/31/24' does not match the format '%m/%d/%y'",
+    }
+
+
+# ---------------------------------------------------------------------- Stripe
+
+STRIPE = """
+version: 1
+business: {{timezone: America/New_York, currency: USD}}
+sources:
+  orders:
+    kind: csv
+    format: {{thousands_separator: ","}}
+    entities:
+      orders:
+        path: {path}
+        max_reject_share: 0.25
+        columns:
+          order_id: id
+          customer_id: {{coalesce: [Customer ID, Customer Email]}}   # guests have no cus_
+          email: Customer Email
+          ordered_at: {{column: Created (UTC), timezone: UTC}}
+          amount: Amount
+          currency: Currency                  # usd
+          status:
+            column: Status
+            values: {{Paid: completed, Partially Refunded: completed, Refunded: refunded,
+                      Failed: cancelled}}
+        extra_columns: [Amount Refunded]
+      order_items: {{skip: true}}
+"""
+
+
+def test_stripe_payments_with_guests_known_by_their_email(tmp_path: Path, fresh_db: str) -> None:
+    src = sources_file(tmp_path, STRIPE.format(path=EXPORTS / "stripe_payments.csv"))
+    check = lifecycle(tmp_path, fresh_db, "sources", "check", LIFECYCLE_SOURCES_FILE=src)
+    assert check.returncode == 0, check.stderr
+    assert "first non-empty of ['Customer ID', 'Customer Email']" in check.stdout
+    out = extract(tmp_path, fresh_db, "2024-06-30", src)
+    assert "raw.orders__orders 2024-06-30 success: 9 read, 7 loaded, 2 quarantined" in out
+    got = orders(fresh_db)
+    assert {k.removeprefix("ch_3OqAbC2eZvKYlo2C0"): v[:6] for k, v in got.items()} == {
+        "a1b2c3d": ("cus_PfL3xYz1", utc(2024, 1, 3, 14, 2), None, "completed", "USD",
+                    Decimal("45.00")),
+        "e4f5g6h": ("cus_PfL4aBc2", utc(2024, 1, 17, 9, 30), None, "completed", "USD",
+                    Decimal("1200.00")),
+        "i7j8k9l": ("cus_PfL3xYz1", utc(2024, 2, 1, 22, 15), None, "refunded", "USD",
+                    Decimal("30.00")),
+        "m1n2o3p": ("carla@example.com", utc(2024, 2, 12, 11), None, "cancelled", "USD",
+                    Decimal("60.00")),
+        "q4r5s6t": ("guest1@example.com", utc(2024, 2, 29, 23, 59), None, "completed", "USD",
+                    Decimal("19.99")),
+        "u7v8w9x": ("cus_PfL5dEf3", utc(2024, 3, 5, 14, 2), None, "completed", "EUR",
+                    Decimal("25.00")),
+        "y1z2a3b": ("cus_PfL4aBc2", utc(2024, 3, 10, 7, 30), None, "completed", "USD",
+                    Decimal("12.50")),
+    }  # fmt: skip
+    assert quarantine(fresh_db) == {
+        9: "status: 'Uncaptured' is not one of Paid, Partially Refunded, Refunded, Failed "
+        "(sources.orders.entities.orders.columns.status.values; add it, or a default)",
+        10: "customer_id is empty",  # neither a customer nor an email: a POS sale
+    }
+
+
 # ----------------------------------------------------------------- WooCommerce
 
 WOO = """
