@@ -452,3 +452,126 @@ def test_a_status_the_values_do_not_list_is_one_reason_in_check_and_load(
         "2 of 9 rows rejected (22.2%), more than the allowed 5.0% (max_reject_share); nothing "
         f"was published; most: {WOO_QUARANTINE[7]} (1 row alike). See raw.quarantine"
     ) in refused.stderr
+
+
+# ------------------------------------------------------- ERP export, totals line
+
+ERP = """
+version: 1
+business: {{timezone: Europe/Berlin, currency: EUR}}
+sources:
+  orders:
+    kind: csv
+    format: {{delimiter: ";", encoding: latin-1, decimal_separator: ",",
+              thousands_separator: "."}}
+    entities:
+      orders:
+        path: {path}
+        max_reject_share: 0.5     # a small file: its totals line alone is 7%
+        columns:
+          order_id: Bestellnummer
+          customer_id: Kundennummer
+          ordered_at: {{column: Bestelldatum, format: "%d.%m.%Y"}}
+          amount: Betrag
+          status: {{constant: completed}}
+      order_items: {{skip: true}}
+"""
+ERP_AMOUNTS = {
+    "20001": Decimal("1234.56"), "20002": Decimal("19.99"), "20003": Decimal("250.00"),
+    "20004": Decimal("75.50"), "20005": Decimal("3000.00"), "20006": Decimal("12.00"),
+    "20008": Decimal("1500.00"), "20009": Decimal("4100.00"), "20010": Decimal("1000.00"),
+    "20011": Decimal("653.64"), "20012": Decimal("460.00"),
+}  # fmt: skip
+ERP_QUARANTINE = {
+    8: "ordered_at: '30.02.2024' does not match the format '%d.%m.%Y'",
+    14: "customer_id is empty; ordered_at is empty",  # Summe;;;12.345,67
+}
+
+
+def test_an_erp_export_with_a_totals_line_and_blank_lines_at_the_end(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    src = sources_file(tmp_path, ERP.format(path=EXPORTS / "erp_bestellungen_latin1.csv"))
+    out = extract(tmp_path, fresh_db, "2024-06-30", src)
+    assert "raw.orders__orders 2024-06-30 success: 13 read, 11 loaded, 2 quarantined" in out
+    got = orders(fresh_db)
+    assert {k: v[5] for k, v in got.items()} == ERP_AMOUNTS
+    assert got["20001"][:5] == ("K-100", utc(2024, 1, 4, 23), None, "completed", "EUR")
+    assert got["20009"][1] == utc(2024, 3, 30, 23)  # 31.03.2024, summer time from 02:00
+    assert got["20012"][7:] == (None, 13)
+    assert quarantine(fresh_db) == ERP_QUARANTINE
+
+
+# ---------------------------------------------------- the daily (orders-only) path
+
+
+def daily_then_full(
+    tmp_path: Path, db: str, embedded_settings, src: str, days: list[str]
+) -> tuple[list[str], dict, dict]:
+    """Run the first day with --full and the others as daily extracts, then a --full load
+    of the last day in a new warehouse; return the daily summaries and what each landed."""
+    from lifecycle import warehouse as wh
+    from tests.conftest import scratch_database
+
+    summaries = []
+    for n, day in enumerate(days):
+        args = ["extract", "--source", "orders", "--date", day] + (["--full"] if not n else [])
+        out = lifecycle(tmp_path, db, *args, LIFECYCLE_SOURCES_FILE=src)
+        assert out.returncode == 0, out.stderr
+        line = next(x for x in out.stdout.splitlines() if x.startswith("raw.orders__orders"))
+        summaries.append(line.split(" success: ")[1].split(" outside")[0])
+
+    def landed(url: str) -> tuple[dict, dict]:
+        with psycopg.connect(url) as conn:
+            rows = conn.execute(
+                "select order_id, customer_id, ordered_at, status, amount from raw.orders__orders"
+            ).fetchall()
+        return {r[0]: r[1:] for r in rows}, quarantine(url)
+
+    daily = landed(db)
+    with scratch_database(wh.warehouse_url(embedded_settings, start=False)) as full_db:
+        extract(tmp_path, full_db, days[-1], src)
+        full = landed(full_db)
+    return summaries, daily, full
+
+
+def test_woocommerce_orders_day_by_day_equal_a_full_load(
+    tmp_path: Path, fresh_db: str, embedded_settings
+) -> None:
+    text = WOO.format(path=EXPORTS / "woocommerce_orders.csv", share=0.5, **WOO_EN)
+    src = sources_file(tmp_path, text.replace("wc-failed: cancelled", "wc-failed: cancelled, "
+                                              "wc-on-hold: cancelled"))  # fmt: skip
+    days = ["2024-01-31", "2024-02-29", "2024-03-31", "2024-04-30"]
+    summaries, (daily, bad), full = daily_then_full(
+        tmp_path, fresh_db, embedded_settings, src, days
+    )
+    assert summaries == [
+        "9 read, 2 loaded, 0 quarantined, 0 duplicate, 7",
+        "9 read, 2 loaded, 0 quarantined, 0 duplicate, 7",
+        "9 read, 3 loaded, 0 quarantined, 0 duplicate, 6",
+        "9 read, 1 loaded, 1 quarantined, 0 duplicate, 7",
+    ]
+    assert (daily, bad) == full
+    assert {k: (v[0], v[1], v[2], v[3]) for k, v in daily.items() if k != "1006"} == WOO_ORDERS
+    assert daily["1006"][1:3] == (utc(2024, 3, 10, 1, 30), "cancelled")
+    assert bad == {10: WOO_QUARANTINE[10]}
+
+
+def test_an_erp_export_day_by_day_equals_a_full_load(
+    tmp_path: Path, fresh_db: str, embedded_settings
+) -> None:
+    """The unreadable date and the totals line are quarantined once, by the first run."""
+    src = sources_file(tmp_path, ERP.format(path=EXPORTS / "erp_bestellungen_latin1.csv"))
+    days = ["2024-01-31", "2024-02-29", "2024-03-31", "2024-04-30"]
+    summaries, (daily, bad), full = daily_then_full(
+        tmp_path, fresh_db, embedded_settings, src, days
+    )
+    assert summaries == [
+        "13 read, 3 loaded, 2 quarantined, 0 duplicate, 8",
+        "13 read, 3 loaded, 0 quarantined, 2 duplicate, 8",
+        "13 read, 2 loaded, 0 quarantined, 2 duplicate, 9",
+        "13 read, 3 loaded, 0 quarantined, 2 duplicate, 8",
+    ]
+    assert (daily, bad) == full
+    assert {k: v[3] for k, v in daily.items()} == ERP_AMOUNTS
+    assert bad == ERP_QUARANTINE
