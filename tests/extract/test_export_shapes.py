@@ -575,3 +575,40 @@ def test_an_erp_export_day_by_day_equals_a_full_load(
     assert (daily, bad) == full
     assert {k: v[3] for k, v in daily.items()} == ERP_AMOUNTS
     assert bad == ERP_QUARANTINE
+
+
+# ------------------------------------------------------- inch marks, unquoted
+
+
+def test_an_inch_mark_in_an_unquoted_value_is_a_character() -> None:
+    """Product names with inch marks written unquoted (`Eldon 12" Wall Clock`) are read
+    as pyarrow, Python's csv and pandas read them; a quote that opens a value and never
+    closes still costs its own line, and so does the line right after it."""
+    import io
+
+    from lifecycle.extract.readers import read_csv_chunks
+
+    text = (
+        "Row ID,Order ID,Product Name,Sales\r\n"
+        'R1,CA-1,Eldon 12" Wall Clock,10.00\r\n'  # 2: one inch mark
+        'R2,CA-2,"Avery 5"" x 8"" Dividers, 5 Tabs",5.00\r\n'  # 3: quoted, as Excel writes
+        'R3,CA-3,Monitor 27",199.99\r\n'  # 4: the mark ends the value
+        'R4,CA-4,"Frame 8 x 10,7.00\r\n'  # 5: a quote left open
+        'R5,CA-5,x",8.00\r\n'  # 6: right after it: the rest of a broken record
+        "R6,CA-6,Plain,9.00\r\n"
+    )
+    rows, bad = [], {}
+    for chunk in read_csv_chunks(io.BytesIO(text.encode()), "superstore.csv"):
+        t = chunk.table.to_pydict()
+        rows += list(zip(chunk.lines.tolist(), t["Product Name"], t["Sales"], strict=True))
+        bad |= {r.line: r.reason for r in chunk.rejects}
+    assert rows == [
+        (2, 'Eldon 12" Wall Clock', "10.00"),
+        (3, 'Avery 5" x 8" Dividers, 5 Tabs', "5.00"),
+        (4, 'Monitor 27"', "199.99"),
+        (7, "Plain", "9.00"),
+    ]
+    assert bad == {
+        5: "malformed row: unbalanced double quote",
+        6: "malformed row: unbalanced double quote",
+    }
