@@ -457,6 +457,7 @@ def _check_sample(
                     fr.unparsed += 1
                 if value is not None:
                     fr.examples.setdefault(what, value)
+    report.notes += _utc_named(entity, src, emap, sources)
     broken = [w for w in report.row_reasons if w.startswith("broken encoding")]
     if hint := next((reject_hint(w) for w in broken if reject_hint(w)), ""):
         # Below the reject limit such lines are quarantined quietly: say what to do.
@@ -470,6 +471,31 @@ def _check_sample(
             "first), set grain: line to sum the lines into one order"
         )
     _judge(report, entity, emap, sources, settings)
+
+
+#: A column name that says its times are UTC (Stripe's "Created (UTC)", "date_gmt").
+_SAYS_UTC = re.compile(r"(?<![A-Za-z])(UTC|GMT)(?![A-Za-z])", re.I)
+
+
+def _utc_named(entity: RawEntity, src: Source, emap: EntityMap, sources: SourcesFile) -> list[str]:
+    """Return notes on timestamp fields read from a column named UTC in another zone.
+
+    Its times without an offset would be read in the business zone, hours off, and every
+    one of them parses: nothing else would tell.
+    """
+    notes = []
+    for f in entity.fields:
+        fmap = emap.field_map(f.name)
+        if f.type != "timestamp" or fmap is None or fmap.format in ("epoch_s", "epoch_ms"):
+            continue
+        zone = sources.timezone_of(src, emap, fmap)
+        said = [c for c in fmap.source_columns if _SAYS_UTC.search(c)]
+        if said and zone != "UTC":
+            notes.append(
+                f"{f.name}: column {said[0]!r} says UTC, but its times without an offset are "
+                f"read in {zone}: set {entity_key(entity)}.columns.{f.name}.timezone: UTC"
+            )
+    return notes
 
 
 def _tally_values(fields: dict[str, FieldReport], mapped: Chunk, checked) -> None:

@@ -612,3 +612,25 @@ def test_an_inch_mark_in_an_unquoted_value_is_a_character() -> None:
         5: "malformed row: unbalanced double quote",
         6: "malformed row: unbalanced double quote",
     }
+
+
+def test_sources_check_notes_a_utc_column_read_in_the_business_zone(tmp_path: Path) -> None:
+    """Stripe's "Created (UTC)" mapped bare would be read in New York, every time five hours
+    off and every one parsing: the check says to set the column's timezone."""
+    text = STRIPE.format(path=EXPORTS / "stripe_payments.csv")
+    note = (
+        "note: ordered_at: column 'Created (UTC)' says UTC, but its times without an offset "
+        "are read in America/New_York: set sources.orders.entities.orders.columns.ordered_at."
+        "timezone: UTC"
+    )
+    for mapping, noted in (
+        ("{column: Created (UTC), timezone: UTC}", False),
+        ("Created (UTC)", True),
+    ):
+        src = sources_file(
+            tmp_path, text.replace("{column: Created (UTC), timezone: UTC}", mapping)
+        )
+        out = lifecycle(tmp_path, "postgresql://unused@127.0.0.1:1/x", "sources", "check",
+                        LIFECYCLE_SOURCES_FILE=src)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert (note in out.stdout) is noted
