@@ -530,6 +530,47 @@ def _show(v: object) -> str:
     return str(v)
 
 
+_DATE_PARTS = re.compile(
+    r"^(\d{1,4})([/.-])(\d{1,2})\2(\d{2}|\d{4})"
+    r"(?:[ T](\d{1,2}):(\d{2})(:\d{2})?(\s*[AaPp][Mm])?)?$"
+)
+
+
+def _format_hint(example: str | None) -> str:
+    """Return a hint with a strptime format that reads `example` (a quoted sampled value),
+    e.g. ``'%m/%d/%y'`` for ``'03/05/24'``, or a generic one when none is found."""
+    import ast
+
+    import pyarrow.compute as pc
+
+    generic = "; give the column's format, e.g. format: '%d/%m/%Y %H:%M'"
+    try:
+        value = ast.literal_eval(example) if example else None
+    except (ValueError, SyntaxError):
+        value = None
+    m = _DATE_PARTS.match(value.strip()) if isinstance(value, str) else None
+    if m is None or len(m.group(1)) == 4:
+        return generic
+    first, sep, second, year, hour, _, seconds, ampm = m.groups()
+    # US month first with '/', day first with '.' and '-', unless the first can only be a day
+    day_first = sep != "/" or int(first) > 12
+    date = (f"%d{sep}%m" if day_first else f"%m{sep}%d") + sep + ("%Y" if len(year) == 4 else "%y")
+    clock = ""
+    if hour is not None:
+        clock = (" %I:%M" if ampm else " %H:%M") + (":%S" if seconds else "")
+        if ampm:
+            clock += " %p" if ampm[0].isspace() else "%p"
+    fmt = date + clock
+    text = value.strip().replace("T", " ")
+    parsed = pc.strptime(pa.array([text]), format=fmt, unit="us", error_is_null=True)
+    if parsed[0].as_py() is None:
+        return generic
+    other = ""
+    if not day_first and int(second) <= 12:
+        other = f"; {fmt.replace('%m/%d', '%d/%m')!r} if the day comes first"
+    return f"; give the column's format: format: {fmt!r} fits {value!r}{other}"
+
+
 def _judge(
     report: EntityReport,
     entity: RawEntity,
@@ -548,7 +589,7 @@ def _judge(
             fmap = emap.field_map(fr.name)
             hint = ""
             if f.type in ("timestamp", "date") and (fmap is None or fmap.format is None):
-                hint = "; give the column's format, e.g. format: '%d/%m/%Y %H:%M'"
+                hint = _format_hint(fr.examples.get(what) if what else None)
             if what is None:
                 said = fr.reasons.most_common(1)[0][0]
             else:

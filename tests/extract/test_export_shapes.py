@@ -634,3 +634,22 @@ def test_sources_check_notes_a_utc_column_read_in_the_business_zone(tmp_path: Pa
                         LIFECYCLE_SOURCES_FILE=src)  # fmt: skip
         assert out.returncode == 0, out.stderr
         assert (note in out.stdout) is noted
+
+
+def test_sources_check_suggests_the_format_of_the_dates_it_cannot_read(tmp_path: Path) -> None:
+    """Etsy's two-digit-year dates mapped without a format: the error gives one that fits
+    them (and the day-first reading, since 01/04/24 could be either)."""
+    text = ETSY.format(path=EXPORTS / "etsy_sold_orders.csv").replace(
+        '{column: Sale Date, format: "%m/%d/%y"}', "Sale Date"
+    )
+    src = sources_file(tmp_path, text)
+    out = lifecycle(tmp_path, "postgresql://unused@127.0.0.1:1/x", "sources", "check",
+                    LIFECYCLE_SOURCES_FILE=src)  # fmt: skip
+    assert out.returncode == 1
+    (error,) = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert error == (
+        f"error: {src}: sources.orders.entities.orders.columns.ordered_at: every sampled value "
+        "fails: '01/04/24' is not an ISO-8601 date or timestamp (e.g. 2024-03-05 14:02:11 "
+        "-05:00) (from column 'Sale Date'); give the column's format: format: '%m/%d/%y' fits "
+        "'01/04/24'; '%d/%m/%y' if the day comes first"
+    )
