@@ -574,15 +574,19 @@ class Checker:
                 f"{where}: required column(s) missing for {self.entity.qualified}: "
                 f"{', '.join(missing)} (found: {', '.join(names) or 'none'})"
             )
-        for c in names:
-            if c not in self.entity.names and c not in self.extra_columns:
-                self.extra_columns.append(c)
-                log.warning(
-                    "%s: new column %r is not in the contract of %s; kept in _extra",
-                    where,
-                    c,
-                    self.entity.qualified,
-                )
+        new = [c for c in names if c not in self.entity.names and c not in self.extra_columns]
+        if new:
+            # One line for all of them: an export's twenty unmapped columns are not twenty
+            # warnings (the run's summary lists them too).
+            self.extra_columns += new
+            log.warning(
+                "%s: %s not in the contract of %s; kept in _extra",
+                where,
+                f"new column {new[0]!r} is"
+                if len(new) == 1
+                else f"{len(new)} new columns are ({', '.join(map(repr, new))})",
+                self.entity.qualified,
+            )
 
     def check(self, chunk: Chunk) -> Checked:
         """Return the loadable rows of `chunk` and its quarantine."""

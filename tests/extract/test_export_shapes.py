@@ -653,3 +653,21 @@ def test_sources_check_suggests_the_format_of_the_dates_it_cannot_read(tmp_path:
         "-05:00) (from column 'Sale Date'); give the column's format: format: '%m/%d/%y' fits "
         "'01/04/24'; '%d/%m/%y' if the day comes first"
     )
+
+
+def test_the_unmapped_columns_of_an_export_are_one_warning(tmp_path: Path) -> None:
+    """A PayPal download has 27 columns: the 18 left unmapped are kept in _extra and said
+    so in one line, not in one warning each."""
+    text = PAYPAL.format(path=EXPORTS / "paypal_activity.csv")
+    src = sources_file(tmp_path, text.replace("        extra_columns: [Name]\n", ""))
+    out = lifecycle(tmp_path, "postgresql://unused@127.0.0.1:1/x", "sources", "check",
+                    LIFECYCLE_SOURCES_FILE=src)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    (warning,) = [line for line in out.stderr.splitlines() if "not in the contract" in line]
+    assert warning.endswith(
+        "paypal_activity.csv: 18 new columns are ('TimeZone', 'Name', 'Fee', 'Net', "
+        "'To Email Address', 'Shipping Address', 'Address Status', 'Item Title', 'Item ID', "
+        "'Shipping and Handling Amount', 'Insurance Amount', 'Sales Tax', 'Invoice Number', "
+        "'Quantity', 'Receipt ID', 'Balance', 'Note', 'Balance Impact') not in the contract "
+        "of raw.orders__orders; kept in _extra"
+    )
