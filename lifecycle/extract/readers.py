@@ -440,7 +440,12 @@ def _check_header(columns: list[str], locator: str) -> None:
     seen: dict[str, int] = {}
     for i, name in enumerate(columns, 1):
         if not name:
-            raise LoadError(f"{locator}: line 1: column {i} of the header has no name")
+            raise LoadError(
+                f"{locator}: line 1: column {i} of the header has no name (a delimiter at the "
+                "end of the header, as a spreadsheet saves empty columns?): name every column "
+                "in the sources file with format: {header: false, skip_rows: 1, "
+                "column_names: [...]}"
+            )
         if name in seen:
             raise LoadError(
                 f"{locator}: line 1: column {name!r} appears twice in the header "

@@ -149,7 +149,9 @@ BAD_FILES = {
     ),
     "trailing-delimiter": (
         b"order_id,customer_id,ordered_at,amount,\nO1,C1,2024-01-01,10,\n",
-        "line 1: column 5 of the header has no name",
+        "line 1: column 5 of the header has no name (a delimiter at the end of the header, "
+        "as a spreadsheet saves empty columns?): name every column in the sources file with "
+        "format: {header: false, skip_rows: 1, column_names: [...]}",
     ),
 }
 
