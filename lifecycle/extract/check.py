@@ -432,13 +432,17 @@ def _check_sample(
     mapper = Mapper(entity, src, emap, sources)
     # No cursor: every sampled row counts, whatever day it belongs to.
     checker = Checker(entity, window, None, timezone=mapper.timezone)
-    order_ids: collections.Counter[str] = collections.Counter()
+    order_ids: collections.Counter[tuple] = collections.Counter()
     for mapped in mapper.map_chunks(chunks):
         checked = checker.check(mapped)
         report.mapped += mapped.table.num_rows
         lines_as_orders = entity.entity == "orders" and emap.grain == "order"
         if lines_as_orders and "order_id" in mapped.table.column_names:
-            order_ids.update(v for v in mapped.table.column("order_id").to_pylist() if v)
+            # a version of an order (a refund naming it) repeats its id at another time
+            ids = mapped.table.column("order_id").to_pylist()
+            names = mapped.table.column_names
+            when = mapped.table.column("updated_at").to_pylist() if "updated_at" in names else []
+            order_ids.update((v, *when[i : i + 1]) for i, v in enumerate(ids) if v)
         _tally_values(fields, mapped, checked)
         for _source, _line, reason, _payload in checked.quarantine:
             report.quarantined += 1

@@ -499,6 +499,26 @@ class Mapper:
             return number, None
         return number, _reasons(bad, name, text, self._not_a_number())
 
+    #: Numbers the default dialect does not read, and the setting that reads them.
+    _OTHER_DIALECTS = (
+        (r"^[-+]?\d{1,3}(,\d{3})+(\.\d+)?$", "format.thousands_separator: ','"),
+        (
+            r"^[-+]?\d{1,3}(\.\d{3})*,\d{1,2}$",
+            "format.decimal_separator: ',' (and thousands_separator: '.')",
+        ),
+    )
+
+    def _dialect_reasons(self, name: str, text: pa.Array) -> pa.Array | None:
+        """Return reasons for numbers written in another dialect than the file's (PayPal's
+        "1,234.56", a German "1.234,56"), naming the setting that reads them."""
+        reasons = None
+        trimmed = pc.utf8_trim_whitespace(text)
+        for pattern, setting in self._OTHER_DIALECTS:
+            hit = pc.fill_null(pc.match_substring_regex(trimmed, pattern), False)
+            what = f"is not a number in the file's dialect: set {setting}"
+            reasons = _merge(reasons, _reasons(hit, name, text, what))
+        return reasons
+
     def _not_a_number(self) -> str:
         sep = self.fmt.decimal_separator
         thousands = self.fmt.thousands_separator
@@ -516,7 +536,8 @@ class Mapper:
             return number_text(pc.multiply(number, fmap.scale)), bad
         money = _written_as_money(text)
         if self.fmt.decimal_separator == "." and not self.fmt.thousands_separator and not money:
-            return text, None  # the checker reads (and rejects) the text as it is
+            # the checker reads (and rejects) the text as it is, unless the dialect is wrong
+            return text, self._dialect_reasons(f.name, text)
         normalized = self._normalized(text, money)
         number = _cast(normalized, pa.float64())
         bad = pc.and_(pc.is_valid(text), pc.is_null(number))

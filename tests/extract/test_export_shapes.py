@@ -671,3 +671,39 @@ def test_the_unmapped_columns_of_an_export_are_one_warning(tmp_path: Path) -> No
         "'Quantity', 'Receipt ID', 'Balance', 'Note', 'Balance Impact') not in the contract "
         "of raw.orders__orders; kept in _extra"
     )
+
+
+def test_numbers_in_another_dialect_say_which_setting_reads_them(tmp_path: Path) -> None:
+    """PayPal's "1,234.56" without thousands_separator, a German "1.234,56" without
+    decimal_separator: quarantined naming the setting, not as "not a valid numeric"
+    (under the reject limit such rows, the biggest orders, went quietly)."""
+    text = PAYPAL.format(path=EXPORTS / "paypal_activity.csv")
+    src = sources_file(tmp_path, text.replace('    format: {thousands_separator: ","}', ""))
+    out = lifecycle(tmp_path, "postgresql://unused@127.0.0.1:1/x", "sources", "check",
+                    LIFECYCLE_SOURCES_FILE=src)  # fmt: skip
+    assert (
+        "is not a number in the file's dialect: set format.thousands_separator: ',' x2 "
+        "(e.g. '1,234.56')"
+    ) in out.stdout
+    # the refunds repeat their payments' ids as versions: they are no order lines
+    assert "note: order_id repeats" not in out.stdout
+
+    text = woo(tmp_path, WOO_DE)
+    german = (
+        Path(text)
+        .read_text()
+        .replace(
+            'format: {delimiter: ";", decimal_separator: ",", thousands_separator: "."}',
+            'format: {delimiter: ";"}',
+        )
+    )
+    src = sources_file(tmp_path, german)
+    out = lifecycle(tmp_path, "postgresql://unused@127.0.0.1:1/x", "sources", "check",
+                    LIFECYCLE_SOURCES_FILE=src)  # fmt: skip
+    assert out.returncode == 1
+    (error,) = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert error == (
+        f"error: {src}: sources.orders.entities.orders.columns.amount: every sampled value "
+        "fails: '45,00' is not a number in the file's dialect: set format.decimal_separator: "
+        "',' (and thousands_separator: '.') (from column 'Bestellsumme')"
+    )
