@@ -41,7 +41,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from lifecycle.parse import Checked, Checker, Chunk, Reject, Window
+from lifecycle.parse import Checked, Checker, Chunk, Reject, Window, split_reasons
 from lifecycle.privacy import drop_forgotten
 from lifecycle.raw import RawEntity, raw_ddl
 from lifecycle.redact import redact
@@ -470,7 +470,7 @@ def load_batch(
                         f"{entity.qualified} {logical_date}: {result.rows_quarantined} of "
                         f"{considered} rows rejected ({share:.1%}), more than the allowed "
                         f"{max_reject_share:.1%} (max_reject_share); nothing was published"
-                        + _most_rejected(state["quarantine"] + state["unplaced"])
+                        + _most_rejected(state["quarantine"] + state["unplaced"], entity.names)
                         + f". See raw.quarantine where _batch_id = '{bid}'"
                     )
                 _insert_quarantine(cur, entity, bid, state["quarantine"])
@@ -535,13 +535,13 @@ def _settle_unplaced(cur: psycopg.Cursor, entity: RawEntity, bid: str, state: di
 _VALUES = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|0x[0-9a-f]+|\d+")
 
 
-def _most_rejected(rejected: list[tuple]) -> str:
+def _most_rejected(rejected: list[tuple], names: Iterable[str]) -> str:
     """Return ``; most: <reason> (n rows alike)`` for the commonest kind of reason (its
     values masked), with what to do about it where :func:`reject_hint` knows."""
     kinds: collections.Counter[str] = collections.Counter()
     examples: dict[str, str] = {}
     for *_, reason, _payload in rejected:
-        for part in reason.split("; "):
+        for part in split_reasons(reason, names):
             kind = _VALUES.sub("…", part)
             kinds[kind] += 1
             examples.setdefault(kind, part)
@@ -559,7 +559,8 @@ _WHO_FIELDS = ("customer_id", "anonymous_id", "user_id")
 def reject_hint(reason: str) -> str:
     """Return what to do about the commonest reason rows were rejected ("" when nothing
     general helps): a file in another encoding than UTF-8, or rows with no customer."""
-    if reason.startswith("broken encoding") and reason.endswith("UTF-8"):
+    # also an order line that could not be read: "... (broken encoding: ... UTF-8), so ..."
+    if re.search(r"broken encoding: .* is not valid UTF-8\b", reason):
         return (
             "; the file is not UTF-8: set format.encoding in the sources file (cp1252 or "
             "latin-1 for most Western European exports)"

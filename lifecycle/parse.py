@@ -16,7 +16,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import zoneinfo
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -170,6 +172,18 @@ BINARY_TYPES: dict[str, pa.DataType] = {
     "integer": pa.int64(),
     "boolean": pa.bool_(),
 }
+
+
+def split_reasons(reason: str, names: Iterable[str]) -> list[str]:
+    """Return the reasons of one quarantined row, which the checker joins with ``; ``.
+
+    Each reason starts with the field it is about, so the text is cut only where a field
+    name follows: a message or a value holding ``; `` itself (``...values; add it, or a
+    default``) stays whole.
+    """
+    fields = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return re.split(rf"; (?=(?:{fields})\b)", reason) if fields else [reason]
+
 
 # ------------------------------------------------------------------ time zones
 
@@ -560,15 +574,19 @@ class Checker:
                 f"{where}: required column(s) missing for {self.entity.qualified}: "
                 f"{', '.join(missing)} (found: {', '.join(names) or 'none'})"
             )
-        for c in names:
-            if c not in self.entity.names and c not in self.extra_columns:
-                self.extra_columns.append(c)
-                log.warning(
-                    "%s: new column %r is not in the contract of %s; kept in _extra",
-                    where,
-                    c,
-                    self.entity.qualified,
-                )
+        new = [c for c in names if c not in self.entity.names and c not in self.extra_columns]
+        if new:
+            # One line for all of them: an export's twenty unmapped columns are not twenty
+            # warnings (the run's summary lists them too).
+            self.extra_columns += new
+            log.warning(
+                "%s: %s not in the contract of %s; kept in _extra",
+                where,
+                f"new column {new[0]!r} is"
+                if len(new) == 1
+                else f"{len(new)} new columns are ({', '.join(map(repr, new))})",
+                self.entity.qualified,
+            )
 
     def check(self, chunk: Chunk) -> Checked:
         """Return the loadable rows of `chunk` and its quarantine."""

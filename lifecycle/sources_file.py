@@ -74,8 +74,10 @@ CANONICAL_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
 #: apply only while the reporting currency is USD.
 USD_PLANNING_RATES: dict[str, float] = {"USD": 1.0, "EUR": 1.08, "GBP": 1.27}
 
-#: strptime directives pyarrow's C strptime understands (and what they mean here).
-_STRPTIME_DIRECTIVES = set("aAbBcdHIjmMpSUwWyYzZ%") | {"f", "e", "h", "n", "t", "T", "D", "R"}
+#: strptime directives pyarrow's C strptime understands (and what they mean here). Not
+#: %Z: it matches any word (PST, CET, UTC) and ignores it, so the time would silently be
+#: read in the field's zone instead of the one it names.
+_STRPTIME_DIRECTIVES = set("aAbBcdHIjmMpSUwWyYz%") | {"f", "e", "h", "n", "t", "T", "D", "R"}
 #: Formats that are not strptime patterns.
 SPECIAL_FORMATS = ("iso", "epoch_s", "epoch_ms", "excel_serial")
 #: The file a sources file is looked for under when LIFECYCLE_SOURCES_FILE is not set.
@@ -127,6 +129,13 @@ def check_format(fmt: str) -> str:
             f"or one of {', '.join(SPECIAL_FORMATS)}"
         )
     for m in re.finditer(r"%(.)", fmt.replace("%%", "")):
+        if m.group(1) == "Z":
+            raise ValueError(
+                f"{fmt!r}: %Z (a zone name such as PST or CET) cannot be read: a name "
+                "does not say which zone it is (CST is Chicago or Shanghai). Leave the name "
+                "out and give the zone its times are in with timezone: (e.g. "
+                "America/Los_Angeles for PST/PDT); %z reads numeric offsets (-0800)"
+            )
         if m.group(1) not in _STRPTIME_DIRECTIVES:
             raise ValueError(f"{fmt!r}: %{m.group(1)} is not a strptime directive")
     try:
@@ -205,9 +214,13 @@ class CsvFormat(_Strict):
         return self
 
 
+#: The keys that say where a field's value comes from (a mapping gives exactly one).
+_SOURCE_KEYS = ("column", "sql", "constant", "concat", "multiply", "coalesce")
+
+
 class FieldMap(_Strict):
     """How one contract field gets its value: exactly one of column, sql, constant,
-    concat or multiply, then optional parsing (format, timezone) and recoding."""
+    concat, multiply or coalesce, then optional parsing (format, timezone) and recoding."""
 
     column: str | None = Field(None, description="source column (JSON: a dotted path)")
     sql: str | None = Field(None, description="SQL expression evaluated in the source DB")
@@ -215,6 +228,9 @@ class FieldMap(_Strict):
     concat: list[str] | None = Field(None, description="source columns joined by separator")
     separator: str = ""
     multiply: list[str] | None = Field(None, description="product of numeric columns")
+    coalesce: list[str] | None = Field(
+        None, description="source columns: the first one that is not empty, row by row"
+    )
     format: str | None = Field(None, description="strptime format, iso, epoch_s, epoch_ms")
     timezone: Zone | None = Field(None, description="zone of naive timestamps in this column")
     values: dict[str, str] | None = Field(None, description="recoding: source value -> value")
@@ -223,11 +239,10 @@ class FieldMap(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> FieldMap:
-        given = [k for k in ("column", "sql", "constant", "concat", "multiply") if self._has(k)]
+        given = [k for k in _SOURCE_KEYS if self._has(k)]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one of column, sql, constant, concat, multiply "
-                f"(got {', '.join(given) or 'none'})"
+                f"give exactly one of {', '.join(_SOURCE_KEYS)} (got {', '.join(given) or 'none'})"
             )
         if self.format is not None:
             check_format(self.format)
@@ -240,8 +255,8 @@ class FieldMap(_Strict):
 
     @property
     def kind(self) -> str:
-        """Which of column, sql, constant, concat, multiply this mapping uses."""
-        for k in ("column", "sql", "constant", "concat", "multiply"):
+        """Which of column, sql, constant, concat, multiply, coalesce this mapping uses."""
+        for k in _SOURCE_KEYS:
             if self._has(k):
                 return k
         raise AssertionError(self)  # pragma: no cover - the validator rules it out
@@ -251,7 +266,7 @@ class FieldMap(_Strict):
         """The source columns this mapping reads (none for sql and constant)."""
         if self.column:
             return (self.column,)
-        return tuple(self.concat or self.multiply or ())
+        return tuple(self.concat or self.multiply or self.coalesce or ())
 
 
 class Refunds(_Strict):

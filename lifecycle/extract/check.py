@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from lifecycle.parse import Checker, Chunk, Window
+from lifecycle.parse import Checker, Chunk, Window, split_reasons
 from lifecycle.raw import RawEntity
 from lifecycle.settings import Settings
 from lifecycle.sources_file import (
@@ -221,6 +221,8 @@ def _describe(fmap: FieldMap) -> str:
         text = f"constant {fmap.constant!r}"
     elif kind == "concat":
         text = f"concat {fmap.concat!r}" + (f" by {fmap.separator!r}" if fmap.separator else "")
+    elif kind == "coalesce":
+        text = f"first non-empty of {fmap.coalesce!r}"
     else:
         text = f"multiply {fmap.multiply!r}"
     extras = []
@@ -401,6 +403,7 @@ def _check_sample(
     window: Window,
 ) -> None:
     from lifecycle.extract.mapping import Mapper
+    from lifecycle.load import reject_hint
 
     report.rows = sum(c.table.num_rows + len(c.rejects) for c in chunks)
     strict = src.kind in ("csv", "excel", "parquet", "postgres")
@@ -429,18 +432,22 @@ def _check_sample(
     mapper = Mapper(entity, src, emap, sources)
     # No cursor: every sampled row counts, whatever day it belongs to.
     checker = Checker(entity, window, None, timezone=mapper.timezone)
-    order_ids: collections.Counter[str] = collections.Counter()
+    order_ids: collections.Counter[tuple] = collections.Counter()
     for mapped in mapper.map_chunks(chunks):
         checked = checker.check(mapped)
         report.mapped += mapped.table.num_rows
         lines_as_orders = entity.entity == "orders" and emap.grain == "order"
         if lines_as_orders and "order_id" in mapped.table.column_names:
-            order_ids.update(v for v in mapped.table.column("order_id").to_pylist() if v)
+            # a version of an order (a refund naming it) repeats its id at another time
+            ids = mapped.table.column("order_id").to_pylist()
+            names = mapped.table.column_names
+            when = mapped.table.column("updated_at").to_pylist() if "updated_at" in names else []
+            order_ids.update((v, *when[i : i + 1]) for i, v in enumerate(ids) if v)
         _tally_values(fields, mapped, checked)
         for _source, _line, reason, _payload in checked.quarantine:
             report.quarantined += 1
             touched: set[str] = set()
-            for part in reason.split("; "):
+            for part in split_reasons(reason, entity.names):
                 fname, what, value = _split_reason(part, entity.names)
                 if fname is None:
                     report.row_reasons[what] += 1
@@ -454,6 +461,12 @@ def _check_sample(
                     fr.unparsed += 1
                 if value is not None:
                     fr.examples.setdefault(what, value)
+    report.notes += _utc_named(entity, src, emap, sources)
+    broken = [w for w in report.row_reasons if w.startswith("broken encoding")]
+    if hint := next((reject_hint(w) for w in broken if reject_hint(w)), ""):
+        # Below the reject limit such lines are quarantined quietly: say what to do.
+        n = sum(report.row_reasons[w] for w in broken)
+        report.notes.append(f"{n} sampled line(s) are not valid UTF-8{hint}")
     repeats = sum(n - 1 for n in order_ids.values() if n > 1)
     if repeats:
         report.notes.append(
@@ -462,6 +475,31 @@ def _check_sample(
             "first), set grain: line to sum the lines into one order"
         )
     _judge(report, entity, emap, sources, settings)
+
+
+#: A column name that says its times are UTC (Stripe's "Created (UTC)", "date_gmt").
+_SAYS_UTC = re.compile(r"(?<![A-Za-z])(UTC|GMT)(?![A-Za-z])", re.I)
+
+
+def _utc_named(entity: RawEntity, src: Source, emap: EntityMap, sources: SourcesFile) -> list[str]:
+    """Return notes on timestamp fields read from a column named UTC in another zone.
+
+    Its times without an offset would be read in the business zone, hours off, and every
+    one of them parses: nothing else would tell.
+    """
+    notes = []
+    for f in entity.fields:
+        fmap = emap.field_map(f.name)
+        if f.type != "timestamp" or fmap is None or fmap.format in ("epoch_s", "epoch_ms"):
+            continue
+        zone = sources.timezone_of(src, emap, fmap)
+        said = [c for c in fmap.source_columns if _SAYS_UTC.search(c)]
+        if said and zone != "UTC":
+            notes.append(
+                f"{f.name}: column {said[0]!r} says UTC, but its times without an offset are "
+                f"read in {zone}: set {entity_key(entity)}.columns.{f.name}.timezone: UTC"
+            )
+    return notes
 
 
 def _tally_values(fields: dict[str, FieldReport], mapped: Chunk, checked) -> None:
@@ -496,6 +534,47 @@ def _show(v: object) -> str:
     return str(v)
 
 
+_DATE_PARTS = re.compile(
+    r"^(\d{1,4})([/.-])(\d{1,2})\2(\d{2}|\d{4})"
+    r"(?:[ T](\d{1,2}):(\d{2})(:\d{2})?(\s*[AaPp][Mm])?)?$"
+)
+
+
+def _format_hint(example: str | None) -> str:
+    """Return a hint with a strptime format that reads `example` (a quoted sampled value),
+    e.g. ``'%m/%d/%y'`` for ``'03/05/24'``, or a generic one when none is found."""
+    import ast
+
+    import pyarrow.compute as pc
+
+    generic = "; give the column's format, e.g. format: '%d/%m/%Y %H:%M'"
+    try:
+        value = ast.literal_eval(example) if example else None
+    except (ValueError, SyntaxError):
+        value = None
+    m = _DATE_PARTS.match(value.strip()) if isinstance(value, str) else None
+    if m is None or len(m.group(1)) == 4:
+        return generic
+    first, sep, second, year, hour, _, seconds, ampm = m.groups()
+    # US month first with '/', day first with '.' and '-', unless the first can only be a day
+    day_first = sep != "/" or int(first) > 12
+    date = (f"%d{sep}%m" if day_first else f"%m{sep}%d") + sep + ("%Y" if len(year) == 4 else "%y")
+    clock = ""
+    if hour is not None:
+        clock = (" %I:%M" if ampm else " %H:%M") + (":%S" if seconds else "")
+        if ampm:
+            clock += " %p" if ampm[0].isspace() else "%p"
+    fmt = date + clock
+    text = value.strip().replace("T", " ")
+    parsed = pc.strptime(pa.array([text]), format=fmt, unit="us", error_is_null=True)
+    if parsed[0].as_py() is None:
+        return generic
+    other = ""
+    if not day_first and int(second) <= 12:
+        other = f"; {fmt.replace('%m/%d', '%d/%m')!r} if the day comes first"
+    return f"; give the column's format: format: {fmt!r} fits {value!r}{other}"
+
+
 def _judge(
     report: EntityReport,
     entity: RawEntity,
@@ -514,7 +593,7 @@ def _judge(
             fmap = emap.field_map(fr.name)
             hint = ""
             if f.type in ("timestamp", "date") and (fmap is None or fmap.format is None):
-                hint = "; give the column's format, e.g. format: '%d/%m/%Y %H:%M'"
+                hint = _format_hint(fr.examples.get(what) if what else None)
             if what is None:
                 said = fr.reasons.most_common(1)[0][0]
             else:

@@ -5,7 +5,8 @@ and does what the sources file (:mod:`lifecycle.sources_file`) says, vectorized 
 pyarrow compute kernels:
 
 * each contract field takes a source column (renamed), a constant, a concatenation or a
-  product of columns; an unmapped field takes the source column of its own name;
+  product of columns, or the first non-empty of several columns; an unmapped field takes
+  the source column of its own name;
 * ``values`` recodes words (``paid`` -> ``completed``; case and surrounding spaces do not
   matter), ``default`` takes the rest;
 * numbers lose their thousands separator and take ``.`` for a decimal comma; ``scale``
@@ -29,6 +30,7 @@ nothing of this (the built-in layout) passes through untouched.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -48,7 +50,7 @@ from lifecycle.parse import (
     utc_text,
 )
 from lifecycle.raw import Field, RawEntity
-from lifecycle.sources_file import EntityMap, FieldMap, Source, SourcesFile
+from lifecycle.sources_file import WHITESPACE, EntityMap, FieldMap, Source, SourcesFile
 
 #: Rows per chunk of orders built from lines (they are emitted at the end of the batch).
 LINE_ORDERS_PER_CHUNK = 100_000
@@ -65,6 +67,10 @@ _ISO = (
 )
 _TEXT = pa.string()
 _UTC = pa.timestamp("us", tz="UTC")
+
+
+#: What a refunded version of an order takes from the order itself, when the batch has it.
+_ORIGINAL = ("ordered_at", "customer_id", "email")
 
 
 class MappingError(LoadError):
@@ -250,7 +256,8 @@ class Mapper:
         self.sources = sources
         self.fmt = sources.format_of(src, emap)
         self.where = f"sources.{entity.source}.entities.{entity.entity}"
-        self._placed: list[tuple[pa.Array, pa.Array]] = []  # (order_id, ordered_at) seen
+        # (order_id, its _ORIGINAL fields) of the orders seen, for the refunds naming them
+        self._placed: list[tuple[pa.Array, dict[str, pa.Array]]] = []
 
     # ------------------------------------------------------------------ properties
 
@@ -404,6 +411,13 @@ class Mapper:
             text = pc.binary_join_element_wise(
                 *parts, fmap.separator, null_handling="replace", null_replacement=""
             )
+        elif kind == "coalesce":
+            # the first non-empty column: Stripe's Customer ID, else (a guest) the email
+            parts = [
+                _empty_to_null(self._column(chunk, c, key + ".coalesce"))
+                for c in fmap.coalesce or ()
+            ]
+            text = pc.coalesce(*parts)
         else:  # multiply
             product = None
             for c in fmap.multiply or ():
@@ -485,6 +499,26 @@ class Mapper:
             return number, None
         return number, _reasons(bad, name, text, self._not_a_number())
 
+    #: Numbers the default dialect does not read, and the setting that reads them.
+    _OTHER_DIALECTS = (
+        (r"^[-+]?\d{1,3}(,\d{3})+(\.\d+)?$", "format.thousands_separator: ','"),
+        (
+            r"^[-+]?\d{1,3}(\.\d{3})*,\d{1,2}$",
+            "format.decimal_separator: ',' (and thousands_separator: '.')",
+        ),
+    )
+
+    def _dialect_reasons(self, name: str, text: pa.Array) -> pa.Array | None:
+        """Return reasons for numbers written in another dialect than the file's (PayPal's
+        "1,234.56", a German "1.234,56"), naming the setting that reads them."""
+        reasons = None
+        trimmed = pc.utf8_trim_whitespace(text)
+        for pattern, setting in self._OTHER_DIALECTS:
+            hit = pc.fill_null(pc.match_substring_regex(trimmed, pattern), False)
+            what = f"is not a number in the file's dialect: set {setting}"
+            reasons = _merge(reasons, _reasons(hit, name, text, what))
+        return reasons
+
     def _not_a_number(self) -> str:
         sep = self.fmt.decimal_separator
         thousands = self.fmt.thousands_separator
@@ -502,7 +536,8 @@ class Mapper:
             return number_text(pc.multiply(number, fmap.scale)), bad
         money = _written_as_money(text)
         if self.fmt.decimal_separator == "." and not self.fmt.thousands_separator and not money:
-            return text, None  # the checker reads (and rejects) the text as it is
+            # the checker reads (and rejects) the text as it is, unless the dialect is wrong
+            return text, self._dialect_reasons(f.name, text)
         normalized = self._normalized(text, money)
         number = _cast(normalized, pa.float64())
         bad = pc.and_(pc.is_valid(text), pc.is_null(number))
@@ -621,10 +656,11 @@ class Mapper:
             of = _empty_to_null(self._column(chunk, rules.refund_of, "refunds.refund_of"))
             refund |= pc.is_valid(of).to_numpy(zero_copy_only=False)
         if "order_id" in fields.text and "ordered_at" in fields.text and rules.refund_of:
+            kept = pa.array(~refund)
             self._placed.append(
                 (
-                    fields.text["order_id"].filter(pa.array(~refund)),
-                    fields.text["ordered_at"].filter(pa.array(~refund)),
+                    fields.text["order_id"].filter(kept),
+                    {f: fields.text[f].filter(kept) for f in _ORIGINAL if f in fields.text},
                 )
             )
         if not refund.any():
@@ -654,7 +690,8 @@ class Mapper:
 
     def _refund_versions(self, fields: _Fields, of: pa.Array) -> None:
         """A refund naming its order is a refunded version of that order: its order_id,
-        updated at the refund's time, placed when the order was (if this batch has it)."""
+        updated at the refund's time, placed when the order was and the order's customer
+        (if this batch has the order: a PayPal refund comes from the shop's own address)."""
         is_version = pc.is_valid(of)
         when = fields.text.get("ordered_at")
         if when is not None:
@@ -662,11 +699,13 @@ class Mapper:
             fields.text["updated_at"] = pc.if_else(is_version, pc.coalesce(updated, when), updated)
             if self._placed:
                 ids = pa.concat_arrays([p[0] for p in self._placed])
-                placed = pa.concat_arrays([p[1] for p in self._placed])
-                original = pc.take(placed, pc.index_in(of, value_set=ids))
-                fields.text["ordered_at"] = pc.if_else(
-                    pc.and_(is_version, pc.is_valid(original)), original, when
-                )
+                at = pc.index_in(of, value_set=ids)
+                found = pc.and_(is_version, pc.is_valid(at))
+                for name in _ORIGINAL:
+                    if name not in fields.text or name not in self._placed[0][1]:
+                        continue
+                    placed = pa.concat_arrays([p[1][name] for p in self._placed])
+                    fields.text[name] = pc.if_else(found, pc.take(placed, at), fields.text[name])
         ids = fields.text.get("order_id", _null_text(fields.n))
         fields.text["order_id"] = pc.if_else(is_version, of, ids)
 
@@ -687,10 +726,12 @@ class Mapper:
         seq = 0
         source = None
         has_sources = False
+        header: list[str] = []
         for chunk in chunks:
             rejects += chunk.rejects
             warnings += chunk.warnings
             source = source or chunk.source
+            header = header or chunk.table.column_names
             if not chunk.table.num_rows:
                 continue
             partials.append(self._line_partial(chunk, seq))
@@ -703,13 +744,53 @@ class Mapper:
                 )
             return
         orders = self._aggregate(pa.concat_tables(partials, promote_options="permissive"))
+        unread = self._unread_lines(rejects, header)
         for start in range(0, max(orders.num_rows, 1), LINE_ORDERS_PER_CHUNK):
             part = orders.slice(start, LINE_ORDERS_PER_CHUNK)
-            chunk = self._line_chunk(part, source or "", rejects if start == 0 else [])
+            chunk = self._line_chunk(part, source or "", rejects if start == 0 else [], unread)
             chunk.warnings = warnings if start == 0 else []
             yield chunk
 
     _NUMBERS = ("amount", "quantity")
+
+    def _unread_lines(self, rejects: list, header: list[str]) -> dict[str, str]:
+        """Return, per order id, why a line of that order could not be read at all.
+
+        A line the reader rejected (a byte the encoding does not define, a stray quote,
+        a field too many) is quarantined on its own; its order must not load with the
+        sum of its other lines. Its order id is read from the line as written, where
+        the mapping takes it from columns (a column, or a concat of columns).
+        """
+        fmap = self.emap.field_map("order_id") or FieldMap(column="order_id")
+        if fmap.kind not in ("column", "concat") or not header:
+            return {}
+        try:
+            at = [header.index(c) for c in fmap.source_columns]
+        except ValueError:
+            return {}
+        out: dict[str, str] = {}
+        for r in rejects:
+            if r.line is None:
+                continue
+            if self.fmt.delimiter == WHITESPACE:
+                values = r.payload.split()
+            else:
+                reader = csv.reader(
+                    [r.payload.rstrip("\r\n")],
+                    delimiter=self.fmt.delimiter,
+                    quotechar=self.fmt.quote_char or '"',
+                    quoting=csv.QUOTE_MINIMAL if self.fmt.quote_char else csv.QUOTE_NONE,
+                    escapechar=self.fmt.escape_char,
+                )
+                try:
+                    values = next(reader, [])
+                except csv.Error:
+                    continue
+            if max(at) >= len(values) or not all(values[i] for i in at):
+                continue
+            order_id = fmap.separator.join(values[i] for i in at)
+            out.setdefault(order_id, f"line {r.line} of this order could not be read ({r.reason})")
+        return out
 
     def _line_partial(self, chunk: Chunk, seq: int) -> pa.Table:
         """Return one row per order id of a chunk of lines (fields of its first line)."""
@@ -778,7 +859,9 @@ class Mapper:
         orders = self._group(partials)
         return orders.take(pc.sort_indices(orders.column("__seq")))
 
-    def _line_chunk(self, orders: pa.Table, source: str, rejects: list) -> Chunk:
+    def _line_chunk(
+        self, orders: pa.Table, source: str, rejects: list, unread: dict[str, str]
+    ) -> Chunk:
         n = orders.num_rows
         fields = _Fields(n)
         names = set(orders.column_names)
@@ -793,6 +876,14 @@ class Mapper:
             fields.text[f.name] = text
             if f"__error_{f.name}" in names:
                 fields.fail(f.name, orders.column(f"__error_{f.name}").combine_chunks())
+        if unread and "order_id" in fields.text:
+            ids = pa.array(list(unread), _TEXT)
+            at = pc.index_in(fields.text["order_id"], value_set=ids)
+            why = pc.take(pa.array(list(unread.values()), _TEXT), at)
+            fields.fail(
+                "amount",
+                pc.binary_join_element_wise("amount: ", why, ", so its sum is not known", ""),
+            )
         if self.emap.refunds is not None:
             marked = orders.column("__refund").combine_chunks()
             self._refunds(Chunk(orders, source, np.empty(0)), fields, marked=marked)

@@ -9,7 +9,8 @@ are :mod:`lifecycle.parse`'s, so one set of rules serves every source.
 A quoted CSV value may hold line breaks (a note, an address); such a record is numbered by
 its first line. A quote that is not closed within MAX_RECORD_LINES, or whose lines do not
 read as one record of the header's field count, is a stray one: it costs its own line, not
-the rows after it.
+the rows after it. A quote inside an unquoted value (an inch mark, ``Eldon 12" Clock``) is
+a character: such a line reads alone as a record, as pyarrow and Python's csv read it.
 
 A CSV file's dialect is a :class:`~lifecycle.sources_file.CsvFormat` (delimiter, quote and
 escape characters, encoding, header or given column names, lines to skip, null markers);
@@ -140,9 +141,19 @@ def _clean_lines(
         rejects.append(Reject(locator, int(numbers[i]), reason, payload))
 
     i = 0
+    opened = -2  # the last line quarantined for a quote it left open
     while i < len(starts):
         reason = _line_fault(data[starts[i] : ends[i]], bool(bare_cr[i]), encoding)
-        if odd[i]:
+        # A quote inside an unquoted value (Eldon 12" Clock) leaves no value open: such a
+        # line reads alone as a record, as pyarrow, Python's csv and pandas read it. It is
+        # one, unless the line before left a quote open (then it is that record's rest).
+        alone = (
+            bool(odd[i])
+            and fields is not None
+            and not reason
+            and _fields(data[starts[i] : ends[i]], delimiter, chr(quote)) == fields
+        )
+        if odd[i] and not alone:
             at = int(np.searchsorted(odd_lines, i, side="right"))
             j = int(odd_lines[at]) if at < len(odd_lines) else None
             if j is None and not final and _may_span(i, len(starts), starts[i], len(data)):
@@ -171,7 +182,9 @@ def _clean_lines(
                         multiline = True
                     i = j + 1
                     continue
+        if odd[i] and (not alone or i - 1 == opened):
             reason = reason or f"malformed row: unbalanced {which}"
+            opened = i
         if reason:
             reject(i, i, reason)
         else:
@@ -427,7 +440,12 @@ def _check_header(columns: list[str], locator: str) -> None:
     seen: dict[str, int] = {}
     for i, name in enumerate(columns, 1):
         if not name:
-            raise LoadError(f"{locator}: line 1: column {i} of the header has no name")
+            raise LoadError(
+                f"{locator}: line 1: column {i} of the header has no name (a delimiter at the "
+                "end of the header, as a spreadsheet saves empty columns?): name every column "
+                "in the sources file with format: {header: false, skip_rows: 1, "
+                "column_names: [...]}"
+            )
         if name in seen:
             raise LoadError(
                 f"{locator}: line 1: column {name!r} appears twice in the header "

@@ -149,7 +149,9 @@ BAD_FILES = {
     ),
     "trailing-delimiter": (
         b"order_id,customer_id,ordered_at,amount,\nO1,C1,2024-01-01,10,\n",
-        "line 1: column 5 of the header has no name",
+        "line 1: column 5 of the header has no name (a delimiter at the end of the header, "
+        "as a spreadsheet saves empty columns?): name every column in the sources file with "
+        "format: {header: false, skip_rows: 1, column_names: [...]}",
     ),
 }
 
@@ -189,7 +191,10 @@ BAD_ROWS = {
     "amount-1e309": ("Q,C9,2024-01-01,1e309", "amount: '1e309' is not a valid numeric"),
     "amount-nan": ("Q,C9,2024-01-01,NaN", "amount: 'NaN' is not a valid numeric"),
     "amount-inf": ("Q,C9,2024-01-01,inf", "amount: 'inf' is not a valid numeric"),
-    "amount-decimal-comma": ('Q,C9,2024-01-01,"1,5"', "amount: '1,5' is not a valid numeric"),
+    "amount-decimal-comma": (
+        'Q,C9,2024-01-01,"1,5"',
+        "amount: '1,5' is not a number in the file's dialect: set format.decimal_separator: ','",
+    ),
     "amount-unicode-minus": ("Q,C9,2024-01-01,\u22125", "amount: '\u22125' is not a valid numeric"),
     "date-0000-00-00": ("Q,C9,0000-00-00,10", "ordered_at: '0000-00-00' is not an ISO-8601"),
     "date-2024-02-30": ("Q,C9,2024-02-30,10", "ordered_at: '2024-02-30' is not an ISO-8601"),
