@@ -9,6 +9,7 @@ With a URL configured, that server is used as it is and never started or stopped
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import time
@@ -542,3 +543,86 @@ def status(settings: Settings | None = None) -> WarehouseStatus:
     return WarehouseStatus(
         mode, True, url, pid, pgdata, version, tuple(s for s in SCHEMAS if s in found)
     )
+
+
+class CopyStream(io.RawIOBase):
+    """A file-like view of a COPY TO STDOUT stream."""
+
+    def __init__(self, copy) -> None:
+        self._blocks = iter(copy)
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self, n: int | None) -> None:
+        while n is None or n < 0 or len(self._buf) < n:
+            block = next(self._blocks, None)
+            if block is None:
+                return
+            self._buf += bytes(block)
+
+    def read(self, n: int = -1) -> bytes:
+        self._fill(None if n is None or n < 0 else n)
+        if n is None or n < 0:
+            n = len(self._buf)
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+    def readline(self, limit: int = -1) -> bytes:
+        while b"\n" not in self._buf:
+            before = len(self._buf)
+            self._fill(before + 65536)
+            if len(self._buf) == before:
+                break
+        cut = self._buf.find(b"\n") + 1 or len(self._buf)
+        out, self._buf = self._buf[:cut], self._buf[cut:]
+        return out
+
+
+#: PostgreSQL type OIDs read as Arrow types by :func:`query_arrow` (any other: text).
+_ARROW_TYPES = {
+    16: "bool_",
+    20: "int64",
+    21: "int64",
+    23: "int64",
+    700: "float64",
+    701: "float64",
+    1700: "float64",
+    1082: "date32",
+}
+
+
+def query_arrow(conn: psycopg.Connection, query: str, params: object = None):
+    """Return the rows of `query` as an Arrow table, streamed through COPY.
+
+    ``fetchall`` builds a Python object per value (a Decimal per numeric): the training
+    snapshots at 1M customers (millions of rows of ~60 columns) took 7.6 GB that way. COPY's
+    CSV, parsed by pyarrow as it streams, holds each column as one typed array. Column types
+    come from the query's own description (numeric read as float64, dates as dates);
+    NULL and an empty string stay apart (COPY quotes the empty string).
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    with conn.cursor() as cur:
+        cur.execute(f"select * from ({query}) as q limit 0", params)
+        names = [d.name for d in cur.description]
+        kinds = [_ARROW_TYPES.get(d.type_code, "string") for d in cur.description]
+        types = {n: getattr(pa, k)() for n, k in zip(names, kinds, strict=True)}
+        copy_sql = f"copy ({query}) to stdout with (format csv, header)"
+        with cur.copy(copy_sql, params) as copy:
+            reader = pacsv.open_csv(
+                CopyStream(copy),
+                read_options=pacsv.ReadOptions(use_threads=False, block_size=8 << 20),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=types,
+                    null_values=[""],
+                    strings_can_be_null=True,
+                    quoted_strings_can_be_null=False,
+                    true_values=["t"],
+                    false_values=["f"],
+                ),
+            )
+            return reader.read_all()

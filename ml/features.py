@@ -603,11 +603,18 @@ def compute_features(
     """Return the point-in-time features (and labels) of every eligible customer per snapshot."""
     _require_warehouse(conn)
     _plan(conn)
-    with conn.cursor() as cur:
-        cur.execute(FEATURES_SQL, _params(snapshots, horizon_days, data_as_of))
-        names = [d.name for d in cur.description]
-        frame = pd.DataFrame(cur.fetchall(), columns=names)
+    frame = _frame(conn, FEATURES_SQL, _params(snapshots, horizon_days, data_as_of))
     return typed(frame).sort_values(["snapshot_date", "customer_key"], ignore_index=True)
+
+
+def _frame(conn: psycopg.Connection, query: str, params: object) -> pd.DataFrame:
+    """Return the rows of `query` as a DataFrame, read column by column (bounded memory:
+    :func:`lifecycle.warehouse.query_arrow`); dates stay ``datetime.date`` objects."""
+    from lifecycle.warehouse import query_arrow
+
+    return query_arrow(conn, query, params).to_pandas(
+        date_as_object=True, split_blocks=True, self_destruct=True
+    )
 
 
 def typed(frame: pd.DataFrame) -> pd.DataFrame:
@@ -709,13 +716,12 @@ def build_training_set(
 
 def read_training_set(conn: psycopg.Connection, snapshots: Sequence[dt.date]) -> pd.DataFrame:
     """Return the rows of ml.training_set for `snapshots`, typed like :func:`compute_features`."""
-    with conn.cursor() as cur:
-        cur.execute(
-            f"select {', '.join(COLUMNS)} from ml.training_set "
-            "where snapshot_date = any(%s::date[]) order by snapshot_date, customer_key",
-            (sorted(set(snapshots)),),
-        )
-        frame = pd.DataFrame(cur.fetchall(), columns=list(COLUMNS))
+    frame = _frame(
+        conn,
+        f"select {', '.join(COLUMNS)} from ml.training_set "
+        "where snapshot_date = any(%s::date[]) order by snapshot_date, customer_key",
+        (sorted(set(snapshots)),),
+    )
     return typed(frame)
 
 

@@ -18,12 +18,12 @@ an expression PostgreSQL rejects fails with a message naming the key and the val
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 
 import psycopg
 from psycopg import sql
 
+from lifecycle import warehouse as wh
 from lifecycle.extract.readers import read_csv_chunks
 from lifecycle.parse import Chunk, Window
 from lifecycle.raw import RawEntity
@@ -249,7 +249,7 @@ def db_chunks(url: str, query: sql.Composable, locator: str, zone: str = "UTC") 
     with psycopg.connect(url) as conn, conn.cursor() as cur:
         cur.execute(sql.SQL("set time zone {}").format(sql.Literal(zone)))
         with cur.copy(query) as copy:
-            yield from read_csv_chunks(_CopyStream(copy), locator)
+            yield from read_csv_chunks(wh.CopyStream(copy), locator)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -260,38 +260,3 @@ def _first_line(exc: BaseException) -> str:
 def _echo(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 200 else text[:200] + "...(truncated)"
-
-
-class _CopyStream(io.RawIOBase):
-    """A file-like view of a COPY TO STDOUT stream."""
-
-    def __init__(self, copy) -> None:
-        self._blocks = iter(copy)
-        self._buf = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def _fill(self, n: int | None) -> None:
-        while n is None or n < 0 or len(self._buf) < n:
-            block = next(self._blocks, None)
-            if block is None:
-                return
-            self._buf += bytes(block)
-
-    def read(self, n: int = -1) -> bytes:
-        self._fill(None if n is None or n < 0 else n)
-        if n is None or n < 0:
-            n = len(self._buf)
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return out
-
-    def readline(self, limit: int = -1) -> bytes:
-        while b"\n" not in self._buf:
-            before = len(self._buf)
-            self._fill(before + 65536)
-            if len(self._buf) == before:
-                break
-        cut = self._buf.find(b"\n") + 1 or len(self._buf)
-        out, self._buf = self._buf[:cut], self._buf[cut:]
-        return out

@@ -315,3 +315,46 @@ def test_missing_warehouse_layers_give_a_clear_error(fresh_db) -> None:
         pytest.raises(ft.FeatureError, match="lifecycle transform"),
     ):
         ft.compute_features(conn, [CUT])
+
+
+def _fetched(conn: psycopg.Connection, query: str, params: object) -> pd.DataFrame:
+    """The rows of `query` as psycopg's fetchall gives them (a Python object per value)."""
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        return pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
+
+
+def test_frames_read_through_copy_equal_the_fetched_rows_value_for_value(leakage) -> None:
+    """Training reads its snapshots column by column through COPY (bounded memory at 1M
+    customers); the values must be those the row-by-row fetch gives, to the bit, so that a
+    model trained on them scores the customers that scoring fetches in chunks the same."""
+    url, *_ = leakage
+    with psycopg.connect(url) as conn:
+        # as of CUT: the later snapshots' labels are still unknown (NULL)
+        params = ft._params(SNAPSHOTS, 90, CUT)
+        with conn.transaction():
+            ft._plan(conn)
+            fetched = ft.typed(_fetched(conn, ft.FEATURES_SQL, params)).sort_values(
+                ["snapshot_date", "customer_key"], ignore_index=True
+            )
+        copied = ft.compute_features(conn, SNAPSHOTS, horizon_days=90, data_as_of=CUT)
+        stored = ft.read_training_set(conn, [SNAPSHOTS[0]])
+        stored_fetched = ft.typed(
+            _fetched(
+                conn,
+                f"select {', '.join(ft.COLUMNS)} from ml.training_set order by 1, 2",
+                None,
+            )
+        )
+    for got, want in ((copied, fetched), (stored, stored_fetched)):
+        assert len(got) == len(want) > 100
+        assert list(got.columns) == list(want.columns)
+        for col in want.columns:
+            if pd.api.types.is_float_dtype(want[col]):
+                assert got[col].dtype == np.float64, col
+                np.testing.assert_array_equal(got[col].to_numpy(), want[col].to_numpy(), col)
+            else:  # keys, categories, dates (datetime.date), labels, horizon: same values
+                assert got[col].tolist() == want[col].tolist(), col
+    # NULLs of every kind were there to be read: labels, numbers, categories
+    assert copied["churned"].isna().any() and copied["churned"].notna().any()
+    assert copied["gap_median_days"].isna().any() and copied["acquisition_channel"].isna().any()
