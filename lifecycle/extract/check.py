@@ -433,9 +433,19 @@ def _check_sample(
     # No cursor: every sampled row counts, whatever day it belongs to.
     checker = Checker(entity, window, None, timezone=mapper.timezone)
     order_ids: collections.Counter[tuple] = collections.Counter()
+    buyers: dict[str, set[str]] = collections.defaultdict(set)  # customer_id -> order ids
     for mapped in mapper.map_chunks(chunks):
         checked = checker.check(mapped)
         report.mapped += mapped.table.num_rows
+        if entity.entity == "orders" and {"order_id", "customer_id"} <= set(
+            checked.table.column_names
+        ):
+            for who, oid in zip(
+                checked.table.column("customer_id").to_pylist(),
+                checked.table.column("order_id").to_pylist(),
+                strict=True,
+            ):
+                buyers[who].add(oid)
         lines_as_orders = entity.entity == "orders" and emap.grain == "order"
         if lines_as_orders and "order_id" in mapped.table.column_names:
             # a version of an order (a refund naming it) repeats its id at another time
@@ -474,7 +484,31 @@ def _check_sample(
             "order line (a Shopify export has one row per item, the order's fields on its "
             "first), set grain: line to sum the lines into one order"
         )
+    report.notes += _placeholder_customer(buyers, emap)
     _judge(report, entity, emap, sources, settings)
+
+
+def _placeholder_customer(buyers: dict[str, set[str]], emap: EntityMap) -> list[str]:
+    """Return a note when one customer_id holds a share of the orders no real buyer has.
+
+    Shops write a placeholder for guest checkouts (WooCommerce: 0; others: "guest", "-"):
+    every guest then becomes one customer with thousands of orders, whose lifecycle stage,
+    churn risk and CLV mean nothing. Nothing fails on it, so only the sample can tell.
+    """
+    orders = sum(len(ids) for ids in buyers.values())
+    if len(buyers) < 3 or orders < 20:
+        return []
+    who, ids = max(buyers.items(), key=lambda kv: len(kv[1]))
+    if len(ids) < max(5, 0.2 * orders):
+        return []
+    column = emap.field_map("customer_id")
+    source = f"column {column.source_columns[0]!r}" if column and column.source_columns else "it"
+    return [
+        f"customer_id {who!r} is on {len(ids)} of {orders} sampled orders "
+        f"({len(ids) / orders:.0%}): if it stands for guest checkouts, every guest becomes "
+        f"one customer; map customer_id from {source} only where it is a real id, e.g. "
+        "from the customer's email (customer_id: <email column>)"
+    ]
 
 
 #: A column name that says its times are UTC (Stripe's "Created (UTC)", "date_gmt").

@@ -707,3 +707,46 @@ def test_numbers_in_another_dialect_say_which_setting_reads_them(tmp_path: Path)
         "fails: '45,00' is not a number in the file's dialect: set format.decimal_separator: "
         "',' (and thousands_separator: '.') (from column 'Bestellsumme')"
     )
+
+
+GUESTS = """
+version: 1
+business: {{timezone: UTC, currency: EUR}}
+sources:
+  orders:
+    kind: csv
+    path: {path}
+    entities:
+      orders:
+        columns:
+          order_id: Order Number
+          customer_id: {customer}
+          ordered_at: Order Date
+          amount: Order Total Amount
+          status: {{constant: completed}}
+"""
+
+
+def test_sources_check_notes_a_customer_id_that_stands_for_every_guest(tmp_path: Path) -> None:
+    """WooCommerce writes customer id 0 for a guest checkout: mapped as it is, every guest
+    would be one customer with a third of the orders. Nothing fails on it; the check says
+    so, and mapped from the email the note goes."""
+    lines = ["Order Number,Customer User,Order Date,Billing Email,Order Total Amount"]
+    for i in range(30):
+        guest = i % 3 == 0
+        user = "0" if guest else str(100 + i % 7)
+        lines.append(f"{2000 + i},{user},2024-03-{1 + i:02d} 10:00:00,p{i % 11}@example.com,9.50")
+    path = tmp_path / "orders.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    note = (
+        "note: customer_id '0' is on 10 of 30 sampled orders (33%): if it stands for guest "
+        "checkouts, every guest becomes one customer; map customer_id from column "
+        "'Customer User' only where it is a real id, e.g. from the customer's email "
+        "(customer_id: <email column>)"
+    )
+    for customer, noted in (("Customer User", True), ("Billing Email", False)):
+        src = sources_file(tmp_path, GUESTS.format(path=path, customer=customer))
+        out = lifecycle(tmp_path, "postgresql://unused@127.0.0.1:1/x", "sources", "check",
+                        LIFECYCLE_SOURCES_FILE=src)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert (note in out.stdout) is noted, out.stdout
