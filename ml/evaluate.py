@@ -107,6 +107,7 @@ def bootstrap_auc_difference(
     y = np.asarray(y, dtype=int)
     a, b = np.asarray(score_a, dtype=float), np.asarray(score_b, dtype=float)
     rng = np.random.default_rng(seed)
+    ranked_a, ranked_b = _RankedScores(a, y), _RankedScores(b, y)
     diffs = []
     n = len(y)
     for _ in range(int(resamples)):
@@ -114,7 +115,8 @@ def bootstrap_auc_difference(
         yy = y[idx]
         if yy.min() == yy.max():
             continue
-        diffs.append(roc_auc_score(yy, a[idx]) - roc_auc_score(yy, b[idx]))
+        weights = np.bincount(idx, minlength=n).astype(float)
+        diffs.append(ranked_a.auc(weights) - ranked_b.auc(weights))
     d = np.asarray(diffs)
     tail = (1.0 - level) / 2.0
     return {
@@ -124,6 +126,38 @@ def bootstrap_auc_difference(
         "p_not_better": float((d <= 0).mean()),
         "resamples": float(len(d)),
     }
+
+
+class _RankedScores:
+    """One scorer's holdout rows sorted once, for the ROC AUC of any bootstrap resample.
+
+    A resample with replacement is the rows weighted by how often they were drawn, so its
+    ROC AUC is the weighted Mann-Whitney statistic: the chance a positive outranks a
+    negative, ties counting half (what ``roc_auc_score`` computes on the resampled rows,
+    to rounding). Sorting once and summing weights per tied score costs two bincounts per
+    resample instead of a sort of the whole holdout: at 1M customers the 1,200 calls of
+    ``roc_auc_score`` took most of the training's evaluation (about 5 of its 12 minutes).
+    """
+
+    def __init__(self, score: np.ndarray, y: np.ndarray) -> None:
+        self.order = np.argsort(score, kind="stable")
+        ordered = score[self.order]
+        #: tied scores share a group, groups in ascending score order
+        self.group = np.concatenate(([0], np.cumsum(ordered[1:] != ordered[:-1])))
+        self.groups = int(self.group[-1]) + 1 if len(ordered) else 0
+        self.positive = y[self.order] == 1
+
+    def auc(self, weights: np.ndarray) -> float:
+        """Return the ROC AUC of the rows weighted by `weights` (one per original row)."""
+        w = weights[self.order]
+        pos = np.bincount(
+            self.group, weights=np.where(self.positive, w, 0.0), minlength=self.groups
+        )
+        neg = np.bincount(
+            self.group, weights=np.where(self.positive, 0.0, w), minlength=self.groups
+        )
+        below = np.cumsum(neg) - neg  # negatives scored strictly below each group
+        return float(np.dot(pos, below + 0.5 * neg) / (pos.sum() * neg.sum()))
 
 
 # ------------------------------------------------------------------------- baselines

@@ -365,3 +365,20 @@ def test_btyd_features_are_empty_not_an_error_when_bgnbd_cannot_be_fitted() -> N
     assert out[list(frame.columns)].equals(frame)  # the inputs untouched
     empty = btyd_features(frame, None, horizon_days=90)
     assert empty.shape == (440, len(BTYD_FEATURES)) and empty.isna().all().all()
+
+
+def test_the_resampled_roc_auc_is_sklearns_on_the_resampled_rows() -> None:
+    """The bootstrap scores a resample as weights on rows sorted once; it must be the
+    ROC AUC scikit-learn gives on the resampled rows themselves, ties included."""
+    from sklearn.metrics import roc_auc_score
+
+    from ml.evaluate import _RankedScores
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(5_000) < 0.4).astype(int)
+    score = np.round(rng.random(5_000) + 0.2 * y, 2)  # many ties
+    ranked = _RankedScores(score, y)
+    for _ in range(20):
+        idx = rng.integers(0, len(y), len(y))
+        weights = np.bincount(idx, minlength=len(y)).astype(float)
+        assert ranked.auc(weights) == pytest.approx(roc_auc_score(y[idx], score[idx]), abs=1e-12)
