@@ -556,11 +556,17 @@ class CopyStream(io.RawIOBase):
         return True
 
     def _fill(self, n: int | None) -> None:
-        while n is None or n < 0 or len(self._buf) < n:
+        # COPY hands over ~8 KB pieces: joined once, not appended one by one (which copies
+        # the buffer per piece: quadratic in a read of 8 MB, 20x slower than fetchall).
+        parts, size = [self._buf], len(self._buf)
+        while n is None or n < 0 or size < n:
             block = next(self._blocks, None)
             if block is None:
-                return
-            self._buf += bytes(block)
+                break
+            parts.append(bytes(block))
+            size += len(block)
+        if len(parts) > 1:
+            self._buf = b"".join(parts)
 
     def read(self, n: int = -1) -> bytes:
         self._fill(None if n is None or n < 0 else n)

@@ -214,7 +214,7 @@ def load_frames(as_of: dt.date, settings: Settings, spec: Mapping[str, Any]) -> 
     # the fit at the training date is kept: it travels with the churn models (train_churn)
     current_fit = None if current.empty else ft.fit_btyd(current, params, label=as_of)
     current = current.assign(**ft.btyd_features(current, current_fit, horizon_days=horizon))
-    by_date = {d: labelled[labelled["snapshot_date"] == d] for d in dates}
+    by_date = _by_snapshot(labelled, dates)
     reached = [d for d in dates if not by_date[d].empty]
     if len(reached) >= 3 and reached == dates[: len(reached)]:
         # a history that starts after the oldest snapshots (a shop of under a year) trains
@@ -255,6 +255,23 @@ def load_frames(as_of: dt.date, settings: Settings, spec: Mapping[str, Any]) -> 
             [*ft.NUMERIC_FEATURES, *ft.BTYD_FEATURES, *ft.CATEGORICAL_FEATURES], absent, train
         ),
     )
+
+
+def _by_snapshot(labelled: pd.DataFrame, dates: list[dt.date]) -> dict[dt.date, pd.DataFrame]:
+    """Return the rows of each snapshot date: slices of `labelled`, not copies.
+
+    The rows come ordered by snapshot date (read_training_set); a slice of them shares the
+    frame's memory (copy-on-write), where a boolean mask would copy every snapshot and hold
+    the training rows twice (at 1M customers, 3.1M rows of about 60 columns).
+    """
+    column = labelled["snapshot_date"]
+    if not column.is_monotonic_increasing:
+        return {d: labelled[column == d] for d in dates}
+    values = column.to_numpy()
+    return {
+        d: labelled.iloc[np.searchsorted(values, d, "left") : np.searchsorted(values, d, "right")]
+        for d in dates
+    }
 
 
 def _no_orders_after(conn, as_of: dt.date, newest_snapshot: dt.date) -> None:
