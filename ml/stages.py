@@ -136,7 +136,7 @@ def evaluate(as_of: dt.date, settings: Settings, churn_run_id: str) -> dict[str,
     from ml.evaluate import save_plots
 
     spec, clv_spec, _ = _specs()
-    frames = tr.load_frames(as_of, settings, spec)
+    frames = tr.load_frames(as_of, settings, spec, holdout_only=True)
     tracking.configure(settings)
     model = mlflow.sklearn.load_model(f"runs:/{churn_run_id}/model")
     orders_only = mlflow.sklearn.load_model(f"runs:/{churn_run_id}/{ORDERS_ONLY_ARTIFACT}")
@@ -192,7 +192,7 @@ def promote(
     spec, _, _ = _specs()
     client = tracking.configure(settings)
     decisions: dict[str, dict[str, Any]] = {}
-    frames = tr.load_frames(as_of, settings, spec)
+    frames = tr.load_frames(as_of, settings, spec, holdout_only=True)
     champion_version, champion_value, champion_p = tr.champion_holdout_scores(
         settings, frames.holdout
     )

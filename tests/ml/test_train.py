@@ -3,6 +3,7 @@ and champion/challenger promotion both ways."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from ml import tracking
@@ -166,3 +167,18 @@ def test_promotion_both_ways(trained) -> None:
         v4, twin, _ = _register(settings, frames, full_spec)
         assert v4 == "4" and not twin.promoted
         assert "gain +0.0000, bootstrap interval [+0.0000, +0.0000]" in twin.reason
+
+
+def test_the_holdout_alone_is_the_holdout_of_the_whole_load(trained) -> None:
+    """evaluate and promote read the holdout and calibration snapshots alone: the same
+    rows and features, BTYD columns included, as the whole load gives them."""
+    spec = load_churn_spec()
+    whole = load_frames(trained.world.end, trained.settings, spec)
+    alone = load_frames(trained.world.end, trained.settings, spec, holdout_only=True)
+    assert (alone.holdout_date, alone.calibration_date) == (
+        whole.holdout_date,
+        whole.calibration_date,
+    )
+    assert len(alone.holdout) > 100 and alone.train.empty and alone.current.empty
+    pd.testing.assert_frame_equal(alone.holdout, whole.holdout, check_exact=True)
+    pd.testing.assert_frame_equal(alone.calibration, whole.calibration, check_exact=True)
