@@ -214,9 +214,9 @@ def load_frames(
         labelled = ft.read_training_set(conn, dates[:2] if holdout_only else dates)
         if not labelled.empty and labelled["churned"].astype(bool).all():
             _no_orders_after(conn, as_of, dates[0])
-        if not holdout_only:
+        if not holdout_only:  # what the holdout-only frames leave empty is not read
             current = ft.compute_features(conn, [as_of], horizon_days=horizon, data_as_of=as_of)
-        absent = absent_entities(settings, conn, set(ft.FEATURE_SOURCES.values()))
+            absent = absent_entities(settings, conn, set(ft.FEATURE_SOURCES.values()))
     # BG/NBD + Gamma-Gamma fitted per snapshot on that snapshot's RFM (data <= D only)
     params = btyd_params()
     labelled = ft.add_btyd_features(labelled, horizon_days=horizon, clv_params=params)
