@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=100_000)
     ap.add_argument("--world", type=Path, help="reuse a generated world (ending 2024-12-31)")
     ap.add_argument("--threads", type=int, default=DEFAULT_THREADS)
+    ap.add_argument("--top", type=int, default=6, help="how many of the slowest nodes to print")
     args = ap.parse_args()
 
     with scratch_warehouse("dbt") as (tmp, url):
@@ -53,12 +54,12 @@ def main() -> None:
         print(f"landed in {land(settings, day0, full=True, verbose=True):.1f}s")
 
         full = transform(day0, settings, full_refresh=True, threads=args.threads, quiet=True)
-        print(f"\nfull refresh   {full.describe()}\n{_slowest(full)}")
+        print(f"\nfull refresh   {full.describe()}\n{_slowest(full, args.top)}")
 
         print(f"\nlanding one new day, {day1}")
         print(f"landed in {land(settings, day1, full=False, verbose=True):.1f}s")
         incr = transform(day1, settings, threads=args.threads, quiet=True)
-        print(f"\nincremental    {incr.describe()}\n{_slowest(incr)}")
+        print(f"\nincremental    {incr.describe()}\n{_slowest(incr, args.top)}")
 
         with psycopg.connect(url) as conn:
             customers = conn.execute("select count(*) from marts.customers").fetchone()[0]

@@ -3,7 +3,7 @@
 -- customer's completed orders.
 with
 
-versions as (
+versions as not materialized (
     select * from {{ ref('int_orders_versioned') }}
 ),
 

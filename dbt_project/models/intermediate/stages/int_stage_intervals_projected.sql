@@ -51,7 +51,7 @@ customers as (
     select * from {{ ref('int_customers_resolved') }}
 ),
 
-spans as (
+spans as not materialized (
     select * from {{ ref('int_orders_spanned') }}
 ),
 

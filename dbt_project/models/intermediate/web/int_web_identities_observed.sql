@@ -18,7 +18,7 @@
 -- point-in-time features (ml/features.py) read it for who was on a device by a date.
 with
 
-events as (
+events as not materialized (
     select * from {{ ref('stg_web__events') }}
 ),
 
@@ -27,9 +27,7 @@ new_events as (
     select *
     from events
     where
-        _loaded_at > (
-            select coalesce(max(max_loaded_at), '-infinity'::timestamptz) from {{ this }}
-        ) - interval '{{ var("incremental_lookback_hours") }} hours'
+        _loaded_at > {{ incremental_watermark('max_loaded_at') }}
 ),
 
 -- devices built before known_date existed (null there): recomputed once, on the first

@@ -21,7 +21,7 @@
 -- anonymous_id form a device per session ('session:<session_key>').
 with
 
-events as (
+events as not materialized (
     select * from {{ ref('stg_web__events') }}
 ),
 
@@ -30,9 +30,7 @@ new_events as (
     select *
     from events
     where
-        _loaded_at > (
-            select coalesce(max(max_loaded_at), '-infinity'::timestamptz) from {{ this }}
-        ) - interval '{{ var("incremental_lookback_hours") }} hours'
+        _loaded_at > {{ incremental_watermark('max_loaded_at') }}
 ),
 
 -- every event of a device with new events; without a device, every event of the session

@@ -18,7 +18,7 @@
 -- the same rows as a full refresh.
 with
 
-events as (
+events as not materialized (
     select * from {{ ref('stg_web__events') }}
 ),
 
@@ -28,9 +28,7 @@ touched_devices as (
     from events
     where
         anonymous_id is not null
-        and _loaded_at > (
-            select coalesce(max(max_loaded_at), '-infinity'::timestamptz) from {{ this }}
-        ) - interval '{{ var("incremental_lookback_hours") }} hours'
+        and _loaded_at > {{ incremental_watermark('max_loaded_at') }}
 ),
 
 device_events as (

@@ -13,7 +13,7 @@
 --     to the as-of date / the channel's buyers.
 with
 
-customers as (
+customers as not materialized (
     select * from {{ ref('customers') }}
 ),
 
@@ -25,7 +25,7 @@ history as (
     select * from {{ ref('customer_stage_history') }}
 ),
 
-spend_in_currency as (
+spend_in_currency as not materialized (
     select * from {{ ref('stg_marketing__spend') }}
 ),
 

@@ -6,7 +6,7 @@ resolved as (
     select * from {{ ref('int_customers_resolved') }}
 ),
 
-contacts as (
+contacts as not materialized (
     select * from {{ ref('int_contacts_attributed') }}
 ),
 

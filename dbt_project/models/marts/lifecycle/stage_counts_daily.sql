@@ -3,7 +3,7 @@
 -- starts and ends: no day-by-customer expansion).
 with
 
-history as (
+history as not materialized (
     select * from {{ ref('customer_stage_history') }}
 ),
 

@@ -10,7 +10,7 @@ history as (
     select * from {{ ref('customer_stage_history') }}
 ),
 
-counts as (
+counts as not materialized (
     select * from {{ ref('stage_counts_daily') }}
 ),
 

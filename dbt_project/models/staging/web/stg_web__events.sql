@@ -40,9 +40,7 @@ renamed as (
     {% if is_incremental() %}
     -- raw batches landed since the last run (var incremental_lookback_hours: a margin for
     -- loads that commit while a transform runs; 0 when loads and transforms alternate)
-    where _loaded_at > (
-        select coalesce(max(_loaded_at), '-infinity'::timestamptz) from {{ this }}
-    ) - interval '{{ var("incremental_lookback_hours") }} hours'
+    where _loaded_at > {{ incremental_watermark('_loaded_at') }}
     {% endif %}
 ),
 

@@ -2,7 +2,7 @@
 -- interval table: filter it by customer_key and/or date_day).
 with
 
-history as (
+history as not materialized (
     select * from {{ ref('customer_stage_history') }}
 ),
 
