@@ -41,6 +41,7 @@ EXTRA_ORDERS = (
 #: Tables and incremental models compared between the daily builds and the full refresh.
 COMPARED = (
     "staging.stg_web__events",
+    "intermediate.int_identifiers_clustered",
     "intermediate.int_web_identities_observed",
     "intermediate.int_web_session_days_aggregated",
     "intermediate.int_stage_intervals_projected",
@@ -179,3 +180,28 @@ def test_identity_resolution_against_the_ground_truth(world) -> None:
     # never two people in one customer; a split only while a linking record is still late
     assert max(len(p) for p in people_per_key.values()) == 1
     assert split <= 5
+
+
+def test_an_earlier_date_undoes_a_merge_as_a_full_refresh_does(world) -> None:
+    """Links can disappear (an earlier as-of date, an erasure): a daily build splits the
+    person again, and every mart and incremental model is then what a full refresh as of
+    that date builds. Runs last in the module: it rebuilds as
+    of 27 June, then restores the END build."""
+    url, settings, _, _, _, _, _ = world
+    before_merge = dt.date(2024, 6, 27)  # OMERGE3 links CMERGE2 to merge.a@ on the 28th
+    merged_keys = (
+        "select count(distinct customer_key) from intermediate.int_identifiers_clustered "
+        "where identifier_value in ('CMERGE1', 'CMERGE2')"
+    )
+    assert rows(url, merged_keys) == [(1,)]
+    try:
+        result = transform(before_merge, settings, quiet=True)
+        assert result.success
+        assert rows(url, merged_keys) == [(2,)]
+        compared = (*_tables(url), *COMPARED)
+        incremental = {t: snapshot(url, t) for t in compared}
+        transform(before_merge, settings, full_refresh=True, quiet=True)
+        for table in compared:
+            assert snapshot(url, table) == incremental[table], f"{table} differs"
+    finally:
+        transform(END, settings, full_refresh=True, quiet=True)
