@@ -1,6 +1,7 @@
 """`dbt build` time on a sample world: full refresh versus an incremental day, in one run.
 
     .venv/bin/python bench/bench_dbt.py [--customers 100000] [--world DIR] [--threads N]
+                                        [--top N]
 
 Generates a sample world (or reuses --world) ending on END, starts a private embedded
 PostgreSQL (or uses LIFECYCLE_WAREHOUSE_URL: a scratch database is created there), lands

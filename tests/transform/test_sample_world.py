@@ -185,8 +185,8 @@ def test_identity_resolution_against_the_ground_truth(world) -> None:
 def test_an_earlier_date_undoes_a_merge_as_a_full_refresh_does(world) -> None:
     """Links can disappear (an earlier as-of date, an erasure): a daily build splits the
     person again, and every mart and incremental model is then what a full refresh as of
-    that date builds. Runs last in the module: it rebuilds as
-    of 27 June, then restores the END build."""
+    that date builds. Runs last in the module: it rebuilds as of 27 June, then restores
+    the END build."""
     url, settings, _, _, _, _, _ = world
     before_merge = dt.date(2024, 6, 27)  # OMERGE3 links CMERGE2 to merge.a@ on the 28th
     merged_keys = (
