@@ -22,3 +22,32 @@
         '-infinity'::timestamptz
     {%- endif -%}
 {%- endmacro %}
+
+{#
+    A pre-hook of an incremental model that looks rows of its own table up by index:
+    creates an index on `columns` when the table exists and has no index starting with
+    them. dbt creates a model's configured indexes only with the table, so a table built
+    before they were configured (an older release's `table` model, now incremental) would
+    otherwise be probed without one on every run.
+#}
+{% macro create_missing_index(columns, unique=false) -%}
+    do $create_missing_index$
+    begin
+        if to_regclass('{{ this }}') is not null and not exists (
+            select 1
+            from pg_index as i
+            where
+                i.indrelid = to_regclass('{{ this }}')
+                and (
+                    select array_agg(a.attname::text order by k.position)
+                    from unnest((i.indkey::int2[])[0:{{ columns | length - 1 }}])
+                        with ordinality as k (attnum, position)
+                    inner join pg_attribute as a
+                        on a.attrelid = i.indrelid and a.attnum = k.attnum
+                ) = array['{{ columns | join("', '") }}']
+        ) then
+            create {{ 'unique ' if unique }}index on {{ this }} ({{ columns | join(', ') }});
+        end if;
+    end
+    $create_missing_index$
+{%- endmacro %}

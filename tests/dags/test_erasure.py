@@ -40,6 +40,7 @@ COMPARED = (
     "staging.stg_orders__orders",
     "staging.stg_orders__order_items",
     "staging.stg_web__events",
+    "intermediate.int_identifier_links_unioned",
     "intermediate.int_identifiers_clustered",
     "intermediate.int_anonymous_ids_stitched",
     "intermediate.int_orders_enriched",

@@ -41,6 +41,7 @@ EXTRA_ORDERS = (
 #: Tables and incremental models compared between the daily builds and the full refresh.
 COMPARED = (
     "staging.stg_web__events",
+    "intermediate.int_identifier_links_unioned",
     "intermediate.int_identifiers_clustered",
     "intermediate.int_web_identities_observed",
     "intermediate.int_web_session_days_aggregated",

@@ -1,5 +1,35 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key=['identifier_type_a', 'identifier_a', 'identifier_type_b', 'identifier_b'],
+        incremental_strategy='delete+insert',
+        on_schema_change='sync_all_columns',
+        indexes=[
+            {
+                'columns': ['identifier_type_a', 'identifier_a', 'identifier_type_b', 'identifier_b'],
+                'unique': true,
+            },
+        ],
+        pre_hook=[
+            "{{ create_missing_index(
+                ['identifier_type_a', 'identifier_a', 'identifier_type_b', 'identifier_b'],
+                unique=true
+            ) }}",
+        ],
+    )
+}}
+
 -- Every pair of identifiers seen together in a source record (or an identifier seen on its
 -- own), with the first time the pair was seen. Only what happened by the as-of date counts.
+--
+-- Incremental, so that identity resolution follows the change: every run recomputes the
+-- links from the sources and compares them with the table; only the differences are
+-- written, flagged is_pending: a new link, a link whose first_observed_at moved, and a
+-- link gone (an erased or reloaded record, a backfill as of an earlier date) as a
+-- tombstone (is_gone). int_identifiers_clustered re-resolves the components that touch a
+-- pending link, then clears the flags and drops the tombstones (its post-hooks), so after
+-- a build the table equals a full refresh. A build whose resolution did not run leaves
+-- the flags for the next one.
 with
 
 contacts as (
@@ -69,7 +99,7 @@ unioned as (
     select * from event_links
 ),
 
-final as (
+linked as (
     select
         identifier_type_a,
         identifier_a,
@@ -79,6 +109,54 @@ final as (
     from unioned
     where {{ business_date('observed_at') }} <= {{ as_of_date() }}
     group by identifier_type_a, identifier_a, identifier_type_b, identifier_b
+),
+
+{#- a table built before the flags existed is rewritten whole, flagged pending -#}
+{%- set compared = is_incremental() and execute and 'is_pending' in (
+    adapter.get_columns_in_relation(this) | map(attribute='name') | list
+) %}
+{% if compared %}
+previous as (
+    select * from {{ this }}
+),
+
+final as (
+    select
+        coalesce(linked.identifier_type_a, previous.identifier_type_a) as identifier_type_a,
+        coalesce(linked.identifier_a, previous.identifier_a) as identifier_a,
+        coalesce(linked.identifier_type_b, previous.identifier_type_b) as identifier_type_b,
+        coalesce(linked.identifier_b, previous.identifier_b) as identifier_b,
+        coalesce(linked.first_observed_at, previous.first_observed_at) as first_observed_at,
+        linked.identifier_a is null as is_gone,
+        true as is_pending
+    from linked
+    full join previous
+        on previous.identifier_type_a = linked.identifier_type_a
+        and previous.identifier_a = linked.identifier_a
+        and previous.identifier_type_b = linked.identifier_type_b
+        and previous.identifier_b = linked.identifier_b
+    where
+        -- gone since the last build
+        (linked.identifier_a is null and previous.is_gone is not true)
+        -- new
+        or previous.identifier_a is null
+        -- back after a tombstone, or first seen at another time
+        or (
+            linked.identifier_a is not null
+            and (
+                previous.is_gone is true
+                or previous.first_observed_at is distinct from linked.first_observed_at
+            )
+        )
 )
+{% else %}
+final as (
+    select
+        *,
+        false as is_gone,
+        true as is_pending
+    from linked
+)
+{% endif %}
 
 select * from final

@@ -1,3 +1,26 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key=['identifier_type', 'identifier_value'],
+        incremental_strategy='delete+insert',
+        on_schema_change='sync_all_columns',
+        indexes=[
+            {'columns': ['identifier_type', 'identifier_value'], 'unique': true},
+            {'columns': ['customer_key']},
+        ],
+        pre_hook=[
+            "{{ create_missing_index(['identifier_type', 'identifier_value'], unique=true) }}",
+            "{{ create_missing_index(['customer_key']) }}",
+        ],
+        post_hook=[
+            "delete from {{ this }} where customer_key is null",
+            "update {{ ref('int_identifier_links_unioned') }} set is_pending = false
+                where is_pending",
+            "delete from {{ ref('int_identifier_links_unioned') }} where is_gone",
+        ],
+    )
+}}
+
 -- Identity resolution (DESIGN.md §5): the connected components of the graph whose nodes
 -- are emails, shop customer ids (= web user ids) and CRM contact ids, and whose edges are
 -- the links seen in source records. One component is one person.
@@ -6,11 +29,83 @@
 -- first (earliest first_observed_at; ties: email before customer_id before crm_contact_id,
 -- then the smaller value). Keys are deterministic, and adding identifiers to a person
 -- later never changes them; only a merge of two people does (the older key wins).
+--
+-- Incremental: only the people a pending link touches (int_identifier_links_unioned flags
+-- what changed since the resolution last ran) are resolved again, from all their links.
+-- A person none of whose links changed keeps their component and anchor, so their rows
+-- are what a full refresh gives; the components of the touched identifiers (as they
+-- were, and whatever new links join them to) hold every identifier whose component can
+-- have changed. Identifiers left without any link get a row with a null key, which the
+-- post-hook deletes; the post-hooks then clear the links' flags and drop their tombstones.
 with
 
-links as (
+all_links as not materialized (
     select * from {{ ref('int_identifier_links_unioned') }}
 ),
+
+{% if is_incremental() %}
+pending as (
+    select * from all_links where is_pending
+),
+
+touched as (
+    select identifier_type_a as identifier_type, identifier_a as identifier_value
+    from pending
+    union
+    select identifier_type_b as identifier_type, identifier_b as identifier_value
+    from pending
+),
+
+-- The lookups below go through the tables' indexes, a few thousand probes a day: each
+-- is a lateral subquery kept apart from the join by `offset 0`, since PostgreSQL cannot
+-- estimate these CTEs and otherwise sorts or hashes every link and identifier.
+
+-- the people the touched identifiers belonged to at the last build, whole
+touched_people as (
+    select distinct resolved.customer_key
+    from touched
+    cross join lateral (
+        select previous.customer_key
+        from {{ this }} as previous
+        where
+            previous.identifier_type = touched.identifier_type
+            and previous.identifier_value = touched.identifier_value
+        offset 0
+    ) as resolved
+),
+
+scope as (
+    select identifier_type, identifier_value from touched
+    union
+    select resolved.identifier_type, resolved.identifier_value
+    from touched_people
+    cross join lateral (
+        select previous.identifier_type, previous.identifier_value
+        from {{ this }} as previous
+        where previous.customer_key = touched_people.customer_key
+        offset 0
+    ) as resolved
+),
+
+-- every live link of the scope (both ends of a live link are in it or out of it)
+links as (
+    select scoped.*
+    from scope
+    cross join lateral (
+        select all_links.*
+        from all_links
+        where
+            all_links.identifier_type_a = scope.identifier_type
+            and all_links.identifier_a = scope.identifier_value
+            and all_links.is_gone is not true
+        offset 0
+    ) as scoped
+),
+{% else %}
+links as (
+    select * from all_links where is_gone is not true
+),
+{% endif %}
 
 endpoints as (
     select
@@ -114,6 +209,23 @@ final as (
         ranked.anchor_rank = 1 as is_anchor
     from ranked
     inner join anchors on anchors.component_id = ranked.component_id
+{% if is_incremental() %}
+    -- identifiers of the scope left without a live link: deleted by the post-hook
+    union all
+    select
+        null as customer_key,
+        scope.identifier_type,
+        scope.identifier_value,
+        null as first_observed_at,
+        null as is_anchor
+    from scope
+    where not exists (
+        select 1 from nodes
+        where
+            nodes.identifier_type = scope.identifier_type
+            and nodes.identifier_value = scope.identifier_value
+    )
+{% endif %}
 )
 
 select * from final
