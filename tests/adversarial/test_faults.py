@@ -355,9 +355,12 @@ def wait_blocked(
     deadline = time.monotonic() + BLOCK_TIMEOUT_S
     while time.monotonic() < deadline:
         row = monitor.execute(
+            # pg_locks and pg_stat_activity are read at two moments of one query: the
+            # activity row must show the wait too, or its statement text can be the one
+            # the session ran just before the statement that waits
             "select a.pid, a.query from pg_locks l join pg_stat_activity a on a.pid = l.pid "
             "where not l.granted and l.relation = %s::regclass and a.pid <> all(%s) "
-            "and a.datname = current_database()",
+            "and a.datname = current_database() and a.wait_event_type = 'Lock'",
             (trigger.relation, list(holders)),
         ).fetchone()
         if row is not None:

@@ -11,10 +11,7 @@
             },
         ],
         pre_hook=[
-            "{{ create_missing_index(
-                ['identifier_type_a', 'identifier_a', 'identifier_type_b', 'identifier_b'],
-                unique=true
-            ) }}",
+            "create sequence if not exists {{ generation_sequence() }}",
         ],
     )
 }}
@@ -24,12 +21,14 @@
 --
 -- Incremental, so that identity resolution follows the change: every run recomputes the
 -- links from the sources and compares them with the table; only the differences are
--- written, flagged is_pending: a new link, a link whose first_observed_at moved, and a
--- link gone (an erased or reloaded record, a backfill as of an earlier date) as a
--- tombstone (is_gone). int_identifiers_clustered re-resolves the components that touch a
--- pending link, then clears the flags and drops the tombstones (its post-hooks), so after
--- a build the table equals a full refresh. A build whose resolution did not run leaves
--- the flags for the next one.
+-- written, numbered with the build's generation (a sequence, so that a rebuilt table
+-- still numbers above the builds before it): a new link, a link whose first_observed_at
+-- moved, and a link gone (an erased or reloaded record, a backfill as of an earlier date)
+-- as a tombstone (is_gone). int_identifiers_clustered re-resolves the components that
+-- touch a link of a generation it has not resolved yet, then drops the tombstones (its
+-- post-hook), so after a build the table holds the links of a full refresh. A build
+-- whose resolution did not run leaves its generation for the next one. Nothing is ever
+-- updated in place: a full refresh costs one write of each link.
 with
 
 contacts as (
@@ -111,24 +110,35 @@ linked as (
     group by identifier_type_a, identifier_a, identifier_type_b, identifier_b
 ),
 
-{#- a table built before the flags existed is rewritten whole, flagged pending -#}
-{%- set compared = is_incremental() and execute and 'is_pending' in (
-    adapter.get_columns_in_relation(this) | map(attribute='name') | list
-) %}
-{% if compared %}
-previous as (
-    select * from {{ this }}
+build as (
+    -- once per build (a volatile function: the CTE is evaluated once, not inlined)
+    select nextval('{{ generation_sequence() }}') as generation
 ),
 
-final as (
+{% if is_incremental() %}
+{#- a table of an older release has no generation (nor tombstones): its rows are
+    written again, numbered -#}
+{%- set columns = relation_columns(this) %}
+previous as (
+    select
+        identifier_type_a,
+        identifier_a,
+        identifier_type_b,
+        identifier_b,
+        first_observed_at,
+        {{ 'is_gone' if 'is_gone' in columns else 'false as is_gone' }},
+        {{ 'generation' if 'generation' in columns else 'null::bigint as generation' }}
+    from {{ this }}
+),
+
+changed as (
     select
         coalesce(linked.identifier_type_a, previous.identifier_type_a) as identifier_type_a,
         coalesce(linked.identifier_a, previous.identifier_a) as identifier_a,
         coalesce(linked.identifier_type_b, previous.identifier_type_b) as identifier_type_b,
         coalesce(linked.identifier_b, previous.identifier_b) as identifier_b,
         coalesce(linked.first_observed_at, previous.first_observed_at) as first_observed_at,
-        linked.identifier_a is null as is_gone,
-        true as is_pending
+        linked.identifier_a is null as is_gone
     from linked
     full join previous
         on previous.identifier_type_a = linked.identifier_type_a
@@ -148,15 +158,24 @@ final as (
                 or previous.first_observed_at is distinct from linked.first_observed_at
             )
         )
-)
+        -- written by an older release
+        or previous.generation is null
+),
 {% else %}
-final as (
+changed as (
     select
         *,
-        false as is_gone,
-        true as is_pending
+        false as is_gone
     from linked
-)
+),
 {% endif %}
+
+final as (
+    select
+        changed.*,
+        build.generation
+    from changed
+    cross join build
+)
 
 select * from final

@@ -8,14 +8,8 @@
             {'columns': ['identifier_type', 'identifier_value'], 'unique': true},
             {'columns': ['customer_key']},
         ],
-        pre_hook=[
-            "{{ create_missing_index(['identifier_type', 'identifier_value'], unique=true) }}",
-            "{{ create_missing_index(['customer_key']) }}",
-        ],
         post_hook=[
             "delete from {{ this }} where customer_key is null",
-            "update {{ ref('int_identifier_links_unioned') }} set is_pending = false
-                where is_pending",
             "delete from {{ ref('int_identifier_links_unioned') }} where is_gone",
         ],
     )
@@ -30,13 +24,14 @@
 -- then the smaller value). Keys are deterministic, and adding identifiers to a person
 -- later never changes them; only a merge of two people does (the older key wins).
 --
--- Incremental: only the people a pending link touches (int_identifier_links_unioned flags
--- what changed since the resolution last ran) are resolved again, from all their links.
--- A person none of whose links changed keeps their component and anchor, so their rows
--- are what a full refresh gives; the components of the touched identifiers (as they
--- were, and whatever new links join them to) hold every identifier whose component can
--- have changed. Identifiers left without any link get a row with a null key, which the
--- post-hook deletes; the post-hooks then clear the links' flags and drop their tombstones.
+-- Incremental: only the people a pending link touches are resolved again, from all their
+-- links. Pending: written by a build of int_identifier_links_unioned (its generation)
+-- later than the one this table was last resolved through (links_generation, the
+-- watermark). A person none of whose links changed keeps their component and anchor, so
+-- their rows are what a full refresh gives; the components of the touched identifiers
+-- (as they were, and whatever new links join them to) hold every identifier whose
+-- component can have changed. Identifiers left without any link get a row with a null
+-- key, which the post-hook deletes; the next post-hook drops the links' tombstones.
 with
 
 all_links as not materialized (
@@ -44,8 +39,14 @@ all_links as not materialized (
 ),
 
 {% if is_incremental() %}
+{#- a table of an older release (no watermark): every link is pending, once -#}
 pending as (
-    select * from all_links where is_pending
+    select * from all_links
+    {%- if 'links_generation' in relation_columns(this) %}
+    where all_links.generation > (
+        select coalesce(max(previous.links_generation), 0) from {{ this }} as previous
+    )
+    {%- endif %}
 ),
 
 touched as (
@@ -200,7 +201,7 @@ anchors as (
     where anchor_rank = 1
 ),
 
-final as (
+resolved as (
     select
         md5(anchors.anchor_node) as customer_key,
         ranked.identifier_type,
@@ -226,6 +227,19 @@ final as (
             and nodes.identifier_value = scope.identifier_value
     )
 {% endif %}
+),
+
+-- every link of a generation up to the newest one is resolved by this build
+watermark as (
+    select max(generation) as links_generation from all_links
+),
+
+final as (
+    select
+        resolved.*,
+        watermark.links_generation
+    from resolved
+    cross join watermark
 )
 
 select * from final
