@@ -33,15 +33,33 @@ changes as (
     cross join period_types
 ),
 
+-- each customer's first and last change in each period: window functions over one sort
+-- (an aggregate with its own ORDER BY sorts every group apart: millions of tiny sorts)
+ordered_changes as (
+    select
+        period_type,
+        period_start,
+        customer_key,
+        first_value(stage_before) over customer_period as from_stage,
+        last_value(stage) over customer_period as to_stage,
+        row_number() over customer_period as change_number
+    from changes
+    window customer_period as (
+        partition by period_type, period_start, customer_key
+        order by valid_from
+        rows between unbounded preceding and unbounded following
+    )
+),
+
 movers as (
     select
         period_type,
         period_start,
         customer_key,
-        (array_agg(stage_before order by valid_from))[1] as from_stage,
-        (array_agg(stage order by valid_from desc))[1] as to_stage
-    from changes
-    group by period_type, period_start, customer_key
+        from_stage,
+        to_stage
+    from ordered_changes
+    where change_number = 1
 ),
 
 mover_flows as (
