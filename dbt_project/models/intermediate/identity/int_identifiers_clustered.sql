@@ -229,9 +229,12 @@ resolved as (
 {% endif %}
 ),
 
--- every link of a generation up to the newest one is resolved by this build
+-- every link of a generation up to the newest one is resolved by this build; an
+-- incremental run finds the newest among the pending links (all above the old
+-- watermark) without reading the links again, and writes no row when there are none
 watermark as (
-    select max(generation) as links_generation from all_links
+    select max(generation) as links_generation
+    from {{ 'pending' if is_incremental() else 'all_links' }}
 ),
 
 final as (
