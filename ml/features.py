@@ -725,6 +725,29 @@ def read_training_set(conn: psycopg.Connection, snapshots: Sequence[dt.date]) ->
     return typed(frame)
 
 
+def training_counts(
+    conn: psycopg.Connection, snapshots: Sequence[dt.date], columns: Sequence[str]
+) -> dict[str, int]:
+    """Return the rows of ml.training_set at `snapshots` (key ``"*"``) and each of `columns`'
+    non-null values there, counted in the database (:func:`dropped_features`' test without
+    reading the rows)."""
+    from psycopg import sql
+
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown:
+        raise ValueError(f"not columns of ml.training_set: {', '.join(unknown)}")
+    query = sql.SQL(
+        "select {counts} from ml.training_set where snapshot_date = any(%s::date[])"
+    ).format(
+        counts=sql.SQL(", ").join(
+            [sql.SQL("count(*)")]
+            + [sql.SQL("count({})").format(sql.Identifier(c)) for c in columns]
+        )
+    )
+    values = conn.execute(query, (sorted(set(snapshots)),)).fetchone()
+    return dict(zip(["*", *columns], (int(v) for v in values), strict=True))
+
+
 def dropped_features(
     features: Sequence[str], absent: dict[str, str], rows: pd.DataFrame | None = None
 ) -> dict[str, str]:

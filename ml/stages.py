@@ -74,7 +74,7 @@ def fit_clv(as_of: dt.date, settings: Settings) -> str | None:
     from ml import tracking
 
     spec, clv_spec, _ = _specs()
-    frames = tr.load_frames(as_of, settings, spec)
+    frames = tr.load_current(as_of, settings, spec)  # CLV fits on today's customers alone
     try:
         model = tr.train_clv(frames, clv_spec)
     except tr.TrainError as exc:
@@ -92,7 +92,8 @@ def fit_segmentation(as_of: dt.date, settings: Settings) -> str:
     from ml import tracking
 
     spec, _, base_seg_spec = _specs()
-    frames = tr.load_frames(as_of, settings, spec)
+    # today's customers, and which segmentation features the training rows cannot feed
+    frames = tr.load_current(as_of, settings, spec, base_seg_spec["features"])
     seg_spec, _ = tr.segmentation_spec(base_seg_spec, frames)
     previous = None
     with contextlib.suppress(tracking.NoChampionError):

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from lifecycle.transform import transform
@@ -214,6 +215,33 @@ def test_customers_are_scored_gated_and_activated_without_a_clv_champion(trained
             (AS_OF,),
         ).fetchone()
     assert scored == (44, 0)
+
+
+def test_todays_customers_alone_are_those_of_the_whole_load(trained):
+    """The CLV and segmentation stages read today's customers without the labelled
+    snapshots (load_current): the same frame and BTYD fit as the whole load, and the same
+    dropped features, both kinds — an absent source, and no value in any training row
+    (counted in the database instead of read); a BTYD feature is judged on the whole load."""
+    from ml import train as tr
+    from ml.churn import load_churn_spec
+
+    *_, settings = trained
+    spec = load_churn_spec(None)
+    spec["snapshots"].update(count=3)  # as the fixture's `lifecycle train --set` had it
+    tr.build_training_sets(AS_OF, settings, spec)
+    whole = tr.load_frames(AS_OF, settings, spec)
+    wanted = ["count_orders", "mean_gap_days", "sessions_90d", "gap_slope", "country_code"]
+    alone = tr.load_current(AS_OF, settings, spec, wanted)
+    assert len(alone.current) == 44 and alone.train.empty and alone.holdout.empty
+    pd.testing.assert_frame_equal(alone.current, whole.current, check_exact=True)
+    assert alone.btyd_fit == whole.btyd_fit
+    assert alone.dropped == {f: whole.dropped[f] for f in wanted if f in whole.dropped}
+    assert list(alone.dropped) == ["mean_gap_days", "sessions_90d", "gap_slope", "country_code"]
+    assert alone.dropped["gap_slope"] == "no value in any of the 44 training rows"
+    assert alone.dropped["sessions_90d"].startswith("no such source: web events")
+    with_btyd = tr.load_current(AS_OF, settings, spec, ["btyd_p_alive", "count_orders"])
+    assert with_btyd.dropped == {"btyd_p_alive": "no value in any of the 44 training rows"}
+    assert tr.load_current(AS_OF, settings, spec).dropped == {}
 
 
 def test_training_takes_the_snapshots_a_short_history_reaches(trained, caplog):

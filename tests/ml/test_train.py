@@ -8,7 +8,13 @@ import pytest
 
 from ml import tracking
 from ml.churn import fit_churn, load_churn_spec
-from ml.train import build_training_sets, evaluate, load_frames, register_churn
+from ml.train import (
+    build_training_sets,
+    evaluate,
+    load_current,
+    load_frames,
+    register_churn,
+)
 from tests.ml.conftest import temp_home
 
 
@@ -182,3 +188,8 @@ def test_the_holdout_alone_is_the_holdout_of_the_whole_load(trained) -> None:
     assert len(alone.holdout) > 100 and alone.train.empty and alone.current.empty
     pd.testing.assert_frame_equal(alone.holdout, whole.holdout, check_exact=True)
     pd.testing.assert_frame_equal(alone.calibration, whole.calibration, check_exact=True)
+    # and the CLV and segmentation stages read today's customers alone: the whole load's
+    today = load_current(trained.world.end, trained.settings, spec, ["sessions_90d"])
+    assert today.train.empty and today.holdout.empty and today.dropped == whole.dropped == {}
+    pd.testing.assert_frame_equal(today.current, whole.current, check_exact=True)
+    assert today.btyd_fit == whole.btyd_fit
