@@ -1,6 +1,7 @@
 """Wall time and peak memory of every task: first daily run, training, one incremental day.
 
     .venv/bin/python bench/bench_pipeline.py [--customers 20000] [--world DIR] [--keep DIR]
+        [--runs full,train,incremental,scoring]
 
 Generates a sample world of ``--customers`` people over 2023-2024 (as ``lifecycle
 generate`` does; or reuses ``--world``, ending 2024-12-31), starts a private embedded
@@ -51,6 +52,7 @@ START, END = dt.date(2023, 1, 1), dt.date(2024, 12, 31)
 DAY0, DAY1 = END - dt.timedelta(days=1), END
 FEATURES_TABLE = "ml.bench_features"
 
+RUNS = ("full", "train", "incremental", "scoring")
 DAILY_TASKS = (
     # one extract task per source, as the daily DAG has (fx included)
     *(f"extract_{source}" for source in EXTRACT_SOURCES),
@@ -343,7 +345,19 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=20_000)
     ap.add_argument("--world", type=Path, help="reuse a generated world (ending 2024-12-31)")
     ap.add_argument("--keep", type=Path, help="keep the state folder (and world) here")
+    ap.add_argument(
+        "--runs",
+        default=",".join(RUNS),
+        help="which runs, comma-separated (default all); without `full`, --keep names the "
+        "state folder of an earlier run whose warehouse is built (e.g. `--runs train` "
+        "measures training again on it)",
+    )
     args = ap.parse_args()
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    if unknown := [r for r in runs if r not in RUNS]:
+        ap.error(f"--runs: unknown run(s) {', '.join(unknown)} (choose from {', '.join(RUNS)})")
+    if "full" not in runs and not (args.keep and (args.keep / "state.json").is_file()):
+        ap.error("--runs without `full` needs --keep DIR of an earlier run (DIR/state.json)")
 
     from lifecycle import warehouse as wh
     from lifecycle.settings import environment, load_settings
@@ -361,7 +375,7 @@ def main() -> None:
         with environment(env):
             settings = load_settings()
             print(f"tasks (log: {log}):", flush=True)
-            if args.world is None:
+            if args.world is None and "full" in runs:
                 lifecycle = str(Path(sys.executable).with_name("lifecycle"))
                 generate = [lifecycle, "generate", "--customers", str(args.customers)]
                 generate += ["--start", str(START), "--end", str(END), "--out", str(world)]
@@ -379,12 +393,16 @@ def main() -> None:
                     skipped = skipped or m.result == "skipped"
                     measures.append(m)
 
-            daily("full", DAY0)
-            for task in TRAIN_TASKS:
-                measures.append(measure("train", task, DAY0, state_file, log, pg))
-            daily("incremental", DAY1)
-            for task in ("features_sql", "score_precomputed"):
-                measures.append(measure("scoring", task, DAY1, state_file, log, pg))
+            if "full" in runs:
+                daily("full", DAY0)
+            if "train" in runs:
+                for task in TRAIN_TASKS:
+                    measures.append(measure("train", task, DAY0, state_file, log, pg))
+            if "incremental" in runs:
+                daily("incremental", DAY1)
+            if "scoring" in runs:
+                for task in ("features_sql", "score_precomputed"):
+                    measures.append(measure("scoring", task, DAY1, state_file, log, pg))
             wh.down(settings)
     finally:
         if args.keep is None:
@@ -394,11 +412,13 @@ def main() -> None:
         return sum(m.wall_s for m in measures if m.run == run and m.result != "skipped")
 
     by = {(m.run, m.task): m for m in measures}
+    print(table(measures))
+    if not {"full", "incremental", "scoring"} <= set(runs):
+        return
     score = by[("incremental", "score")]
     pre = by[("scoring", "score_precomputed")]
     rows = score.result["rows"]
-    print(f"\n{args.customers} people generated; {rows} customers scored\n")
-    print(table(measures))
+    print(f"\n{args.customers} people generated; {rows} customers scored")
     print(
         f"\nincremental / full daily run: {total('incremental') / total('full'):.2f} "
         f"({total('incremental'):.1f}s / {total('full'):.1f}s)\n"
