@@ -108,7 +108,7 @@ def _synthesise(url: str, scale: int) -> tuple[str, int, int]:
         conn.execute("drop table if exists ml.bench_features_real, ml.bench_features_scaled")
         conn.execute(
             f"create table ml.bench_features_real as select {cols} from ({ft.FEATURES_SQL}) as f",
-            {"snapshots": [END], "max_snapshot": END, "horizon": 90, "data_as_of": END},
+            ft._params([END], 90, END),
         )
         real = conn.execute("select count(*) from ml.bench_features_real").fetchone()[0]
         keyed = ", ".join(

@@ -140,6 +140,12 @@ def load_churn_spec(
             raise ChurnSpecError(
                 f"candidates.{cand['name']}.exclude: unknown feature(s) {', '.join(unknown)}"
             )
+    cap = (spec.get("snapshots") or {}).get("max_customers")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise ChurnSpecError(
+            f"snapshots.max_customers must be a whole number of customers >= 1, or null for "
+            f"everyone; got {cap!r}"
+        )
     bands = spec.get("risk_bands", {})
     if not 0 < float(bands.get("medium", 0)) < float(bands.get("high", 0)) < 1:
         raise ChurnSpecError(f"risk_bands need 0 < medium < high < 1, got {bands}")

@@ -185,6 +185,20 @@ TRAINING_SET_ADDED = {
     RECENT_FREQUENCY: "integer",
 }
 
+#: Buckets of the training sample: a customer is in it when the first 20 bits of its
+#: customer_key (an md5 hex digest: uniform) are below %(sample_buckets)s; all of them
+#: (every customer) unless snapshots.max_customers asks for fewer.
+SAMPLE_BUCKETS = 1 << 20
+
+
+def _in_sample(key: str) -> str:
+    """Return the SQL test that the customer_key `key` is in the training sample."""
+    return (
+        f"(%(sample_buckets)s::integer >= {SAMPLE_BUCKETS} "
+        f"or ('x' || left({key}, 5))::bit(20)::integer < %(sample_buckets)s::integer)"
+    )
+
+
 # One query for any set of snapshot dates: %(snapshots)s (date[]), %(horizon)s (days),
 # %(data_as_of)s (the date the data is complete to: labels after it are null).
 FEATURES_SQL = """
@@ -204,6 +218,7 @@ versions as (
     select customer_ids.customer_key, v.*
     from intermediate.int_orders_versioned as v
     inner join customer_ids on customer_ids.customer_id = v.customer_id
+    where {sampled_customer_ids}
 ),
 
 -- each order placed by D in the state of its latest version *recorded* by D (system time:
@@ -397,7 +412,7 @@ web_features as (
         coalesce(sum(carts) filter (where event_date > snapshot_date - 90), 0) as carts_90d,
         snapshot_date - max(event_date) as days_since_last_visit
     from visible_sessions
-    where customer_key is not null
+    where customer_key is not null and {sampled_visible_sessions}
     group by snapshot_date, customer_key
 ),
 
@@ -406,6 +421,7 @@ contacts as (
     from staging.stg_crm__contacts as c
     inner join intermediate.int_identifiers_clustered as ids
         on ids.identifier_type = 'crm_contact_id' and ids.identifier_value = c.contact_id
+    where {sampled_ids}
 ),
 
 -- the latest contact version recorded by D (a contact exported only later is unknown at D)
@@ -486,6 +502,13 @@ select * from final
     # calendar dates in the business zone, like the dates dbt derives (var business_timezone)
     updated_date="cast((c.updated_at at time zone %(business_timezone)s) as date)",
     recorded_date="cast((r.updated_at at time zone %(business_timezone)s) as date)",
+    # the training sample (snapshots.max_customers): filtered where each part is keyed by
+    # the person, never before a session's owner is decided (a user's session must not
+    # fall back to another person's device), so a sampled customer's features are exactly
+    # those of the whole population's query
+    sampled_customer_ids=_in_sample("customer_ids.customer_key"),
+    sampled_visible_sessions=_in_sample("customer_key"),
+    sampled_ids=_in_sample("ids.customer_key"),
 )
 
 
@@ -547,7 +570,12 @@ def business_timezone() -> str:
     return load_sources(get_settings()).business.timezone
 
 
-def _params(snapshots: Sequence[dt.date], horizon_days: int, data_as_of: dt.date | None) -> dict:
+def _params(
+    snapshots: Sequence[dt.date],
+    horizon_days: int,
+    data_as_of: dt.date | None,
+    sample_buckets: int = SAMPLE_BUCKETS,
+) -> dict:
     if not snapshots:
         raise ValueError("no snapshot dates given")
     return {
@@ -556,7 +584,31 @@ def _params(snapshots: Sequence[dt.date], horizon_days: int, data_as_of: dt.date
         "horizon": int(horizon_days),
         "data_as_of": data_as_of or max(snapshots),
         "business_timezone": business_timezone(),
+        "sample_buckets": int(sample_buckets),
     }
+
+
+def sample_buckets(conn: psycopg.Connection, max_customers: int | None) -> int:
+    """Return the training sample's buckets for at most about `max_customers` customers
+    (:data:`SAMPLE_BUCKETS`, everyone, when there are no more than that, or no limit)."""
+    if not max_customers:
+        return SAMPLE_BUCKETS
+    total = conn.execute(
+        "select count(distinct customer_key) from intermediate.int_identifiers_clustered "
+        "where identifier_type = 'customer_id'"
+    ).fetchone()[0]
+    if total <= max_customers:
+        return SAMPLE_BUCKETS
+    buckets = max(1, SAMPLE_BUCKETS * max_customers // total)
+    log.info(
+        "ml.training_set: a sample of about %d of %d customers (%.1f%%, snapshots.max_customers "
+        "%d), the same customers at every snapshot",
+        total * buckets // SAMPLE_BUCKETS,
+        total,
+        100 * buckets / SAMPLE_BUCKETS,
+        max_customers,
+    )
+    return buckets
 
 
 def _require_warehouse(conn: psycopg.Connection) -> None:
@@ -670,12 +722,16 @@ def build_training_set(
     *,
     horizon_days: int = 90,
     data_as_of: dt.date,
+    max_customers: int | None = None,
 ) -> dict[dt.date, int]:
     """Write the snapshots' features and labels to ml.training_set; return rows per snapshot.
 
     Each snapshot's partition is replaced in one transaction, committed on return (a rerun
     gives the same table; a failure leaves the previous rows). Snapshots whose label window
-    ends after `data_as_of` are refused: their labels are not known yet.
+    ends after `data_as_of` are refused: their labels are not known yet. `max_customers`
+    (models/churn.yaml ``snapshots.max_customers``): with more customers than that, the
+    snapshots hold a fixed sample of about that many (the same at every snapshot and on
+    every rerun, chosen by customer_key), each row exactly as the whole population's.
     """
     incomplete = [d for d in snapshots if d + dt.timedelta(days=horizon_days) > data_as_of]
     if incomplete:
@@ -695,9 +751,10 @@ def build_training_set(
             "delete from ml.training_set where snapshot_date = any(%s::date[])",
             (sorted(set(snapshots)),),
         )
+        buckets = sample_buckets(conn, max_customers)
         conn.execute(
             f"insert into ml.training_set ({cols}) select {cols} from ({FEATURES_SQL}) as f",
-            _params(snapshots, horizon_days, data_as_of),
+            _params(snapshots, horizon_days, data_as_of, buckets),
         )
         counts = dict(
             conn.execute(

@@ -188,7 +188,13 @@ def build_training_sets(
         step_days=int(spec["snapshots"]["step_days"]),
     )
     with _connect(settings) as conn:
-        return ft.build_training_set(conn, dates, horizon_days=horizon, data_as_of=as_of)
+        return ft.build_training_set(
+            conn,
+            dates,
+            horizon_days=horizon,
+            data_as_of=as_of,
+            max_customers=spec["snapshots"].get("max_customers"),
+        )
 
 
 def load_frames(
@@ -640,6 +646,8 @@ def churn_run_params(frames: Frames, spec: Mapping[str, Any], model: ChurnModel)
         "train_rows": len(frames.train),
         "calibration_rows": len(frames.calibration),
         "holdout_rows": len(frames.holdout),
+        # the snapshots' sample cap (null: everyone); ml.training_set logs the share taken
+        "max_customers": spec["snapshots"].get("max_customers"),
         "features": ",".join(model.features),
         "calibration": spec["model"]["calibration"],
         **{f"hgb_{k}": v for k, v in spec["model"]["params"].items()},

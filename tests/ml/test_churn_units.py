@@ -35,6 +35,15 @@ def test_spec_overrides_merge_and_bad_specs_are_refused() -> None:
         load_churn_spec({"risk_bands": {"medium": 0.9}})
     with pytest.raises(ChurnSpecError, match="isotonic or sigmoid"):
         load_churn_spec({"model": {"calibration": "beta"}})
+    assert load_churn_spec()["snapshots"]["max_customers"] == 250_000
+    assert load_churn_spec({"snapshots": {"max_customers": None}})["snapshots"]["count"] == 6
+    for bad in (0, -5, 2.5, "many", True):
+        with pytest.raises(ChurnSpecError) as refused:
+            load_churn_spec({"snapshots": {"max_customers": bad}})
+        assert str(refused.value) == (
+            "snapshots.max_customers must be a whole number of customers >= 1, or null for "
+            f"everyone; got {bad!r}"
+        )
 
 
 def test_expected_calibration_error_and_lift_exact() -> None:

@@ -358,3 +358,43 @@ def test_frames_read_through_copy_equal_the_fetched_rows_value_for_value(leakage
     # NULLs of every kind were there to be read: labels, numbers, categories
     assert copied["churned"].isna().any() and copied["churned"].notna().any()
     assert copied["gap_median_days"].isna().any() and copied["acquisition_channel"].isna().any()
+
+
+def test_a_training_sample_is_a_fixed_share_of_customers_each_row_as_the_whole(leakage) -> None:
+    """snapshots.max_customers: with more customers than that, ml.training_set holds the
+    customers whose customer_key's first 20 bits fall below the share (the same ones at
+    every snapshot and on a rerun), each row exactly as the query of everyone gives it."""
+    url, _, after, *_ = leakage
+    with psycopg.connect(url) as conn:
+        total = conn.execute(
+            "select count(distinct customer_key) from intermediate.int_identifiers_clustered "
+            "where identifier_type = 'customer_id'"
+        ).fetchone()[0]
+        cap = total // 3
+        build = lambda n: ft.build_training_set(  # noqa: E731
+            conn, SNAPSHOTS, horizon_days=90, data_as_of=END, max_customers=n
+        )
+        counts = build(cap)
+        sampled = ft.read_training_set(conn, SNAPSHOTS)
+        assert build(cap) == counts
+        again = ft.read_training_set(conn, SNAPSHOTS)
+        assert build(total) == build(None)  # no fewer customers than the cap: everyone
+        everyone = ft.read_training_set(conn, SNAPSHOTS)
+        # back to the table the module's other tests read (SNAPSHOTS[0] as of CUT)
+        conn.execute("delete from ml.training_set")
+        conn.commit()
+        ft.build_training_set(conn, [SNAPSHOTS[0]], horizon_days=90, data_as_of=CUT)
+    whole = after[list(ft.COLUMNS)].sort_values(
+        ["snapshot_date", "customer_key"], ignore_index=True
+    )
+    pd.testing.assert_frame_equal(everyone, whole, check_exact=True)
+    share = (1 << 20) * cap // total
+    chosen = whole["customer_key"].map(lambda key: int(key[:5], 16) < share)
+    expected = whole[chosen].reset_index(drop=True)
+    pd.testing.assert_frame_equal(sampled, expected, check_exact=True)
+    pd.testing.assert_frame_equal(again, sampled, check_exact=True)
+    assert counts == expected.groupby("snapshot_date").size().to_dict()
+    assert 0.2 < len(sampled) / len(whole) < 0.47  # about a third of the customers
+    # the same customers at every snapshot: a later snapshot has every earlier customer
+    by_date = sampled.groupby("snapshot_date")["customer_key"].apply(set).tolist()
+    assert by_date[0] <= by_date[1] <= by_date[2]
