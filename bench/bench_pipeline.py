@@ -418,7 +418,8 @@ def main() -> None:
     score = by[("incremental", "score")]
     pre = by[("scoring", "score_precomputed")]
     rows = score.result["rows"]
-    print(f"\n{args.customers} people generated; {rows} customers scored")
+    people = f"the world {args.world}" if args.world else f"{args.customers} people generated"
+    print(f"\n{people}; {rows} customers scored")
     print(
         f"\nincremental / full daily run: {total('incremental') / total('full'):.2f} "
         f"({total('incremental'):.1f}s / {total('full'):.1f}s)\n"

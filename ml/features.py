@@ -376,19 +376,40 @@ device_keys as (
         and ids.identifier_value = d.identifier_value
 ),
 
+-- devices with an identity of a (sampled) customer at some time
+owned_devices as (
+    select distinct i.anonymous_id
+    from device_identities as i
+    inner join intermediate.int_identifiers_clustered as ids
+        on ids.identifier_type = case when i.user_id is not null then 'customer_id' else 'email' end
+        and ids.identifier_value = coalesce(i.user_id, i.email)
+    where {sampled_ids}
+),
+
+-- the sessions that can count for a (sampled) customer, before they meet the snapshots: a
+-- user's session is that customer's; another is its device's owner at D (device_keys),
+-- so a device no customer ever identified on has none (a third of the session-days at 1M)
+owned_sessions as (
+    select sd.*, user_keys.customer_key as user_key
+    from session_days as sd
+    left join customer_ids as user_keys on user_keys.customer_id = sd.user_id
+    left join owned_devices as owned on owned.anonymous_id = sd.anonymous_id
+    where case when user_keys.customer_key is not null then {sampled_user_keys}
+        else owned.anonymous_id is not null end
+),
+
 visible_sessions as (
     select
         s.snapshot_date,
-        coalesce(user_keys.customer_key, device_keys.customer_key) as customer_key,
+        coalesce(sd.user_key, device_keys.customer_key) as customer_key,
         sd.anonymous_id,
         sd.session_key,
         sd.event_date,
         sd.product_views,
         sd.carts
     from snapshots as s
-    inner join session_days as sd
+    inner join owned_sessions as sd
         on sd.event_date <= s.snapshot_date and sd.visible_date <= s.snapshot_date
-    left join customer_ids as user_keys on user_keys.customer_id = sd.user_id
     left join device_keys
         on device_keys.snapshot_date = s.snapshot_date
         and device_keys.anonymous_id = sd.anonymous_id
@@ -509,6 +530,7 @@ select * from final
     sampled_customer_ids=_in_sample("customer_ids.customer_key"),
     sampled_visible_sessions=_in_sample("customer_key"),
     sampled_ids=_in_sample("ids.customer_key"),
+    sampled_user_keys=_in_sample("user_keys.customer_key"),
 )
 
 
@@ -546,14 +568,28 @@ _DEVICE_IDENTITIES_FROM_EVENTS = """device_identities as (
 """
 
 
-def reference_features_sql() -> str:
-    """Return FEATURES_SQL with its web sessions and device identities aggregated from
-    every event, not read from the dbt models."""
+# Every session before the snapshots, as the query had them before it left out those no
+# (sampled) customer can own: the reference for that filter too.
+_EVERY_SESSION = """owned_sessions as (
+    select sd.*, user_keys.customer_key as user_key
+    from session_days as sd
+    left join customer_ids as user_keys on user_keys.customer_id = sd.user_id
+),
+"""
+
+
+def reference_features_sql(*, from_events: bool = True) -> str:
+    """Return FEATURES_SQL with every session met with the snapshots (none left out
+    beforehand as ownerless) and, `from_events`, its web sessions and device identities
+    aggregated from every event, not read from the dbt models."""
     sql = FEATURES_SQL
-    for cte, model, reference in (
-        ("session_days", "int_web_session_days_aggregated", _SESSION_DAYS_FROM_EVENTS),
-        ("device_identities", "int_web_identities_observed", _DEVICE_IDENTITIES_FROM_EVENTS),
-    ):
+    ctes = [("owned_sessions", "owned_devices", _EVERY_SESSION)]
+    if from_events:
+        ctes += [
+            ("session_days", "int_web_session_days_aggregated", _SESSION_DAYS_FROM_EVENTS),
+            ("device_identities", "int_web_identities_observed", _DEVICE_IDENTITIES_FROM_EVENTS),
+        ]
+    for cte, model, reference in ctes:
         start = sql.index(f"{cte} as (")
         end = sql.index("\n),\n", start) + len("\n),\n")
         if model not in sql[start:end]:

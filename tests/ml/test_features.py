@@ -211,6 +211,31 @@ def test_session_days_model_gives_the_features_of_every_event_bit_for_bit(leakag
     assert counts == events
 
 
+def test_sessions_owned_through_a_device_alone_are_kept(leakage) -> None:
+    """The query leaves out, before meeting the snapshots, the sessions no customer can
+    own; a session whose only link to its customer is a device identified by user id (no
+    email, no user id on the session) must still count."""
+    url, *_ = leakage
+    params = ft._params(SESSION_SNAPSHOTS, 90, END)
+    with psycopg.connect(url) as conn, conn.transaction(force_rollback=True):
+        emails = conn.execute(
+            "update intermediate.int_web_identities_observed set email = null "
+            "where user_id is not null"
+        ).rowcount
+        users = conn.execute(
+            "update intermediate.int_web_session_days_aggregated set user_id = null "
+            "where user_id is not null"
+        ).rowcount
+        ft._plan(conn)
+        got, want = (
+            ft.typed(_fetched(conn, f"select * from ({sql}) as f order by 1, 2", params))
+            for sql in (ft.FEATURES_SQL, ft.reference_features_sql(from_events=False))
+        )
+    assert emails > 100 and users > 1000
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert got["sessions_90d"].gt(0).sum() > 100  # the devices' sessions were counted
+
+
 def test_identities_built_before_known_date_get_it_on_the_next_build(leakage) -> None:
     *_, web = leakage
     blanked, restored = web["upgrade"]
