@@ -176,17 +176,22 @@ def data_as_of(settings: Settings) -> dt.date:
     return value
 
 
+def _snapshot_dates(as_of: dt.date, spec: Mapping[str, Any]) -> list[dt.date]:
+    """Return the spec's snapshot dates of `as_of`, latest first (holdout, calibration, ...)."""
+    return ft.snapshot_dates(
+        as_of,
+        horizon_days=int(spec["label"]["horizon_days"]),
+        count=int(spec["snapshots"]["count"]),
+        step_days=int(spec["snapshots"]["step_days"]),
+    )
+
+
 def build_training_sets(
     as_of: dt.date, settings: Settings, spec: Mapping[str, Any]
 ) -> dict[dt.date, int]:
     """Write the labelled snapshots of `as_of` to ml.training_set; return rows per snapshot."""
     horizon = int(spec["label"]["horizon_days"])
-    dates = ft.snapshot_dates(
-        as_of,
-        horizon_days=horizon,
-        count=int(spec["snapshots"]["count"]),
-        step_days=int(spec["snapshots"]["step_days"]),
-    )
+    dates = _snapshot_dates(as_of, spec)
     with _connect(settings) as conn:
         return ft.build_training_set(
             conn,
@@ -208,12 +213,7 @@ def load_frames(
     computing today's features (at 1M customers about 100 s and GBs per stage).
     """
     horizon = int(spec["label"]["horizon_days"])
-    dates = ft.snapshot_dates(
-        as_of,
-        horizon_days=horizon,
-        count=int(spec["snapshots"]["count"]),
-        step_days=int(spec["snapshots"]["step_days"]),
-    )
+    dates = _snapshot_dates(as_of, spec)
     from lifecycle.availability import absent_entities
 
     with _connect(settings) as conn:
@@ -306,12 +306,7 @@ def load_current(
         whole = load_frames(as_of, settings, spec)
         return replace(whole, dropped={f: w for f, w in whole.dropped.items() if f in features})
     horizon = int(spec["label"]["horizon_days"])
-    dates = ft.snapshot_dates(
-        as_of,
-        horizon_days=horizon,
-        count=int(spec["snapshots"]["count"]),
-        step_days=int(spec["snapshots"]["step_days"]),
-    )
+    dates = _snapshot_dates(as_of, spec)
     from lifecycle.availability import absent_entities
 
     with _connect(settings) as conn:
