@@ -140,12 +140,24 @@ def load_churn_spec(
             raise ChurnSpecError(
                 f"candidates.{cand['name']}.exclude: unknown feature(s) {', '.join(unknown)}"
             )
-    cap = (spec.get("snapshots") or {}).get("max_customers")
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-        raise ChurnSpecError(
-            f"snapshots.max_customers must be a whole number of customers >= 1, or null for "
-            f"everyone; got {cap!r}"
-        )
+    # the whole numbers that date the snapshots and size the sample (int() of "x" or 2.5
+    # would otherwise fail later, in a message that names no setting)
+    for section, key, wanted, nullable in (
+        ("label", "horizon_days", "a whole number of days >= 1", False),
+        ("snapshots", "count", "a whole number >= 1", False),
+        ("snapshots", "step_days", "a whole number of days >= 1", False),
+        (
+            "snapshots",
+            "max_customers",
+            "a whole number of customers >= 1, or null for everyone",
+            True,
+        ),
+    ):
+        value = (spec.get(section) or {}).get(key)
+        if value is None and nullable:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ChurnSpecError(f"{section}.{key} must be {wanted}; got {value!r}")
     bands = spec.get("risk_bands", {})
     if not 0 < float(bands.get("medium", 0)) < float(bands.get("high", 0)) < 1:
         raise ChurnSpecError(f"risk_bands need 0 < medium < high < 1, got {bands}")

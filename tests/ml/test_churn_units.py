@@ -44,6 +44,15 @@ def test_spec_overrides_merge_and_bad_specs_are_refused() -> None:
             "snapshots.max_customers must be a whole number of customers >= 1, or null for "
             f"everyone; got {bad!r}"
         )
+    for section, key, wanted in (
+        ("snapshots", "count", "a whole number >= 1"),
+        ("snapshots", "step_days", "a whole number of days >= 1"),
+        ("label", "horizon_days", "a whole number of days >= 1"),
+    ):
+        for bad in ("x", 0, 1.5, None):
+            with pytest.raises(ChurnSpecError) as refused:
+                load_churn_spec({section: {key: bad}})
+            assert str(refused.value) == f"{section}.{key} must be {wanted}; got {bad!r}"
 
 
 def test_expected_calibration_error_and_lift_exact() -> None:
