@@ -432,3 +432,78 @@ def test_the_raw_gate_fetches_counts_and_bounded_examples_never_the_batch(wareho
     assert in_set.partial_unexpected == ["page_vewed"] * 20
     assert web[("expect_table_row_count_to_be_between", None)].observed_value == batch_rows
     assert verdict.failing() == {("raw.web__events", "expect_column_values_to_be_in_set", "event")}
+
+
+def test_examples_are_fetched_only_for_expectations_that_found_unexpected_values(
+    warehouse, monkeypatch
+) -> None:
+    """The gate's first pass counts without examples; a second pass over the expectations
+    with unexpected values fetches theirs. The stored outcomes equal one pass with examples
+    for every expectation, and a clean expectation sends no example query that scans."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from lifecycle.quality import gate
+
+    url, settings = warehouse
+    b = BATCH.format(entity="web__events")
+    # unexpected values of two kinds in one suite (a map expectation, with examples; an
+    # unexpected-rows query, a count) and a duplicate event id (a uniqueness check)
+    assert (
+        execute(
+            url,
+            f"update raw.web__events set event = 'page_vewed', anonymous_id = null, "
+            f"user_id = null where ctid in "
+            f"(select ctid from raw.web__events where _batch_id = {b} limit 3)",
+        )
+        == 3
+    )
+    assert (
+        execute(
+            url,
+            f"insert into raw.web__events select * from raw.web__events "
+            f"where _batch_id = {b} and anonymous_id is not null limit 1",
+        )
+        == 1
+    )
+    sent: list[tuple[str, dict]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+        sent.append((" ".join(statement.split()), dict(parameters or {})))
+
+    event.listen(Engine, "after_cursor_execute", record)
+    try:
+        verdict = validate_layer("raw", DAY, settings, run_id="two-passes")
+    finally:
+        event.remove(Engine, "after_cursor_execute", record)
+    monkeypatch.setattr(gate, "COUNTS_ONLY", gate.RESULT_FORMAT)
+    monkeypatch.setattr(gate._validate, "__defaults__", (gate.RESULT_FORMAT,))
+    single = validate_layer("raw", DAY, settings, run_id="one-pass")
+
+    def facts(v) -> list[tuple]:
+        return [
+            (o.suite, o.ordinal, o.expectation, o.column, o.success, o.observed_value,
+             o.unexpected_count, o.unexpected_percent, o.element_count, o.partial_unexpected,
+             o.exception)
+            for o in v.outcomes
+        ]  # fmt: skip
+
+    assert facts(verdict) == facts(single)
+    assert verdict.failing() == {
+        ("raw.web__events", "expect_column_values_to_be_in_set", "event"),
+        ("raw.web__events", "expect_column_values_to_be_unique", "event_id"),
+    }
+    [anonymous] = [o for o in verdict.warnings if o.suite == "raw.web__events"]
+    assert (anonymous.expectation, anonymous.observed_value) == ("unexpected_rows_expectation", 3)
+    web = {(o.expectation, o.column): o for o in verdict.outcomes if o.suite == "raw.web__events"}
+    assert (
+        web[("expect_column_values_to_be_in_set", "event")].partial_unexpected == ["page_vewed"] * 3
+    )
+    assert len(web[("expect_column_values_to_be_unique", "event_id")].partial_unexpected) == 2
+    # example queries that may scan (a limit above 0) ran for those two expectations alone
+    examples = [s for s, p in sent if "AS unexpected_values" in s and 0 not in p.values()]
+    assert len(examples) == 2, examples
+    assert all(" event " in s or "event_id" in s for s in examples)
+    # the rows of unexpected-rows queries (never shown in the SUMMARY format) are not run
+    rows = [s for s, _ in sent if "AS subselect where" in s and "unexpected_row_count" not in s]
+    assert rows and all(s.endswith("as gx_unused_rows limit 0") for s in rows), rows
