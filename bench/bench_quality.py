@@ -13,6 +13,13 @@ recent days to compare with), builds and publishes the marts of END - 1, builds 
 - ``publish``: the swap into ``marts`` (one transaction);
 - ``validate marts`` again on the published marts (GX already imported).
 
+With ``--state DIR`` (the kept state folder of ``bench/bench_pipeline.py --keep DIR``, e.g.
+a 1M warehouse) nothing is generated: the raw suites run on the batches of ``--day`` (the
+pipeline bench's first day: the whole history's first load) and the marts suites on the
+published marts, ``--repeat`` pairs of runs each, alternately: as the gate runs (counts
+first, examples for the expectations with unexpected values alone) and in one pass with
+examples for every expectation (the gate before), with the stored outcomes compared.
+
 Nothing is asserted: the figures are the output.
 """
 
@@ -41,7 +48,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--customers", type=int, default=20_000)
     ap.add_argument("--days", type=int, default=8)
+    ap.add_argument("--state", type=Path, help="a kept bench_pipeline state folder to reuse")
+    ap.add_argument("--day", type=dt.date.fromisoformat, default=END - dt.timedelta(days=1))
+    ap.add_argument("--repeat", type=int, default=1, help="pairs of runs per layer (--state)")
     args = ap.parse_args()
+    if args.state:
+        passes_side_by_side(args.state, args.day, args.repeat)
+        return
 
     with scratch_warehouse("quality") as (tmp, url):
         world = make_world(args.customers, tmp / "world")
@@ -77,6 +90,57 @@ def main() -> None:
         print(f"\n{customers} customers, {history[0]} stage intervals, {events} raw web events")
         for label, elapsed, _ in figures:
             print(f"{label:28s} {elapsed:7.2f}s")
+
+
+def passes_side_by_side(state: Path, day: dt.date, repeat: int) -> None:
+    """Time each layer's gate as it runs and in one pass with every example, alternately."""
+    from contextlib import ExitStack
+    from unittest import mock
+
+    from lifecycle.quality import gate
+    from lifecycle.settings import environment
+
+    env = {"LIFECYCLE_HOME": str(state / "home"), "LIFECYCLE_WORLD_DIR": str(state / "world")}
+    with environment(env):
+        settings = load_settings()
+        wh.up(settings)
+        __import__("great_expectations")  # imported before the first timed run, not in it
+        try:
+            rows = []
+            for layer in ("raw", "marts"):
+                for variant in ("counts first", "one pass") * repeat:
+                    with ExitStack() as patched:
+                        if variant == "one pass":  # the gate before: examples for everything
+                            patched.enter_context(
+                                mock.patch.object(gate, "COUNTS_ONLY", gate.RESULT_FORMAT)
+                            )
+                            patched.enter_context(
+                                mock.patch.object(
+                                    gate._validate, "__defaults__", (gate.RESULT_FORMAT,)
+                                )
+                            )
+                        t0 = time.perf_counter()
+                        verdict = validate_layer(layer, day, settings)
+                        elapsed = time.perf_counter() - t0
+                    facts = sorted(
+                        (o.suite, o.ordinal, o.success, str(o.observed_value), o.unexpected_count,
+                         str(o.partial_unexpected))
+                        for o in verdict.outcomes
+                    )  # fmt: skip
+                    rows.append((layer, variant, elapsed, facts))
+                    print(f"{layer:6s} {variant:13s} {elapsed:8.1f}s  {verdict.summary()[:90]}")
+        finally:
+            wh.down(settings)
+    for layer in ("raw", "marts"):
+        mine = [r for r in rows if r[0] == layer]
+        first = [r[2] for r in mine if r[1] == "counts first"]
+        single = [r[2] for r in mine if r[1] == "one pass"]
+        same = all(r[3] == mine[0][3] for r in mine)
+        print(
+            f"{layer}: counts first {' / '.join(f'{x:.1f}' for x in first)} s, one pass "
+            f"{' / '.join(f'{x:.1f}' for x in single)} s: "
+            f"{sum(first) / sum(single):.2f} of the time; outcomes identical: {same}"
+        )
 
 
 if __name__ == "__main__":
