@@ -507,12 +507,14 @@ def _without_unused_rows(plans: list[_Plan]) -> Iterator[None]:
 
     bare = {_squeezed(p.query) for p in plans if p.query}
     unused = {
-        # the text GX sends: `{batch}` replaced by the batch query as a derived table
-        _squeezed(query.replace("{batch}", f"({p.query}) AS subselect"))
+        # the text GX sends: `{batch}` replaced by the batch query as a derived table, named
+        # `subselect` unless the query joins (then it names its tables itself)
+        _squeezed(query.replace("{batch}", batch))
         for p in plans
         if p.query
         for exp in p.suite.gx_spec(p.tokens)["expectations"]
         if isinstance(query := (exp.get("kwargs") or {}).get("unexpected_rows_query"), str)
+        for batch in (f"({p.query}) AS subselect", f"({p.query})")
     }
 
     def rewrite(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
