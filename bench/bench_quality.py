@@ -16,9 +16,10 @@ recent days to compare with), builds and publishes the marts of END - 1, builds 
 With ``--state DIR`` (the kept state folder of ``bench/bench_pipeline.py --keep DIR``, e.g.
 a 1M warehouse) nothing is generated: the raw suites run on the batches of ``--day`` (the
 pipeline bench's first day: the whole history's first load) and the marts suites on the
-published marts, ``--repeat`` pairs of runs each, alternately: as the gate runs (counts
-first, examples for the expectations with unexpected values alone) and in one pass with
-examples for every expectation (the gate before), with the stored outcomes compared.
+published marts (of the date they were published for), ``--repeat`` pairs of runs each,
+alternately: as the gate runs (counts first, examples for the expectations with unexpected
+values alone) and in one pass with examples for every expectation (the gate before), with
+the stored outcomes compared.
 
 Nothing is asserted: the figures are the output.
 """
@@ -106,6 +107,8 @@ def passes_side_by_side(state: Path, day: dt.date, repeat: int) -> None:
         wh.up(settings)
         __import__("great_expectations")  # imported before the first timed run, not in it
         try:
+            with psycopg.connect(wh.warehouse_url(settings)) as conn:
+                published = gate._latest_publication(conn) or day
             rows = []
             for layer in ("raw", "marts"):
                 for variant in ("counts first", "one pass") * repeat:
@@ -120,7 +123,9 @@ def passes_side_by_side(state: Path, day: dt.date, repeat: int) -> None:
                                 )
                             )
                         t0 = time.perf_counter()
-                        verdict = validate_layer(layer, day, settings)
+                        verdict = validate_layer(
+                            layer, day if layer == "raw" else published, settings
+                        )
                         elapsed = time.perf_counter() - t0
                     facts = sorted(
                         (o.suite, o.ordinal, o.success, str(o.observed_value), o.unexpected_count,
