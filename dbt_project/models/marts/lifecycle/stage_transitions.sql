@@ -20,46 +20,68 @@ period_types as (
     select 'week' as period_type
 ),
 
--- every stage change (an interval start), placed in its month and its week
+-- every stage change (an interval start) with the customer's change before and after it:
+-- one window over the history, sorted once by customer (not once per period type)
+stepped as (
+    select
+        customer_key,
+        valid_from,
+        coalesce(previous_stage, 'none') as stage_before,
+        stage,
+        lag(valid_from) over customer_changes as previous_from,
+        lead(valid_from) over customer_changes as next_from
+    from history
+    window customer_changes as (partition by customer_key order by valid_from)
+),
+
+-- each change placed in its month and its week, flagged when it is the customer's first
+-- or last change of that period
 changes as (
     select
         period_types.period_type,
-        {{ period_start('period_types.period_type', 'history.valid_from') }} as period_start,
-        history.customer_key,
-        history.valid_from,
-        coalesce(history.previous_stage, 'none') as stage_before,
-        history.stage
-    from history
+        {{ period_start('period_types.period_type', 'stepped.valid_from') }} as period_start,
+        stepped.customer_key,
+        stepped.stage_before,
+        stepped.stage,
+        stepped.previous_from is null
+        or {{ period_start('period_types.period_type', 'stepped.previous_from') }}
+        <> {{ period_start('period_types.period_type', 'stepped.valid_from') }} as is_first,
+        stepped.next_from is null
+        or {{ period_start('period_types.period_type', 'stepped.next_from') }}
+        <> {{ period_start('period_types.period_type', 'stepped.valid_from') }} as is_last
+    from stepped
     cross join period_types
 ),
 
--- each customer's first and last change in each period: window functions over one sort
--- (an aggregate with its own ORDER BY sorts every group apart: millions of tiny sorts)
-ordered_changes as (
-    select
-        period_type,
-        period_start,
-        customer_key,
-        first_value(stage_before) over customer_period as from_stage,
-        last_value(stage) over customer_period as to_stage,
-        row_number() over customer_period as change_number
-    from changes
-    window customer_period as (
-        partition by period_type, period_start, customer_key
-        order by valid_from
-        rows between unbounded preceding and unbounded following
-    )
-),
-
+-- each customer who changed in a period: the stage before their first change there and
+-- the stage after their last; most change once (first and last), the others pair their
+-- first and last change. (A window partitioned by period type, period and customer sorted
+-- every change twice: 29-35 s of a 1M customer build, 21-22 s now, the same rows.)
 movers as (
     select
         period_type,
         period_start,
         customer_key,
-        from_stage,
-        to_stage
-    from ordered_changes
-    where change_number = 1
+        stage_before as from_stage,
+        stage as to_stage
+    from changes
+    where is_first and is_last
+    union all
+    select
+        firsts.period_type,
+        firsts.period_start,
+        firsts.customer_key,
+        firsts.stage_before as from_stage,
+        lasts.stage as to_stage
+    from changes as firsts
+    inner join changes as lasts
+        on
+            lasts.period_type = firsts.period_type
+            and lasts.period_start = firsts.period_start
+            and lasts.customer_key = firsts.customer_key
+            and lasts.is_last
+            and not lasts.is_first
+    where firsts.is_first and not firsts.is_last
 ),
 
 mover_flows as (
