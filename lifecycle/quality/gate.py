@@ -574,7 +574,9 @@ def _run_gx(verdict: Verdict, plans: list[_Plan], url: str, docs_dir: Path | Non
                 asset = source.add_query_asset(name=f"a{i}", query=plan.query)
                 batch = asset.add_batch_definition_whole_table(f"b{i}")
                 spec = suite.gx_spec(plan.tokens)
-                results = _validate(ctx, batch, spec, f"v{i}", plan.params, run_identifier)
+                results = _validate(
+                    ctx, batch, spec, f"v{i}", plan.params, run_identifier, COUNTS_ONLY
+                )
                 # examples for the expectations that found unexpected values: a second pass
                 # over those alone, whose results (the same rows: the same counts) replace
                 # the first pass's
@@ -605,7 +607,7 @@ def _validate(
     name: str,
     params: dict[str, Any],
     run_identifier: Any,
-    result_format: dict[str, Any] = COUNTS_ONLY,
+    result_format: dict[str, Any],
 ) -> list[tuple[int, dict[str, Any]]]:
     """Run the GX suite `spec` on `batch` as validation `name`; return its results as JSON
     in GX's order, each with the position of its expectation in ``spec["expectations"]``

@@ -479,7 +479,6 @@ def test_examples_are_fetched_only_for_expectations_that_found_unexpected_values
     finally:
         event.remove(Engine, "after_cursor_execute", record)
     monkeypatch.setattr(gate, "COUNTS_ONLY", gate.RESULT_FORMAT)
-    monkeypatch.setattr(gate._validate, "__defaults__", (gate.RESULT_FORMAT,))
     single = validate_layer("raw", DAY, settings, run_id="one-pass")
 
     def facts(v) -> list[tuple]:
