@@ -159,3 +159,14 @@
 {% macro period_start(period, date_column) -%}
     cast(date_trunc({{ period }}, cast({{ date_column }} as timestamp)) as date)
 {%- endmacro %}
+
+
+{#
+    The acquisition channel of a row of `group by grouping sets ((channel), ())`: the
+    channel, or 'all' on the grand total's row (a null channel stays a group of its own).
+#}
+{% macro channel_or_all(channel_column) -%}
+    case
+        when grouping({{ channel_column }}) = 1 then 'all' else {{ channel_column }}
+    end
+{%- endmacro %}

@@ -111,10 +111,7 @@ buyer_history_flags as (
 
 buyer_orders as (
     select
-        case
-            when grouping(buyers.acquisition_channel) = 1 then 'all'
-            else buyers.acquisition_channel
-        end as acquisition_channel,
+        {{ channel_or_all('buyers.acquisition_channel') }} as acquisition_channel,
         sum(sums.count_orders) as count_orders,
         sum(sums.revenue) as revenue,
         sum(sums.count_orders_in_window) as count_orders_in_window,
@@ -127,10 +124,7 @@ buyer_orders as (
 
 churn as (
     select
-        case
-            when grouping(buyers.acquisition_channel) = 1 then 'all'
-            else buyers.acquisition_channel
-        end as acquisition_channel,
+        {{ channel_or_all('buyers.acquisition_channel') }} as acquisition_channel,
         count(*) filter (where flags.is_churned_in_window) as count_churned_in_window,
         count(*) filter (
             where
@@ -162,9 +156,7 @@ channel_spend as (
 
 buyer_counts as (
     select
-        case
-            when grouping(acquisition_channel) = 1 then 'all' else acquisition_channel
-        end as acquisition_channel,
+        {{ channel_or_all('acquisition_channel') }} as acquisition_channel,
         count(*) as count_buyers
     from buyers
     group by grouping sets ((acquisition_channel), ())
