@@ -17,6 +17,15 @@ eligible customer, rows fetched):
 It checks the two return the same rows, and prints the dbt time of the session-day model
 in the full and the incremental build (what the model costs the daily transform). Nothing
 is asserted beyond the equal rows: the figures are the output.
+
+    .venv/bin/python bench/bench_features.py --state DIR [--day 2024-12-31] [--repeat 2]
+
+With ``--state DIR`` (the kept state folder of ``bench/bench_pipeline.py --keep DIR``, e.g.
+at 1M customers) it times instead, on that warehouse as built, alternately, scoring's
+feature query as of ``--day`` (``now``: ``FEATURES_SQL``) and the query before each order's
+latest version recorded by D was found by a filter on its successor's updated_at
+(``before``: ``reference_features_sql(from_events=False, every_session=False)``: every
+version numbered again from staging and sorted), checking the rows are the same.
 """
 
 from __future__ import annotations
@@ -76,7 +85,12 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=20_000)
     ap.add_argument("--world", type=Path, help="reuse a generated world (ending 2024-12-31)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--state", type=Path, help="a kept bench_pipeline state folder to reuse")
+    ap.add_argument("--day", type=dt.date.fromisoformat, default=END, help="with --state")
     args = ap.parse_args()
+    if args.state:
+        before_and_now(args.state, args.day, args.repeat)
+        return
 
     with scratch_warehouse("features") as (tmp, url):
         world = args.world or make_world(args.customers, tmp / "world")
@@ -107,6 +121,42 @@ def main() -> None:
                 f"model {model:6.2f}s   every event {events_s:6.2f}s   "
                 f"model / events {model / events_s:5.2f}"
             )
+
+
+def before_and_now(state: Path, day: dt.date, repeat: int) -> None:
+    """Time the feature query as of `day` now and before, alternately, on a kept warehouse."""
+    from lifecycle import warehouse as wh
+    from lifecycle.settings import environment
+    from ml import features as ft
+
+    env = {"LIFECYCLE_HOME": str(state / "home"), "LIFECYCLE_WORLD_DIR": str(state / "world")}
+    with environment(env):
+        settings = load_settings()
+        wh.up(settings)
+        try:
+            url = wh.warehouse_url(settings)
+            params = ft._params([day], 90, day)
+            queries = {
+                "now": ft.FEATURES_SQL,
+                "before": ft.reference_features_sql(from_events=False, every_session=False),
+            }
+            times: dict[str, list[float]] = {name: [] for name in queries}
+            results = {}
+            for _ in range(repeat):
+                for name, sql in queries.items():
+                    seconds, results[name] = _timed(url, sql, params)
+                    times[name].append(seconds)
+                    print(f"{name:6s} {seconds:7.1f}s  {len(results[name])} customers")
+        finally:
+            wh.down(settings)
+    same = results["now"] == results["before"]
+    print(
+        f"features as of {day}: now {' / '.join(f'{t:.1f}' for t in times['now'])} s, before "
+        f"{' / '.join(f'{t:.1f}' for t in times['before'])} s: "
+        f"{sum(times['now']) / sum(times['before']):.2f} of the time; same rows: {same}"
+    )
+    if not same:
+        raise SystemExit(f"error: the two queries differ as of {day}")
 
 
 if __name__ == "__main__":

@@ -221,29 +221,21 @@ versions as (
     where {sampled_customer_ids}
 ),
 
--- each order placed by D in the state of its latest version *recorded* by D (system time:
--- the version's updated_at), so an order that reached us only later does not exist yet
-recorded_versions as (
-    select
-        order_id,
-        updated_at,
-        row_number() over (partition by order_id order by updated_at) as version_number
-    from staging.stg_orders__orders
-),
-
+-- each order in the state of its latest version *recorded* by D (system time: the version's
+-- updated_at), counted when that version places it by D, so an order that reached us only
+-- later does not exist yet. Versions are recorded in version order and each observed
+-- version's valid_to_at is its successor's updated_at: the latest recorded by D is the one
+-- recorded by D whose successor was not (a filter, not a sort of every version per D)
 orders_at as (
-    select distinct on (s.snapshot_date, v.order_id)
+    select
         s.snapshot_date, v.customer_key, v.order_id, v.order_date, v.status,
         v.is_completed, v.reporting_amount
     from snapshots as s
     inner join versions as v
-        on v.order_date <= s.snapshot_date
-        and not v.is_inferred
-    inner join recorded_versions as r
-        on r.order_id = v.order_id
-        and r.version_number = v.version_number
+        on not v.is_inferred
+        and v.order_date <= s.snapshot_date
         and {recorded_date} <= s.snapshot_date
-    order by s.snapshot_date, v.order_id, r.updated_at desc, v.version_number desc
+        and (v.valid_to_at is null or {superseded_date} > s.snapshot_date)
 ),
 
 order_days as (
@@ -522,7 +514,8 @@ select * from final
 """.format(
     # calendar dates in the business zone, like the dates dbt derives (var business_timezone)
     updated_date="cast((c.updated_at at time zone %(business_timezone)s) as date)",
-    recorded_date="cast((r.updated_at at time zone %(business_timezone)s) as date)",
+    recorded_date="cast((v.updated_at at time zone %(business_timezone)s) as date)",
+    superseded_date="cast((v.valid_to_at at time zone %(business_timezone)s) as date)",
     # the training sample (snapshots.max_customers): filtered where each part is keyed by
     # the person, never before a session's owner is decided (a user's session must not
     # fall back to another person's device), so a sampled customer's features are exactly
@@ -578,12 +571,45 @@ _EVERY_SESSION = """owned_sessions as (
 """
 
 
-def reference_features_sql(*, from_events: bool = True) -> str:
-    """Return FEATURES_SQL with every session met with the snapshots (none left out
-    beforehand as ownerless) and, `from_events`, its web sessions and device identities
-    aggregated from every event, not read from the dbt models."""
+# Each order's latest version recorded by D as the query found it before it read the
+# versions' own updated_at and valid_to_at (issue 14): every version numbered again from
+# staging, joined back and sorted per snapshot. The reference for the filter that replaced
+# it.
+_ORDERS_AT_BY_SORT = """recorded_versions as (
+    select
+        order_id,
+        updated_at,
+        row_number() over (partition by order_id order by updated_at) as version_number
+    from staging.stg_orders__orders
+),
+
+orders_at as (
+    select distinct on (s.snapshot_date, v.order_id)
+        s.snapshot_date, v.customer_key, v.order_id, v.order_date, v.status,
+        v.is_completed, v.reporting_amount
+    from snapshots as s
+    inner join versions as v
+        on v.order_date <= s.snapshot_date
+        and not v.is_inferred
+    inner join recorded_versions as r
+        on r.order_id = v.order_id
+        and r.version_number = v.version_number
+        and cast((r.updated_at at time zone %(business_timezone)s) as date) <= s.snapshot_date
+    order by s.snapshot_date, v.order_id, r.updated_at desc, v.version_number desc
+),
+"""
+
+
+def reference_features_sql(*, from_events: bool = True, every_session: bool = True) -> str:
+    """Return FEATURES_SQL with each order's latest recorded version found by sorting its
+    versions; `every_session`, with every session met with the snapshots (none left out
+    beforehand as ownerless); and, `from_events`, with its web sessions and device
+    identities aggregated from every event, not read from the dbt models. (Neither flag:
+    the query before the orders' filter, which bench/bench_features.py --state times.)"""
     sql = FEATURES_SQL
-    ctes = [("owned_sessions", "owned_devices", _EVERY_SESSION)]
+    ctes = [("orders_at", "valid_to_at", _ORDERS_AT_BY_SORT)]
+    if every_session:
+        ctes += [("owned_sessions", "owned_devices", _EVERY_SESSION)]
     if from_events:
         ctes += [
             ("session_days", "int_web_session_days_aggregated", _SESSION_DAYS_FROM_EVENTS),
@@ -664,6 +690,16 @@ def _require_warehouse(conn: psycopg.Connection) -> None:
     if missing:
         raise FeatureError(
             f"the warehouse lacks {', '.join(missing)}: run `lifecycle transform --date D` first"
+        )
+    # a warehouse built by an earlier release: its versions lack when each was recorded
+    recorded = conn.execute(
+        "select 1 from information_schema.columns where table_schema = 'intermediate' "
+        "and table_name = 'int_orders_versioned' and column_name = 'updated_at'"
+    ).fetchone()
+    if recorded is None:
+        raise FeatureError(
+            "intermediate.int_orders_versioned was built by an earlier release (no "
+            "updated_at column): run `lifecycle transform --date D` to rebuild it first"
         )
 
 

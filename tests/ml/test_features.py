@@ -45,7 +45,7 @@ def _refund_some_orders_after(orders_csv: Path, cut: dt.date, n: int = 8) -> lis
     header = lines[0].rstrip("\n").split(",")
     at = {name: i for i, name in enumerate(header)}
     chosen: list[str] = []
-    refund_at = f"{cut + dt.timedelta(days=3)}T12:00:00Z"
+    refund_at = f"{REFUNDS_RECORDED}T12:00:00Z"
     for i, line in enumerate(lines[1:], start=1):
         fields = line.rstrip("\n").split(",")
         ordered = fields[at["ordered_at"]][:10]
@@ -152,8 +152,17 @@ def leakage(embedded_settings, tmp_path_factory):
             yield url, before, after, later, (first, again, table_once, table_twice), web
 
 
-#: Snapshots around the late web file (events of CUT received two days later) and after.
-SESSION_SNAPSHOTS = [*SNAPSHOTS, CUT + dt.timedelta(days=1), CUT + dt.timedelta(days=2), END]
+#: The day the refunds of orders placed before CUT were recorded (_refund_some_orders_after).
+REFUNDS_RECORDED = CUT + dt.timedelta(days=3)
+#: Snapshots around the late web file (events of CUT received two days later), the day the
+#: later refunds were recorded, and after.
+SESSION_SNAPSHOTS = [
+    *SNAPSHOTS,
+    CUT + dt.timedelta(days=1),
+    CUT + dt.timedelta(days=2),
+    REFUNDS_RECORDED,
+    END,
+]
 
 
 def _session_features(conn: psycopg.Connection) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -209,6 +218,34 @@ def test_session_days_model_gives_the_features_of_every_event_bit_for_bit(leakag
         "count(*) filter (where event_name = 'added_to_cart') from staging.stg_web__events",
     )[0]
     assert counts == events
+
+
+def test_each_order_counts_in_its_latest_version_recorded_by_d(leakage) -> None:
+    """Orders are taken in their latest version recorded by D by a filter on each version's
+    recorded day and its successor's (valid_to_at); the reference numbers every version from
+    staging again and sorts them per snapshot. Equal bit for bit (the test above compares
+    the two queries whole), and the later refunds count from the day they were recorded."""
+    url, *_, web = leakage
+    got = web["from_model"].set_index(["snapshot_date", "customer_key"])
+    refunded = {
+        key
+        for (key,) in rows(
+            url,
+            "select distinct k.customer_key from staging.stg_orders__orders as o "
+            "join intermediate.int_identifiers_clustered as k on k.identifier_type = "
+            "'customer_id' and k.identifier_value = o.customer_id "
+            "where o.status = 'refunded' and o.updated_at::date = %s and o.ordered_at < %s",
+            (REFUNDS_RECORDED, CUT),
+        )
+    }
+    assert len(refunded) >= 5
+
+    def refunds(day: dt.date) -> int:
+        at = got.xs(day, level="snapshot_date")
+        return int(at.loc[at.index.isin(refunded), "count_refunds"].sum())
+
+    before, on = refunds(REFUNDS_RECORDED - dt.timedelta(days=1)), refunds(REFUNDS_RECORDED)
+    assert on - before == 8  # the eight orders refunded that day, each counted once
 
 
 def test_sessions_owned_through_a_device_alone_are_kept(leakage) -> None:
@@ -340,6 +377,27 @@ def test_missing_warehouse_layers_give_a_clear_error(fresh_db) -> None:
         pytest.raises(ft.FeatureError, match="lifecycle transform"),
     ):
         ft.compute_features(conn, [CUT])
+
+
+def test_versions_built_by_an_earlier_release_ask_for_a_transform(fresh_db) -> None:
+    """A warehouse whose int_orders_versioned predates its updated_at column (built by an
+    earlier release, not yet transformed by this one) gets one clear error, not SQL's."""
+    with psycopg.connect(fresh_db) as conn:
+        conn.execute("create schema intermediate")
+        conn.execute("create schema staging")
+        for name in (
+            "intermediate.int_orders_versioned",
+            "intermediate.int_identifiers_clustered",
+            "intermediate.int_web_session_days_aggregated",
+            "intermediate.int_web_identities_observed",
+            "staging.stg_crm__contacts",
+        ):
+            conn.execute(f"create table {name} (order_id text, valid_to_at timestamptz)")
+        with pytest.raises(ft.FeatureError, match=r"earlier release .*`lifecycle transform --date D`"):
+            ft.compute_features(conn, [CUT])
+        conn.execute("alter table intermediate.int_orders_versioned add updated_at timestamptz")
+        with pytest.raises(psycopg.errors.UndefinedColumn):  # past the check: the query runs
+            ft.compute_features(conn, [CUT])
 
 
 def _fetched(conn: psycopg.Connection, query: str, params: object) -> pd.DataFrame:
