@@ -8,20 +8,29 @@ and streams the rows back with ``COPY``. The date partition is deleted and rewri
 one transaction: a rerun replaces it, a failure leaves the previous partition intact.
 Memory is bounded by the chunk, not the customer count. Every row carries the registered
 version of each champion and the run id.
+
+The three parts overlap on two cores: a thread starts the feature query before the
+champions load (its sorted result takes the database most of the run, and loading the
+models is a fixed few seconds of Python) and then stays one chunk ahead of the models,
+and ``COPY`` is sent by psycopg's queued writer thread while the next chunk is scored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 import psycopg
 from psycopg import sql
+from psycopg.copy import QueuedLibpqWriter
 
 from lifecycle.settings import Settings
 from ml import features as ft
@@ -59,6 +68,8 @@ class ScoreResult:
     risk_bands: dict[str, int]
     segments: dict[str, int]
     elapsed_s: float
+    #: seconds: load_models (from the start, the feature query already running), features
+    #: (waiting for the next chunk of features), models, write (queuing the CSV for COPY)
     stage_s: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -192,6 +203,136 @@ def _stored_rfm(conn: psycopg.Connection, relation: str) -> pd.DataFrame:
     )
 
 
+class _Prefetched:
+    """The chunks of a feature stream, fetched by a thread up to `ahead` chunks ahead.
+
+    The first fetch runs the whole feature query (its result is sorted by customer), the
+    longest part of a scoring run, in the database; the thread waits on the socket with
+    the GIL released, so the champions load meanwhile. An exception of the stream is raised
+    to the consumer where the chunk would have been. :meth:`close` cancels a query still
+    running and waits for the thread (the connection is then in an aborted transaction:
+    roll it back before using it again).
+    """
+
+    _END = object()
+
+    def __init__(
+        self, conn: psycopg.Connection, stream: Callable[[], Iterable[pd.DataFrame]], ahead: int = 1
+    ) -> None:
+        self._conn = conn
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(stream,), name="lifecycle-score-features", daemon=True
+        )
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, stream: Callable[[], Iterable[pd.DataFrame]]) -> None:
+        chunks = iter(())
+        try:
+            chunks = iter(stream())
+            for chunk in chunks:
+                if not self._put(chunk):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            if not self._stop.is_set():
+                self._put(exc)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                # the generator's server-side cursor; after a cancel the caller rolls back
+                with contextlib.suppress(psycopg.Error):
+                    close()
+
+    def __iter__(self) -> Iterator[pd.DataFrame]:
+        while (item := self._queue.get()) is not self._END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop fetching: cancel the query if it still runs and wait for the thread."""
+        if self._thread.is_alive():
+            self._stop.set()
+            self._conn.cancel_safe()
+            self._thread.join()
+
+
+def _spec_horizon() -> int:
+    """Return models/churn.yaml's label horizon, the champion's unless the spec changed
+    since it was trained (scoring then runs the feature query again with the champion's)."""
+    from ml.specs import load_spec
+
+    try:
+        return int(load_spec("churn")["label"]["horizon_days"])
+    except Exception:  # noqa: BLE001 - only a guess: any spec problem falls back to 90 days
+        return 90
+
+
+class _EarlyFeatures:
+    """The scoring feature query, started before the champions load (with the churn
+    spec's horizon: the champion's, unless the spec changed since it was trained).
+
+    :meth:`take` hands the prefetched stream over when the champion can use it, or stops
+    it (a different horizon, or a model from before the frozen BTYD fit, whose refit reads
+    the connection first) and rolls the connection back for the serial path. On exit a
+    stream still running (an error on the way) is cancelled before the connection closes.
+    """
+
+    def __init__(
+        self,
+        reader: psycopg.Connection,
+        day: dt.date,
+        chunk_size: int,
+        features_relation: str | None,
+    ) -> None:
+        self._reader = reader
+        self._horizon = _spec_horizon()
+        self._prefetch: _Prefetched | None = None
+        if features_relation is None:
+            horizon = self._horizon
+            self._prefetch = _Prefetched(
+                reader,
+                lambda: ft.stream_features(
+                    reader, day, chunk_size=chunk_size, horizon_days=horizon
+                ),
+            )
+
+    def take(self, horizon: int, *, usable: bool) -> _Prefetched | None:
+        """Return the prefetched stream if it serves `horizon` and is `usable`, else None."""
+        if self._prefetch is None:
+            return None
+        if usable and horizon == self._horizon:
+            return self._prefetch
+        log.info(
+            "score: the champion's horizon is %d days (the spec says %d) or it refits BTYD "
+            "first: features fetched again",
+            horizon,
+            self._horizon,
+        )
+        self._prefetch.close()
+        self._prefetch = None
+        self._reader.rollback()
+        return None
+
+    def __enter__(self) -> _EarlyFeatures:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._prefetch is not None:
+            self._prefetch.close()
+
+
 def score(
     day: dt.date,
     settings: Settings,
@@ -213,20 +354,27 @@ def score(
 
     started = time.perf_counter()
     run_id = run_id or f"score:{day.isoformat()}"
-    champions = load_champions(settings)
-    loaded = time.perf_counter()
     url = wh.warehouse_url(settings)
     rows = chunks = 0
     bands: dict[str, int] = {}
     segments: dict[str, int] = {}
     t_features = t_models = t_write = 0.0
-    with wh.connect(url) as reader, wh.connect(url) as writer, writer.transaction():
+    with (
+        wh.connect(url) as reader,
+        wh.connect(url) as writer,
+        writer.transaction(),
+        _EarlyFeatures(reader, day, chunk_size, features_relation) as early,
+    ):
+        champions = load_champions(settings)
+        loaded = time.perf_counter()
         ensure_ml_tables(writer)
         writer.execute("delete from ml.scores_history where score_date = %s", (day,))
         churn = champions.churn
         horizon = int(getattr(churn, "horizon_days", 90))
         btyd = getattr(churn, "btyd_fit", None)
-        if getattr(churn, "uses_btyd", False) and not getattr(churn, "btyd_frozen", False):
+        refit = getattr(churn, "uses_btyd", False) and not getattr(churn, "btyd_frozen", False)
+        prefetched = early.take(horizon, usable=not refit)
+        if refit:
             # the BTYD features need a fit on every customer's RFM at `day`, as training's
             # per-snapshot fit had: one pass over the RFM first, then chunk by chunk
             rfm = (
@@ -235,11 +383,12 @@ def score(
                 else ft.rfm_at(reader, day, horizon_days=horizon)
             )
             btyd = ft.fit_btyd(rfm, churn.btyd_params, label=day)
-        source = (
-            _stored_features(reader, features_relation, chunk_size)
-            if features_relation
-            else ft.stream_features(reader, day, chunk_size=chunk_size, horizon_days=horizon)
-        )
+        if prefetched is not None:
+            source: Iterable[pd.DataFrame] = prefetched
+        elif features_relation:
+            source = _stored_features(reader, features_relation, chunk_size)
+        else:
+            source = ft.stream_features(reader, day, chunk_size=chunk_size, horizon_days=horizon)
         if getattr(churn, "uses_btyd", False):
             source = (
                 pd.concat([c, ft.btyd_features(c, btyd, horizon_days=horizon)], axis=1)
@@ -248,7 +397,9 @@ def score(
         with (
             writer.cursor() as cur,
             cur.copy(
-                f"copy ml.scores_history ({', '.join(SCORE_COLUMNS)}) from stdin (format csv)"
+                f"copy ml.scores_history ({', '.join(SCORE_COLUMNS)}) from stdin (format csv)",
+                # a thread sends the rows while the next chunk is scored
+                writer=QueuedLibpqWriter(cur),
             ) as copy,
         ):
             t0 = time.perf_counter()

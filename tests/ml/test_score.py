@@ -138,6 +138,42 @@ def test_a_failed_run_keeps_the_previous_partition(scored) -> None:
     assert after == [(sum(1 for r in twice if r[0] == str(trained.world.end)),)]
 
 
+def _partition(url: str, day: dt.date) -> list:
+    return [r for r in snapshot(url, "ml.scores_history") if r[0] == str(day)]
+
+
+def test_features_fetched_ahead_for_another_horizon_are_fetched_again(scored, monkeypatch, caplog):
+    """The feature query starts before the champions load, with the spec's horizon; a
+    champion trained with another one gets features of its own horizon: the same rows."""
+    import ml.score
+
+    trained, _, _, _, once, _ = scored
+    day = trained.world.end
+    monkeypatch.setattr(ml.score, "_spec_horizon", lambda: 30)
+    with caplog.at_level("INFO", logger="ml.score"):
+        score(day, trained.settings, chunk_size=700)
+    assert _partition(trained.world.url, day) == [r for r in once if r[0] == str(day)]
+    assert "features fetched again" in caplog.text
+
+
+def test_an_error_of_the_features_fetched_ahead_reaches_the_caller(scored, monkeypatch) -> None:
+    """The feature stream runs in a thread: its error is raised by score(), and the
+    partition stays as it was."""
+    from ml import features as ft
+
+    trained, _, _, _, once, _ = scored
+    day = trained.world.end
+
+    def broken(*args, **kwargs):
+        raise ft.FeatureError("the warehouse lacks something")
+        yield  # a generator, like stream_features
+
+    monkeypatch.setattr(ft, "stream_features", broken)
+    with pytest.raises(ft.FeatureError, match="the warehouse lacks something"):
+        score(day, trained.settings)
+    assert _partition(trained.world.url, day) == [r for r in once if r[0] == str(day)]
+
+
 def test_no_champion_is_a_clear_error(ml_world) -> None:
     for home in temp_home("lifecycle-ml-empty-"):
         with pytest.raises(ScoreError, match="run `lifecycle train` first"):
