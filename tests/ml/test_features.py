@@ -393,7 +393,7 @@ def test_versions_built_by_an_earlier_release_ask_for_a_transform(fresh_db) -> N
             "staging.stg_crm__contacts",
         ):
             conn.execute(f"create table {name} (order_id text, valid_to_at timestamptz)")
-        with pytest.raises(ft.FeatureError, match=r"earlier release .*`lifecycle transform --date D`"):
+        with pytest.raises(ft.FeatureError, match=r"earlier release .*`lifecycle transform"):
             ft.compute_features(conn, [CUT])
         conn.execute("alter table intermediate.int_orders_versioned add updated_at timestamptz")
         with pytest.raises(psycopg.errors.UndefinedColumn):  # past the check: the query runs
