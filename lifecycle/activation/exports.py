@@ -99,7 +99,10 @@ def neutralise(text: str) -> str:
     when it holds a tab, CR, LF, quote or comma. Numbers never pass through here (their
     columns are formatted from numeric values), so a negative probability stays a number.
     """
-    if text[:1] in FORMULA_TRIGGERS or text.lstrip(" ")[:1] in FORMULA_TRIGGERS:
+    # (the first character alone decides unless it is a space: every cell of every export
+    # passes here, so the common case costs one lookup)
+    first = text[:1]
+    if first in FORMULA_TRIGGERS or (first == " " and text.lstrip(" ")[:1] in FORMULA_TRIGGERS):
         return "'" + text
     return text
 
@@ -110,6 +113,8 @@ def _text(value: Any, digits: int | None = None) -> str:
         return ""
     if digits is not None:
         return f"{float(value):.{digits}f}"
+    if type(value) is str:  # most cells: checked before the numeric types
+        return neutralise(value)
     if isinstance(value, int | float | Decimal | dt.date):
         return str(value)  # never a formula: a number (possibly negative) or an ISO date
     return neutralise(str(value))
@@ -390,9 +395,16 @@ def export_audience(
     counts: dict[str, int] = {}
     for layout in audience.layouts:
         header, fmt = LAYOUTS[layout]
+        # each send row formatted once: the adds are send rows too
+        sent_cells = {r["customer_key"]: fmt(r, audience.name, day) for r in send}
         for kind in LISTS:
             name = f"{layout}_{kind}.csv"
-            blobs[name] = render_csv(header, [fmt(r, audience.name, day) for r in lists[kind]])
+            cells = (
+                [fmt(r, audience.name, day) for r in lists[kind]]
+                if kind == "removes"
+                else [sent_cells[r["customer_key"]] for r in lists[kind]]
+            )
+            blobs[name] = render_csv(header, cells)
             counts[name] = len(lists[kind])
     blobs[IDS_FILE] = render_csv(IDS_HEADER, ids_rows(members, audience.name, day))
     counts[IDS_FILE] = len(members)
