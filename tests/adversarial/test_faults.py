@@ -169,7 +169,8 @@ TRIGGERS = {
     "validate_marts": Trigger(
         "select count(*) from marts.customers", "marts.customers", "drop table"
     ),
-    # mid-scoring: the partition deleted and the COPY open, the features query waits
+    # mid-scoring: the partition deleted and the COPY open, the features query waits (from
+    # the start: the test waits until the partition is deleted too)
     "score": Trigger(
         "lock table intermediate.int_identifiers_clustered in access exclusive mode",
         "intermediate.int_identifiers_clustered",
@@ -349,9 +350,16 @@ class Caught:
 
 
 def wait_blocked(
-    monitor: psycopg.Connection, trigger: Trigger, holders: tuple[int, ...], alive
+    monitor: psycopg.Connection,
+    trigger: Trigger,
+    holders: tuple[int, ...],
+    alive,
+    written_first: str | None = None,
 ) -> Caught:
-    """Wait until a session of the task waits on the trigger's lock; return what it did."""
+    """Wait until a session of the task waits on the trigger's lock and, given
+    `written_first`, until the task's sessions have written that relation too (scoring's
+    feature query waits from the start, in a thread, while another session deletes the
+    partition and opens the COPY); return what it did."""
     deadline = time.monotonic() + BLOCK_TIMEOUT_S
     while time.monotonic() < deadline:
         row = monitor.execute(
@@ -374,6 +382,10 @@ def wait_blocked(
                     (list(holders),),
                 )
             }
+            if written_first and written_first not in written:
+                assert alive(), "the task ended before it wrote what it was to be killed in"
+                time.sleep(0.02)
+                continue
             build = monitor.execute(
                 "select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace "
                 "where n.nspname = 'marts__build' and c.relkind in ('r', 'v')"
@@ -432,7 +444,9 @@ def fault_mid_step(runner: TaskRunner, url: str, task: str, fault=kill) -> tuple
                 ddl = wait_blocked(monitor, trigger, holders, lambda: _running(pid))
                 assert ddl.query.startswith(trigger.ddl), ddl
                 queue_behind(monitor, first, holder, trigger)
-            caught = wait_blocked(monitor, trigger, holders, lambda: _running(pid))
+            caught = wait_blocked(
+                monitor, trigger, holders, lambda: _running(pid), written_first=trigger.wrote
+            )
         except AssertionError as exc:
             code = runner.wait(pid) if not _running(pid) else None
             raise AssertionError(f"{exc} (exit {code}); log:\n{log.read_text()[-3000:]}") from exc
