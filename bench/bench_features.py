@@ -41,7 +41,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg  # noqa: E402
 
-from bench.scratch import END, bench_env, land, make_world, scratch_warehouse  # noqa: E402
+from bench.scratch import (  # noqa: E402
+    END,
+    bench_env,
+    kept_warehouse,
+    land,
+    make_world,
+    scratch_warehouse,
+)
+from lifecycle import warehouse as wh  # noqa: E402
 from lifecycle.settings import load_settings  # noqa: E402
 from lifecycle.transform import TransformResult, transform  # noqa: E402
 
@@ -125,30 +133,22 @@ def main() -> None:
 
 def before_and_now(state: Path, day: dt.date, repeat: int) -> None:
     """Time the feature query as of `day` now and before, alternately, on a kept warehouse."""
-    from lifecycle import warehouse as wh
-    from lifecycle.settings import environment
     from ml import features as ft
 
-    env = {"LIFECYCLE_HOME": str(state / "home"), "LIFECYCLE_WORLD_DIR": str(state / "world")}
-    with environment(env):
-        settings = load_settings()
-        wh.up(settings)
-        try:
-            url = wh.warehouse_url(settings)
-            params = ft._params([day], 90, day)
-            queries = {
-                "now": ft.FEATURES_SQL,
-                "before": ft.reference_features_sql(from_events=False, every_session=False),
-            }
-            times: dict[str, list[float]] = {name: [] for name in queries}
-            results = {}
-            for _ in range(repeat):
-                for name, sql in queries.items():
-                    seconds, results[name] = _timed(url, sql, params)
-                    times[name].append(seconds)
-                    print(f"{name:6s} {seconds:7.1f}s  {len(results[name])} customers")
-        finally:
-            wh.down(settings)
+    with kept_warehouse(state) as settings:
+        url = wh.warehouse_url(settings)
+        params = ft._params([day], 90, day)
+        queries = {
+            "now": ft.FEATURES_SQL,
+            "before": ft.reference_features_sql(from_events=False, every_session=False),
+        }
+        times: dict[str, list[float]] = {name: [] for name in queries}
+        results = {}
+        for _ in range(repeat):
+            for name, sql in queries.items():
+                seconds, results[name] = _timed(url, sql, params)
+                times[name].append(seconds)
+                print(f"{name:6s} {seconds:7.1f}s  {len(results[name])} customers")
     same = results["now"] == results["before"]
     print(
         f"features as of {day}: now {' / '.join(f'{t:.1f}' for t in times['now'])} s, before "

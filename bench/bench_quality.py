@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg  # noqa: E402
 
-from bench.scratch import END, bench_env, make_world, scratch_warehouse  # noqa: E402
+from bench.scratch import END, bench_env, kept_warehouse, make_world, scratch_warehouse  # noqa: E402
 from lifecycle import warehouse as wh  # noqa: E402
 from lifecycle.extract import SOURCES, extract  # noqa: E402
 from lifecycle.quality import publish_marts, validate_layer  # noqa: E402
@@ -98,36 +98,27 @@ def passes_side_by_side(state: Path, day: dt.date, repeat: int) -> None:
     from unittest import mock
 
     from lifecycle.quality import gate
-    from lifecycle.settings import environment
 
-    env = {"LIFECYCLE_HOME": str(state / "home"), "LIFECYCLE_WORLD_DIR": str(state / "world")}
-    with environment(env):
-        settings = load_settings()
-        wh.up(settings)
+    with kept_warehouse(state) as settings:
         __import__("great_expectations")  # imported before the first timed run, not in it
-        try:
-            with psycopg.connect(wh.warehouse_url(settings)) as conn:
-                published = gate._latest_publication(conn) or day
-            rows = []
-            for layer in ("raw", "marts"):
-                for variant in ("counts first", "one pass") * repeat:
-                    # the gate before: examples for every expectation in its one pass
-                    first_pass = gate.RESULT_FORMAT if variant == "one pass" else gate.COUNTS_ONLY
-                    with mock.patch.object(gate, "COUNTS_ONLY", first_pass):
-                        t0 = time.perf_counter()
-                        verdict = validate_layer(
-                            layer, day if layer == "raw" else published, settings
-                        )
-                        elapsed = time.perf_counter() - t0
-                    facts = sorted(
-                        (o.suite, o.ordinal, o.success, str(o.observed_value), o.unexpected_count,
-                         str(o.partial_unexpected))
-                        for o in verdict.outcomes
-                    )  # fmt: skip
-                    rows.append((layer, variant, elapsed, facts))
-                    print(f"{layer:6s} {variant:13s} {elapsed:8.1f}s  {verdict.summary()[:90]}")
-        finally:
-            wh.down(settings)
+        with psycopg.connect(wh.warehouse_url(settings)) as conn:
+            published = gate._latest_publication(conn) or day
+        rows = []
+        for layer in ("raw", "marts"):
+            for variant in ("counts first", "one pass") * repeat:
+                # the gate before: examples for every expectation in its one pass
+                first_pass = gate.RESULT_FORMAT if variant == "one pass" else gate.COUNTS_ONLY
+                with mock.patch.object(gate, "COUNTS_ONLY", first_pass):
+                    t0 = time.perf_counter()
+                    verdict = validate_layer(layer, day if layer == "raw" else published, settings)
+                    elapsed = time.perf_counter() - t0
+                facts = sorted(
+                    (o.suite, o.ordinal, o.success, str(o.observed_value), o.unexpected_count,
+                     str(o.partial_unexpected))
+                    for o in verdict.outcomes
+                )  # fmt: skip
+                rows.append((layer, variant, elapsed, facts))
+                print(f"{layer:6s} {variant:13s} {elapsed:8.1f}s  {verdict.summary()[:90]}")
     for layer in ("raw", "marts"):
         mine = [r for r in rows if r[0] == layer]
         first = [r[2] for r in mine if r[1] == "counts first"]

@@ -3,7 +3,8 @@
 ``scratch_warehouse(name)`` makes a temporary state folder, starts the embedded
 PostgreSQL there (or uses the server of LIFECYCLE_WAREHOUSE_URL when it is set) and
 creates a database of its own on it; on exit it drops the database, stops the embedded
-server and removes the folder, whatever happened inside.
+server and removes the folder, whatever happened inside. ``kept_warehouse(state)`` opens
+instead the kept state folder of ``bench/bench_pipeline.py --keep`` as it was built.
 """
 
 from __future__ import annotations
@@ -55,6 +56,22 @@ def scratch_warehouse(name: str) -> Iterator[tuple[Path, str]]:
         if not external:
             wh.down(server)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def kept_warehouse(state: Path) -> Iterator:
+    """Yield the settings of a kept bench_pipeline state folder, its embedded PostgreSQL
+    started (and stopped on exit) and its environment set."""
+    from lifecycle.settings import environment
+
+    env = {"LIFECYCLE_HOME": str(state / "home"), "LIFECYCLE_WORLD_DIR": str(state / "world")}
+    with environment(env):
+        settings = load_settings()
+        wh.up(settings)
+        try:
+            yield settings
+        finally:
+            wh.down(settings)
 
 
 def bench_env(tmp: Path, url: str, world: Path) -> dict[str, str]:
