@@ -4,9 +4,8 @@ For a snapshot date D a feature uses only what was visible at the end of D:
 
 * **orders** — each order placed by D in the state of its latest version *recorded* by D
   (the source's ``updated_at``, system time; placed by D as that version says), so a
-  refund counts from the day it was
-  recorded, and an order we only heard of later (e.g. a final-state export that first
-  shows it refunded) does not exist yet at D;
+  refund counts from the day it was recorded, and an order we only heard of later (e.g.
+  a final-state export that first shows it refunded) does not exist yet at D;
 * **web** — events that happened by D *and* were received by D (late deliveries count from
   the day they arrived), attributed to a customer by their ``user_id`` or by the device's
   first identification known by D; read from two incremental dbt models
