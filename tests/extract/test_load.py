@@ -306,6 +306,51 @@ def test_web_events_late_files_duplicates_and_bad_lines(tmp_path: Path, fresh_db
     assert reason.startswith("malformed JSON:") and line == 4
 
 
+def test_a_raw_table_of_an_earlier_release_gets_its_load_time_index(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """dbt's incremental staging selects each run's rows by `_loaded_at`: every raw table
+    has a block-range index on it, created by the next load on a table made without it,
+    and the day's rows are found through it rather than by reading every row."""
+    root = tmp_path / "world/web/events"
+    _write(
+        root / "dt=2024-01-01/part-0000-arrived-20240101.jsonl.gz",
+        _events(*(_event(f"a{i}", "2024-01-01T10:00:00Z") for i in range(3))),
+    )
+    s = _settings(tmp_path, fresh_db)
+    extract("web", D1, s)
+    index = (
+        "select indexdef from pg_indexes where schemaname = 'raw' "
+        "and tablename = 'web__events' and indexdef like '%%brin%%'"
+    )
+    assert _rows(fresh_db, index) == [
+        ("CREATE INDEX web__events_loaded_idx ON raw.web__events USING brin (_loaded_at)",)
+    ]
+    with psycopg.connect(fresh_db) as conn:  # as an earlier release left it
+        conn.execute("drop index raw.web__events_loaded_idx")
+    _write(
+        root / "dt=2024-01-02/part-0000-arrived-20240102.jsonl.gz",
+        _events(_event("b1", "2024-01-02T10:00:00Z")),
+    )
+    assert extract("web", D2, s)[0].rows_loaded == 1
+    assert len(_rows(fresh_db, index)) == 1
+    with psycopg.connect(fresh_db) as conn:
+        tables = conn.execute(
+            "select count(*) from pg_indexes where schemaname = 'raw' "
+            "and indexdef like '%%USING brin (_loaded_at)'"
+        ).fetchone()[0]
+        assert tables == 6  # every entity of lifecycle.raw.ENTITIES
+        conn.execute("set enable_seqscan = off")  # a three-row table: ask whether it can
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "explain select event_id from raw.web__events "
+                "where _loaded_at > '2024-01-01'::timestamptz"
+            )
+        )
+        assert "Bitmap Index Scan on web__events_loaded_idx" in plan, plan
+
+
 KILL_SCRIPT = """
 import datetime as dt, sys
 from lifecycle.extract import extract
