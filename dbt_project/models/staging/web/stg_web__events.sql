@@ -6,6 +6,7 @@
             {'columns': ['event_id'], 'unique': true},
             {'columns': ['_loaded_at']},
             {'columns': ['anonymous_id']},
+            {'columns': ['_built_at'], 'type': 'brin'},
         ],
     )
 }}
@@ -74,7 +75,8 @@ final as (
         order_id,
         product_id,
         _batch_id,
-        _loaded_at
+        _loaded_at,
+        {{ this_build_at() }} as _built_at
     from deduplicated
     where
         copy_number = 1

@@ -1,0 +1,96 @@
+"""The append-only web staging table: each build's data tests read the rows it appended."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+
+import psycopg
+import pytest
+
+from lifecycle.transform import TransformResult, transform
+from tests.transform.conftest import land, rows, scratch_database, settings_for, write
+
+D1, D2 = dt.date(2024, 6, 29), dt.date(2024, 6, 30)
+ORDERS = "customer_id,order_id,ordered_at,amount\nC1,O1,2024-06-01T10:00:00Z,10.00\n"
+
+
+def _events(path, *names: tuple[str, str]) -> None:
+    lines = [
+        json.dumps(
+            {
+                "event_id": event_id,
+                "anonymous_id": "A1",
+                "event": name,
+                "timestamp": f"{path.parent.name[3:]}T10:00:00Z",
+                "received_at": f"{path.parent.name[3:]}T10:00:05Z",
+                "session_id": "S1",
+            }
+        )
+        for event_id, name in names
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+
+
+def _event_names_test(result: TransformResult):
+    [node] = [
+        n
+        for n in result.nodes
+        if n.unique_id.startswith("test.lifecycle.accepted_values_stg_web__events_event_name")
+    ]
+    return node
+
+
+@pytest.fixture(scope="module")
+def world(embedded_settings, dbt_home, tmp_path_factory):
+    root = tmp_path_factory.mktemp("web_staging")
+    write(root / "orders/orders.csv", ORDERS)
+    web = root / "web/events"
+    _events(
+        web / f"dt={D1}/part-0000-arrived-20240629.jsonl.gz",
+        ("e1", "page_viewed"),
+        ("e2", "signed_up"),
+    )
+    with scratch_database(embedded_settings) as url:
+        settings = settings_for(dbt_home, url, root)
+        land(settings, D1, full=True, sources=("orders", "web"))
+        yield url, settings, web
+
+
+def test_a_daily_build_checks_the_events_it_appended_and_a_full_refresh_every_one(world):
+    url, settings, web = world
+    first = transform(D1, settings, quiet=True)
+    assert first.success
+    assert (_event_names_test(first).status, _event_names_test(first).failures) == ("pass", 0)
+    # a row kept by an earlier build (as if an older release had let it through)
+    with psycopg.connect(url) as conn:
+        conn.execute("update raw.web__events set event = 'teleported' where event_id = 'e1'")
+        conn.execute(
+            "update staging.stg_web__events set event_name = 'teleported' where event_id = 'e1'"
+        )
+    _events(
+        web / f"dt={D2}/part-0000-arrived-20240630.jsonl.gz",
+        ("e3", "beamed_up"),
+        ("e4", "page_viewed"),
+    )
+    land(settings, D2, sources=("web",))
+
+    day = transform(D2, settings, quiet=True)
+    node = _event_names_test(day)
+    assert (node.status, node.failures) == ("warn", 1)  # beamed_up alone: this build's rows
+    built = rows(
+        url, "select event_id, _built_at is not null from staging.stg_web__events order by 1"
+    )
+    assert built == [("e1", True), ("e2", True), ("e3", True), ("e4", True)]
+    assert rows(url, "select count(distinct _built_at) from staging.stg_web__events") == [(2,)]
+
+    rerun = transform(D2, settings, quiet=True)  # nothing new to append: nothing to check
+    node = _event_names_test(rerun)
+    assert (node.status, node.failures) == ("pass", 0)
+
+    full = transform(D2, settings, full_refresh=True, quiet=True)
+    node = _event_names_test(full)
+    assert (node.status, node.failures) == ("warn", 2)  # every row: teleported, beamed_up
+    assert rows(url, "select count(distinct _built_at) from staging.stg_web__events") == [(1,)]
