@@ -29,7 +29,9 @@
     materialization, or before the table exists). dbt creates the configured indexes only
     with the table, so a table built before they were configured (an older release's
     `table` model, now incremental and looked up by index) would otherwise go without.
-    An index counts as present when one on the same leading columns exists.
+    An index counts as present when one on the same leading columns exists. An index on a
+    column the table does not have yet (a column added by this release, which the
+    model's on_schema_change adds after the pre-hooks ran) waits for the next build.
 #}
 {% macro create_missing_indexes() -%}
     {%- set indexes = config.get('indexes') or [] -%}
@@ -51,7 +53,14 @@
                         inner join pg_attribute as a
                             on a.attrelid = i.indrelid and a.attnum = k.attnum
                     ) = array['{{ columns | join("', '") }}']
-            ) then
+            ) and (
+                select count(*)
+                from pg_attribute
+                where
+                    attrelid = to_regclass('{{ this }}')
+                    and attname = any(array['{{ columns | join("', '") }}'])
+                    and not attisdropped
+            ) = {{ columns | length }} then
                 create {{ 'unique ' if index.get('unique') }}index on {{ this }}
                     {%- if index.get('type') %} using {{ index['type'] }}{% endif %}
                     ({{ columns | join(', ') }});

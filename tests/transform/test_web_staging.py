@@ -94,3 +94,30 @@ def test_a_daily_build_checks_the_events_it_appended_and_a_full_refresh_every_on
     node = _event_names_test(full)
     assert (node.status, node.failures) == ("warn", 2)  # every row: teleported, beamed_up
     assert rows(url, "select count(distinct _built_at) from staging.stg_web__events") == [(1,)]
+
+
+def test_a_table_of_the_release_before_gains_the_build_column_on_its_next_build(world):
+    """A web staging table built before `_built_at` existed: the next daily build adds the
+    column (null on the rows kept before), appends and checks the day's rows, and the
+    build after it has the column's index too."""
+    url, settings, web = world
+    assert transform(D2, settings, full_refresh=True, quiet=True).success
+    with psycopg.connect(url) as conn:  # as the release before left it
+        conn.execute("alter table staging.stg_web__events drop column _built_at")
+    _events(web / f"dt={D2}/part-0001-arrived-20240630.jsonl.gz", ("e5", "beamed_up"))
+    land(settings, D2, sources=("web",))
+
+    day = transform(D2, settings, quiet=True)
+    assert day.success, [n.message for n in day.failed]
+    node = _event_names_test(day)
+    assert (node.status, node.failures) == ("warn", 1)  # e5 alone
+    assert rows(
+        url, "select event_id from staging.stg_web__events where _built_at is not null"
+    ) == [("e5",)]
+    assert transform(D2, settings, quiet=True).success
+    indexed = rows(
+        url,
+        "select count(*) from pg_indexes where schemaname = 'staging' "
+        "and tablename = 'stg_web__events' and indexdef like '%%brin (_built_at)'",
+    )
+    assert indexed == [(1,)]
