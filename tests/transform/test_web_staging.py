@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from lifecycle.transform import TransformResult, transform
+from tests.conftest import write_file
 from tests.transform.conftest import land, rows, scratch_database, settings_for, write
 
 D1, D2 = dt.date(2024, 6, 29), dt.date(2024, 6, 30)
@@ -30,8 +31,7 @@ def _events(path, *names: tuple[str, str]) -> None:
         )
         for event_id, name in names
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    write_file(path, gzip.compress(("\n".join(lines) + "\n").encode()))
 
 
 def _event_names_test(result: TransformResult):
