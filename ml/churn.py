@@ -19,7 +19,9 @@ than per-column attributions.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -273,8 +275,8 @@ class ChurnModel:
         typical_row = self._frame(pd.DataFrame([{c: self.reference[c] for c in self.features}]))
         typical = np.asarray(prepare.transform(typical_row), dtype="float64")[0]
         position = {name: i for i, name in enumerate(prepare.get_feature_names_out())}
-        deltas = {}
-        for group, cols in groups.items():
+
+        def delta(cols: list[str]) -> np.ndarray:
             differs = np.zeros(len(frame), dtype=bool)
             for col in cols:
                 ref = self.reference[col]
@@ -290,9 +292,14 @@ class ChurnModel:
             # only the trees that split on the group's columns can change their leaf
             changed = leaves[rows]
             trees.refresh(changed, variant, at)
-            delta = np.zeros(len(frame))
-            delta[rows] = base[rows] - trees.probability(changed)
-            deltas[group] = delta
+            out = np.zeros(len(frame))
+            out[rows] = base[rows] - trees.probability(changed)
+            return out
+
+        # the groups' variants are independent and the trees' Cython loop releases the GIL:
+        # one group per core, each call single-threaded (see _TreeSums.n_threads)
+        with ThreadPoolExecutor(max_workers=_workers(len(groups))) as pool:
+            deltas = dict(zip(groups, pool.map(delta, groups.values()), strict=True))
         return base, pd.DataFrame(deltas)
 
     def explain(self, X: pd.DataFrame, base: np.ndarray | None = None) -> list[str]:
@@ -404,11 +411,17 @@ class _TreeSums:
         return self.predictors[t].predict(X, self.known, self.f_idx_map, self.n_threads)
 
     def leaf_values(self, encoded: np.ndarray) -> np.ndarray:
-        """Return every row's value of every tree (rows x trees, column-major)."""
+        """Return every row's value of every tree (rows x trees, column-major).
+
+        The trees are shared out between the cores, each call single-threaded."""
         X = self.booster._preprocess_X(encoded, reset=False)
         out = np.empty((len(X), len(self.predictors)), dtype="float64", order="F")
-        for t in range(len(self.predictors)):
+
+        def fill(t: int) -> None:
             out[:, t] = self._leaf(t, X)
+
+        with ThreadPoolExecutor(max_workers=_workers(len(self.predictors))) as pool:
+            list(pool.map(fill, range(len(self.predictors))))
         return out
 
     def refresh(self, leaves: np.ndarray, variant: np.ndarray, columns: list[int]) -> None:
@@ -430,6 +443,12 @@ class _TreeSums:
         for t in range(leaves.shape[1]):
             raw[:, 0] += leaves[:, t]
         return np.clip(self.calibrated.predict_proba(raw)[:, 1], 0.0, 1.0)
+
+
+def _workers(tasks: int) -> int:
+    """Return how many threads share `tasks` independent tree evaluations: the cores this
+    process may use (at most 4; a task is tens of milliseconds, more threads only queue)."""
+    return max(1, min(tasks, len(os.sched_getaffinity(0)), 4))
 
 
 def _ints(frame: pd.DataFrame, col: str) -> pd.Series:

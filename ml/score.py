@@ -29,6 +29,8 @@ from typing import Any
 
 import pandas as pd
 import psycopg
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
@@ -165,15 +167,20 @@ def score_chunk(
     )
 
 
-def scores_csv(scored: pd.DataFrame) -> str:
-    """Return the rows of `scored` as CSV text for ``COPY ... (format csv)``.
+def scores_csv(scored: pd.DataFrame) -> bytes:
+    """Return the rows of `scored` as CSV for ``COPY ... (format csv)``.
 
-    pandas' writer (far faster than row-by-row ``write_row``) with numpy's shortest
-    round-trip text for floats: PostgreSQL parses it back to the very same double. (A
-    ``float_format`` such as ``%.17g`` is exact too, but formats value by value in
-    Python: it took half the time of scoring.)
+    Arrow's C++ writer: each double as its shortest round-trip text, which PostgreSQL
+    parses back to the very same double; a missing value (None, NaN) as an empty unquoted
+    field (NULL) and an empty string quoted (``""``, kept as an empty string). pandas'
+    ``to_csv`` before it took 2.7 s of 123,529 rows at 200k, as much as a third of the
+    models' time, and wrote an empty string as NULL; a ``float_format`` such as ``%.17g``
+    formats value by value in Python (half the time of scoring when it was tried).
     """
-    return scored.to_csv(header=False, index=False)
+    table = pa.Table.from_pandas(scored, preserve_index=False)
+    out = pa.BufferOutputStream()
+    pa_csv.write_csv(table, out, pa_csv.WriteOptions(include_header=False))
+    return out.getvalue().to_pybytes()
 
 
 def _stored_features(

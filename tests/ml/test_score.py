@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from ml.score import ScoreError, score, scores_csv
-from ml.tables import RISK_BANDS, SCORE_COLUMNS, ensure_ml_tables
+from ml.tables import CLV_VALUE_COLUMNS, RISK_BANDS, SCORE_COLUMNS, ensure_ml_tables
 from tests.ml.conftest import temp_home
 from tests.transform.conftest import rows, snapshot
 
@@ -262,6 +262,46 @@ def test_scores_csv_round_trips_every_double_exactly(fresh_db: str) -> None:
     pd.testing.assert_frame_equal(back, scored, check_dtype=False, rtol=0, atol=0)
     for col in ("churn_probability", "expected_purchases_12m", "clv_12m"):
         assert back[col].to_numpy().tobytes() == scored[col].to_numpy().tobytes()
+
+
+def test_scores_csv_writes_missing_values_as_null_and_keeps_empty_text(fresh_db: str) -> None:
+    """No CLV champion leaves the CLV columns NaN and its version None: NULL in the table,
+    never 'nan' or a failed COPY; an empty text stays an empty string."""
+    scored = pd.DataFrame(
+        {
+            "score_date": [dt.date(2024, 12, 31)] * 2,
+            "customer_key": ["a", "b"],
+            "churn_probability": [0.25, 0.5],
+            "risk_band": ["low", "medium"],
+            "top_reasons": ["", "typical customer profile"],
+            "segment_id": [1, 2],
+            "segment_name": ["Loyal", "New"],
+            **{col: np.full(2, np.nan) for col in CLV_VALUE_COLUMNS},
+            "churn_model_version": ["1", "1"],
+            "segmentation_model_version": ["2", "2"],
+            "clv_model_version": [None, None],
+            "run_id": ["r", "r"],
+        },
+        columns=list(SCORE_COLUMNS),
+    )
+    with psycopg.connect(fresh_db) as conn:
+        ensure_ml_tables(conn)
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                f"copy ml.scores_history ({', '.join(SCORE_COLUMNS)}) from stdin (format csv)"
+            ) as copy,
+        ):
+            copy.write(scores_csv(scored))
+        back = conn.execute(
+            "select customer_key, top_reasons, p_alive, expected_purchases_12m, "
+            "expected_order_value, clv_12m, clv_model_version, churn_probability, segment_id "
+            "from ml.scores_history order by customer_key"
+        ).fetchall()
+    assert back == [
+        ("a", "", None, None, None, None, None, 0.25, 1),
+        ("b", "typical customer profile", None, None, None, None, None, 0.5, 2),
+    ]
 
 
 def test_scoring_computes_the_btyd_features_as_training_does(ml_world) -> None:
