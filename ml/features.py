@@ -325,7 +325,7 @@ future_buyers as (
 ),
 
 -- web: sessions cut by event day and receipt day, so "visible at D" is exact (built
--- incrementally by dbt: only devices with new events are re-aggregated each day)
+-- incrementally by dbt: only sessions with new events are re-aggregated each day)
 session_days as (
     select
         anonymous_id,

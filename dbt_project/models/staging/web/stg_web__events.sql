@@ -5,7 +5,7 @@
         indexes=[
             {'columns': ['event_id'], 'unique': true},
             {'columns': ['_loaded_at']},
-            {'columns': ['anonymous_id']},
+            {'columns': ['anonymous_id', 'session_id']},
             {'columns': ['_built_at'], 'type': 'brin'},
         ],
     )
