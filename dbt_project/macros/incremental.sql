@@ -93,3 +93,33 @@
 {% macro generation_sequence() -%}
     {{ this.schema }}.int_identifier_links_unioned__generation
 {%- endmacro %}
+
+{#
+    A post-hook: drops the non-unique indexes of the model's table whose key columns are
+    exactly `columns`: an index an earlier release configured and a wider one now replaces
+    (its leading columns serve the same lookups), which an upgraded warehouse would
+    otherwise keep maintaining (a table built by this release never had it).
+#}
+{% macro drop_superseded_index(columns) -%}
+    do $drop_superseded_index$
+    declare
+        superseded regclass;
+    begin
+        for superseded in
+            select i.indexrelid::regclass
+            from pg_index as i
+            where
+                i.indrelid = to_regclass('{{ this }}')
+                and not i.indisunique
+                and (
+                    select array_agg(a.attname::text order by k.position)
+                    from unnest(i.indkey::int2[]) with ordinality as k (attnum, position)
+                    inner join pg_attribute as a
+                        on a.attrelid = i.indrelid and a.attnum = k.attnum
+                ) = array['{{ columns | join("', '") }}']
+        loop
+            execute 'drop index ' || superseded;
+        end loop;
+    end
+    $drop_superseded_index$
+{%- endmacro %}

@@ -121,3 +121,24 @@ def test_a_table_of_the_release_before_gains_the_build_column_on_its_next_build(
         "and tablename = 'stg_web__events' and indexdef like '%%brin (_built_at)'",
     )
     assert indexed == [(1,)]
+
+
+def test_the_device_index_of_the_release_before_gives_way_to_the_session_index(world):
+    """An upgraded warehouse has the (anonymous_id) index of the release before: the next
+    build creates the (anonymous_id, session_id) index and drops the one it supersedes."""
+    url, settings, _ = world
+    indexes = (
+        "select regexp_replace(indexdef, '.* USING ', '') from pg_indexes "
+        "where schemaname = 'staging' and tablename = 'stg_web__events' "
+        "and indexdef like '%%anonymous_id%%' order by 1"
+    )
+    with psycopg.connect(url) as conn:
+        conn.execute("create index on staging.stg_web__events (anonymous_id)")
+        conn.execute("create unique index on staging.stg_web__events (anonymous_id, event_id)")
+    assert len(rows(url, indexes)) == 3
+    assert transform(D2, settings, quiet=True).success
+    # the old index is gone; an index of somebody else's (here a unique one) is kept
+    assert rows(url, indexes) == [
+        ("btree (anonymous_id, event_id)",),
+        ("btree (anonymous_id, session_id)",),
+    ]

@@ -8,6 +8,7 @@
             {'columns': ['anonymous_id', 'session_id']},
             {'columns': ['_built_at'], 'type': 'brin'},
         ],
+        post_hook=["{{ drop_superseded_index(['anonymous_id']) }}"],
     )
 }}
 
