@@ -45,6 +45,7 @@ COMPARED = (
     "intermediate.int_identifiers_clustered",
     "intermediate.int_web_identities_observed",
     "intermediate.int_web_session_days_aggregated",
+    "intermediate.int_web_visitors_aggregated",
     "intermediate.int_stage_intervals_projected",
 )
 

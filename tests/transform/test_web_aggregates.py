@@ -1,5 +1,6 @@
 """The incremental web aggregates: a day recomputes only the sessions with new events and
-merges the new events into their devices' identities, with a full refresh's result."""
+merges the new events into their devices' identities and visitor rows, with a full
+refresh's result."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import datetime as dt
 import gzip
 import json
 
+import psycopg
 import pytest
 
 from lifecycle.transform import transform
@@ -17,6 +19,8 @@ D1, D2 = dt.date(2024, 6, 29), dt.date(2024, 6, 30)
 ORDERS = "customer_id,order_id,ordered_at,amount\nU1,O1,2024-06-01T10:00:00Z,10.00\n"
 SESSION_DAYS = "intermediate.int_web_session_days_aggregated"
 IDENTITIES = "intermediate.int_web_identities_observed"
+VISITORS = "intermediate.int_web_visitors_aggregated"
+TABLES = (SESSION_DAYS, IDENTITIES, VISITORS)
 
 
 def _events(path, *events: dict) -> None:
@@ -31,6 +35,8 @@ def _events(path, *events: dict) -> None:
             "timestamp": e["at"],
             "received_at": e.get("received", e["at"]),
             "session_id": e.get("session_id"),
+            "utm_source": e.get("utm_source"),
+            "utm_medium": e.get("utm_medium"),
         }
         lines.append(json.dumps(row))
     write_file(path, gzip.compress(("\n".join(lines) + "\n").encode()))
@@ -69,6 +75,14 @@ def world(embedded_settings, dbt_home, tmp_path_factory):
         {"event_id": "e4", "anonymous_id": "A1", "at": "2024-06-29T16:00:00Z"},
         {"event_id": "e5", "session_id": "S9", "user_id": "U1", "at": "2024-06-29T17:00:00Z"},
         {"event_id": "e6", "anonymous_id": "A2", "session_id": "S3", "at": "2024-06-29T18:00:00Z"},
+        {
+            "event_id": "e11",
+            "anonymous_id": "A3",
+            "session_id": "S5",
+            "utm_source": "newsletter",
+            "utm_medium": "email",
+            "at": "2024-06-29T12:00:00Z",
+        },
     )
     with scratch_database(embedded_settings) as url:
         settings = settings_for(dbt_home, url, root)
@@ -77,6 +91,7 @@ def world(embedded_settings, dbt_home, tmp_path_factory):
         before = {
             "untouched": _xmins(url, SESSION_DAYS, "session_key in ('S2', 'S3', 'e4')"),
             "device_less": _xmins(url, IDENTITIES, "device_key = 'event:e5'"),
+            "other_visitor": _xmins(url, VISITORS, "anonymous_id = 'A2'"),
         }
         _events(
             web / f"dt={D2}/part-0000-arrived-20240630.jsonl.gz",
@@ -94,9 +109,20 @@ def world(embedded_settings, dbt_home, tmp_path_factory):
                 "anonymous_id": "A1",
                 "session_id": "S1",
                 "user_id": "U1",
-                "event": "logged_in",
+                "event": "signed_up",
+                "utm_source": "google",
+                "utm_medium": "cpc",
                 "at": "2024-06-29T09:00:00Z",
                 "received": "2024-06-30T08:00:00Z",
+            },
+            # late too, at the very time of A3's first event: the first by event_id
+            {
+                "event_id": "e0",
+                "anonymous_id": "A3",
+                "session_id": "S5",
+                "utm_source": "partner",
+                "at": "2024-06-29T12:00:00Z",
+                "received": "2024-06-30T07:00:00Z",
             },
             # a new session on A1, the device-less session goes on, and a re-delivered event
             {
@@ -116,20 +142,21 @@ def world(embedded_settings, dbt_home, tmp_path_factory):
         land(settings, D2, sources=("web",))
         day = transform(D2, settings, quiet=True)
         assert day.success
-        built = {t: snapshot(url, t) for t in (SESSION_DAYS, IDENTITIES)}
+        built = {t: snapshot(url, t) for t in TABLES}
         after = {
             "untouched": _xmins(url, SESSION_DAYS, "session_key in ('S2', 'S3', 'e4')"),
             "device_less": _xmins(url, IDENTITIES, "device_key = 'event:e5'"),
+            "other_visitor": _xmins(url, VISITORS, "anonymous_id = 'A2'"),
         }
         assert transform(D2, settings, quiet=True).success
-        rerun = {t: snapshot(url, t) for t in (SESSION_DAYS, IDENTITIES)}
+        rerun = {t: snapshot(url, t) for t in TABLES}
         assert transform(D2, settings, full_refresh=True, quiet=True).success
-        full = {t: snapshot(url, t) for t in (SESSION_DAYS, IDENTITIES)}
-        yield url, before, after, built, rerun, full
+        full = {t: snapshot(url, t) for t in TABLES}
+        yield url, before, after, built, rerun, full, settings
 
 
 def test_a_day_gives_the_full_refresh_rows_and_a_rerun_changes_nothing(world) -> None:
-    _, _, _, built, rerun, full = world
+    _, _, _, built, rerun, full, _ = world
     assert built == full
     assert rerun == full
 
@@ -147,18 +174,38 @@ def test_the_session_days_count_late_and_device_less_events(world) -> None:
     url = world[0]
     got = rows(
         url,
-        f"select device_key, session_key, event_date, visible_date, user_id, count_events, "
-        f"count_product_views, count_carts from {SESSION_DAYS} order by 1, 2, 3, 4",
+        f"select device_key, session_key, event_date, visible_date, user_id, has_session_id, "
+        f"count_events, count_product_views, count_carts from {SESSION_DAYS} "
+        f"order by 1, 2, 3, 4",
     )
     assert got == [
-        ("A1", "S1", D1, D1, "U1", 2, 0, 0),
-        ("A1", "S1", D1, D2, "U1", 2, 0, 1),  # the late cart and the late login
-        ("A1", "S2", D1, D1, None, 1, 1, 0),
-        ("A1", "S4", D2, D2, None, 1, 0, 0),
-        ("A1", "e4", D1, D1, None, 1, 0, 0),
-        ("A2", "S3", D1, D1, None, 1, 0, 0),
-        ("session:S9", "S9", D1, D1, "U1", 1, 0, 0),
-        ("session:S9", "S9", D2, D2, None, 1, 0, 0),
+        ("A1", "S1", D1, D1, "U1", True, 2, 0, 0),
+        ("A1", "S1", D1, D2, "U1", True, 2, 0, 1),  # the late cart and the late sign-up
+        ("A1", "S2", D1, D1, None, True, 1, 1, 0),
+        ("A1", "S4", D2, D2, None, True, 1, 0, 0),
+        ("A1", "e4", D1, D1, None, False, 1, 0, 0),
+        ("A2", "S3", D1, D1, None, True, 1, 0, 0),
+        ("A3", "S5", D1, D1, None, True, 1, 0, 0),
+        ("A3", "S5", D1, D2, None, True, 1, 0, 0),
+        ("session:S9", "S9", D1, D1, "U1", True, 1, 0, 0),
+        ("session:S9", "S9", D2, D2, None, True, 1, 0, 0),
+    ]
+
+
+def test_a_visitor_row_takes_a_late_earlier_first_touch_and_counts_sessions(world) -> None:
+    url = world[0]
+    got = rows(
+        url,
+        f"select anonymous_id, first_event_at, first_event_id, last_event_at, count_events, "
+        f"count_sessions, signed_up_at, first_utm_source from {VISITORS} order by 1",
+    )
+    at = lambda day, h, m=0: dt.datetime(2024, 6, day, h, m, tzinfo=dt.UTC)  # noqa: E731
+    assert got == [
+        # e8 arrived a day late but happened first; e4 (no session) is not a session
+        ("A1", at(29, 9), "e8", at(30, 9), 7, 3, at(29, 9), "google"),
+        ("A2", at(29, 18), "e6", at(29, 18), 1, 1, None, None),
+        # e0 happened at the very time of e11: the first by event_id
+        ("A3", at(29, 12), "e0", at(29, 12), 2, 1, None, "partner"),
     ]
 
 
@@ -186,3 +233,38 @@ def test_a_late_identified_event_moves_the_first_sighting_not_the_known_date(wor
             D1,
         ),
     ]
+
+
+def _by_name(url: str, relation: str) -> list[tuple]:
+    """Every row of `relation` as text, columns in name order (an upgraded table has its
+    new column last)."""
+    schema, table = relation.split(".")
+    cols = sorted(
+        c
+        for (c,) in rows(
+            url,
+            "select column_name from information_schema.columns "
+            "where table_schema = %s and table_name = %s",
+            (schema, table),
+        )
+    )
+    select = ", ".join(f'"{c}"::text' for c in cols)
+    order = ", ".join(str(i + 1) for i in range(len(cols)))
+    return rows(url, f"select {select} from {relation} order by {order}")
+
+
+def test_tables_of_the_release_before_are_rebuilt_whole_once(world) -> None:
+    """Session days without has_session_id and visitors without first_event_id (as the
+    release before built them, here with stale counts): the next build rebuilds both whole,
+    and the build after merges again."""
+    url, *_, settings = world
+    full = {t: _by_name(url, t) for t in TABLES}
+    with psycopg.connect(url) as conn:
+        conn.execute(f"alter table {SESSION_DAYS} drop column has_session_id")
+        conn.execute(f"alter table {VISITORS} drop column first_event_id")
+        conn.execute(f"update {VISITORS} set count_events = 0, count_sessions = 0")
+    assert transform(D2, settings, quiet=True).success
+    assert {t: _by_name(url, t) for t in TABLES} == full
+    untouched = _xmins(url, VISITORS, "true")
+    assert transform(D2, settings, quiet=True).success
+    assert _xmins(url, VISITORS, "true") == untouched  # no new events: nothing rewritten

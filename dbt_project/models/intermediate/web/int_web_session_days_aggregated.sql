@@ -29,7 +29,8 @@ events as not materialized (
     select * from {{ ref('stg_web__events') }}
 ),
 
-{% if is_incremental() %}
+{#- a table of the release before has no has_session_id: rebuilt whole, once -#}
+{% if is_incremental() and 'has_session_id' in relation_columns(this) %}
 new_events as (
     select *
     from events
@@ -87,6 +88,8 @@ final as (
         event_date,
         visible_date,
         min(user_id) as user_id,
+        -- false for an event without a session_id (session_key is its event_id)
+        bool_or(session_id is not null) as has_session_id,
         count(*) as count_events,
         count(*) filter (where event_name = 'product_viewed') as count_product_views,
         count(*) filter (where event_name = 'added_to_cart') as count_carts,
