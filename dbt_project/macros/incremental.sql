@@ -46,13 +46,7 @@
                 from pg_index as i
                 where
                     i.indrelid = to_regclass('{{ this }}')
-                    and (
-                        select array_agg(a.attname::text order by k.position)
-                        from unnest((i.indkey::int2[])[0:{{ columns | length - 1 }}])
-                            with ordinality as k (attnum, position)
-                        inner join pg_attribute as a
-                            on a.attrelid = i.indrelid and a.attnum = k.attnum
-                    ) = array['{{ columns | join("', '") }}']
+                    and {{ index_key_is('i', columns, leading=true) }}
             ) and (
                 select count(*)
                 from pg_attribute
@@ -111,15 +105,24 @@
             where
                 i.indrelid = to_regclass('{{ this }}')
                 and not i.indisunique
-                and (
-                    select array_agg(a.attname::text order by k.position)
-                    from unnest(i.indkey::int2[]) with ordinality as k (attnum, position)
-                    inner join pg_attribute as a
-                        on a.attrelid = i.indrelid and a.attnum = k.attnum
-                ) = array['{{ columns | join("', '") }}']
+                and {{ index_key_is('i', columns) }}
         loop
             execute 'drop index ' || superseded;
         end loop;
     end
     $drop_superseded_index$
+{%- endmacro %}
+
+{#
+    SQL true when the key columns of the pg_index row `index` are exactly `columns`, in
+    order (`leading`: when its first columns are; an expression column never matches).
+#}
+{% macro index_key_is(index, columns, leading=false) -%}
+    (
+        select array_agg(a.attname::text order by k.position)
+        from unnest(({{ index }}.indkey::int2[]){{ '[0:%d]' % (columns | length - 1) if leading }})
+            with ordinality as k (attnum, position)
+        inner join pg_attribute as a
+            on a.attrelid = {{ index }}.indrelid and a.attnum = k.attnum
+    ) = array['{{ columns | join("', '") }}']
 {%- endmacro %}

@@ -216,6 +216,18 @@ def test_cli_scores_a_date(scored) -> None:
     assert bad.returncode == 2 and "not a date" in bad.stderr
 
 
+def _copy_scores(conn: psycopg.Connection, scored: pd.DataFrame) -> None:
+    """Write `scored` to ml.scores_history with COPY, as scoring does."""
+    ensure_ml_tables(conn)
+    with (
+        conn.cursor() as cur,
+        cur.copy(
+            f"copy ml.scores_history ({', '.join(SCORE_COLUMNS)}) from stdin (format csv)"
+        ) as copy,
+    ):
+        copy.write(scores_csv(scored))
+
+
 def test_scores_csv_round_trips_every_double_exactly(fresh_db: str) -> None:
     rng = np.random.default_rng(5)
     tricky = [0.1, 0.1 + 0.2, 1 / 3, 5e-324, 2.2250738585072014e-308, 1 - 2**-53, 0.0, 1.0]
@@ -244,14 +256,7 @@ def test_scores_csv_round_trips_every_double_exactly(fresh_db: str) -> None:
         columns=list(SCORE_COLUMNS),
     )
     with psycopg.connect(fresh_db) as conn:
-        ensure_ml_tables(conn)
-        with (
-            conn.cursor() as cur,
-            cur.copy(
-                f"copy ml.scores_history ({', '.join(SCORE_COLUMNS)}) from stdin (format csv)"
-            ) as copy,
-        ):
-            copy.write(scores_csv(scored))
+        _copy_scores(conn, scored)
         back = pd.DataFrame(
             conn.execute(
                 f"select {', '.join(SCORE_COLUMNS)} from ml.scores_history order by "
@@ -285,14 +290,7 @@ def test_scores_csv_writes_missing_values_as_null_and_keeps_empty_text(fresh_db:
         columns=list(SCORE_COLUMNS),
     )
     with psycopg.connect(fresh_db) as conn:
-        ensure_ml_tables(conn)
-        with (
-            conn.cursor() as cur,
-            cur.copy(
-                f"copy ml.scores_history ({', '.join(SCORE_COLUMNS)}) from stdin (format csv)"
-            ) as copy,
-        ):
-            copy.write(scores_csv(scored))
+        _copy_scores(conn, scored)
         back = conn.execute(
             "select customer_key, top_reasons, p_alive, expected_purchases_12m, "
             "expected_order_value, clv_12m, clv_model_version, churn_probability, segment_id "

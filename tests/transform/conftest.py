@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -15,7 +17,7 @@ import pytest
 from lifecycle import warehouse as wh
 from lifecycle.extract import extract
 from lifecycle.settings import Settings
-from tests.conftest import BUILD_NUMBERS, make_settings
+from tests.conftest import BUILD_NUMBERS, make_settings, write_file
 from tests.conftest import scratch_database as shared_scratch
 
 SOURCES = ("crm", "web", "orders", "marketing")
@@ -56,15 +58,41 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def write_events(path: Path, *events: dict) -> None:
+    """Write tracker events as a gzipped JSON-lines file: each needs event_id and `at`
+    (its timestamp); `received` defaults to `at`, `event` to page_viewed, and the ids and
+    UTM fields (anonymous_id, user_id, session_id, utm_source, utm_medium) to null."""
+    lines = [
+        json.dumps(
+            {
+                "event_id": e["event_id"],
+                "anonymous_id": e.get("anonymous_id"),
+                "user_id": e.get("user_id"),
+                "event": e.get("event", "page_viewed"),
+                "timestamp": e["at"],
+                "received_at": e.get("received", e["at"]),
+                "session_id": e.get("session_id"),
+                "utm_source": e.get("utm_source"),
+                "utm_medium": e.get("utm_medium"),
+            }
+        )
+        for e in events
+    ]
+    write_file(path, gzip.compress(("\n".join(lines) + "\n").encode()))
+
+
 def rows(url: str, sql: str, params: tuple = ()) -> list[tuple]:
     """Return the rows of a query."""
     with psycopg.connect(url) as conn:
         return conn.execute(sql, params).fetchall()
 
 
-def snapshot(url: str, relation: str, exclude: tuple[str, ...] = ()) -> list[tuple]:
+def snapshot(
+    url: str, relation: str, exclude: tuple[str, ...] = (), *, by_name: bool = False
+) -> list[tuple]:
     """Every row of `relation` (schema.table) as text, in a stable order (build numbers
-    left out)."""
+    left out); `by_name`: columns in name order, not the table's (an upgraded table has
+    the columns a release added last)."""
     schema, table = relation.split(".")
     with psycopg.connect(url) as conn:
         cols = [
@@ -77,6 +105,8 @@ def snapshot(url: str, relation: str, exclude: tuple[str, ...] = ()) -> list[tup
             if r[0] not in (*exclude, *BUILD_NUMBERS)
         ]
         assert cols, f"{relation} has no columns (does it exist?)"
+        if by_name:
+            cols.sort()
         select = ", ".join(f'"{c}"::text' for c in cols)
         order = ", ".join(str(i + 1) for i in range(len(cols)))
         return conn.execute(f"select {select} from {relation} order by {order}").fetchall()

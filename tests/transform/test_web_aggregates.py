@@ -5,15 +5,20 @@ refresh's result."""
 from __future__ import annotations
 
 import datetime as dt
-import gzip
-import json
 
 import psycopg
 import pytest
 
 from lifecycle.transform import transform
-from tests.conftest import write_file
-from tests.transform.conftest import land, rows, scratch_database, settings_for, snapshot, write
+from tests.transform.conftest import (
+    land,
+    rows,
+    scratch_database,
+    settings_for,
+    snapshot,
+    write,
+    write_events,
+)
 
 D1, D2 = dt.date(2024, 6, 29), dt.date(2024, 6, 30)
 ORDERS = "customer_id,order_id,ordered_at,amount\nU1,O1,2024-06-01T10:00:00Z,10.00\n"
@@ -21,25 +26,6 @@ SESSION_DAYS = "intermediate.int_web_session_days_aggregated"
 IDENTITIES = "intermediate.int_web_identities_observed"
 VISITORS = "intermediate.int_web_visitors_aggregated"
 TABLES = (SESSION_DAYS, IDENTITIES, VISITORS)
-
-
-def _events(path, *events: dict) -> None:
-    """Write tracker events (event_id, at, received, and what differs from the defaults)."""
-    lines = []
-    for e in events:
-        row = {
-            "event_id": e["event_id"],
-            "anonymous_id": e.get("anonymous_id"),
-            "user_id": e.get("user_id"),
-            "event": e.get("event", "page_viewed"),
-            "timestamp": e["at"],
-            "received_at": e.get("received", e["at"]),
-            "session_id": e.get("session_id"),
-            "utm_source": e.get("utm_source"),
-            "utm_medium": e.get("utm_medium"),
-        }
-        lines.append(json.dumps(row))
-    write_file(path, gzip.compress(("\n".join(lines) + "\n").encode()))
 
 
 def _xmins(url: str, table: str, where: str) -> list[tuple]:
@@ -52,7 +38,7 @@ def world(embedded_settings, dbt_home, tmp_path_factory):
     root = tmp_path_factory.mktemp("web_aggregates")
     write(root / "orders/orders.csv", ORDERS)
     web = root / "web/events"
-    _events(
+    write_events(
         web / f"dt={D1}/part-0000-arrived-20240629.jsonl.gz",
         # device A1: a signed-in session S1 and a product view in session S2
         {"event_id": "e1", "anonymous_id": "A1", "session_id": "S1", "at": "2024-06-29T10:00:00Z"},
@@ -93,7 +79,7 @@ def world(embedded_settings, dbt_home, tmp_path_factory):
             "device_less": _xmins(url, IDENTITIES, "device_key = 'event:e5'"),
             "other_visitor": _xmins(url, VISITORS, "anonymous_id = 'A2'"),
         }
-        _events(
+        write_events(
             web / f"dt={D2}/part-0000-arrived-20240630.jsonl.gz",
             # late: S1 went on before midnight, received the next day; an earlier login too
             {
@@ -161,7 +147,7 @@ def test_a_day_gives_the_full_refresh_rows_and_a_rerun_changes_nothing(world) ->
     assert rerun == full
 
 
-def test_a_day_rewrites_only_the_sessions_with_new_events(world) -> None:
+def test_a_day_rewrites_only_the_sessions_with_newwrite_events(world) -> None:
     """Sessions S2 and e4 of device A1, which had new events in S1 and S4, and the other
     device's session S3 keep the rows an earlier build wrote; so does the identity of a
     device without new events."""
@@ -170,7 +156,7 @@ def test_a_day_rewrites_only_the_sessions_with_new_events(world) -> None:
     assert after == before
 
 
-def test_the_session_days_count_late_and_device_less_events(world) -> None:
+def test_the_session_days_count_late_and_device_lesswrite_events(world) -> None:
     url = world[0]
     got = rows(
         url,
@@ -235,36 +221,18 @@ def test_a_late_identified_event_moves_the_first_sighting_not_the_known_date(wor
     ]
 
 
-def _by_name(url: str, relation: str) -> list[tuple]:
-    """Every row of `relation` as text, columns in name order (an upgraded table has its
-    new column last)."""
-    schema, table = relation.split(".")
-    cols = sorted(
-        c
-        for (c,) in rows(
-            url,
-            "select column_name from information_schema.columns "
-            "where table_schema = %s and table_name = %s",
-            (schema, table),
-        )
-    )
-    select = ", ".join(f'"{c}"::text' for c in cols)
-    order = ", ".join(str(i + 1) for i in range(len(cols)))
-    return rows(url, f"select {select} from {relation} order by {order}")
-
-
 def test_tables_of_the_release_before_are_rebuilt_whole_once(world) -> None:
     """Session days without has_session_id and visitors without first_event_id (as the
     release before built them, here with stale counts): the next build rebuilds both whole,
     and the build after merges again."""
     url, *_, settings = world
-    full = {t: _by_name(url, t) for t in TABLES}
+    full = {t: snapshot(url, t, by_name=True) for t in TABLES}
     with psycopg.connect(url) as conn:
         conn.execute(f"alter table {SESSION_DAYS} drop column has_session_id")
         conn.execute(f"alter table {VISITORS} drop column first_event_id")
         conn.execute(f"update {VISITORS} set count_events = 0, count_sessions = 0")
     assert transform(D2, settings, quiet=True).success
-    assert {t: _by_name(url, t) for t in TABLES} == full
+    assert {t: snapshot(url, t, by_name=True) for t in TABLES} == full
     untouched = _xmins(url, VISITORS, "true")
     assert transform(D2, settings, quiet=True).success
     assert _xmins(url, VISITORS, "true") == untouched  # no new events: nothing rewritten

@@ -3,35 +3,41 @@
 from __future__ import annotations
 
 import datetime as dt
-import gzip
-import json
 
 import psycopg
 import pytest
 
 from lifecycle.transform import TransformResult, transform
-from tests.conftest import write_file
-from tests.transform.conftest import land, rows, scratch_database, settings_for, write
+from tests.transform.conftest import (
+    land,
+    rows,
+    scratch_database,
+    settings_for,
+    write,
+    write_events,
+)
 
 D1, D2 = dt.date(2024, 6, 29), dt.date(2024, 6, 30)
 ORDERS = "customer_id,order_id,ordered_at,amount\nC1,O1,2024-06-01T10:00:00Z,10.00\n"
 
 
 def _events(path, *names: tuple[str, str]) -> None:
-    lines = [
-        json.dumps(
+    """Events of device A1 and session S1 at 10:00 of the day of the file's folder."""
+    day = path.parent.name[3:]
+    write_events(
+        path,
+        *(
             {
                 "event_id": event_id,
                 "anonymous_id": "A1",
                 "event": name,
-                "timestamp": f"{path.parent.name[3:]}T10:00:00Z",
-                "received_at": f"{path.parent.name[3:]}T10:00:05Z",
+                "at": f"{day}T10:00:00Z",
+                "received": f"{day}T10:00:05Z",
                 "session_id": "S1",
             }
-        )
-        for event_id, name in names
-    ]
-    write_file(path, gzip.compress(("\n".join(lines) + "\n").encode()))
+            for event_id, name in names
+        ),
+    )
 
 
 def _event_names_test(result: TransformResult):
