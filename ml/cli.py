@@ -108,3 +108,5 @@ def score_command(day: dt.date, run_id: str | None, chunk_size: int) -> None:
     except (ScoreError, FeatureError) as exc:
         _fail(str(exc))
     click.echo(result.summary())
+    for warning in result.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)

@@ -73,6 +73,8 @@ class ScoreResult:
     #: seconds: load_models (from the start, the feature query already running), features
     #: (waiting for the next chunk of features), models, write (queuing the CSV for COPY)
     stage_s: dict[str, float] = field(default_factory=dict)
+    #: what the scores should be read with (a score date past the end of the data)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def customers_per_s(self) -> float:
@@ -104,7 +106,26 @@ class ScoreResult:
             "risk_bands": self.risk_bands,
             "segments": self.segments,
             "elapsed_s": round(self.elapsed_s, 2),
+            "warnings": self.warnings,
         }
+
+
+def _past_the_data(day: dt.date, days_since: Any, horizon: int) -> list[str]:
+    """Return a warning when nobody ordered in the `horizon` days before `day`.
+
+    Every customer then has the recency of a churned one and is scored so; the usual
+    cause is a score date past the end of an export (scored for "today" on a file of last
+    year). Scores are still written: a business can go quiet, and a backfill may want them.
+    """
+    if days_since is None or pd.isna(days_since) or int(days_since) <= horizon:
+        return []
+    newest = day - dt.timedelta(days=int(days_since))
+    return [
+        f"the newest order in the data is of {newest}, {int(days_since)} days before {day} "
+        f"(more than the {horizon}-day horizon): every customer is scored as gone quiet "
+        f"since; score as of a day the data reaches (--date {newest}) or load the orders "
+        "since"
+    ]
 
 
 def load_champions(settings: Settings) -> Champions:
@@ -366,6 +387,7 @@ def score(
     bands: dict[str, int] = {}
     segments: dict[str, int] = {}
     t_features = t_models = t_write = 0.0
+    latest_order = None  # the fewest days since a customer's last order
     with (
         wh.connect(url) as reader,
         wh.connect(url) as writer,
@@ -421,6 +443,8 @@ def score(
                 t_write += t0 - t2
                 rows += len(scored)
                 chunks += 1
+                nearest = chunk["days_since_last_order"].min()
+                latest_order = nearest if latest_order is None else min(latest_order, nearest)
                 for band, n in scored["risk_band"].value_counts().items():
                     bands[str(band)] = bands.get(str(band), 0) + int(n)
                 for name, n in scored["segment_name"].value_counts().items():
@@ -442,6 +466,7 @@ def score(
         risk_bands=dict(sorted(bands.items())),
         segments=dict(sorted(segments.items())),
         elapsed_s=time.perf_counter() - started,
+        warnings=_past_the_data(day, latest_order, horizon),
         stage_s={
             "load_models": round(loaded - started, 2),
             "features": round(t_features, 2),
@@ -450,4 +475,6 @@ def score(
         },
     )
     log.info("%s", result.summary())
+    for warning in result.warnings:
+        log.warning("score %s: %s", day, warning)
     return result

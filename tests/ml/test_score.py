@@ -206,6 +206,7 @@ def test_cli_scores_a_date(scored) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"scored {scored[1].rows} customers as of {day}" in done.stdout
+    assert "warning:" not in done.stderr and scored[1].warnings == []
     bad = subprocess.run(
         [sys.executable, "-m", "lifecycle.cli", "score", "--date", "2024-13-01"],
         env=env,
@@ -214,6 +215,42 @@ def test_cli_scores_a_date(scored) -> None:
         check=False,
     )
     assert bad.returncode == 2 and "not a date" in bad.stderr
+
+
+def test_a_score_date_past_the_data_is_scored_with_a_warning(scored) -> None:
+    """Scored for "today" on an export that ended long ago, everyone looks churned: the
+    scores are written (a backfill may want them) and the run says why they look so."""
+    trained = scored[0]
+    url = trained.world.url
+    [(newest,)] = rows(url, "select max(last_order_date) from marts.customers")
+    day = newest + dt.timedelta(days=200)
+    env = {
+        **os.environ,
+        "LIFECYCLE_HOME": str(trained.settings.home),
+        "LIFECYCLE_WAREHOUSE_URL": url,
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "lifecycle.cli", "score", "--date", str(day)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+        assert warnings == [
+            f"warning: the newest order in the data is of {newest}, 200 days before {day} "
+            "(more than the 90-day horizon): every customer is scored as gone quiet since; "
+            f"score as of a day the data reaches (--date {newest}) or load the orders since"
+        ]
+        [(written,)] = rows(
+            url, "select count(*) from ml.scores_history where score_date = %s", (day,)
+        )
+        assert f"scored {written} customers as of {day}" in done.stdout
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("delete from ml.scores_history where score_date = %s", (day,))
 
 
 def _copy_scores(conn: psycopg.Connection, scored: pd.DataFrame) -> None:
