@@ -95,6 +95,18 @@ SWEPT_SCHEMAS = (
     "activation",
     "ops",
 )
+#: The event stream's incremental aggregates (dbt, by device and session), and the table
+#: they are built from. A build merges a device's new events into its rows, so a row that
+#: counted a forgotten person's events (a device someone else also used, or one not stitched
+#: to them) would keep them, and one the sweep deleted would not come back from the other
+#: person's events. When the sweep removes events, they are dropped: the next transform
+#: rebuilds them whole from the events that remain, as a full refresh would.
+WEB_EVENTS = "staging.stg_web__events"
+WEB_AGGREGATES = (
+    "intermediate.int_web_session_days_aggregated",
+    "intermediate.int_web_identities_observed",
+    "intermediate.int_web_visitors_aggregated",
+)
 #: Where text is cut into candidate identifiers (JSON, CSV, URLs), the same in SQL.
 TOKEN_SEPARATORS = r"[][\s,;\"'{}:|<>()=&?/\\]+"
 _TOKENS = re.compile(TOKEN_SEPARATORS)
@@ -409,15 +421,24 @@ class ApplyResult:
     requests: list[str] = field(default_factory=list)
     customers: int = 0
     removed: dict[str, tuple[str, int]] = field(default_factory=dict)  # location -> (action, n)
+    #: aggregate tables dropped for the next transform to rebuild (WEB_AGGREGATES)
+    rebuilt: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """Return a short human summary (counts only, never an identifier)."""
         if not self.requests:
             return "erasure: no pending request"
         rows = sum(n for _, n in self.removed.values())
+        rebuilt = (
+            f"; {len(self.rebuilt)} web aggregate table(s) dropped, rebuilt whole by the next "
+            "transform"
+            if self.rebuilt
+            else ""
+        )
         return (
             f"erasure {self.apply_id}: {len(self.requests)} request(s), {self.customers} "
             f"customer(s), {rows} row(s) removed or blanked in {len(self.removed)} place(s)"
+            f"{rebuilt}"
         )
 
     def facts(self) -> dict[str, Any]:
@@ -427,6 +448,7 @@ class ApplyResult:
             "requests": len(self.requests),
             "customers": self.customers,
             "rows_removed": sum(n for _, n in self.removed.values()),
+            "rebuilt": self.rebuilt,
             "summary": self.summary(),
         }
 
@@ -561,6 +583,13 @@ def apply_pending(url: str, environ: Any, export_root: Path | None) -> ApplyResu
                     result.removed[plan.qualified] = ("deleted", deleted)
                 if blanked:
                     result.removed[f"{plan.qualified} (columns)"] = ("blanked", blanked)
+            if WEB_EVENTS in result.removed:
+                for table in WEB_AGGREGATES:
+                    if _relation_exists(conn, table):
+                        cur.execute(
+                            sql.SQL("drop table {}").format(sql.Identifier(*table.split(".")))
+                        )
+                        result.rebuilt.append(table)
             if export_root is not None:
                 for location, n in rewrite_exports(cur, export_root, key, left_out).items():
                     result.removed[location] = ("deleted", n)

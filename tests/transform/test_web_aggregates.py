@@ -9,6 +9,7 @@ import datetime as dt
 import psycopg
 import pytest
 
+from lifecycle.privacy import Request, apply_pending, file_requests
 from lifecycle.transform import transform
 from tests.transform.conftest import (
     land,
@@ -236,3 +237,50 @@ def test_tables_of_the_release_before_are_rebuilt_whole_once(world) -> None:
     untouched = _xmins(url, VISITORS, "true")
     assert transform(D2, settings, quiet=True).success
     assert _xmins(url, VISITORS, "true") == untouched  # no new events: nothing rewritten
+
+
+def test_an_erasure_of_web_events_gives_the_full_refresh_rows(world) -> None:
+    """U2 signs in on A1, U1's device, on a third day, another device has events on a fourth;
+    then U1 is forgotten. The sweep
+    removes U1's events and the aggregate rows that name U1 or their devices, while U2's
+    event on A1 stays: a build merging A1's rows would have lost or kept what a full
+    refresh rebuilds from the remaining events. The aggregates are dropped instead and the
+    next build rebuilds them whole. Runs last: it changes the world."""
+    url, *_, settings = world
+    d3 = D2 + dt.timedelta(days=1)
+    write_events(
+        settings.world_dir / f"web/events/dt={d3}/part-0000-arrived-20240701.jsonl.gz",
+        {
+            "event_id": "e12",
+            "anonymous_id": "A1",
+            "session_id": "S6",
+            "user_id": "U2",
+            "event": "logged_in",
+            "at": "2024-07-01T10:00:00Z",
+        },
+    )
+    land(settings, d3, sources=("web",))
+    assert transform(d3, settings, quiet=True).success
+    # a later load elsewhere: the builds' watermarks are past U2's event from now on
+    d4 = d3 + dt.timedelta(days=1)
+    write_events(
+        settings.world_dir / f"web/events/dt={d4}/part-0000-arrived-20240702.jsonl.gz",
+        {"event_id": "e13", "anonymous_id": "A2", "session_id": "S7", "at": "2024-07-02T10:00:00Z"},
+    )
+    land(settings, d4, sources=("web",))
+    assert transform(d4, settings, quiet=True).success
+    key = "web-aggregates-erasure-key-0123456789"
+    with psycopg.connect(url) as conn:
+        file_requests(conn, key, [Request("customer_id", "U1")])
+    applied = apply_pending(url, {"LIFECYCLE_ERASURE_SECRET": key}, None)
+    assert applied.rebuilt == list(TABLES)
+    assert "3 web aggregate table(s) dropped" in applied.summary()
+    assert transform(d4, settings, quiet=True).success
+    built = {t: snapshot(url, t) for t in TABLES}
+    assert rows(url, f"select anonymous_id, count_events from {VISITORS} order by 1") == [
+        ("A1", 1),  # U2's sign-in alone
+        ("A2", 2),
+        ("A3", 2),
+    ]
+    assert transform(d4, settings, full_refresh=True, quiet=True).success
+    assert built == {t: snapshot(url, t) for t in TABLES}
