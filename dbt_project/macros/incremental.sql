@@ -29,7 +29,8 @@
     materialization, or before the table exists). dbt creates the configured indexes only
     with the table, so a table built before they were configured (an older release's
     `table` model, now incremental and looked up by index) would otherwise go without.
-    An index counts as present when one on the same leading columns exists. An index on a
+    An index counts as present when one of the same type on the same leading columns
+    exists. An index on a
     column the table does not have yet (a column added by this release, which the
     model's on_schema_change adds after the pre-hooks ran) waits for the next build.
 #}
@@ -47,6 +48,7 @@
                 where
                     i.indrelid = to_regclass('{{ this }}')
                     and {{ index_key_is('i', columns, leading=true) }}
+                    and {{ index_method_is('i', index.get('type') or 'btree') }}
             ) and (
                 select count(*)
                 from pg_attribute
@@ -90,11 +92,11 @@
 
 {#
     A post-hook: drops the non-unique indexes of the model's table whose key columns are
-    exactly `columns`: an index an earlier release configured and a wider one now replaces
-    (its leading columns serve the same lookups), which an upgraded warehouse would
-    otherwise keep maintaining (a table built by this release never had it).
+    exactly `columns` (and whose type is `method`, when given): an index an earlier release
+    configured and a wider one, or one of another type, now replaces, which an upgraded
+    warehouse would otherwise keep maintaining (a table built by this release never had it).
 #}
-{% macro drop_superseded_index(columns) -%}
+{% macro drop_superseded_index(columns, method=none) -%}
     do $drop_superseded_index$
     declare
         superseded regclass;
@@ -106,6 +108,9 @@
                 i.indrelid = to_regclass('{{ this }}')
                 and not i.indisunique
                 and {{ index_key_is('i', columns) }}
+                {%- if method %}
+                and {{ index_method_is('i', method) }}
+                {%- endif %}
         loop
             execute 'drop index ' || superseded;
         end loop;
@@ -125,4 +130,15 @@
         inner join pg_attribute as a
             on a.attrelid = {{ index }}.indrelid and a.attnum = k.attnum
     ) = array['{{ columns | join("', '") }}']
+{%- endmacro %}
+
+
+{# SQL true when the pg_index row `index` is an index of type `method` (btree, brin, ...). #}
+{% macro index_method_is(index, method) -%}
+    (
+        select am.amname
+        from pg_class as c
+        inner join pg_am as am on am.oid = c.relam
+        where c.oid = {{ index }}.indexrelid
+    ) = '{{ method }}'
 {%- endmacro %}

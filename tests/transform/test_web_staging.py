@@ -124,7 +124,7 @@ def test_a_table_of_the_release_before_gains_the_build_column_on_its_next_build(
     indexed = rows(
         url,
         "select count(*) from pg_indexes where schemaname = 'staging' "
-        "and tablename = 'stg_web__events' and indexdef like '%%brin (_built_at)'",
+        "and tablename = 'stg_web__events' and indexdef like '%%btree (_built_at)'",
     )
     assert indexed == [(1,)]
 
@@ -148,3 +148,26 @@ def test_the_device_index_of_the_release_before_gives_way_to_the_session_index(w
         ("btree (anonymous_id, event_id)",),
         ("btree (anonymous_id, session_id)",),
     ]
+
+
+def test_the_block_range_index_of_the_release_before_gives_way_to_a_btree(world):
+    """The release before indexed `_built_at` by block range, which matched most of the
+    table (a day's narrow rows land in the free space of earlier pages): one build of an
+    upgraded warehouse creates the btree index and drops the block-range one."""
+    url, settings, _ = world
+    indexes = (
+        "select regexp_replace(indexdef, '.* USING ', '') from pg_indexes "
+        "where schemaname = 'staging' and tablename = 'stg_web__events' "
+        "and indexdef like '%%(_built_at)' order by 1"
+    )
+    assert rows(url, indexes) == [("btree (_built_at)",)]
+    with psycopg.connect(url) as conn:  # as the release before left it
+        for (name,) in conn.execute(
+            "select indexname from pg_indexes where schemaname = 'staging' "
+            "and tablename = 'stg_web__events' and indexdef like '%%(_built_at)'"
+        ).fetchall():
+            conn.execute(f'drop index staging."{name}"')
+        conn.execute("create index on staging.stg_web__events using brin (_built_at)")
+    assert rows(url, indexes) == [("brin (_built_at)",)]
+    assert transform(D2, settings, quiet=True).success
+    assert rows(url, indexes) == [("btree (_built_at)",)]
