@@ -96,8 +96,8 @@ class ScoreResult:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the result as JSON-able facts."""
-        return {
+        """Return the result as JSON-able facts (`warnings` only when there are some)."""
+        facts = {
             "score_date": self.score_date.isoformat(),
             "run_id": self.run_id,
             "rows": self.rows,
@@ -106,8 +106,10 @@ class ScoreResult:
             "risk_bands": self.risk_bands,
             "segments": self.segments,
             "elapsed_s": round(self.elapsed_s, 2),
-            "warnings": self.warnings,
         }
+        if self.warnings:
+            facts["warnings"] = list(self.warnings)
+        return facts
 
 
 def _past_the_data(day: dt.date, days_since: Any, horizon: int) -> list[str]:

@@ -79,6 +79,14 @@ class RunReport:
         """Return a multi-line summary: one line per task, then the outcome."""
         lines = [f"{self.dag_id} {self.logical_date}: {self.state} in {self.duration_s:.1f}s"]
         lines += [t.describe() for t in self.tasks]
+        # what a task says the results should be read with (e.g. a score date past the
+        # data), in full: the task's line above is cut short
+        lines += [
+            f"  warning: {t.task_id}: {w}"
+            for t in self.tasks
+            if isinstance(t.result, dict)
+            for w in t.result.get("warnings") or ()
+        ]
         return "\n".join(lines)
 
     def failure_message(self) -> str:
