@@ -208,13 +208,16 @@ def ensure_row_policies(conn) -> None:
     }
     for table in READER_ROW_TABLES:
         owned = conn.execute(
-            "select pg_has_role(current_user, relowner, 'USAGE') from pg_class "
-            "where oid = to_regclass(%s)",
+            "select pg_has_role(current_user, relowner, 'USAGE'), relrowsecurity "
+            "from pg_class where oid = to_regclass(%s)",
             (f"activation.{table}",),
         ).fetchone()
         if not owned or not owned[0]:
             continue
-        conn.execute(f"alter table activation.{table} enable row level security")
+        if not owned[1]:
+            # only when off: ALTER TABLE waits for the table's lock, which autovacuum
+            # holds after each run's rewrite of the scores (a second of every activation)
+            conn.execute(f"alter table activation.{table} enable row level security")
         present = {
             r[0]
             for r in conn.execute(
