@@ -378,7 +378,7 @@ def _no_orders_after(conn, as_of: dt.date, newest_snapshot: dt.date) -> None:
         f"every customer is labelled churned at every snapshot: the newest order in the data "
         f"is of {newest}, {(as_of - newest).days} days before {as_of}, and the newest snapshot "
         f"({newest_snapshot}) looks for orders after it; train as of a day the data reaches "
-        f"(--date {newest})"
+        f"(`lifecycle train --as-of {newest}`, or the pipeline's --date {newest})"
     )
 
 

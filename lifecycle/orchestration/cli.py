@@ -68,7 +68,7 @@ def _run(dates: list[dt.date], dag_id: str, conf: dict, verbose: bool) -> None:
             f"lifecycle pipeline run --date {day}"
             if last == day
             else f"lifecycle pipeline backfill --start {day} --end {last}"
-        )
+        ) + (f" --dag {dag_id}" if dag_id != DAILY_DAG_ID else "")
         click.secho(f"fix the cause, then resume with: {again}", err=True)
         sys.exit(1)
     except OrchestrationError as exc:

@@ -101,7 +101,7 @@ def test_failing_task_fails_the_run_loudly_and_posts_the_alert(
     assert f"lifecycle_daily failed for logical date {DAY}: task(s) extract_orders." in proc.stderr
     assert "rows rejected" in proc.stderr
     assert f"log: {log_file}" in proc.stderr
-    assert f"resume with: lifecycle pipeline run --date {DAY}" in proc.stderr
+    assert f"resume with: lifecycle pipeline run --date {DAY}\n" in proc.stderr
     # ... and the per-task table shows the dbt step was not run after the failed load.
     assert "extract_orders           failed" in proc.stdout
     assert "transform                upstream_failed" in proc.stdout

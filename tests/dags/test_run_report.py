@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from lifecycle.orchestration.runner import RunReport, TaskReport
 from ml.score import ScoreResult
 
@@ -52,3 +54,41 @@ def test_a_run_without_warnings_prints_the_task_lines_alone() -> None:
     )
     assert "warning" not in report.describe()
     assert len(report.describe().splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "resume"),
+    [
+        (
+            ["run", "--date", "2026-12-07", "--dag", "lifecycle_train"],
+            "lifecycle pipeline run --date 2026-12-07 --dag lifecycle_train",
+        ),
+        (
+            [
+                "backfill",
+                "--start",
+                "2026-12-07",
+                "--end",
+                "2026-12-08",
+                "--dag",
+                "lifecycle_train",
+            ],
+            "lifecycle pipeline backfill --start 2026-12-07 --end 2026-12-08 --dag lifecycle_train",
+        ),
+        (["run", "--date", "2026-12-07"], "lifecycle pipeline run --date 2026-12-07"),
+    ],
+)
+def test_the_resume_hint_names_the_dag_that_failed(monkeypatch, args, resume) -> None:
+    from click.testing import CliRunner
+
+    from lifecycle.orchestration import runner
+    from lifecycle.orchestration.cli import pipeline
+
+    def failing(dates, *, dag_id, **_kw):
+        failed = RunReport(dag_id, dates[0], "manual", "failed", 1.0, "/tmp/log")
+        raise runner.PipelineRunError(failed, dates[1:])
+
+    monkeypatch.setattr(runner, "run_dates", failing)
+    done = CliRunner().invoke(pipeline, [*args, "--allow-future"])
+    assert done.exit_code == 1
+    assert done.stderr.splitlines()[-1] == f"fix the cause, then resume with: {resume}"

@@ -46,5 +46,5 @@ def test_training_past_the_end_of_the_data_names_the_newest_order(embedded_setti
         f"every customer is labelled churned at every snapshot: the newest order in the data "
         f"is of {LAST_ORDER}, 365 days before {AS_OF}, and the newest snapshot "
         f"({newest_snapshot}) looks for orders after it; train as of a day the data reaches "
-        f"(--date {LAST_ORDER})"
+        f"(`lifecycle train --as-of {LAST_ORDER}`, or the pipeline's --date {LAST_ORDER})"
     )
