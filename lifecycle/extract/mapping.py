@@ -588,6 +588,18 @@ class Mapper:
             local, gaps, overlaps = local_to_utc(
                 naive, zone, rules.ambiguous_time, rules.nonexistent_time
             )
+            if gaps.any():
+                # A plain date means its day's first instant: where DST skips midnight
+                # (Santiago, Havana, Beirut, ...) that is the end of the gap, not a
+                # rejected row (every order of that day would be lost).
+                midnight = pc.fill_null(
+                    pc.equal(naive, pc.floor_temporal(naive, unit="day")), False
+                ).to_numpy(zero_copy_only=False)
+                start_of_day = gaps & midnight
+                if start_of_day.any():
+                    after, _, _ = local_to_utc(naive, zone, "earliest", "latest")
+                    local = pc.if_else(pa.array(start_of_day), after, local)
+                    gaps = gaps & ~start_of_day
             for mask, what in (
                 (
                     gaps,

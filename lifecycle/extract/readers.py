@@ -530,6 +530,20 @@ def read_csv_file(path: Path) -> Iterator[Chunk]:
         yield from read_csv_chunks(fh, str(path))
 
 
+#: A \u escape in the surrogate range: a pair of them is one character (an emoji), one
+#: alone is no character and fails every UTF-8 write (the whole batch, before).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(value: object) -> bool:
+    """True when a string of the parsed JSON `value` holds a lone surrogate."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def read_jsonl(stream: BinaryIO, locator: str, fields: tuple[str, ...]) -> Chunk:
     """Return the records of a JSON-lines stream (one object per line) as one text chunk."""
     data = read_all(stream, locator)
@@ -586,6 +600,13 @@ def read_jsonl(stream: BinaryIO, locator: str, fields: tuple[str, ...]) -> Chunk
             continue
         if not isinstance(value, dict):
             reason = f"malformed JSON: a {type(value).__name__}, not an object"
+            rejects.append(Reject(locator, number, reason, payload))
+            continue
+        if _SURROGATE_ESCAPE.search(line) and _lone_surrogate(value):
+            reason = (
+                "malformed JSON: a \\u escape of half a character (a lone UTF-16 "
+                "surrogate, \\ud800-\\udfff), which no text can hold"
+            )
             rejects.append(Reject(locator, number, reason, payload))
             continue
         records.append(value)

@@ -515,6 +515,131 @@ def test_plain_dates_are_midnight_in_the_business_time_zone(tmp_path: Path, fres
     }
 
 
+def test_a_plain_date_whose_midnight_dst_skips_is_the_first_instant_of_its_day(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """Chile's clocks go from 00:00 to 01:00 on 8 September 2024: that day's plain dates
+    are its first instant (01:00, UTC-3), not rejected rows; a time written in the gap is
+    still refused (defaults.nonexistent_time: reject)."""
+    (tmp_path / "orders.csv").write_text(
+        "customer_id,order_id,ordered_at,amount\n"
+        "C1,O1,2024-09-07,10.00\n"
+        "C1,O2,2024-09-08,10.00\n"
+        "C2,O3,2024-09-08 00:30,5.00\n"
+        "C2,O4,2024-09-09,5.00\n",
+        encoding="utf-8",
+    )
+    src = sources_file(
+        tmp_path,
+        "version: 1\nbusiness: {timezone: America/Santiago}\n"
+        + ORDERS_ONLY_SOURCES.format(orders=tmp_path / "orders.csv").removeprefix("version: 1\n"),
+    )
+    extract(tmp_path, fresh_db, "2024-09-30", src, LIFECYCLE_MAX_REJECT_SHARE="0.3")
+    got = {k: v[1] for k, v in orders(fresh_db).items()}
+    assert got == {
+        "O1": utc(2024, 9, 7, 4),  # UTC-4
+        "O2": utc(2024, 9, 8, 4),  # 01:00 UTC-3, the day's first instant
+        "O4": utc(2024, 9, 9, 3),  # UTC-3
+    }
+    assert quarantine(fresh_db) == {
+        4: "ordered_at: '2024-09-08 00:30' does not exist in America/Santiago (the clocks "
+        "skip it at a DST change; defaults.nonexistent_time: reject)",
+    }
+
+
+def test_ids_of_spaces_are_empty_and_dates_before_1900_are_quarantined(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """An id of spaces, a tab or a no-break space names nobody (it loaded as a customer
+    called '   '); a date before 1900 is quarantined at load, not left for the raw gate
+    to refuse the whole day with."""
+    (tmp_path / "orders.csv").write_text(
+        "customer_id,order_id,ordered_at,amount\n"
+        "C1,O1,2024-03-01,10.00\n"
+        "   ,O2,2024-03-02,5.00\n"
+        "C2,\t,2024-03-02,5.00\n"
+        "\u00a0,O4,2024-03-02,5.00\n"
+        "C3,O5,1899-12-31,7.00\n"
+        "C4,O6,2024-03-03,8.00\n",
+        encoding="utf-8",
+    )
+    src = sources_file(tmp_path, ORDERS_ONLY_SOURCES.format(orders=tmp_path / "orders.csv"))
+    extract(tmp_path, fresh_db, "2024-03-31", src, LIFECYCLE_MAX_REJECT_SHARE="0.9")
+    assert sorted(orders(fresh_db)) == ["O1", "O6"]
+    assert quarantine(fresh_db) == {
+        3: "customer_id is empty",
+        4: "order_id is empty",
+        5: "customer_id is empty",
+        6: "ordered_at 1899-12-31 is before 1900 (a year typed wrong?)",
+    }
+    gate = lifecycle(
+        tmp_path,
+        fresh_db,
+        "validate",
+        "--layer",
+        "raw",
+        "--date",
+        "2024-03-31",
+        LIFECYCLE_SOURCES_FILE=src,
+    )
+    assert gate.returncode == 0, gate.stdout[-2000:] + gate.stderr[-2000:]
+
+
+def test_epoch_values_that_are_no_instant_are_quarantined(tmp_path: Path, fresh_db: str) -> None:
+    """NaN, infinity and numbers past any timestamp in an epoch column: each row is
+    quarantined (one such value failed the whole batch with an Arrow type error)."""
+    (tmp_path / "orders.csv").write_text(
+        "customer_id,order_id,ordered_at,amount\n"
+        "C1,O1,1709251200000,10.00\n"
+        "C2,O2,nan,5.00\n"
+        "C3,O3,99999999999999999999,5.00\n"
+        "C4,O4,inf,5.00\n",
+        encoding="utf-8",
+    )
+    src = sources_file(
+        tmp_path,
+        ORDERS_ONLY_SOURCES.format(orders=tmp_path / "orders.csv").replace(
+            "      order_items:",
+            "        columns: {ordered_at: {column: ordered_at, format: epoch_ms}}\n"
+            "      order_items:",
+        ),
+    )
+    extract(tmp_path, fresh_db, "2024-03-31", src, LIFECYCLE_MAX_REJECT_SHARE="0.9")
+    assert {k: v[1] for k, v in orders(fresh_db).items()} == {"O1": utc(2024, 3, 1)}
+    expected = "is not a number of milliseconds since 1970-01-01 UTC (format epoch_ms)"
+    assert quarantine(fresh_db) == {
+        3: f"ordered_at: 'nan' {expected}",
+        4: f"ordered_at: '99999999999999999999' {expected}",
+        5: f"ordered_at: 'inf' {expected}",
+    }
+
+
+def test_a_json_line_with_half_a_character_is_quarantined_alone(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """A lone UTF-16 surrogate escape (\\ud800) failed the whole batch with a codec error
+    naming no file; a pair (an emoji) is one character and loads."""
+    (tmp_path / "orders.jsonl").write_text(
+        '{"customer_id": "C1", "order_id": "O1", "ordered_at": "2024-03-01", "amount": 10}\n'
+        '{"customer_id": "\\ud800", "order_id": "O2", "ordered_at": "2024-03-01", "amount": 5}\n'
+        '{"customer_id": "C3 \\ud83d\\ude00", "order_id": "O3", "ordered_at": "2024-03-02", '
+        '"amount": 5}\n',
+        encoding="utf-8",
+    )
+    src = sources_file(
+        tmp_path,
+        ORDERS_ONLY_SOURCES.format(orders=tmp_path / "orders.jsonl").replace(
+            "kind: csv", "kind: jsonl"
+        ),
+    )
+    extract(tmp_path, fresh_db, "2024-03-31", src, LIFECYCLE_MAX_REJECT_SHARE="0.5")
+    assert {k: v[0] for k, v in orders(fresh_db).items()} == {"O1": "C1", "O3": "C3 \U0001f600"}
+    assert quarantine(fresh_db) == {
+        2: "malformed JSON: a \\u escape of half a character (a lone UTF-16 surrogate, "
+        "\\ud800-\\udfff), which no text can hold"
+    }
+
+
 DAILY_EXPORT = {
     # the export as it stands on each run's date: what a shop writes out every night
     "2024-06-03": "C1,O1,2024-06-01,10.00\nC2,O2,2024-06-02,20.00\nC1,O3,2024-06-03,30.00\n",

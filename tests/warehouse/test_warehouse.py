@@ -191,3 +191,23 @@ def test_url_helpers() -> None:
     assert wh.with_database("postgresql://u:p@h:5/a", "b") == "postgresql://u:p@h:5/b"
     assert wh.sqlalchemy_url("postgresql://u@h/d") == "postgresql+psycopg://u@h/d"
     assert wh.redact("postgresql://u:pw@h/d") == "postgresql://u:***@h/d"
+
+
+def test_a_state_folder_with_a_space_is_refused_in_one_line(tmp_path: Path) -> None:
+    """The embedded server's pg_ctl splits a data directory with a space: a page of
+    server log and a CalledProcessError before; now one error saying what to set."""
+    home = tmp_path / "my state"
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "lifecycle"), "warehouse", "up"],
+        env={"PATH": "/usr/bin:/bin", "LIFECYCLE_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"error: the embedded warehouse cannot run in {home / 'pgdata'}: its path has a "
+        "space (pg_ctl splits it); set LIFECYCLE_HOME to a folder without spaces, or "
+        "LIFECYCLE_WAREHOUSE_URL to a PostgreSQL server"
+    ]
+    assert not (home / "pgdata").exists()
