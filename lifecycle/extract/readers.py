@@ -383,6 +383,11 @@ def read_csv_chunks(
         if aligned:
             header = _aligned_to_tabs(header)
         header_text = header.decode("utf-8-sig", errors="replace").rstrip("\r\n")
+        if not header_text.strip():  # a byte-order mark and nothing else
+            yield _empty(
+                locator, f"{locator}: no header line (a byte-order mark alone), no rows read"
+            )
+            return
         if "\r" in header_text:
             raise LoadError(f"{locator}: line {line}: the header holds a carriage return (CR)")
         dialect = {
@@ -402,6 +407,7 @@ def read_csv_chunks(
     # A small first block gets COPY streaming sooner; the loader checks the next
     # block while PostgreSQL parses this one.
     size = min(block_bytes, FIRST_BLOCK_BYTES)
+    yielded = False
     while True:
         block = _guarded(stream.read, locator, size)
         size = block_bytes
@@ -426,9 +432,17 @@ def read_csv_chunks(
             rest = data[cleaned.size :] + rest
         if cleaned.size or not block:
             yield chunk
+            yielded = True
         line += cleaned.lines
         if not block:
             break
+    if not yielded:
+        # a header and no rows: its columns are still checked against the sources file
+        yield Chunk(
+            pa.table({c: pa.array([], pa.string()) for c in columns}),
+            locator,
+            np.empty(0, np.int64),
+        )
 
 
 def _empty(locator: str, warning: str) -> Chunk:

@@ -640,6 +640,29 @@ def test_a_json_line_with_half_a_character_is_quarantined_alone(
     }
 
 
+def test_a_header_without_rows_is_checked_against_the_mapping(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """A file of a header alone is read as no rows: its wrong header passed `sources
+    check` and loaded nothing, silently. A right one still loads nothing, without error."""
+    path = tmp_path / "orders.csv"
+    src = sources_file(tmp_path, ORDERS_ONLY_SOURCES.format(orders=path))
+    path.write_text("foo,bar\n", encoding="utf-8")
+    error = (
+        f"error: {src}: sources.orders.entities.orders.columns.order_id: required field "
+        f"'order_id' is not mapped and {path} has no column 'order_id': map it, e.g. "
+        "`order_id: <column>` (also missing: customer_id, ordered_at, amount) (columns: foo, bar)"
+    )
+    check = lifecycle(tmp_path, fresh_db, "sources", "check", LIFECYCLE_SOURCES_FILE=src)
+    assert check.returncode == 1 and check.stderr.splitlines()[-1] == error
+    load = run_extract(tmp_path, fresh_db, "2024-03-31", src)
+    assert load.returncode == 1 and error in load.stderr
+    path.write_text("customer_id,order_id,ordered_at,amount\n", encoding="utf-8")
+    assert "raw.orders__orders 2024-03-31 success: 0 read, 0 loaded" in extract(
+        tmp_path, fresh_db, "2024-03-31", src
+    )
+
+
 DAILY_EXPORT = {
     # the export as it stands on each run's date: what a shop writes out every night
     "2024-06-03": "C1,O1,2024-06-01,10.00\nC2,O2,2024-06-02,20.00\nC1,O3,2024-06-03,30.00\n",
