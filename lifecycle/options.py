@@ -12,9 +12,20 @@ def parse_date(_ctx: click.Context, _param: click.Parameter, value: str | None) 
     if value is None:
         return None
     try:
-        return dt.date.fromisoformat(value)
+        day = dt.date.fromisoformat(value)
     except ValueError as exc:
         raise click.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from exc
+    if not EARLIEST_DAY <= day <= LATEST_DAY:
+        # the pipeline computes days before and after it (windows, horizons, snapshots):
+        # at the ends of the calendar they overflow with "date value out of range"
+        raise click.BadParameter(f"{value} is outside {EARLIEST_DAY} .. {LATEST_DAY}")
+    return day
+
+
+#: The logical dates a command takes: the raw contract's earliest date, and a year of
+#: room for the horizons computed after a date before the calendar ends.
+EARLIEST_DAY = dt.date(1900, 1, 1)
+LATEST_DAY = dt.date(9998, 12, 31)
 
 
 def business_today(settings=None) -> tuple[dt.date, str]:

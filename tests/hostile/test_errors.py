@@ -264,3 +264,27 @@ def test_no_command_prints_a_traceback_for_bad_input(
         elif result.exit_code != 0 and "error: " not in result.output:
             failures.append((args, result.exit_code, "no error: line", result.output[-300:]))
     assert failures == []
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "value"),
+    [
+        (["train", "--as-of", "0001-01-01"], "--as-of", "0001-01-01"),
+        (["extract", "--date", "9999-12-31", "--allow-future"], "--date", "9999-12-31"),
+        (["score", "--date", "1899-12-31"], "--date", "1899-12-31"),
+        (
+            ["pipeline", "backfill", "--start", "0100-01-01", "--end", "0100-01-02"],
+            "--start",
+            "0100-01-01",
+        ),
+    ],
+)
+def test_a_date_at_the_ends_of_the_calendar_is_refused_naming_its_option(
+    args: list[str], option: str, value: str, base: dict[str, str]
+) -> None:
+    """Days computed around it overflowed ("error: date value out of range", no option
+    named); the option is refused before anything runs."""
+    error = _assert_clean_failure(_invoke(args, base), 2)
+    assert error.startswith(
+        f"error: Invalid value for '{option}': {value} is outside 1900-01-01 .. 9998-12-31"
+    )
