@@ -8,6 +8,7 @@ batches by arrival.)
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 
 import fsspec
@@ -73,6 +74,9 @@ def _chunks(
             fh = fsspec.open(url, "rb", compression=_compression(src, emap, sources)).open()
         except Exception as exc:  # noqa: BLE001 - any filesystem's failure to open, one line
             raise LoadError(f"{_locator(url)}: cannot be opened: {exc}") from exc
+        if not isinstance(fh, io.IOBase):
+            # zstandard's reader has read/readinto but no readline (the CSV header's)
+            fh = io.BufferedReader(fh)
         with fh:
             if src.kind == "csv":
                 fmt = sources.format_of(src, emap)
