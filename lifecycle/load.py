@@ -493,40 +493,37 @@ def load_batch(
 
 
 def _settle_unplaced(cur: psycopg.Cursor, entity: RawEntity, bid: str, state: dict) -> None:
-    """Quarantine the rows no window can place, once: not again in every later batch.
+    """Quarantine each bad source line once: not again in every later batch.
 
     A source file read whole each day (a CRM export, an orders CSV) holds its unreadable
-    rows every day. The first committed batch that met such a row quarantined it with
-    its reason; a later batch counts the same row (same file, line and text) as a
-    duplicate of that one instead of quarantining it again, so neither the quarantine
-    nor the reject share of every later day grows with one old bad line.
+    rows every day, and a full load read after daily ones (or a daily rerun after a full
+    load) meets the bad lines those already quarantined. The first committed batch that
+    met such a line quarantined it with its reason; another batch counts the same line
+    (same file, line and text) as a duplicate of that one instead of quarantining it
+    again, so neither the quarantine nor the reject share grows with one old bad line.
     """
-    rows = state["unplaced"]
+    unplaced = state["unplaced"]
     state["unplaced"] = []
-    if not rows:
+    rows = state["quarantine"] + unplaced
+    lines = sorted({r[1] for r in rows if r[1] is not None})
+    if not lines:
+        state["quarantine"] = rows
         return
     found = cur.execute(
         "select distinct q._source, q._line, q.payload from raw.quarantine q "
         "join ops.load_batches b on b.batch_id = q._batch_id "
         "where q.source = %s and q.entity = %s and q._batch_id <> %s "
         "and q._line = any(%s) and q._source = any(%s)",
-        (
-            entity.source,
-            entity.entity,
-            bid,
-            sorted({r[1] for r in rows if r[1] is not None}),
-            sorted({r[0] for r in rows}),
-        ),
+        (entity.source, entity.entity, bid, lines, sorted({r[0] for r in rows})),
     ).fetchall()
     known = set(found)
     fresh = [r for r in rows if (r[0], r[1], _clean(r[3])) not in known]
-    state["quarantine"].extend(fresh)
+    state["quarantine"] = fresh
     if len(fresh) < len(rows):
         state["rows_duplicate"] += len(rows) - len(fresh)
         state["known"] = len(rows) - len(fresh)
         log.info(
-            "%s: %d unreadable row(s) already quarantined by an earlier batch, counted "
-            "as duplicates",
+            "%s: %d bad line(s) already quarantined by another batch, counted as duplicates",
             entity.qualified,
             len(rows) - len(fresh),
         )

@@ -687,6 +687,46 @@ def test_a_zstd_compressed_export_is_read(tmp_path: Path, fresh_db: str, compres
     assert {k: v[0] for k, v in orders(fresh_db).items()} == {"O1": "C1", "O2": "C2"}
 
 
+def test_a_bad_line_is_quarantined_once_whatever_batch_reads_it_again(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """A full load, a daily load that meets two bad lines, a rerun of the full load's
+    date and a full load of a later date: the quarantine holds each bad line once (the
+    reruns counted them again, as their own), the later batches count them as duplicates."""
+    path = tmp_path / "orders.csv"
+    src = sources_file(tmp_path, ORDERS_ONLY_SOURCES.format(orders=path))
+    header = "customer_id,order_id,ordered_at,amount\n"
+    path.write_text(header + "C1,O1,2024-03-01,10.00\n", encoding="utf-8")
+
+    def load(day: str, *full: str) -> str:
+        done = lifecycle(
+            tmp_path, fresh_db, "extract", "--source", "orders", "--date", day, *full,
+            LIFECYCLE_SOURCES_FILE=src, LIFECYCLE_MAX_REJECT_SHARE="0.9",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    load("2024-03-01", "--full")
+    path.write_text(
+        header + "C1,O1,2024-03-01,10.00\nC3,O3,garbage,5.00\nC4,O4,2024-03-03,abc\n"
+        "C5,O5,2024-03-03,7.00\n",
+        encoding="utf-8",
+    )
+    assert "1 loaded, 2 quarantined" in load("2024-03-03")
+    reasons = quarantine(fresh_db)
+    assert sorted(reasons) == [3, 4]
+    rerun = load("2024-03-01")
+    assert "0 quarantined" in rerun
+    later = load("2024-03-03", "--full")
+    assert "0 quarantined" in later
+    with psycopg.connect(fresh_db) as conn:
+        held = conn.execute(
+            "select _line, count(*) from raw.quarantine group by 1 order by 1"
+        ).fetchall()
+    assert held == [(3, 1), (4, 1)]
+    assert quarantine(fresh_db) == reasons
+
+
 DAILY_EXPORT = {
     # the export as it stands on each run's date: what a shop writes out every night
     "2024-06-03": "C1,O1,2024-06-01,10.00\nC2,O2,2024-06-02,20.00\nC1,O3,2024-06-03,30.00\n",
