@@ -43,6 +43,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -51,7 +52,7 @@ from pydantic import (
     model_validator,
 )
 
-from lifecycle.config_yaml import load_config
+from lifecycle.config_yaml import describe_error, load_config
 from lifecycle.raw import ENTITIES, RawEntity
 from lifecycle.settings import Settings, get_settings
 
@@ -145,6 +146,32 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
+def _yaml_word(value: Any) -> str:
+    """Return how `value` is written in YAML (true, not True) for an error message."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else _echo(value)
+
+
+def _whole(value: Any) -> Any:
+    # pydantic reads true as 1: `skip_rows: true` would skip one line unasked.
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"expected a whole number, got {_yaml_word(value)}")
+    return value
+
+
+def _number(value: Any) -> Any:
+    # pydantic reads true as 1.0: `scale: true` is not a number.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {_yaml_word(value)}")
+    return value
+
+
+#: A count: an integer, never a boolean (true is not 1 here).
+WholeNumber = Annotated[int, BeforeValidator(_whole)]
+#: A number: an integer or a decimal, never a boolean.
+Number = Annotated[float, BeforeValidator(_number)]
+
 Zone = Annotated[
     str,
     AfterValidator(_check_zone),
@@ -161,6 +188,16 @@ FILE_KINDS = ("csv", "excel", "jsonl", "parquet")
 
 #: The `delimiter` word for fields separated by runs of spaces or tabs.
 WHITESPACE = "whitespace"
+#: Codecs that look up but cannot decode a file (undefined refuses everything; idna and
+#: punycode encode host names and refuse the reader's error handler).
+_NOT_FILE_ENCODINGS = {"undefined", "idna", "punycode"}
+#: What a clash of a CSV dialect character with an earlier one (the key) suggests.
+_CLASH = {
+    "delimiter": " (null for none)",
+    "quote_char": " (a quote doubled inside a quoted field needs no escape_char)",
+}
+#: Encodings an error message suggests.
+_ENCODING_EXAMPLES = "e.g. utf-8, latin-1, cp1252"
 
 
 class CsvFormat(_Strict):
@@ -171,12 +208,14 @@ class CsvFormat(_Strict):
         description="one character ('\\t' for tab-separated), or 'whitespace': fields "
         "separated by runs of spaces or tabs, as in aligned text exports (no quoting)",
     )
-    quote_char: str | None = Field('"', description="one character, or null for none")
+    quote_char: str | None = Field(
+        '"', description="one character, or null for none", validate_default=True
+    )
     escape_char: str | None = Field(None, description="one character, or null for none")
-    encoding: str = Field("utf-8", description="any Python codec: utf-8, latin-1, cp1252, ...")
+    encoding: str = Field("utf-8", description="a text encoding: utf-8, latin-1, cp1252, ...")
     header: bool = Field(True, description="the first line (after skip_rows) names the columns")
     column_names: list[str] | None = Field(None, description="the columns when header is false")
-    skip_rows: int = Field(0, ge=0, description="lines before the header (report titles)")
+    skip_rows: WholeNumber = Field(0, ge=0, description="lines before the header (report titles)")
     null_values: list[str] = Field(default_factory=lambda: [""], description="read as empty")
     decimal_separator: Literal[".", ","] = "."
     thousands_separator: str | None = Field(None, description="e.g. ',' in 1,234.50")
@@ -194,15 +233,35 @@ class CsvFormat(_Strict):
             return v
         if v is not None and len(v.encode("utf-8")) != 1:
             raise ValueError(f"{v!r} must be exactly one (single-byte) character")
+        if v in ("\r", "\n"):
+            raise ValueError(f"{v!r} ends lines: it cannot be the {info.field_name}")
+        # The three must differ (the CSV readers cannot tell them apart otherwise); each
+        # is compared with those before it, validated first (the default '"' included).
+        for other in ("delimiter", "quote_char"):
+            if other == info.field_name:
+                break
+            if v is not None and v == info.data.get(other):
+                raise ValueError(f"{v!r} is also the {other}: they must differ{_CLASH[other]}")
+        return v
+
+    @field_validator("sheet", mode="before")
+    @classmethod
+    def _sheet(cls, v: Any) -> Any:
+        if isinstance(v, (bool, float)):
+            raise ValueError(f"expected a sheet name or position (0, 1, ...), got {_yaml_word(v)}")
         return v
 
     @field_validator("encoding")
     @classmethod
     def _codec(cls, v: str) -> str:
         try:
-            codecs.lookup(v)
+            codec = codecs.lookup(v)
         except LookupError as exc:
-            raise ValueError(f"{v!r} is not a known text encoding") from exc
+            raise ValueError(f"{v!r} is not a known text encoding ({_ENCODING_EXAMPLES})") from exc
+        # hex, base64, zlib, rot13 ... are codecs but not text encodings: bytes to bytes.
+        text = getattr(codec, "_is_text_encoding", True) is not False
+        if not text or codec.name in _NOT_FILE_ENCODINGS:
+            raise ValueError(f"{v!r} is not a text encoding ({_ENCODING_EXAMPLES})")
         return v
 
     @model_validator(mode="after")
@@ -235,7 +294,21 @@ class FieldMap(_Strict):
     timezone: Zone | None = Field(None, description="zone of naive timestamps in this column")
     values: dict[str, str] | None = Field(None, description="recoding: source value -> value")
     default: str | None = Field(None, description="value for source values not in `values`")
-    scale: float | None = Field(None, description="multiply numbers, e.g. 0.01 for cents")
+    scale: Number | None = Field(None, description="multiply numbers, e.g. 0.01 for cents")
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _text_words(cls, v: Any) -> Any:
+        # A YAML file gives text keys (its loader keeps `yes` as written); a document
+        # built elsewhere may not, and True would otherwise show as "values.True".
+        if isinstance(v, Mapping):
+            for key in v:
+                if not isinstance(key, str):
+                    word = _yaml_word(key) if key is None or isinstance(key, bool) else str(key)
+                    raise ValueError(
+                        f"the key {word} is not text: write it in quotes ('{word}': ...)"
+                    )
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> FieldMap:
@@ -317,7 +390,7 @@ class EntityMap(_Strict):
     )
     timezone: Zone | None = None
     currency: Currency | None = None
-    max_reject_share: float | None = Field(
+    max_reject_share: Number | None = Field(
         None,
         ge=0,
         le=1,
@@ -373,7 +446,9 @@ class Endpoint(_Strict):
     data_selector: str = "results"
     paginator: Paginator = Field(default_factory=Paginator)
     incremental: Incremental = Field(default_factory=Incremental)
-    max_pages: int = Field(100_000, ge=1, description="stop (with an error) after this many")
+    max_pages: WholeNumber = Field(
+        100_000, ge=1, description="stop (with an error) after this many"
+    )
 
 
 class Source(_Strict):
@@ -419,7 +494,7 @@ class Business(_Strict):
         description="CSV of daily rates: date,currency,rate (reporting units per unit); "
         "short for sources.fx (kind csv, full refresh), landed in raw.fx__rates",
     )
-    fixed_rates: dict[str, float] | None = Field(
+    fixed_rates: dict[str, Number] | None = Field(
         None, description="planning rates per currency, used where the rates file has none"
     )
 
@@ -613,13 +688,15 @@ def _check_entity(
         canonical = CANONICAL_VALUES.get((raw.table, fname))
         if canonical and fmap.values:
             wrong = sorted({v for v in fmap.values.values() if v not in canonical})
-            if fmap.default and fmap.default not in canonical:
-                wrong.append(fmap.default)
             if wrong:
                 errors.append(
                     f"{fwhere}.values: {', '.join(map(repr, wrong))} not one of "
                     f"{', '.join(canonical)}"
                 )
+        if canonical and fmap.default and fmap.default not in canonical:
+            errors.append(
+                f"{fwhere}.default: {fmap.default!r} is not one of {', '.join(canonical)}"
+            )
         if canonical and fmap.kind == "constant" and str(fmap.constant) not in canonical:
             errors.append(
                 f"{fwhere}.constant: {fmap.constant!r} is not one of {', '.join(canonical)}"
@@ -683,9 +760,9 @@ def load_sources_file(path: Path) -> SourcesFile:
     except (OSError, UnicodeDecodeError) as exc:
         raise SourcesFileError(f"{path}: cannot be read: {exc}") from None
     try:
-        doc = load_config(text)
+        doc = load_config(text, text_keys=True)
     except yaml.YAMLError as exc:
-        raise SourcesFileError(f"{path}: not valid YAML: {str(exc)[:ECHO_LIMIT]}") from None
+        raise SourcesFileError(f"{path}: not valid YAML: {describe_error(exc, text)}") from None
     return parse_sources(doc, str(path))
 
 
