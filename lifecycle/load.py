@@ -366,6 +366,15 @@ def _stream(
             for piece in data:
                 copy.write(piece)
             loaded += rows
+    except BaseException as exc:
+        # An interrupt (Ctrl-C, SIGTERM) or a failed write leaves the COPY open: end it
+        # with CopyFail here, or the transaction's rollback waits on a server that waits
+        # for more COPY data, for ever (the process hung, holding the batch's lock).
+        if copy_cm is not None:
+            with contextlib.suppress(Exception):
+                copy_cm.__exit__(type(exc), exc, exc.__traceback__)
+            copy_cm = None
+        raise
     finally:
         state["stop"] = True
         while worker.is_alive():

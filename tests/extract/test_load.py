@@ -454,3 +454,52 @@ def test_values_with_commas_and_quotes_round_trip(tmp_path: Path, fresh_db: str)
         ("O1", 'Lee, "Ann" <ann@x.com>'),
         ("O2", "plain@x.com"),
     ]
+
+
+def test_an_interrupt_during_the_copy_ends_the_load_at_once(tmp_path: Path, fresh_db: str) -> None:
+    """Ctrl-C while COPY streams rows: the COPY was left open, and the rollback waited on a
+    server waiting for more COPY data, for ever (the process held the batch's lock). The
+    COPY is now ended with CopyFail: one error line, exit 130, nothing published."""
+    n = 400_000
+    lines = [ORDERS_HEADER]
+    lines += [
+        f"O{i},C{i % 5000},c{i}@x.com,2023-12-31T10:00:00Z,2023-12-31T10:00:00Z,completed,USD,"
+        f"{i % 100}.50,1\n"
+        for i in range(n)
+    ]
+    _write(tmp_path / "world/orders/orders.csv", "".join(lines))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")} | {
+        "LIFECYCLE_HOME": str(tmp_path / "home"),
+        "LIFECYCLE_WAREHOUSE_URL": fresh_db,
+        "LIFECYCLE_WORLD_DIR": str(tmp_path / "world"),
+    }
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "lifecycle"), "extract", "--date", "2024-01-01",
+         "--source", "orders"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            copying = conn.execute(
+                "select count(*) from pg_stat_progress_copy p join pg_class c "
+                "on c.oid = p.relid where c.relname = 'orders__orders' and p.tuples_processed > 0"
+            ).fetchone()[0]
+            if copying:
+                break
+            assert proc.poll() is None, "the load finished before it could be interrupted"
+            time.sleep(0.02)
+        else:
+            pytest.fail("the load never started copying")
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the interrupted load hung")
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "error: interrupted"
+    assert "Traceback" not in err
+    assert _rows(fresh_db, "select count(*) from raw.orders__orders") == [(0,)]
+    assert _rows(fresh_db, "select count(*) from ops.load_batches") == [(0,)]
