@@ -177,6 +177,7 @@ def _strptime(text: pa.Array, fmt: str) -> pa.Array:
     parts = pc.extract_regex(text, regex)
     day = _cast(pc.struct_field(parts, "day"), pa.int64())
     local = parsed
+    offset = minutes = None
     if parsed.type.tz is not None:
         offset = pc.struct_field(parts, "offset") if "(?P<offset>" in regex else None
         minutes = _offset_minutes(offset) if offset is not None else None
@@ -185,6 +186,8 @@ def _strptime(text: pa.Array, fmt: str) -> pa.Array:
             micros = pc.add(micros, pc.multiply(pc.cast(minutes, pa.int64()), 60_000_000))
         local = micros.cast(pa.timestamp("us"))
     wrong = pc.fill_null(pc.not_equal(pc.day(local), day), False)
+    if minutes is not None:  # an offset of a day or more is no offset
+        wrong = pc.or_(wrong, pc.and_(pc.is_valid(offset), pc.is_null(minutes)))
     if not pc.any(wrong).as_py():
         return parsed
     return pc.if_else(wrong, pa.scalar(None, parsed.type), parsed)
@@ -198,6 +201,10 @@ def _offset_minutes(zone: pa.Array) -> pa.Array:
     minutes = pc.fill_null(_cast(pc.utf8_slice_codeunits(offset, 3, 5), pa.int64()), 0)
     sign = pc.if_else(pc.starts_with(offset, "-"), -1, 1)
     total = pc.multiply(sign, pc.add(pc.multiply(hours, 60), minutes))
+    # +25:00 or +05:75 is no offset (a clock's own runs from -12:00 to +14:00): null,
+    # so the value is quarantined with the format it does not match
+    real = pc.and_(pc.less_equal(hours, 23), pc.less_equal(minutes, 59))
+    total = pc.if_else(real, total, pa.scalar(None, pa.int64()))
     return pc.if_else(named, 0, total)
 
 

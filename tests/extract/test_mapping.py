@@ -727,6 +727,36 @@ def test_a_bad_line_is_quarantined_once_whatever_batch_reads_it_again(
     assert quarantine(fresh_db) == reasons
 
 
+@pytest.mark.parametrize(
+    ("fmt", "values"),
+    [
+        ("iso", ["2024-03-05T10:00:00+05:30", "2024-03-05T10:00:00+25:00"]),
+        ("%d.%m.%Y %H:%M %z", ["05.03.2024 10:00 +0530", "05.03.2024 10:00 +2500"]),
+    ],
+)
+def test_an_offset_of_a_day_or_more_is_quarantined(
+    tmp_path: Path, fresh_db: str, fmt: str, values: list[str]
+) -> None:
+    """+25:00 is no UTC offset: it loaded as one (25 hours off)."""
+    good, bad = values
+    (tmp_path / "orders.csv").write_text(
+        f"customer_id,order_id,ordered_at,amount\nC1,O1,{good},10.00\nC2,O2,{bad},5.00\n",
+        encoding="utf-8",
+    )
+    src = sources_file(
+        tmp_path,
+        ORDERS_ONLY_SOURCES.format(orders=tmp_path / "orders.csv").replace(
+            "      order_items:",
+            f"        columns: {{ordered_at: {{column: ordered_at, format: '{fmt}'}}}}\n"
+            "      order_items:",
+        ),
+    )
+    extract(tmp_path, fresh_db, "2024-03-31", src, LIFECYCLE_MAX_REJECT_SHARE="0.9")
+    assert {k: v[1] for k, v in orders(fresh_db).items()} == {"O1": utc(2024, 3, 5, 4, 30)}
+    assert list(quarantine(fresh_db)) == [3]
+    assert quarantine(fresh_db)[3].startswith(f"ordered_at: '{bad}' ")
+
+
 DAILY_EXPORT = {
     # the export as it stands on each run's date: what a shop writes out every night
     "2024-06-03": "C1,O1,2024-06-01,10.00\nC2,O2,2024-06-02,20.00\nC1,O3,2024-06-03,30.00\n",
