@@ -524,6 +524,10 @@ def extract(sources_: tuple[str, ...], day: dt.date, full: bool, allow_future: b
                 quarantined += result.rows_quarantined
         except (LoadError, SourcesFileError) as exc:
             failed = True
+            refused = getattr(exc, "result", None)
+            if refused is not None:  # its quarantine is kept for diagnosis: counted
+                click.echo(refused.describe())
+                quarantined += refused.rows_quarantined
             click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
     click.echo(
         f"extract {day}: {len(names)} source(s), {loaded:,} rows loaded, {quarantined:,} "

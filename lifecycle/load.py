@@ -68,7 +68,10 @@ FILE_NOT_READ = "file not read: "
 
 
 class LoadError(RuntimeError):
-    """A load that must not go on; the message says what to fix."""
+    """A load that must not go on; the message says what to fix. ``result`` is the
+    batch's :class:`LoadResult` when a batch was refused (its quarantine is kept)."""
+
+    result: LoadResult | None = None
 
 
 @dataclass
@@ -494,8 +497,11 @@ def load_batch(
     if error is not None:
         result.duration_s = time.perf_counter() - started
         result.status = "failed"
+        result.rows_loaded = 0  # rolled back: nothing of the batch was published
         _tally(result, state, checker)
         _after_failure(url, entity, bid, result, state, error)
+        if isinstance(error, LoadError):
+            error.result = result  # what the refused batch read and quarantined, for the CLI
         raise error
     log.info(result.describe())
     return result

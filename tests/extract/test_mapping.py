@@ -757,6 +757,29 @@ def test_an_offset_of_a_day_or_more_is_quarantined(
     assert quarantine(fresh_db)[3].startswith(f"ordered_at: '{bad}' ")
 
 
+def test_a_refused_batch_counts_what_it_quarantined_and_loaded_nothing(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """A batch over the reject share keeps its quarantine for diagnosis: the command's
+    lines said 0 quarantined (and the batch's own line was not printed)."""
+    path = tmp_path / "orders.csv"
+    path.write_text(
+        "customer_id,order_id,ordered_at,amount\n"
+        "C1,O1,2024-03-01,10.00\nC2,O2,2024-03-01,abc\nC3,O3,2024-03-01,5.00\n",
+        encoding="utf-8",
+    )
+    src = sources_file(tmp_path, ORDERS_ONLY_SOURCES.format(orders=path))
+    done = run_extract(tmp_path, fresh_db, "2024-03-31", src)
+    assert done.returncode == 1
+    assert done.stdout.startswith("raw.orders__orders 2024-03-31 failed: 3 read, 0 loaded, ")
+    assert "1 quarantined" in done.stdout.splitlines()[0]
+    assert done.stderr.splitlines()[-1].startswith(
+        "extract 2024-03-31: 1 source(s), 0 rows loaded, 1 quarantined in "
+    )
+    assert done.stderr.splitlines()[-1].endswith(", FAILED")
+    assert list(quarantine(fresh_db)) == [3]
+
+
 DAILY_EXPORT = {
     # the export as it stands on each run's date: what a shop writes out every night
     "2024-06-03": "C1,O1,2024-06-01,10.00\nC2,O2,2024-06-02,20.00\nC1,O3,2024-06-03,30.00\n",
