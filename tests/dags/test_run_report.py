@@ -18,23 +18,21 @@ WARNING = (
 )
 
 
+def _daily_run(*tasks: TaskReport) -> RunReport:
+    return RunReport(
+        "lifecycle_daily", DAY, "manual__2026-12-07", "success", 30.0, "/tmp/log", list(tasks)
+    )
+
+
 def test_a_task_warning_is_printed_whole_under_the_task_lines() -> None:
     from lifecycle.orchestration.daily import _facts
 
     scored = ScoreResult(DAY, "score:2026-12-07", 785, 1, {}, {"high": 785}, {}, 3.8)
     scored.warnings.append(WARNING)
-    report = RunReport(
-        "lifecycle_daily",
-        DAY,
-        "manual__2026-12-07",
-        "success",
-        30.0,
-        "/tmp/log",
-        tasks=[
-            TaskReport("score", "success", 1, 3.9, _facts(scored)),
-            TaskReport("activate", "success", 1, 2.0, {"customers": 785}),
-            TaskReport("report", "success", 1, 2.2, None),
-        ],
+    report = _daily_run(
+        TaskReport("score", "success", 1, 3.9, _facts(scored)),
+        TaskReport("activate", "success", 1, 2.0, {"customers": 785}),
+        TaskReport("report", "success", 1, 2.2, None),
     )
     lines = report.describe().splitlines()
     assert len(lines) == 5
@@ -43,15 +41,7 @@ def test_a_task_warning_is_printed_whole_under_the_task_lines() -> None:
 
 
 def test_a_run_without_warnings_prints_the_task_lines_alone() -> None:
-    report = RunReport(
-        "lifecycle_daily",
-        DAY,
-        "manual__2026-12-07",
-        "success",
-        30.0,
-        "/tmp/log",
-        tasks=[TaskReport("score", "success", 1, 3.9, {"rows": 785})],
-    )
+    report = _daily_run(TaskReport("score", "success", 1, 3.9, {"rows": 785}))
     assert "warning" not in report.describe()
     assert len(report.describe().splitlines()) == 2
 

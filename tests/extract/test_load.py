@@ -351,6 +351,33 @@ def test_a_raw_table_of_an_earlier_release_gets_its_load_time_index(
         assert "Bitmap Index Scan on web__events_loaded_idx" in plan, plan
 
 
+def _many_orders(tmp_path: Path, n: int) -> None:
+    """Write an orders file of `n` rows of 2023-12-31: a COPY that lasts a while."""
+    lines = [ORDERS_HEADER]
+    lines += [
+        f"O{i},C{i % 5000},c{i}@x.com,2023-12-31T10:00:00Z,2023-12-31T10:00:00Z,completed,USD,"
+        f"{i % 100}.50,1\n"
+        for i in range(n)
+    ]
+    _write(tmp_path / "world/orders/orders.csv", "".join(lines))
+
+
+def _wait_until_copying(proc: subprocess.Popen, url: str) -> None:
+    """Return once the load `proc` is streaming rows into raw.orders__orders."""
+    deadline = time.monotonic() + 60
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            copying = conn.execute(
+                "select count(*) from pg_stat_progress_copy p join pg_class c "
+                "on c.oid = p.relid where c.relname = 'orders__orders' and p.tuples_processed > 0"
+            ).fetchone()[0]
+            if copying:
+                return
+            assert proc.poll() is None, "the load finished before it started copying"
+            time.sleep(0.02)
+    pytest.fail("the load never started copying")
+
+
 KILL_SCRIPT = """
 import datetime as dt, sys
 from lifecycle.extract import extract
@@ -365,13 +392,7 @@ def test_a_load_killed_midway_leaves_nothing_and_the_rerun_completes(
     tmp_path: Path, fresh_db: str
 ) -> None:
     n = 400_000
-    lines = [ORDERS_HEADER]
-    lines += [
-        f"O{i},C{i % 5000},c{i}@x.com,2023-12-31T10:00:00Z,2023-12-31T10:00:00Z,completed,USD,"
-        f"{i % 100}.50,1\n"
-        for i in range(n)
-    ]
-    _write(tmp_path / "world/orders/orders.csv", "".join(lines))
+    _many_orders(tmp_path, n)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -383,20 +404,7 @@ def test_a_load_killed_midway_leaves_nothing_and_the_rerun_completes(
         ],
         env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[2])},
     )
-    # Kill it while its COPY is streaming rows into the raw table.
-    deadline = time.monotonic() + 60
-    with psycopg.connect(fresh_db, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            copying = conn.execute(
-                "select count(*) from pg_stat_progress_copy p join pg_class c "
-                "on c.oid = p.relid where c.relname = 'orders__orders' and p.tuples_processed > 0"
-            ).fetchone()[0]
-            if copying:
-                break
-            assert proc.poll() is None, "the load finished before it could be killed"
-            time.sleep(0.02)
-        else:
-            pytest.fail("the load never started copying")
+    _wait_until_copying(proc, fresh_db)  # kill it while its COPY streams rows
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
@@ -461,13 +469,7 @@ def test_an_interrupt_during_the_copy_ends_the_load_at_once(tmp_path: Path, fres
     server waiting for more COPY data, for ever (the process held the batch's lock). The
     COPY is now ended with CopyFail: one error line, exit 130, nothing published."""
     n = 400_000
-    lines = [ORDERS_HEADER]
-    lines += [
-        f"O{i},C{i % 5000},c{i}@x.com,2023-12-31T10:00:00Z,2023-12-31T10:00:00Z,completed,USD,"
-        f"{i % 100}.50,1\n"
-        for i in range(n)
-    ]
-    _write(tmp_path / "world/orders/orders.csv", "".join(lines))
+    _many_orders(tmp_path, n)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")} | {
         "LIFECYCLE_HOME": str(tmp_path / "home"),
         "LIFECYCLE_WAREHOUSE_URL": fresh_db,
@@ -478,19 +480,7 @@ def test_an_interrupt_during_the_copy_ends_the_load_at_once(tmp_path: Path, fres
          "--source", "orders"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    with psycopg.connect(fresh_db, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            copying = conn.execute(
-                "select count(*) from pg_stat_progress_copy p join pg_class c "
-                "on c.oid = p.relid where c.relname = 'orders__orders' and p.tuples_processed > 0"
-            ).fetchone()[0]
-            if copying:
-                break
-            assert proc.poll() is None, "the load finished before it could be interrupted"
-            time.sleep(0.02)
-        else:
-            pytest.fail("the load never started copying")
+    _wait_until_copying(proc, fresh_db)
     proc.send_signal(signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=30)

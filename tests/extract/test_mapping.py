@@ -91,6 +91,14 @@ def quarantine(db: str) -> dict[int, str]:
     return dict(got)
 
 
+def _orders_only(path: Path, setting: str) -> str:
+    """Return the orders-only sources file of `path` with one more `setting` line of the
+    orders entity (e.g. ``format: {compression: zstd}``)."""
+    return ORDERS_ONLY_SOURCES.format(orders=path).replace(
+        "      order_items:", f"        {setting}\n      order_items:"
+    )
+
+
 def key(customer_id: str) -> str:
     """customer_key of a shop customer known only by its id."""
     return hashlib.md5(f"customer_id:{customer_id}".encode()).hexdigest()
@@ -598,10 +606,8 @@ def test_epoch_values_that_are_no_instant_are_quarantined(tmp_path: Path, fresh_
     )
     src = sources_file(
         tmp_path,
-        ORDERS_ONLY_SOURCES.format(orders=tmp_path / "orders.csv").replace(
-            "      order_items:",
-            "        columns: {ordered_at: {column: ordered_at, format: epoch_ms}}\n"
-            "      order_items:",
+        _orders_only(
+            tmp_path / "orders.csv", "columns: {ordered_at: {column: ordered_at, format: epoch_ms}}"
         ),
     )
     extract(tmp_path, fresh_db, "2024-03-31", src, LIFECYCLE_MAX_REJECT_SHARE="0.9")
@@ -678,10 +684,7 @@ def test_a_zstd_compressed_export_is_read(tmp_path: Path, fresh_db: str, compres
     )
     src = sources_file(
         tmp_path,
-        ORDERS_ONLY_SOURCES.format(orders=path).replace(
-            "      order_items:",
-            f"        format: {{compression: {compression}}}\n      order_items:",
-        ),
+        _orders_only(path, f"format: {{compression: {compression}}}"),
     )
     extract(tmp_path, fresh_db, "2024-03-31", src)
     assert {k: v[0] for k, v in orders(fresh_db).items()} == {"O1": "C1", "O2": "C2"}
@@ -745,10 +748,9 @@ def test_an_offset_of_a_day_or_more_is_quarantined(
     )
     src = sources_file(
         tmp_path,
-        ORDERS_ONLY_SOURCES.format(orders=tmp_path / "orders.csv").replace(
-            "      order_items:",
-            f"        columns: {{ordered_at: {{column: ordered_at, format: '{fmt}'}}}}\n"
-            "      order_items:",
+        _orders_only(
+            tmp_path / "orders.csv",
+            f"columns: {{ordered_at: {{column: ordered_at, format: '{fmt}'}}}}",
         ),
     )
     extract(tmp_path, fresh_db, "2024-03-31", src, LIFECYCLE_MAX_REJECT_SHARE="0.9")

@@ -13,11 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from lifecycle.cli import main
-from lifecycle.settings import get_settings
 from lifecycle.sources_file import SourcesFileError, load_sources_file, parse_sources
+from tests.extract.test_sources_check import _one_error
+from tests.extract.test_sources_check import _run as _run_cli
 
 ORDERS_CSV = "customer_id,order_id,ordered_at,amount,state\nc1,o1,2024-03-01,10,yes\n"
 
@@ -59,25 +58,9 @@ def _load_error(tmp_path: Path, text: str) -> str:
 def _run(tmp_path: Path, *args: str, yml: str):
     (tmp_path / "orders.csv").write_text(ORDERS_CSV)
     # a relative path is read from the working directory: name the file in full
-    yml = yml.replace("path: orders.csv", f"path: {tmp_path / 'orders.csv'}")
-    (tmp_path / "sources.yml").write_text(yml)
-    environ = {
-        "LIFECYCLE_HOME": str(tmp_path / "home"),
-        "LIFECYCLE_SOURCES_FILE": str(tmp_path / "sources.yml"),
-    }
-    get_settings.cache_clear()  # the CLI reads the settings once per process
-    try:
-        return CliRunner().invoke(main, list(args), env=environ, catch_exceptions=False)
-    finally:
-        get_settings.cache_clear()
-
-
-def _one_error(result) -> str:
-    assert result.exit_code == 1, result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    return errors[0]
+    return _run_cli(
+        tmp_path, *args, yml=yml.replace("path: orders.csv", f"path: {tmp_path / 'orders.csv'}")
+    )
 
 
 # ------------------------------------------------------------------ YAML syntax
