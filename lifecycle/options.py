@@ -6,6 +6,8 @@ import datetime as dt
 
 import click
 
+from lifecycle.raw import EARLIEST_DATE
+
 
 def parse_date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dt.date | None:
     """Return the YYYY-MM-DD option `value` as a date (None stays None); click callback."""
@@ -24,7 +26,7 @@ def parse_date(_ctx: click.Context, _param: click.Parameter, value: str | None) 
 
 #: The logical dates a command takes: the raw contract's earliest date, and a year of
 #: room for the horizons computed after a date before the calendar ends.
-EARLIEST_DAY = dt.date(1900, 1, 1)
+EARLIEST_DAY = EARLIEST_DATE
 LATEST_DAY = dt.date(9998, 12, 31)
 
 

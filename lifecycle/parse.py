@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lifecycle.raw import Field, RawEntity
+from lifecycle.raw import EARLIEST_DATE, Field, RawEntity
 
 log = logging.getLogger(__name__)
 
@@ -504,17 +504,13 @@ def _scalar_for(f_type: str, moment: dt.datetime) -> pa.Scalar:
     return pa.scalar(moment, pa.timestamp("us", tz="UTC"))
 
 
-#: The earliest date a dated field of the raw contract takes (its gate refuses older ones:
-#: a year typed wrong, an Excel serial of 0).
-EARLIEST = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
-
-
 def _before_earliest(f_type: str, value: pa.Array) -> pa.Array:
-    """Return the mask of values before :data:`EARLIEST`."""
+    """Return the mask of values before :data:`lifecycle.raw.EARLIEST_DATE` (UTC)."""
     if f_type == "date":
-        bound = pa.scalar(EARLIEST.date(), pa.date32())
+        bound = pa.scalar(EARLIEST_DATE, pa.date32())
     else:
-        bound = pa.scalar(EARLIEST, pa.timestamp("us", tz="UTC"))
+        earliest = dt.datetime.combine(EARLIEST_DATE, dt.time(), tzinfo=dt.UTC)
+        bound = pa.scalar(earliest, pa.timestamp("us", tz="UTC"))
     return pc.fill_null(pc.less(value, bound), False)
 
 
@@ -742,7 +738,7 @@ class Checker:
                 "sources file)"
             )
         if kind == "ancient":
-            return f"{f.name} {value} is before {EARLIEST.year} (a year typed wrong?)"
+            return f"{f.name} {value} is before {EARLIEST_DATE.year} (a year typed wrong?)"
         if kind == "currency":
             return f"{f.name}: {value!r} is not an ISO 4217 currency code (three letters, e.g. EUR)"
         end = self.window.last_date() if f.type == "date" else self.window.end.isoformat()

@@ -15,8 +15,13 @@ not know, kept as JSON: schema drift never breaks a load).
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Literal
+
+#: The earliest date a dated field of the contract takes (the raw gate refuses older ones:
+#: a year typed wrong, an Excel serial of 0), and the earliest logical date of a command.
+EARLIEST_DATE = dt.date(1900, 1, 1)
 
 FieldType = Literal["text", "timestamp", "date", "numeric", "integer", "boolean"]
 

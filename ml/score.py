@@ -389,7 +389,7 @@ def score(
     bands: dict[str, int] = {}
     segments: dict[str, int] = {}
     t_features = t_models = t_write = 0.0
-    latest_order = None  # the fewest days since a customer's last order
+    fewest_days_since = None  # days since the last order of the latest buyer
     with (
         wh.connect(url) as reader,
         wh.connect(url) as writer,
@@ -446,7 +446,9 @@ def score(
                 rows += len(scored)
                 chunks += 1
                 nearest = chunk["days_since_last_order"].min()
-                latest_order = nearest if latest_order is None else min(latest_order, nearest)
+                fewest_days_since = (
+                    nearest if fewest_days_since is None else min(fewest_days_since, nearest)
+                )
                 for band, n in scored["risk_band"].value_counts().items():
                     bands[str(band)] = bands.get(str(band), 0) + int(n)
                 for name, n in scored["segment_name"].value_counts().items():
@@ -468,7 +470,7 @@ def score(
         risk_bands=dict(sorted(bands.items())),
         segments=dict(sorted(segments.items())),
         elapsed_s=time.perf_counter() - started,
-        warnings=_past_the_data(day, latest_order, horizon),
+        warnings=_past_the_data(day, fewest_days_since, horizon),
         stage_s={
             "load_models": round(loaded - started, 2),
             "features": round(t_features, 2),
