@@ -14,6 +14,7 @@ COPY exactly as it would the source, and the loader does not pay to print it aga
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import json
 import logging
 import re
@@ -74,6 +75,9 @@ class Chunk:
     # Things worth a line in the run log that are not rows (an empty file): the loader
     # counts them with the batch's result.
     warnings: list[str] = field(default_factory=list)
+    #: Rows whose value was a JSON array, object or true/false (or a Parquet list,
+    #: struct or boolean), per source column: its text is JSON, which no id may be.
+    structured: dict[str, np.ndarray] | None = None
 
     def source_of(self, i: int) -> str:
         """Return where row `i` came from."""
@@ -92,7 +96,16 @@ class Chunk:
         lines = np.concatenate([c.lines for c in chunks]) if chunks else np.empty(0, np.int64)
         rejects = [r for c in chunks for r in c.rejects]
         warnings = [w for c in chunks for w in c.warnings]
-        return cls(table, source, lines, rejects, sources, warnings=warnings)
+        names = {k for c in chunks for k in c.structured or {}}
+        structured = {
+            k: np.concatenate(
+                [(c.structured or {}).get(k, np.zeros(c.table.num_rows, bool)) for c in chunks]
+            )
+            for k in names
+        }
+        return cls(
+            table, source, lines, rejects, sources, warnings=warnings, structured=structured or None
+        )
 
     @classmethod
     def from_records(cls, records: list[dict], source: str, lines: np.ndarray) -> Chunk:
@@ -102,7 +115,20 @@ class Chunk:
             names.update(dict.fromkeys(rec))
         cols = {n: [_as_text(rec.get(n)) for rec in records] for n in names}
         table = pa.table({n: pa.array(v, type=pa.string()) for n, v in cols.items()})
-        return cls(table, source, np.asarray(lines, dtype=np.int64))
+        structured = {}
+        for n in names:
+            mask = np.fromiter(
+                (isinstance(rec.get(n), dict | list | bool) for rec in records), bool, len(records)
+            )
+            if mask.any():
+                structured[n] = mask
+        lines = np.asarray(lines, dtype=np.int64)
+        return cls(table, source, lines, structured=structured or None)
+
+
+def json_kind(text: str) -> str:
+    """Return what the JSON text of a non-scalar value is (a Chunk.structured value)."""
+    return {"[": "a JSON array", "{": "a JSON object"}.get(text[:1], "a JSON boolean")
 
 
 def _as_text(v: object) -> str | None:
@@ -514,6 +540,12 @@ def _before_earliest(f_type: str, value: pa.Array) -> pa.Array:
     return pc.fill_null(pc.less(value, bound), False)
 
 
+def _tomorrow_end() -> dt.datetime:
+    """Return the end of tomorrow (UTC): no source can hold a later instant today."""
+    today = dt.datetime.now(dt.UTC).date()
+    return dt.datetime.combine(today + dt.timedelta(days=2), dt.time(), tzinfo=dt.UTC)
+
+
 def _at_or_after_end(f_type: str, value: pa.Array, end: dt.datetime) -> pa.Array:
     """Return the mask of values past a window's end (a date: after its last day)."""
     bound = _scalar_for(f_type, end)
@@ -626,6 +658,9 @@ class Checker:
             load, value, bad = type_column(f.type, text, self.timezone)
             loads[f.name], values[f.name] = load, value
             own: list[tuple[Field, str, pa.Array]] = [(f, "invalid", bad)]
+            json_value = (chunk.structured or {}).get(f.name)
+            if f.identifier and json_value is not None:
+                own.append((f, "structured", pa.array(json_value)))
             if not f.nullable:
                 own.append((f, "empty", pc.is_null(text)))
             if f.non_negative:
@@ -659,6 +694,18 @@ class Checker:
             failures += own
 
         outside, placed = self._outside(values)
+        beyond_by_field = self._beyond_today(values)
+        if beyond_by_field:
+            # Past today no later day's batch will hold it: a typo (9999-12-31), not a
+            # row of another interval, and quarantined once however often it is read.
+            beyond = np.logical_or.reduce([m for _, m in beyond_by_field])
+            outside &= ~beyond
+            placed &= ~beyond
+            failures = [
+                (g, k, pc.and_(m, pa.array(~beyond)) if k == "future" else m)
+                for g, k, m in failures
+            ]
+            failures += [(g, "beyond", pa.array(m)) for g, m in beyond_by_field]
         bad_any = np.zeros(n, dtype=bool)
         for _, _, mask in failures:
             bad_any |= mask.to_numpy(zero_copy_only=False)
@@ -718,10 +765,36 @@ class Checker:
             rows_duplicate=rows_duplicate,
             rows_out_of_window=int(outside.sum()),
             unplaced=unplaced,
-            warnings=list(chunk.warnings),
+            warnings=list(chunk.warnings) + self._rounded(texts, values, keep),
             newest=self._newest(values, keep),
             values=self._typed(loadable, values, keep),
         )
+
+    def _rounded(
+        self, texts: dict[str, pa.Array], values: dict[str, pa.Array], keep: np.ndarray
+    ) -> list[str]:
+        """Return a warning per money field whose loaded values PostgreSQL rounds to cents
+        (``numeric(14, 2)``): 0.001 is stored as 0.00, which nobody should learn later."""
+        out = []
+        for f in self.entity.fields:
+            if f.type != "numeric" or not keep.any():
+                continue
+            value = values[f.name]
+            off = pc.abs(pc.subtract(value, pc.round(value, 2)))
+            mask = pc.fill_null(pc.greater(off, 1e-9), False).to_numpy(zero_copy_only=False)
+            mask &= keep
+            if mask.any():
+                i = int(np.flatnonzero(mask)[0])
+                # as PostgreSQL rounds numeric: half away from zero (Python's round is
+                # half to even)
+                cents = decimal.Decimal(repr(value[i].as_py())).quantize(
+                    decimal.Decimal("0.01"), decimal.ROUND_HALF_UP
+                )
+                out.append(
+                    f"{f.name}: {int(mask.sum())} value(s) with more than two decimals are "
+                    f"stored rounded to cents (e.g. {texts[f.name][i].as_py()!r} as {cents})"
+                )
+        return out
 
     def _reason(self, f: Field, kind: str, text: pa.Array, i: int) -> str:
         value = text[i].as_py()
@@ -729,6 +802,8 @@ class Checker:
             return f"{f.name}: {value!r} is not a valid {f.type}"
         if kind == "empty":
             return f"{f.name} is empty"
+        if kind == "structured":
+            return f"{f.name}: {value!r} is {json_kind(value)}, not an id"
         if kind == "negative":
             return f"{f.name} {value} is negative"
         if kind == "one_of":
@@ -737,12 +812,35 @@ class Checker:
                 f"words onto them with {f.name}: {{column: ..., values: {{...}}}} in the "
                 "sources file)"
             )
+        if kind == "beyond":
+            today = dt.datetime.now(dt.UTC).date()
+            return f"{f.name} {value} is in the future (after today, {today})"
         if kind == "ancient":
             return f"{f.name} {value} is before {EARLIEST_DATE.year} (a year typed wrong?)"
         if kind == "currency":
             return f"{f.name}: {value!r} is not an ISO 4217 currency code (three letters, e.g. EUR)"
         end = self.window.last_date() if f.type == "date" else self.window.end.isoformat()
         return f"{f.name} {value} is in the future (after the end of the load interval, {end})"
+
+    def _beyond_today(self, values: dict[str, pa.Array]) -> list[tuple[Field, np.ndarray]]:
+        """Return, per cursor field, the mask of rows whose cursor is after tomorrow by this
+        machine's clock (a day of margin for time zones and clock skew); [] when none is.
+        A row whose cursor is empty is placed by its fallback's value: that field's."""
+        if self.cursor is None or not len(values[self.cursor]):
+            return []
+        end = _tomorrow_end()
+        fields = [self.entity.field(self.cursor)]
+        if self.entity.cursor_fallback and self.cursor == self.entity.cursor:
+            fields.append(self.entity.field(self.entity.cursor_fallback))
+        out, unset = [], None
+        for f in fields:
+            mask = _at_or_after_end(f.type, values[f.name], end)
+            if unset is not None:
+                mask = pc.and_(mask, unset)
+            unset = pc.is_null(values[f.name])
+            if pc.any(mask).as_py():
+                out.append((f, mask.to_numpy(zero_copy_only=False).copy()))
+        return out
 
     def _outside(self, values: dict[str, pa.Array]) -> tuple[np.ndarray, np.ndarray]:
         """Return the masks of rows outside the batch's window, and of rows it can place.

@@ -137,14 +137,15 @@ _DIRECTIVE_PATTERNS = {
     # Bounded widths, as strptime reads them: with no separator between directives
     # (%Y%m%d) an unbounded \d+ would swallow the day's first digit.
     **dict.fromkeys("mHIMSyUW", r"\d{1,2}"),
-    "j": r"\d{1,3}",
+    "j": r"(?P<yday>\d{1,3})",
     "f": r"\d{1,9}",
 }
 
 
 def _format_regex(fmt: str) -> str | None:
-    """Return a regex of `fmt` naming the day of the month, or None when it has none."""
-    if "%d" not in fmt and "%e" not in fmt:
+    """Return a regex of `fmt` naming the day of the month or of the year, or None when it
+    names neither."""
+    if "%d" not in fmt and "%e" not in fmt and "%j" not in fmt:
         return None
     out = ["^"]
     i = 0
@@ -160,22 +161,23 @@ def _format_regex(fmt: str) -> str | None:
     out.append("$")
     regex = "".join(out)
     # A format naming the day twice cannot name both groups the same.
-    return regex if regex.count("(?P<day>") == 1 and regex.count("(?P<offset>") <= 1 else None
+    once = all(regex.count(f"(?P<{g}>") <= 1 for g in ("day", "yday", "offset"))
+    return regex if once else None
 
 
 def _strptime(text: pa.Array, fmt: str) -> pa.Array:
     """Return `text` parsed with the strptime format `fmt` (null where it does not match).
 
     Arrow's strptime rolls a day past the end of its month over (31.02.2024 reads as
-    2 March); a value whose parsed day is not the day it says is not a date, so it is
-    null here (the checker then quarantines it with the format).
+    2 March; day 366 of 2023 as 1 February 2025); a value whose parsed day is not the
+    day it says is not a date, so it is null here (the checker then quarantines it with
+    the format).
     """
     parsed = pc.strptime(text, format=fmt, unit="us", error_is_null=True)
     regex = _format_regex(fmt)
     if regex is None or not parsed.null_count < len(parsed):
         return parsed
     parts = pc.extract_regex(text, regex)
-    day = _cast(pc.struct_field(parts, "day"), pa.int64())
     local = parsed
     offset = minutes = None
     if parsed.type.tz is not None:
@@ -185,7 +187,11 @@ def _strptime(text: pa.Array, fmt: str) -> pa.Array:
         if minutes is not None:
             micros = pc.add(micros, pc.multiply(pc.cast(minutes, pa.int64()), 60_000_000))
         local = micros.cast(pa.timestamp("us"))
-    wrong = pc.fill_null(pc.not_equal(pc.day(local), day), False)
+    wrong = pa.repeat(False, len(parsed))
+    for group, of in (("day", pc.day), ("yday", pc.day_of_year)):
+        if f"(?P<{group}>" in regex:
+            said = _cast(pc.struct_field(parts, group), pa.int64())
+            wrong = pc.or_(wrong, pc.fill_null(pc.not_equal(of(local), said), False))
     if minutes is not None:  # an offset of a day or more is no offset
         wrong = pc.or_(wrong, pc.and_(pc.is_valid(offset), pc.is_null(minutes)))
     if not pc.any(wrong).as_py():
@@ -393,7 +399,27 @@ class Mapper:
             text, errors = self._value(f, fmap, chunk, key)
             out.text[f.name] = text
             out.fail(f.name, errors)
+            if f.identifier and chunk.structured:
+                out.fail(f.name, self._json_ids(f.name, fmap, chunk))
         return out
+
+    def _json_ids(self, name: str, fmap: FieldMap, chunk: Chunk) -> pa.Array | None:
+        """Return reasons for the rows whose id comes from a JSON array, object or boolean."""
+        assert chunk.structured is not None
+        reasons = None
+        for column in fmap.source_columns:
+            mask = chunk.structured.get(column)
+            if mask is not None:
+                text = chunk.table.column(column).combine_chunks()
+                kinds = pc.if_else(
+                    pc.starts_with(text, "["),
+                    "a JSON array",
+                    pc.if_else(pc.starts_with(text, "{"), "a JSON object", "a JSON boolean"),
+                )
+                what = pc.binary_join_element_wise("is ", kinds, ", not an id", "")
+                message = pc.binary_join_element_wise(_message(name, text, ""), what, "")
+                reasons = _merge(reasons, pc.if_else(pa.array(mask), message, None))
+        return reasons
 
     def _value(
         self, f: Field, fmap: FieldMap, chunk: Chunk, key: str

@@ -590,7 +590,7 @@ def read_jsonl(stream: BinaryIO, locator: str, fields: tuple[str, ...]) -> Chunk
             ),
         )
         if table.num_rows == len(numbers):
-            return Chunk(_as_text(table), locator, numbers, rejects)
+            return Chunk(_as_text(table), locator, numbers, rejects, structured=_structured(table))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass  # a bad line or a value of another type: sort it out line by line
     records: list[dict] = []
@@ -719,6 +719,16 @@ def _why_unreadable(exc: BaseException) -> str:
     if "Not a gzipped file" in text:
         return f"not a gzip file ({text}); the name ends in .gz"
     return text
+
+
+def _structured(table: pa.Table) -> dict[str, np.ndarray] | None:
+    """Return Chunk.structured of `table`: the rows of its nested and boolean columns."""
+    out = {
+        name: column.is_valid().to_numpy(zero_copy_only=False)
+        for name, column in zip(table.column_names, table.columns, strict=True)
+        if pa.types.is_nested(column.type) or pa.types.is_boolean(column.type)
+    }
+    return {k: v for k, v in out.items() if v.any()} or None
 
 
 def _as_text(table: pa.Table) -> pa.Table:

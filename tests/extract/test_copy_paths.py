@@ -117,10 +117,16 @@ def test_a_chunk_with_a_value_postgres_rounds_goes_as_text_and_lands_the_same(
     [clean] = _chunks(ORDERS_CSV)
     [rounded] = _chunks(ORDERS_CSV + ROUNDED_ROW)
     assert Checker(ORDERS, ALL_UNTIL_D1, None).check(rounded).values is None  # CSV text
-    load_batch(fresh_db, ORDERS, D1, ALL_UNTIL_D1, [clean], window_filter=False)
+    exact = load_batch(fresh_db, ORDERS, D1, ALL_UNTIL_D1, [clean], window_filter=False)
     binary = _rows(fresh_db, ORDERS)
-    load_batch(fresh_db, ORDERS, D1, ALL_UNTIL_D1, [rounded], window_filter=False)
+    res = load_batch(fresh_db, ORDERS, D1, ALL_UNTIL_D1, [rounded], window_filter=False)
     text = _rows(fresh_db, ORDERS)
+    # The rounding is said: 0.001 would be stored as 0.00 without a word.
+    assert exact.warnings == []
+    assert res.warnings == [
+        "amount: 1 value(s) with more than two decimals are stored rounded to cents "
+        "(e.g. '1.005' as 1.01)"
+    ]
     assert text[:-1] == binary
     assert text[-1][0] == "O6" and text[-1][7] == Decimal("1.01")  # PostgreSQL rounded it
     by_id = {r[0]: r for r in text}

@@ -14,7 +14,7 @@ from lifecycle.extract.files import file_batch
 from lifecycle.extract.mapping import Mapper
 from lifecycle.extract.readers import read_csv_chunks, read_jsonl
 from lifecycle.parse import Checker, Chunk, Window
-from lifecycle.raw import MARKETING_SPEND, ORDERS
+from lifecycle.raw import MARKETING_SPEND, ORDERS, WEB_EVENTS
 from lifecycle.sources_file import CsvFormat, builtin_sources, parse_sources
 from tests.conftest import make_settings
 from tests.extract.test_mapping import utc
@@ -215,6 +215,24 @@ def test_formats_without_separators_read_the_day(fmt: str, text: str, day: str) 
     assert [r["ordered_at"][:10] for r in rows] == [day]
 
 
+def test_a_day_of_the_year_past_the_years_end_is_no_date() -> None:
+    """Day 366 of 2023 read as 1 February 2025 (Arrow rolls it over); of 2024 it is
+    31 December."""
+    m = mapper(
+        {
+            "columns": {
+                "order_id": "id",
+                "customer_id": "c",
+                "amount": "a",
+                "ordered_at": {"column": "t", "format": "%Y %j"},
+            }
+        }
+    )
+    rows, bad = checked(m, chunk("id,c,t,a\n1,c,2023 366,1\n2,c,2024 366,1\n3,c,2023 365,1\n"))
+    assert bad == {2: "ordered_at: '2023 366' does not match the format '%Y %j'"}
+    assert [r["ordered_at"][:10] for r in rows] == ["2024-12-31", "2023-12-31"]
+
+
 def test_money_written_with_currency_signs_and_accounting_parentheses() -> None:
     m = mapper(
         {
@@ -392,6 +410,49 @@ def test_a_file_whose_every_line_is_broken_keeps_its_rejects() -> None:
     assert bad == {
         1: "malformed JSON: Expecting value at column 1",
         2: "malformed JSON: a list, not an object",
+    }
+
+
+@pytest.mark.parametrize("all_nested", [False, True], ids=["mixed", "every-row"])
+def test_a_json_id_that_is_an_array_object_or_boolean_is_quarantined(all_nested: bool) -> None:
+    """`["c1"]`, `{"id": "c1"}` and `true` as a customer id loaded as their JSON text,
+    a customer named `["c1"]`; a number is an id (7 is "7")."""
+    m = mapper(
+        {"columns": {"order_id": "id", "customer_id": "c", "ordered_at": "t", "amount": "a"}}
+    )
+    lines = [
+        b'{"id": "O1", "c": ["c1"], "t": "2024-01-01", "a": 1}',
+        b'{"id": "O2", "c": {"id": "c1"}, "t": "2024-01-01", "a": 1}',
+        b'{"id": "O3", "c": true, "t": "2024-01-01", "a": 1}',
+    ]
+    if not all_nested:
+        lines += [b'{"id": "O4", "c": 7, "t": "2024-01-01", "a": 1}']
+    data = b"\n".join(lines) + b"\n"
+    rows, bad = checked(m, [read_jsonl(io.BytesIO(data), "o.jsonl", ("id", "c", "t", "a"))])
+    assert [r["customer_id"] for r in rows] == ([] if all_nested else ["7"])
+    assert bad == {
+        1: "customer_id: '[\"c1\"]' is a JSON array, not an id",
+        2: 'customer_id: \'{"id": "c1"}\' is a JSON object, not an id',
+        3: "customer_id: 'true' is a JSON boolean, not an id",
+    }
+
+
+def test_a_json_id_that_is_no_scalar_is_quarantined_without_a_mapping() -> None:
+    """The built-in contract (web events as the sample world writes them) checks it too,
+    also when small files are gathered into one chunk."""
+    events = [
+        b'{"event_id": "E1", "event": "page_view", "timestamp": "2024-01-01T00:00:00Z", '
+        + b'"user_id": %s}\n' % v
+        for v in (b'"u1"', b'["u1"]', b"false")
+    ]
+    chunks = [
+        read_jsonl(io.BytesIO(e), f"f{i}.jsonl", WEB_EVENTS.names) for i, e in enumerate(events)
+    ]
+    out = Checker(WEB_EVENTS, WINDOW, None).check(Chunk.concat(chunks, "3 files"))
+    assert out.table.column("user_id").to_pylist() == ["u1"]
+    assert {(src, reason) for src, _, reason, _ in out.quarantine} == {
+        ("f1.jsonl", "user_id: '[\"u1\"]' is a JSON array, not an id"),
+        ("f2.jsonl", "user_id: 'false' is a JSON boolean, not an id"),
     }
 
 
