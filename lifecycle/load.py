@@ -43,7 +43,7 @@ import pyarrow.csv as pacsv
 
 from lifecycle.parse import Checked, Checker, Chunk, Reject, Window, split_reasons
 from lifecycle.privacy import drop_forgotten
-from lifecycle.raw import RawEntity, raw_ddl
+from lifecycle.raw import ORDERS, RawEntity, raw_ddl
 from lifecycle.redact import redact
 
 __all__ = [
@@ -456,6 +456,9 @@ def load_batch(
                         ],
                     )
                 result.rows_loaded = _stream(cur, entity, bid, chunks, checker, state)
+                _drop_refused_quarantine(cur, entity, bid, logical_date, window)
+                if entity is ORDERS:
+                    state["warnings"] += _orders_moved(cur, bid)
                 _settle_unplaced(cur, entity, bid, state)
                 # forgotten people (lifecycle.privacy) never land, not even on a full reload
                 dropped, result.rows_erased, state["quarantine"] = drop_forgotten(
@@ -505,6 +508,75 @@ def load_batch(
         raise error
     log.info(result.describe())
     return result
+
+
+def _orders_moved(cur: psycopg.Cursor, bid: str) -> list[str]:
+    """Return a warning when orders of batch `bid` name another customer than an earlier
+    version of theirs (here or in another batch): the latest version moves the order and
+    its revenue, which is a correction at times and an order id reused by another shop
+    or system at others; either way the user should hear of it."""
+    found = cur.execute(
+        "with moved as ("
+        "  select n.order_id, o.customer_id as was, n.customer_id as now "
+        "  from raw.orders__orders n join raw.orders__orders o on o.order_id = n.order_id "
+        "  and o.customer_id <> n.customer_id "
+        "  and (o._batch_id <> n._batch_id or o.updated_at < n.updated_at) "
+        "  where n._batch_id = %s"
+        ") select count(distinct order_id), min(order_id) from moved",
+        (bid,),
+    ).fetchone()
+    if not found or not found[0]:
+        return []
+    example = cur.execute(
+        "select o.customer_id, n.customer_id from raw.orders__orders n "
+        "join raw.orders__orders o on o.order_id = n.order_id and o.customer_id <> n.customer_id "
+        "where n._batch_id = %s and n.order_id = %s "
+        "order by o.updated_at nulls first, n.updated_at desc nulls last limit 1",
+        (bid, found[1]),
+    ).fetchone()
+    return [
+        f"{found[0]} order(s) name another customer than an earlier version of theirs "
+        f"(e.g. order {found[1]!r}: customer {example[0]!r}, now {example[1]!r}); the latest "
+        "version counts: check that order ids are not reused across shops or systems"
+    ]
+
+
+def _drop_refused_quarantine(
+    cur: psycopg.Cursor, entity: RawEntity, bid: str, logical_date: dt.date, window: Window
+) -> None:
+    """Drop the quarantine kept for diagnosis by refused batches this one reads again.
+
+    A refused batch (over its reject share) publishes nothing and moves no watermark, so
+    a later batch of the entity whose window starts where the refused one's did (or a
+    full load) reads its rows again and quarantines those still bad itself. The refused
+    batch's entries would otherwise stay, a row fixed since counted loaded and quarantined
+    at once. A refused batch of a later date, or one this window starts after, keeps its
+    entries until it is rerun.
+    """
+    cur.execute(
+        "delete from raw.quarantine q using ("
+        "  select distinct on (batch_id) batch_id, logical_date, window_start, status "
+        "  from ops.load_runs where source = %(source)s and entity = %(entity)s "
+        "  and batch_id <> %(bid)s order by batch_id, started_at desc"
+        ") r where q._batch_id = r.batch_id and r.status = 'failed' "
+        "and not exists (select 1 from ops.load_batches b where b.batch_id = r.batch_id) "
+        "and r.logical_date <= %(day)s "
+        "and (%(start)s::timestamptz is null or r.window_start >= %(start)s)",
+        {
+            "source": entity.source,
+            "entity": entity.entity,
+            "bid": bid,
+            "day": logical_date,
+            "start": window.start,
+        },
+    )
+    if cur.rowcount:
+        log.info(
+            "%s: %d quarantined row(s) of refused batches read again by %s: theirs replaced",
+            entity.qualified,
+            cur.rowcount,
+            bid,
+        )
 
 
 def _settle_unplaced(cur: psycopg.Cursor, entity: RawEntity, bid: str, state: dict) -> None:

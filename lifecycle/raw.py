@@ -327,6 +327,13 @@ def table_ddl(entity: RawEntity) -> str:
         # every event ever loaded to find the day's (bench/bench_dbt.py)
         f"create index if not exists {entity.table}_loaded_idx "
         f"on {entity.qualified} using brin (_loaded_at);\n"
+        # an order's earlier versions, for the loader's check that it kept its customer
+        + (
+            f"create index if not exists {entity.table}_order_idx "
+            f"on {entity.qualified} (order_id);\n"
+            if entity is ORDERS
+            else ""
+        )
     )
 
 

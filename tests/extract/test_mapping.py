@@ -620,6 +620,34 @@ def test_epoch_values_that_are_no_instant_are_quarantined(tmp_path: Path, fresh_
     }
 
 
+def test_a_row_dated_after_today_is_quarantined_once_not_left_outside(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """9999-12-31 was counted "outside" the load interval, left for a day no batch
+    reaches, while `sources check` called it in the future: it is quarantined, once,
+    however many days read the file again. A row of a later day than the batch's (and
+    not after today) is still outside, for its own day's batch."""
+    (tmp_path / "orders.csv").write_text(
+        "customer_id,order_id,ordered_at,amount\n"
+        "C1,O1,2024-03-01,10.00\n"
+        "C2,O2,9999-12-31,5.00\n"
+        "C3,O3,2024-04-01T10:00:00Z,5.00\n",
+        encoding="utf-8",
+    )
+    src = sources_file(tmp_path, ORDERS_ONLY_SOURCES.format(orders=tmp_path / "orders.csv"))
+    env = {"LIFECYCLE_SOURCES_FILE": src, "LIFECYCLE_MAX_REJECT_SHARE": "0.9"}
+    today = dt.datetime.now(UTC).date()
+    for day in ("2024-03-31", "2024-04-01", "2024-04-02"):
+        out = lifecycle(tmp_path, fresh_db, "extract", "--source", "orders", "--date", day, **env)
+        assert out.returncode == 0, out.stderr
+        if day == "2024-03-31":
+            assert "3 read, 1 loaded, 1 quarantined, 0 duplicate, 1 outside" in out.stdout
+    assert sorted(orders(fresh_db)) == ["O1", "O3"]
+    with psycopg.connect(fresh_db) as conn:
+        got = conn.execute("select _line, reason from raw.quarantine").fetchall()
+    assert got == [(3, f"ordered_at 9999-12-31 is in the future (after today, {today})")]
+
+
 def test_a_json_line_with_half_a_character_is_quarantined_alone(
     tmp_path: Path, fresh_db: str
 ) -> None:
@@ -780,6 +808,73 @@ def test_a_refused_batch_counts_what_it_quarantined_and_loaded_nothing(
     )
     assert done.stderr.splitlines()[-1].endswith(", FAILED")
     assert list(quarantine(fresh_db)) == [3]
+
+
+def test_a_later_batch_that_reads_a_refused_ones_rows_replaces_its_quarantine(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """The refused batch's quarantine stayed while the next day's batch loaded the row
+    fixed since: loaded and quarantined at once. A row still bad is quarantined once."""
+    path = tmp_path / "orders.csv"
+    header = "customer_id,order_id,ordered_at,amount\n"
+    path.write_text(
+        header + "C1,O1,2024-03-01,10.00\nC2,O2,2024-03-01,abc\nC3,O3,2024-03-01,5.00\n",
+        encoding="utf-8",
+    )
+    src = sources_file(tmp_path, ORDERS_ONLY_SOURCES.format(orders=path))
+    env = {"LIFECYCLE_SOURCES_FILE": src}
+    assert run_extract(tmp_path, fresh_db, "2024-03-31", src).returncode == 1
+    assert list(quarantine(fresh_db)) == [3]
+    path.write_text(
+        header + "C1,O1,2024-03-01,10.00\nC2,O2,2024-03-01,7.00\nC3,O3,2024-03-01,5.00\n"
+        "C4,O4,2024-04-01,x\n" + "".join(f"C9,P{i},2024-04-01,1.00\n" for i in range(30)),
+        encoding="utf-8",
+    )
+    out = lifecycle(
+        tmp_path, fresh_db, "extract", "--source", "orders", "--date", "2024-04-01", **env
+    )
+    assert out.returncode == 0, out.stderr
+    assert orders(fresh_db)["O2"][5] == Decimal("7.00")
+    with psycopg.connect(fresh_db) as conn:
+        got = conn.execute("select _batch_id, _line from raw.quarantine").fetchall()
+    assert got == [("orders__orders:2024-04-01", 5)]  # O4's; O2's refused entry is gone
+
+
+def test_an_order_that_moves_to_another_customer_is_warned_about(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """An order id reused by another customer (a second shop's numbering) moved the order
+    and its revenue without a word; the latest version still counts."""
+    path = tmp_path / "orders.csv"
+    path.write_text(
+        "customer_id,order_id,ordered_at,amount\nC1,O1,2024-03-01,10.00\nC2,O2,2024-03-01,5.00\n",
+        encoding="utf-8",
+    )
+    src = sources_file(tmp_path, ORDERS_ONLY_SOURCES.format(orders=path))
+    env = {"LIFECYCLE_SOURCES_FILE": src}
+    first = lifecycle(
+        tmp_path, fresh_db, "extract", "--source", "orders", "--date", "2024-03-31", **env
+    )
+    assert first.returncode == 0, first.stderr
+    assert "warning" not in first.stdout
+    path.write_text(
+        "customer_id,order_id,ordered_at,amount\nC1,O1,2024-03-01,10.00\n"
+        "C2,O2,2024-03-01,5.00\nC9,O1,2024-04-01,7.00\n",
+        encoding="utf-8",
+    )
+    out = lifecycle(
+        tmp_path, fresh_db, "extract", "--source", "orders", "--date", "2024-04-01", **env
+    )
+    assert out.returncode == 0, out.stderr
+    assert (
+        "1 warning(s): 1 order(s) name another customer than an earlier version of theirs "
+        "(e.g. order 'O1': customer 'C1', now 'C9'); the latest version counts"
+    ) in out.stdout
+    with psycopg.connect(fresh_db) as conn:
+        (warned,) = conn.execute(
+            "select warnings from ops.load_runs where batch_id = 'orders__orders:2024-04-01'"
+        ).fetchone()
+    assert len(warned) == 1 and warned[0].startswith("1 order(s) name another customer")
 
 
 DAILY_EXPORT = {
