@@ -19,7 +19,9 @@ pipeline bench's first day: the whole history's first load) and the marts suites
 published marts (of the date they were published for), ``--repeat`` pairs of runs each,
 alternately: as the gate runs (counts first, examples for the expectations with unexpected
 values alone) and in one pass with examples for every expectation (the gate before), with
-the stored outcomes compared.
+the stored outcomes compared; then, as many times, with each compound uniqueness
+expectation run as GX's own (a join of every row to its key's count) instead of grouped
+(``lifecycle.quality.suites.grouped_uniqueness``), with the verdicts compared.
 
 Nothing is asserted: the figures are the output.
 """
@@ -98,6 +100,12 @@ def passes_side_by_side(state: Path, day: dt.date, repeat: int) -> None:
     from unittest import mock
 
     from lifecycle.quality import gate
+    from lifecycle.quality.suites import Suite
+
+    declared = Suite.gx_spec
+
+    def gx_compound(self, tokens, grouped=True):  # noqa: ANN001, ANN202
+        return declared(self, tokens, grouped=False)
 
     with kept_warehouse(state) as settings:
         __import__("great_expectations")  # imported before the first timed run, not in it
@@ -105,10 +113,14 @@ def passes_side_by_side(state: Path, day: dt.date, repeat: int) -> None:
             published = gate._latest_publication(conn) or day
         rows = []
         for layer in ("raw", "marts"):
-            for variant in ("counts first", "one pass") * repeat:
+            for variant in ("counts first", "one pass", "GX compound") * repeat:
                 # the gate before: examples for every expectation in its one pass
                 first_pass = gate.RESULT_FORMAT if variant == "one pass" else gate.COUNTS_ONLY
-                with mock.patch.object(gate, "COUNTS_ONLY", first_pass):
+                spec = gx_compound if variant == "GX compound" else declared
+                with (
+                    mock.patch.object(gate, "COUNTS_ONLY", first_pass),
+                    mock.patch.object(Suite, "gx_spec", spec),
+                ):
                     t0 = time.perf_counter()
                     verdict = validate_layer(layer, day if layer == "raw" else published, settings)
                     elapsed = time.perf_counter() - t0
@@ -117,17 +129,27 @@ def passes_side_by_side(state: Path, day: dt.date, repeat: int) -> None:
                      str(o.partial_unexpected))
                     for o in verdict.outcomes
                 )  # fmt: skip
-                rows.append((layer, variant, elapsed, facts))
+                verdicts = sorted((o.suite, o.expectation, o.column, o.success)
+                                  for o in verdict.outcomes)  # fmt: skip
+                rows.append((layer, variant, elapsed, facts, verdicts))
                 print(f"{layer:6s} {variant:13s} {elapsed:8.1f}s  {verdict.summary()[:90]}")
     for layer in ("raw", "marts"):
         mine = [r for r in rows if r[0] == layer]
         first = [r[2] for r in mine if r[1] == "counts first"]
         single = [r[2] for r in mine if r[1] == "one pass"]
-        same = all(r[3] == mine[0][3] for r in mine)
+        gx = [r[2] for r in mine if r[1] == "GX compound"]
+        ours = [r for r in mine if r[1] != "GX compound"]
+        same = all(r[3] == ours[0][3] for r in ours)
         print(
             f"{layer}: counts first {' / '.join(f'{x:.1f}' for x in first)} s, one pass "
             f"{' / '.join(f'{x:.1f}' for x in single)} s: "
             f"{sum(first) / sum(single):.2f} of the time; outcomes identical: {same}"
+        )
+        alike = all(r[4] == mine[0][4] for r in mine)
+        print(
+            f"{layer}: compound uniqueness grouped {' / '.join(f'{x:.1f}' for x in first)} s, "
+            f"as GX's own {' / '.join(f'{x:.1f}' for x in gx)} s: "
+            f"{sum(first) / sum(gx):.2f} of the time; verdicts identical: {alike}"
         )
 
 

@@ -35,7 +35,14 @@ from psycopg import sql
 
 from lifecycle.availability import absent_entities
 from lifecycle.quality.publish import PublishResult, pending_build, publish_marts
-from lifecycle.quality.suites import LAYERS, RowCountRule, Suite, load_suites, tokens_for
+from lifecycle.quality.suites import (
+    COMPOUND_UNIQUE,
+    LAYERS,
+    RowCountRule,
+    Suite,
+    load_suites,
+    tokens_for,
+)
 from lifecycle.settings import Settings, get_settings
 from lifecycle.transform import BUILD_SCHEMA
 from lifecycle.warehouse import connect, sqlalchemy_url, warehouse_url
@@ -334,9 +341,21 @@ def _column(kwargs: dict[str, Any]) -> str | None:
     return None
 
 
-def _outcome(suite: Suite, relation: str, ordinal: int, res: dict[str, Any]) -> Outcome:
-    """Return the Outcome of one GX ExpectationValidationResult (as JSON)."""
+def _outcome(
+    suite: Suite,
+    relation: str,
+    ordinal: int,
+    res: dict[str, Any],
+    declared: dict[str, Any] | None = None,
+) -> Outcome:
+    """Return the Outcome of one GX ExpectationValidationResult (as JSON).
+
+    A compound uniqueness check run grouped (:func:`grouped_uniqueness`) is recorded as
+    the suite `declared` it: its type and columns.
+    """
     config = res.get("expectation_config") or {}
+    if declared is not None and declared["type"] == COMPOUND_UNIQUE != config.get("type"):
+        config = {**config, "type": COMPOUND_UNIQUE, "kwargs": declared.get("kwargs") or {}}
     kwargs = dict(config.get("kwargs") or {})
     result = res.get("result") or {}
     exception = _exception(res.get("exception_info") or {})
@@ -579,21 +598,33 @@ def _run_gx(verdict: Verdict, plans: list[_Plan], url: str, docs_dir: Path | Non
                 )
                 # examples for the expectations that found unexpected values: a second pass
                 # over those alone, whose results (the same rows: the same counts) replace
-                # the first pass's
-                found = [j for j, item in results if _unexpected(item)]
+                # the first pass's; a compound uniqueness check ran grouped (a count of
+                # keys) runs as GX's own there, for the rows and examples
+                grouped = {
+                    j
+                    for j, exp in enumerate(suite.spec["expectations"])
+                    if exp["type"] == COMPOUND_UNIQUE
+                }
+                found = [
+                    j
+                    for j, item in results
+                    if _unexpected(item) or (j in grouped and not item.get("success"))
+                ]
                 if found:
+                    declared = suite.gx_spec(plan.tokens, grouped=False)
                     examples = {
                         **spec,
                         "name": f"{spec['name']} (examples)",
-                        "expectations": [spec["expectations"][j] for j in found],
+                        "expectations": [declared["expectations"][j] for j in found],
                     }
                     again = _validate(
                         ctx, batch, examples, f"v{i}x", plan.params, run_identifier, RESULT_FORMAT
                     )
                     redone = {found[k]: item for k, item in again}
                     results = [(j, redone.get(j, item)) for j, item in results]
-                for n, (_, item) in enumerate(results):
-                    verdict.outcomes.append(_outcome(suite, relation, n, item))
+                for n, (j, item) in enumerate(results):
+                    declared = suite.spec["expectations"][j]
+                    verdict.outcomes.append(_outcome(suite, relation, n, item, declared))
             if docs_dir is not None:
                 _build_data_docs(ctx, verdict, docs_dir)
     finally:

@@ -84,10 +84,16 @@ class Suite:
             sql += f" where {self.batch}"
         return substitute(sql, tokens)
 
-    def gx_spec(self, tokens: dict[str, str]) -> dict[str, Any]:
-        """Return the GX suite JSON with `tokens` substituted in the expectations' SQL."""
+    def gx_spec(self, tokens: dict[str, str], *, grouped: bool = True) -> dict[str, Any]:
+        """Return the GX suite JSON with `tokens` substituted in the expectations' SQL.
+
+        With `grouped`, each ``expect_compound_columns_to_be_unique`` runs as the
+        ``unexpected_rows_expectation`` of :func:`grouped_uniqueness` (see there).
+        """
         spec = copy.deepcopy(self.spec)
-        for exp in spec["expectations"]:
+        for i, exp in enumerate(spec["expectations"]):
+            if grouped and exp["type"] == COMPOUND_UNIQUE:
+                spec["expectations"][i] = exp = grouped_uniqueness(exp)
             kwargs = exp.get("kwargs", {})
             if "unexpected_rows_query" in kwargs:
                 kwargs["unexpected_rows_query"] = substitute(
@@ -95,6 +101,44 @@ class Suite:
                 )
         spec.setdefault("meta", {}).pop("lifecycle", None)
         return spec
+
+
+COMPOUND_UNIQUE = "expect_compound_columns_to_be_unique"
+
+
+def grouped_uniqueness(exp: dict[str, Any]) -> dict[str, Any]:
+    """Return `exp` (a compound uniqueness expectation) as an unexpected-rows query: the
+    keys that occur more than once.
+
+    GX's own check joins every row to a count of its key over the whole table (a second
+    scan, and a join as large as the table: 0.8-0.9 s per check on a 100k-customer mart,
+    1.2-1.9 s at 200k), where grouping by the key answers in one scan; written here
+    because GX has no grouped form. Its count is of duplicated keys, not rows; a gate
+    that finds some runs GX's own expectation for the rows and examples (the second pass
+    of lifecycle.quality.gate). Rows whose key columns are all empty are left out, as
+    GX's default ``ignore_row_if`` does (``any_value_is_missing`` and ``never`` are
+    honoured too).
+    """
+    kwargs = exp.get("kwargs") or {}
+    columns = ", ".join(f'"{c}"' for c in kwargs["column_list"])
+    ignore = kwargs.get("ignore_row_if", "all_values_are_missing")
+    missing = [f'"{c}" is null' for c in kwargs["column_list"]]
+    where = {
+        "all_values_are_missing": f" where not ({' and '.join(missing)})",
+        "any_value_is_missing": f" where not ({' or '.join(missing)})",
+    }.get(ignore, "")
+    query = (
+        f"select {columns}, count(*) as copies from {{batch}}{where} "
+        f"group by {columns} having count(*) > 1"
+    )
+    return {
+        "type": "unexpected_rows_expectation",
+        "kwargs": {"unexpected_rows_query": query},
+        "severity": exp.get("severity", "critical"),
+        "description": exp.get("description")
+        or f"({', '.join(kwargs['column_list'])}) unique: keys that occur more than once",
+        **({"meta": exp["meta"]} if "meta" in exp else {}),
+    }
 
 
 def substitute(text: str, tokens: dict[str, str]) -> str:

@@ -263,7 +263,7 @@ def test_duplicate_identifier_in_a_mart_blocks_publishing(warehouse) -> None:
         "from marts__build.customer_identities where not is_anchor limit 1",
     )
     assert added == 1
-    expect_blocked(
+    failed = expect_blocked(
         url,
         settings,
         {
@@ -274,6 +274,22 @@ def test_duplicate_identifier_in_a_mart_blocks_publishing(warehouse) -> None:
             )
         },
         run=gate_and_publish,
+    )
+    # Counted grouped (one key twice), then run as GX's own for the rows and examples.
+    [dup] = [o for o in failed.verdict.outcomes if not o.success]
+    assert dup.unexpected_count == 2 and len(dup.partial_unexpected) == 2
+    assert dup.partial_unexpected[0] == dup.partial_unexpected[1]
+    # A clean one is stored as the suite declares it, with the grouped query's count.
+    [clean] = [
+        o
+        for o in failed.verdict.outcomes
+        if o.suite == "marts.customer_stage_history"
+        and o.expectation == "expect_compound_columns_to_be_unique"
+    ]
+    assert (clean.column, clean.success, clean.observed_value) == (
+        "customer_key,valid_from",
+        True,
+        0,
     )
 
 
