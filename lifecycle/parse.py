@@ -824,11 +824,13 @@ class Checker:
 
     def _beyond_today(self, values: dict[str, pa.Array]) -> list[tuple[Field, np.ndarray]]:
         """Return, per cursor field, the mask of rows whose cursor is after tomorrow by this
-        machine's clock (a day of margin for time zones and clock skew); [] when none is.
+        machine's clock (a day of margin for time zones and clock skew) and after the
+        window; [] when none is.
         A row whose cursor is empty is placed by its fallback's value: that field's."""
         if self.cursor is None or not len(values[self.cursor]):
             return []
-        end = _tomorrow_end()
+        # a window that ends later (`--allow-future`) holds its own rows
+        end = max(_tomorrow_end(), self.window.end)
         fields = [self.entity.field(self.cursor)]
         if self.entity.cursor_fallback and self.cursor == self.entity.cursor:
             fields.append(self.entity.field(self.entity.cursor_fallback))
