@@ -658,6 +658,10 @@ class Checker:
             load, value, bad = type_column(f.type, text, self.timezone)
             loads[f.name], values[f.name] = load, value
             own: list[tuple[Field, str, pa.Array]] = [(f, "invalid", bad)]
+            limit = f.length_limit
+            if limit and n:
+                long = pc.fill_null(pc.greater(pc.utf8_length(text), limit), False)
+                own.append((f, "long", long))
             json_value = (chunk.structured or {}).get(f.name)
             if f.identifier and json_value is not None:
                 own.append((f, "structured", pa.array(json_value)))
@@ -802,6 +806,12 @@ class Checker:
             return f"{f.name}: {value!r} is not a valid {f.type}"
         if kind == "empty":
             return f"{f.name} is empty"
+        if kind == "long":
+            what = "email address" if f.name == "email" else "id"
+            return (
+                f"{f.name}: {value[:40]!r}... is {len(value):,} characters long, more than "
+                f"the {f.length_limit} an {what} may have (a shifted column?)"
+            )
         if kind == "structured":
             return f"{f.name}: {value!r} is {json_kind(value)}, not an id"
         if kind == "negative":

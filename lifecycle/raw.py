@@ -35,6 +35,13 @@ PG_TYPES: dict[str, str] = {
 }
 
 
+#: The longest id a source may give, in characters (two of them, four bytes a character,
+#: fit in one btree entry of the identity graph's links; see Field.length_limit).
+ID_MAX_LENGTH = 256
+#: The longest email address (RFC 5321's path limit).
+EMAIL_MAX_LENGTH = 254
+
+
 @dataclass(frozen=True)
 class Field:
     """One source field and the checks its values must pass."""
@@ -53,6 +60,19 @@ class Field:
     # text: the words the marts know (compared and stored lower-case, trimmed); a source's
     # own words are mapped onto them with ``values`` in the sources file
     one_of: tuple[str, ...] = ()
+    # text: at most this many characters (identifiers: ID_MAX_LENGTH), see length_limit
+    max_length: int | None = None
+
+    @property
+    def length_limit(self) -> int | None:
+        """The longest value the field may hold, or None.
+
+        Ids and emails end up in btree indexes (the raw orders' order_id, the identity
+        graph's links, the events' ids), whose entries PostgreSQL caps at 2,704 bytes: one
+        over-long value would fail a whole load or build. Nothing that long is an id (a
+        shifted column, a pasted document), so such a row is quarantined instead.
+        """
+        return self.max_length or (ID_MAX_LENGTH if self.identifier else None)
 
     @property
     def column_type(self) -> str:
@@ -122,7 +142,7 @@ CRM_CONTACTS = RawEntity(
     "contacts",
     (
         _T("id", required=True, nullable=False, identifier=True),
-        _T("email"),
+        _T("email", max_length=EMAIL_MAX_LENGTH),
         _T("first_name"),
         _T("last_name"),
         _T("phone"),
@@ -132,7 +152,7 @@ CRM_CONTACTS = RawEntity(
         _T("acquisition_channel"),
         _T("marketing_opt_in", "boolean"),
         _T("lifecycle_stage"),
-        _T("referred_by"),
+        _T("referred_by", max_length=ID_MAX_LENGTH),
     ),
     key=("id", "updated_at"),
     cursor="updated_at",
@@ -143,14 +163,14 @@ WEB_EVENTS = RawEntity(
     "web",
     "events",
     (
-        _T("event_id", required=True, nullable=False),
-        _T("anonymous_id"),
+        _T("event_id", required=True, nullable=False, max_length=ID_MAX_LENGTH),
+        _T("anonymous_id", max_length=ID_MAX_LENGTH),
         _T("user_id", identifier=True),
-        _T("email"),
+        _T("email", max_length=EMAIL_MAX_LENGTH),
         _T("event", required=True, nullable=False),
         _T("timestamp", "timestamp", required=True, nullable=False, not_future=True),
         _T("received_at", "timestamp"),
-        _T("session_id"),
+        _T("session_id", max_length=ID_MAX_LENGTH),
         _T("page_url"),
         _T("utm_source"),
         _T("utm_medium"),
@@ -171,7 +191,7 @@ ORDERS = RawEntity(
     (
         _T("order_id", required=True, nullable=False, identifier=True),
         _T("customer_id", required=True, nullable=False, identifier=True),
-        _T("email"),
+        _T("email", max_length=EMAIL_MAX_LENGTH),
         _T("ordered_at", "timestamp", required=True, nullable=False, not_future=True),
         _T("updated_at", "timestamp", not_future=True),
         _T("status", one_of=ORDER_STATUSES),

@@ -648,6 +648,30 @@ def test_a_row_dated_after_today_is_quarantined_once_not_left_outside(
     assert got == [(3, f"ordered_at 9999-12-31 is in the future (after today, {today})")]
 
 
+def test_an_id_too_long_for_an_index_is_quarantined_not_the_batch_failed(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """A 3,000-character order id failed the whole batch with "index row size exceeds
+    btree maximum ... is the warehouse running?"; an email past 254 characters would have
+    failed the identity graph's build."""
+    long_id, long_email = "ab" * 1500, "x" * 250 + "@example.com"
+    (tmp_path / "orders.csv").write_text(
+        "customer_id,order_id,ordered_at,amount,email\n"
+        f"C1,{long_id},2024-03-01,10.00,\nC2,O2,2024-03-01,5.00,{long_email}\n"
+        f"C3,O3,2024-03-01,5.00,{'y' * 240}@example.com\n",
+        encoding="utf-8",
+    )
+    src = sources_file(tmp_path, ORDERS_ONLY_SOURCES.format(orders=tmp_path / "orders.csv"))
+    extract(tmp_path, fresh_db, "2024-03-31", src, LIFECYCLE_MAX_REJECT_SHARE="0.9")
+    assert sorted(orders(fresh_db)) == ["O3"]
+    assert quarantine(fresh_db) == {
+        2: "order_id: 'abababababababababababababababababababab'... is 3,000 characters "
+        "long, more than the 256 an id may have (a shifted column?)",
+        3: "email: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... is 262 characters long, "
+        "more than the 254 an email address may have (a shifted column?)",
+    }
+
+
 def test_a_json_line_with_half_a_character_is_quarantined_alone(
     tmp_path: Path, fresh_db: str
 ) -> None:
