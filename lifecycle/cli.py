@@ -32,7 +32,7 @@ def error_line(exc: BaseException) -> str:
     """Return the one line that tells the user what failed (capped, no traceback)."""
     from lifecycle.errors import describe
 
-    text = " ".join(describe(exc).split())
+    text = " ".join(redact(describe(exc)).split())  # a URL quoted by a library, say
     if len(text) > MAX_ERROR_CHARS:
         text = text[:MAX_ERROR_CHARS] + f"... ({len(text):,} characters in all)"
     return text
@@ -366,7 +366,7 @@ def sources_check(entities: tuple[str, ...], rows: int) -> None:
             click.echo(line)
         errors += report.errors
     for message in errors:
-        click.secho(f"error: {message}", fg="red", err=True)
+        click.secho(f"error: {redact(message)}", fg="red", err=True)
     if errors:
         sys.exit(1)
 

@@ -88,6 +88,15 @@ def db_batch(
             f"{sources.origin}: connections.{src.connection}: cannot connect to {redact(url)}: "
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}"
         ) from None
+    except psycopg.ProgrammingError as exc:
+        # libpq could not even parse it (quoting it, password and all)
+        from lifecycle.load import LoadError
+        from lifecycle.redact import redact as masked
+
+        raise LoadError(
+            f"{sources.origin}: connections.{src.connection}: not a PostgreSQL connection URL "
+            f"(postgresql://user:***@host:5432/db): {masked(str(exc).strip().splitlines()[0])}"
+        ) from None
     query, zone = select_query(entity, emap, sources, src, columns, window, limit=limit)
     return Batch(chunks=db_chunks(url, query, f"{locator} {window.describe()}", zone))
 

@@ -219,3 +219,27 @@ def test_a_text_column_holding_line_breaks_loads_whole(tmp_path: Path, dbs) -> N
         ("S-2", "store"),
         ("S-3", "web"),
     ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://u:s3cret-pw@h/db",
+        "postgresql://u:s3cret-pw@[::1/db",
+        "host=127.0.0.1 port=1 password=s3cret-pw user",
+    ],
+)
+def test_a_connection_url_libpq_cannot_parse_names_the_connection_not_its_password(
+    tmp_path: Path, dbs, url: str
+) -> None:
+    """libpq quotes a URL it cannot parse, password included: it was printed (and so
+    logged by Airflow), blamed on "the warehouse"."""
+    _, warehouse = dbs
+    (tmp_path / "sources.yml").write_text(SOURCES_YML.format(where="table: public.sales"))
+    for args in (("sources", "check", "--entity", "orders"), ("extract", "--source", "orders",
+                 "--date", "2024-03-05")):  # fmt: skip
+        done = _lifecycle(tmp_path, url, warehouse, *args)
+        assert done.returncode == 1
+        assert "s3cret" not in done.stdout + done.stderr
+        [line] = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+        assert "connections.sales_db: not a PostgreSQL connection URL" in line, line
