@@ -18,6 +18,7 @@ parses in ~4 s cold), and re-parsed when a file of the project changes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -25,7 +26,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -351,8 +352,13 @@ def run_dbt(
             _manifests[key] = (signature, manifest)
             parse_s = time.perf_counter() - started
         started = time.perf_counter()
-        res = dbtRunner(manifest=manifest).invoke([*flags, *command])
+        with _interrupts() as interrupted:
+            res = dbtRunner(manifest=manifest).invoke([*flags, *command])
         elapsed = time.perf_counter() - started
+        if interrupted:
+            # dbt's runner catches Ctrl-C where it lands (a node's thread, its own loop) and
+            # at times runs on to the end: the caller must not publish what it built
+            raise KeyboardInterrupt
 
     nodes = _node_results(res.result)
     result = TransformResult(
@@ -383,6 +389,44 @@ def run_dbt(
                 raise _unavailable(args, logical_date, lost)
         raise TransformError(_failure_message(result))
     return result
+
+
+@contextlib.contextmanager
+def _interrupts() -> Iterator[list[int]]:
+    """Yield a list that holds the signal number once SIGINT or SIGTERM arrived meanwhile.
+
+    Each signal still does what it did (KeyboardInterrupt in the main thread); the list
+    says it came even when dbt caught it. Outside the main thread signals cannot be
+    watched: the list stays empty.
+    """
+    import signal
+    import threading
+
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def noted(signum, frame):  # noqa: ANN001, ANN202
+        seen.append(signum)
+        handler = previous[signum]
+        if callable(handler):
+            return handler(signum, frame)
+        if handler == signal.SIG_DFL and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if handler == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        return None
+
+    for s in previous:
+        signal.signal(s, noted)
+    try:
+        yield seen
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _node_results(result: Any) -> list[NodeResult]:

@@ -115,3 +115,45 @@ def test_cohorts_and_rfm(built) -> None:
     assert rows(
         url, "select acquisition_channel, spend, cac from marts.channel_ltv order by 1"
     ) == [("all", None, None), ("unknown", None, None)]
+
+
+def test_an_interrupted_build_publishes_nothing(built, dbt_home, tmp_path) -> None:
+    """Ctrl-C during the dbt build: dbt's runner caught it and at times ran on to the
+    end, then the marts were published and the command exited 0. Now it exits 130 with
+    `error: interrupted` and the published marts stay as they were."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    url, _ = built
+    count = "select count(*) from ops.marts_publications"
+    [(published,)] = rows(url, count)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")},
+        "LIFECYCLE_HOME": str(dbt_home),
+        "LIFECYCLE_WAREHOUSE_URL": url,
+        "LIFECYCLE_WORLD_DIR": str(tmp_path / "no-world"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lifecycle.cli", "transform", "--date", str(AS_OF)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        running = "select count(*) from pg_stat_activity where application_name like 'dbt%%'"
+        while rows(url, running) == [(0,)] and proc.poll() is None:
+            assert time.monotonic() < deadline, "dbt never connected"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert err.splitlines()[-1] == "error: interrupted"
+    assert "marts published" not in out + err
+    assert rows(url, count) == [(published,)]
