@@ -697,6 +697,16 @@ class Checker:
                 own.append((f, "mapping", unmapped))
             failures += own
 
+        # a column kept in _extra (jsonb) cannot hold a NUL either: that row alone, not
+        # the batch, fails (PostgreSQL refused the COPY: "unsupported Unicode escape")
+        for name in table.column_names:
+            if name in self.entity.names or not n:
+                continue
+            column = table.column(name).combine_chunks()
+            if pa.types.is_string(column.type) and not _no_bytes(column, 0):
+                nul = pc.fill_null(pc.match_substring(column, "\x00"), False)
+                texts[name] = column
+                failures.append((Field(name), "nul", nul))
         outside, placed = self._outside(values)
         beyond_by_field = self._beyond_today(values)
         if beyond_by_field:
@@ -806,6 +816,10 @@ class Checker:
             return f"{f.name}: {value!r} is not a valid {f.type}"
         if kind == "empty":
             return f"{f.name} is empty"
+        if kind == "nul":
+            return (
+                f"{f.name}: {value!r} holds a NUL character (\\x00), which PostgreSQL cannot store"
+            )
         if kind == "long":
             what = "email address" if f.name == "email" else "id"
             return (

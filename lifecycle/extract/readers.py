@@ -773,10 +773,52 @@ def read_parquet_chunks(stream: BinaryIO, locator: str) -> Iterator[Chunk]:
     # Parquet allows two columns of one name; a mapping could not tell them apart.
     _check_header(parquet.schema_arrow.names, locator)
     for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-        table = _as_text(pa.Table.from_batches([batch]))
+        table = pa.Table.from_batches([batch])
         lines = np.arange(done + 1, done + 1 + table.num_rows, dtype=np.int64)
         done += table.num_rows
-        yield Chunk(table, locator, lines)
+        table, rejects, lines = _without_broken_bytes(table, locator, lines)
+        yield Chunk(_as_text(table), locator, lines, rejects)
+
+
+def _without_broken_bytes(
+    table: pa.Table, locator: str, lines: np.ndarray
+) -> tuple[pa.Table, list[Reject], np.ndarray]:
+    """Return `table` with its binary columns as text, the rows whose bytes are not UTF-8
+    taken out as rejects (a cast of the column failed the whole file: "Invalid UTF8
+    payload", naming nothing)."""
+    bad = np.zeros(table.num_rows, dtype=bool)
+    reasons: dict[int, list[str]] = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+            continue
+        try:
+            table = table.set_column(table.column_names.index(name), name, column.cast(pa.string()))
+            continue
+        except pa.ArrowInvalid:
+            pass
+        texts = []
+        for i, value in enumerate(column.to_pylist()):
+            try:
+                texts.append(None if value is None else value.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                texts.append(None)
+                bad[i] = True
+                reasons.setdefault(i, []).append(
+                    f"{name}: not valid UTF-8 text (byte {exc.start}: {value[:40]!r})"
+                )
+        table = table.set_column(table.column_names.index(name), name, pa.array(texts, pa.string()))
+    if not bad.any():
+        return table, [], lines
+    rejects = [
+        Reject(locator, int(lines[i]), "; ".join(reasons[i]), _capped(json.dumps(row, default=str)))
+        for i, row in zip(
+            np.flatnonzero(bad).tolist(),
+            table.filter(pa.array(bad)).to_pylist(),
+            strict=True,
+        )
+    ]
+    keep = pa.array(~bad)
+    return table.filter(keep), rejects, lines[~bad]
 
 
 #: Rows per chunk of an Excel sheet.

@@ -672,6 +672,23 @@ def test_an_id_too_long_for_an_index_is_quarantined_not_the_batch_failed(
     }
 
 
+def test_a_nul_in_a_column_kept_in_extra_quarantines_its_row_not_the_batch(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """A NUL byte in a free-text column nobody mapped failed the whole batch with "the
+    warehouse refused a statement: unsupported Unicode escape sequence"."""
+    (tmp_path / "orders.csv").write_bytes(
+        b"customer_id,order_id,ordered_at,amount,note\n"
+        b"C1,O1,2024-03-01,10.00,ok\nC2,O2,2024-03-01,5.00,a\x00b\n"
+    )
+    src = sources_file(tmp_path, ORDERS_ONLY_SOURCES.format(orders=tmp_path / "orders.csv"))
+    extract(tmp_path, fresh_db, "2024-03-31", src, LIFECYCLE_MAX_REJECT_SHARE="0.9")
+    assert {k: v[7] for k, v in orders(fresh_db).items()} == {"O1": {"note": "ok"}}
+    assert quarantine(fresh_db) == {
+        3: "note: 'a\\x00b' holds a NUL character (\\x00), which PostgreSQL cannot store"
+    }
+
+
 def test_a_json_line_with_half_a_character_is_quarantined_alone(
     tmp_path: Path, fresh_db: str
 ) -> None:

@@ -312,6 +312,41 @@ def test_a_parquet_file_with_a_column_twice_is_one_error_line(
         assert rows(fresh_db, "select count(*) from raw.orders__orders") == [(0,)]
 
 
+def test_parquet_bytes_that_are_not_utf8_quarantine_their_row(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """A binary column with a non-UTF-8 value failed the file with "Invalid UTF8
+    payload", naming nothing; the row is quarantined, the others load."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _kind_sources(tmp_path, "parquet", "orders.parquet")
+    table = pa.table(
+        {
+            "order_id": ["O1", "O2", "O3"],
+            "customer_id": pa.array([b"C1", b"\xff\xfe", b"C3"], pa.binary()),
+            "ordered_at": ["2024-01-01"] * 3,
+            "amount": [1.0, 2.0, 3.0],
+            "note": pa.array([b"ok", b"ok", b"caf\xe9"], pa.binary()),
+        }
+    )
+    pq.write_table(table, tmp_path / "orders.parquet")
+    result = _invoke(
+        tmp_path,
+        ["extract", "--date", "2024-01-01", "--full"],
+        LIFECYCLE_WAREHOUSE_URL=fresh_db,
+        LIFECYCLE_MAX_REJECT_SHARE="0.9",
+    )
+    assert result.exit_code == 0, result.output
+    assert rows(fresh_db, "select order_id, _extra::text from raw.orders__orders") == [
+        ("O1", '{"note": "ok"}')
+    ]
+    assert rows(fresh_db, "select _line, reason from raw.quarantine order by 1") == [
+        (2, "customer_id: not valid UTF-8 text (byte 0: b'\\xff\\xfe')"),
+        (3, "note: not valid UTF-8 text (byte 3: b'caf\\xe9')"),
+    ]
+
+
 @pytest.mark.parametrize("tz", [None, "UTC"])
 def test_parquet_nanosecond_timestamps_as_pandas_writes_them_load(
     tz: str | None, tmp_path: Path, fresh_db: str
