@@ -85,6 +85,26 @@ def _merge(base: dict, overrides: Mapping[str, Any]) -> dict:
     return out
 
 
+def _known_keys(base: Mapping[str, Any], overrides: Mapping[str, Any], path: str = "") -> None:
+    """Refuse an override of a key the spec does not have: a typo (``snapshots.stepdays``)
+    would train and promote with the default, without a word."""
+    import difflib
+
+    for key, value in overrides.items():
+        where = f"{path}{key}"
+        if key not in base:
+            close = difflib.get_close_matches(str(key), [str(k) for k in base], n=1)
+            hint = f" (did you mean {path}{close[0]}?)" if close else ""
+            known = ", ".join(f"{path}{k}" for k in base)
+            raise ChurnSpecError(
+                f"--set {where}: models/churn.yaml has no such key{hint}; it has {known}"
+            )
+        if where == "model.params":
+            continue  # the estimator's keyword arguments: scikit-learn checks them
+        if isinstance(value, Mapping) and isinstance(base[key], Mapping):
+            _known_keys(base[key], value, f"{where}.")
+
+
 def load_churn_spec(
     overrides: Mapping[str, Any] | None = None, models_dir: Path | None = None
 ) -> dict:
@@ -93,6 +113,7 @@ def load_churn_spec(
         spec = load_spec("churn", models_dir)
     except (OSError, ValueError) as exc:
         raise ChurnSpecError(f"cannot read the churn spec: {exc}") from exc
+    _known_keys(spec, overrides or {})
     spec = _merge(spec, overrides or {})
     feats = spec.get("features", {})
     known = {*REASON_GROUPS_FEATURES}

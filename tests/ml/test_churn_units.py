@@ -35,6 +35,17 @@ def test_spec_overrides_merge_and_bad_specs_are_refused() -> None:
         load_churn_spec({"risk_bands": {"medium": 0.9}})
     with pytest.raises(ChurnSpecError, match="isotonic or sigmoid"):
         load_churn_spec({"model": {"calibration": "beta"}})
+    # a typo trained and promoted with the default, without a word
+    with pytest.raises(
+        ChurnSpecError,
+        match=r"^--set snapshots\.stepdays: models/churn\.yaml has no such key \(did you mean "
+        r"snapshots\.step_days\?\); it has snapshots\.count, snapshots\.step_days, ",
+    ):
+        load_churn_spec({"snapshots": {"stepdays": 7}})
+    with pytest.raises(ChurnSpecError, match=r"^--set x: models/churn\.yaml has no such key;"):
+        load_churn_spec({"x": 1})
+    # the estimator's own arguments are scikit-learn's to check
+    assert load_churn_spec({"model": {"params": {"max_depth": 3}}})["model"]["params"]["max_depth"]
     assert load_churn_spec()["snapshots"]["max_customers"] == 250_000
     assert load_churn_spec({"snapshots": {"max_customers": None}})["snapshots"]["count"] == 6
     for bad in (0, -5, 2.5, "many", True):
