@@ -441,6 +441,12 @@ def load_batch(
         try:
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute("select pg_advisory_xact_lock(hashtext(%s))", (bid,))
+                # An erasure being applied (lifecycle.privacy, the same key exclusively)
+                # finishes first, so this batch's drop_forgotten sees its ledger; one
+                # applied meanwhile waits for this batch, whose rows it then sweeps.
+                cur.execute(
+                    "select pg_advisory_xact_lock_shared(hashtext('lifecycle.erasure_apply'))"
+                )
                 cur.execute("select set_config('lifecycle.batch_id', %s, true)", (bid,))
                 _log_start(url, result)
                 cur.execute(f"delete from {entity.qualified} where _batch_id = %s", (bid,))

@@ -493,3 +493,41 @@ def test_an_interrupt_during_the_copy_ends_the_load_at_once(tmp_path: Path, fres
     assert "Traceback" not in err
     assert _rows(fresh_db, "select count(*) from raw.orders__orders") == [(0,)]
     assert _rows(fresh_db, "select count(*) from ops.load_batches") == [(0,)]
+
+
+def test_a_load_waits_for_an_erasure_being_applied(tmp_path: Path, fresh_db: str) -> None:
+    """`privacy forget` while a batch was loading reported the request applied to 0 rows
+    and the batch committed the person's rows after it (its check of the ledger ran before
+    the erasure committed). A load and an erasure now exclude each other: the batch holds
+    the erasure's lock shared for its transaction, the erasure takes it alone."""
+    _many_orders(tmp_path, 1_000)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")} | {
+        "LIFECYCLE_HOME": str(tmp_path / "home"),
+        "LIFECYCLE_WAREHOUSE_URL": fresh_db,
+        "LIFECYCLE_WORLD_DIR": str(tmp_path / "world"),
+    }
+    with psycopg.connect(fresh_db) as erasure:
+        # what lifecycle.privacy.apply holds while it resolves, sweeps and writes the ledger
+        erasure.execute("select pg_advisory_xact_lock(hashtext('lifecycle.erasure_apply'))")
+        load = subprocess.Popen(
+            [str(Path(sys.executable).parent / "lifecycle"), "extract", "--date", "2024-01-01",
+             "--source", "orders"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            waiting = (
+                "select count(*) from pg_locks where locktype = 'advisory' and not granted "
+                "and objid = (select hashtext('lifecycle.erasure_apply')::oid)"
+            )
+            while _rows(fresh_db, waiting) == [(0,)]:
+                assert load.poll() is None, "the load did not wait for the erasure"
+                assert time.monotonic() < deadline, "the load never reached the lock"
+                time.sleep(0.05)
+            assert _rows(fresh_db, "select count(*) from ops.load_batches") == [(0,)]
+            erasure.commit()  # the erasure is done: the load goes on
+            _, err = load.communicate(timeout=120)
+        finally:
+            load.kill()
+    assert load.returncode == 0, err[-2000:]
+    assert _rows(fresh_db, "select count(*) from raw.orders__orders") == [(1_000,)]
