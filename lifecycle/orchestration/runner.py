@@ -219,6 +219,14 @@ def run_dates(
         # defined: start, bootstrap and lock that one (Airflow's home first).
         home.activate(cfg)
         settings = airflow_settings(load_settings())
+        # The DAG files read the sources file when Airflow imports them: a mistake in it
+        # would come back as the DAG folder's import error, a traceback. Said here, first.
+        from lifecycle.sources_file import SourcesFileError, load_sources
+
+        try:
+            load_sources(settings)
+        except SourcesFileError as exc:
+            raise OrchestrationError(str(exc)) from None
         url = warehouse.up(settings)
         # One pipeline run at a time per warehouse, Airflow's metadata included: a second
         # waits (bounded) or fails naming the first.

@@ -288,3 +288,24 @@ def test_a_date_at_the_ends_of_the_calendar_is_refused_naming_its_option(
     assert error.startswith(
         f"error: Invalid value for '{option}': {value} is outside 1900-01-01 .. 9998-12-31"
     )
+
+
+def test_pipeline_run_with_a_wrong_sources_file_says_what_is_wrong_in_one_line(
+    base: dict[str, str], tmp_path: Path
+) -> None:
+    """The DAG files read the sources file when Airflow imports them: a mistake in it came
+    back as the DAG folder's import error, a Python traceback (exit 2)."""
+    sources = write(
+        tmp_path / "sources.yml",
+        "version: 1\nsources:\n  orders:\n    kind: csv\n    entities:\n      orders:\n"
+        f"        path: {tmp_path}/world/orders/orders.csv\n        grain: lines\n"
+        "      order_items:\n        skip: true\n",
+    )
+    result = _invoke(
+        ["pipeline", "run", "--date", "2024-01-01"],
+        {**base, "LIFECYCLE_SOURCES_FILE": str(sources)},
+    )
+    error = _assert_clean_failure(result, 2)
+    assert error.startswith(f"error: {sources}: sources.orders.entities.orders.grain: 'lines'"), (
+        error
+    )
