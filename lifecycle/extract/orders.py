@@ -104,7 +104,9 @@ def db_batch(
 def _relation(emap: EntityMap) -> tuple[sql.Composable, str]:
     """Return (what to select from, how to name it in _source) of the entity."""
     if emap.query:
-        return sql.SQL("({}) as q").format(sql.SQL(emap.query.strip().rstrip(";"))), "query"
+        # on lines of its own: a query ending in a `-- comment` would comment the `)` out
+        query = sql.SQL(emap.query.strip().rstrip(";"))
+        return sql.SQL("(\n{}\n) as q").format(query), "query"
     assert emap.table, "the sources file validation requires table or query"
     return sql.Identifier(*emap.table.split(".")), emap.table
 

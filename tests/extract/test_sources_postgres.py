@@ -243,3 +243,14 @@ def test_a_connection_url_libpq_cannot_parse_names_the_connection_not_its_passwo
         assert "s3cret" not in done.stdout + done.stderr
         [line] = [x for x in done.stderr.splitlines() if x.startswith("error:")]
         assert "connections.sales_db: not a PostgreSQL connection URL" in line, line
+
+
+def test_a_query_ending_in_a_comment_is_read(tmp_path: Path, dbs) -> None:
+    """The query was wrapped as `(<query>) as q` on one line: a closing `-- comment`
+    commented the parenthesis out ("syntax error at end of input")."""
+    sales, warehouse = dbs
+    query = 'query: "select id, client_ref, sale_time, total_eur from public.sales -- all of them"'
+    (tmp_path / "sources.yml").write_text(SOURCES_YML.format(where=query))
+    check = _lifecycle(tmp_path, sales, warehouse, "sources", "check", "--entity", "orders")
+    assert check.returncode == 0, check.stderr
+    assert "3 rows sampled, 3 after mapping, 0 would be quarantined" in check.stdout
