@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import fsspec
 
@@ -70,8 +71,14 @@ def _chunks(
     from lifecycle.load import LoadError
 
     for url in found:
+        compression = _compression(src, emap, sources)
         try:
-            fh = fsspec.open(url, "rb", compression=_compression(src, emap, sources)).open()
+            if compression == "infer" and url.lower().endswith(".zip"):
+                fh = _zip_member(url)
+            else:
+                fh = fsspec.open(url, "rb", compression=compression).open()
+        except LoadError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any filesystem's failure to open, one line
             raise LoadError(f"{_locator(url)}: cannot be opened: {exc}") from exc
         if not isinstance(fh, io.IOBase):
@@ -89,6 +96,36 @@ def _chunks(
                 yield readers.read_jsonl(stream, _locator(url), entity.names)
             else:
                 yield from readers.read_parquet_chunks(fh, _locator(url))
+
+
+def _zip_member(url: str) -> BinaryIO:
+    """Return the one file of a .zip archive, opened.
+
+    fsspec's zip decompression reads the archive's first entry: of two files the second
+    was dropped without a word, and a folder entry first read as an empty file. An
+    archive must hold one file (folders aside); else one error line lists them.
+    """
+    import zipfile
+
+    from lifecycle.load import LoadError
+
+    raw = fsspec.open(url, "rb").open()
+    try:
+        archive = zipfile.ZipFile(raw)
+    except zipfile.BadZipFile as exc:
+        raw.close()
+        raise LoadError(f"{_locator(url)}: cannot be opened as a zip archive: {exc}") from exc
+    members = [m for m in archive.infolist() if not m.is_dir()]
+    if len(members) != 1:
+        archive.close()
+        raw.close()
+        listed = ", ".join(m.filename for m in members[:5]) + (", ..." if len(members) > 5 else "")
+        what = "no file" if not members else f"{len(members)} files ({listed})"
+        raise LoadError(
+            f"{_locator(url)}: the zip archive holds {what}: it must hold one (unzip it and "
+            "point the path at a glob of its files)"
+        )
+    return archive.open(members[0])
 
 
 def _compression(src: Source, emap: EntityMap, sources: SourcesFile) -> str | None:

@@ -377,3 +377,28 @@ def test_parquet_nanosecond_timestamps_as_pandas_writes_them_load(
         "from raw.orders__orders order by 1",
     )
     assert got == [("O1", "2024-01-01 10:00:00.000000"), ("O2", "2024-01-01 11:00:00.123456")]
+
+
+def test_a_zip_archive_must_hold_one_file(tmp_path: Path, fresh_db: str) -> None:
+    """Only an archive's first entry was read: a second file was dropped without a word,
+    and a folder entry first read as an empty file (replacing the date's batch)."""
+    import zipfile
+
+    body = HEADER + "O1,C1,2024-01-01,10.00\n"
+    _kind_sources(tmp_path, "csv", "orders.csv.zip")
+    args = ["extract", "--date", "2024-01-01", "--full"]
+    with zipfile.ZipFile(tmp_path / "orders.csv.zip", "w") as z:
+        z.writestr("sub/", b"")
+        z.writestr("sub/orders.csv", body)
+    result = _invoke(tmp_path, args, LIFECYCLE_WAREHOUSE_URL=fresh_db)
+    assert result.exit_code == 0, result.output
+    assert rows(fresh_db, "select order_id from raw.orders__orders") == [("O1",)]
+    with zipfile.ZipFile(tmp_path / "orders.csv.zip", "w") as z:
+        z.writestr("a.csv", body)
+        z.writestr("b.csv", body.replace("O1", "O2"))
+    line = _one_error(_invoke(tmp_path, args, LIFECYCLE_WAREHOUSE_URL=fresh_db))
+    assert line.endswith(
+        "orders.csv.zip: the zip archive holds 2 files (a.csv, b.csv): it must hold one "
+        "(unzip it and point the path at a glob of its files)"
+    ), line
+    assert rows(fresh_db, "select order_id from raw.orders__orders") == [("O1",)]
