@@ -211,6 +211,38 @@ def test_web_partition_files_each_have_a_stated_outcome(tmp_path: Path, fresh_db
     assert len(res.warnings) == 2  # the .txt file, and the empty one
 
 
+def test_a_partition_or_arrival_that_is_no_date_is_claimed_not_read_and_said(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """dt=2024-02-30 or arrived-20249999 stopped every web load with "day is out of range
+    for month" (naming neither file nor folder). Their files are claimed by the batch
+    that meets them, not read, with the reason in ops.load_files and the run's warnings."""
+    web = tmp_path / "world/web/events"
+    write(
+        web / "dt=2024-01-01/a-arrived-20240101.jsonl", _jsonl(_event("e1", "2024-01-01T10:00:00Z"))
+    )
+    write(
+        web / "dt=2023-02-30/x-arrived-20240101.jsonl", _jsonl(_event("e2", "2024-01-01T10:00:00Z"))
+    )
+    write(
+        web / "dt=2024-01-01/y-arrived-20249999.jsonl", _jsonl(_event("e3", "2024-01-01T10:00:00Z"))
+    )
+    [res] = extract("web", D1, settings(tmp_path, fresh_db))
+    assert (res.rows_read, res.rows_loaded) == (1, 1)
+    outcomes = {
+        k.rsplit("/", 1)[-1]: v
+        for k, v in rows(fresh_db, "select locator, outcome from ops.load_files")
+    }
+    assert outcomes == {
+        "a-arrived-20240101.jsonl": "read",
+        "x-arrived-20240101.jsonl": "not read: its folder dt=2023-02-30 is not a date "
+        "(day is out of range for month)",
+        "y-arrived-20249999.jsonl": "not read: the arrival date in y-arrived-20249999.jsonl is "
+        "not a date (unconverted data remains: 99)",
+    }
+    assert len(res.warnings) == 2
+
+
 def test_hostile_json_lines_are_quarantined(tmp_path: Path, fresh_db: str) -> None:
     deep = b'{"event_id": "d", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     deep_obj = b'{"event_id": "o", "x": ' + b'{"a": ' * 70 + b"1" + b"}" * 70 + b"}"
