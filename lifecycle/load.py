@@ -352,6 +352,7 @@ def _stream(
     loaded = 0
     current = None
     copy_cm = copy = None
+    failed = False
     try:
         while True:
             item = out.get()
@@ -370,6 +371,7 @@ def _stream(
                 copy.write(piece)
             loaded += rows
     except BaseException as exc:
+        failed = True
         # An interrupt (Ctrl-C, SIGTERM) or a failed write leaves the COPY open: end it
         # with CopyFail here, or the transaction's rollback waits on a server that waits
         # for more COPY data, for ever (the process hung, holding the batch's lock).
@@ -380,10 +382,15 @@ def _stream(
         raise
     finally:
         state["stop"] = True
-        while worker.is_alive():
+        # After a failure or an interrupt the reader gets a second to stop: one waiting
+        # out an HTTP retry's backoff (a CRM API that is down) held Ctrl-C for 90 s. It is
+        # a daemon thread, and stops at its next chunk.
+        grace = time.monotonic() + 1.0
+        while worker.is_alive() and (not failed or time.monotonic() < grace):
             with contextlib.suppress(queue.Empty):
                 out.get(timeout=0.1)
-        worker.join()
+        if not worker.is_alive():
+            worker.join()
         sys.setswitchinterval(interval)
     if copy_cm is not None:
         # A failed check aborts the COPY (psycopg sends CopyFail) rather than ending a
