@@ -85,6 +85,13 @@ def _header_hint(names: list[str]) -> str:
     return ""
 
 
+def _nested_in(path: str, present: set[str]) -> bool:
+    """True when `path` is a dotted path into a column of `present` (``cust.id`` in a JSON
+    record's ``cust``: the mapping reads it there, see mapping._json_path)."""
+    parts = path.split(".")
+    return any(".".join(parts[:cut]) in present for cut in range(1, len(parts)))
+
+
 def check_header(
     entity: RawEntity,
     emap: EntityMap,
@@ -108,7 +115,7 @@ def check_header(
         if not strict and fname not in required:
             continue
         for col in fmap.source_columns:
-            if col not in present:
+            if col not in present and not _nested_in(col, present):
                 hint = _near(col, names)
                 raise SourcesFileError(
                     f"{where}.columns.{fname}.{fmap.kind}: column {col!r} is not in {locator} "
@@ -424,7 +431,11 @@ def _check_sample(
                         fr.mapping = f"- (the source's currency, {sources.currency_of(src, emap)})"
             if not strict:
                 for fname, fmap in emap.columns.items():
-                    missing = [c for c in fmap.source_columns if c not in names]
+                    missing = [
+                        c
+                        for c in fmap.source_columns
+                        if c not in names and not _nested_in(c, set(names))
+                    ]
                     if missing:
                         report.notes.append(
                             f"{fname}: column {missing[0]!r} is in no record of the sample"

@@ -689,6 +689,28 @@ def test_a_nul_in_a_column_kept_in_extra_quarantines_its_row_not_the_batch(
     }
 
 
+def test_a_dotted_path_into_a_json_lines_record_is_read(tmp_path: Path, fresh_db: str) -> None:
+    """`customer_id: cust.id`, as docs/mapping.md shows it, failed `sources check` and
+    extract with "column 'cust.id' is not in o.jsonl" (`cust` was)."""
+    (tmp_path / "orders.jsonl").write_text(
+        '{"id": "O1", "cust": {"id": "C1"}, "ts": "2024-03-01", "cents": 1999}\n',
+        encoding="utf-8",
+    )
+    mapping = (
+        "columns: {order_id: id, customer_id: cust.id, ordered_at: ts, "
+        "amount: {column: cents, scale: 0.01}}"
+    )
+    text = _orders_only(tmp_path / "orders.jsonl", mapping).replace("kind: csv", "kind: jsonl")
+    src = sources_file(tmp_path, text)
+    check = lifecycle(tmp_path, fresh_db, "sources", "check", LIFECYCLE_SOURCES_FILE=src)
+    assert check.returncode == 0, check.stderr
+    assert "is in no record of the sample" not in check.stdout
+    extract(tmp_path, fresh_db, "2024-03-31", src)
+    assert {k: (v[0], v[5]) for k, v in orders(fresh_db).items()} == {
+        "O1": ("C1", Decimal("19.99"))
+    }
+
+
 def test_a_json_line_with_half_a_character_is_quarantined_alone(
     tmp_path: Path, fresh_db: str
 ) -> None:
