@@ -853,6 +853,9 @@ class Mapper:
             pc.binary_join_element_wise("=", ids, ""),
             pc.binary_join_element_wise("#", pc.cast(cols["__seq"], _TEXT), ""),
         )
+        if "customer_id" in fields.text:
+            # an order's lines must name one customer: the lowest and highest seen say so
+            cols["__lo_customer_id"] = cols["__hi_customer_id"] = fields.text["customer_id"]
         for name, text in fields.text.items():
             cols[name] = text
             if name in self._NUMBERS:
@@ -884,18 +887,20 @@ class Mapper:
         aggs = [("__seq", "min"), ("__refund", "max")]
         aggs += [(c, "sum") for c in table.column_names if c.startswith("__sum_")]
         aggs += [(c, "max") for c in table.column_names if c.startswith("__bad_")]
-        aggs += [(c, "min") for c in table.column_names if c.startswith("__error_")]
+        aggs += [(c, "min") for c in table.column_names if c.startswith(("__error_", "__lo_"))]
+        aggs += [(c, "max") for c in table.column_names if c.startswith("__hi_")]
         grouped = table.group_by("__group", use_threads=False).aggregate(aggs)
         first = pc.index_in(grouped.column("__seq_min"), value_set=table.column("__seq"))
-        keep = [
-            c
-            for c in table.column_names
-            if not c.startswith(("__sum_", "__bad_", "__error_", "__refund"))
-        ]
+        folded = ("__sum_", "__bad_", "__error_", "__lo_", "__hi_")
+        keep = [c for c in table.column_names if not c.startswith((*folded, "__refund"))]
         out = table.select(keep).take(first)
         for c in table.column_names:
-            if c.startswith(("__sum_", "__bad_", "__error_")) or c == "__refund":
-                agg = "sum" if c.startswith("__sum_") else ("min" if "__error_" in c else "max")
+            if c.startswith(folded) or c == "__refund":
+                agg = (
+                    "sum"
+                    if c.startswith("__sum_")
+                    else ("min" if c.startswith(("__error_", "__lo_")) else "max")
+                )
                 out = out.append_column(c, grouped.column(f"{c}_{agg}"))
         return out
 
@@ -921,6 +926,20 @@ class Mapper:
             fields.text[f.name] = text
             if f"__error_{f.name}" in names:
                 fields.fail(f.name, orders.column(f"__error_{f.name}").combine_chunks())
+        if "__lo_customer_id" in names:
+            lo = orders.column("__lo_customer_id").combine_chunks()
+            hi = orders.column("__hi_customer_id").combine_chunks()
+            mixed = pc.fill_null(pc.not_equal(lo, hi), False)
+            if pc.any(mixed).as_py():
+                said = pc.binary_join_element_wise(
+                    "customer_id: the lines of this order name more than one customer (",
+                    lo,
+                    ", ",
+                    hi,
+                    "): a line mapped to the wrong order, or order ids reused",
+                    "",
+                )
+                fields.fail("customer_id", pc.if_else(mixed, said, pa.scalar(None, _TEXT)))
         if unread and "order_id" in fields.text:
             ids = pa.array(list(unread), _TEXT)
             at = pc.index_in(fields.text["order_id"], value_set=ids)

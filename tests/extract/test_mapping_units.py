@@ -91,6 +91,21 @@ def test_order_lines_sum_per_order_across_chunks_and_out_of_order(block: int) ->
     assert [r["order_id"] for r in rows] == ["A0", "A1", "A2", "A3", "A4", "A5"]
 
 
+@pytest.mark.parametrize("block", [64, 1 << 20], ids=["lines-span-chunks", "one-chunk"])
+def test_an_order_whose_lines_name_two_customers_is_quarantined(block: int) -> None:
+    """c4's line was summed into c3's order (the first line's customer), silently."""
+    text = (
+        "inv,cust,when,qty,price\n1003,c3,2024-01-01 10:00,1,3.00\n"
+        "1004,c5,2024-01-01 10:00,1,9.00\n1003,c4,2024-01-01 10:00,1,4.00\n"
+    )
+    rows, bad = checked(mapper(LINE_MAP), chunk(text, block_bytes=block))
+    assert [(r["order_id"], r["customer_id"]) for r in rows] == [("1004", "c5")]
+    assert bad == {
+        2: "customer_id: the lines of this order name more than one customer (c3, c4): a line "
+        "mapped to the wrong order, or order ids reused"
+    }
+
+
 def test_negative_amounts_and_refund_of() -> None:
     m = mapper(
         {
