@@ -517,8 +517,21 @@ class Mapper:
             text = pc.replace_substring_regex(text, r"^([-+]?)\s*\p{Sc}\s*", "\\1")
             text = pc.replace_substring_regex(text, r"\s*\p{Sc}\s*$", "")
             text = pc.replace_substring_regex(text, r"^-\s+", "-")
-        if self.fmt.thousands_separator:
-            text = pc.replace_substring(text, self.fmt.thousands_separator, "")
+        sep = self.fmt.thousands_separator
+        if sep:
+            # A thousands separator stands between groups of three digits, before the
+            # decimal one: "12.5" or "5.00" under thousands "." is no number (it was read
+            # as 125 and 500), nor is "1.2.3". Such a value becomes unreadable here, and
+            # its row is quarantined by the caller with the file's dialect named.
+            dec = re.escape(self.fmt.decimal_separator)
+            grouped = rf"^[-+]?\d{{1,3}}({re.escape(sep)}\d{{3}})+({dec}\d*)?$"
+            misplaced = pc.and_(
+                pc.fill_null(pc.match_substring(text, sep), False),
+                pc.invert(pc.fill_null(pc.match_substring_regex(text, grouped), False)),
+            )
+            if pc.any(misplaced).as_py():
+                text = pc.if_else(misplaced, pa.scalar("not a number", _TEXT), text)
+            text = pc.replace_substring(text, sep, "")
         if self.fmt.decimal_separator == ",":
             text = pc.replace_substring(text, ",", ".")
         return text

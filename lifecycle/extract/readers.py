@@ -825,11 +825,14 @@ def _without_broken_bytes(
 EXCEL_BATCH_ROWS = 50_000
 
 
-def _cell_text(value: object) -> str | None:
+def _cell_text(value: object, decimal: str = ".") -> str | None:
     """Return an Excel cell's value as the text a CSV export of it would hold.
 
     Date cells are ISO text (naive: read in the mapping's zone, no ``format`` needed);
-    whole numbers lose the ``.0`` a float would print (a customer id 13085 stays 13085).
+    whole numbers lose the ``.0`` a float would print (a customer id 13085 stays 13085);
+    other numbers are written with the sheet's `decimal` separator, as its text cells are
+    (a German sheet mixes "10,50" typed as text with 10.5 typed as a number: read with
+    ``thousands_separator: "."`` the number's "10.5" was 105).
     """
     if value is None:
         return None
@@ -838,7 +841,9 @@ def _cell_text(value: object) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+        if value.is_integer() and abs(value) < 2**53:
+            return str(int(value))
+        return repr(value).replace(".", decimal)
     if isinstance(value, dt.datetime):
         return value.isoformat(sep=" ")
     if isinstance(value, dt.date | dt.time):
@@ -930,7 +935,7 @@ def _sheet_chunks(book, locator: str, fmt: CsvFormat, rows_per_chunk: int) -> It
 
     for row in rows:
         number += 1
-        texts = [_cell_text(v) for v in row]
+        texts = [_cell_text(v, fmt.decimal_separator) for v in row]
         while texts and (texts[-1] is None or texts[-1] == ""):
             texts.pop()
         if not texts:

@@ -142,3 +142,45 @@ def test_a_csv_named_xlsx_is_one_error_line(tmp_path: Path, fresh_db: str) -> No
     assert out.returncode == 1
     assert f"{path}: cannot be read as an Excel workbook (.xlsx)" in out.stderr + out.stdout
     assert "Traceback" not in out.stderr
+
+
+def test_number_cells_of_a_decimal_comma_sheet_keep_their_value(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """A German sheet mixes amounts typed as text ("10,50") and as numbers (10.5). With
+    decimal ',' and thousands '.', the number cell's "10.5" was read as 105.00."""
+    book = Workbook()
+    sheet = book.active
+    for row in [
+        ["Bestellung", "Kunde", "Datum", "Betrag"],
+        ["B1", "K1", dt.datetime(2024, 3, 1, 10, 0), "10,50"],
+        ["B2", "K2", dt.datetime(2024, 3, 1, 11, 0), 10.5],
+        ["B3", "K3", dt.datetime(2024, 3, 1, 12, 0), 1234.25],
+        ["B4", "K4", dt.datetime(2024, 3, 1, 13, 0), 7],
+    ]:
+        sheet.append(row)
+    book.save(tmp_path / "bestellungen.xlsx")
+    src = sources_file(
+        tmp_path,
+        f"""
+version: 1
+business: {{timezone: Europe/Berlin, currency: EUR}}
+sources:
+  orders:
+    kind: excel
+    format: {{decimal_separator: ",", thousands_separator: "."}}
+    entities:
+      orders:
+        path: {tmp_path / "bestellungen.xlsx"}
+        columns: {{order_id: Bestellung, customer_id: Kunde, ordered_at: Datum, amount: Betrag}}
+      order_items: {{skip: true}}
+""",
+    )
+    extract(tmp_path, fresh_db, "2024-03-31", src)
+    assert {k: v[5] for k, v in orders(fresh_db).items()} == {
+        "B1": Decimal("10.50"),
+        "B2": Decimal("10.50"),
+        "B3": Decimal("1234.25"),
+        "B4": Decimal("7.00"),
+    }
+    assert quarantine(fresh_db) == {}

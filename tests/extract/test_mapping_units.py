@@ -106,6 +106,28 @@ def test_an_order_whose_lines_name_two_customers_is_quarantined(block: int) -> N
     }
 
 
+def test_a_thousands_separator_between_groups_of_three_digits_only() -> None:
+    """Under decimal ',' and thousands '.', "5.00" loaded as 500.00 and "12.5" as 125.00:
+    a separator that does not split groups of three digits makes the value no number."""
+    m = mapper(
+        {"columns": {"order_id": "id", "customer_id": "c", "ordered_at": "t", "amount": "a"}},
+        {"format": {"delimiter": ";", "decimal_separator": ",", "thousands_separator": "."}},
+    )
+    values = ["1.234,56", "12.345", "12,5", "5.00", "12.5", "1.2.3", "-1.234.567,1", "€ 1.234,50"]
+    body = "id;c;t;a\n" + "".join(f"O{i};c;2024-01-01;{v}\n" for i, v in enumerate(values))
+    rows, bad = checked(m, chunk(body, CsvFormat(delimiter=";")))
+    assert {r["order_id"]: r["amount"] for r in rows} == {
+        "O0": "1234.56", "O1": "12345", "O2": "12.5", "O7": "1234.50"
+    }  # fmt: skip
+    said = "is not a number (decimal separator ',', thousands separator '.')"
+    assert bad == {
+        5: f"amount: '5.00' {said}",
+        6: f"amount: '12.5' {said}",
+        7: f"amount: '1.2.3' {said}",
+        8: "amount -1234567.1 is negative",
+    }
+
+
 def test_negative_amounts_and_refund_of() -> None:
     m = mapper(
         {
