@@ -213,8 +213,8 @@ final as (
         cast(acquisition_channel as text) as acquisition_channel,
         cast(count_buyers as integer) as count_buyers,
         cast(count_orders as integer) as count_orders,
-        cast(revenue as numeric(14, 2)) as revenue,
-        cast(average_order_value as numeric(14, 2)) as average_order_value,
+        cast(revenue as numeric(18, 2)) as revenue,
+        cast(average_order_value as numeric(18, 2)) as average_order_value,
         cast(orders_per_year as numeric(10, 4)) as orders_per_year,
         cast(count_churned_in_window as integer) as count_churned_in_window,
         cast(count_exposed_to_churn as integer) as count_exposed_to_churn,
@@ -223,10 +223,10 @@ final as (
         cast(relationship_years_source as text) as relationship_years_source,
         cast(
             average_order_value * orders_per_year * expected_relationship_years
-            as numeric(14, 2)
+            as numeric(18, 2)
         ) as ltv,
-        cast(spend as numeric(14, 2)) as spend,
-        cast(cac as numeric(14, 2)) as cac,
+        cast(spend as numeric(18, 2)) as spend,
+        cast(cac as numeric(18, 2)) as cac,
         cast(
             average_order_value * orders_per_year * expected_relationship_years
             / nullif(cac, 0) as numeric(10, 4)

@@ -107,18 +107,18 @@ final as (
         cast(
             count_active_customers::numeric / count_cohort_customers as numeric(7, 4)
         ) as retention_rate,
-        cast(revenue as numeric(14, 2)) as revenue,
+        cast(revenue as numeric(18, 2)) as revenue,
         cast(
             revenue / nullif(
                 first_value(revenue) over cohort_months, 0
             ) as numeric(10, 4)
         ) as revenue_retention_rate,
         cast(
-            sum(revenue) over cohort_months_to_date as numeric(14, 2)
+            sum(revenue) over cohort_months_to_date as numeric(18, 2)
         ) as cumulative_revenue,
         cast(
             sum(revenue) over cohort_months_to_date / count_cohort_customers
-            as numeric(14, 2)
+            as numeric(18, 2)
         ) as cumulative_revenue_per_customer
     from filled
     window

@@ -33,11 +33,11 @@ final as (
         cast({{ as_of_date() }} - customers.last_order_date as integer)
             as days_since_last_order,
         cast(customers.count_orders as integer) as count_orders,
-        cast(customers.total_revenue as numeric(14, 2)) as historical_ltv,
-        cast(customers.average_order_value as numeric(14, 2)) as average_order_value,
+        cast(customers.total_revenue as numeric(18, 2)) as historical_ltv,
+        cast(customers.average_order_value as numeric(18, 2)) as average_order_value,
         cast(coalesce(recent_orders.count_orders_last_365_days, 0) as integer)
             as count_orders_last_365_days,
-        cast(coalesce(recent_orders.revenue_last_365_days, 0) as numeric(14, 2))
+        cast(coalesce(recent_orders.revenue_last_365_days, 0) as numeric(18, 2))
             as revenue_last_365_days,
         cast(customers.current_stage as text) as current_stage,
         cast({{ as_of_date() }} as date) as as_of_date

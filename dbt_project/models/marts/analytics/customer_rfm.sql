@@ -56,7 +56,7 @@ final as (
         cast(combined.last_order_date as date) as last_order_date,
         cast(combined.recency_days as integer) as recency_days,
         cast(combined.count_orders as integer) as count_orders,
-        cast(combined.total_revenue as numeric(14, 2)) as total_revenue,
+        cast(combined.total_revenue as numeric(18, 2)) as total_revenue,
         cast(combined.recency_score as integer) as recency_score,
         cast(combined.frequency_score as integer) as frequency_score,
         cast(combined.monetary_score as integer) as monetary_score,

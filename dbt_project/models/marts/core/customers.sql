@@ -132,11 +132,11 @@ final as (
         cast(coalesce(order_totals.count_orders, 0) as integer) as count_orders,
         cast(coalesce(order_totals.count_refunded_orders, 0) as integer)
             as count_refunded_orders,
-        cast(coalesce(order_totals.total_revenue, 0) as numeric(14, 2))
+        cast(coalesce(order_totals.total_revenue, 0) as numeric(18, 2))
             as total_revenue,
         cast(
             order_totals.total_revenue / nullif(order_totals.count_orders, 0)
-            as numeric(14, 2)
+            as numeric(18, 2)
         ) as average_order_value,
         cast(web_totals.first_web_visit_at as timestamptz) as first_web_visit_at,
         cast(web_totals.last_web_visit_at as timestamptz) as last_web_visit_at,
