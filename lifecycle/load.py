@@ -599,25 +599,25 @@ def _settle_unplaced(cur: psycopg.Cursor, entity: RawEntity, bid: str, state: di
     rows every day, and a full load read after daily ones (or a daily rerun after a full
     load) meets the bad lines those already quarantined. The first committed batch that
     met such a line quarantined it with its reason; another batch counts the same line
-    (same file, line and text) as a duplicate of that one instead of quarantining it
+    (same file or table and text) as a duplicate of that one instead of quarantining it
     again, so neither the quarantine nor the reject share grows with one old bad line.
+    Not by its line number: a database query's rows are numbered within each day's
+    result (and a file may grow above a bad line).
     """
     unplaced = state["unplaced"]
     state["unplaced"] = []
     rows = state["quarantine"] + unplaced
-    lines = sorted({r[1] for r in rows if r[1] is not None})
-    if not lines:
+    if not rows:
         state["quarantine"] = rows
         return
     found = cur.execute(
-        "select distinct q._source, q._line, q.payload from raw.quarantine q "
+        "select distinct q._source, q.payload from raw.quarantine q "
         "join ops.load_batches b on b.batch_id = q._batch_id "
-        "where q.source = %s and q.entity = %s and q._batch_id <> %s "
-        "and q._line = any(%s) and q._source = any(%s)",
-        (entity.source, entity.entity, bid, lines, sorted({r[0] for r in rows})),
+        "where q.source = %s and q.entity = %s and q._batch_id <> %s and q._source = any(%s)",
+        (entity.source, entity.entity, bid, sorted({r[0] for r in rows})),
     ).fetchall()
     known = set(found)
-    fresh = [r for r in rows if (r[0], r[1], _clean(r[3])) not in known]
+    fresh = [r for r in rows if (r[0], _clean(r[3])) not in known]
     state["quarantine"] = fresh
     if len(fresh) < len(rows):
         state["rows_duplicate"] += len(rows) - len(fresh)

@@ -98,7 +98,9 @@ def db_batch(
             f"(postgresql://user:***@host:5432/db): {masked(str(exc).strip().splitlines()[0])}"
         ) from None
     query, zone = select_query(entity, emap, sources, src, columns, window, limit=limit)
-    return Batch(chunks=db_chunks(url, query, f"{locator} {window.describe()}", zone))
+    # the rows' _source names the table or query, the same every day (the window is the
+    # run's, in ops.load_runs): a bad row read again is known by it (load._settle_unplaced)
+    return Batch(chunks=db_chunks(url, query, locator, zone))
 
 
 def _relation(emap: EntityMap) -> tuple[sql.Composable, str]:
@@ -189,6 +191,12 @@ def cursor_column(
     if not available and emap.cursor is None and entity.cursor_fallback:
         name = entity.cursor_fallback
         expr = source_of(name)
+    elif expr is not None and emap.cursor is None and entity.cursor_fallback:
+        # an order never updated has no updated_at: it is placed by its ordered_at, as the
+        # checker places it (the WHERE on updated_at alone never read such a row)
+        fallback = source_of(entity.cursor_fallback)
+        if fallback is not None:
+            expr = sql.SQL("coalesce({}, {})").format(expr, fallback)
     return name, expr
 
 
@@ -237,7 +245,11 @@ def select_query(
             conditions.append(sql.SQL("{} >= {}").format(cursor, sql.Literal(window.start)))
     query = sql.SQL("select {} from {}").format(sql.SQL(", ").join(items), relation)
     if conditions:
-        query += sql.SQL(" where ") + sql.SQL(" and ").join(conditions)
+        # A row no window holds (its cursor empty, or +-infinity) is read by every batch,
+        # as a file's would be: the checker quarantines it, once (it vanished unseen).
+        unplaced = sql.SQL("{} is null or {} in ('infinity', '-infinity')").format(cursor, cursor)
+        within = sql.SQL(" and ").join(conditions)
+        query += sql.SQL(" where ({}) or ({})").format(within, unplaced)
     if cursor is not None:
         order = [cursor]
         key = emap.field_map(entity.key[0])

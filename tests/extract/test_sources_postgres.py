@@ -70,12 +70,17 @@ def dbs():
 
 
 def _lifecycle(tmp_path: Path, sales: str, warehouse: str, *args: str):
+    return _lifecycle_env(tmp_path, sales, warehouse, {}, *args)
+
+
+def _lifecycle_env(tmp_path: Path, sales: str, warehouse: str, extra: dict, *args: str):
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")},
         "LIFECYCLE_HOME": str(tmp_path / "home"),
         "LIFECYCLE_WAREHOUSE_URL": warehouse,
         "LIFECYCLE_SOURCES_FILE": str(tmp_path / "sources.yml"),
         "SALES_DB_URL": sales,
+        **extra,
     }
     return run_cli(args, env, timeout=300)
 
@@ -254,3 +259,52 @@ def test_a_query_ending_in_a_comment_is_read(tmp_path: Path, dbs) -> None:
     check = _lifecycle(tmp_path, sales, warehouse, "sources", "check", "--entity", "orders")
     assert check.returncode == 0, check.stderr
     assert "3 rows sampled, 3 after mapping, 0 would be quarantined" in check.stdout
+
+
+UPDATED = """
+create table public.sales (id integer primary key, client_ref text not null,
+                           sale_time timestamptz, changed timestamptz, total_eur numeric(10, 2));
+insert into public.sales values
+    (1, 'C-100', '2024-03-04 10:00+00', '2024-03-04 12:00+00', 12.50),
+    (2, 'C-200', '2024-03-04 11:00+00', null, 7.00),
+    (3, 'C-300', null, null, 3.00),
+    (4, 'C-400', 'infinity', null, 4.00),
+    (5, 'C-500', '2024-03-05 09:00+00', null, 5.00);
+"""
+
+
+def test_rows_no_updated_at_places_are_read_as_a_files_would_be(tmp_path: Path, dbs) -> None:
+    """The window was pushed down on `updated_at` alone: an order never updated (NULL) was
+    never read, nor one with no date at all or 'infinity': they vanished, uncounted. An
+    order is placed by its ordered_at when it has no updated_at; one no window holds is
+    read by every batch and quarantined, once."""
+    sales, warehouse = dbs
+    with psycopg.connect(sales) as conn:
+        conn.execute("drop table public.sales")
+        conn.execute(UPDATED)
+    text = SOURCES_YML.format(where="table: public.sales").replace(
+        "ordered_at: sale_time", "ordered_at: sale_time\n          updated_at: changed"
+    )
+    (tmp_path / "sources.yml").write_text(text)
+    env = {"LIFECYCLE_MAX_REJECT_SHARE": "0.9"}
+    for day, full in (("2024-03-04", ["--full"]), ("2024-03-05", [])):
+        run = _lifecycle_env(tmp_path, sales, warehouse, env, "extract", "--source", "orders",
+                             "--date", day, *full)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+    assert [(r[0], r[-1]) for r in _raw(warehouse)] == [
+        ("S-1", "orders__orders:2024-03-04"),
+        ("S-2", "orders__orders:2024-03-04"),
+        ("S-5", "orders__orders:2024-03-05"),
+    ]
+    with psycopg.connect(warehouse) as conn:
+        got = conn.execute(
+            "select _batch_id, reason from raw.quarantine order by reason"
+        ).fetchall()
+    assert got == [
+        ("orders__orders:2024-03-04", "ordered_at is empty"),
+        (
+            "orders__orders:2024-03-04",
+            "ordered_at: 'infinity' is not an ISO-8601 date or timestamp (e.g. 2024-03-05 "
+            "14:02:11 -05:00)",
+        ),
+    ]
