@@ -71,6 +71,10 @@ REASON_GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Folds of the calibration (CalibratedClassifierCV's default).
+CALIBRATION_FOLDS = 5
+
+
 class ChurnSpecError(ValueError):
     """The churn spec (models/churn.yaml plus overrides) is invalid."""
 
@@ -644,6 +648,16 @@ def fit_churn(
             raise ValueError(
                 f"the {name} rows have a single class ({len(frame)} rows): "
                 "too few customers or snapshots to train a churn model"
+            )
+        fewest = labels.astype(bool).value_counts()
+        if name == "calibration" and fewest.min() < CALIBRATION_FOLDS:
+            # scikit-learn's words were "n_splits=5 cannot be greater than the number of
+            # members in each class"
+            which = "churned" if fewest.idxmin() else "active"
+            raise ValueError(
+                f"the calibration rows hold {fewest.min()} {which} customer(s) of "
+                f"{len(frame)}: calibrating takes at least {CALIBRATION_FOLDS} of each "
+                "(more customers, or more history)"
             )
     params = {**spec["model"]["params"], **(candidate.get("params") or {})}
     monotonic = candidate.get("monotonic") or {}

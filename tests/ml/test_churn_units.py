@@ -411,3 +411,18 @@ def test_the_resampled_roc_auc_is_sklearns_on_the_resampled_rows() -> None:
         idx = rng.integers(0, len(y), len(y))
         weights = np.bincount(idx, minlength=len(y)).astype(float)
         assert ranked.auc(weights) == pytest.approx(roc_auc_score(y[idx], score[idx]), abs=1e-12)
+
+
+def test_calibration_rows_with_too_few_of_a_class_are_said_so() -> None:
+    """Tiny data leaked scikit-learn's "n_splits=5 cannot be greater than the number of
+    members in each class" as the command's error line."""
+    spec = load_churn_spec({"model": {"params": {"max_iter": 10}}})
+    calibration = _customers(200, 2)
+    calibration["churned"] = False
+    calibration.loc[:2, "churned"] = True  # 3 churned customers of 200
+    with pytest.raises(ValueError) as caught:
+        fit_churn(_customers(1000, 1), calibration, spec)
+    assert str(caught.value) == (
+        "the calibration rows hold 3 churned customer(s) of 200: calibrating takes at least "
+        "5 of each (more customers, or more history)"
+    )
