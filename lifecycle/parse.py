@@ -880,10 +880,7 @@ class Checker:
         if self.cursor is None:
             return np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
         f_type = self.entity.field(self.cursor).type
-        cursor = values[self.cursor]
-        fallback = self.entity.cursor_fallback
-        if fallback and self.cursor == self.entity.cursor:
-            cursor = pc.coalesce(cursor, values[fallback])
+        cursor = self._placing(values, self.cursor)
         outside = _at_or_after_end(f_type, cursor, self.window.end)
         if self.window.start is not None:
             # before the window: a timestamp before its start, a date before its first day
@@ -892,6 +889,20 @@ class Checker:
             outside = pc.or_(outside, pc.fill_null(before, False))
         placed = _valid(cursor) if len(cursor) else np.ones(0, dtype=bool)
         return outside.to_numpy(zero_copy_only=False).copy(), placed
+
+    def _placing(self, values: dict[str, pa.Array], name: str) -> pa.Array:
+        """Return the values that place each row in a window: the cursor field's, and for
+        the entity's own cursor with a fallback the later of the two (an order never
+        updated by its ordered_at; one "updated" before it was placed, a clock's skew,
+        by its ordered_at too: else a daily run found the order dated tomorrow, "in the
+        future", and quarantined it where a full load loaded it)."""
+        cursor = values[name]
+        fallback = self.entity.cursor_fallback
+        if fallback and name == self.entity.cursor:
+            other = values[fallback]  # (max_element_wise has no kernel for zoned times)
+            later = pc.or_(pc.is_null(cursor), pc.fill_null(pc.greater(other, cursor), False))
+            cursor = pc.if_else(later, other, cursor)
+        return cursor
 
     def _newest(self, values: dict[str, pa.Array], keep: np.ndarray) -> dt.datetime | None:
         """Return where the rows kept end: just past their newest cursor value.
@@ -903,10 +914,7 @@ class Checker:
         name = self.cursor or self.entity.cursor
         if not keep.any() or name not in values:
             return None
-        cursor = values[name]
-        fallback = self.entity.cursor_fallback
-        if fallback and name == self.entity.cursor:
-            cursor = pc.coalesce(cursor, values[fallback])
+        cursor = self._placing(values, name)
         top = pc.max(cursor.filter(pa.array(keep))).as_py()
         if top is None:
             return None

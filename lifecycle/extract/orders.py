@@ -193,10 +193,11 @@ def cursor_column(
         expr = source_of(name)
     elif expr is not None and emap.cursor is None and entity.cursor_fallback:
         # an order never updated has no updated_at: it is placed by its ordered_at, as the
-        # checker places it (the WHERE on updated_at alone never read such a row)
+        # checker places it (the WHERE on updated_at alone never read such a row), and so
+        # is one whose updated_at is earlier (Checker._placing: greatest skips nulls)
         fallback = source_of(entity.cursor_fallback)
         if fallback is not None:
-            expr = sql.SQL("coalesce({}, {})").format(expr, fallback)
+            expr = sql.SQL("greatest({}, {})").format(expr, fallback)
     return name, expr
 
 

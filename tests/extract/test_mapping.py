@@ -711,6 +711,32 @@ def test_a_dotted_path_into_a_json_lines_record_is_read(tmp_path: Path, fresh_db
     }
 
 
+def test_an_order_updated_before_it_was_placed_loads_on_its_day_in_every_mode(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """updated_at 03-30 of an order placed 03-31 (clocks apart): the daily run of 03-30
+    quarantined it "in the future" and later days counted it outside, where a full load
+    loaded it. It is placed by the later of the two dates, in every mode."""
+    (tmp_path / "orders.csv").write_text(
+        "customer_id,order_id,ordered_at,updated_at,amount\n"
+        "C1,O1,2024-03-29,2024-03-29,10.00\nC3,O3,2024-03-31,2024-03-30,30.00\n",
+        encoding="utf-8",
+    )
+    src = sources_file(tmp_path, ORDERS_ONLY_SOURCES.format(orders=tmp_path / "orders.csv"))
+    env = {"LIFECYCLE_SOURCES_FILE": src}
+    for day, full in (("2024-03-29", ["--full"]), ("2024-03-30", []), ("2024-03-31", [])):
+        out = lifecycle(tmp_path, fresh_db, "extract", "--source", "orders", "--date", day, *full,
+                        **env)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+    with psycopg.connect(fresh_db) as conn:
+        got = conn.execute("select order_id, _batch_id from raw.orders__orders order by 1")
+        assert got.fetchall() == [
+            ("O1", "orders__orders:2024-03-29"),
+            ("O3", "orders__orders:2024-03-31"),
+        ]
+    assert quarantine(fresh_db) == {}
+
+
 def test_a_json_line_with_half_a_character_is_quarantined_alone(
     tmp_path: Path, fresh_db: str
 ) -> None:
