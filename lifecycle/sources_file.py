@@ -509,11 +509,16 @@ class Business(_Strict):
 
     @property
     def planning_rates(self) -> dict[str, float]:
-        """Rates to the reporting currency known without the rates file."""
+        """Rates to the reporting currency known without the rates file (the sample
+        world's: USD_PLANNING_RATES with a USD reporting currency, then fixed_rates)."""
         rates = dict(USD_PLANNING_RATES) if self.currency == "USD" else {}
-        rates.update(self.fixed_rates or {})
-        rates[self.currency] = 1.0
+        rates.update(self.stated_rates)
         return rates
+
+    @property
+    def stated_rates(self) -> dict[str, float]:
+        """Rates to the reporting currency the sources file states (fixed_rates)."""
+        return {**(self.fixed_rates or {}), self.currency: 1.0}
 
 
 class Defaults(_Strict):

@@ -227,8 +227,16 @@ def business_vars(sources: SourcesFile) -> dict[str, Any]:
     return {
         "business_timezone": business.timezone,
         "reporting_currency": business.currency,
-        "fx_rates": business.planning_rates,
+        "fx_rates": fallback_rates(sources),
     }
+
+
+def fallback_rates(sources: SourcesFile) -> dict[str, float]:
+    """Return the rates used where the rates file has none: the sample world's planning
+    rates (EUR 1.08, GBP 1.27 to USD) for the built-in sources, a sources file's own
+    fixed_rates otherwise. A user's EUR orders were converted at 1.08 without a word."""
+    business = sources.business
+    return business.planning_rates if sources.origin == "built-in" else business.stated_rates
 
 
 #: The raw tables whose amounts are converted, and their currency columns.
@@ -246,7 +254,7 @@ def check_currencies(sources: SourcesFile, url: str) -> None:
     from lifecycle.warehouse import connect
 
     business = sources.business
-    known = set(business.planning_rates)
+    known = set(fallback_rates(sources))
     found: dict[str, list[str]] = {}
     with connect(url) as conn:
         if conn.execute("select to_regclass('raw.fx__rates')").fetchone()[0] is not None:

@@ -18,7 +18,7 @@ import pytest
 
 from lifecycle.extract import extract
 from lifecycle.load import day_window
-from lifecycle.sources_file import SourcesFileError, parse_sources
+from lifecycle.sources_file import SourcesFileError, load_sources, parse_sources
 from lifecycle.transform import TransformError, transform
 from tests.conftest import make_settings
 from tests.transform.conftest import rows, scratch_database, write
@@ -243,3 +243,32 @@ def test_date_cursor_windows_in_the_business_zone(embedded_settings, dbt_home, t
         # rerun of 03-05 the same row again (its window read back from ops.load_batches)
         assert loaded == [1, 1, 1, 1]
         assert rows(url, "select count(*) from raw.marketing__spend") == [(3,)]
+
+
+def test_a_sources_file_in_usd_has_no_hidden_rates(embedded_settings, tmp_path) -> None:
+    """EUR and GBP orders of a sources file with no rates were converted at the sample
+    world's planning rates (1.08, 1.27) without a word; the transform names them."""
+    from lifecycle.sources_file import builtin_sources
+    from lifecycle.transform import check_currencies, fallback_rates
+
+    write(tmp_path / "orders.csv", ORDERS)
+    path = write(
+        tmp_path / "sources.yml",
+        "version: 1\nsources:\n  orders:\n    kind: csv\n    entities:\n      orders:\n"
+        f"        path: {tmp_path / 'orders.csv'}\n      order_items: {{skip: true}}\n",
+    )
+    with scratch_database(embedded_settings) as url:
+        settings = make_settings(
+            tmp_path / "home", LIFECYCLE_WAREHOUSE_URL=url, LIFECYCLE_SOURCES_FILE=str(path)
+        )
+        extract("orders", AS_OF, settings, full=True)
+        sources = load_sources(settings)
+        assert fallback_rates(sources) == {"USD": 1.0}
+        with pytest.raises(TransformError) as caught:
+            check_currencies(sources, url)
+    assert str(caught.value).startswith(
+        "currency 'EUR' has no rate to USD (1 rows of raw.orders__orders); currency 'GBP' has "
+        "no rate to USD (2 rows of raw.orders__orders): add it to the rates file"
+    )
+    # the sample world (no sources file) keeps its planning rates
+    assert fallback_rates(builtin_sources(settings)) == {"USD": 1.0, "EUR": 1.08, "GBP": 1.27}
