@@ -19,11 +19,14 @@ retries.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import zoneinfo
+from collections.abc import Callable
 from typing import Any
 
-from airflow.sdk import Asset, get_current_context, task
+from airflow.sdk import Asset, get_current_context
+from airflow.sdk import task as airflow_task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from lifecycle.orchestration.assets import warehouse_asset
@@ -126,6 +129,27 @@ def _annotate_assets(context: Any, extras: dict[str, dict[str, Any]]) -> None:
 
 
 # ------------------------------------------------------------------------------- tasks
+
+
+def task(**kwargs: Any) -> Callable:
+    """Airflow's ``@task``, with an interrupt (Ctrl-C) failing the task without a retry.
+
+    A KeyboardInterrupt raised in a task was its failure like any other: up for retry,
+    and a `lifecycle pipeline run` stopped with Ctrl-C went on (and succeeded) minutes
+    later. Stopping the run is what the signal asks.
+    """
+
+    def wrap(fn: Callable) -> Any:
+        @functools.wraps(fn)
+        def run(*args: Any, **kw: Any) -> Any:
+            try:
+                return fn(*args, **kw)
+            except KeyboardInterrupt as exc:
+                raise AirflowFailException("interrupted (SIGINT): not retried") from exc
+
+        return airflow_task(**kwargs)(run)
+
+    return wrap
 
 
 @task(multiple_outputs=False, execution_timeout=EXTRACT_TIMEOUT)

@@ -12,8 +12,10 @@ import datetime as dt
 import logging
 from typing import Any
 
-from airflow.sdk import get_current_context, task
+from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
+
+from lifecycle.orchestration.daily import task
 
 log = logging.getLogger(__name__)
 

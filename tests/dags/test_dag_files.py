@@ -7,6 +7,7 @@ file's own cost, and the modules present afterwards show what it pulled in.
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -157,3 +158,21 @@ def test_raw_tables_of_the_dag_match_the_extractors(airflow_cfg) -> None:
     from lifecycle.orchestration.daily import RAW_TABLES
 
     assert {s: tuple(e.table for e in entities) for s, entities in SOURCES.items()} == RAW_TABLES
+
+
+def test_an_interrupted_task_fails_without_a_retry() -> None:
+    """Ctrl-C during `lifecycle pipeline run` failed the running task like any error: up
+    for retry, and the run went on (and succeeded) minutes later."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from lifecycle.orchestration import daily, training
+
+    assert training.task is daily.task  # both DAGs' tasks
+
+    @daily.task(task_id="stopped")
+    def stopped(n: int) -> int:
+        raise KeyboardInterrupt
+
+    assert list(inspect.signature(stopped.function).parameters) == ["n"]
+    with pytest.raises(AirflowFailException, match=r"^interrupted \(SIGINT\): not retried$"):
+        stopped.function(1)
