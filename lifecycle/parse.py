@@ -540,6 +540,11 @@ def _before_earliest(f_type: str, value: pa.Array) -> pa.Array:
     return pc.fill_null(pc.less(value, bound), False)
 
 
+#: How far an order's updated_at may precede its ordered_at (two clocks apart) and the
+#: order still be placed by its ordered_at (Checker._placing).
+SKEW = pa.scalar(dt.timedelta(days=1), pa.duration("us"))
+
+
 def _tomorrow_end() -> dt.datetime:
     """Return the end of tomorrow (UTC): no source can hold a later instant today."""
     today = dt.datetime.now(dt.UTC).date()
@@ -707,6 +712,11 @@ class Checker:
                 nul = pc.fill_null(pc.match_substring(column, "\x00"), False)
                 texts[name] = column
                 failures.append((Field(name), "nul", nul))
+        before = self._updated_before(values)
+        if before is not None:
+            failures.append(
+                (self.entity.field(self.entity.cursor_fallback), "after_update", before)
+            )
         outside, placed = self._outside(values)
         beyond_by_field = self._beyond_today(values)
         if beyond_by_field:
@@ -816,6 +826,11 @@ class Checker:
             return f"{f.name}: {value!r} is not a valid {f.type}"
         if kind == "empty":
             return f"{f.name} is empty"
+        if kind == "after_update":
+            return (
+                f"{f.name} {value} is more than a day after the order's updated_at: an order "
+                "is updated after it is placed (a column mapped to the wrong field?)"
+            )
         if kind == "nul":
             return (
                 f"{f.name}: {value!r} holds a NUL character (\\x00), which PostgreSQL cannot store"
@@ -892,17 +907,37 @@ class Checker:
 
     def _placing(self, values: dict[str, pa.Array], name: str) -> pa.Array:
         """Return the values that place each row in a window: the cursor field's, and for
-        the entity's own cursor with a fallback the later of the two (an order never
-        updated by its ordered_at; one "updated" before it was placed, a clock's skew,
-        by its ordered_at too: else a daily run found the order dated tomorrow, "in the
-        future", and quarantined it where a full load loaded it)."""
+        the entity's own cursor with a fallback, the fallback's where the cursor is empty
+        (an order never updated: its ordered_at) or a little earlier than it (an order
+        "updated" up to SKEW before it was placed, two clocks apart: placed by its
+        updated_at, a daily run found it dated tomorrow, "in the future", and quarantined
+        it where a full load loaded it). Further apart, see :meth:`_updated_before`."""
         cursor = values[name]
         fallback = self.entity.cursor_fallback
         if fallback and name == self.entity.cursor:
             other = values[fallback]  # (max_element_wise has no kernel for zoned times)
-            later = pc.or_(pc.is_null(cursor), pc.fill_null(pc.greater(other, cursor), False))
+            skewed = pc.and_(pc.greater(other, cursor), pc.less_equal(other, pc.add(cursor, SKEW)))
+            later = pc.or_(pc.is_null(cursor), pc.fill_null(skewed, False))
             cursor = pc.if_else(later, other, cursor)
         return cursor
+
+    def _updated_before(self, values: dict[str, pa.Array]) -> pa.Array | None:
+        """Return the mask of rows whose fallback (ordered_at) is more than SKEW after the
+        cursor (updated_at) and within the window: an order is updated after it is
+        placed, so one of the two is wrong (a column mapped to the wrong field?). Such a
+        row is placed by its updated_at and quarantined there, in every kind of load.
+        (One whose ordered_at is past the window is already "in the future".)"""
+        fallback = self.entity.cursor_fallback
+        cursor = self.entity.cursor
+        if not fallback or cursor not in values or fallback not in values:
+            return None
+        updated, ordered = values[cursor], values[fallback]
+        if self.entity.field(fallback).type != "timestamp" or not len(updated):
+            return None
+        apart = pc.greater(ordered, pc.add(updated, SKEW))
+        within = pc.invert(_at_or_after_end("timestamp", ordered, self.window.end))
+        mask = pc.fill_null(pc.and_(apart, within), False)
+        return mask if pc.any(mask).as_py() else None
 
     def _newest(self, values: dict[str, pa.Array], keep: np.ndarray) -> dt.datetime | None:
         """Return where the rows kept end: just past their newest cursor value.

@@ -194,10 +194,13 @@ def cursor_column(
     elif expr is not None and emap.cursor is None and entity.cursor_fallback:
         # an order never updated has no updated_at: it is placed by its ordered_at, as the
         # checker places it (the WHERE on updated_at alone never read such a row), and so
-        # is one whose updated_at is earlier (Checker._placing: greatest skips nulls)
+        # is one updated up to a day before it was placed (Checker._placing)
         fallback = source_of(entity.cursor_fallback)
         if fallback is not None:
-            expr = sql.SQL("greatest({}, {})").format(expr, fallback)
+            expr = sql.SQL(
+                "(case when {f} > {c} and {f} <= {c} + interval '1 day' then {f} "
+                "else coalesce({c}, {f}) end)"
+            ).format(f=fallback, c=expr)
     return name, expr
 
 

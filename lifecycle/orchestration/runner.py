@@ -217,16 +217,17 @@ def run_dates(
 
         # The tasks connect to the warehouse of its Airflow Connection when one is
         # defined: start, bootstrap and lock that one (Airflow's home first).
-        home.activate(cfg)
-        settings = airflow_settings(load_settings())
         # The DAG files read the sources file when Airflow imports them: a mistake in it
-        # would come back as the DAG folder's import error, a traceback. Said here, first.
+        # would come back as the DAG folder's import error, a traceback. Said here, first
+        # (before Airflow is imported at all).
         from lifecycle.sources_file import SourcesFileError, load_sources
 
         try:
-            load_sources(settings)
+            load_sources(load_settings())
         except SourcesFileError as exc:
             raise OrchestrationError(str(exc)) from None
+        home.activate(cfg)
+        settings = airflow_settings(load_settings())
         url = warehouse.up(settings)
         # One pipeline run at a time per warehouse, Airflow's metadata included: a second
         # waits (bounded) or fails naming the first.

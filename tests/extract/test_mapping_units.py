@@ -128,6 +128,24 @@ def test_a_thousands_separator_between_groups_of_three_digits_only() -> None:
     }
 
 
+def test_an_order_placed_long_after_its_update_is_quarantined() -> None:
+    """updated_at 11 days before ordered_at: one of the two is wrong. Within a day (two
+    clocks apart) the order loads."""
+    m = mapper({"columns": {"order_id": "id", "customer_id": "c", "ordered_at": "t",
+                            "updated_at": "u", "amount": "a"}})  # fmt: skip
+    body = (
+        "id,c,t,u,a\nO1,c,2024-03-31T10:00:00Z,2024-03-20T10:00:00Z,1\n"
+        "O2,c,2024-03-31T10:00:00Z,2024-03-31T09:00:00Z,1\n"
+        "O3,c,2024-03-31T10:00:00Z,2024-03-30T11:00:00Z,1\n"
+    )
+    rows, bad = checked(m, chunk(body))
+    assert [r["order_id"] for r in rows] == ["O2", "O3"]
+    assert bad == {
+        2: "ordered_at 2024-03-31T10:00:00Z is more than a day after the order's updated_at: "
+        "an order is updated after it is placed (a column mapped to the wrong field?)"
+    }
+
+
 def test_negative_amounts_and_refund_of() -> None:
     m = mapper(
         {
