@@ -200,14 +200,20 @@ class EntityReport:
     quarantined: int = 0
     fields: list[FieldReport] = field(default_factory=list)
     row_reasons: Counter = field(default_factory=Counter)  # reasons not about one field
+    unread: int = 0  # records the reader could not split into fields (not in `mapped`)
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
+    def considered(self) -> int:
+        """The rows an extract would count the share over: mapped rows and unread records
+        (as the loader's rows read; a duplicate row is one of the mapped ones)."""
+        return self.mapped + self.unread
+
+    @property
     def share(self) -> float:
         """The share of sampled rows that would be quarantined."""
-        considered = self.mapped + sum(self.row_reasons.values())
-        return self.quarantined / considered if considered else 0.0
+        return self.quarantined / self.considered if self.considered else 0.0
 
 
 def describe_mapping(entity: RawEntity, emap: EntityMap, name: str) -> str:
@@ -448,6 +454,7 @@ def _check_sample(
     for mapped in mapper.map_chunks(chunks):
         checked = checker.check(mapped)
         report.mapped += mapped.table.num_rows
+        report.unread += len(mapped.rejects)
         if entity.entity == "orders" and {"order_id", "customer_id"} <= set(
             checked.table.column_names
         ):
@@ -664,7 +671,7 @@ def _judge(
             top = report.row_reasons.most_common(1)[0][0]
             where = key
         report.errors.append(
-            f"{where}: {report.share:.1%} of {report.mapped + sum(report.row_reasons.values())} "
+            f"{where}: {report.share:.1%} of {report.considered} "
             f"sampled rows would be quarantined, more than an extract allows "
             f"({limit:.1%}, {entity_key(entity)}.max_reject_share or LIFECYCLE_MAX_REJECT_SHARE); "
             f"most: {top}" + reject_hint(top)

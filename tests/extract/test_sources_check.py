@@ -437,3 +437,25 @@ def test_a_source_without_entities_delivers_its_main_entity() -> None:
     assert doc.entity(CRM_CONTACTS) is not None
     assert doc.entity(ORDERS) is not None
     assert doc.entity(ORDER_ITEMS) is None  # not the orders file read as order lines
+
+
+def test_the_check_counts_the_reject_share_as_an_extract_does(tmp_path: Path) -> None:
+    """A repeated row and a bad one among three: the check said 50.0% (its duplicate
+    counted twice in the rows considered) where the extract refused 66.7%."""
+    (tmp_path / "orders.csv").write_text(
+        "customer_id,order_id,ordered_at,amount,quantity\n"
+        "C1,O1,2024-01-01,1.00,1\nC1,O1,2024-01-01,1.00,1\nC2,O2,2024-01-01,2.00,x\n"
+    )
+    yml = f"""
+        version: 1
+        sources:
+          orders:
+            kind: csv
+            entities:
+              orders:
+                path: {tmp_path / "orders.csv"}
+              order_items: {{skip: true}}
+        """
+    result = _run(tmp_path, "sources", "check", "--entity", "orders", yml=yml)
+    assert "3 rows sampled, 3 after mapping, 2 would be quarantined (66.7%)" in result.output
+    assert "columns.quantity: 66.7% of 3 sampled rows would be quarantined" in _one_error(result)
