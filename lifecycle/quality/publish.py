@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 _KINDS = {"r": "table", "p": "table", "v": "view", "m": "materialized view"}
 
 PUBLICATIONS_DDL = """
+-- a transform before any extract (which creates ops) publishes its empty marts too
+create schema if not exists ops;
 create table if not exists ops.marts_publications (
     logical_date date not null,
     relations text[] not null,

@@ -309,3 +309,11 @@ def test_pipeline_run_with_a_wrong_sources_file_says_what_is_wrong_in_one_line(
     assert error.startswith(f"error: {sources}: sources.orders.entities.orders.grain: 'lines'"), (
         error
     )
+
+
+def test_a_transform_before_any_extract_builds_empty_marts(base: dict[str, str]) -> None:
+    """It built every model, then failed to record the publication: `schema "ops" does
+    not exist` (the extract creates it)."""
+    result = _invoke(["transform", "--date", "2024-01-01"], base)
+    assert result.exit_code == 0, result.output
+    assert "marts published to marts" in result.output
