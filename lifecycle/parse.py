@@ -674,6 +674,10 @@ class Checker:
                 own.append((f, "empty", pc.is_null(text)))
             if f.non_negative:
                 own.append((f, "negative", pc.fill_null(pc.less(value, 0), False)))
+            if f.smallest:
+                # half the smallest step rounds to 0 in the column
+                tiny = pc.and_(pc.greater_equal(value, 0), pc.less(value, f.smallest / 2))
+                own.append((f, "tiny", pc.fill_null(tiny, False)))
             if f.currency_code:
                 # Any ISO 4217 code passes (transform converts each at its day's rate);
                 # a word or a symbol is no code. Stored upper-case: brl is BRL.
@@ -826,6 +830,8 @@ class Checker:
             return f"{f.name}: {value!r} is not a valid {f.type}"
         if kind == "empty":
             return f"{f.name} is empty"
+        if kind == "tiny":
+            return f"{f.name} {value} is no {f.name}: it must be at least {f.smallest:.10f}"
         if kind == "after_update":
             return (
                 f"{f.name} {value} is more than a day after the order's updated_at: an order "

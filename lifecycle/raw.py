@@ -62,6 +62,9 @@ class Field:
     one_of: tuple[str, ...] = ()
     # text: at most this many characters (identifiers: ID_MAX_LENGTH), see length_limit
     max_length: int | None = None
+    # numbers: above 0 once stored (rates: a 0 was dropped by staging, then the day was
+    # converted at another rate; 1e-12 was stored as 0 in numeric(20, 10))
+    smallest: float | None = None
 
     @property
     def length_limit(self) -> int | None:
@@ -251,6 +254,7 @@ FX_RATES = RawEntity(
             required=True,
             nullable=False,
             non_negative=True,
+            smallest=1e-10,
             pg_type="numeric(20, 10)",
         ),
     ),

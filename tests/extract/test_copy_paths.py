@@ -32,7 +32,7 @@ from lifecycle.parse import (
     hash_strings,
     type_column,
 )
-from lifecycle.raw import CRM_CONTACTS, MARKETING_SPEND, ORDERS, RawEntity
+from lifecycle.raw import CRM_CONTACTS, FX_RATES, MARKETING_SPEND, ORDERS, RawEntity
 from lifecycle.sample.world import WorldConfig, generate_world
 from tests.conftest import make_settings, scratch_database
 
@@ -361,3 +361,23 @@ def test_numbers_at_every_base_10000_boundary_land_exactly(fresh_db: str) -> Non
     assert [r[7] for r in _rows(fresh_db, ORDERS)] == [
         Decimal(a).quantize(Decimal("0.01")) for a in amounts
     ]
+
+
+def test_a_rate_of_zero_or_too_small_to_keep_is_quarantined(fresh_db: str) -> None:
+    """A 0 loaded, then staging dropped it and the day took another rate; 1e-12 was stored
+    as 0.0000000000 and the transform said the currency had no rate at all."""
+    text = (
+        "date,currency,rate\n2024-01-01,EUR,1.08\n2024-01-01,JPY,0\n"
+        "2024-01-01,VND,1e-12\n2024-01-01,IDR,0.0000615\n2024-01-01,XAU,0.0000000001\n"
+    )
+    res = load_batch(fresh_db, FX_RATES, D1, ALL_UNTIL_D1, _chunks(text), max_reject_share=0.9)
+    assert (res.rows_loaded, res.rows_quarantined) == (3, 2)
+    assert _rows_of(fresh_db, "select _line, reason from raw.quarantine order by 1") == [
+        (3, "rate 0 is no rate: it must be at least 0.0000000001"),
+        (4, "rate 1e-12 is no rate: it must be at least 0.0000000001"),
+    ]
+
+
+def _rows_of(url: str, query: str) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(query).fetchall()
