@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import codecs
 import datetime as dt
+import glob as globmod
 import hashlib
 import json
 import re
@@ -594,8 +595,20 @@ class SourcesFile(_Strict):
         return emap.format or src.format or self.defaults.format
 
     def path_of(self, src: Source, emap: EntityMap) -> str | None:
-        """Return the file, glob or URL of this entity's files."""
-        return emap.path or src.path
+        """Return the file, glob or URL of this entity's files.
+
+        A relative path is the sources file's folder's, as in dbt's and Meltano's files:
+        under a scheduler the working directory is anyone's guess. One that names
+        nothing there but does from the working directory (how it was read before) is
+        still read from there.
+        """
+        path = emap.path or src.path
+        if not path or "://" in path or Path(path).is_absolute() or self.origin == "built-in":
+            return path
+        beside = Path(self.origin).parent / path
+        if beside.parent == Path(".") or any(globmod.glob(str(beside))):
+            return str(beside)
+        return path if any(globmod.glob(path)) else str(beside)
 
     # ------------------------------------------------------------- contract checks
 
