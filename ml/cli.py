@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import sys
 
 import click
@@ -23,6 +24,9 @@ PARTIAL_EXIT = 3
 
 
 def _quiet_mlflow() -> None:
+    # MLflow sets its loggers' level when it is imported (later than this): its own
+    # setting says which ("Creating initial MLflow database tables..." is no news)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
