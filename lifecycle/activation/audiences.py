@@ -166,10 +166,11 @@ def parse_audiences(doc: Any, source: str = "audiences.yml") -> list[Audience]:
         seen.add(audience.name)
         out.append(audience)
     if errors:
-        lines = "\n".join(f"  - {_capped(e)}" for e in errors[:20])
+        # one line, as every error the CLI prints
+        listed = "; ".join(_capped(e) for e in errors[:20])
         if len(errors) > 20:
-            lines += f"\n  - ... and {len(errors) - 20} more"
-        raise AudienceFileError(f"{source} has {len(errors)} problem(s):\n{lines}")
+            listed += f"; ... and {len(errors) - 20} more"
+        raise AudienceFileError(f"{source} has {len(errors)} problem(s): {listed}")
     return out
 
 

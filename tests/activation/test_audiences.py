@@ -84,6 +84,7 @@ def test_every_problem_is_listed_at_once() -> None:
         parse_audiences(doc)
     text = str(err.value)
     assert "has 2 problem(s)" in text
+    assert "\n" not in text  # the CLI's error is one line
     assert "audience 'a': filter[0]: unknown column 'x'" in text
     assert "audience 'b': description is required" in text
 
