@@ -72,6 +72,7 @@ def _chunks(
 
     for url in found:
         compression = _compression(src, emap, sources)
+        before = _version(url)
         try:
             if compression == "infer" and url.lower().endswith(".zip"):
                 fh = _zip_member(url)
@@ -96,6 +97,23 @@ def _chunks(
                 yield readers.read_jsonl(stream, _locator(url), entity.names)
             else:
                 yield from readers.read_parquet_chunks(fh, _locator(url))
+        if _version(url) != before:
+            # an export rewritten while it was read: the rows read are of neither version
+            raise LoadError(
+                f"{_locator(url)}: the file changed while it was read (its size or time "
+                "moved): nothing was published; run again once it is written"
+            )
+
+
+def _version(url: str) -> tuple:
+    """Return what says a file changed: its size and modification time (or ETag)."""
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        info = fs.info(path)
+    except (OSError, ValueError):
+        return ()
+    when = info.get("mtime") or info.get("LastModified") or info.get("ETag") or info.get("etag")
+    return (info.get("size"), str(when))
 
 
 def _zip_member(url: str) -> BinaryIO:

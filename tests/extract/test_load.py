@@ -531,3 +531,32 @@ def test_a_load_waits_for_an_erasure_being_applied(tmp_path: Path, fresh_db: str
             load.kill()
     assert load.returncode == 0, err[-2000:]
     assert _rows(fresh_db, "select count(*) from raw.orders__orders") == [(1_000,)]
+
+
+def test_a_file_rewritten_while_it_is_read_publishes_nothing(
+    tmp_path: Path, fresh_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export rewritten mid-read loaded rows that were in neither version of it."""
+    from lifecycle.extract import readers
+
+    src = tmp_path / "orders.csv"
+    _many_orders(tmp_path, 2_000)
+    src.write_bytes((tmp_path / "world/orders/orders.csv").read_bytes())
+    sources = tmp_path / "sources.yml"
+    sources.write_text(
+        "version: 1\nsources:\n  orders:\n    kind: csv\n    entities:\n"
+        f"      orders: {{path: {src}}}\n      order_items: {{skip: true}}\n"
+    )
+    real = readers.read_csv_chunks
+
+    def rewritten_after_the_first_chunk(*args, **kwargs):
+        for i, chunk in enumerate(real(*args, **kwargs)):
+            yield chunk
+            if i == 0:  # the export job writes the file again meanwhile
+                src.write_text(ORDERS_HEADER + "O1,C1,a@x.com,2023-12-31T10:00:00Z,,,,1.00,1\n")
+
+    monkeypatch.setattr(readers, "read_csv_chunks", rewritten_after_the_first_chunk)
+    s = _settings(tmp_path, fresh_db, LIFECYCLE_SOURCES_FILE=str(sources))
+    with pytest.raises(LoadError, match=r"orders\.csv: the file changed while it was read"):
+        extract("orders", dt.date(2024, 1, 1), s)
+    assert _rows(fresh_db, "select count(*) from raw.orders__orders") == [(0,)]
