@@ -510,8 +510,9 @@ class Business(_Strict):
 
     @property
     def planning_rates(self) -> dict[str, float]:
-        """Rates to the reporting currency known without the rates file (the sample
-        world's: USD_PLANNING_RATES with a USD reporting currency, then fixed_rates)."""
+        """Rates to the reporting currency known without the rates file: the sample
+        world's USD_PLANNING_RATES with a USD reporting currency (a sources file's currency
+        converted at one of them alone is a warning of the transform), then fixed_rates."""
         rates = dict(USD_PLANNING_RATES) if self.currency == "USD" else {}
         rates.update(self.stated_rates)
         return rates

@@ -135,6 +135,7 @@ class TransformResult:
     marts_schema: str = MARTS_SCHEMA  # where the marts were built
     published: bool = False  # moved into `marts` after the build (write-audit-publish)
     listed: list[str] | None = None  # what `dbt ls` printed (None for other commands)
+    warnings: list[str] = field(default_factory=list)  # e.g. a currency at a planning rate
 
     @property
     def failed(self) -> list[NodeResult]:
@@ -227,43 +228,41 @@ def business_vars(sources: SourcesFile) -> dict[str, Any]:
     return {
         "business_timezone": business.timezone,
         "reporting_currency": business.currency,
-        "fx_rates": fallback_rates(sources),
+        "fx_rates": business.planning_rates,
     }
-
-
-def fallback_rates(sources: SourcesFile) -> dict[str, float]:
-    """Return the rates used where the rates file has none: the sample world's planning
-    rates (EUR 1.08, GBP 1.27 to USD) for the built-in sources, a sources file's own
-    fixed_rates otherwise. A user's EUR orders were converted at 1.08 without a word."""
-    business = sources.business
-    return business.planning_rates if sources.origin == "built-in" else business.stated_rates
 
 
 #: The raw tables whose amounts are converted, and their currency columns.
 CONVERTED = (("orders__orders", "currency"), ("marketing__spend", "currency"))
 
 
-def check_currencies(sources: SourcesFile, url: str) -> None:
+def check_currencies(sources: SourcesFile, url: str) -> list[str]:
     """Raise :class:`TransformError` naming every currency of the raw orders and spend
     that has no rate to the reporting currency: not in the rates (raw.fx__rates) nor in
     the planning rates. Amounts in mixed currencies are never summed unconverted.
 
     Checked here, before dbt, so the message names the currency and where to add it
-    (a dbt test on the converted amounts only says how many rows are null).
+    (a dbt test on the converted amounts only says how many rows are null). Returns a
+    warning per currency of a sources file converted at the sample world's planning
+    rates (EUR 1.08, GBP 1.27 to USD) alone: near the truth, but nobody said so.
     """
     from lifecycle.warehouse import connect
 
     business = sources.business
-    known = set(fallback_rates(sources))
+    known = set(business.planning_rates)
+    stated = set(business.stated_rates)
     found: dict[str, list[str]] = {}
+    assumed: dict[str, list[str]] = {}
     with connect(url) as conn:
+        fx: set[str] = set()
         if conn.execute("select to_regclass('raw.fx__rates')").fetchone()[0] is not None:
-            known |= {
+            fx = {
                 row[0]
                 for row in conn.execute(
                     "select distinct upper(btrim(currency)) from raw.fx__rates where rate > 0"
                 )
             }
+            known |= fx
         for table, column in CONVERTED:
             if conn.execute("select to_regclass(%s)", (f"raw.{table}",)).fetchone()[0] is None:
                 continue
@@ -274,6 +273,8 @@ def check_currencies(sources: SourcesFile, url: str) -> None:
             for code, count in conn.execute(query, (business.currency,)):
                 if code not in known:
                     found.setdefault(code, []).append(f"{count:,} rows of raw.{table}")
+                elif code not in stated and code not in fx and sources.origin != "built-in":
+                    assumed.setdefault(code, []).append(f"{count:,} rows of raw.{table}")
     if found:
         where = sources.origin if sources.origin != "built-in" else "a sources file"
         problems = "; ".join(
@@ -284,6 +285,12 @@ def check_currencies(sources: SourcesFile, url: str) -> None:
             f"{problems}: add it to the rates file (business.rates) or to "
             f"business.fixed_rates in {where}"
         )
+    return [
+        f"currency {code!r} converted to {business.currency} at the sample world's planning "
+        f"rate {business.planning_rates[code]} ({', '.join(tables)}): no rate for it in the "
+        f"rates file (business.rates) or business.fixed_rates of {sources.origin}"
+        for code, tables in sorted(assumed.items())
+    ]
 
 
 # ------------------------------------------------------------------------ invocation
@@ -529,7 +536,9 @@ def transform(
     if full_refresh:
         args.append("--full-refresh")
     # amounts in a currency without a rate must not reach the marts: refuse, naming it
-    check_currencies(business_sources(settings), _warehouse_url(settings))
+    warnings = check_currencies(business_sources(settings), _warehouse_url(settings))
+    for warning in warnings:
+        log.warning("%s", warning)
     if select:
         args += ["--select", *select]
     if not unit_tests:
@@ -551,6 +560,7 @@ def transform(
             quiet=quiet,
         )
         result.marts_schema = BUILD_SCHEMA
+        result.warnings = warnings
         mark_built(logical_date, settings)
         if publish:
             publish_marts(logical_date, settings)
@@ -617,3 +627,5 @@ def transform_command(
         click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
         sys.exit(1)
     click.echo(result.describe())
+    for warning in result.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)

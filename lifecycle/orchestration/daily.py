@@ -276,7 +276,14 @@ def transform() -> dict[str, Any]:
         raise  # not the data: the task's retries wait for the warehouse to come back
     except TransformError as exc:
         raise AirflowFailException(f"dbt build as of {day} failed:\n{exc}") from exc
-    return {"as_of_date": day.isoformat(), **result.counts(), "seconds": round(result.elapsed_s, 1)}
+    facts = {
+        "as_of_date": day.isoformat(),
+        **result.counts(),
+        "seconds": round(result.elapsed_s, 1),
+    }
+    if result.warnings:  # printed whole under the task's line by `lifecycle pipeline run`
+        facts["warnings"] = result.warnings
+    return facts
 
 
 @task(task_id="validate_marts", multiple_outputs=False, execution_timeout=GATE_TIMEOUT)

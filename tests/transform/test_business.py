@@ -245,11 +245,14 @@ def test_date_cursor_windows_in_the_business_zone(embedded_settings, dbt_home, t
         assert rows(url, "select count(*) from raw.marketing__spend") == [(3,)]
 
 
-def test_a_sources_file_in_usd_has_no_hidden_rates(embedded_settings, tmp_path) -> None:
+def test_a_sources_file_in_usd_says_which_currency_took_a_planning_rate(
+    embedded_settings, tmp_path
+) -> None:
     """EUR and GBP orders of a sources file with no rates were converted at the sample
-    world's planning rates (1.08, 1.27) without a word; the transform names them."""
+    world's planning rates (1.08, 1.27) without a word: the transform says so, once per
+    currency (the built-in sources of the sample world keep them silently)."""
     from lifecycle.sources_file import builtin_sources
-    from lifecycle.transform import check_currencies, fallback_rates
+    from lifecycle.transform import check_currencies
 
     write(tmp_path / "orders.csv", ORDERS)
     path = write(
@@ -262,13 +265,13 @@ def test_a_sources_file_in_usd_has_no_hidden_rates(embedded_settings, tmp_path) 
             tmp_path / "home", LIFECYCLE_WAREHOUSE_URL=url, LIFECYCLE_SOURCES_FILE=str(path)
         )
         extract("orders", AS_OF, settings, full=True)
-        sources = load_sources(settings)
-        assert fallback_rates(sources) == {"USD": 1.0}
-        with pytest.raises(TransformError) as caught:
-            check_currencies(sources, url)
-    assert str(caught.value).startswith(
-        "currency 'EUR' has no rate to USD (1 rows of raw.orders__orders); currency 'GBP' has "
-        "no rate to USD (2 rows of raw.orders__orders): add it to the rates file"
-    )
-    # the sample world (no sources file) keeps its planning rates
-    assert fallback_rates(builtin_sources(settings)) == {"USD": 1.0, "EUR": 1.08, "GBP": 1.27}
+        warned = check_currencies(load_sources(settings), url)
+        assert check_currencies(builtin_sources(settings), url) == []
+    assert warned == [
+        f"currency 'EUR' converted to USD at the sample world's planning rate 1.08 (1 rows of "
+        f"raw.orders__orders): no rate for it in the rates file (business.rates) or "
+        f"business.fixed_rates of {path}",
+        f"currency 'GBP' converted to USD at the sample world's planning rate 1.27 (2 rows of "
+        f"raw.orders__orders): no rate for it in the rates file (business.rates) or "
+        f"business.fixed_rates of {path}",
+    ]
