@@ -114,12 +114,16 @@ BAD_SOURCES = {
 
 @pytest.mark.parametrize("case", list(BAD_SOURCES))
 @pytest.mark.parametrize("command", [["sources", "check"], ["extract", "--date", "2024-01-01"]])
-def test_a_bad_sources_file_is_one_error_line(case: str, command: list[str], tmp_path: Path):
+def test_a_bad_sources_file_is_one_error_line(
+    case: str, command: list[str], tmp_path: Path, fresh_db: str
+):
     text, message = BAD_SOURCES[case]
     write(tmp_path / "sources.yml", text.replace("{tmp}", str(tmp_path)))
     write(tmp_path / "orders.csv", HEADER + "O1,C1,2024-01-01,10\n")
     (tmp_path / "folder").mkdir()
-    line = _one_error(_invoke(tmp_path, command))
+    # the test's warehouse: an extract that gets as far as the path would otherwise start
+    # an embedded server in tmp_path, left running after the test
+    line = _one_error(_invoke(tmp_path, command, LIFECYCLE_WAREHOUSE_URL=fresh_db))
     message = message.replace("{tmp}", str(tmp_path))
     assert line.startswith(f"error: {tmp_path / 'sources.yml'}: {message}"), line
 
