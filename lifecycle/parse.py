@@ -75,8 +75,8 @@ class Chunk:
     # Things worth a line in the run log that are not rows (an empty file): the loader
     # counts them with the batch's result.
     warnings: list[str] = field(default_factory=list)
-    #: Rows whose value was a JSON array, object or true/false (or a Parquet list,
-    #: struct or boolean), per source column: its text is JSON, which no id may be.
+    #: Rows whose JSON value was an array, object or true/false, per source column (the
+    #: JSON readers set it): its text is JSON, which no id may be.
     structured: dict[str, np.ndarray] | None = None
 
     def source_of(self, i: int) -> str:
@@ -126,9 +126,11 @@ class Chunk:
         return cls(table, source, lines, structured=structured or None)
 
 
-def json_kind(text: str) -> str:
-    """Return what the JSON text of a non-scalar value is (a Chunk.structured value)."""
-    return {"[": "a JSON array", "{": "a JSON object"}.get(text[:1], "a JSON boolean")
+def not_an_id(name: str, text: str) -> str:
+    """Return why the JSON text of a non-scalar value (Chunk.structured) is no id: the
+    reason the checker and the mapping step both give."""
+    kind = {"[": "a JSON array", "{": "a JSON object"}.get(text[:1], "a JSON boolean")
+    return f"{name}: {text!r} is {kind}, not an id"
 
 
 def _as_text(v: object) -> str | None:
@@ -848,7 +850,7 @@ class Checker:
                 f"the {f.length_limit} an {what} may have (a shifted column?)"
             )
         if kind == "structured":
-            return f"{f.name}: {value!r} is {json_kind(value)}, not an id"
+            return not_an_id(f.name, value)
         if kind == "negative":
             return f"{f.name} {value} is negative"
         if kind == "one_of":

@@ -47,6 +47,7 @@ from lifecycle.parse import (
     _cast,
     _empty_to_null,
     local_to_utc,
+    not_an_id,
     utc_text,
 )
 from lifecycle.raw import Field, RawEntity
@@ -410,15 +411,11 @@ class Mapper:
         for column in fmap.source_columns:
             mask = chunk.structured.get(column)
             if mask is not None:
-                text = chunk.table.column(column).combine_chunks()
-                kinds = pc.if_else(
-                    pc.starts_with(text, "["),
-                    "a JSON array",
-                    pc.if_else(pc.starts_with(text, "{"), "a JSON object", "a JSON boolean"),
-                )
-                what = pc.binary_join_element_wise("is ", kinds, ", not an id", "")
-                message = pc.binary_join_element_wise(_message(name, text, ""), what, "")
-                reasons = _merge(reasons, pc.if_else(pa.array(mask), message, None))
+                text = chunk.table.column(column)
+                said: list[str | None] = [None] * len(mask)
+                for i in np.flatnonzero(mask).tolist():  # the few rows that hold one
+                    said[i] = not_an_id(name, text[i].as_py())
+                reasons = _merge(reasons, pa.array(said, _TEXT))
         return reasons
 
     def _value(
