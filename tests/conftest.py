@@ -24,6 +24,13 @@ EXTERNAL_ADMIN_URL = os.environ.get(
 )
 
 
+def cli_env(**settings: str) -> dict[str, str]:
+    """Return this process's environment without its LIFECYCLE_* settings, plus
+    `settings`: what a CLI subprocess of a test runs with."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")}
+    return clean | settings
+
+
 def run_cli(
     args: Sequence[str],
     env: Mapping[str, str],

@@ -17,7 +17,7 @@ import pytest
 
 from lifecycle.extract import extract
 from lifecycle.load import LoadError
-from tests.conftest import ORDERS_HEADER
+from tests.conftest import ORDERS_HEADER, ORDERS_ONLY_SOURCES, cli_env
 from tests.conftest import world_settings as _settings
 from tests.conftest import write_file as _write
 
@@ -501,11 +501,11 @@ def test_a_load_waits_for_an_erasure_being_applied(tmp_path: Path, fresh_db: str
     the erasure committed). A load and an erasure now exclude each other: the batch holds
     the erasure's lock shared for its transaction, the erasure takes it alone."""
     _many_orders(tmp_path, 1_000)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")} | {
-        "LIFECYCLE_HOME": str(tmp_path / "home"),
-        "LIFECYCLE_WAREHOUSE_URL": fresh_db,
-        "LIFECYCLE_WORLD_DIR": str(tmp_path / "world"),
-    }
+    env = cli_env(
+        LIFECYCLE_HOME=str(tmp_path / "home"),
+        LIFECYCLE_WAREHOUSE_URL=fresh_db,
+        LIFECYCLE_WORLD_DIR=str(tmp_path / "world"),
+    )
     with psycopg.connect(fresh_db) as erasure:
         # what lifecycle.privacy.apply holds while it resolves, sweeps and writes the ledger
         erasure.execute("select pg_advisory_xact_lock(hashtext('lifecycle.erasure_apply'))")
@@ -543,10 +543,7 @@ def test_a_file_rewritten_while_it_is_read_publishes_nothing(
     _many_orders(tmp_path, 2_000)
     src.write_bytes((tmp_path / "world/orders/orders.csv").read_bytes())
     sources = tmp_path / "sources.yml"
-    sources.write_text(
-        "version: 1\nsources:\n  orders:\n    kind: csv\n    entities:\n"
-        f"      orders: {{path: {src}}}\n      order_items: {{skip: true}}\n"
-    )
+    sources.write_text(ORDERS_ONLY_SOURCES.format(orders=src))
     real = readers.read_csv_chunks
 
     def rewritten_after_the_first_chunk(*args, **kwargs):

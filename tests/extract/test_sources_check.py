@@ -7,7 +7,6 @@ alike; a good mapping is reported field by field without loading anything.
 
 from __future__ import annotations
 
-import os
 import re
 import textwrap
 from pathlib import Path
@@ -18,7 +17,7 @@ from click.testing import CliRunner
 
 from lifecycle.cli import main
 from lifecycle.settings import get_settings
-from tests.conftest import run_cli
+from tests.conftest import ORDERS_ONLY_SOURCES, cli_env, run_cli
 
 SHOPIFY_CSV = (
     "Name,Email,Created at,Total,Financial Status,Tags\n"
@@ -448,16 +447,7 @@ def test_the_check_counts_the_reject_share_as_an_extract_does(tmp_path: Path) ->
         "customer_id,order_id,ordered_at,amount,quantity\n"
         "C1,O1,2024-01-01,1.00,1\nC1,O1,2024-01-01,1.00,1\nC2,O2,2024-01-01,2.00,x\n"
     )
-    yml = f"""
-        version: 1
-        sources:
-          orders:
-            kind: csv
-            entities:
-              orders:
-                path: {tmp_path / "orders.csv"}
-              order_items: {{skip: true}}
-        """
+    yml = ORDERS_ONLY_SOURCES.format(orders=tmp_path / "orders.csv")
     result = _run(tmp_path, "sources", "check", "--entity", "orders", yml=yml)
     assert "3 rows sampled, 3 after mapping, 2 would be quarantined (66.7%)" in result.output
     assert "columns.quantity: 66.7% of 3 sampled rows would be quarantined" in _one_error(result)
@@ -471,18 +461,14 @@ def test_a_relative_path_is_the_sources_files_folders(tmp_path: Path, fresh_db: 
     (config / "orders.csv").write_text(
         "customer_id,order_id,ordered_at,amount\nC1,O1,2024-01-01,1.00\n"
     )
-    (config / "sources.yml").write_text(
-        "version: 1\nsources:\n  orders:\n    kind: csv\n    entities:\n"
-        "      orders: {path: orders.csv}\n      order_items: {skip: true}\n"
-    )
+    (config / "sources.yml").write_text(ORDERS_ONLY_SOURCES.format(orders="orders.csv"))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")},
-        "LIFECYCLE_HOME": str(tmp_path / "home"),
-        "LIFECYCLE_WAREHOUSE_URL": fresh_db,
-        "LIFECYCLE_SOURCES_FILE": str(config / "sources.yml"),
-    }
+    env = cli_env(
+        LIFECYCLE_HOME=str(tmp_path / "home"),
+        LIFECYCLE_WAREHOUSE_URL=fresh_db,
+        LIFECYCLE_SOURCES_FILE=str(config / "sources.yml"),
+    )
     done = run_cli(
         ["extract", "--source", "orders", "--date", "2024-01-01", "--full"], env, cwd=elsewhere
     )

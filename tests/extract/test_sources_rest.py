@@ -15,7 +15,7 @@ import pytest
 
 from lifecycle.extract import extract
 from lifecycle.sources_file import parse_sources
-from tests.conftest import make_settings
+from tests.conftest import cli_env, make_settings
 
 PEOPLE = [
     {"person_id": f"P{i}", "contact": {"email": f"p{i}@example.com"},
@@ -134,7 +134,6 @@ def test_ctrl_c_while_an_api_that_is_down_is_retried_ends_the_load_at_once(
 ) -> None:
     """The retries' backoff (about 90 s against a closed port) ran on the reader's thread,
     which the interrupted load waited for: Ctrl-C took effect 87 s later."""
-    import os
     import signal
     import subprocess
     import sys
@@ -156,12 +155,12 @@ def test_ctrl_c_while_an_api_that_is_down_is_retried_ends_the_load_at_once(
         },
     }
     (tmp_path / "sources.yml").write_text(yaml.safe_dump(doc))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")} | {
-        "LIFECYCLE_HOME": str(tmp_path / "home"),
-        "LIFECYCLE_WAREHOUSE_URL": fresh_db,
-        "LIFECYCLE_SOURCES_FILE": str(tmp_path / "sources.yml"),
-        "CRM_TOKEN": "tok-123456",
-    }
+    env = cli_env(
+        LIFECYCLE_HOME=str(tmp_path / "home"),
+        LIFECYCLE_WAREHOUSE_URL=fresh_db,
+        LIFECYCLE_SOURCES_FILE=str(tmp_path / "sources.yml"),
+        CRM_TOKEN="tok-123456",
+    )
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "lifecycle"), "extract", "--date", "2024-03-31",
          "--source", "crm"],

@@ -20,7 +20,7 @@ from lifecycle.extract import extract
 from lifecycle.load import day_window
 from lifecycle.sources_file import SourcesFileError, load_sources, parse_sources
 from lifecycle.transform import TransformError, transform
-from tests.conftest import make_settings
+from tests.conftest import ORDERS_ONLY_SOURCES, make_settings
 from tests.transform.conftest import rows, scratch_database, write
 
 AS_OF = dt.date(2024, 3, 31)
@@ -256,9 +256,7 @@ def test_a_sources_file_in_usd_says_which_currency_took_a_planning_rate(
 
     write(tmp_path / "orders.csv", ORDERS)
     path = write(
-        tmp_path / "sources.yml",
-        "version: 1\nsources:\n  orders:\n    kind: csv\n    entities:\n      orders:\n"
-        f"        path: {tmp_path / 'orders.csv'}\n      order_items: {{skip: true}}\n",
+        tmp_path / "sources.yml", ORDERS_ONLY_SOURCES.format(orders=tmp_path / "orders.csv")
     )
     with scratch_database(embedded_settings) as url:
         settings = make_settings(

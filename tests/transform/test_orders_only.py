@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from lifecycle.transform import transform
+from tests.conftest import cli_env
 from tests.transform.conftest import land, rows, scratch_database, settings_for, write
 
 AS_OF = dt.date(2024, 6, 30)
@@ -121,7 +122,6 @@ def test_an_interrupted_build_publishes_nothing(built, dbt_home, tmp_path) -> No
     """Ctrl-C during the dbt build: dbt's runner caught it and at times ran on to the
     end, then the marts were published and the command exited 0. Now it exits 130 with
     `error: interrupted` and the published marts stay as they were."""
-    import os
     import signal
     import subprocess
     import sys
@@ -130,12 +130,11 @@ def test_an_interrupted_build_publishes_nothing(built, dbt_home, tmp_path) -> No
     url, _ = built
     count = "select count(*) from ops.marts_publications"
     [(published,)] = rows(url, count)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")},
-        "LIFECYCLE_HOME": str(dbt_home),
-        "LIFECYCLE_WAREHOUSE_URL": url,
-        "LIFECYCLE_WORLD_DIR": str(tmp_path / "no-world"),
-    }
+    env = cli_env(
+        LIFECYCLE_HOME=str(dbt_home),
+        LIFECYCLE_WAREHOUSE_URL=url,
+        LIFECYCLE_WORLD_DIR=str(tmp_path / "no-world"),
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "lifecycle.cli", "transform", "--date", str(AS_OF)],
         env=env,
