@@ -649,15 +649,15 @@ def fit_churn(
                 f"the {name} rows have a single class ({len(frame)} rows): "
                 "too few customers or snapshots to train a churn model"
             )
-        fewest = labels.astype(bool).value_counts()
-        if name == "calibration" and fewest.min() < CALIBRATION_FOLDS:
+        counts = labels.astype(bool).value_counts()
+        if name == "calibration" and counts.max() < CALIBRATION_FOLDS:
             # scikit-learn's words were "n_splits=5 cannot be greater than the number of
-            # members in each class"
-            which = "churned" if fewest.idxmin() else "active"
+            # members in each class"; its stratified folds refuse only when every class is
+            # smaller than the fold count (one small class is a warning, and calibrates)
             raise ValueError(
-                f"the calibration rows hold {fewest.min()} {which} customer(s) of "
-                f"{len(frame)}: calibrating takes at least {CALIBRATION_FOLDS} of each "
-                "(more customers, or more history)"
+                f"the calibration rows hold {counts.get(True, 0)} churned and "
+                f"{counts.get(False, 0)} active customer(s): calibrating takes at least "
+                f"{CALIBRATION_FOLDS} of one of them (more customers, or more history)"
             )
     params = {**spec["model"]["params"], **(candidate.get("params") or {})}
     monotonic = candidate.get("monotonic") or {}

@@ -413,16 +413,22 @@ def test_the_resampled_roc_auc_is_sklearns_on_the_resampled_rows() -> None:
         assert ranked.auc(weights) == pytest.approx(roc_auc_score(y[idx], score[idx]), abs=1e-12)
 
 
-def test_calibration_rows_with_too_few_of_a_class_are_said_so() -> None:
+def test_calibration_rows_with_too_few_of_both_classes_are_said_so() -> None:
     """Tiny data leaked scikit-learn's "n_splits=5 cannot be greater than the number of
-    members in each class" as the command's error line."""
+    members in each class" as the command's error line; one small class still calibrates
+    (the orders-only world of test_orders_only_train has 4 active customers of 44)."""
     spec = load_churn_spec({"model": {"params": {"max_iter": 10}}})
-    calibration = _customers(200, 2)
+    calibration = _customers(8, 2)
     calibration["churned"] = False
-    calibration.loc[:2, "churned"] = True  # 3 churned customers of 200
+    calibration.loc[:3, "churned"] = True  # 4 churned and 4 active customers
     with pytest.raises(ValueError) as caught:
         fit_churn(_customers(1000, 1), calibration, spec)
     assert str(caught.value) == (
-        "the calibration rows hold 3 churned customer(s) of 200: calibrating takes at least "
-        "5 of each (more customers, or more history)"
+        "the calibration rows hold 4 churned and 4 active customer(s): calibrating takes at "
+        "least 5 of one of them (more customers, or more history)"
     )
+    calibration = _customers(200, 2)
+    calibration["churned"] = False
+    calibration.loc[:2, "churned"] = True  # 3 churned customers of 200
+    model = fit_churn(_customers(1000, 1), calibration, spec)
+    assert model.candidate == "hgb"
