@@ -38,7 +38,7 @@ import zoneinfo
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -357,6 +357,20 @@ class Refunds(_Strict):
         description="source column naming the refunded order: the refund becomes a "
         "refunded version of that order instead of an order of its own",
     )
+    refunded_amount: str | None = Field(
+        None,
+        description="source column holding how much of the order was refunded (Shopify's "
+        "Refunded Amount): a partial refund leaves the order at what was kept, a whole "
+        "one makes it refunded",
+    )
+
+    #: The keys that name a source column.
+    COLUMN_KEYS: ClassVar[tuple[str, ...]] = ("column", "refund_of", "refunded_amount")
+
+    @property
+    def source_columns(self) -> set[str]:
+        """The source columns the refund rules read."""
+        return {c for c in (getattr(self, k) for k in self.COLUMN_KEYS) if c}
 
     @model_validator(mode="after")
     def _marker(self) -> Refunds:

@@ -123,7 +123,7 @@ def check_header(
                     + (f"; did you mean {hint!r}?" if hint else _header_hint(names))
                 )
     if emap.refunds is not None:
-        for key in ("column", "refund_of"):
+        for key in emap.refunds.COLUMN_KEYS:
             col = getattr(emap.refunds, key)
             if col and col not in present:
                 raise SourcesFileError(

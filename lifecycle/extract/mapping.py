@@ -320,7 +320,7 @@ class Mapper:
             return chunk  # every line was rejected: nothing to map, the rejects stay
         fields = self._fields(chunk)
         if self.emap.refunds is not None:
-            self._refunds(chunk, fields)
+            self._refunds(chunk, fields, refunded=self._refunded(chunk, fields))
         table = self._table(fields, chunk)
         return Chunk(
             table,
@@ -345,7 +345,7 @@ class Mapper:
         used = {c for fm in self.emap.columns.values() for c in fm.source_columns}
         used |= {c.split(".")[0] for c in used if c not in names}  # JSON paths use their root
         if self.emap.refunds is not None:
-            used |= {c for c in (self.emap.refunds.column, self.emap.refunds.refund_of) if c}
+            used |= self.emap.refunds.source_columns
         contract = set(self.entity.names)
         if self.emap.extra_columns == "all":
             # A source column named like a contract field is that field (or, when the
@@ -690,8 +690,44 @@ class Mapper:
 
     # --------------------------------------------------------------------- refunds
 
-    def _refunds(self, chunk: Chunk, fields: _Fields, marked: pa.Array | None = None) -> None:
-        """Turn refund rows into refunded orders (amounts positive), in place."""
+    def _refunded(self, chunk: Chunk, fields: _Fields) -> pa.Array | None:
+        """Return the refunded amount of each row (``refunds.refunded_amount``) as floats,
+        with what is not a number failed on ``amount``; None without that rule."""
+        rules = self.emap.refunds
+        if rules is None or not rules.refunded_amount:
+            return None
+        text = self._column(chunk, rules.refunded_amount, "refunds.refunded_amount")
+        number, bad = self._number(f"refunded amount {rules.refunded_amount!r}", text)
+        fields.fail("amount", bad)
+        amount = self.emap.field_map("amount")
+        if amount is not None and amount.scale is not None:
+            number = pc.multiply(number, amount.scale)  # cents, as the amount is
+        # an export may write what went back as a negative number
+        return pc.abs(number)
+
+    def _partly_refunded(self, fields: _Fields, refunded: pa.Array) -> np.ndarray:
+        """Net the amounts of partly refunded orders in place; return where the refund
+        is the whole amount (those orders are refunded)."""
+        paid = _cast(fields.text["amount"], pa.float64())
+        back = pc.fill_null(refunded, 0.0)
+        some = pc.and_(pc.greater(back, 0.0), pc.is_valid(paid))
+        # within half a cent of the amount is all of it (an export's rounding)
+        whole = pc.and_(some, pc.greater_equal(back, pc.subtract(paid, 0.005)))
+        part = pc.and_(some, pc.invert(whole))
+        if pc.any(part).as_py():
+            net = number_text(pc.subtract(paid, back))
+            fields.text["amount"] = pc.if_else(part, net, fields.text["amount"])
+        return pc.fill_null(whole, False).to_numpy(zero_copy_only=False)
+
+    def _refunds(
+        self,
+        chunk: Chunk,
+        fields: _Fields,
+        marked: pa.Array | None = None,
+        refunded: pa.Array | None = None,
+    ) -> None:
+        """Turn refund rows into refunded orders (amounts positive), in place; with a
+        refunded amount per order, partly refunded orders count what was kept."""
         rules = self.emap.refunds
         assert rules is not None
         n = fields.n
@@ -701,6 +737,9 @@ class Mapper:
         elif rules.column:
             refund |= self._marked(chunk).to_numpy(zero_copy_only=False)
         amount = fields.text.get("amount")
+        if refunded is not None and amount is not None:
+            refund |= self._partly_refunded(fields, refunded)
+            amount = fields.text["amount"]
         negative = None
         if amount is not None:
             negative = pc.fill_null(pc.starts_with(pc.utf8_trim_whitespace(amount), "-"), False)
@@ -875,6 +914,9 @@ class Mapper:
                 cols[f"__bad_{name}"] = bad
                 if name not in fields.errors:
                     fields.fail(name, _reasons(bad, name, text, "is not a number"))
+        refunded = self._refunded(chunk, fields)
+        if refunded is not None:
+            cols["__sum_refunded"] = refunded
         for name, reasons in fields.errors.items():
             located = pc.binary_join_element_wise(
                 reasons,
@@ -960,7 +1002,14 @@ class Mapper:
             )
         if self.emap.refunds is not None:
             marked = orders.column("__refund").combine_chunks()
-            self._refunds(Chunk(orders, source, np.empty(0)), fields, marked=marked)
+            refunded = (
+                orders.column("__sum_refunded").combine_chunks()
+                if "__sum_refunded" in names
+                else None
+            )
+            self._refunds(
+                Chunk(orders, source, np.empty(0)), fields, marked=marked, refunded=refunded
+            )
         cols = dict(fields.text)
         for name in orders.column_names:
             if name.startswith("__extra_"):

@@ -211,7 +211,7 @@ def _wanted_columns(entity: RawEntity, emap: EntityMap, columns: list[str]) -> s
     wanted = {c for f in emap.columns.values() for c in f.source_columns}
     wanted |= {c for c in columns if c in entity.names and c not in emap.columns}
     if emap.refunds is not None:
-        wanted |= {c for c in (emap.refunds.column, emap.refunds.refund_of) if c}
+        wanted |= emap.refunds.source_columns
     return wanted | set(emap.extra_columns)
 
 

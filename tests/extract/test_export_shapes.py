@@ -333,7 +333,7 @@ sources:
             column: Status
             values: {{Paid: completed, Partially Refunded: completed, Refunded: refunded,
                       Failed: cancelled}}
-        extra_columns: [Amount Refunded]
+        refunds: {{refunded_amount: Amount Refunded}}
       order_items: {{skip: true}}
 """
 
@@ -357,8 +357,9 @@ def test_stripe_payments_with_guests_known_by_their_email(tmp_path: Path, fresh_
                     Decimal("60.00")),
         "q4r5s6t": ("guest1@example.com", utc(2024, 2, 29, 23, 59), None, "completed", "USD",
                     Decimal("19.99")),
+        # Partially Refunded: 25.00 less the 10.00 of Amount Refunded
         "u7v8w9x": ("cus_PfL5dEf3", utc(2024, 3, 5, 14, 2), None, "completed", "EUR",
-                    Decimal("25.00")),
+                    Decimal("15.00")),
         "y1z2a3b": ("cus_PfL4aBc2", utc(2024, 3, 10, 7, 30), None, "completed", "USD",
                     Decimal("12.50")),
     }  # fmt: skip

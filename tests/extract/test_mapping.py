@@ -292,14 +292,16 @@ def test_the_example_files_shopify_block_reads_an_export_of_line_items(
     doc = {"version": 1, "business": example["business"], "sources": {"orders": orders_block}}
     src = sources_file(tmp_path, yaml.safe_dump(doc))
     out = extract(tmp_path, fresh_db, "2024-03-31", src, LIFECYCLE_MAX_REJECT_SHARE="0.5")
-    # 9 rows of 5 orders: 4 loaded; #1004 has no email (Shopify's customer id here)
-    assert "raw.orders__orders 2024-03-31 success: 5 read, 4 loaded, 1 quarantined" in out
+    # 11 rows of 6 orders: 5 loaded; #1004 has no email (Shopify's customer id here)
+    assert "raw.orders__orders 2024-03-31 success: 6 read, 5 loaded, 1 quarantined" in out
     got = orders(fresh_db)
     assert {k: (v[0], v[3], v[5], v[6]) for k, v in got.items()} == {
         "#1001": ("ann@example.com", "completed", Decimal("57.00"), 3),
         "#1002": ("bob@example.com", "completed", Decimal("18.50"), 2),
         "#1003": ("cleo@example.com", "refunded", Decimal("65.00"), 5),
         "#1005": ("dan@example.com", "cancelled", Decimal("99.00"), 2),
+        # partially_refunded: 80.00 less the 25.00 of its Refunded Amount
+        "#1006": ("eve@example.com", "completed", Decimal("55.00"), 2),
     }
     assert got["#1001"][1] == utc(2024, 3, 5, 19, 2, 11)
     assert got["#1001"][7] == {"Tags": "vip", "Shipping Method": "Standard"}
@@ -369,7 +371,7 @@ def test_sources_check_says_to_read_line_items_as_lines(tmp_path: Path) -> None:
                     "--entity", "orders", LIFECYCLE_SOURCES_FILE=src)  # fmt: skip
     assert out.returncode == 1
     assert (
-        "note: order_id repeats on 4 of 9 sampled rows: if each row is an order line (a "
+        "note: order_id repeats on 5 of 11 sampled rows: if each row is an order line (a "
         "Shopify export has one row per item, the order's fields on its first), set grain: "
         "line to sum the lines into one order"
     ) in out.stdout

@@ -176,6 +176,65 @@ def test_negative_amounts_and_refund_of() -> None:
     ]
 
 
+REFUNDED = {
+    "columns": {
+        "order_id": "Name",
+        "customer_id": "Email",
+        "ordered_at": "Created at",
+        "amount": "Total",
+        "status": {"column": "Financial Status", "values": {"paid": "completed"}},
+    },
+    "refunds": {"refunded_amount": "Refunded Amount"},
+}
+
+
+def test_a_refunded_amount_nets_a_partial_refund_and_refunds_a_whole_one() -> None:
+    """Shopify's partially_refunded orders counted their whole total (mapped completed) or
+    nothing (mapped refunded); its Refunded Amount column says how much went back."""
+    m = mapper(REFUNDED)
+    rows, bad = checked(
+        m,
+        chunk(
+            "Name,Email,Financial Status,Created at,Total,Refunded Amount\n"
+            "#1,a@x.io,paid,2024-01-01T10:00:00Z,45.00,0.00\n"
+            "#2,b@x.io,completed,2024-01-01T10:00:00Z,45.00,10.50\n"  # part of it
+            "#3,c@x.io,paid,2024-01-01T10:00:00Z,45.00,45.00\n"  # all of it
+            "#4,d@x.io,paid,2024-01-01T10:00:00Z,20.00,-20.00\n"  # all, written negative
+            "#5,e@x.io,paid,2024-01-01T10:00:00Z,20.00,\n"  # none said
+            "#6,f@x.io,paid,2024-01-01T10:00:00Z,20.00,some\n"
+        ),
+    )
+    got = [(r["order_id"], r["status"], r["amount"]) for r in rows]
+    assert got == [
+        ("#1", "completed", "45.00"),
+        ("#2", "completed", "34.5"),
+        ("#3", "refunded", "45.00"),
+        ("#4", "refunded", "20.00"),
+        ("#5", "completed", "20.00"),
+    ]
+    assert bad == {7: "refunded amount 'Refunded Amount': 'some' is not a number"}
+
+
+@pytest.mark.parametrize("block", [64, 1 << 20], ids=["lines-span-chunks", "one-chunk"])
+def test_a_refunded_amount_of_an_order_of_lines_nets_its_sum(block: int) -> None:
+    """Shopify writes the order's Total and Refunded Amount on its first line only."""
+    m = mapper({**REFUNDED, "grain": "line"})
+    rows, bad = checked(
+        m,
+        chunk(
+            "Name,Email,Financial Status,Created at,Total,Refunded Amount\n"
+            "#1,a@x.io,paid,2024-01-01T10:00:00Z,60.00,15.00\n"
+            "#2,b@x.io,paid,2024-01-02T10:00:00Z,8.00,8.00\n"
+            "#1,,,,,\n"
+            "#1,,,,,\n",
+            block_bytes=block,
+        ),
+    )
+    assert not bad
+    got = [(r["order_id"], r["status"], r["amount"]) for r in rows]
+    assert got == [("#1", "completed", "45"), ("#2", "refunded", "8")]
+
+
 def test_constants_concat_defaults_and_special_formats() -> None:
     m = mapper(
         {
