@@ -223,8 +223,10 @@ class CsvFormat(_Strict):
     true_values: list[str] | None = None
     false_values: list[str] | None = None
     compression: Literal["infer", "none", "gzip", "bz2", "zstd"] = "infer"
-    sheet: str | int | None = Field(
-        None, description="excel: the sheet, by name or position from 0; default the first"
+    sheet: str | int | list[str | int] | None = Field(
+        None,
+        description="excel: the sheet, by name or position from 0, a list of them, or all "
+        "(every sheet, of the same columns); default the first",
     )
 
     @field_validator("delimiter", "quote_char", "escape_char")
@@ -248,8 +250,14 @@ class CsvFormat(_Strict):
     @field_validator("sheet", mode="before")
     @classmethod
     def _sheet(cls, v: Any) -> Any:
-        if isinstance(v, (bool, float)):
-            raise ValueError(f"expected a sheet name or position (0, 1, ...), got {_yaml_word(v)}")
+        for one in v if isinstance(v, list) else [v]:
+            if isinstance(one, (bool, float)) or (isinstance(v, list) and one is None):
+                raise ValueError(
+                    f"expected a sheet name or position (0, 1, ...), all, or a list of them, "
+                    f"got {_yaml_word(one)}"
+                )
+        if isinstance(v, list) and not v:
+            raise ValueError("expected a sheet name or position (0, 1, ...), got an empty list")
         return v
 
     @field_validator("encoding")

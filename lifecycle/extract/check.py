@@ -426,6 +426,8 @@ def _check_sample(
     report.fields = list(fields.values())
     seen: set[tuple[str, ...]] = set()
     for chunk in chunks:
+        # what the reader says of the file (a workbook's sheets left unread)
+        report.notes += [w for w in chunk.warnings if w not in report.notes]
         names = tuple(chunk.table.column_names)
         if names not in seen and (chunk.table.num_rows or names):
             seen.add(names)

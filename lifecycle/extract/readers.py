@@ -880,21 +880,64 @@ def read_excel_chunks(
         book.close()
 
 
-def _sheet_chunks(book, locator: str, fmt: CsvFormat, rows_per_chunk: int) -> Iterator[Chunk]:
+#: ``format.sheet`` reading every sheet of a workbook (one of the same columns each).
+ALL_SHEETS = "all"
+
+
+def _sheets(book, locator: str, fmt: CsvFormat) -> tuple[list, list[str]]:
+    """Return the sheets `fmt` names, and a warning when the default (the first sheet)
+    leaves others unread: Online Retail II is two sheets, a year each."""
     names = book.sheetnames
     if fmt.sheet is None:
-        sheet = book.worksheets[0]
-    elif isinstance(fmt.sheet, int):
-        if not 0 <= fmt.sheet < len(names):
-            raise LoadError(
-                f"{locator}: sheet {fmt.sheet} does not exist: the workbook has "
-                f"{len(names)} sheet(s) ({', '.join(names)}; counted from 0)"
+        warnings = []
+        if len(names) > 1:
+            others = ", ".join(repr(n) for n in names[1:])
+            warnings.append(
+                f"{locator}: read its first sheet {names[0]!r} only; it also has {others} "
+                f"(format.sheet: {ALL_SHEETS} reads every sheet, or name the one to read)"
             )
-        sheet = book.worksheets[fmt.sheet]
-    elif fmt.sheet in names:
-        sheet = book[fmt.sheet]
-    else:
-        raise LoadError(f"{locator}: no sheet named {fmt.sheet!r} (sheets: {', '.join(names)})")
+        return [book.worksheets[0]], warnings
+    wanted = fmt.sheet if isinstance(fmt.sheet, list) else [fmt.sheet]
+    if wanted == [ALL_SHEETS] and ALL_SHEETS not in names:
+        return list(book.worksheets), []
+    sheets = []
+    for one in wanted:
+        if isinstance(one, int):
+            if not 0 <= one < len(names):
+                raise LoadError(
+                    f"{locator}: sheet {one} does not exist: the workbook has "
+                    f"{len(names)} sheet(s) ({', '.join(names)}; counted from 0)"
+                )
+            sheets.append(book.worksheets[one])
+        elif one in names:
+            sheets.append(book[one])
+        else:
+            raise LoadError(f"{locator}: no sheet named {one!r} (sheets: {', '.join(names)})")
+    return sheets, []
+
+
+def _sheet_chunks(book, locator: str, fmt: CsvFormat, rows_per_chunk: int) -> Iterator[Chunk]:
+    sheets, warnings = _sheets(book, locator, fmt)
+    first: tuple[str, list[str]] | None = None
+    for sheet in sheets:
+        # Rows are numbered per sheet, as Excel shows them: with several sheets, a row is
+        # located by its sheet too (the source of its rows and quarantine).
+        where = locator if len(sheets) == 1 else f"{locator}[{sheet.title}]"
+        for chunk in _one_sheet_chunks(sheet, where, fmt, rows_per_chunk):
+            if first is None and chunk.table.num_columns:
+                first = (sheet.title, chunk.table.column_names)
+            elif chunk.table.num_columns and chunk.table.column_names != first[1]:
+                raise LoadError(
+                    f"{locator}: sheet {sheet.title!r} has other columns than sheet "
+                    f"{first[0]!r} ({', '.join(chunk.table.column_names)} against "
+                    f"{', '.join(first[1])}): name the sheets to read with format.sheet"
+                )
+            chunk.warnings = warnings + chunk.warnings
+            warnings = []
+            yield chunk
+
+
+def _one_sheet_chunks(sheet, locator: str, fmt: CsvFormat, rows_per_chunk: int) -> Iterator[Chunk]:
     rows = sheet.iter_rows(values_only=True)
     number = 0
     for _ in range(fmt.skip_rows):

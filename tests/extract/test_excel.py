@@ -12,6 +12,7 @@ import datetime as dt
 from decimal import Decimal
 from pathlib import Path
 
+import psycopg
 import pytest
 from openpyxl import Workbook
 
@@ -113,6 +114,76 @@ def test_online_retail_workbook_by_sheet_name(tmp_path: Path, fresh_db: str) -> 
         7: "customer_id is empty",
         9: "amount: 'six' is not a number (line 9); quantity: 'six' is not a number (line 9)",
     }
+
+
+def test_a_workbook_of_two_sheets_read_by_default_says_the_second_was_not_read(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """Online Retail II's second year was left out in silence: the default reads the first
+    sheet only, which a user who did not open the workbook cannot know."""
+    path = workbook(tmp_path / "online_retail_II.xlsx")
+    src = sources_file(tmp_path, SOURCES.format(path=path, sheet="null"))
+    said = (
+        f"{path}: read its first sheet 'Year 2009-2010' only; it also has 'Year 2010-2011' "
+        "(format.sheet: all reads every sheet, or name the one to read)"
+    )
+    check = lifecycle(tmp_path, fresh_db, "sources", "check", "--entity", "orders",
+                      LIFECYCLE_SOURCES_FILE=src)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"note: {said}" in check.stdout
+    out = extract(tmp_path, fresh_db, "2010-12-09", src)
+    assert "raw.orders__orders 2010-12-09 success: 1 read, 1 loaded, 0 quarantined" in out
+    assert said in out
+    # naming the sheet says the choice was made: no warning
+    src = sources_file(tmp_path, SOURCES.format(path=path, sheet=0))
+    assert "read its first sheet" not in extract(tmp_path, fresh_db, "2010-12-09", src)
+
+
+def test_every_sheet_of_a_workbook_is_read_with_sheet_all(tmp_path: Path, fresh_db: str) -> None:
+    path = workbook(tmp_path / "online_retail_II.xlsx")
+    src = sources_file(tmp_path, SOURCES.format(path=path, sheet="all"))
+    out = extract(tmp_path, fresh_db, "2010-12-09", src, LIFECYCLE_MAX_REJECT_SHARE="0.5")
+    # both years: the 2009 invoice and the 6 invoices of 2010 (2 quarantined)
+    assert "raw.orders__orders 2010-12-09 success: 7 read, 5 loaded, 2 quarantined" in out
+    assert "read its first sheet" not in out
+    got = orders(fresh_db)
+    assert sorted(got) == ["489434", "536365", "536367", "536370", "C536379"]
+    assert got["489434"][5] == Decimal("83.40")  # 12 × 6.95
+    with psycopg.connect(fresh_db) as conn:
+        rows = conn.execute(
+            "select _source, _line, reason from raw.quarantine order by _line"
+        ).fetchall()
+        sources = conn.execute("select distinct _source from raw.orders__orders").fetchall()
+    # a row is located by its sheet and the sheet's row number
+    assert [(r[0], r[1]) for r in rows] == [
+        (f"{path}[Year 2010-2011]", 7),
+        (f"{path}[Year 2010-2011]", 9),
+    ]
+    assert sorted(s for (s,) in sources) == [f"{path}[Year 2009-2010]", f"{path}[Year 2010-2011]"]
+    # a list names the sheets: the same
+    src = sources_file(tmp_path, SOURCES.format(path=path, sheet="[0, 'Year 2010-2011']"))
+    out = extract(tmp_path, fresh_db, "2010-12-09", src, LIFECYCLE_MAX_REJECT_SHARE="0.5")
+    assert "success: 7 read" in out
+
+
+def test_sheets_of_other_columns_are_one_error_line(tmp_path: Path, fresh_db: str) -> None:
+    path = workbook(tmp_path / "online_retail_II.xlsx")
+    from openpyxl import load_workbook
+
+    book = load_workbook(path)
+    book.create_sheet("Notes").append(["Read me", "first"])
+    book.save(path)
+    src = sources_file(tmp_path, SOURCES.format(path=path, sheet="all"))
+    out = lifecycle(tmp_path, fresh_db, "extract", "--source", "orders", "--date", "2010-12-09",
+                    "--full", LIFECYCLE_SOURCES_FILE=src)  # fmt: skip
+    assert out.returncode == 1
+    assert (
+        f"{path}: sheet 'Notes' has other columns than sheet 'Year 2009-2010' (Read me, first "
+        "against Invoice, StockCode, Description, Quantity, InvoiceDate, Price, Customer ID, "
+        "Country): name the sheets to read with format.sheet"
+    ) in out.stderr + out.stdout
+    assert "Traceback" not in out.stderr
+    assert orders(fresh_db) == {}
 
 
 @pytest.mark.parametrize(

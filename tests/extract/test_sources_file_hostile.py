@@ -191,7 +191,11 @@ def test_good_dialects_still_load(tmp_path: Path, format: str) -> None:
         ("{skip_rows: true}", "format.skip_rows: expected a whole number, got true"),
         ("{skip_rows: false}", "format.skip_rows: expected a whole number, got false"),
         ("{skip_rows: 1.5}", "format.skip_rows: expected a whole number, got 1.5"),
-        ("{sheet: true}", "format.sheet: expected a sheet name or position (0, 1, ...), got true"),
+        (
+            "{sheet: true}",
+            "format.sheet: expected a sheet name or position (0, 1, ...), all, or a list of "
+            "them, got true",
+        ),
     ],
     ids=["true", "false", "fraction", "sheet-true"],
 )
