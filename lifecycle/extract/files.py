@@ -74,7 +74,9 @@ def _chunks(
         compression = _compression(src, emap, sources)
         before = _version(url)
         try:
-            if compression == "infer" and url.lower().endswith(".zip"):
+            if compression == "infer" and src.kind != "excel":
+                compression = sniffed_compression(url)
+            if compression == "zip":
                 fh = _zip_member(url)
             else:
                 fh = fsspec.open(url, "rb", compression=compression).open()
@@ -144,6 +146,29 @@ def _zip_member(url: str) -> BinaryIO:
             "point the path at a glob of its files)"
         )
     return archive.open(members[0])
+
+
+#: The first bytes of each compressed format fsspec reads (and of a zip archive).
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"BZh", "bz2"),
+          (b"PK\x03\x04", "zip"))  # fmt: skip
+
+
+def sniffed_compression(url: str) -> str | None:
+    """Return the compression of `url` by its name, else by its first bytes.
+
+    A compressed export saved without its extension (``orders.csv`` that is gzip, as
+    some download links and `curl -o` leave it) read as text: every line malformed.
+    """
+    from fsspec.utils import infer_compression
+
+    if url.lower().endswith(".zip"):
+        return "zip"
+    named = infer_compression(url)
+    if named is not None:
+        return named
+    with fsspec.open(url, "rb") as raw:
+        head = raw.read(4)
+    return next((kind for magic, kind in _MAGIC if head.startswith(magic)), None)
 
 
 def _compression(src: Source, emap: EntityMap, sources: SourcesFile) -> str | None:

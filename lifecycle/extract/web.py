@@ -20,6 +20,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
+from lifecycle.extract.files import sniffed_compression
 from lifecycle.extract.readers import read_csv_chunks, read_jsonl
 from lifecycle.load import FILE_NOT_READ, LoadError
 from lifecycle.parse import Chunk, Reject, Window
@@ -126,7 +127,7 @@ def _read_file(f: EventFile) -> Chunk:
     if f.ignored:
         return Chunk(pa.table({}), f.url, np.empty(0, np.int64), warnings=[f"{f.url}: {f.ignored}"])
     try:
-        with fsspec.open(f.url, "rb", compression="infer") as fh:
+        with fsspec.open(f.url, "rb", compression=sniffed_compression(f.url)) as fh:
             if f.url.endswith(CSV_SUFFIXES):
                 chunks = list(read_csv_chunks(fh, f.url))
                 return chunks[0] if len(chunks) == 1 else Chunk.concat(chunks, f.url)

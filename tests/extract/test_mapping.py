@@ -825,6 +825,36 @@ def test_a_zstd_compressed_export_is_read(tmp_path: Path, fresh_db: str, compres
     assert {k: v[0] for k, v in orders(fresh_db).items()} == {"O1": "C1", "O2": "C2"}
 
 
+@pytest.mark.parametrize("kind", ["gzip", "zstd", "bz2", "zip"])
+def test_a_compressed_export_without_its_extension_is_read(
+    tmp_path: Path, fresh_db: str, kind: str
+) -> None:
+    """A gzip saved as orders.csv (a download link, `curl -o`) read as text: every line
+    was malformed. Its first bytes say what it is."""
+    import bz2
+    import gzip
+    import zipfile
+
+    import zstandard
+
+    text = b"customer_id,order_id,ordered_at,amount\nC1,O1,2024-03-01,10.00\nC2,O2,2024-03-02,5\n"
+    path = tmp_path / "orders.csv"
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("export/orders.csv", text)
+    else:
+        packed = {
+            "gzip": gzip.compress,
+            "zstd": zstandard.ZstdCompressor().compress,
+            "bz2": bz2.compress,
+        }[kind](text)
+        path.write_bytes(packed)
+    src = sources_file(tmp_path, ORDERS_ONLY_SOURCES.format(orders=path))
+    out = extract(tmp_path, fresh_db, "2024-03-31", src)
+    assert "raw.orders__orders 2024-03-31 success: 2 read, 2 loaded, 0 quarantined" in out
+    assert {k: v[0] for k, v in orders(fresh_db).items()} == {"O1": "C1", "O2": "C2"}
+
+
 def test_a_bad_line_is_quarantined_once_whatever_batch_reads_it_again(
     tmp_path: Path, fresh_db: str
 ) -> None:
