@@ -415,6 +415,7 @@ def load_batch(
     window_filter: bool = True,
     timezone: str = "UTC",
     outcomes: dict[str, str] | None = None,
+    unplaced_refunds: set[str] | None = None,
 ) -> LoadResult:
     """Land `chunks` as the batch of `entity` for `logical_date`, replacing any earlier one.
 
@@ -423,6 +424,8 @@ def load_batch(
     off every row belongs to the batch (for sources that select by file arrival);
     a plain date in a timestamp field is midnight in `timezone`.
     `outcomes` says why a claimed file was not read (default: ``read``).
+    `unplaced_refunds` (filled while `chunks` are mapped) names the orders refunded by a
+    refund row whose order the batch did not hold: see :func:`place_refunds`.
     Raises LoadError when the rejected share passes `max_reject_share`: the batch is
     then not published (its quarantine and run-log entry are, for diagnosis).
     """
@@ -471,6 +474,8 @@ def load_batch(
                 result.rows_loaded = _stream(cur, entity, bid, chunks, checker, state)
                 _drop_refused_quarantine(cur, entity, bid, logical_date, window)
                 if entity is ORDERS:
+                    if unplaced_refunds:
+                        state["warnings"] += place_refunds(cur, bid, unplaced_refunds)
                     state["warnings"] += _orders_moved(cur, bid, result.rows_loaded)
                 _settle_unplaced(cur, entity, bid, state)
                 # forgotten people (lifecycle.privacy) never land, not even on a full reload
@@ -521,6 +526,48 @@ def load_batch(
         raise error
     log.info(result.describe())
     return result
+
+
+def place_refunds(cur: psycopg.Cursor, bid: str, order_ids: set[str]) -> list[str]:
+    """Give the refunded versions of batch `bid` that name orders of earlier batches the
+    customer, email and placing time of the order they refund.
+
+    A refund row naming its order (``refunds.refund_of``) is a refunded version of that
+    order; when its batch holds the order, the mapping copies the order's customer onto
+    it. A daily batch holds the day's refunds of orders loaded days before, and the
+    refund row's own sender is the shop (PayPal): the version made the shop a customer
+    with a refunded order, and moved the order to it. The order's earliest version in
+    raw (of another batch, or an unrefunded one of this) speaks for it instead. Returns
+    a warning for refunds whose order is nowhere: they stay refunded orders of their own.
+    """
+    ids = sorted(order_ids)
+    args = {"bid": bid, "ids": ids}
+    original = (
+        "select distinct on (order_id) order_id, customer_id, email, ordered_at "
+        "from raw.orders__orders where order_id = any(%(ids)s) "
+        "and not (_batch_id = %(bid)s and status = 'refunded') "
+        "order by order_id, ordered_at, _loaded_at, _line"
+    )
+    cur.execute(
+        "update raw.orders__orders n set customer_id = o.customer_id, email = o.email, "
+        f"ordered_at = o.ordered_at from ({original}) o "
+        "where n._batch_id = %(bid)s and n.order_id = o.order_id and n.status = 'refunded' "
+        "and n.order_id = any(%(ids)s)",
+        args,
+    )
+    found = cur.execute(
+        f"with original as ({original}) "
+        "select count(distinct n.order_id), min(n.order_id) from raw.orders__orders n "
+        "where n._batch_id = %(bid)s and n.order_id = any(%(ids)s) and n.status = 'refunded' "
+        "and not exists (select 1 from original o where o.order_id = n.order_id)",
+        args,
+    ).fetchone()
+    if not found or not found[0]:
+        return []
+    return [
+        f"{found[0]} refund(s) name an order that is not loaded (e.g. {found[1]!r}): each "
+        "stays a refunded order of the refund's own sender and time"
+    ]
 
 
 def _orders_moved(cur: psycopg.Cursor, bid: str, rows: int) -> list[str]:

@@ -147,6 +147,7 @@ def _extract_entity(
         window_filter=batch.window_filter,
         timezone=mapper.timezone,
         outcomes=batch.outcomes,
+        unplaced_refunds=mapper.unplaced_refunds,
     )
 
 

@@ -272,6 +272,9 @@ class Mapper:
         self.where = f"sources.{entity.source}.entities.{entity.entity}"
         # (order_id, its _ORIGINAL fields) of the orders seen, for the refunds naming them
         self._placed: list[tuple[pa.Array, dict[str, pa.Array]]] = []
+        #: order ids of refunds naming an order this batch does not hold (an order of an
+        #: earlier day): the load places them as that order's (load.place_refunds)
+        self.unplaced_refunds: set[str] = set()
 
     # ------------------------------------------------------------------ properties
 
@@ -787,6 +790,7 @@ class Mapper:
         updated at the refund's time, placed when the order was and the order's customer
         (if this batch has the order: a PayPal refund comes from the shop's own address)."""
         is_version = pc.is_valid(of)
+        unplaced = is_version
         when = fields.text.get("ordered_at")
         if when is not None:
             updated = fields.text.get("updated_at", _null_text(fields.n))
@@ -795,6 +799,7 @@ class Mapper:
                 ids = pa.concat_arrays([p[0] for p in self._placed])
                 at = pc.index_in(of, value_set=ids)
                 found = pc.and_(is_version, pc.is_valid(at))
+                unplaced = pc.and_(is_version, pc.invert(found))
                 for name in _ORIGINAL:
                     if name not in fields.text or name not in self._placed[0][1]:
                         continue
@@ -802,6 +807,7 @@ class Mapper:
                     fields.text[name] = pc.if_else(found, pc.take(placed, at), fields.text[name])
         ids = fields.text.get("order_id", _null_text(fields.n))
         fields.text["order_id"] = pc.if_else(is_version, of, ids)
+        self.unplaced_refunds.update(of.filter(unplaced).to_pylist())
 
     # ----------------------------------------------------------------- order lines
 

@@ -225,6 +225,61 @@ def test_paypal_activity_download(tmp_path: Path, fresh_db: str) -> None:
     }
 
 
+def test_paypal_refunds_of_earlier_days_are_the_payments_customers(
+    tmp_path: Path, fresh_db: str, embedded_settings
+) -> None:
+    """Loaded day by day, a refund's batch does not hold its payment: the refunded version
+    was the shop's (PayPal writes the shop as the refund's sender), placed at the refund,
+    so the shop became a customer with refunded orders and the payment moved to it. Day
+    by day now lands what a full load lands; a refund of a payment that is nowhere stays
+    a refunded order of its own, said in a warning."""
+    from lifecycle import warehouse as wh
+    from tests.conftest import scratch_database
+
+    export = tmp_path / "paypal.csv"
+    text = (EXPORTS / "paypal_activity.csv").read_text(encoding="utf-8-sig")
+    unknown = (
+        '"2/5/2024","09:00:00","PST","Zed Roe","Payment Refund","Completed","USD","-7.00",'
+        '"0.30","-6.70","shop@example.com","zed@example.com","9ZZ99999ZZ999999Z","","",'
+        '"Mug","","","","","0NOTLOADED0000000","","","","0.00","","Debit"\n'
+    )
+    export.write_text(text + unknown, encoding="utf-8")
+    # the pending payment and the withdrawal are 2 of a day's few rows
+    text = PAYPAL.format(path=export).replace("max_reject_share: 0.2", "max_reject_share: 0.5")
+    src = sources_file(tmp_path, text)
+    days = ["2024-02-03", "2024-02-05", "2024-04-02", "2024-04-09", "2024-12-31"]
+    said = []
+    for n, day in enumerate(days):
+        args = ["extract", "--source", "orders", "--date", day] + (["--full"] if not n else [])
+        out = lifecycle(tmp_path, fresh_db, *args, LIFECYCLE_SOURCES_FILE=src)
+        assert out.returncode == 0, out.stderr
+        said.append(out.stdout)
+
+    def landed(url: str) -> list[tuple]:
+        with psycopg.connect(url) as conn:
+            return conn.execute(
+                "select order_id, customer_id, email, ordered_at, updated_at, status, amount "
+                "from raw.orders__orders order by 1, 5 nulls first"
+            ).fetchall()
+
+    daily = landed(fresh_db)
+    with scratch_database(wh.warehouse_url(embedded_settings, start=False)) as full_db:
+        extract(tmp_path, full_db, days[-1], src)
+        assert landed(full_db) == daily
+    ann, bob = "ann@example.com", "bob@example.com"
+    refunded = {r[0]: r[1:4] for r in daily if r[5] == "refunded"}
+    assert refunded == {
+        "3CD45678EF901234G": (ann, ann, utc(2024, 2, 3, 20)),
+        "9IJ01234KL567890M": (bob, bob, utc(2024, 4, 2, 18, 11, 11)),
+        "0NOTLOADED0000000": ("shop@example.com", "shop@example.com", utc(2024, 2, 5, 17)),
+    }
+    assert (
+        "1 refund(s) name an order that is not loaded (e.g. '0NOTLOADED0000000'): each stays "
+        "a refunded order of the refund's own sender and time"
+    ) in said[1]
+    assert not any("another customer" in out for out in said)
+
+
 def test_a_zone_name_in_a_date_format_is_refused_naming_the_key(
     tmp_path: Path, fresh_db: str
 ) -> None:
