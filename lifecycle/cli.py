@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from lifecycle import __version__
+from lifecycle.errors import print_error
 from lifecycle.options import allow_future_option, parse_date, refuse_future
 from lifecycle.redact import install_log_filter, redact
 from lifecycle.settings import get_settings
@@ -19,23 +20,15 @@ log = logging.getLogger("lifecycle")
 
 
 def _fail(message: str) -> None:
-    click.secho(f"error: {redact(message)}", fg="red", err=True)
+    print_error(message)
     sys.exit(1)
-
-
-#: Longest error message printed: a message may quote the input it chokes on (a YAML
-#: alias bomb expands to megabytes), and the first lines say what went wrong.
-MAX_ERROR_CHARS = 500
 
 
 def error_line(exc: BaseException) -> str:
     """Return the one line that tells the user what failed (capped, no traceback)."""
-    from lifecycle.errors import describe
+    from lifecycle.errors import describe, one_line
 
-    text = " ".join(redact(describe(exc)).split())  # a URL quoted by a library, say
-    if len(text) > MAX_ERROR_CHARS:
-        text = text[:MAX_ERROR_CHARS] + f"... ({len(text):,} characters in all)"
-    return text
+    return one_line(describe(exc))  # a URL quoted by a library, say
 
 
 class LifecycleGroup(click.Group):
@@ -366,7 +359,7 @@ def sources_check(entities: tuple[str, ...], rows: int) -> None:
             click.echo(line)
         errors += report.errors
     for message in errors:
-        click.secho(f"error: {redact(message)}", fg="red", err=True)
+        print_error(message)
     if errors:
         sys.exit(1)
 
@@ -528,7 +521,7 @@ def extract(sources_: tuple[str, ...], day: dt.date, full: bool, allow_future: b
             if refused is not None:  # its quarantine is kept for diagnosis: counted
                 click.echo(refused.describe())
                 quarantined += refused.rows_quarantined
-            click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
+            print_error(exc)
     click.echo(
         f"extract {day}: {len(names)} source(s), {loaded:,} rows loaded, {quarantined:,} "
         f"quarantined in {time.perf_counter() - started:.1f}s" + (", FAILED" if failed else ""),

@@ -8,6 +8,28 @@ from __future__ import annotations
 
 import errno
 
+#: Longest error message printed: a message may quote the input it chokes on (a YAML
+#: alias bomb expands to megabytes), and the first lines say what went wrong.
+MAX_ERROR_CHARS = 500
+
+
+def one_line(text: str) -> str:
+    """Return `text` as one line for an ``error:`` (secrets redacted, capped): libpq's
+    connection errors, a library's hint, span several lines."""
+    from lifecycle.redact import redact
+
+    text = " ".join(redact(text).split())
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS] + f"... ({len(text):,} characters in all)"
+    return text
+
+
+def print_error(message: str | BaseException) -> None:
+    """Print ``error: <message>`` on stderr, on one line."""
+    import click
+
+    click.secho(f"error: {one_line(str(message))}", fg="red", err=True)
+
 
 def describe(exc: BaseException) -> str:
     """Return what went wrong in `exc`, for people: the cause, not the call stack."""

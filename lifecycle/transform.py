@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lifecycle import warehouse
+from lifecycle.errors import print_error
 from lifecycle.options import allow_future_option, parse_date, refuse_future
-from lifecycle.redact import redact
 from lifecycle.settings import Settings, environment, get_settings
 
 if TYPE_CHECKING:
@@ -624,7 +624,7 @@ def transform_command(
             publish=publish,
         )
     except TransformError as exc:
-        click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
+        print_error(exc)
         sys.exit(1)
     click.echo(result.describe())
     for warning in result.warnings:

@@ -14,8 +14,8 @@ import sys
 
 import click
 
+from lifecycle.errors import print_error
 from lifecycle.options import parse_date
-from lifecycle.redact import redact
 from lifecycle.settings import get_settings
 
 #: Exit code of `lifecycle train` when some models were trained and registered but not all
@@ -32,7 +32,7 @@ def _quiet_mlflow() -> None:
 
 
 def _fail(message: str) -> None:
-    click.secho(f"error: {redact(message)}", fg="red", err=True)
+    print_error(message)
     sys.exit(1)
 
 

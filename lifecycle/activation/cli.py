@@ -8,8 +8,8 @@ import sys
 
 import click
 
+from lifecycle.errors import print_error
 from lifecycle.options import parse_date
-from lifecycle.redact import redact
 from lifecycle.settings import get_settings
 
 
@@ -32,7 +32,7 @@ def export_command(day: dt.date, audience: str | None, run_id: str | None, as_js
     try:
         result = run_activation(day, get_settings(), audience=audience, run_id=run_id)
     except (ActivationError, AudienceFileError, PushError, WarehouseError) as exc:
-        click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
+        print_error(exc)
         sys.exit(1)
     click.echo(json.dumps(result.facts(), indent=2) if as_json else result.summary())
 
@@ -56,7 +56,7 @@ def lift_command(day: dt.date, audience: str | None, as_json: bool) -> None:
         with connect(warehouse_url(get_settings()), autocommit=True) as conn:
             lifts = measure_lift(conn, day, audience)
     except (LiftError, WarehouseError) as exc:
-        click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
+        print_error(exc)
         sys.exit(1)
     if as_json:
         click.echo(json.dumps([x.facts() for x in lifts], indent=2))

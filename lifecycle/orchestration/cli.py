@@ -20,9 +20,10 @@ import sys
 
 import click
 
+from lifecycle.errors import print_error
 from lifecycle.options import allow_future_option, parse_date, refuse_future
 from lifecycle.orchestration.config import DAILY_DAG_ID, EXECUTORS
-from lifecycle.redact import install_log_filter, redact
+from lifecycle.redact import install_log_filter
 
 
 def _conf(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dict:
@@ -61,7 +62,7 @@ def _run(dates: list[dt.date], dag_id: str, conf: dict, verbose: bool) -> None:
     try:
         reports = run_dates(dates, dag_id=dag_id, conf=conf, echo=click.echo, verbose=verbose)
     except PipelineRunError as exc:
-        click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
+        print_error(exc)
         day = exc.report.logical_date
         last = exc.remaining[-1] if exc.remaining else day
         again = (
@@ -72,7 +73,7 @@ def _run(dates: list[dt.date], dag_id: str, conf: dict, verbose: bool) -> None:
         click.secho(f"fix the cause, then resume with: {again}", err=True)
         sys.exit(1)
     except OrchestrationError as exc:
-        click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
+        print_error(exc)
         sys.exit(2)
     total = sum(r.duration_s for r in reports)
     click.echo(f"{dag_id}: {len(reports)} run(s) succeeded in {total:.1f}s")
@@ -139,7 +140,7 @@ def airflow_init() -> None:
     try:
         migrated = ensure_initialized(cfg, echo=click.echo)
     except OrchestrationError as exc:
-        click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
+        print_error(exc)
         sys.exit(2)
     state = "migrated" if migrated else "already up to date"
     click.echo(f"airflow home: {cfg.airflow_home} (metadata DB {state})")
@@ -223,7 +224,7 @@ def airflow_serve(port: int, executor: str | None, workers: int, concurrency: in
         warehouse.up(settings)
         airflow.start()
     except (OrchestrationError, warehouse.WarehouseError) as exc:
-        click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
+        print_error(exc)
         sys.exit(2)
     click.echo(f"Airflow UI and REST API: {airflow.url} (user {API_USER!r}, password in")
     click.echo(f"  {password_file(cfg)}); service logs: {airflow.log_dir}")

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import click
 
-from lifecycle.redact import redact
+from lifecycle.errors import print_error
 from lifecycle.settings import get_settings
 
 
 def _fail(message: str) -> None:
-    # one line: a connection error from libpq spans several
-    click.secho(f"error: {redact(' '.join(message.split()))}", fg="red", err=True)
+    print_error(message)
     sys.exit(1)
 
 

@@ -7,9 +7,9 @@ import sys
 
 import click
 
+from lifecycle.errors import print_error
 from lifecycle.options import parse_date
 from lifecycle.quality.suites import LAYERS
-from lifecycle.redact import redact
 
 
 @click.command("validate")
@@ -52,7 +52,7 @@ def validate_command(
         click.secho("nothing was published: marts keep their previous build", err=True)
         sys.exit(1)
     except (QualityError, SuiteError, PublishError) as exc:
-        click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
+        print_error(exc)
         sys.exit(2)
     click.echo(verdict.summary())
     if not verdict.passed:

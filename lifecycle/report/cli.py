@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
+from lifecycle.errors import print_error
 from lifecycle.options import parse_date
-from lifecycle.redact import redact
 
 
 @click.command("report")
@@ -33,6 +33,6 @@ def report_command(day: dt.date, out: Path | None, as_json: bool) -> None:
     try:
         result = build_report(day, get_settings(), out=out)
     except (ReportError, WarehouseError) as exc:
-        click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
+        print_error(exc)
         sys.exit(1)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())

@@ -103,6 +103,31 @@ def test_an_output_folder_that_cannot_be_created(base: dict[str, str], tmp_path:
     assert line.startswith(f"error: {out}") and "is under a path that is a file" in line
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["warehouse", "up"],
+        ["export", "--date", "2024-01-05"],
+        ["report", "--date", "2024-01-05"],
+        ["lift", "--date", "2024-01-05"],
+        ["transform", "--date", "2024-01-05"],
+    ],
+    ids=lambda a: a[0],
+)
+def test_a_warehouse_that_refuses_connections_is_one_error_line(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """libpq's "Connection refused" comes with a second line ("Is the server running on
+    that host...?"): export, report, lift and warehouse up printed both."""
+    env = {"LIFECYCLE_HOME": str(tmp_path / "home"),
+           "LIFECYCLE_WAREHOUSE_URL": "postgresql://x@127.0.0.1:1/db"}  # fmt: skip
+    result = _invoke(args, env)
+    line = _assert_clean_failure(result)
+    assert result.exit_code != 0
+    assert "port 1 failed: Connection refused Is the server running" in line, result.stderr
+    assert [x for x in result.stderr.splitlines() if x.strip()][-1] == line
+
+
 def test_a_yaml_alias_bomb_is_refused_in_a_short_message(
     base: dict[str, str], tmp_path: Path
 ) -> None:
