@@ -186,7 +186,7 @@ def warehouse_url(sqlalchemy: bool) -> None:
     show_default=True,
     help="Last day of the world, inclusive.",
 )
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=42, show_default=True)
 @click.option(
     "--dirty-rate",
     type=click.FloatRange(0, 1),
@@ -536,7 +536,7 @@ def extract(sources_: tuple[str, ...], day: dt.date, full: bool, allow_future: b
 
 @main.command()
 @click.option("--customers", type=click.IntRange(min=1), default=2000, show_default=True)
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=42, show_default=True)
 def demo(customers: int, seed: int) -> None:
     """Run the main job on the embedded warehouse and a generated sample world."""
     from lifecycle.demo import run_demo

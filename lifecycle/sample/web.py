@@ -312,7 +312,10 @@ def make_events(
     product[view] = cat.popular(rng.random(int(view.sum())))
     j = pos - p2
     order_row = s["order"][sess]
-    from_items = view & (order_row >= 0) & (j < orders["n_items"][np.maximum(order_row, 0)])
+    n_items = orders["n_items"]
+    # a world too small or too short to hold an order has no purchase sessions
+    in_order = n_items[np.maximum(order_row, 0)] if n_items.size else np.zeros(sess.size, int)
+    from_items = view & (order_row >= 0) & (j < in_order)
     item_start = np.searchsorted(items["order_row"], np.arange(orders["t"].size))
     product[from_items] = items["product"][item_start[order_row[from_items]] + j[from_items]]
     cart = etype == ADDED_TO_CART
@@ -363,7 +366,11 @@ def make_events(
     known = ev["person_dev"] & (ev["t"] >= ident_t[np.maximum(ev["dev_key"], 0)])
     ev["user"] = np.where(known, people["account"][ev["local"]], -1)
     ev["email"] = ident
-    ev["order_num"] = np.where(ev["order_row"] >= 0, orders["order_num"][ev["order_row"]], -1)
+    ev["order_num"] = (
+        np.where(ev["order_row"] >= 0, orders["order_num"][ev["order_row"]], -1)
+        if orders["order_num"].size
+        else np.full(ev["order_row"].size, -1)
+    )
     ev["sess_hi"] = s["sess_hi"][ev["sess"]]
     ev["sess_lo"] = s["sess_lo"][ev["sess"]]
     ev["person"] = people["idx"][ev["local"]]

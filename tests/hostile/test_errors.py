@@ -342,3 +342,16 @@ def test_a_transform_before_any_extract_builds_empty_marts(base: dict[str, str])
     result = _invoke(["transform", "--date", "2024-01-01"], base)
     assert result.exit_code == 0, result.output
     assert "marts published to marts" in result.output
+
+
+@pytest.mark.parametrize("seed", ["-5", "99999999999999999999"])
+def test_a_seed_out_of_range_is_refused_naming_the_option(
+    seed: str, base: dict[str, str], tmp_path: Path
+) -> None:
+    """numpy's "expected non-negative integer" and "Python int too large to convert to C
+    long" named no option."""
+    result = _invoke(
+        ["generate", "--customers", "1", "--seed", seed, "--out", str(tmp_path / "g")], base
+    )
+    line = _assert_clean_failure(result, 2)
+    assert f"Invalid value for '--seed': {seed} is not in the range 0<=x<=4294967295" in line

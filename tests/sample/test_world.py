@@ -731,3 +731,16 @@ def test_renderers_match_the_standard_library() -> None:
     for s, h, low in zip(tx.uuids(hi, lo).to_pylist(), hi, lo, strict=True):
         u = uuid.UUID(s)
         assert u.version == 4 and u.int == (int(h) << 64) | int(low)
+
+
+@pytest.mark.parametrize("days", [0, 1, 7])
+def test_a_world_too_small_to_hold_an_order_is_generated(tmp_path: Path, days: int) -> None:
+    """3 people over a day or a week: web sessions but no order, and the event writer
+    indexed the (empty) orders: IndexError instead of a world."""
+    start = dt.date(2024, 1, 1)
+    config = WorldConfig(customers=3, start=start, end=start + dt.timedelta(days=days), seed=42)
+    summary = generate_world(config, tmp_path / "w")
+    assert summary.people == 3
+    assert summary.orders == 0
+    assert summary.web_events > 0
+    assert (tmp_path / "w" / "orders" / "orders.csv").read_text().count("\n") == 1
