@@ -103,10 +103,52 @@ def _known_keys(base: Mapping[str, Any], overrides: Mapping[str, Any], path: str
             raise ChurnSpecError(
                 f"--set {where}: models/churn.yaml has no such key{hint}; it has {known}"
             )
+        if isinstance(base[key], Mapping) and not isinstance(value, Mapping):
+            first = next(iter(base[key]), "key")
+            raise ChurnSpecError(
+                f"--set {where}: is a section of models/churn.yaml, not a value: set one of "
+                f"its keys ({', '.join(f'{where}.{k}' for k in base[key])}), e.g. "
+                f"--set {where}.{first}=..."
+            )
         if where == "model.params":
-            continue  # the estimator's keyword arguments: scikit-learn checks them
+            continue  # the estimator's keyword arguments: checked by _check_params
         if isinstance(value, Mapping) and isinstance(base[key], Mapping):
             _known_keys(base[key], value, f"{where}.")
+
+
+def _check_params(where: str, params: Mapping[str, Any]) -> None:
+    """Refuse estimator parameters scikit-learn would refuse at fit time, naming the key
+    (its message names the parameter, not the setting, and an unknown one was a
+    TypeError)."""
+    import inspect
+
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    accepted = inspect.signature(HistGradientBoostingClassifier).parameters
+    for key in params:
+        if key not in accepted:
+            raise ChurnSpecError(
+                f"{where}.{key}: HistGradientBoostingClassifier has no such parameter (it has "
+                f"{', '.join(accepted)})"
+            )
+    try:
+        # scikit-learn's own check of each parameter's type and range, without fitting
+        HistGradientBoostingClassifier(**params)._validate_params()
+    except InvalidParameterError as exc:
+        raise ChurnSpecError(f"{where}: {exc}") from exc
+
+
+def _check_number(
+    spec: Mapping[str, Any], section: str, key: str, low: float, high: float | None, wanted: str
+) -> None:
+    """Refuse a setting that is not a finite number in [low, high] (JSON's NaN parses)."""
+    import math
+
+    value = (spec.get(section) or {}).get(key)
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or (high is not None and value > high):
+        raise ChurnSpecError(f"{section}.{key} must be {wanted}; got {value!r}")
 
 
 def load_churn_spec(
@@ -173,6 +215,7 @@ def load_churn_spec(
         ("label", "horizon_days", "a whole number of days >= 1", False),
         ("snapshots", "count", "a whole number >= 1", False),
         ("snapshots", "step_days", "a whole number of days >= 1", False),
+        ("uncertainty", "bootstrap", "a whole number of resamples >= 1", False),
         (
             "snapshots",
             "max_customers",
@@ -185,9 +228,23 @@ def load_churn_spec(
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ChurnSpecError(f"{section}.{key} must be {wanted}; got {value!r}")
+    top = (spec.get("reasons") or {}).get("top", 3)
+    if isinstance(top, bool) or not isinstance(top, int) or top < 0:
+        raise ChurnSpecError(f"reasons.top must be a whole number of reasons >= 0; got {top!r}")
+    _check_number(spec, "uncertainty", "level", 0.5, 0.999, "a share between 0.5 and 0.999")
+    _check_number(spec, "promotion", "min_improvement", -1.0, 1.0, "a number between -1 and 1")
+    _check_number(spec, "risk_bands", "medium", 0.0, 1.0, "a probability between 0 and 1")
+    _check_number(spec, "risk_bands", "high", 0.0, 1.0, "a probability between 0 and 1")
     bands = spec.get("risk_bands", {})
     if not 0 < float(bands.get("medium", 0)) < float(bands.get("high", 0)) < 1:
         raise ChurnSpecError(f"risk_bands need 0 < medium < high < 1, got {bands}")
+    params = (spec.get("model") or {}).get("params") or {}
+    if not isinstance(params, Mapping):
+        raise ChurnSpecError(f"model.params must be a mapping of parameters; got {params!r}")
+    _check_params("model.params", params)
+    for cand in spec.get("candidates") or []:
+        if cand.get("params"):
+            _check_params(f"candidates.{cand['name']}.params", {**params, **cand["params"]})
     if spec.get("model", {}).get("calibration") not in ("isotonic", "sigmoid"):
         raise ChurnSpecError("model.calibration must be isotonic or sigmoid")
     return spec
@@ -640,6 +697,11 @@ def fit_churn(
     categorical = [
         f for f in spec["features"].get("categorical", []) if features is None or f in features
     ]
+    if not numeric and not categorical:
+        raise ValueError(
+            "no feature is left to train on: the spec's features (less a candidate's "
+            "exclude, and those dropped for want of a source or of any value) are none"
+        )
     for name, frame in (("training", train), ("calibration", calibration)):
         labels = frame["churned"]
         if labels.isna().any():

@@ -432,3 +432,68 @@ def test_calibration_rows_with_too_few_of_both_classes_are_said_so() -> None:
     calibration.loc[:2, "churned"] = True  # 3 churned customers of 200
     model = fit_churn(_customers(1000, 1), calibration, spec)
     assert model.candidate == "hgb"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"model": {"params": {"bogus": 1}}},
+            "model.params.bogus: HistGradientBoostingClassifier has no such parameter (it has "
+            "loss, learning_rate,",
+        ),
+        (
+            {"model": {"params": {"learning_rate": -1}}},
+            "model.params: The 'learning_rate' parameter of HistGradientBoostingClassifier must "
+            "be a float in the range (0.0, inf). Got -1 instead.",
+        ),
+        (
+            {"model": {"params": {"max_iter": 0}}},
+            "model.params: The 'max_iter' parameter of HistGradientBoostingClassifier must be an "
+            "int in the range [1, inf). Got 0 instead.",
+        ),
+        (
+            {"candidates": [{"name": "x", "params": {"max_leaf_nodes": 1}}]},
+            "candidates.x.params: The 'max_leaf_nodes' parameter",
+        ),
+        (
+            {"snapshots": 5},
+            "--set snapshots: is a section of models/churn.yaml, not a value: set one of its keys "
+            "(snapshots.count, snapshots.step_days, snapshots.max_customers), e.g. --set "
+            "snapshots.count=...",
+        ),
+        (
+            {"uncertainty": {"bootstrap": 0}},
+            "uncertainty.bootstrap must be a whole number of resamples >= 1; got 0",
+        ),
+        ({"reasons": {"top": -1}}, "reasons.top must be a whole number of reasons >= 0; got -1"),
+        (
+            {"promotion": {"min_improvement": float("nan")}},
+            "promotion.min_improvement must be a number between -1 and 1; got nan",
+        ),
+        (
+            {"uncertainty": {"level": 95}},
+            "uncertainty.level must be a share between 0.5 and 0.999; got 95",
+        ),
+        (
+            {"risk_bands": {"high": "high"}},
+            "risk_bands.high must be a probability between 0 and 1; got 'high'",
+        ),
+    ],
+)
+def test_train_set_values_scikit_learn_or_numpy_would_refuse_are_refused_naming_the_key(
+    overrides: dict, message: str
+) -> None:
+    """`train --set` values that ended in internal errors (TypeError, AttributeError,
+    IndexError after 20 s of training), in scikit-learn's words naming no setting, or that
+    were taken silently (a negative number of reasons, a NaN margin no gain can reach)."""
+    with pytest.raises(ChurnSpecError) as caught:
+        load_churn_spec(overrides)
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_no_feature_left_to_train_on_is_said_so() -> None:
+    spec = load_churn_spec({"model": {"params": {"max_iter": 10}}})
+    train = _customers(200, 1)
+    with pytest.raises(ValueError, match="^no feature is left to train on"):
+        fit_churn(train, train, spec, features=["not_a_feature"])
