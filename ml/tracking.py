@@ -172,6 +172,10 @@ def apply_promotion(client, decision: Promotion, run_id: str | None = None) -> P
     return decision
 
 
+#: What a metric scores for a model that ranks at random (or gives one score to all).
+CHANCE = {"roc_auc": 0.5}
+
+
 def decide(
     model: str,
     version: str,
@@ -190,6 +194,21 @@ def decide(
     on the same holdout), the *lower end* of the interval must reach the margin: a gain
     within the noise never replaces a champion.
     """
+    floor = CHANCE.get(metric) if greater_is_better else None
+    if floor is not None and not value > floor + 1e-9:
+        # a constant score (too few customers or rows for a split) ranks no one: promoted
+        # first, it scored every customer the same and the audiences took them all
+        return Promotion(
+            model,
+            version,
+            False,
+            f"{metric} {value:.4f} on the holdout is no better than chance ({floor}): the "
+            "model tells no one apart (too few customers, or too little history); not promoted",
+            champion_version,
+            metric,
+            value,
+            champion_value,
+        )
     if champion_version is None:
         return Promotion(model, version, True, "first model: no champion yet", None, metric, value)
     if champion_value is None:

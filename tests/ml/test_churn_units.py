@@ -146,6 +146,22 @@ def test_promotion_decision_rules() -> None:
     assert tie.reason == (
         "roc_auc 0.7505 does not beat champion v2 (0.7500) by the required 0.002 (gain +0.0005)"
     )
+    # a constant score ranks no one: not even a first champion (it scored all alike)
+    for champion in (None, "1"):
+        chance = decide(
+            "m",
+            "4",
+            metric="roc_auc",
+            value=0.5,
+            champion_version=champion,
+            champion_value=None if champion is None else 0.4,
+            min_improvement=0.002,
+        )
+        assert not chance.promoted
+        assert chance.reason == (
+            "roc_auc 0.5000 on the holdout is no better than chance (0.5): the model tells no "
+            "one apart (too few customers, or too little history); not promoted"
+        )
 
 
 def _customers(n: int, seed: int) -> pd.DataFrame:
