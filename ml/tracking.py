@@ -80,13 +80,52 @@ def configure(settings: Settings):  # -> MlflowClient
     os.environ.setdefault("DO_NOT_TRACK", "true")
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     uri = tracking_uri(settings)
     if _is_local(settings):
         (settings.home / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
+    else:
+        try:
+            check_reachable(uri)
+        except TrackingStoreError as exc:
+            raise TrackingStoreError(f"LIFECYCLE_MLFLOW_TRACKING_URI: {exc}") from exc
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except MlflowException as exc:  # an unsupported scheme, say
+        raise TrackingStoreError(f"LIFECYCLE_MLFLOW_TRACKING_URI: {exc.message}") from exc
+
+
+class TrackingStoreError(RuntimeError):
+    """The configured MLflow store cannot be used (unreachable, or not a store)."""
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast when an MLflow server does not answer.
+
+    MLflow's client retries a refused connection for minutes, and the registry's "no such
+    alias" then read as "no champion: run `lifecycle train` first". Any HTTP answer
+    (even 401 or 404) means a server is there; only a connection that fails is refused.
+    """
+    import urllib.error
+    import urllib.request
+
+    from lifecycle.redact import redact
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingStoreError(
+            f"cannot reach the MLflow server at {redact(uri)}: {reason}"
+        ) from exc
 
 
 def experiment_id(settings: Settings, client, registered_model: str) -> str:
@@ -123,8 +162,12 @@ def version_by_alias(client, name: str, alias: str):  # -> ModelVersion | None
 
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        # no such model, or no such alias; anything else (a store that stopped answering)
+        # is not "no champion"
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
 
 
 def register(client, name: str, model_uri: str, run_id: str, tags: dict[str, str]) -> str:

@@ -902,6 +902,7 @@ def train(
     spec = load_churn_spec(overrides)
     clv_spec = load_spec("clv")
     base_seg_spec = load_spec("segmentation")
+    tracking.configure(settings)  # a store that cannot be used fails now, not after training
     if truth_csv is None:
         candidate = settings.world_dir / "truth" / "customers.csv"
         truth_csv = candidate if candidate.is_file() else None

@@ -42,12 +42,12 @@ def mlflow_client(settings: Settings) -> MlflowClient:
     if uri.startswith(("http://", "https://")):
         # MLflow's client retries an unreachable server for minutes: ask its health endpoint
         # once, briefly, and show the section as unavailable instead of stalling the report
-        import requests
+        from ml.tracking import TrackingStoreError, check_reachable
 
         try:
-            requests.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
-        except requests.RequestException as exc:
-            raise Unavailable(f"cannot reach the MLflow server at {uri}: {exc}") from exc
+            check_reachable(uri)
+        except TrackingStoreError as exc:
+            raise Unavailable(str(exc)) from exc
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # task logs, not TTYs
     from mlflow import MlflowClient

@@ -355,3 +355,30 @@ def test_a_seed_out_of_range_is_refused_naming_the_option(
     )
     line = _assert_clean_failure(result, 2)
     assert f"Invalid value for '--seed': {seed} is not in the range 0<=x<=4294967295" in line
+
+
+@pytest.mark.parametrize(
+    ("uri", "said"),
+    [
+        (
+            "http://127.0.0.1:1",
+            "LIFECYCLE_MLFLOW_TRACKING_URI: cannot reach the MLflow server at "
+            "http://127.0.0.1:1: [Errno 111] Connection refused",
+        ),
+        (
+            "garbage://x",
+            "LIFECYCLE_MLFLOW_TRACKING_URI: Model registry functionality is unavailable; got "
+            "unsupported URI 'garbage://x'",
+        ),
+    ],
+)
+def test_an_mlflow_store_that_cannot_be_used_is_named_not_taken_for_no_champion(
+    uri: str, said: str, base: dict[str, str]
+) -> None:
+    """A closed MLflow port was retried for 260 s, then reported as "no champion of
+    lifecycle_churn: run `lifecycle train` first"; an unknown scheme was MLflow's words."""
+    for args in (["score", "--date", "2024-01-05"], ["train", "--as-of", "2024-01-05"]):
+        result = _invoke(args, {**base, "LIFECYCLE_MLFLOW_TRACKING_URI": uri})
+        line = _assert_clean_failure(result)
+        assert result.exit_code != 0
+        assert line.startswith(f"error: {said}"), line
