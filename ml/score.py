@@ -378,8 +378,24 @@ def score(
     ``score:<day>``, so a rerun is identical) is stamped on every row, as are the
     models' versions. `features_relation` reads precomputed features from a table with
     ml.training_set's columns instead of computing them (used by the benchmark).
-    `progress(chunks, rows)` is called after each chunk.
+    `progress(chunks, rows)` is called after each chunk. Two scorings of one day take
+    turns (lifecycle.locks): the second waits, then says who holds the day.
     """
+    from lifecycle import warehouse as wh
+    from lifecycle.locks import run_lock
+
+    with run_lock(wh.warehouse_url(settings), "score", day, wait_s=settings.lock_wait_s):
+        return _score(day, settings, run_id, chunk_size, features_relation, progress)
+
+
+def _score(
+    day: dt.date,
+    settings: Settings,
+    run_id: str | None,
+    chunk_size: int,
+    features_relation: str | None,
+    progress: Callable[[int, int], None] | None,
+) -> ScoreResult:
     from lifecycle import warehouse as wh
 
     started = time.perf_counter()

@@ -12,9 +12,10 @@ a retry of any task redoes exactly its part.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -170,11 +171,24 @@ def register(as_of: dt.date, settings: Settings, run_ids: Mapping[str, str]) -> 
     from ml import tracking
 
     client = tracking.configure(settings)
-    return {
-        name: tracking.register(client, name, f"runs:/{run_id}/model", run_id, _tags(as_of))
-        for name, run_id in run_ids.items()
-        if run_id is not None  # not trained this run (fit_clv on data it cannot fit)
-    }
+    with _train_lock(as_of, settings):
+        return {
+            name: tracking.register(client, name, f"runs:/{run_id}/model", run_id, _tags(as_of))
+            for name, run_id in run_ids.items()
+            if run_id is not None  # not trained this run (fit_clv on data it cannot fit)
+        }
+
+
+@contextlib.contextmanager
+def _train_lock(as_of: dt.date, settings: Settings) -> Iterator[None]:
+    """Hold the lock `lifecycle train` holds: registering and promoting take turns with a
+    training run from the command line (the DAG itself runs one training at a time)."""
+    from lifecycle.locks import WAREHOUSE, run_lock
+    from lifecycle.warehouse import warehouse_url
+
+    url = warehouse_url(settings)
+    with run_lock(url, tr.TRAIN_LOCK, as_of, scope=WAREHOUSE, wait_s=settings.lock_wait_s):
+        yield
 
 
 def promote(
@@ -186,6 +200,17 @@ def promote(
 ) -> dict[str, dict[str, Any]]:
     """Set the aliases: the churn version becomes champion only if it beats the current
     champion on the same holdout by the configured margin; return the decisions."""
+    with _train_lock(as_of, settings):
+        return _promote(as_of, settings, versions, run_ids, churn_metrics)
+
+
+def _promote(
+    as_of: dt.date,
+    settings: Settings,
+    versions: Mapping[str, str],
+    run_ids: Mapping[str, str],
+    churn_metrics: Mapping[str, float],
+) -> dict[str, dict[str, Any]]:
     import mlflow
 
     from ml import tracking

@@ -892,8 +892,28 @@ def train(
 
     `overrides` are merged into models/churn.yaml (nested keys), e.g.
     ``{"features": {"numeric": [...]}}``. `truth_csv` (default: the sample world's
-    ``truth/customers.csv`` when it exists) adds the oracle comparison.
+    ``truth/customers.csv`` when it exists) adds the oracle comparison. Trainings take
+    turns (lifecycle.locks, the stage ``train`` over the warehouse): two at once would
+    register and promote over each other.
     """
+    from lifecycle.locks import WAREHOUSE, run_lock
+    from lifecycle.warehouse import warehouse_url
+
+    url = warehouse_url(settings)
+    with run_lock(url, TRAIN_LOCK, as_of, scope=WAREHOUSE, wait_s=settings.lock_wait_s):
+        return _train(as_of, settings, overrides, truth_csv)
+
+
+#: The lock stage of a training (``train`` and the DAG's register and promote tasks).
+TRAIN_LOCK = "train"
+
+
+def _train(
+    as_of: dt.date | None,
+    settings: Settings,
+    overrides: Mapping[str, Any] | None,
+    truth_csv: Path | None,
+) -> TrainResult:
     from ml.specs import load_spec
 
     started = time.perf_counter()

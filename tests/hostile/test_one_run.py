@@ -72,6 +72,10 @@ IN_PROGRESS = re.compile(
         (("build", "2024-01-04", "warehouse"), ["transform", "--date", "2024-01-05"]),
         (("pipeline", "2024-01-05", "warehouse"), ["pipeline", "run", "--date", "2024-01-05"]),
         (("extract-orders", "2024-01-05", "day"), ["extract", "--date", "2024-01-05"]),
+        # two scorings of one day met on scores_history's key (UniqueViolation)
+        (("score", "2024-01-05", "day"), ["score", "--date", "2024-01-05"]),
+        # two trainings registered and promoted over each other, whatever their dates
+        (("train", "2024-01-04", "warehouse"), ["train", "--as-of", "2024-01-05"]),
     ],
 )
 def test_a_second_run_fails_naming_the_first(
