@@ -9,7 +9,10 @@ session-level advisory lock on the warehouse while it runs:
 - ``build`` per warehouse: there is one build schema (``marts__build``) and one set of
   published marts, so builds and publishing of any date take turns;
 - ``pipeline`` per warehouse: a pipeline run drives every stage and the local Airflow's
-  metadata, one run at a time.
+  metadata, one run at a time;
+- ``score`` per date (one day's rows of ``ml.scores_history`` are replaced at once);
+- ``train`` per warehouse: `lifecycle train`, and the training DAG's register and promote
+  tasks, since both set the one registry's aliases.
 
 A second run waits for the lock, bounded by ``LIFECYCLE_LOCK_WAIT_S`` (default 30 s),
 then fails with :class:`RunInProgress`: ``another run of D is in progress (pid, host,
