@@ -353,11 +353,19 @@ def sources_check(entities: tuple[str, ...], rows: int) -> None:
     configured = _configured()
     click.echo(f"sources: {configured.origin}", err=True)
     errors: list[str] = []
+    configured_any = False
     for entity in _entities(entities):
         report = check_entity(entity, configured, settings, rows=rows)
         for line in format_report(report):
             click.echo(line)
         errors += report.errors
+        configured_any |= configured.entity(entity) is not None
+    if not configured_any and not entities:
+        # a file of `sources: {}` loads nothing, every day, without a word
+        errors.append(
+            f"{configured.origin}: configures no source: every entity is skipped (map your "
+            "orders at least; see sources.example.yml)"
+        )
     for message in errors:
         print_error(message)
     if errors:

@@ -477,3 +477,15 @@ def test_a_relative_path_is_the_sources_files_folders(tmp_path: Path, fresh_db: 
     with psycopg.connect(fresh_db) as conn:
         got = conn.execute("select _source from raw.orders__orders").fetchall()
     assert got == [(str(config / "orders.csv"),)]
+
+
+def test_a_sources_file_that_configures_nothing_fails_the_check(tmp_path: Path) -> None:
+    """`sources: {}` passed (exit 0): every entity skipped, and every daily run would load
+    nothing without a word."""
+    result = _run(tmp_path, "sources", "check", yml="version: 1\nsources: {}\n")
+    assert result.exit_code == 1, result.output
+    path = tmp_path / "sources.yml"
+    assert result.stderr.splitlines()[-1] == (
+        f"error: {path}: configures no source: every entity is skipped (map your orders at "
+        "least; see sources.example.yml)"
+    )
