@@ -116,8 +116,9 @@ def load_audiences(path: Path) -> list[Audience]:
     """Return the audiences of the YAML file at `path`, or raise AudienceFileError."""
     path = Path(path)
     if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise AudienceFileError(
-            f"audiences file {path} does not exist (set LIFECYCLE_AUDIENCES_FILE to another one)"
+            f"audiences file {path} {what} (set LIFECYCLE_AUDIENCES_FILE to another one)"
         )
     try:
         text = path.read_text(encoding="utf-8")

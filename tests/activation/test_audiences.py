@@ -97,6 +97,8 @@ def test_duplicate_names_are_refused() -> None:
 
 
 def test_missing_and_broken_files(tmp_path) -> None:
+    with pytest.raises(AudienceFileError, match="is a folder, not a file \\(set LIFECYCLE_AUD"):
+        load_audiences(tmp_path)  # a folder said "does not exist"
     with pytest.raises(AudienceFileError, match="does not exist \\(set LIFECYCLE_AUDIENCES_FILE"):
         load_audiences(tmp_path / "nope.yml")
     bad = tmp_path / "bad.yml"
