@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -177,7 +178,8 @@ def register(client, name: str, model_uri: str, run_id: str, tags: dict[str, str
 
     with contextlib.suppress(MlflowException):  # already registered
         client.create_registered_model(name)
-    mv = mlflow.register_model(model_uri, name, tags=tags)
+    with _quiet():
+        mv = mlflow.register_model(model_uri, name, tags=tags)
     client.set_model_version_tag(name, mv.version, "run_id", run_id)
     return str(mv.version)
 
@@ -315,9 +317,10 @@ def load_champion(settings: Settings, name: str, *, sklearn: bool = False) -> tu
     import mlflow
 
     uri = champion_uri(name)
-    if sklearn:
-        return mlflow.sklearn.load_model(uri), str(mv.version)
-    return mlflow.pyfunc.load_model(uri).unwrap_python_model().model, str(mv.version)
+    with _quiet():  # the pyfunc wrapper's class, unpickled, warns of its type hints again
+        if sklearn:
+            return mlflow.sklearn.load_model(uri), str(mv.version)
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model().model, str(mv.version)
 
 
 def _python_model_class():
@@ -336,19 +339,60 @@ def _python_model_class():
     return WrappedModel
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep MLflow's advice to library authors and its registry chatter out of the output.
+
+    Logging or registering a model printed, on every `lifecycle train`, warnings with raw
+    colour codes ("Add type hints to the predict method", "Inferred schema contains
+    integer column(s)"), the CloudPickle notice of pyfunc, and "Registered model ...
+    already exists. Creating a new version" (MLflow's ``eprint``, to its own stream),
+    none of which a user can act on. They go to this module's debug log instead.
+    """
+    import io
+    import warnings
+
+    import mlflow.utils.logging_utils as mlflow_logging
+
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level, stream = pyfunc_log.level, mlflow_logging.MLFLOW_LOGGING_STREAM
+    said = io.StringIO()
+    # recorded, not filtered: MLflow's own wrapper puts a "once" filter before any of ours
+    with warnings.catch_warnings(record=True) as caught:
+        pyfunc_log.setLevel(logging.ERROR)
+        mlflow_logging.MLFLOW_LOGGING_STREAM = said
+        try:
+            yield
+        finally:
+            mlflow_logging.MLFLOW_LOGGING_STREAM = stream
+            pyfunc_log.setLevel(level)
+            if said.getvalue().strip():
+                log.debug("mlflow: %s", " ".join(said.getvalue().split()))
+    for w in caught:
+        if any(text in str(w.message) for text in _MLFLOW_ADVICE):
+            log.debug("mlflow: %s", w.message)
+        else:  # anything else is shown as it would have been
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+#: MLflow's warnings to library authors, which `_quiet` keeps out of the output.
+_MLFLOW_ADVICE = ("Add type hints", "Inferred schema contains integer", "CloudPickle")
+
+
 def log_pyfunc(model: Any, input_example, name: str = "model"):  # -> ModelInfo
     """Log a fitted object with a ``predict(frame)`` as a pyfunc model in the active run."""
     import mlflow
     from mlflow.models import infer_signature
 
     output = model.predict(input_example)
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=_python_model_class()(model),
-        signature=infer_signature(input_example, output),
-        input_example=input_example,
-        pip_requirements=pip_requirements(),
-    )
+    with _quiet():
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=_python_model_class()(model),
+            signature=infer_signature(input_example, output),
+            input_example=input_example,
+            pip_requirements=pip_requirements(),
+        )
 
 
 def log_churn_model(model: Any, input_example, name: str = "model"):  # -> ModelInfo
@@ -356,16 +400,17 @@ def log_churn_model(model: Any, input_example, name: str = "model"):  # -> Model
     import mlflow
     from mlflow.models import infer_signature
 
-    return mlflow.sklearn.log_model(
-        model,
-        name=name,
-        serialization_format="skops",
-        skops_trusted_types=CHURN_TRUSTED_TYPES,
-        signature=infer_signature(input_example, model.predict(input_example)),
-        input_example=input_example,
-        pip_requirements=pip_requirements(),
-        pyfunc_predict_fn="predict",
-    )
+    with _quiet():
+        return mlflow.sklearn.log_model(
+            model,
+            name=name,
+            serialization_format="skops",
+            skops_trusted_types=CHURN_TRUSTED_TYPES,
+            signature=infer_signature(input_example, model.predict(input_example)),
+            input_example=input_example,
+            pip_requirements=pip_requirements(),
+            pyfunc_predict_fn="predict",
+        )
 
 
 def artifacts_dir(settings: Settings) -> Path:
