@@ -7,6 +7,7 @@ errors themselves print :func:`describe` of the exception after ``error:``.
 from __future__ import annotations
 
 import errno
+import os
 
 #: Longest error message printed: a message may quote the input it chokes on (a YAML
 #: alias bomb expands to megabytes), and the first lines say what went wrong.
@@ -46,6 +47,8 @@ def describe(exc: BaseException) -> str:
             errno.EISDIR: "is a folder, not a file",
             errno.ENOSPC: "cannot be written: no space left on the device",
         }.get(exc.errno or 0, exc.strerror or str(exc))
+        if exc.errno == errno.EEXIST and os.path.isfile(exc.filename):
+            what = "is a file, where a folder is wanted"  # mkdir of a path a file holds
         return f"{exc.filename}: {what}"
     if isinstance(exc, psycopg.OperationalError):
         first = (str(exc).strip().splitlines() or ["connection failed"])[0]

@@ -103,6 +103,16 @@ def test_an_output_folder_that_cannot_be_created(base: dict[str, str], tmp_path:
     assert line.startswith(f"error: {out}") and "is under a path that is a file" in line
 
 
+def test_a_file_where_an_output_folder_is_wanted_is_said_so(
+    base: dict[str, str], tmp_path: Path
+) -> None:
+    """A report folder that is a file said only "already exists"."""
+    afile = tmp_path / "afile"
+    result = _invoke(["generate", "--customers", "3", "--out", str(afile), "--quiet"], base)
+    line = _assert_clean_failure(result, 1)
+    assert line == f"error: {afile}: is a file, where a folder is wanted", line
+
+
 @pytest.mark.parametrize(
     "args",
     [
