@@ -363,6 +363,18 @@ class _EarlyFeatures:
             self._prefetch.close()
 
 
+def _alike(rows: int, spread: tuple[float, float]) -> list[str]:
+    """Return a warning when every customer got one churn probability: a champion of a
+    tiny world whose trees could not split ranks no one, and its bands take everyone."""
+    if rows < 2 or spread[1] - spread[0] > 1e-9:
+        return []
+    return [
+        f"every one of the {rows} customers has the churn probability {spread[0]:.4f}: the "
+        "champion tells no one apart (trained on too few customers or too little history), "
+        "so its risk bands and audiences take everyone or no one alike"
+    ]
+
+
 def score(
     day: dt.date,
     settings: Settings,
@@ -406,6 +418,7 @@ def _score(
     segments: dict[str, int] = {}
     t_features = t_models = t_write = 0.0
     fewest_days_since = None  # days since the last order of the latest buyer
+    spread = (float("inf"), float("-inf"))  # the lowest and highest churn probability
     with (
         wh.connect(url) as reader,
         wh.connect(url) as writer,
@@ -465,6 +478,8 @@ def _score(
                 fewest_days_since = (
                     nearest if fewest_days_since is None else min(fewest_days_since, nearest)
                 )
+                lo, hi = scored["churn_probability"].min(), scored["churn_probability"].max()
+                spread = (min(spread[0], lo), max(spread[1], hi))
                 for band, n in scored["risk_band"].value_counts().items():
                     bands[str(band)] = bands.get(str(band), 0) + int(n)
                 for name, n in scored["segment_name"].value_counts().items():
@@ -486,7 +501,7 @@ def _score(
         risk_bands=dict(sorted(bands.items())),
         segments=dict(sorted(segments.items())),
         elapsed_s=time.perf_counter() - started,
-        warnings=_past_the_data(day, fewest_days_since, horizon),
+        warnings=_past_the_data(day, fewest_days_since, horizon) + _alike(rows, spread),
         stage_s={
             "load_models": round(loaded - started, 2),
             "features": round(t_features, 2),

@@ -241,18 +241,18 @@ def decide(
     """
     floor = CHANCE.get(metric) if greater_is_better else None
     if floor is not None and not value > floor + 1e-9:
-        # a constant score (too few customers or rows for a split) ranks no one: promoted
-        # first, it scored every customer the same and the audiences took them all
-        return Promotion(
+        # A constant score (a tiny world: too few rows for a split) ranks no one. It is
+        # still promoted when there is no champion (a shop's first days need one), but
+        # the user hears that its scores tell no one apart.
+        log.warning(
+            "%s v%s: %s %.4f on the holdout is no better than chance (%s): the model tells "
+            "no one apart (too few customers, or too little history), so its scores and "
+            "risk bands are alike for everyone",
             model,
             version,
-            False,
-            f"{metric} {value:.4f} on the holdout is no better than chance ({floor}): the "
-            "model tells no one apart (too few customers, or too little history); not promoted",
-            champion_version,
             metric,
             value,
-            champion_value,
+            floor,
         )
     if champion_version is None:
         return Promotion(model, version, True, "first model: no champion yet", None, metric, value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -112,7 +114,7 @@ def test_reason_sentences_use_the_customers_values() -> None:
     ]
 
 
-def test_promotion_decision_rules() -> None:
+def test_promotion_decision_rules(caplog: pytest.LogCaptureFixture) -> None:
     first = decide(
         "m",
         "1",
@@ -146,22 +148,23 @@ def test_promotion_decision_rules() -> None:
     assert tie.reason == (
         "roc_auc 0.7505 does not beat champion v2 (0.7500) by the required 0.002 (gain +0.0005)"
     )
-    # a constant score ranks no one: not even a first champion (it scored all alike)
-    for champion in (None, "1"):
+    # a constant score ranks no one: promoted first (a shop needs a champion), said so
+    with caplog.at_level(logging.WARNING, logger="ml.tracking"):
         chance = decide(
             "m",
             "4",
             metric="roc_auc",
             value=0.5,
-            champion_version=champion,
-            champion_value=None if champion is None else 0.4,
+            champion_version=None,
+            champion_value=None,
             min_improvement=0.002,
         )
-        assert not chance.promoted
-        assert chance.reason == (
-            "roc_auc 0.5000 on the holdout is no better than chance (0.5): the model tells no "
-            "one apart (too few customers, or too little history); not promoted"
-        )
+    assert chance.promoted
+    assert caplog.messages == [
+        "m v4: roc_auc 0.5000 on the holdout is no better than chance (0.5): the model tells "
+        "no one apart (too few customers, or too little history), so its scores and risk "
+        "bands are alike for everyone"
+    ]
 
 
 def _customers(n: int, seed: int) -> pd.DataFrame:
@@ -513,3 +516,17 @@ def test_no_feature_left_to_train_on_is_said_so() -> None:
     train = _customers(200, 1)
     with pytest.raises(ValueError, match="^no feature is left to train on"):
         fit_churn(train, train, spec, features=["not_a_feature"])
+
+
+def test_scores_alike_for_everyone_are_a_warning() -> None:
+    """A tiny world's constant champion gave all 21 customers p = 0.92496, high risk,
+    without a word."""
+    from ml.score import _alike
+
+    assert _alike(21, (0.92496, 0.92496)) == [
+        "every one of the 21 customers has the churn probability 0.9250: the champion tells "
+        "no one apart (trained on too few customers or too little history), so its risk "
+        "bands and audiences take everyone or no one alike"
+    ]
+    assert _alike(21, (0.1, 0.9)) == []
+    assert _alike(1, (0.5, 0.5)) == []  # one customer is one score

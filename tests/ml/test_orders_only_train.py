@@ -63,10 +63,6 @@ def trained(embedded_settings, tmp_path_factory):
                 AS_OF.isoformat(),
                 "--set",
                 "snapshots.count=3",
-                # 44 rows a snapshot: the default leaves of 80 rows allow no split, and a
-                # model giving all one score is not promoted (ml.tracking.decide)
-                "--set",
-                "model.params.min_samples_leaf=5",
             ],
             env=env,
             cwd=world,
