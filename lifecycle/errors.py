@@ -25,11 +25,18 @@ def one_line(text: str) -> str:
     return text
 
 
-def print_error(message: str | BaseException) -> None:
-    """Print ``error: <message>`` on stderr, on one line."""
+def print_error(message: str | BaseException, *, keep_lines: bool = False) -> None:
+    """Print ``error: <message>`` on stderr, on one line.
+
+    `keep_lines` keeps the lines of a message written as several (a list of the settings
+    to change, the failed task's log tail, the dates a backfill did not run).
+    """
     import click
 
-    click.secho(f"error: {one_line(str(message))}", fg="red", err=True)
+    from lifecycle.redact import redact
+
+    text = redact(str(message)).strip() if keep_lines else one_line(str(message))
+    click.secho(f"error: {text}", fg="red", err=True)
 
 
 def describe(exc: BaseException) -> str:

@@ -62,7 +62,7 @@ def _run(dates: list[dt.date], dag_id: str, conf: dict, verbose: bool) -> None:
     try:
         reports = run_dates(dates, dag_id=dag_id, conf=conf, echo=click.echo, verbose=verbose)
     except PipelineRunError as exc:
-        print_error(exc)
+        print_error(exc, keep_lines=True)
         day = exc.report.logical_date
         last = exc.remaining[-1] if exc.remaining else day
         again = (
@@ -73,7 +73,7 @@ def _run(dates: list[dt.date], dag_id: str, conf: dict, verbose: bool) -> None:
         click.secho(f"fix the cause, then resume with: {again}", err=True)
         sys.exit(1)
     except OrchestrationError as exc:
-        print_error(exc)
+        print_error(exc, keep_lines=True)
         sys.exit(2)
     total = sum(r.duration_s for r in reports)
     click.echo(f"{dag_id}: {len(reports)} run(s) succeeded in {total:.1f}s")
@@ -140,7 +140,7 @@ def airflow_init() -> None:
     try:
         migrated = ensure_initialized(cfg, echo=click.echo)
     except OrchestrationError as exc:
-        print_error(exc)
+        print_error(exc, keep_lines=True)
         sys.exit(2)
     state = "migrated" if migrated else "already up to date"
     click.echo(f"airflow home: {cfg.airflow_home} (metadata DB {state})")
@@ -223,7 +223,10 @@ def airflow_serve(port: int, executor: str | None, workers: int, concurrency: in
         # (and an embedded warehouse to be running).
         warehouse.up(settings)
         airflow.start()
-    except (OrchestrationError, warehouse.WarehouseError) as exc:
+    except OrchestrationError as exc:
+        print_error(exc, keep_lines=True)
+        sys.exit(2)
+    except warehouse.WarehouseError as exc:  # libpq's second line is no news
         print_error(exc)
         sys.exit(2)
     click.echo(f"Airflow UI and REST API: {airflow.url} (user {API_USER!r}, password in")
