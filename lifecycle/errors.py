@@ -14,13 +14,14 @@ import os
 MAX_ERROR_CHARS = 500
 
 
-def one_line(text: str) -> str:
-    """Return `text` as one line for an ``error:`` (secrets redacted, capped): libpq's
-    connection errors, a library's hint, span several lines."""
+def one_line(text: str, *, capped: bool = True) -> str:
+    """Return `text` as one line for an ``error:`` (secrets redacted; `capped` to
+    MAX_ERROR_CHARS, for what a library says): libpq's connection errors, a library's
+    hint, span several lines."""
     from lifecycle.redact import redact
 
     text = " ".join(redact(text).split())
-    if len(text) > MAX_ERROR_CHARS:
+    if capped and len(text) > MAX_ERROR_CHARS:
         text = text[:MAX_ERROR_CHARS] + f"... ({len(text):,} characters in all)"
     return text
 
@@ -35,7 +36,9 @@ def print_error(message: str | BaseException, *, keep_lines: bool = False) -> No
 
     from lifecycle.redact import redact
 
-    text = redact(str(message)).strip() if keep_lines else one_line(str(message))
+    # our own messages are not capped: they end with what to do (the cap is for what
+    # escapes from a library, lifecycle.cli.error_line)
+    text = redact(str(message)).strip() if keep_lines else one_line(str(message), capped=False)
     click.secho(f"error: {text}", fg="red", err=True)
 
 
