@@ -42,6 +42,36 @@ def print_error(message: str | BaseException, *, keep_lines: bool = False) -> No
     click.secho(f"error: {text}", fg="red", err=True)
 
 
+#: The settings that name a folder or file of the state, most specific first.
+PATH_SETTINGS = (
+    "LIFECYCLE_CRM_CSV",
+    "LIFECYCLE_ORDERS_CSV_DIR",
+    "LIFECYCLE_WORLD_DIR",
+    "LIFECYCLE_REPORT_DIR",
+    "LIFECYCLE_EXPORT_DIR",
+    "LIFECYCLE_HOME",
+)
+
+
+def _path_setting(filename: str | bytes | os.PathLike) -> str | None:
+    """Return ``NAME=value`` of the path setting `filename` is at or under (a state folder
+    that cannot be created, such as LIFECYCLE_HOME=/proc/nope, is named with its setting)."""
+    from pathlib import Path
+
+    try:
+        path = Path(os.fsdecode(filename)).expanduser().resolve()
+    except (OSError, ValueError):
+        return None
+    for name in PATH_SETTINGS:
+        value = os.environ.get(name)
+        if not value:
+            continue
+        root = Path(value).expanduser().resolve()
+        if path == root or root in path.parents:
+            return f"{name}={value}"
+    return None
+
+
 def describe(exc: BaseException) -> str:
     """Return what went wrong in `exc`, for people: the cause, not the call stack."""
     import psycopg
@@ -59,7 +89,8 @@ def describe(exc: BaseException) -> str:
         }.get(exc.errno or 0, exc.strerror or str(exc))
         if exc.errno == errno.EEXIST and os.path.isfile(exc.filename):
             what = "is a file, where a folder is wanted"  # mkdir of a path a file holds
-        return f"{exc.filename}: {what}"
+        setting = _path_setting(exc.filename)
+        return f"{exc.filename}: {what}" + (f" (set by {setting})" if setting else "")
     if isinstance(exc, psycopg.OperationalError):
         first = (str(exc).strip().splitlines() or ["connection failed"])[0]
         hint = "is it running? see `lifecycle warehouse status`"

@@ -96,6 +96,16 @@ def test_a_state_folder_that_cannot_be_created(base: dict[str, str], tmp_path: P
     )
 
 
+def test_a_state_folder_the_system_refuses_names_its_setting(base: dict[str, str]) -> None:
+    """LIFECYCLE_HOME=/proc/nope said only "/proc/nope: does not exist"."""
+    env = {**base, "LIFECYCLE_HOME": "/proc/nope"}
+    del env["LIFECYCLE_WORLD_DIR"]  # the world goes under the home
+    result = _invoke(["generate", "--customers", "3", "--quiet"], env)
+    assert _assert_clean_failure(result, 1) == (
+        "error: /proc/nope: does not exist (set by LIFECYCLE_HOME=/proc/nope)"
+    )
+
+
 def test_an_output_folder_that_cannot_be_created(base: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "afile" / "world"
     result = _invoke(["generate", "--customers", "3", "--out", str(out), "--quiet"], base)
