@@ -26,17 +26,22 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
+import inspect
 import logging
 import os
 import socket
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import psycopg
 
 log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 WAREHOUSE = "warehouse"
 
@@ -148,3 +153,29 @@ def _message(
     if wait_s is not None:
         text += f"; waited {wait_s:.0f}s (LIFECYCLE_LOCK_WAIT_S): try again when it ends"
     return text
+
+
+def holds_lock(
+    stage: str, *, date_arg: str, scope: dt.date | str | None = None
+) -> Callable[[F], F]:
+    """Decorate a function that takes `settings`: every call holds :func:`run_lock` of
+    `stage` on the settings' warehouse, for the call's argument `date_arg` (over `scope`,
+    by default that date), while it runs."""
+
+    def decorate(fn: F) -> F:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            from lifecycle.warehouse import warehouse_url
+
+            arguments = signature.bind(*args, **kwargs).arguments
+            settings = arguments["settings"]
+            day = arguments.get(date_arg)
+            url = warehouse_url(settings)
+            with run_lock(url, stage, day, scope=scope, wait_s=settings.lock_wait_s):
+                return fn(*args, **kwargs)
+
+        return locked  # type: ignore[return-value]
+
+    return decorate

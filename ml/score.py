@@ -34,6 +34,7 @@ import pyarrow.csv as pa_csv
 from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
+from lifecycle.locks import holds_lock
 from lifecycle.settings import Settings
 from ml import features as ft
 from ml.tables import CLV_VALUE_COLUMNS, RISK_BANDS, SCORE_COLUMNS, ensure_ml_tables
@@ -375,6 +376,7 @@ def _alike(rows: int, spread: tuple[float, float]) -> list[str]:
     ]
 
 
+@holds_lock("score", date_arg="day")
 def score(
     day: dt.date,
     settings: Settings,
@@ -393,21 +395,6 @@ def score(
     `progress(chunks, rows)` is called after each chunk. Two scorings of one day take
     turns (lifecycle.locks): the second waits, then says who holds the day.
     """
-    from lifecycle import warehouse as wh
-    from lifecycle.locks import run_lock
-
-    with run_lock(wh.warehouse_url(settings), "score", day, wait_s=settings.lock_wait_s):
-        return _score(day, settings, run_id, chunk_size, features_relation, progress)
-
-
-def _score(
-    day: dt.date,
-    settings: Settings,
-    run_id: str | None,
-    chunk_size: int,
-    features_relation: str | None,
-    progress: Callable[[int, int], None] | None,
-) -> ScoreResult:
     from lifecycle import warehouse as wh
 
     started = time.perf_counter()

@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lifecycle.locks import WAREHOUSE, holds_lock
 from lifecycle.settings import Settings
 from ml import train as tr
 
@@ -88,7 +89,6 @@ def fit_clv(as_of: dt.date, settings: Settings) -> str | None:
 
 def fit_segmentation(as_of: dt.date, settings: Settings) -> str:
     """Fit the segmentation (ids matched to the champion's), log it; return the run id."""
-    import contextlib
 
     from ml import tracking
 
@@ -166,31 +166,25 @@ def evaluate(as_of: dt.date, settings: Settings, churn_run_id: str) -> dict[str,
     return {"metrics": metrics, "oracle": oracle, "holdout_date": frames.holdout_date.isoformat()}
 
 
+#: Registering and promoting hold the lock `lifecycle train` holds: they take turns with a
+#: training run from the command line (the DAG itself runs one training at a time).
+train_lock = holds_lock(tr.TRAIN_LOCK, date_arg="as_of", scope=WAREHOUSE)
+
+
+@train_lock
 def register(as_of: dt.date, settings: Settings, run_ids: Mapping[str, str]) -> dict[str, str]:
     """Register the model of each run (registered model name → run id); return the versions."""
     from ml import tracking
 
     client = tracking.configure(settings)
-    with _train_lock(as_of, settings):
-        return {
-            name: tracking.register(client, name, f"runs:/{run_id}/model", run_id, _tags(as_of))
-            for name, run_id in run_ids.items()
-            if run_id is not None  # not trained this run (fit_clv on data it cannot fit)
-        }
+    return {
+        name: tracking.register(client, name, f"runs:/{run_id}/model", run_id, _tags(as_of))
+        for name, run_id in run_ids.items()
+        if run_id is not None  # not trained this run (fit_clv on data it cannot fit)
+    }
 
 
-@contextlib.contextmanager
-def _train_lock(as_of: dt.date, settings: Settings) -> Iterator[None]:
-    """Hold the lock `lifecycle train` holds: registering and promoting take turns with a
-    training run from the command line (the DAG itself runs one training at a time)."""
-    from lifecycle.locks import WAREHOUSE, run_lock
-    from lifecycle.warehouse import warehouse_url
-
-    url = warehouse_url(settings)
-    with run_lock(url, tr.TRAIN_LOCK, as_of, scope=WAREHOUSE, wait_s=settings.lock_wait_s):
-        yield
-
-
+@train_lock
 def promote(
     as_of: dt.date,
     settings: Settings,
@@ -200,17 +194,6 @@ def promote(
 ) -> dict[str, dict[str, Any]]:
     """Set the aliases: the churn version becomes champion only if it beats the current
     champion on the same holdout by the configured margin; return the decisions."""
-    with _train_lock(as_of, settings):
-        return _promote(as_of, settings, versions, run_ids, churn_metrics)
-
-
-def _promote(
-    as_of: dt.date,
-    settings: Settings,
-    versions: Mapping[str, str],
-    run_ids: Mapping[str, str],
-    churn_metrics: Mapping[str, float],
-) -> dict[str, dict[str, Any]]:
     import mlflow
 
     from ml import tracking

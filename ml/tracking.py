@@ -184,6 +184,26 @@ def register(client, name: str, model_uri: str, run_id: str, tags: dict[str, str
     return str(mv.version)
 
 
+@contextlib.contextmanager
+def registered(
+    client, name: str, model_uri: str, run_id: str, tags: dict[str, str]
+) -> Iterator[str]:
+    """Register as :func:`register` does, for a block that gives the version its alias.
+
+    When the block fails or is interrupted (Ctrl-C), the version is deleted: the registry
+    keeps no version without an alias whose run failed, and the rerun's version is the
+    one after the last kept.
+    """
+    version = register(client, name, model_uri, run_id, tags)
+    try:
+        yield version
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.delete_model_version(name, version)
+            log.warning("%s version %s deleted: its training did not finish", name, version)
+        raise
+
+
 @dataclass(frozen=True)
 class Promotion:
     """The outcome of a promotion decision."""

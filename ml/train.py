@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lifecycle.locks import WAREHOUSE, holds_lock
 from lifecycle.settings import Settings
 from ml import features as ft
 from ml import tracking
@@ -760,21 +761,21 @@ def register_churn(
             mlflow.log_artifact(str(path), artifact_path="plots")
         example = frames.holdout[model.features].head(5)
         info = tracking.log_churn_model(model, example)
-        version = tracking.register(
+        with tracking.registered(
             client, tracking.CHURN_MODEL, info.model_uri, run.info.run_id, tags
-        )
-        gain_interval = promotion_interval(spec, y, curves["scores"]["churn_model"], champion_p)
-        decision = tracking.decide(
-            tracking.CHURN_MODEL,
-            version,
-            metric=spec["promotion"]["metric"],
-            value=metrics["churn_model"][spec["promotion"]["metric"]],
-            champion_version=champion_version,
-            champion_value=champion_auc,
-            min_improvement=float(spec["promotion"]["min_improvement"]),
-            gain_interval=gain_interval,
-        )
-        tracking.apply_promotion(client, decision, run.info.run_id)
+        ) as version:
+            gain = promotion_interval(spec, y, curves["scores"]["churn_model"], champion_p)
+            decision = tracking.decide(
+                tracking.CHURN_MODEL,
+                version,
+                metric=spec["promotion"]["metric"],
+                value=metrics["churn_model"][spec["promotion"]["metric"]],
+                champion_version=champion_version,
+                champion_value=champion_auc,
+                min_improvement=float(spec["promotion"]["min_improvement"]),
+                gain_interval=gain,
+            )
+            tracking.apply_promotion(client, decision, run.info.run_id)
         mlflow.log_param("promoted", decision.promoted)
     return version, decision, run.info.run_id
 
@@ -793,18 +794,18 @@ def register_retrained(
         mlflow.log_params(_flat(params))
         mlflow.log_metric("customers", len(frames.current))
         info = tracking.log_pyfunc(fitted, example)
-        version = tracking.register(client, name, info.model_uri, run.info.run_id, tags)
-        previous = tracking.version_by_alias(client, name, tracking.CHAMPION)
-        decision = tracking.Promotion(
-            name,
-            version,
-            True,
-            "first model: no champion yet"
-            if previous is None
-            else f"retrained as of {frames.as_of}: replaces v{previous.version}",
-            None if previous is None else str(previous.version),
-        )
-        tracking.apply_promotion(client, decision, run.info.run_id)
+        with tracking.registered(client, name, info.model_uri, run.info.run_id, tags) as version:
+            previous = tracking.version_by_alias(client, name, tracking.CHAMPION)
+            decision = tracking.Promotion(
+                name,
+                version,
+                True,
+                "first model: no champion yet"
+                if previous is None
+                else f"retrained as of {frames.as_of}: replaces v{previous.version}",
+                None if previous is None else str(previous.version),
+            )
+            tracking.apply_promotion(client, decision, run.info.run_id)
     return version, decision, run.info.run_id
 
 
@@ -881,6 +882,11 @@ def _flat(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 # ---------------------------------------------------------------------------- the step
 
 
+#: The lock stage of a training (``train`` and the DAG's register and promote tasks).
+TRAIN_LOCK = "train"
+
+
+@holds_lock(TRAIN_LOCK, date_arg="as_of", scope=WAREHOUSE)
 def train(
     as_of: dt.date | None,
     settings: Settings,
@@ -896,24 +902,6 @@ def train(
     turns (lifecycle.locks, the stage ``train`` over the warehouse): two at once would
     register and promote over each other.
     """
-    from lifecycle.locks import WAREHOUSE, run_lock
-    from lifecycle.warehouse import warehouse_url
-
-    url = warehouse_url(settings)
-    with run_lock(url, TRAIN_LOCK, as_of, scope=WAREHOUSE, wait_s=settings.lock_wait_s):
-        return _train(as_of, settings, overrides, truth_csv)
-
-
-#: The lock stage of a training (``train`` and the DAG's register and promote tasks).
-TRAIN_LOCK = "train"
-
-
-def _train(
-    as_of: dt.date | None,
-    settings: Settings,
-    overrides: Mapping[str, Any] | None,
-    truth_csv: Path | None,
-) -> TrainResult:
     from ml.specs import load_spec
 
     started = time.perf_counter()

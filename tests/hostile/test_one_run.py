@@ -99,6 +99,29 @@ def test_a_second_run_fails_naming_the_first(
     assert waited < 60
 
 
+@pytest.mark.parametrize("stage", ["register", "promote"])
+def test_the_training_dags_register_and_promote_wait_for_a_training(
+    stage: str, tmp_path: Path, fresh_db: str
+) -> None:
+    """The DAG's register and promote tasks set the aliases `lifecycle train` sets."""
+    from lifecycle.locks import RunInProgress
+    from ml import stages
+
+    call = {
+        "register": lambda s: stages.register(dt.date(2024, 1, 5), s, {}),
+        "promote": lambda s: stages.promote(dt.date(2024, 1, 5), s, {}, {}, {}),
+    }[stage]
+    holder = _hold(fresh_db, "train", "2024-01-04", "warehouse", 60)
+    try:
+        with pytest.raises(RunInProgress, match=rf"pid {holder.pid}, .* train holds the lock"):
+            call(settings(tmp_path, fresh_db, LIFECYCLE_LOCK_WAIT_S="1"))
+    finally:
+        holder.kill()
+        holder.wait()
+    if stage == "register":  # the lock free, it runs (nothing to register)
+        assert call(settings(tmp_path, fresh_db)) == {}
+
+
 def test_a_second_run_waits_for_the_first_then_runs(tmp_path: Path, fresh_db: str) -> None:
     write(tmp_path / "world/orders/orders.csv", ORDERS_HEADER + day_orders("2024-01-01", 3, "A"))
     holder = _hold(fresh_db, "extract-orders", "2024-01-01", "day", 8)
