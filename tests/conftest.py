@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,13 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def interruptible() -> None:
+    """``preexec_fn`` of a process a test interrupts: it takes SIGINT as a terminal's
+    foreground process takes Ctrl-C. A suite started in a background job (``make test &``)
+    runs with SIGINT ignored, which its children inherit and Python keeps."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def make_settings(home: Path, **env: str) -> Settings:

@@ -38,7 +38,12 @@ from lifecycle.orchestration.assets import TABLE_KEY
 from lifecycle.orchestration.config import DAILY_DAG_ID, TRAIN_DAG_ID
 from lifecycle.orchestration.connections import env_name
 from lifecycle.orchestration.server import API_USER, AirflowClient, free_port
-from tests.conftest import EXTERNAL_ADMIN_URL, external_available, scratch_database
+from tests.conftest import (
+    EXTERNAL_ADMIN_URL,
+    external_available,
+    interruptible,
+    scratch_database,
+)
 from tests.dags.conftest import lifecycle_env, table_checksums
 
 REDIS_URL = os.environ.get("LIFECYCLE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -226,6 +231,7 @@ def deployment(scratch, celery_world, reference):
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=interruptible,  # _stop's Ctrl-C reaches it in a background job too
         )
         try:
             password_file = state / "airflow" / "simple_auth_manager_passwords.json"

@@ -17,7 +17,7 @@ import pytest
 
 from lifecycle.extract import extract
 from lifecycle.load import LoadError
-from tests.conftest import ORDERS_HEADER, ORDERS_ONLY_SOURCES, cli_env
+from tests.conftest import ORDERS_HEADER, ORDERS_ONLY_SOURCES, cli_env, interruptible
 from tests.conftest import world_settings as _settings
 from tests.conftest import write_file as _write
 
@@ -479,6 +479,7 @@ def test_an_interrupt_during_the_copy_ends_the_load_at_once(tmp_path: Path, fres
         [str(Path(sys.executable).parent / "lifecycle"), "extract", "--date", "2024-01-01",
          "--source", "orders"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=interruptible,
     )  # fmt: skip
     _wait_until_copying(proc, fresh_db)
     proc.send_signal(signal.SIGINT)

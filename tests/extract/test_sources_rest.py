@@ -15,7 +15,7 @@ import pytest
 
 from lifecycle.extract import extract
 from lifecycle.sources_file import parse_sources
-from tests.conftest import cli_env, make_settings
+from tests.conftest import cli_env, interruptible, make_settings
 
 PEOPLE = [
     {"person_id": f"P{i}", "contact": {"email": f"p{i}@example.com"},
@@ -165,6 +165,7 @@ def test_ctrl_c_while_an_api_that_is_down_is_retried_ends_the_load_at_once(
         [str(Path(sys.executable).parent / "lifecycle"), "extract", "--date", "2024-03-31",
          "--source", "crm"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=interruptible,
     )  # fmt: skip
     try:
         time.sleep(6)  # started, and retrying

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from lifecycle.transform import transform
-from tests.conftest import cli_env
+from tests.conftest import cli_env, interruptible
 from tests.transform.conftest import land, rows, scratch_database, settings_for, write
 
 AS_OF = dt.date(2024, 6, 30)
@@ -141,6 +141,7 @@ def test_an_interrupted_build_publishes_nothing(built, dbt_home, tmp_path) -> No
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
     try:
         deadline = time.monotonic() + 120
