@@ -77,6 +77,8 @@ class ActivationResult:
         """Return a short, readable text for a task log."""
         s = self.scores
         score = f"scores of {s.score_date}" if s.score_date else "no scores yet"
+        if s.first_later_score:
+            score = f"no scores on or before {self.day}: the first are of {s.first_later_score}"
         lines = [
             f"activation {self.day}: {s.customers} customers ({s.scored} scored, {score}; "
             f"{s.with_consent} with marketing consent)"

@@ -11,12 +11,15 @@ customers first seen after scoring) keep null scores and ``is_scored`` false.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass
 
 from psycopg import sql
 
 from lifecycle.activation.tables import SCORE_COLUMNS
 from ml.tables import ensure_ml_tables
+
+log = logging.getLogger(__name__)
 
 
 class ActivationError(RuntimeError):
@@ -32,6 +35,8 @@ class ScoresFacts:
     customers: int
     scored: int
     with_consent: int
+    #: without scores on or before the date: the first score date after it, if any
+    first_later_score: dt.date | None = None
 
 
 def _exists(conn, relation: str) -> bool:
@@ -63,6 +68,21 @@ def write_scores(conn, day: dt.date, run_id: str) -> ScoresFacts:
     score_date = conn.execute(
         "select max(score_date) from ml.scores_history where score_date <= %s", (day,)
     ).fetchone()[0]
+    later = None
+    if score_date is None:
+        later = conn.execute(
+            "select min(score_date) from ml.scores_history where score_date > %s", (day,)
+        ).fetchone()[0]
+    if later is not None:
+        # an export of a date before the first scoring: audiences that filter on scores
+        # come out empty, and the next export's adds and removes are counted from them
+        log.warning(
+            "no scores on or before %s (the first are of %s): audiences that filter on "
+            "scores are empty; run `lifecycle score --date %s` first to fill them",
+            day,
+            later,
+            day,
+        )
     conn.execute("delete from activation.customer_scores_history where as_of_date = %s", (day,))
     columns = sql.SQL(", ").join(map(sql.Identifier, SCORE_COLUMNS))
     conn.execute(
@@ -132,4 +152,4 @@ def write_scores(conn, day: dt.date, run_id: str) -> ScoresFacts:
         "from activation.customer_scores_history where as_of_date = %s",
         (day,),
     ).fetchone()
-    return ScoresFacts(day, score_date, customers, scored, consent)
+    return ScoresFacts(day, score_date, customers, scored, consent, later)

@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import subprocess
@@ -535,3 +536,22 @@ def test_customer_id_file_lists_every_member_without_contact_data(runs) -> None:
     assert list(listed[0]) == list(exports_module.IDS_HEADER)  # no email, name or country
     sent = runs.r3.audiences["high_risk"].export.sent
     assert len(listed) > sent  # also the members without consent: it is not a send list
+
+
+def test_a_date_before_the_first_scoring_is_said_so(runs, caplog) -> None:
+    """An export of a date before the first scoring wrote empty score audiences without a
+    word (and the next export counted its adds and removes from them)."""
+    from lifecycle.activation.scores import write_scores as write_day_scores
+
+    day = D1 - dt.timedelta(days=1)
+    with psycopg.connect(runs.url) as conn:
+        with caplog.at_level(logging.WARNING, logger="lifecycle.activation.scores"):
+            facts = write_day_scores(conn, day, "probe")
+        conn.rollback()  # a probe: the module's tables stay as the runs left them
+    assert (facts.score_date, facts.first_later_score, facts.scored) == (None, D1, 0)
+    assert f"no scores on or before {day} (the first are of {D1})" in caplog.text
+    assert rows(
+        runs.url,
+        "select count(*) from activation.customer_scores_history where as_of_date = %s",
+        (day,),
+    ) == [(0,)]
