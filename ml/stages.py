@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lifecycle.locks import WAREHOUSE, holds_lock
 from lifecycle.settings import Settings
 from ml import train as tr
 
@@ -166,12 +165,9 @@ def evaluate(as_of: dt.date, settings: Settings, churn_run_id: str) -> dict[str,
     return {"metrics": metrics, "oracle": oracle, "holdout_date": frames.holdout_date.isoformat()}
 
 
-#: Registering and promoting hold the lock `lifecycle train` holds: they take turns with a
-#: training run from the command line (the DAG itself runs one training at a time).
-train_lock = holds_lock(tr.TRAIN_LOCK, date_arg="as_of", scope=WAREHOUSE)
-
-
-@train_lock
+# Registering and promoting hold the lock `lifecycle train` holds: they take turns with a
+# training run from the command line (the DAG itself runs one training at a time).
+@tr.train_lock
 def register(as_of: dt.date, settings: Settings, run_ids: Mapping[str, str]) -> dict[str, str]:
     """Register the model of each run (registered model name → run id); return the versions."""
     from ml import tracking
@@ -184,7 +180,7 @@ def register(as_of: dt.date, settings: Settings, run_ids: Mapping[str, str]) -> 
     }
 
 
-@train_lock
+@tr.train_lock
 def promote(
     as_of: dt.date,
     settings: Settings,

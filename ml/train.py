@@ -884,9 +884,12 @@ def _flat(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 #: The lock stage of a training (``train`` and the DAG's register and promote tasks).
 TRAIN_LOCK = "train"
+#: Trainings take turns over the warehouse: `lifecycle train`, and the training DAG's
+#: register and promote tasks (ml.stages), set the one registry's aliases.
+train_lock = holds_lock(TRAIN_LOCK, date_arg="as_of", scope=WAREHOUSE)
 
 
-@holds_lock(TRAIN_LOCK, date_arg="as_of", scope=WAREHOUSE)
+@train_lock
 def train(
     as_of: dt.date | None,
     settings: Settings,

@@ -73,9 +73,7 @@ def write_scores(conn, day: dt.date, run_id: str) -> ScoresFacts:
         later = conn.execute(
             "select min(score_date) from ml.scores_history where score_date > %s", (day,)
         ).fetchone()[0]
-    if later is not None:
-        # an export of a date before the first scoring: audiences that filter on scores
-        # come out empty, and the next export's adds and removes are counted from them
+    if later is not None:  # a date before the first scoring: the next export counts from it
         log.warning(
             "no scores on or before %s (the first are of %s): audiences that filter on "
             "scores are empty; run `lifecycle score --date %s` first to fill them",
