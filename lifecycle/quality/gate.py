@@ -44,6 +44,7 @@ from lifecycle.quality.suites import (
     tokens_for,
 )
 from lifecycle.settings import Settings, get_settings
+from lifecycle.sources_file import business_zone
 from lifecycle.transform import BUILD_SCHEMA
 from lifecycle.warehouse import connect, sqlalchemy_url, warehouse_url
 
@@ -415,13 +416,14 @@ def validate_layer(
     run_id = run_id or uuid.uuid4().hex
     started = time.perf_counter()
     absent = absent_entities(settings) if any(s.requires_batch for s in suites) else {}
+    zone = business_zone(settings).key
     with connect(url) as conn:
         if schema is None:
             schema = _marts_schema(conn, day) if layer == "marts" else LAYERS[layer]
         verdict = Verdict(layer, day, run_id, schema)
         plans: list[_Plan] = []
         for suite in suites:
-            tokens = tokens_for(day, schema)
+            tokens = tokens_for(day, schema, timezone=zone)
             if suite.requires_batch in absent:
                 verdict.skipped[suite.name] = absent[suite.requires_batch]
                 continue

@@ -14,7 +14,10 @@ sits in the suite's ``meta.lifecycle``:
 
 Tokens in ``table``, ``batch`` and SQL of ``unexpected_rows_expectation`` are replaced
 before GX sees them: ``{schema}`` (the schema validated: ``marts__build`` for a pending
-build), ``{as_of_date}`` (``YYYY-MM-DD``) and ``{batch_id}`` (the raw batch of the date).
+build), ``{as_of_date}`` (``YYYY-MM-DD``), ``{day_end}`` (the end of that day in the
+business zone, ``2018-10-17T00:00:00-03:00``: the bound of a timestamp, which PostgreSQL
+would otherwise read as the session zone's midnight) and ``{batch_id}`` (the raw batch of
+the date).
 ``{batch}`` is GX's own token for the batch's rows.
 """
 
@@ -201,9 +204,18 @@ def load_suites(layer: str, directory: Path | None = None) -> list[Suite]:
     return suites
 
 
-def tokens_for(day: dt.date, schema: str, batch_id: str | None = None) -> dict[str, str]:
-    """Return the token values of a validation of `day` in `schema`."""
-    out = {"schema": schema, "as_of_date": day.isoformat()}
+def tokens_for(
+    day: dt.date, schema: str, batch_id: str | None = None, timezone: str = "UTC"
+) -> dict[str, str]:
+    """Return the token values of a validation of `day` (a day in `timezone`, the business
+    zone) in `schema`."""
+    from lifecycle.load import day_window
+
+    out = {
+        "schema": schema,
+        "as_of_date": day.isoformat(),
+        "day_end": day_window(day, timezone).end.isoformat(),
+    }
     if batch_id:
         out["batch_id"] = batch_id
     return out

@@ -1364,6 +1364,43 @@ def test_any_iso_currency_passes_the_raw_gate(tmp_path: Path, fresh_db: str) -> 
     assert gate.returncode == 0, gate.stdout[-3000:] + gate.stderr[-3000:]
 
 
+def test_an_evening_order_of_the_last_day_west_of_utc_passes_the_raw_gate(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """The raw gate's "not after the end of the day" bound is the business zone's midnight.
+
+    In Sao Paulo, an order at 23:32 on the day loaded is 02:32 UTC the next day: the gate
+    compared it with UTC midnight and refused the day of every shop west of UTC that
+    sells in the evening (an Olist-shaped export, on its last day). One hour past the
+    zone's midnight it is still refused."""
+    (tmp_path / "orders.csv").write_text(
+        "customer_id,order_id,ordered_at,amount\n"
+        "C1,O1,2018-10-16 10:00:00,10\nC2,O2,2018-10-16 23:32:25,20\n"
+    )
+    src = sources_file(
+        tmp_path,
+        ORDERS_ONLY_SOURCES.format(orders=tmp_path / "orders.csv").replace(
+            "sources:", "business: {timezone: America/Sao_Paulo, currency: BRL}\nsources:"
+        ),
+    )
+    out = extract(tmp_path, fresh_db, "2018-10-16", src)
+    assert "success: 2 read, 2 loaded, 0 quarantined" in out
+    assert orders(fresh_db)["O2"][1] == utc(2018, 10, 17, 2, 32, 25)
+
+    def gate() -> subprocess.CompletedProcess:
+        return lifecycle(tmp_path, fresh_db, "validate", "--layer", "raw",
+                         "--date", "2018-10-16", LIFECYCLE_SOURCES_FILE=src)  # fmt: skip
+
+    passed = gate()
+    assert passed.returncode == 0, passed.stdout[-3000:] + passed.stderr[-3000:]
+    with psycopg.connect(fresh_db) as conn:  # 00:30 the next day in Sao Paulo
+        conn.execute("update raw.orders__orders set ordered_at = %s where order_id = 'O2'",
+                     (utc(2018, 10, 17, 3, 30),))  # fmt: skip
+    refused = gate()
+    assert refused.returncode != 0
+    assert "ordered_at within the load interval" in refused.stdout + refused.stderr
+
+
 @pytest.mark.parametrize("column", ["Totl", "Created"])
 def test_a_mapped_column_that_is_not_in_the_file_is_a_clear_error(
     tmp_path: Path, fresh_db: str, column: str
