@@ -221,6 +221,7 @@ def load_frames(
         labelled = ft.read_training_set(conn, dates[:2] if holdout_only else dates)
         if not labelled.empty and labelled["churned"].astype(bool).all():
             _no_orders_after(conn, as_of, dates[0])
+            _no_repeat_buyers(conn)
         if not holdout_only:  # what the holdout-only frames leave empty is not read
             current = ft.compute_features(conn, [as_of], horizon_days=horizon, data_as_of=as_of)
             absent = absent_entities(settings, conn, set(ft.FEATURE_SOURCES.values()))
@@ -380,6 +381,29 @@ def _no_orders_after(conn, as_of: dt.date, newest_snapshot: dt.date) -> None:
         f"is of {newest}, {(as_of - newest).days} days before {as_of}, and the newest snapshot "
         f"({newest_snapshot}) looks for orders after it; train as of a day the data reaches "
         f"(`lifecycle train --as-of {newest}`, or the pipeline's --date {newest})"
+    )
+
+
+def _no_repeat_buyers(conn) -> None:
+    """Raise TrainError when no customer ever ordered twice: nobody can be seen to stay.
+
+    A churn label is "no order in the horizon after the snapshot", so with one order per
+    customer every label is "churned". The usual cause is a customer id that names an
+    order, not a person (Olist's orders file: its ``customer_id`` is new with every order,
+    the person is ``customer_unique_id`` in the customers file).
+    """
+    row = conn.execute(
+        "select count(*), count(*) filter (where count_orders > 1) from marts.customers "
+        "where count_orders > 0"
+    ).fetchone()
+    buyers, repeat = row
+    if not buyers or repeat:
+        return
+    raise TrainError(
+        f"every customer is labelled churned at every snapshot: none of the {buyers:,} buyers "
+        "ordered more than once, so no one is seen to stay; if the orders' customer_id names "
+        "an order rather than a person (a new id with every order), map the column that names "
+        "the person (e.g. an email, or Olist's customer_unique_id) in the sources file"
     )
 
 

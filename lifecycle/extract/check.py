@@ -505,6 +505,7 @@ def _check_sample(
             "first), set grain: line to sum the lines into one order"
         )
     report.notes += _placeholder_customer(buyers, emap)
+    report.notes += _one_order_each(buyers)
     _judge(report, entity, emap, sources, settings)
 
 
@@ -528,6 +529,24 @@ def _placeholder_customer(buyers: dict[str, set[str]], emap: EntityMap) -> list[
         f"({len(ids) / orders:.0%}): if it stands for guest checkouts, every guest becomes "
         f"one customer; map customer_id from {source} only where it is a real id, e.g. "
         "from the customer's email (customer_id: <email column>)"
+    ]
+
+
+def _one_order_each(buyers: dict[str, set[str]]) -> list[str]:
+    """Return a note when no sampled customer_id has a second order.
+
+    Some exports give each order a customer id of its own (Olist's orders file: the person
+    is ``customer_unique_id`` in another file). Everything loads, and training then finds
+    that nobody ever orders again; only the sample can tell it beforehand.
+    """
+    orders = sum(len(ids) for ids in buyers.values())
+    if orders < 200 or any(len(ids) > 1 for ids in buyers.values()):
+        return []
+    return [
+        f"none of the {len(buyers)} sampled customers has a second order: if customer_id is "
+        "new with every order, it names the order, not the person; map customer_id from the "
+        "column that names the person (an email, a customer number), or churn has nobody "
+        "who stays to learn from"
     ]
 
 

@@ -806,3 +806,25 @@ def test_sources_check_notes_a_customer_id_that_stands_for_every_guest(tmp_path:
                         LIFECYCLE_SOURCES_FILE=src)  # fmt: skip
         assert out.returncode == 0, out.stderr
         assert (note in out.stdout) is noted, out.stdout
+
+
+def test_sources_check_notes_customer_ids_that_name_orders(tmp_path: Path) -> None:
+    """Olist's orders file: a new customer_id with every order. It loads; the check says
+    that nobody in the sample orders twice, so the mapping can be fixed before training.
+    One customer with a second order is enough to say nothing."""
+    note = (
+        "note: none of the 250 sampled customers has a second order: if customer_id is new "
+        "with every order, it names the order, not the person"
+    )
+    path = tmp_path / "orders.csv"
+    src = sources_file(tmp_path, GUESTS.format(path=path, customer="Customer"))
+    for last_customer, noted in (("c249", True), ("c1", False)):
+        lines = ["Order Number,Customer,Order Date,Order Total Amount"]
+        lines += [f"o{i},c{i},2018-01-{1 + i % 28:02d} 10:00:00,9.50" for i in range(249)]
+        lines.append(f"o249,{last_customer},2018-01-28 11:00:00,9.50")
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        out = lifecycle(tmp_path, "postgresql://unused@127.0.0.1:1/x", "sources", "check",
+                        LIFECYCLE_SOURCES_FILE=src)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert ("has a second order" in out.stdout) is noted, out.stdout
+        assert (note in out.stdout) is noted

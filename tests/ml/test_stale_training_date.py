@@ -48,3 +48,31 @@ def test_training_past_the_end_of_the_data_names_the_newest_order(embedded_setti
         f"({newest_snapshot}) looks for orders after it; train as of a day the data reaches "
         f"(`lifecycle train --as-of {LAST_ORDER}`, or the pipeline's --date {LAST_ORDER})"
     )
+
+
+def test_customer_ids_that_name_orders_are_one_error_saying_so(embedded_settings, tmp_path):
+    """Olist's orders file gives every order a customer id of its own: nobody orders twice,
+    so every label is "churned". Training says that and what to map, not "a single class"."""
+    from ml import train as tr
+    from ml.churn import load_churn_spec
+    from ml.train import TrainError
+
+    lines = ["customer_id,order_id,ordered_at,amount"]
+    lines += [f"K{i},O{i},{AS_OF - dt.timedelta(days=3 * i)},25.00" for i in range(120)]
+    orders = write(tmp_path / "world" / "orders" / "orders.csv", "\n".join(lines) + "\n")
+    write(tmp_path / "world" / "sources.yml", ORDERS_ONLY_SOURCES.format(orders=orders))
+    with scratch_database(embedded_settings) as url:
+        settings = settings_for(tmp_path / "home", url, tmp_path / "world")
+        land(settings, AS_OF, full=True, sources=("orders",))
+        transform(AS_OF, settings, quiet=True)
+        spec = load_churn_spec(None)
+        spec["snapshots"].update(count=3)
+        tr.build_training_sets(AS_OF, settings, spec)
+        with pytest.raises(TrainError) as refused:
+            tr.load_frames(AS_OF, settings, spec)
+    assert str(refused.value) == (
+        "every customer is labelled churned at every snapshot: none of the 120 buyers ordered "
+        "more than once, so no one is seen to stay; if the orders' customer_id names an order "
+        "rather than a person (a new id with every order), map the column that names the "
+        "person (e.g. an email, or Olist's customer_unique_id) in the sources file"
+    )
