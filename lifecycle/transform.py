@@ -424,6 +424,8 @@ def _interrupts() -> Iterator[list[int]]:
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def noted(signum, frame):  # noqa: ANN001, ANN202
+        if not seen:
+            _no_crash_report_on_console()
         seen.append(signum)
         handler = previous[signum]
         if callable(handler):
@@ -442,6 +444,32 @@ def _interrupts() -> Iterator[list[int]]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+#: dbt's events of a crash: "Encountered an error:" and the stack trace of what ended it.
+_CRASH_EVENTS = frozenset({"MainEncounteredError", "MainStackTrace"})
+
+
+def _no_crash_report_on_console() -> None:
+    """Keep dbt's console from printing the stack trace of the KeyboardInterrupt it gets.
+
+    After Ctrl-C dbt cancels its queries and ends its run by re-raising the interrupt,
+    which its command wrapper reports as a crash, trace and all, on standard output; the
+    user asked for the stop, and the CLI ends with ``error: interrupted``. Only the
+    console logger of this invocation (dbt's ``stdout_log``) is filtered: dbt's log file
+    keeps the report. dbt offers no switch for it; its loggers' ``filter`` is the hook.
+    """
+    from dbt_common.events.event_manager_client import get_event_manager
+
+    for logger in getattr(get_event_manager(), "loggers", []):
+        if getattr(logger, "name", None) != "stdout_log":
+            continue
+        previous = logger.filter
+
+        def keep(msg, previous=previous) -> bool:  # noqa: ANN001
+            return msg.info.name not in _CRASH_EVENTS and previous(msg)
+
+        logger.filter = keep
 
 
 def _node_results(result: Any) -> list[NodeResult]:
