@@ -70,6 +70,9 @@ def _run(dates: list[dt.date], dag_id: str, conf: dict, verbose: bool) -> None:
             if last == day
             else f"lifecycle pipeline backfill --start {day} --end {last}"
         ) + (f" --dag {dag_id}" if dag_id != DAILY_DAG_ID else "")
+        if exc.report.interrupted:  # Ctrl-C reached a task: the stop was asked for
+            click.secho(f"interrupted; resume with: {again}", err=True)
+            sys.exit(130)
         click.secho(f"fix the cause, then resume with: {again}", err=True)
         sys.exit(1)
     except OrchestrationError as exc:

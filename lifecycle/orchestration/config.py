@@ -36,6 +36,8 @@ from lifecycle.settings import Settings, load_settings
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
 #: Id of the daily DAG.
 DAILY_DAG_ID = "lifecycle_daily"
+#: How a task stopped by Ctrl-C fails (never retried), and how the runner recognizes it.
+INTERRUPTED = "interrupted (SIGINT): not retried"
 #: Id of the training DAG.
 TRAIN_DAG_ID = "lifecycle_train"
 #: The executors `lifecycle airflow serve` runs, by their CLI name.

@@ -30,6 +30,7 @@ from airflow.sdk import task as airflow_task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from lifecycle.orchestration.assets import warehouse_asset
+from lifecycle.orchestration.config import INTERRUPTED
 from lifecycle.raw import CRM_CONTACTS, FX_RATES, MARKETING_SPEND, ORDER_ITEMS, ORDERS, WEB_EVENTS
 
 #: The raw tables each source lands in (must match ``lifecycle.extract.SOURCES``, which
@@ -145,7 +146,7 @@ def task(**kwargs: Any) -> Callable:
             try:
                 return fn(*args, **kw)
             except KeyboardInterrupt as exc:
-                raise AirflowFailException("interrupted (SIGINT): not retried") from exc
+                raise AirflowFailException(INTERRUPTED) from exc
 
         return airflow_task(**kwargs)(run)
 

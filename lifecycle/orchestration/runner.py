@@ -24,6 +24,7 @@ from typing import Any
 from lifecycle.orchestration import home, logs
 from lifecycle.orchestration.config import (
     DAILY_DAG_ID,
+    INTERRUPTED,
     OrchestrationSettings,
     load_orchestration_settings,
 )
@@ -88,6 +89,11 @@ class RunReport:
             for w in t.result.get("warnings") or ()
         ]
         return "\n".join(lines)
+
+    @property
+    def interrupted(self) -> bool:
+        """True when a task failed because it was stopped with Ctrl-C (not by a fault)."""
+        return any(INTERRUPTED in str(f.error) for f in self.failures)
 
     def failure_message(self) -> str:
         """Return what failed, for which date, why, and where the log is."""

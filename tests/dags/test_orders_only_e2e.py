@@ -155,3 +155,56 @@ def test_next_daily_run_scores_exports_and_reports(pipeline):
         f"configured in {sources}; no such source: marketing spend (raw.marketing__spend) "
         f"is not configured in {sources}."
     ) in html
+
+
+def test_ctrl_c_in_a_task_ends_the_run_as_asked(pipeline):
+    """Ctrl-C while `lifecycle pipeline run` is inside a task: the task fails without a
+    retry, and the command ended as a fault does ("fix the cause", exit 1). It ends as the
+    stop the user asked for: exit 130 and the command that resumes the day. Runs last in
+    this module: it leaves the day's run failed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import cli_env, interruptible
+
+    env = {
+        k: v
+        for k, v in cli_env(
+            LIFECYCLE_HOME=str(pipeline["state"]),
+            LIFECYCLE_WAREHOUSE_URL=pipeline["url"],
+            LIFECYCLE_WORLD_DIR=str(pipeline["orders"].parent.parent),
+            LIFECYCLE_SOURCES_FILE=str(pipeline["sources"]),
+        ).items()
+        if not k.startswith("AIRFLOW")  # the CLI's own Airflow home, not the session's
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lifecycle.cli", "pipeline", "run", "--date", str(LATER)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=interruptible,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        with psycopg.connect(pipeline["url"], autocommit=True) as conn:
+            while proc.poll() is None:  # until the transform task's dbt is connected
+                [(n,)] = conn.execute(
+                    "select count(*) from pg_stat_activity where application_name like 'dbt%' "
+                    "and datname = current_database()"
+                ).fetchall()
+                if n:
+                    break
+                assert time.monotonic() < deadline, "the transform task never started"
+                time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out[-2000:] + err[-3000:]
+    lines = err.splitlines()
+    assert lines[-1] == f"interrupted; resume with: lifecycle pipeline run --date {LATER}"
+    assert "transform: AirflowFailException: interrupted (SIGINT): not retried" in err
+    assert "Traceback" not in out + err and "fix the cause" not in err
