@@ -78,6 +78,21 @@ class ConfigLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _timestamp_or_text(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    """Read a date-shaped scalar as a date, or as its text when it is no real day.
+
+    PyYAML raised Python's bare ``month must be in 1..12`` for ``2019-13-01``, naming
+    neither file nor key; as text, the setting that wants a date refuses it by name.
+    """
+    try:
+        return yaml.SafeLoader.construct_yaml_timestamp(loader, node)
+    except ValueError:
+        return loader.construct_scalar(node)
+
+
+ConfigLoader.add_constructor(f"{_STD_TAG}timestamp", _timestamp_or_text)
+
+
 class TextKeyLoader(ConfigLoader):
     """A ConfigLoader whose unquoted mapping keys are the text written in the file."""
 

@@ -81,7 +81,7 @@ USD_PLANNING_RATES: dict[str, float] = {"USD": 1.0, "EUR": 1.08, "GBP": 1.27}
 #: read in the field's zone instead of the one it names.
 _STRPTIME_DIRECTIVES = set("aAbBcdHIjmMpSUwWyYz%") | {"f", "e", "h", "n", "t", "T", "D", "R"}
 #: Formats that are not strptime patterns.
-SPECIAL_FORMATS = ("iso", "epoch_s", "epoch_ms", "excel_serial")
+SPECIAL_FORMATS = ("iso", "epoch_s", "epoch_ms", "epoch_days", "excel_serial")
 #: The file a sources file is looked for under when LIFECYCLE_SOURCES_FILE is not set.
 DEFAULT_FILE_NAME = "sources.yml"
 #: How much of a bad value an error message echoes.
@@ -299,7 +299,14 @@ class FieldMap(_Strict):
     coalesce: list[str] | None = Field(
         None, description="source columns: the first one that is not empty, row by row"
     )
-    format: str | None = Field(None, description="strptime format, iso, epoch_s, epoch_ms")
+    format: str | None = Field(
+        None, description="strptime format, iso, epoch_s, epoch_ms, epoch_days, excel_serial"
+    )
+    origin: dt.date | None = Field(
+        None,
+        description="format epoch_days: the day numbered 0 (default 1970-01-01); day N is "
+        "origin + N days",
+    )
     timezone: Zone | None = Field(None, description="zone of naive timestamps in this column")
     values: dict[str, str] | None = Field(None, description="recoding: source value -> value")
     default: str | None = Field(None, description="value for source values not in `values`")
@@ -328,6 +335,8 @@ class FieldMap(_Strict):
             )
         if self.format is not None:
             check_format(self.format)
+        if self.origin is not None and self.format != "epoch_days":
+            raise ValueError("origin applies to format: epoch_days (a count of days)")
         if self.default is not None and self.values is None:
             raise ValueError("default applies to values: give values too")
         return self

@@ -625,6 +625,18 @@ def _format_hint(example: str | None) -> str:
         value = ast.literal_eval(example) if example else None
     except (ValueError, SyntaxError):
         value = None
+    number = value.strip() if isinstance(value, str) else ""
+    if re.fullmatch(r"\d{1,5}(\.\d+)?", number):
+        # a day count (Dunnhumby's DAY 1..711), or a spreadsheet's serial date
+        return (
+            "; a spreadsheet's serial date (45356 is 2024-03-05) reads with format: excel_serial"
+            if 20_000 <= float(number) < 80_000
+            else "; a number of days from some first day reads with format: epoch_days "
+            "and origin: <the day numbered 0>"
+        )
+    if re.fullmatch(r"\d{10}(\.\d+)?|\d{13}", number):
+        unit = "epoch_ms" if len(number) == 13 else "epoch_s"
+        return f"; seconds or milliseconds since 1970 read with format: {unit}"
     m = _DATE_PARTS.match(value.strip()) if isinstance(value, str) else None
     if m is None or len(m.group(1)) == 4:
         return generic

@@ -12,7 +12,8 @@ pyarrow compute kernels:
 * numbers lose their thousands separator and take ``.`` for a decimal comma; ``scale``
   multiplies (cents);
 * dates and times are read in their ``format`` (strptime, ``iso``, ``epoch_s``,
-  ``epoch_ms``, ``excel_serial``; without one, ISO-8601 forms and plain dates), naive ones
+  ``epoch_ms``, ``epoch_days`` (from an ``origin``), ``excel_serial``; without one,
+  ISO-8601 forms and plain dates), naive ones
   in the source's time zone (DST overlaps and gaps per ``ambiguous_time`` /
   ``nonexistent_time``), and written as ISO-8601 UTC text with ``Z``;
 * refunds (negative amounts, marked rows, ``refund_of``) become ``refunded`` orders;
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime as dt
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -609,6 +611,17 @@ class Mapper:
             instant, naive = micros.cast(pa.timestamp("us")).cast(_UTC), None
             expected = f"is not a number of {'seconds' if fmt == 'epoch_s' else 'milliseconds'}"
             expected += " since 1970-01-01 UTC (format " + fmt + ")"
+        elif fmt == "epoch_days":
+            # a day count (Dunnhumby's DAY 1..711): plain dates, local midnights like an
+            # ISO date without a time; whole numbers only, since a fraction of a day
+            # would put a time on a field whose source has none
+            origin = fmap.origin or dt.date(1970, 1, 1)
+            number = _cast(text, pa.float64())
+            whole = pc.if_else(pc.equal(pc.floor(number), number), number, None)
+            days = pc.add(whole, float((origin - dt.date(1970, 1, 1)).days))
+            micros = _cast(pc.multiply(days, 86_400_000_000), pa.int64())
+            instant, naive = None, micros.cast(pa.timestamp("us"))
+            expected = f"is not a whole number of days since {origin} (format epoch_days)"
         elif fmt == "excel_serial":
             days = pc.subtract(_cast(text, pa.float64()), EXCEL_EPOCH_DAY)
             micros = _cast(pc.round(pc.multiply(days, 86_400_000_000)), pa.int64())

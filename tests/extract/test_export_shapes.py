@@ -16,6 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from tests.extract.test_mapping import (
     EXPORTS,
@@ -828,3 +829,20 @@ def test_sources_check_notes_customer_ids_that_name_orders(tmp_path: Path) -> No
         assert out.returncode == 0, out.stderr
         assert ("has a second order" in out.stdout) is noted, out.stdout
         assert (note in out.stdout) is noted
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [
+        ("711", "format: epoch_days and origin: <the day numbered 0>"),  # Dunnhumby's DAY
+        ("45356.5", "format: excel_serial"),
+        ("1709647331", "format: epoch_s"),
+        ("1709647331000", "format: epoch_ms"),
+        ("05.03.2024", "format: '%d.%m.%Y' fits '05.03.2024'"),
+    ],
+)
+def test_the_format_hint_of_a_number_names_the_format_that_reads_it(value: str, hint: str) -> None:
+    """A day count was told to use '%d/%m/%Y %H:%M'; numbers get the format that reads them."""
+    from lifecycle.extract.check import _format_hint
+
+    assert hint in _format_hint(repr(value))

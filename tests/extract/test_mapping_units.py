@@ -271,6 +271,40 @@ def test_constants_concat_defaults_and_special_formats() -> None:
     assert {r["currency"] for r in rows} == {"EUR"}
 
 
+def test_day_numbers_from_an_origin_are_plain_dates_of_the_zone() -> None:
+    """Dunnhumby's DAY 1..711 has no calendar: `epoch_days` from an `origin` reads it as
+    the origin + N days, a plain date (midnight in the business zone); a fraction of a day
+    or a word is quarantined naming the format."""
+    m = mapper(
+        {
+            "columns": {
+                "order_id": "basket",
+                "customer_id": "household",
+                "ordered_at": {"column": "DAY", "format": "epoch_days", "origin": "2019-12-31"},
+                "amount": "value",
+            }
+        },
+        top={"business": {"timezone": "America/Chicago"}},
+    )
+    rows, bad = checked(
+        m,
+        chunk("basket,household,DAY,value\nb1,h1,1,1.39\nb2,h1,711,2.00\nb3,h2,3.5,1\nb4,h2,x,1\n"),
+    )
+    assert [(r["order_id"], r["ordered_at"]) for r in rows] == [
+        ("b1", "2020-01-01T06:00:00Z"),  # midnight in Chicago
+        ("b2", "2021-12-11T06:00:00Z"),
+    ]
+    why = "is not a whole number of days since 2019-12-31 (format epoch_days)"
+    assert bad == {4: f"ordered_at: '3.5' {why}", 5: f"ordered_at: 'x' {why}"}
+    unix = mapper({"columns": {"ordered_at": {"column": "d", "format": "epoch_days"}}})
+    rows, _ = checked(unix, chunk("order_id,customer_id,d,amount\no,c,19723,1\n"))
+    assert rows[0]["ordered_at"] == "2024-01-01T00:00:00Z"  # days since 1970-01-01
+    with pytest.raises(ValueError, match="origin applies to format: epoch_days"):
+        mapper(
+            {"columns": {"ordered_at": {"column": "d", "format": "iso", "origin": "2020-01-01"}}}
+        )
+
+
 def test_a_date_field_takes_its_format_and_stays_a_date() -> None:
     sources = parse_sources(
         {

@@ -281,6 +281,19 @@ def test_a_bad_default_is_blamed_on_default(tmp_path: Path) -> None:
     )
 
 
+def test_a_date_that_is_no_day_is_blamed_on_its_key(tmp_path: Path) -> None:
+    """PyYAML read `2019-13-01` as a date and raised Python's bare "month must be in
+    1..12", naming neither file nor key; it is text now, refused by the key wanting a date."""
+    text = _yml().replace(
+        "ordered_at: ordered_at", "ordered_at: {column: d, format: epoch_days, origin: 2019-13-01}"
+    )
+    error = _load_error(tmp_path, text)
+    assert error.startswith(
+        f"error: {tmp_path / 'sources.yml'}: {ENTITY}.columns.ordered_at.origin: "
+        "Input should be a valid date"
+    ), error
+
+
 # ------------------------------------------------------------------ through the CLI
 
 
