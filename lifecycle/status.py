@@ -23,6 +23,7 @@ import psycopg
 
 from lifecycle.report.model import jsonable
 from lifecycle.settings import Settings, get_settings
+from lifecycle.sources_file import business_zone
 
 NONE_YET = "none yet"
 
@@ -99,7 +100,7 @@ def _exists(conn: psycopg.Connection, relation: str) -> bool:
 
 
 _LAST_RUNS = (
-    "select dag_id, run_id, date(logical_date), state, start_date, end_date from dag_run d "
+    "select dag_id, run_id, logical_date, state, start_date, end_date, run_after from dag_run d "
     "where logical_date = (select max(logical_date) from dag_run where dag_id = d.dag_id) "
     "order by dag_id"
 )
@@ -138,6 +139,15 @@ def _metadata_engine(settings: Settings):
     return engine, str(db), None
 
 
+def _utc(value: Any) -> dt.datetime | None:
+    """Return a metadata DB timestamp as an aware UTC datetime (SQLite gives naive text)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+
+
 def airflow_part(settings: Settings) -> Part:
     """Return the latest run of each DAG in Airflow's metadata DB, with its failed tasks."""
     import sqlalchemy as sa
@@ -157,14 +167,23 @@ def airflow_part(settings: Settings) -> Part:
                     f"{NONE_YET}: {name} holds no Airflow metadata (`lifecycle airflow init`)"
                 )
                 return part
-            for dag_id, run_id, logical, state, start, end in conn.execute(sa.text(_LAST_RUNS)):
+            zone = business_zone(settings)
+            runs = conn.execute(sa.text(_LAST_RUNS)).all()
+            for dag_id, run_id, logical, state, start, end, run_after in runs:
+                logical, start, end, run_after = map(_utc, (logical, start, end, run_after))
+                if start is not None and start == logical and run_after is not None:
+                    start = run_after  # dag.test stamps the logical date as the start
                 failed = conn.execute(
                     sa.text(_FAILED_TASKS), {"dag_id": dag_id, "run_id": run_id}
                 ).scalars()
                 part.rows.append(
                     {
                         "dag": dag_id,
-                        "logical_date": str(logical) if logical is not None else None,
+                        # the day the run is of: the logical instant's day in the
+                        # business zone (its UTC date is the day before east of UTC)
+                        "logical_date": (
+                            str(logical.astimezone(zone).date()) if logical is not None else None
+                        ),
                         "state": state,
                         "started": start,
                         "ended": end,

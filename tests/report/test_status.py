@@ -122,3 +122,28 @@ def test_status_reads_a_metadata_db_server_read_only(tmp_path, external_db) -> N
     assert part.title == f"Airflow runs ({shown})"
     assert part.note.startswith(f'cannot read {shown}: connection to server at "127.0.0.1"')
     assert "s3cret-pw" not in part.note
+
+
+def test_status_shows_the_day_of_a_run_in_the_business_zone(tmp_path) -> None:
+    """A run of 2024-01-01 in Berlin has its logical instant at 2023-12-31 23:00 UTC:
+    status showed the UTC date, the day before, and as its start the logical instant
+    (dag.test stamps it as the start; the real start is run_after)."""
+    import sqlite3
+
+    done = _cli({"LIFECYCLE_HOME": str(tmp_path)}, "airflow", "init")
+    assert done.returncode == 0, done.stderr
+    sources = tmp_path / "sources.yml"
+    sources.write_text("version: 1\nbusiness: {timezone: Europe/Berlin}\n", encoding="utf-8")
+    # the row `lifecycle pipeline run --date 2024-01-01` leaves (Airflow's own schema)
+    with sqlite3.connect(tmp_path / "airflow" / "airflow.db") as db:
+        db.execute(
+            "insert into dag_run (dag_id, run_id, run_type, state, logical_date, start_date, "
+            "end_date, run_after) values ('lifecycle_daily', 'manual__x', 'manual', 'success', "
+            "'2023-12-31 23:00:00.000000', '2023-12-31 23:00:00.000000', "
+            "'2026-12-07 23:06:09.125501', '2026-12-07 23:05:45.933430')"
+        )
+    settings = make_settings(tmp_path, LIFECYCLE_SOURCES_FILE=str(sources))
+    [row] = collect_status(settings).part("airflow").rows
+    assert row["logical_date"] == "2024-01-01"
+    assert row["started"] == dt.datetime(2026, 12, 7, 23, 5, 45, 933430, tzinfo=dt.UTC)
+    assert row["ended"] == dt.datetime(2026, 12, 7, 23, 6, 9, 125501, tzinfo=dt.UTC)
