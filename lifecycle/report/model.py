@@ -25,7 +25,7 @@ class Kpi:
     key: str
     label: str
     value: Any  # int, Decimal, float or None (shown as "-")
-    unit: str = ""  # "usd", "pct" or ""
+    unit: str = ""  # "money" (the business currency), "pct" or ""
     hint: str = ""
 
 
@@ -46,7 +46,7 @@ class Table:
     caption: str
     columns: list[tuple[str, str]]
     rows: list[dict[str, Any]]
-    units: dict[str, str] = field(default_factory=dict)  # column key -> "usd" / "pct"
+    units: dict[str, str] = field(default_factory=dict)  # column key -> "money" / "pct"
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,9 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def fmt(value: Any, unit: str = "") -> str:
-    """Return `value` formatted for people (thousands separators, %, $)."""
+def fmt(value: Any, unit: str = "", currency: str = "USD") -> str:
+    """Return `value` formatted for people: thousands separators, ``pct`` as %, ``money``
+    in `currency` (the business's reporting currency: $1,234.56, €1,234.56, TRY1,234.56)."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -112,8 +113,11 @@ def fmt(value: Any, unit: str = "") -> str:
         return value.isoformat()
     if unit == "pct" and isinstance(value, int | float | decimal.Decimal):
         return f"{float(value) * 100:.1f}%"
-    if unit == "usd" and isinstance(value, int | float | decimal.Decimal):
-        return f"${float(value):,.2f}"
+    if unit == "money" and isinstance(value, int | float | decimal.Decimal):
+        # Babel (already beneath dbt and Airflow) knows every currency's sign and digits
+        from babel.numbers import format_currency
+
+        return format_currency(float(value), currency, locale="en_US")
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, decimal.Decimal | float):

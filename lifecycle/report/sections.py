@@ -93,9 +93,9 @@ def overview(conn: psycopg.Connection, day: dt.date) -> Section:
             to = ltv[0]["as_of_date"]
             section.blocks += [
                 Kpi("buyers", f"buyers to {to}", ltv[0]["count_buyers"]),
-                Kpi("revenue", f"revenue to {to}", ltv[0]["revenue"], "usd"),
-                Kpi("aov", "average order value", ltv[0]["average_order_value"], "usd"),
-                Kpi("ltv", "planning LTV", ltv[0]["ltv"], "usd"),
+                Kpi("revenue", f"revenue to {to}", ltv[0]["revenue"], "money"),
+                Kpi("aov", "average order value", ltv[0]["average_order_value"], "money"),
+                Kpi("ltv", "planning LTV", ltv[0]["ltv"], "money"),
             ]
     if exists(conn, "marts.cohort_retention"):
         month = conn.execute(
@@ -104,7 +104,7 @@ def overview(conn: psycopg.Connection, day: dt.date) -> Section:
             "%(day)s::date)::date",
             {"day": day},
         ).fetchone()[0]
-        section.blocks.append(Kpi("revenue-month", f"revenue in {day:%B %Y}", month, "usd"))
+        section.blocks.append(Kpi("revenue-month", f"revenue in {day:%B %Y}", month, "money"))
     for row in stages:
         section.blocks.append(Kpi(f"stage-{row['stage']}", row["stage"], row["count_customers"]))
     section.blocks.append(
@@ -385,7 +385,7 @@ def ltv(conn: psycopg.Connection, day: dt.date, absent: Mapping[str, str] | None
                     ("ltv_to_cac_ratio", "LTV/CAC"),
                 ],
                 ch,
-                {"average_order_value": "usd", "ltv": "usd", "cac": "usd"},
+                {"average_order_value": "money", "ltv": "money", "cac": "money"},
             )
         )
     section.facts = {"cohort_curves": len(series), "channel_curves": len(chan)}
@@ -435,7 +435,7 @@ def rfm(conn: psycopg.Connection, day: dt.date) -> Section:
                 ("revenue", "revenue"),
             ],
             rows,
-            {"avg_revenue": "usd", "revenue": "usd"},
+            {"avg_revenue": "money", "revenue": "money"},
         )
     )
     section.facts = {"segments": {r["rfm_segment"]: r["customers"] for r in rows}}
@@ -533,7 +533,7 @@ def churn_risk(conn: psycopg.Connection, day: dt.date) -> Section:
         Kpi("scored", "customers scored", summary["scored"]),
         Kpi("high-risk", "high churn risk", summary["high"]),
         Kpi("mean-churn", "mean churn probability", summary["mean_probability"], "pct"),
-        Kpi("clv-12m", "predicted 12-month CLV", summary["clv_12m"], "usd"),
+        Kpi("clv-12m", "predicted 12-month CLV", summary["clv_12m"], "money"),
         Chart(
             "churn-histogram",
             charts.histogram(
@@ -565,7 +565,7 @@ def churn_risk(conn: psycopg.Connection, day: dt.date) -> Section:
                 ("avg_clv_12m", "avg CLV 12m"),
             ],
             bands,
-            {"avg_clv_12m": "usd"},
+            {"avg_clv_12m": "money"},
         ),
     ]
     section.facts = {
@@ -655,8 +655,8 @@ def segments(conn: psycopg.Connection, day: dt.date) -> Section:
             cols,
             rows,
             {
-                "avg_historical_ltv": "usd",
-                "avg_clv_12m": "usd",
+                "avg_historical_ltv": "money",
+                "avg_clv_12m": "money",
                 "avg_churn_probability": "pct",
                 "avg_p_alive": "pct",
             },
@@ -1002,7 +1002,7 @@ def lift(conn: psycopg.Connection, day: dt.date) -> Section:
                 ("incremental_interval", "95% interval"),
             ],
             table_rows,
-            units={"conv_t": "pct", "conv_c": "pct", "lift": "pct", "incremental": "usd"},
+            units={"conv_t": "pct", "conv_c": "pct", "lift": "pct", "incremental": "money"},
         )
     )
     section.facts = {

@@ -130,6 +130,25 @@ def test_money_kpis_equal_the_marts(report_world) -> None:
         assert channels[channel]["cac"] == ("" if cac is None else str(cac))
 
 
+@pytest.mark.parametrize(
+    ("currency", "shown"),
+    [("USD", "$1,234.50"), ("EUR", "€1,234.50"), ("TRY", "TRY1,234.50"), ("JPY", "¥1,234")],
+)
+def test_money_is_shown_in_the_business_currency(currency: str, shown: str) -> None:
+    """Every amount was labelled $, a Turkish or Brazilian shop's revenue too; the marts'
+    amounts are in the sources file's business.currency, and so is the label."""
+    from lifecycle.report.build import render_html
+    from lifecycle.report.model import Kpi, Section, fmt
+
+    assert fmt(Decimal("1234.5"), "money", currency) == shown
+    section = Section("overview", "Overview", blocks=[Kpi("revenue", "revenue", 1234.5, "money")])
+    html = render_html(
+        END, [section], marts_as_of=END, warehouse="-", warnings=[], currency=currency
+    )
+    tile = re.search(r'id="kpi-revenue"[^>]*>.*?</div>', html, re.S)
+    assert tile is not None and shown in tile.group(0), html[:2000]
+
+
 def test_transitions_equal_the_mart(report_world) -> None:
     url, page = report_world.url, read_page(report_world.full_html)
     moved = {

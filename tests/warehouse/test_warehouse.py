@@ -211,3 +211,28 @@ def test_a_state_folder_with_a_space_is_refused_in_one_line(tmp_path: Path) -> N
         "LIFECYCLE_WAREHOUSE_URL to a PostgreSQL server"
     ]
     assert not (home / "pgdata").exists()
+
+
+def test_an_embedded_server_that_will_not_start_says_why_in_one_line(pg_home: Path) -> None:
+    """A state folder whose server cannot start (here a setting PostgreSQL refuses, as a
+    hand edit or a restored backup may leave) printed pages of server log and then
+    `error: Command '(... pg_ctl ...)' returned non-zero exit status 1`. Now one line: the
+    server's own reason and where its log is."""
+    settings = make_settings(pg_home / "home")
+    wh.up(settings)
+    assert wh.down(settings) is True
+    conf = settings.pgdata / "postgresql.conf"
+    conf.write_text(conf.read_text() + "\nshared_buffers = banana\n")
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "lifecycle"), "warehouse", "up"],
+        env={"PATH": "/usr/bin:/bin", "LIFECYCLE_HOME": str(pg_home / "home")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"error: the embedded warehouse in {settings.pgdata} did not start: ")
+    assert f'did not start: FATAL: configuration file "{conf}" contains errors (server' in line
+    assert line.endswith(f"(server log: {settings.pgdata / 'log'})")
+    assert "Traceback" not in done.stderr and "pg_ctl'" not in done.stdout
