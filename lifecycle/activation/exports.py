@@ -442,6 +442,10 @@ def export_audience(
         "definition_sha256": audience.definition_sha256(),
         "counts": {
             "members": facts.members,
+            # the members held out as the control group, contactable or not (the group
+            # column of customer_ids.csv); "control" counts the held-out file's rows:
+            # those that would have been sent
+            "members_control": sum(1 for m in members if m["is_control"]),
             "control": facts.control,
             "sent": facts.sent,
             "adds": facts.adds,

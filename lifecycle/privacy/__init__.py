@@ -658,8 +658,10 @@ def rewrite_exports(
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         blobs = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
         dropped: dict[str, list[list[str]]] = {}
+        headers: dict[str, list[str]] = {}
         for entry in manifest["files"]:
             header, *rows = list(csv.reader(io.StringIO(blobs[entry["name"]].decode("utf-8"))))
+            headers[entry["name"]] = header
             theirs = [any(_matches(c, key, hashes) for c in r) for r in rows]
             if not any(theirs):
                 continue
@@ -683,8 +685,12 @@ def rewrite_exports(
         why = [left_out.get((manifest["as_of_date"], r[0])) for r in dropped.get(IDS_FILE, [])]
         gone["left_out_no_consent"] = why.count("no_consent")
         gone["left_out_no_email"] = why.count("no_email")
+        if IDS_FILE in dropped:
+            group = headers[IDS_FILE].index("group")
+            gone["members_control"] = sum(r[group] == "control" for r in dropped[IDS_FILE])
         for name, n in gone.items():
-            counts[name] -= n
+            if name in counts:  # a manifest of an earlier release may lack a count
+                counts[name] -= n
         blobs[MANIFEST] = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode()
         _write_folder(folder, blobs)
         cur.execute(

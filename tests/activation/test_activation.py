@@ -392,6 +392,13 @@ def test_manifest_checksums_and_counts_match_the_files(runs) -> None:
         counts = manifest["counts"]
         assert counts["sent"] == listed["generic_full.csv"]["rows"]
         assert counts["adds"] == listed["generic_adds.csv"]["rows"]
+        # the control group of the members (customer_ids.csv's group column), and the
+        # contactable ones among them (the held-out file's rows)
+        groups = [r["group"] for r in _csv(folder / "customer_ids.csv")]
+        assert counts["members_control"] == groups.count("control")
+        held_out = listed.get("control_group_DO_NOT_SEND.csv", {"rows": 0})  # share 0: none
+        assert counts["control"] == held_out["rows"]
+        assert counts["members"] == len(groups)
 
 
 def test_export_log_records_each_successful_export(runs) -> None:

@@ -254,6 +254,18 @@ def _manifest_problems(root: Path) -> list[str]:
                 entry["sha256"],
             ):
                 problems.append(f"{manifest_path.parent.name}/{entry['name']}")
+        # the member counts follow the rewritten id list (an erased member leaves both)
+        ids = list(
+            csv.DictReader(
+                io.StringIO((manifest_path.parent / "customer_ids.csv").read_text(encoding="utf-8"))
+            )
+        )
+        counts = manifest["counts"]
+        if (counts["members"], counts["members_control"]) != (
+            len(ids),
+            sum(r["group"] == "control" for r in ids),
+        ):
+            problems.append(f"{manifest_path.parent.name}/counts")
     return problems
 
 
