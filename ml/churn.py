@@ -707,9 +707,20 @@ def fit_churn(
         if labels.isna().any():
             raise ValueError(f"the {name} rows include unlabelled snapshots")
         if labels.nunique() < 2:
+            horizon = int(spec["label"]["horizon_days"])
+            churned = bool(labels.iloc[0])
+            why = (
+                f"none of them ordered again within {horizon} days (label.horizon_days): "
+                "too few repeat buyers, or too little history after the snapshots; if "
+                "customer_id is new with every order it names the order, not the person, "
+                f"else a shorter horizon (lifecycle train --set label.horizon_days="
+                f"{max(horizon // 3, 7)}) may do"
+                if churned
+                else f"every one of them ordered again within {horizon} days: no churn to learn"
+            )
             raise ValueError(
-                f"the {name} rows have a single class ({len(frame)} rows): "
-                "too few customers or snapshots to train a churn model"
+                f"the {name} rows have a single class ({len(frame)} rows, all "
+                f"{'churned' if churned else 'active'}): {why}"
             )
         counts = labels.astype(bool).value_counts()
         if name == "calibration" and counts.max() < CALIBRATION_FOLDS:

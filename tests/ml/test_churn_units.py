@@ -453,6 +453,27 @@ def test_calibration_rows_with_too_few_of_both_classes_are_said_so() -> None:
     assert model.candidate == "hgb"
 
 
+def test_calibration_rows_of_one_class_say_which_and_what_to_try() -> None:
+    """A shop whose customer ids are nearly one per order (4 repeat buyers of 2,996):
+    "a single class: too few customers or snapshots" said neither which class nor what
+    to change."""
+    spec = load_churn_spec({"model": {"params": {"max_iter": 10}}})
+    calibration = _customers(300, 2)
+    calibration["churned"] = True
+    with pytest.raises(ValueError) as caught:
+        fit_churn(_customers(1000, 1), calibration, spec)
+    assert str(caught.value) == (
+        "the calibration rows have a single class (300 rows, all churned): none of them "
+        "ordered again within 90 days (label.horizon_days): too few repeat buyers, or too "
+        "little history after the snapshots; if customer_id is new with every order it "
+        "names the order, not the person, else a shorter horizon (lifecycle train --set "
+        "label.horizon_days=30) may do"
+    )
+    calibration["churned"] = False
+    with pytest.raises(ValueError, match=r"\(300 rows, all active\): every one of them"):
+        fit_churn(_customers(1000, 1), calibration, spec)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
