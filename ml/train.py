@@ -322,8 +322,12 @@ def load_current(
             counted = [f for f in features if f in ft.COLUMNS and f not in dropped]
             counts = ft.training_counts(conn, dates[2:], counted)
             rows = counts.pop("*")
-            empty = f"no value in any of the {rows} training rows"
-            dropped |= {f: empty for f, n in counts.items() if not n}
+            if rows:
+                empty = f"no value in any of the {rows} training rows"
+                dropped |= {f: empty for f, n in counts.items() if not n}
+            else:  # a history shorter than the snapshots: today's customers say what is fed
+                empty = f"no value for any of the {len(current)} customers of {as_of}"
+                dropped |= {f: empty for f in counted if current[f].isna().all()}
     current, current_fit = _with_btyd(current, as_of, horizon, btyd_params())
     none = current.iloc[0:0]
     return Frames(

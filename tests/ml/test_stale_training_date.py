@@ -76,3 +76,33 @@ def test_customer_ids_that_name_orders_are_one_error_saying_so(embedded_settings
         "rather than a person (a new id with every order), map the column that names the "
         "person (e.g. an email, or Olist's customer_unique_id) in the sources file"
     )
+
+
+def test_a_history_shorter_than_the_snapshots_still_segments_todays_customers(
+    embedded_settings, tmp_path
+):
+    """Four months of orders: no training snapshot holds a customer, and segmentation
+    dropped every feature as having "no value in any of the 0 training rows", though it
+    fits on today's customers. What today's customers carry is what it keeps now."""
+    from ml import train as tr
+    from ml.churn import load_churn_spec
+    from ml.specs import load_spec
+
+    lines = ["customer_id,order_id,ordered_at,amount"]
+    lines += [
+        f"S{i % 40},S{i},{AS_OF - dt.timedelta(days=i % 120)},{10 + i % 7}.00" for i in range(200)
+    ]
+    orders = write(tmp_path / "world" / "orders" / "orders.csv", "\n".join(lines) + "\n")
+    write(tmp_path / "world" / "sources.yml", ORDERS_ONLY_SOURCES.format(orders=orders))
+    with scratch_database(embedded_settings) as url:
+        settings = settings_for(tmp_path / "home", url, tmp_path / "world")
+        land(settings, AS_OF, full=True, sources=("orders",))
+        transform(AS_OF, settings, quiet=True)
+        spec = load_churn_spec(None)
+        tr.build_training_sets(AS_OF, settings, spec)
+        seg = load_spec("segmentation")
+        frames = tr.load_current(AS_OF, settings, spec, seg["features"])
+    assert len(frames.current) == 40
+    kept, dropped = tr.segmentation_spec(seg, frames)
+    assert {"days_since_last_order", "count_orders", "revenue"} <= set(kept["features"])
+    assert not any("training rows" in why for why in dropped.values()), dropped
