@@ -455,6 +455,8 @@ def _check_sample(
     buyers: dict[str, set[str]] = collections.defaultdict(set)  # customer_id -> order ids
     for mapped in mapper.map_chunks(chunks):
         checked = checker.check(mapped)
+        # what the load would warn of (amounts below a cent stored as 0.00, ...)
+        report.notes += [w for w in checked.warnings if w not in report.notes]
         report.mapped += mapped.table.num_rows
         report.unread += len(mapped.rejects)
         if entity.entity == "orders" and {"order_id", "customer_id"} <= set(
@@ -506,6 +508,13 @@ def _check_sample(
         )
     report.notes += _placeholder_customer(buyers, emap)
     report.notes += _one_order_each(buyers)
+    amount = emap.field_map("amount") if entity.entity == "orders" else None
+    if amount is not None and amount.kind == "constant" and _is_zero(amount.constant):
+        report.notes.append(
+            "amount is the constant 0: every order is worth nothing, so revenue, LTV, RFM's "
+            "monetary score and the CLV model are 0 or left empty; map the column of the "
+            "order's total where the export has one"
+        )
     _judge(report, entity, emap, sources, settings)
 
 
@@ -530,6 +539,13 @@ def _placeholder_customer(buyers: dict[str, set[str]], emap: EntityMap) -> list[
         f"one customer; map customer_id from {source} only where it is a real id, e.g. "
         "from the customer's email (customer_id: <email column>)"
     ]
+
+
+def _is_zero(value: object) -> bool:
+    try:
+        return float(str(value).replace(",", ".")) == 0
+    except ValueError:
+        return False
 
 
 def _one_order_each(buyers: dict[str, set[str]]) -> list[str]:

@@ -879,3 +879,27 @@ def test_the_format_hint_of_a_number_names_the_format_that_reads_it(value: str, 
     from lifecycle.extract.check import _format_hint
 
     assert hint in _format_hint(repr(value))
+
+
+def test_sources_check_notes_amounts_that_load_as_nothing(tmp_path: Path) -> None:
+    """H&M's normalised prices (0.0033...) load as 0.00 and Olist's orders file has no
+    amount (mapped as the constant 0): the load warned of the first, nothing of the
+    second; the check, run before any load, says both."""
+    lines = ["Order Number,Customer,Order Date,Order Total Amount"]
+    lines += [
+        f"o{i},c{i % 9},2018-01-{1 + i % 28:02d} 10:00:00,0.00{3 + i % 5}5" for i in range(30)
+    ]
+    path = tmp_path / "orders.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    text = GUESTS.format(path=path, customer="Customer")
+    for yml, note in (
+        (text, "note: amount: 30 value(s) with more than two decimals are stored rounded to "
+               "cents (e.g. '0.0035' as 0.00)"),
+        (text.replace("amount: Order Total Amount", "amount: {constant: 0}"),
+         "note: amount is the constant 0: every order is worth nothing"),
+    ):  # fmt: skip
+        src = sources_file(tmp_path, yml)
+        out = lifecycle(tmp_path, "postgresql://unused@127.0.0.1:1/x", "sources", "check",
+                        LIFECYCLE_SOURCES_FILE=src)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert note in out.stdout, out.stdout
