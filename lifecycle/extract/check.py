@@ -134,10 +134,12 @@ def check_header(
     if missing:
         fname = missing[0]
         also = f" (also missing: {', '.join(missing[1:])})" if missing[1:] else ""
+        near = _near(fname, names)  # CUSTOMER_ID, Customer ID: mapped by hand, not guessed
+        example = f"`{fname}: {near}`" if near else f"`{fname}: <column>`"
         raise SourcesFileError(
             f"{where}.columns.{fname}: required field {fname!r} is not mapped and "
-            f"{locator} has no column {fname!r}: map it, e.g. `{fname}: <column>`{also} "
-            f"(columns: {_names(names)}){_header_hint(names)}"
+            f"{locator} has no column {fname!r}: map it, e.g. {example}{also} "
+            f"(columns: {_names(names)}){'' if near else _header_hint(names)}"
         )
 
 

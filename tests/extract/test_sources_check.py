@@ -489,3 +489,19 @@ def test_a_sources_file_that_configures_nothing_fails_the_check(tmp_path: Path) 
         f"error: {path}: configures no source: every entity is skipped (map your orders at "
         "least; see sources.example.yml)"
     )
+
+
+def test_a_required_field_whose_column_differs_in_case_names_it(tmp_path: Path) -> None:
+    """Ta Feng's header is CUSTOMER_ID: the error said "map it, e.g. `customer_id:
+    <column>`" without naming the column that is there."""
+    (tmp_path / "orders.csv").write_text(
+        "TRANSACTION_DT,CUSTOMER_ID,order_id,ordered_at,amount\n11/1/2000,1,o1,2000-11-01,2\n"
+    )
+    yml = (
+        "version: 1\nsources:\n  orders:\n    kind: csv\n    entities:\n      orders:\n"
+        f"        path: {tmp_path / 'orders.csv'}\n      order_items: {{skip: true}}\n"
+    )
+    error = _one_error(_run(tmp_path, "sources", "check", yml=yml))
+    assert "has no column 'customer_id': map it, e.g. `customer_id: CUSTOMER_ID` (columns: " in (
+        error
+    ), error
