@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +118,8 @@ def fmt(value: Any, unit: str = "", currency: str = "USD") -> str:
         # Babel (already beneath dbt and Airflow) knows every currency's sign and digits
         from babel.numbers import format_currency
 
+        if not math.isfinite(float(value)):
+            return "-"
         return format_currency(float(value), currency, locale="en_US")
     if isinstance(value, int):
         return f"{value:,}"
