@@ -53,7 +53,7 @@ def absent_entities(
     for table in tables if tables is not None else ENTITIES:
         entity = ENTITIES[table]
         if sources.entity(entity) is None:
-            out[table] = f"{NO_SUCH_SOURCE}: {label(entity)} is not configured in {sources.origin}"
+            out[table] = f"{NO_SUCH_SOURCE}: {label(entity)} is {sources.absent_why(entity)}"
             continue
         if conn is None:
             continue

@@ -608,6 +608,14 @@ class SourcesFile(_Strict):
             emap = EntityMap()
         return None if emap.skip else (src, emap)
 
+    def absent_why(self, raw: RawEntity) -> str:
+        """Return why :meth:`entity` finds `raw` absent: skipped, or not configured."""
+        src = self.source(raw.source)
+        emap = src.entities.get(raw.entity) if src is not None else None
+        if emap is not None and emap.skip:
+            return f"set to skip: true in {self.origin}"
+        return f"not configured in {self.origin}"
+
     def timezone_of(self, src: Source, emap: EntityMap, fmap: FieldMap | None = None) -> str:
         """Return the zone naive timestamps of this field are read in."""
         return (

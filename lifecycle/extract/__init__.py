@@ -107,7 +107,7 @@ def _extract_source(
                 timezone=sources.business.timezone,
             )
         if found is None:
-            why = f"not configured in {sources.origin}"
+            why = sources.absent_why(entity)
             results.append(record_skip(url, entity, logical_date, window, why))
             continue
         src, emap = found

@@ -286,7 +286,7 @@ def check_entity(
     report = EntityReport(entity)
     found = sources.entity(entity)
     if found is None:
-        report.skipped = f"not configured in {sources.origin}"
+        report.skipped = sources.absent_why(entity)
         return report
     src, emap = found
     report.source = describe_location(src, emap, sources)

@@ -505,3 +505,18 @@ def test_a_required_field_whose_column_differs_in_case_names_it(tmp_path: Path) 
     assert "has no column 'customer_id': map it, e.g. `customer_id: CUSTOMER_ID` (columns: " in (
         error
     ), error
+
+
+def test_an_entity_set_to_skip_is_said_so_not_called_unconfigured(tmp_path: Path) -> None:
+    """`order_items: {skip: true}` was reported as "not configured in sources.yml", as if
+    the user had forgotten it; a source left out entirely still is."""
+    (tmp_path / "orders.csv").write_text(
+        "order_id,customer_id,ordered_at,amount\no1,c1,2024-01-01,2\n"
+    )
+    yml = ORDERS_ONLY_SOURCES.format(orders=tmp_path / "orders.csv")
+    result = _run(tmp_path, "sources", "check", yml=yml)
+    assert result.exit_code == 0, result.output
+    src = tmp_path / "sources.yml"
+    lines = result.stdout.splitlines()
+    assert f"raw.orders__order_items: skipped (set to skip: true in {src})" in lines
+    assert f"raw.crm__contacts: skipped (not configured in {src})" in lines
