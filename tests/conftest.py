@@ -58,6 +58,41 @@ def interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def interrupt_once_dbt_connects(
+    args: Sequence[str], env: Mapping[str, str], url: str, *, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """Run ``python -m lifecycle.cli <args>`` with exactly `env`, press Ctrl-C once a dbt
+    session is connected to the database of `url` (its build is under way), and return
+    the finished process (output captured as text)."""
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lifecycle.cli", *args],
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=interruptible,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(url, autocommit=True) as conn:
+            while proc.poll() is None:
+                [(n,)] = conn.execute(
+                    "select count(*) from pg_stat_activity where application_name like 'dbt%' "
+                    "and datname = current_database()"
+                ).fetchall()
+                if n:
+                    break
+                assert time.monotonic() < deadline, "dbt never connected"
+                time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def make_settings(home: Path, **env: str) -> Settings:
     """Return settings for a private state folder, ignoring the caller's environment."""
     return load_settings({"LIFECYCLE_HOME": str(home), **env})

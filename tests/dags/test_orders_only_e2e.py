@@ -162,12 +162,7 @@ def test_ctrl_c_in_a_task_ends_the_run_as_asked(pipeline):
     retry, and the command ended as a fault does ("fix the cause", exit 1). It ends as the
     stop the user asked for: exit 130 and the command that resumes the day. Runs last in
     this module: it leaves the day's run failed."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from tests.conftest import cli_env, interruptible
+    from tests.conftest import cli_env, interrupt_once_dbt_connects
 
     env = {
         k: v
@@ -179,30 +174,10 @@ def test_ctrl_c_in_a_task_ends_the_run_as_asked(pipeline):
         ).items()
         if not k.startswith("AIRFLOW")  # the CLI's own Airflow home, not the session's
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lifecycle.cli", "pipeline", "run", "--date", str(LATER)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=interruptible,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        with psycopg.connect(pipeline["url"], autocommit=True) as conn:
-            while proc.poll() is None:  # until the transform task's dbt is connected
-                [(n,)] = conn.execute(
-                    "select count(*) from pg_stat_activity where application_name like 'dbt%' "
-                    "and datname = current_database()"
-                ).fetchall()
-                if n:
-                    break
-                assert time.monotonic() < deadline, "the transform task never started"
-                time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=300)
-    finally:
-        proc.kill()
+    # Ctrl-C once the transform task's dbt is connected
+    run = ["pipeline", "run", "--date", str(LATER)]
+    proc = interrupt_once_dbt_connects(run, env, pipeline["url"], timeout=300)
+    out, err = proc.stdout, proc.stderr
     assert proc.returncode == 130, out[-2000:] + err[-3000:]
     lines = err.splitlines()
     assert lines[-1] == f"interrupted; resume with: lifecycle pipeline run --date {LATER}"

@@ -4,6 +4,8 @@ is one error naming the newest order and the date to train as of, not "a single 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -15,32 +17,49 @@ LAST_ORDER = dt.date(2024, 3, 1)
 AS_OF = dt.date(2025, 3, 1)  # a year after the export's newest order
 
 
-def _orders() -> str:
-    lines = ["customer_id,order_id,ordered_at,amount"]
+def _orders() -> list[str]:
+    lines = []
     for i in range(30):
         first = LAST_ORDER - dt.timedelta(days=400 - 9 * i)
         lines.append(f"C{i},C{i}-1,{first}T10:00:00Z,{20 + i}.00")
         lines.append(f"C{i},C{i}-2,{LAST_ORDER - dt.timedelta(days=i)}T10:00:00Z,30.00")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-def test_training_past_the_end_of_the_data_names_the_newest_order(embedded_settings, tmp_path):
+@contextmanager
+def _training_sets(
+    embedded_settings, tmp_path, orders: list[str], snapshots: int | None = None
+) -> Iterator[tuple]:
+    """Yield (settings, churn spec) of a scratch warehouse that landed the orders-only CSV
+    `orders` (rows under the contract's header), built as of AS_OF, with its training sets
+    (`snapshots` of them, or the spec's count)."""
     from ml import train as tr
     from ml.churn import load_churn_spec
-    from ml.train import TrainError
 
-    orders = write(tmp_path / "world" / "orders" / "orders.csv", _orders())
-    sources = write(tmp_path / "world" / "sources.yml", ORDERS_ONLY_SOURCES.format(orders=orders))
+    text = "\n".join(["customer_id,order_id,ordered_at,amount", *orders]) + "\n"
+    path = write(tmp_path / "world" / "orders" / "orders.csv", text)
+    sources = write(tmp_path / "world" / "sources.yml", ORDERS_ONLY_SOURCES.format(orders=path))
     assert sources.exists()
     with scratch_database(embedded_settings) as url:
         settings = settings_for(tmp_path / "home", url, tmp_path / "world")
         land(settings, AS_OF, full=True, sources=("orders",))
         transform(AS_OF, settings, quiet=True)
         spec = load_churn_spec(None)
-        spec["snapshots"].update(count=3)
+        if snapshots is not None:
+            spec["snapshots"].update(count=snapshots)
         tr.build_training_sets(AS_OF, settings, spec)
-        with pytest.raises(TrainError) as refused:
-            tr.load_frames(AS_OF, settings, spec)
+        yield settings, spec
+
+
+def test_training_past_the_end_of_the_data_names_the_newest_order(embedded_settings, tmp_path):
+    from ml import train as tr
+    from ml.train import TrainError
+
+    with (
+        _training_sets(embedded_settings, tmp_path, _orders(), snapshots=3) as (settings, spec),
+        pytest.raises(TrainError) as refused,
+    ):
+        tr.load_frames(AS_OF, settings, spec)
     newest_snapshot = AS_OF - dt.timedelta(days=90)
     assert str(refused.value) == (
         f"every customer is labelled churned at every snapshot: the newest order in the data "
@@ -54,22 +73,14 @@ def test_customer_ids_that_name_orders_are_one_error_saying_so(embedded_settings
     """Olist's orders file gives every order a customer id of its own: nobody orders twice,
     so every label is "churned". Training says that and what to map, not "a single class"."""
     from ml import train as tr
-    from ml.churn import load_churn_spec
     from ml.train import TrainError
 
-    lines = ["customer_id,order_id,ordered_at,amount"]
-    lines += [f"K{i},O{i},{AS_OF - dt.timedelta(days=3 * i)},25.00" for i in range(120)]
-    orders = write(tmp_path / "world" / "orders" / "orders.csv", "\n".join(lines) + "\n")
-    write(tmp_path / "world" / "sources.yml", ORDERS_ONLY_SOURCES.format(orders=orders))
-    with scratch_database(embedded_settings) as url:
-        settings = settings_for(tmp_path / "home", url, tmp_path / "world")
-        land(settings, AS_OF, full=True, sources=("orders",))
-        transform(AS_OF, settings, quiet=True)
-        spec = load_churn_spec(None)
-        spec["snapshots"].update(count=3)
-        tr.build_training_sets(AS_OF, settings, spec)
-        with pytest.raises(TrainError) as refused:
-            tr.load_frames(AS_OF, settings, spec)
+    orders = [f"K{i},O{i},{AS_OF - dt.timedelta(days=3 * i)},25.00" for i in range(120)]
+    with (
+        _training_sets(embedded_settings, tmp_path, orders, snapshots=3) as (settings, spec),
+        pytest.raises(TrainError) as refused,
+    ):
+        tr.load_frames(AS_OF, settings, spec)
     assert str(refused.value) == (
         "every customer is labelled churned at every snapshot: none of the 120 buyers ordered "
         "more than once, so no one is seen to stay; if the orders' customer_id names an order "
@@ -85,21 +96,12 @@ def test_a_history_shorter_than_the_snapshots_still_segments_todays_customers(
     dropped every feature as having "no value in any of the 0 training rows", though it
     fits on today's customers. What today's customers carry is what it keeps now."""
     from ml import train as tr
-    from ml.churn import load_churn_spec
     from ml.specs import load_spec
 
-    lines = ["customer_id,order_id,ordered_at,amount"]
-    lines += [
+    orders = [
         f"S{i % 40},S{i},{AS_OF - dt.timedelta(days=i % 120)},{10 + i % 7}.00" for i in range(200)
     ]
-    orders = write(tmp_path / "world" / "orders" / "orders.csv", "\n".join(lines) + "\n")
-    write(tmp_path / "world" / "sources.yml", ORDERS_ONLY_SOURCES.format(orders=orders))
-    with scratch_database(embedded_settings) as url:
-        settings = settings_for(tmp_path / "home", url, tmp_path / "world")
-        land(settings, AS_OF, full=True, sources=("orders",))
-        transform(AS_OF, settings, quiet=True)
-        spec = load_churn_spec(None)
-        tr.build_training_sets(AS_OF, settings, spec)
+    with _training_sets(embedded_settings, tmp_path, orders) as (settings, spec):
         seg = load_spec("segmentation")
         frames = tr.load_current(AS_OF, settings, spec, seg["features"])
     assert len(frames.current) == 40

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from lifecycle.transform import transform
-from tests.conftest import cli_env, interruptible
+from tests.conftest import cli_env, interrupt_once_dbt_connects
 from tests.transform.conftest import land, rows, scratch_database, settings_for, write
 
 AS_OF = dt.date(2024, 6, 30)
@@ -122,11 +122,6 @@ def test_an_interrupted_build_publishes_nothing(built, dbt_home, tmp_path) -> No
     """Ctrl-C during the dbt build: dbt's runner caught it and at times ran on to the
     end, then the marts were published and the command exited 0. Now it exits 130 with
     `error: interrupted`, no stack trace, and the published marts stay as they were."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     url, _ = built
     count = "select count(*) from ops.marts_publications"
     [(published,)] = rows(url, count)
@@ -135,24 +130,8 @@ def test_an_interrupted_build_publishes_nothing(built, dbt_home, tmp_path) -> No
         LIFECYCLE_WAREHOUSE_URL=url,
         LIFECYCLE_WORLD_DIR=str(tmp_path / "no-world"),
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lifecycle.cli", "transform", "--date", str(AS_OF)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=interruptible,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        running = "select count(*) from pg_stat_activity where application_name like 'dbt%%'"
-        while rows(url, running) == [(0,)] and proc.poll() is None:
-            assert time.monotonic() < deadline, "dbt never connected"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    proc = interrupt_once_dbt_connects(["transform", "--date", str(AS_OF)], env, url)
+    out, err = proc.stdout, proc.stderr
     assert proc.returncode == 130, out[-2000:] + err[-2000:]
     assert err.splitlines()[-1] == "error: interrupted"
     # dbt reported the interrupt it re-raised as a crash, with its stack trace, on the
